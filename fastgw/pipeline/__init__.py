@@ -1,0 +1,1 @@
+"""The request pipeline: Ctx, the Middleware contract, chain compilation, the engine."""

@@ -1,0 +1,122 @@
+"""The per-request context (L4).
+
+One ``Ctx`` per request, with ``__slots__``; it is the only way middlewares share state
+(DESIGN.md).  The downstream protocol fills the request fields, the engine fills the
+routing and upstream fields, middlewares fill identity and their own notes.
+
+Header values stay bytes as received; ``header()`` looks one up case-insensitively,
+building a small dict on first use so that a chain that never asks pays nothing.
+"""
+
+from __future__ import annotations
+
+from fastgw.clock import monotonic
+from fastgw.http.messages import Reply, problem
+
+
+class Ctx:
+    __slots__ = (
+        # connection
+        "peer_ip",          # str: socket peer (or PROXY-protocol source) address
+        "client_ip",        # str: resolved client address (trusted X-Forwarded-For applied)
+        "trusted_peer",     # bool: the peer is in gateway.trusted_proxies
+        "tls",              # bool: client connection is TLS
+        "scheme",           # str: "http"/"https" as the client sees it
+        # request head
+        "method",           # str, e.g. "GET"
+        "raw_target",       # bytes: request-target as received
+        "path",             # str: normalised path (what routing matched, what upstream gets)
+        "query",            # bytes: query string without '?', b"" if none
+        "version",          # str: "1.1" or "1.0"
+        "headers",          # list[tuple[bytes, bytes]]: request headers as received
+        "host",             # str: Host header value (lower-case, port kept)
+        "keep_alive",       # bool: client wants keep-alive
+        "content_length",   # int | None
+        "chunked",          # bool: request body is chunked
+        "_hmap",            # dict | None: lazy lower-name -> value
+        # routing
+        "route",            # compiled route or None (global chain)
+        "path_params",      # dict[str, str] | None
+        # identity (auth middleware)
+        "request_id",       # str
+        "user",             # str | None: 'sub' of a verified token
+        "roles",            # frozenset[str]
+        "claims",           # dict | None
+        # response side
+        "status",           # int: status sent to the client (0 until sent)
+        "resp_headers",     # list: headers every response to this request gets (e.g. RateLimit)
+        "upstream_headers", # list: headers to add to the upstream request
+        "bytes_received",   # int: request body bytes
+        "bytes_sent",       # int: response bytes written to the client
+        "upstream",         # str: "host:port" of the instance used, "" if none
+        "upstream_status",  # int
+        "upstream_start",   # float
+        "upstream_duration",  # float | None
+        "start",            # float: monotonic time the head was complete
+        "flags",            # list[str]: response flags for the access log (e.g. "client_abort")
+        "error",            # GatewayError | None
+        "notes",            # dict: free-form per-middleware state, keyed by middleware name
+    )
+
+    def __init__(self) -> None:
+        self.peer_ip = ""
+        self.client_ip = ""
+        self.trusted_peer = False
+        self.tls = False
+        self.scheme = "http"
+        self.method = "GET"
+        self.raw_target = b"/"
+        self.path = "/"
+        self.query = b""
+        self.version = "1.1"
+        self.headers = []
+        self.host = ""
+        self.keep_alive = True
+        self.content_length = None
+        self.chunked = False
+        self._hmap = None
+        self.route = None
+        self.path_params = None
+        self.request_id = ""
+        self.user = None
+        self.roles = frozenset()
+        self.claims = None
+        self.status = 0
+        self.resp_headers = []
+        self.upstream_headers = []
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.upstream = ""
+        self.upstream_status = 0
+        self.upstream_start = 0.0
+        self.upstream_duration = None
+        self.start = monotonic()
+        self.flags = []
+        self.error = None
+        self.notes = {}
+
+    def header(self, lname: bytes, default: bytes | None = None) -> bytes | None:
+        """Value of request header ``lname`` (lower-case bytes); the last one if repeated."""
+        m = self._hmap
+        if m is None:
+            m = self._hmap = {n.lower(): v for n, v in self.headers}
+        return m.get(lname, default)
+
+    def header_all(self, lname: bytes) -> list[bytes]:
+        """Every value of request header ``lname``, in order."""
+        return [v for n, v in self.headers if n.lower() == lname]
+
+    def drop_headers(self, lnames: frozenset[bytes] | set[bytes]) -> None:
+        """Remove request headers by lower-case name before they are forwarded."""
+        hs = self.headers
+        for n, _v in hs:
+            if n.lower() in lnames:
+                self.headers = [h for h in hs if h[0].lower() not in lnames]
+                self._hmap = None
+                return
+
+    def problem(self, status: int, detail: str, *, title: str | None = None, type: str = "about:blank",
+                kind: str = "", headers: list | None = None, extra: dict | None = None) -> Reply:
+        """An RFC 9457 reply carrying this request's id."""
+        return problem(status, detail, self.request_id, title=title, type=type, kind=kind,
+                       headers=headers, extra=extra)
