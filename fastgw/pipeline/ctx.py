@@ -56,6 +56,8 @@ class Ctx:
         "flags",            # list[str]: response flags for the access log (e.g. "client_abort")
         "error",            # GatewayError | None
         "notes",            # dict: free-form per-middleware state, keyed by middleware name
+        "up",               # the bound upstream connection (engine-owned) or None
+        "app",              # the config snapshot (runtime App) this request runs on
     )
 
     def __init__(self) -> None:
@@ -94,6 +96,8 @@ class Ctx:
         self.flags = []
         self.error = None
         self.notes = {}
+        self.up = None
+        self.app = None
 
     def header(self, lname: bytes, default: bytes | None = None) -> bytes | None:
         """Value of request header ``lname`` (lower-case bytes); the last one if repeated."""

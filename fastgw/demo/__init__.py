@@ -1,0 +1,1 @@
+"""Demo and test upstreams (not part of the data plane; nothing in fastgw imports this)."""

@@ -1,0 +1,476 @@
+"""The downstream (client-side) HTTP/1.1 protocol (L3).
+
+One ``DownstreamProtocol`` per client connection, an ``asyncio.Protocol`` fed by uvloop
+and parsed by ``httptools.HttpRequestParser`` in strict mode (no leniency flag is ever
+set: framing ambiguity is a smuggling vector).  It owns the connection's and the
+current request's state (STYLE.md item 4) and does the I/O; what happens to a request
+(routing, middlewares, choosing an upstream) is the handler's business: the runtime
+passes a handler object (``pipeline.engine.Engine``) with ``dispatch(proto, ctx)``,
+``on_body(proto, ctx, data)``, ``on_body_end(proto, ctx)``, ``parse_error(proto, kind,
+detail)``, ``connection_lost(proto, ctx)`` and ``finish(proto, ctx)``.
+
+Rules this file keeps:
+1. One request is in flight at a time.  Pipelined requests that arrive meanwhile are
+   parsed into queued ``Ctx`` objects (bounded: reading pauses once the queue or the
+   raw backlog is over its limit), and dispatched in order when the previous response is
+   complete.  A client that pipelines 10,000 requests without reading costs one socket
+   buffer, not 10,000 contexts.
+2. Nothing is forwarded before the whole head is parsed and validated; a malformed
+   request gets its 400/408/413/414/431 and the connection is closed.
+3. Reading pauses for several independent reasons (pipeline backlog, upstream not
+   accepting the body, connecting); ``_pause``/``_resume`` keep a bit mask so that one
+   reason ending does not resume reading another still wants paused (STYLE.md item 5).
+4. One timer per connection, rescheduled by deadline (STYLE.md item 8).
+5. ``connection_lost`` releases everything: the handler is told, so the upstream
+   connection bound to this request is aborted, never pooled.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import httptools
+
+from fastgw.errors import GatewayError
+
+# reasons to pause reading (bit mask)
+PAUSE_BACKLOG = 1    # pipelined requests queued behind the one in flight
+PAUSE_UPSTREAM = 2   # upstream is not accepting the request body fast enough
+PAUSE_WAIT = 4       # body arriving before the upstream connection is ready
+
+# deadline kinds
+T_NONE, T_IDLE, T_HEAD, T_BODY, T_SEND = 0, 1, 2, 3, 4
+
+MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
+MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
+
+# Request headers the protocol itself interprets; everything else is forwarded as is.
+H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD = range(1, 10)
+SPECIAL = {
+    b"host": H_HOST,
+    b"connection": H_CONN,
+    b"content-length": H_CL,
+    b"transfer-encoding": H_TE,
+    b"keep-alive": H_HOP,
+    b"proxy-connection": H_HOP,
+    b"te": H_HOP,
+    b"trailer": H_HOP,
+    b"proxy-authorization": H_HOP,
+    b"upgrade": H_UPGRADE,
+    b"expect": H_EXPECT,
+    b"x-forwarded-for": H_XFF,
+    b"x-forwarded-proto": H_XFWD,
+    b"x-forwarded-host": H_XFWD,
+    b"x-forwarded-port": H_XFWD,
+    b"forwarded": H_XFWD,
+    b"x-real-ip": H_XFWD,
+}
+
+
+class ConnInfo:
+    """Per-listener settings the protocol needs (built once per config)."""
+
+    __slots__ = ("max_request_line", "max_header_size", "max_headers_size", "max_headers",
+                 "t_head", "t_body", "t_idle", "t_send", "tls")
+
+    def __init__(self, limits, timeouts, tls: bool = False) -> None:
+        self.max_request_line = int(limits.max_request_line)
+        self.max_header_size = int(limits.max_header_size)
+        self.max_headers_size = int(limits.max_headers_size)
+        self.max_headers = int(limits.max_headers)
+        self.t_head = float(timeouts.request_header)
+        self.t_body = float(timeouts.request_body)
+        self.t_idle = float(timeouts.keepalive)
+        self.t_send = float(getattr(timeouts, "send", 60.0))
+        self.tls = tls
+
+
+class DownstreamProtocol:
+    __slots__ = (
+        # per-connection
+        "handler", "info", "loop", "transport", "parser", "peer_ip", "peer_port", "closed",
+        "paused", "write_paused", "timer", "timer_at", "deadline", "deadline_kind",
+        "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel", "write_waiters",
+        # per-request (the request being parsed)
+        "p_ctx", "p_url", "p_headers", "p_fwd", "p_size", "p_host", "p_hosts", "p_conn",
+        "p_upgrade", "p_expect", "p_xff", "p_cl", "p_te", "p_complete_seen",
+        # per-request (the request in flight)
+        "cur", "cur_complete", "cur_body",
+        "__weakref__",
+    )
+
+    def __init__(self, handler, info: ConnInfo, loop, ctx_factory) -> None:
+        self.handler = handler
+        self.info = info
+        self.loop = loop
+        self.ctx_factory = ctx_factory
+        self.transport = None
+        self.parser = None
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.closed = False
+        self.paused = 0
+        self.write_paused = False
+        self.write_waiters = None
+        self.timer = None
+        self.timer_at = 0.0
+        self.deadline = 0.0
+        self.deadline_kind = T_NONE
+        self.queue = deque()
+        self.backlog = None
+        self.n_requests = 0
+        self.draining = False
+        self.tunnel = None
+        self.cur = None
+        self.cur_complete = False
+        self.cur_body = None
+        self._reset_parse()
+
+    def _reset_parse(self) -> None:
+        self.p_ctx = None
+        self.p_url = b""
+        self.p_headers = []
+        self.p_fwd = []
+        self.p_size = 0
+        self.p_host = None
+        self.p_hosts = 0
+        self.p_conn = None
+        self.p_upgrade = None
+        self.p_expect = None
+        self.p_xff = None
+        self.p_cl = None
+        self.p_te = None
+        self.p_complete_seen = False
+
+    # ------------------------------------------------------------------ connection
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip, self.peer_port = peer[0], peer[1]
+        self.parser = httptools.HttpRequestParser(self)
+        self.handler.connection_made(self)
+        self._set_deadline(T_IDLE, self.info.t_head)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        cur = self.cur
+        self.cur = None
+        self.queue.clear()
+        if self.tunnel is not None:
+            t, self.tunnel = self.tunnel, None
+            t.abort()
+        self.handler.connection_lost(self, cur)
+        self.transport = None
+
+    def eof_received(self):
+        # A half-close from the client: finish the response in flight, then close.
+        if self.cur is None:
+            self._close()
+        return True  # keep the transport open for writing the response in flight
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.handler.downstream_paused(self, True)
+        self._set_deadline(T_SEND, self.info.t_send)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.handler.downstream_paused(self, False)
+        if self.deadline_kind == T_SEND:
+            self.deadline_kind = T_NONE
+
+    # ------------------------------------------------------------------ reading
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.cur is not None and self.cur_complete:
+            # The request in flight is fully read: hold the next bytes raw until it is
+            # answered, so pipelined requests cannot grow memory (rule 1).
+            if self.backlog is None:
+                self.backlog = bytearray(data)
+            else:
+                self.backlog += data
+            if len(self.backlog) > MAX_BACKLOG:
+                self._pause(PAUSE_BACKLOG)
+            return
+        self._feed(data)
+
+    def _feed(self, data) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._on_upgrade_request()
+        except GatewayError as e:
+            self._parse_failed(e.kind, e.detail)
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, GatewayError):
+                self._parse_failed(cause.kind, cause.detail)
+            else:
+                raise
+        except httptools.HttpParserInvalidURLError as e:
+            self._parse_failed("bad_request", f"invalid request target: {e}")
+        except httptools.HttpParserError as e:
+            self._parse_failed("bad_framing", f"malformed request: {e}")
+
+    def _parse_failed(self, kind: str, detail: str) -> None:
+        if self.closed:
+            return
+        if self.cur is not None and not self.cur_complete:
+            # The body of the request in flight is malformed (bad chunk): the upstream
+            # exchange cannot finish cleanly.  Abort both sides.
+            self.handler.abort_current(self, kind)
+            self._abort()
+            return
+        self.handler.parse_error(self, kind, detail)
+
+    # httptools callbacks ------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset_parse()
+        if self.deadline_kind == T_IDLE:
+            self._set_deadline(T_HEAD, self.info.t_head)
+
+    def on_url(self, url: bytes) -> None:
+        self.p_url += url
+        if len(self.p_url) > self.info.max_request_line:
+            raise GatewayError("uri_too_long", "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        info = self.info
+        size = len(name) + len(value) + 4
+        self.p_size += size
+        if size > info.max_header_size or self.p_size > info.max_headers_size:
+            raise GatewayError("headers_too_large", "request header fields too large")
+        hdrs = self.p_headers
+        hdrs.append((name, value))
+        if len(hdrs) > info.max_headers:
+            raise GatewayError("headers_too_large", "too many request header fields")
+        kind = SPECIAL.get(name.lower())
+        if kind is None:
+            self.p_fwd.append((name, value))
+        elif kind == H_HOST:
+            self.p_host = value
+            self.p_hosts += 1
+        elif kind == H_CONN:
+            self.p_conn = value if self.p_conn is None else self.p_conn + b", " + value
+        elif kind == H_CL:
+            self.p_cl = value
+        elif kind == H_TE:
+            self.p_te = value
+        elif kind == H_UPGRADE:
+            self.p_upgrade = value
+        elif kind == H_EXPECT:
+            self.p_expect = value
+        elif kind == H_XFF:
+            self.p_xff = value if self.p_xff is None else self.p_xff + b", " + value
+        # H_HOP, H_XFWD: dropped here; H_XFWD values are re-derived by the handler.
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise GatewayError("bad_request", f"unsupported HTTP version {version}")
+        if version == "1.1" and self.p_hosts != 1:
+            raise GatewayError("missing_host", "missing Host header" if not self.p_hosts else "duplicate Host header")
+        if self.p_hosts > 1:
+            raise GatewayError("missing_host", "duplicate Host header")
+        ctx = self.ctx_factory()
+        ctx.method = parser.get_method().decode("ascii")
+        ctx.raw_target = self.p_url
+        ctx.version = version
+        ctx.headers = self.p_fwd
+        ctx.keep_alive = parser.should_keep_alive() and not self.draining
+        ctx.tls = self.info.tls
+        ctx.peer_ip = self.peer_ip
+        host = self.p_host
+        ctx.host = host.decode("latin-1").lower() if host else ""
+        if self.p_cl is not None:
+            ctx.content_length = int(self.p_cl)
+        elif self.p_te is not None:
+            ctx.chunked = True  # llhttp only accepts a final "chunked" coding
+        notes = ctx.notes
+        notes["_xff"] = self.p_xff
+        if self.p_expect is not None:
+            notes["_expect"] = self.p_expect
+        if self.p_upgrade is not None:
+            notes["_upgrade"] = self.p_upgrade
+        if self.p_conn is not None:
+            notes["_conn"] = self.p_conn
+        notes["_raw_host"] = host
+        self.p_ctx = ctx
+        self.n_requests += 1
+        if self.cur is None:
+            self._start(ctx, None)
+        else:
+            ctx.notes["_body"] = []
+            self.queue.append(ctx)
+            if len(self.queue) >= MAX_QUEUED:
+                self._pause(PAUSE_BACKLOG)
+
+    def on_body(self, body: bytes) -> None:
+        ctx = self.p_ctx
+        ctx.bytes_received += len(body)
+        if ctx is self.cur:
+            if self.deadline_kind == T_BODY:
+                self.deadline = self.loop.time() + self.info.t_body
+            self.handler.on_body(self, ctx, body)
+        else:
+            ctx.notes["_body"].append(body)
+
+    def on_message_complete(self) -> None:
+        ctx = self.p_ctx
+        if ctx is None:
+            return
+        if ctx is self.cur:
+            self.cur_complete = True
+            if self.deadline_kind in (T_BODY, T_HEAD):
+                self.deadline_kind = T_NONE
+            self.handler.on_body_end(self, ctx)
+        else:
+            ctx.notes["_complete"] = True
+
+    def _on_upgrade_request(self) -> None:
+        # httptools stops at the end of the head of an Upgrade request; the handler
+        # decides (WebSocket is tunnelled once the upstream answers 101).
+        ctx = self.p_ctx
+        if ctx is not None and ctx is self.cur:
+            self.cur_complete = True
+            self.handler.on_body_end(self, ctx)
+
+    # ------------------------------------------------------------------ request lifecycle
+    def _start(self, ctx, body) -> None:
+        self.cur = ctx
+        self.cur_complete = False
+        self._set_deadline(T_BODY, self.info.t_body)
+        self.handler.dispatch(self, ctx, body)
+
+    def request_done(self, ctx, keep_alive: bool) -> None:
+        """Called by the handler when the response to ``ctx`` is completely written."""
+        if ctx is not self.cur:
+            return
+        self.handler.finish(self, ctx)
+        self.cur = None
+        if self.closed:
+            return
+        if not keep_alive or not ctx.keep_alive:
+            self._close()
+            return
+        if not self.cur_complete:
+            # Answered before the request body was read (401 on an upload): the rest of
+            # the body cannot be told from the next request without reading it; close.
+            self._close()
+            return
+        # Next pipelined request, if any.
+        while self.queue and self.cur is None and not self.closed:
+            nxt = self.queue.popleft()
+            body = nxt.notes.pop("_body", None)
+            complete = nxt.notes.pop("_complete", False)
+            self._start(nxt, body)
+            if complete and self.cur is nxt:
+                self.cur_complete = True
+                self.handler.on_body_end(self, nxt)
+        if self.cur is None and self.backlog is not None and not self.closed:
+            data, self.backlog = bytes(self.backlog), None
+            self._feed(data)
+        if not self.queue and (self.backlog is None or len(self.backlog) <= MAX_BACKLOG):
+            self._resume(PAUSE_BACKLOG)
+        if self.cur is None and not self.closed:
+            if self.draining:
+                self._close()
+            else:
+                self._set_deadline(T_IDLE, self.info.t_idle)
+
+    # ------------------------------------------------------------------ writing
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def close(self) -> None:
+        self._close()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    def abort(self) -> None:
+        self._abort()
+
+    def start_drain(self) -> None:
+        """Graceful drain: idle connections close now, busy ones after their response."""
+        self.draining = True
+        if self.cur is None:
+            self._close()
+
+    # ------------------------------------------------------------------ flow control
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def pause_for(self, reason: int) -> None:
+        self._pause(reason)
+
+    def resume_for(self, reason: int) -> None:
+        self._resume(reason)
+
+    def start_tunnel(self, upstream_transport) -> None:
+        """Switch to a byte tunnel (after an upstream 101)."""
+        self.tunnel = upstream_transport
+        self.deadline_kind = T_NONE
+        if self.backlog:
+            data, self.backlog = bytes(self.backlog), None
+            upstream_transport.write(data)
+        self._resume(PAUSE_BACKLOG | PAUSE_WAIT | PAUSE_UPSTREAM)
+
+    # ------------------------------------------------------------------ timers
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        at = self.loop.time() + seconds
+        self.deadline = at
+        self.deadline_kind = kind
+        if self.timer is None or self.timer_at > at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(at, self._on_timer)
+            self.timer_at = at
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closed or self.deadline_kind == T_NONE:
+            return
+        now = self.loop.time()
+        if now < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            self.timer_at = self.deadline
+            return
+        kind = self.deadline_kind
+        self.deadline_kind = T_NONE
+        if kind == T_IDLE:
+            self._close()
+        elif kind == T_HEAD:
+            self.handler.parse_error(self, "request_timeout", "request head not received in time")
+        elif kind == T_BODY:
+            if self.cur is not None and not self.cur_complete:
+                self.handler.body_timeout(self, self.cur)
+        elif kind == T_SEND:
+            self._abort()
+
+    def clear_deadline(self) -> None:
+        self.deadline_kind = T_NONE

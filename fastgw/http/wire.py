@@ -1,0 +1,81 @@
+"""Wire-format helpers (L2): prebuilt status lines, hop-by-hop rules, head serialisation.
+
+Everything here is computed at import time or per call without str decoding of header
+values that are only forwarded (STYLE.md items 6-7).  A head is serialised with one
+``b"".join`` so each message leaves in one ``write()`` whenever its body is known.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastgw.clock import date_header
+
+# "HTTP/1.1 200 OK\r\n" for every known status; unknown ones are built on demand.
+STATUS_LINES: dict[int, bytes] = {
+    int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode("ascii")) for s in HTTPStatus
+}
+STATUS_LINES[413] = b"HTTP/1.1 413 Content Too Large\r\n"
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
+    return line
+
+
+# Hop-by-hop headers (RFC 9110 7.6.1) never forwarded in either direction; the
+# headers named by Connection are removed too (done by the caller).
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+
+# Framing headers of a response that the gateway re-derives.
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+
+CRLF = b"\r\n"
+COLON = b": "
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def serialize_headers(out: list, headers) -> None:
+    """Append ``name: value\\r\\n`` pieces for each header to ``out``."""
+    for n, v in headers:
+        out.append(n)
+        out.append(COLON)
+        out.append(v)
+        out.append(CRLF)
+
+
+def reply_bytes(status: int, headers, body: bytes, *, keep_alive: bool, head_only: bool = False,
+                extra=None, server: bytes | None = None) -> bytes:
+    """A complete response with Content-Length, in one buffer."""
+    out = [status_line(status), date_header()]
+    if server:
+        out.append(server)
+    serialize_headers(out, headers)
+    if extra:
+        serialize_headers(out, extra)
+    if status >= 200 and status not in (204, 304):
+        out.append(b"content-length: %d\r\n" % len(body))
+    if not keep_alive:
+        out.append(b"connection: close\r\n")
+    out.append(CRLF)
+    if body and not head_only and status not in (204, 304):
+        out.append(body)
+    return b"".join(out)
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """Lower-case tokens of a Connection header value."""
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (never called with empty data)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,41 @@
+"""The explicit middleware registry: the gateway's fixed order (DESIGN.md).
+
+Each entry is ``(name, module_path)``; the module exposes
+``build(root_cfg, service_cfg, route_cfg, deps) -> Middleware | None`` returning None when
+the middleware is not enabled for that route.  ``route_cfg``/``service_cfg`` are None for
+the global chain (replies with no route: 400/404/405).
+
+Order of request filters (response filters run in reverse):
+request_id -> access_log -> security_headers -> ip_filter -> cors -> ratelimit_ip ->
+auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation
+"""
+
+from __future__ import annotations
+
+import importlib
+
+ORDER: tuple[tuple[str, str], ...] = (
+    ("request_id", "fastgw.middleware.request_id"),
+    ("access_log", "fastgw.middleware.access_log"),
+    ("security_headers", "fastgw.middleware.security_headers"),
+    ("ip_filter", "fastgw.middleware.ip_filter"),
+    ("cors", "fastgw.middleware.cors"),
+    ("ratelimit_ip", "fastgw.middleware.ratelimit_ip"),
+    ("auth", "fastgw.middleware.auth"),
+    ("ratelimit", "fastgw.middleware.ratelimit"),
+    ("validation", "fastgw.middleware.validation"),
+)
+
+
+def builders():
+    """(name, build) for every registered middleware whose module exists."""
+    out = []
+    for name, mod in ORDER:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        out.append((name, m.build))
+    return out

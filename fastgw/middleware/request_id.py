@@ -1,0 +1,56 @@
+"""Request id middleware: ``X-Request-ID`` accepted from trusted proxies, else generated.
+
+The id is echoed in the response (through ``ctx.resp_headers``, so it costs no response
+hook), sent upstream, and used in logs and problem bodies.  Generated ids are a random
+per-worker prefix plus a counter: unique across workers and restarts without a syscall
+or a uuid per request.  An incoming id from an untrusted peer is dropped (it could be
+used to forge log correlation) and replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from fastgw.pipeline.middleware import Middleware
+
+_VALID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}").fullmatch
+
+
+class RequestId(Middleware):
+    name = "request_id"
+
+    def __init__(self, cfg, deps) -> None:
+        super().__init__(cfg, deps)
+        hdr = (cfg.gateway.request_id_header or "X-Request-ID").encode("ascii")
+        self.header = hdr
+        self.lheader = hdr.lower()
+        self.drop = frozenset({self.lheader})
+        self.prefix = os.urandom(6).hex() + "-"
+        self.counter = 0
+
+    def request_filter(self, ctx):
+        rid = ctx.header(self.lheader)
+        if rid is not None:
+            if ctx.trusted_peer and _VALID(rid):
+                ctx.request_id = rid.decode("ascii")
+                ctx.resp_headers.append((self.header, rid))
+                return None
+            ctx.drop_headers(self.drop)
+        self.counter += 1
+        s = f"{self.prefix}{self.counter:x}"
+        ctx.request_id = s
+        b = s.encode("ascii")
+        ctx.upstream_headers.append((self.header, b))
+        ctx.resp_headers.append((self.header, b))
+        return None
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    key = "request_id"
+    shared = deps.state.get(key) if deps is not None else None
+    if shared is None:
+        shared = RequestId(root_cfg, deps)
+        if deps is not None:
+            deps.state[key] = shared
+    return shared

@@ -1,0 +1,1 @@
+"""Observability: the metrics registry, Prometheus rendering, the log buffer."""

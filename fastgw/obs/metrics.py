@@ -1,0 +1,168 @@
+"""The metrics registry of one worker (L4).
+
+Series are cells in a store: a flat array of numbers that only this worker writes.  In
+the pre-fork runtime the store is the worker's slot in shared memory (``fastgw.shm``), so
+the control process sums all workers at scrape time and an increment is one memory write
+(no lock, no syscall).  Without a supervisor the store is a local list.
+
+A series key is its Prometheus name plus label set, e.g.
+``fastgw_http_requests_total{route="svg-parser-0",service="svg-parser",method="GET",code="200"}``;
+histograms use ``_bucket{...,le="..."}`` keys (per-bucket counts, cumulated when
+rendered), ``_sum`` and ``_count``.  Labels are bounded: route and service names,
+method, status code, error kind; never paths or user ids.  The ``METRICS`` table is the
+reference (name, type, help, labels) used by the renderer and by docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from fastgw.clock import monotonic
+
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+
+# name -> (type, help, label names)
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "fastgw_http_requests_total": ("counter", "Requests answered, by route, service, method and status code.",
+                                   ("route", "service", "method", "code")),
+    "fastgw_http_request_duration_seconds": ("histogram", "Time from the complete request head to the end of the response.",
+                                             ("route",)),
+    "fastgw_upstream_request_duration_seconds": ("histogram", "Time from sending the request upstream to its response head.",
+                                                 ("service",)),
+    "fastgw_http_requests_in_flight": ("gauge", "Requests being processed.", ()),
+    "fastgw_downstream_connections_open": ("gauge", "Open client connections.", ()),
+    "fastgw_upstream_connections_total": ("counter", "Upstream connection events (created, reused, closed).", ("event",)),
+    "fastgw_upstream_errors_total": ("counter", "Upstream failures by service and kind.", ("service", "kind")),
+    "fastgw_worker_restarts_total": ("counter", "Workers respawned by the supervisor.", ()),
+    "fastgw_config_reloads_total": ("counter", "Config reloads by result (ok, failed).", ("result",)),
+    "fastgw_build_info": ("gauge", "Build information.", ("version", "python")),
+    "fastgw_auth_decisions_total": ("counter", "Authentication decisions by route and result.", ("route", "result")),
+    "fastgw_jwt_cache_total": ("counter", "Verified-token cache lookups by result (hit, miss).", ("result",)),
+    "fastgw_jwks_refresh_total": ("counter", "JWKS fetches by result.", ("result",)),
+    "fastgw_ratelimit_decisions_total": ("counter", "Rate-limit decisions by limit and result.", ("limit", "result")),
+}
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def series_key(name: str, labels) -> str:
+    if not labels:
+        return name
+    if isinstance(labels, dict):
+        labels = labels.items()
+    return name + "{" + ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels) + "}"
+
+
+class LocalStore:
+    """A store for a single process: cells in a Python list."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
+        self.values: list[float] = []
+
+    def cell(self, key: str) -> int:
+        i = self.keys.get(key)
+        if i is None:
+            i = self.keys[key] = len(self.values)
+            self.values.append(0)
+        return i
+
+    def add(self, i: int, v: float = 1) -> None:
+        self.values[i] += v
+
+    def set(self, i: int, v: float) -> None:
+        self.values[i] = v
+
+    def snapshot(self) -> dict[str, float]:
+        return {k: self.values[i] for k, i in self.keys.items()}
+
+
+class Metrics:
+    """The worker's registry: generic ``inc``/``observe``/``set`` plus the hot-path shortcuts."""
+
+    def __init__(self, store=None) -> None:
+        self.store = store if store is not None else LocalStore()
+        self._cells: dict = {}
+        self._req: dict = {}
+        self._inflight = self.store.cell("fastgw_http_requests_in_flight")
+        self._conns = self.store.cell("fastgw_downstream_connections_open")
+
+    # generic API (middlewares) ------------------------------------------------
+    def inc(self, name: str, labels=(), value: float = 1) -> None:
+        k = (name, labels if not isinstance(labels, dict) else tuple(labels.items()))
+        c = self._cells.get(k)
+        if c is None:
+            c = self._cells[k] = self.store.cell(series_key(name, k[1]))
+        self.store.add(c, value)
+
+    def set(self, name: str, labels=(), value: float = 0) -> None:
+        k = (name, labels if not isinstance(labels, dict) else tuple(labels.items()))
+        c = self._cells.get(k)
+        if c is None:
+            c = self._cells[k] = self.store.cell(series_key(name, k[1]))
+        self.store.set(c, value)
+
+    def _hist(self, name: str, labels: tuple):
+        k = ("h", name, labels)
+        h = self._cells.get(k)
+        if h is None:
+            cell = self.store.cell
+            buckets = tuple(cell(series_key(name + "_bucket", labels + (("le", repr(b)),))) for b in DURATION_BUCKETS)
+            inf = cell(series_key(name + "_bucket", labels + (("le", "+Inf"),)))
+            h = self._cells[k] = (buckets + (inf,), cell(series_key(name + "_sum", labels)),
+                                  cell(series_key(name + "_count", labels)))
+        return h
+
+    def observe(self, name: str, labels: tuple, value: float) -> None:
+        buckets, s, c = self._hist(name, labels)
+        add = self.store.add
+        add(buckets[bisect_left(DURATION_BUCKETS, value)])
+        add(s, value)
+        add(c)
+
+    # hot path --------------------------------------------------------------------
+    def request_start(self) -> None:
+        self.store.add(self._inflight, 1)
+
+    def request_done(self, ctx) -> None:
+        route = ctx.route
+        rname = route.name if route is not None else "-"
+        method = ctx.method if ctx.method in KNOWN_METHODS else "OTHER"
+        k = (rname, method, ctx.status)
+        cells = self._req.get(k)
+        if cells is None:
+            svc = route.service if route is not None else "-"
+            cell = self.store.cell
+            cells = self._req[k] = (
+                cell(series_key("fastgw_http_requests_total",
+                                (("route", rname), ("service", svc), ("method", method), ("code", str(ctx.status))))),
+                self._hist("fastgw_http_request_duration_seconds", (("route", rname),)),
+                self._hist("fastgw_upstream_request_duration_seconds", (("service", svc),)) if route is not None else None,
+            )
+        add = self.store.add
+        add(cells[0])
+        add(self._inflight, -1)
+        d = monotonic() - ctx.start
+        b, s, c = cells[1]
+        add(b[bisect_left(DURATION_BUCKETS, d)])
+        add(s, d)
+        add(c)
+        ud = ctx.upstream_duration
+        if ud is not None and cells[2] is not None:
+            b, s, c = cells[2]
+            add(b[bisect_left(DURATION_BUCKETS, ud)])
+            add(s, ud)
+            add(c)
+
+    def conn_open(self, delta: int) -> None:
+        self.store.add(self._conns, delta)
+
+    def upstream_error(self, route, kind: str) -> None:
+        self.inc("fastgw_upstream_errors_total", (("service", route.service if route else "-"), ("kind", kind)))
+
+    def pool_event(self, event: str) -> None:
+        self.inc("fastgw_upstream_connections_total", (("event", event),))

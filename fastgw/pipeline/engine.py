@@ -1,0 +1,600 @@
+"""The engine (L5): runs one request through the phases of DESIGN.md.
+
+It is the handler of both protocols: ``DownstreamProtocol`` reports parsed requests and
+body bytes, ``UpstreamProtocol`` reports the response.  The engine decides (route,
+middlewares, upstream) and builds the bytes; the protocols own sockets and timers.
+
+    dispatch -> health path? -> normalise + route (errors: global chain) -> request filters
+             -> local Reply (response filters of the middlewares that ran) | proxy
+    proxy    -> pool.acquire (idle first) -> one write: head + body at hand
+    upstream_head -> response filters (reverse) -> head bytes (joined with the first body bytes)
+    upstream_done -> pool.release -> proto.request_done -> logging phase (``finish``)
+    errors   -> GatewayError -> error_reply (problem+json) or abort if the head was sent
+
+The current config snapshot is ``self.app`` (a runtime ``App``); a request keeps the
+snapshot it started on (``ctx.app``), so a reload never changes a request mid-flight.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from fastgw.clock import monotonic
+from fastgw.errors import GatewayError
+from fastgw.http.messages import Reply, RequestHead, ResponseHead, error_reply
+from fastgw.http.normalize import normalize_path, split_target
+from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
+from fastgw.http.wire import (CONTINUE_100, CRLF, HOP_BY_HOP, LAST_CHUNK, connection_tokens,
+                              reply_bytes, serialize_headers, status_line)
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+MAX_PENDING_BODY = 256 * 1024  # body bytes held while the upstream connection is made
+
+_H_CL = b"content-length"
+_H_TE = b"transfer-encoding"
+
+
+class Engine:
+    def __init__(self, app) -> None:
+        self.app = app
+        self.connections: set = set()
+        self.draining = False
+        self.ready = True
+        self.inflight = 0
+        self._trust_cache: dict[str, bool] = {}
+
+    # ------------------------------------------------------------------ config
+    def swap(self, app) -> None:
+        """Install a new config snapshot; requests in flight finish on the old one."""
+        self.app = app
+        self._trust_cache = {}
+
+    def is_trusted(self, ip: str) -> bool:
+        c = self._trust_cache
+        r = c.get(ip)
+        if r is None:
+            nets = self.app.trusted_nets
+            try:
+                addr = ipaddress.ip_address(ip)
+                r = any(addr in n for n in nets)
+            except ValueError:
+                r = False
+            if len(c) > 4096:
+                c.clear()
+            c[ip] = r
+        return r
+
+    # ------------------------------------------------------------------ connections
+    def connection_made(self, proto) -> None:
+        self.connections.add(proto)
+        app = self.app
+        if len(self.connections) > app.max_connections:
+            # Past gateway.max_connections for this worker: a clear 503 and close,
+            # rather than a silent reset; the load balancer retries elsewhere.
+            err = GatewayError("too_many_connections", "the gateway worker is at its connection limit")
+            proto.write(reply_bytes(503, error_reply(err).headers, error_reply(err).body, keep_alive=False))
+            proto.close()
+        app.metrics.conn_open(1)
+
+    def connection_lost(self, proto, cur) -> None:
+        self.connections.discard(proto)
+        self.app.metrics.conn_open(-1)
+        if cur is not None:
+            up = cur.up
+            if up is not None:
+                cur.up = None
+                up.detach()
+            cur.flags.append("client_abort")
+            if cur.status == 0:
+                cur.status = 499
+            self.finish(proto, cur)
+
+    def downstream_paused(self, proto, paused: bool) -> None:
+        cur = proto.cur
+        if cur is not None and cur.up is not None:
+            t = cur.up.transport
+            if t is not None:
+                if paused:
+                    t.pause_reading()
+                else:
+                    t.resume_reading()
+
+    # ------------------------------------------------------------------ requests
+    def dispatch(self, proto, ctx, body) -> None:
+        app = self.app
+        ctx.app = app
+        self.inflight += 1
+        app.metrics.request_start()
+        peer = proto.peer_ip
+        trusted = self.is_trusted(peer) if app.trusted_nets else False
+        ctx.trusted_peer = trusted
+        ctx.client_ip = peer
+        if ctx.tls:
+            ctx.scheme = "https"
+        notes = ctx.notes
+        xff = notes["_xff"]
+        if trusted and xff is not None:
+            ctx.client_ip = self._client_from_xff(xff, peer)
+        if body:
+            notes["_pending"] = body
+            notes["_pending_size"] = sum(len(b) for b in body)
+        try:
+            path, query, authority = split_target(ctx.raw_target)
+            if authority is not None and not ctx.host:
+                ctx.host = authority.decode("latin-1").lower()
+            ctx.query = query
+            norm, enc_slash = normalize_path(path)
+            ctx.path = norm
+            if norm == app.health_path:
+                self._health(proto, ctx)
+                return
+            route, params = app.router.match(ctx.host, ctx.method, norm, ctx.header, query,
+                                             self._is_preflight(ctx))
+            ctx.route = route
+            ctx.path_params = params
+            if enc_slash and not route.allow_encoded_slash:
+                raise GatewayError("bad_path", "encoded slash in path is not allowed on this route")
+            if ctx.content_length is not None and ctx.content_length > route.max_body:
+                raise GatewayError("body_too_large", f"request body exceeds {route.max_body} bytes")
+        except GatewayError as err:
+            ctx.error = err
+            self._reply_error(proto, ctx, err, app.global_chain, keep_alive=err.status < 500 and err.kind != "bad_path" and err.status != 413)
+            return
+        if notes.get("_upgrade") is not None and (ctx.method != "GET" or notes["_upgrade"].lower() != b"websocket"):
+            # Only WebSocket is tunnelled; another Upgrade (h2c, ...) is not forwarded, and
+            # the parser stops at an upgrade head, so this connection ends after the answer.
+            notes.pop("_upgrade", None)
+            ctx.keep_alive = False
+        chain = route.chain
+        if chain.has_async:
+            app.loop.create_task(self._run_async(proto, ctx, chain))
+            return
+        for idx, fn, _a in chain.request:
+            r = fn(ctx)
+            if r is not None:
+                self.send_local(proto, ctx, r, idx)
+                return
+        self._after_request_chain(proto, ctx)
+
+    async def _run_async(self, proto, ctx, chain) -> None:
+        try:
+            for idx, fn, is_async in chain.request:
+                r = (await fn(ctx)) if is_async else fn(ctx)
+                if proto.closed or proto.cur is not ctx:
+                    return
+                if r is not None:
+                    self.send_local(proto, ctx, r, idx)
+                    return
+            self._after_request_chain(proto, ctx)
+        except Exception as e:  # a middleware bug must not kill the connection silently
+            err = GatewayError("internal", "internal error in the request pipeline")
+            ctx.error = err
+            ctx.app.log.exception("middleware failed: %s", e)
+            if proto.cur is ctx and not proto.closed:
+                self._reply_error(proto, ctx, err, ctx.route.chain, keep_alive=False)
+
+    def _after_request_chain(self, proto, ctx) -> None:
+        route = ctx.route
+        if route.chain.body_check:
+            ctx.notes["_buffer_body"] = []
+            ctx.notes["_buffer_size"] = 0
+            self._maybe_continue(proto, ctx)
+            if proto.cur_complete and proto.cur is ctx:
+                self.on_body_end(proto, ctx)
+            return
+        self._maybe_continue(proto, ctx)
+        self.proxy(proto, ctx)
+
+    def _maybe_continue(self, proto, ctx) -> None:
+        exp = ctx.notes.get("_expect")
+        if exp is not None and not proto.cur_complete:
+            if exp.lower() == b"100-continue":
+                proto.write(CONTINUE_100)
+
+    @staticmethod
+    def _is_preflight(ctx) -> bool:
+        return ctx.method == "OPTIONS" and ctx.header(b"access-control-request-method") is not None \
+            and ctx.header(b"origin") is not None
+
+    def _client_from_xff(self, xff: bytes, peer: str) -> str:
+        """Read X-Forwarded-For right to left past trusted proxies.
+
+        The first address that is not a trusted proxy is the client.  An entry that is
+        not an IP address ends the walk at the last trusted hop (garbage is not a client).
+        """
+        last = peer
+        for raw in reversed(xff.split(b",")):
+            ip = raw.strip().decode("latin-1")
+            if ip.startswith("[") and "]" in ip:
+                ip = ip[1:ip.index("]")]
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                return last
+            if not self.is_trusted(ip):
+                return ip
+            last = ip
+        return last
+
+    def _health(self, proto, ctx) -> None:
+        ok = self.ready and not self.draining
+        body = b'{"status":"ready"}' if ok else b'{"status":"not ready"}'
+        ctx.status = 200 if ok else 503
+        ctx.notes["_nolog"] = True
+        proto.write(reply_bytes(ctx.status, [(b"content-type", b"application/json"),
+                                             (b"cache-control", b"no-store")], body,
+                                keep_alive=ctx.keep_alive, head_only=ctx.method == "HEAD"))
+        proto.request_done(ctx, True)
+
+    # ------------------------------------------------------------------ local replies
+    def send_local(self, proto, ctx, reply: Reply, upto: int) -> None:
+        """Send a reply made by the middleware at chain index ``upto``."""
+        for idx, fn in ctx.route.chain.response:
+            if idx <= upto:
+                fn(ctx, reply)
+        self._write_reply(proto, ctx, reply, keep_alive=True)
+
+    def _reply_error(self, proto, ctx, err: GatewayError, chain, keep_alive: bool) -> None:
+        reply = error_reply(err, ctx.request_id)
+        if chain is not None:
+            if chain is self.app.global_chain and not ctx.request_id:
+                # the global chain's own request filters (request id) never ran for this reply
+                for idx, fn, is_async in chain.request:
+                    if not is_async and chain.names[idx] == "request_id":
+                        fn(ctx)
+                reply = error_reply(err, ctx.request_id)
+            for _idx, fn in chain.response:
+                fn(ctx, reply)
+        self._write_reply(proto, ctx, reply, keep_alive)
+
+    def _write_reply(self, proto, ctx, reply: Reply, keep_alive: bool) -> None:
+        keep = keep_alive and ctx.keep_alive and not self.draining and not proto.draining
+        if not proto.cur_complete and (ctx.content_length or ctx.chunked):
+            keep = False  # unread request body: close rather than parse it as a request
+        extra = ctx.resp_headers
+        if keep and ctx.version == "1.0":
+            extra = extra + [(b"connection", b"keep-alive")]
+        data = reply_bytes(reply.status, reply.headers, reply.body, keep_alive=keep,
+                           head_only=ctx.method == "HEAD", extra=extra, server=self.app.server_header)
+        ctx.status = reply.status
+        ctx.bytes_sent += len(reply.body)
+        if reply.kind and ctx.error is None:
+            ctx.flags.append(reply.kind)
+        proto.write(data)
+        proto.request_done(ctx, keep)
+
+    # ------------------------------------------------------------------ request body
+    def on_body(self, proto, ctx, data: bytes) -> None:
+        notes = ctx.notes
+        buf = notes.get("_buffer_body")
+        if buf is not None:
+            buf.append(data)
+            return
+        up = ctx.up
+        if up is not None and up.handler is self:
+            up.write(b"%x\r\n%s\r\n" % (len(data), data) if ctx.chunked else data)
+            return
+        pend = notes.get("_pending")
+        if pend is None:
+            pend = notes["_pending"] = []
+            notes["_pending_size"] = 0
+        pend.append(data)
+        notes["_pending_size"] += len(data)
+        if notes["_pending_size"] > MAX_PENDING_BODY:
+            proto.pause_for(PAUSE_WAIT)
+        if ctx.chunked and ctx.bytes_received > ctx.route.max_body:
+            self._body_too_large(proto, ctx)
+
+    def _body_too_large(self, proto, ctx) -> None:
+        up = ctx.up
+        if up is not None:
+            ctx.up = None
+            up.detach()
+        err = GatewayError("body_too_large", f"request body exceeds {ctx.route.max_body} bytes")
+        ctx.error = err
+        self._reply_error(proto, ctx, err, ctx.route.chain, keep_alive=False)
+
+    def on_body_end(self, proto, ctx) -> None:
+        notes = ctx.notes
+        if ctx.chunked and ctx.bytes_received > ctx.route.max_body and ctx.status == 0:
+            self._body_too_large(proto, ctx)
+            return
+        buf = notes.get("_buffer_body")
+        if buf is not None:
+            if "_pending" in notes:
+                buf[:0] = notes.pop("_pending")
+            if ctx.route is None or proto.cur is not ctx:
+                return
+            body = b"".join(buf)
+            notes.pop("_buffer_body")
+            for idx, fn in ctx.route.chain.body_check:
+                r = fn(ctx, body)
+                if r is not None:
+                    self.send_local(proto, ctx, r, idx)
+                    return
+            # forward as a Content-Length body now that it is whole
+            notes["_pending"] = [body] if body else []
+            notes["_pending_size"] = len(body)
+            ctx.content_length = len(body)
+            ctx.chunked = False
+            self.proxy(proto, ctx)
+            return
+        up = ctx.up
+        if up is not None and up.handler is self:
+            if ctx.chunked:
+                up.write(LAST_CHUNK)
+        else:
+            notes["_body_done"] = True
+
+    def body_timeout(self, proto, ctx) -> None:
+        up = ctx.up
+        if up is not None:
+            ctx.up = None
+            up.detach()
+        err = GatewayError("request_timeout", "request body not received in time")
+        ctx.error = err
+        if ctx.status == 0 and ctx.up is None:
+            self._reply_error(proto, ctx, err, ctx.route.chain if ctx.route else None, keep_alive=False)
+        else:
+            proto.abort()
+
+    def abort_current(self, proto, kind: str) -> None:
+        ctx = proto.cur
+        if ctx is not None:
+            ctx.flags.append("bad_body")
+            up = ctx.up
+            if up is not None:
+                ctx.up = None
+                up.detach()
+
+    def parse_error(self, proto, kind: str, detail: str) -> None:
+        """A malformed or timed-out request head: answer and close, forward nothing."""
+        ctx = proto.ctx_factory()
+        ctx.app = self.app
+        ctx.peer_ip = ctx.client_ip = proto.peer_ip
+        ctx.method = "GET"
+        ctx.path = "-"
+        err = GatewayError(kind, detail)
+        ctx.error = err
+        proto.cur = ctx
+        proto.cur_complete = True
+        ctx.keep_alive = False
+        self.inflight += 1
+        self.app.metrics.request_start()
+        self._reply_error(proto, ctx, err, self.app.global_chain, keep_alive=False)
+
+    # ------------------------------------------------------------------ proxying
+    def proxy(self, proto, ctx) -> None:
+        route = ctx.route
+        pool = route.pick(ctx)
+        if pool is None:
+            self.fail(proto, ctx, GatewayError("no_upstream", f"no healthy instance for service {route.service}"))
+            return
+        ctx.upstream = pool.peer.label
+        ctx.notes["_head"] = self._upstream_head(ctx, route, pool.peer)
+        ctx.upstream_start = monotonic()
+        cancel = pool.acquire(lambda conn, err: self._on_conn(proto, ctx, pool, conn, err))
+        if cancel is not None:
+            ctx.notes["_cancel"] = cancel
+
+    def _on_conn(self, proto, ctx, pool, conn, err) -> None:
+        notes = ctx.notes
+        notes.pop("_cancel", None)
+        if proto.closed or proto.cur is not ctx:
+            if conn is not None:
+                pool.release(conn, True)
+            return
+        if err is not None:
+            self.fail(proto, ctx, err)
+            return
+        route = ctx.route
+        data = notes["_head"]
+        pend = notes.pop("_pending", None)
+        if pend:
+            if ctx.chunked:
+                data += b"".join(b"%x\r\n%s\r\n" % (len(b), b) for b in pend)
+            else:
+                data += b"".join(pend)
+            notes["_resend"] = pend if len(pend) < 64 else None
+            proto.resume_for(PAUSE_WAIT)
+        if ctx.chunked and (notes.get("_body_done") or proto.cur_complete):
+            data += LAST_CHUNK
+        ctx.up = conn
+        conn.body_filter = route.body_filter
+        conn.send(self, proto, ctx, data, head_only=ctx.method == "HEAD",
+                  t_head=route.t_head, t_read=route.t_read)
+
+    def _upstream_head(self, ctx, route, peer) -> bytes:
+        """The request head for the upstream, as one bytes object."""
+        notes = ctx.notes
+        target = peer.base_path + ctx.path.encode("latin-1")
+        if ctx.query:
+            target += b"?" + ctx.query
+        headers = ctx.headers
+        conn_hdr = notes.get("_conn")
+        if conn_hdr is not None:
+            listed = connection_tokens(conn_hdr) - {b"close", b"keep-alive", b"upgrade"}
+            if listed:
+                headers = [h for h in headers if h[0].lower() not in listed]
+        if route.chain.upstream_request:
+            head = RequestHead(ctx.method.encode("ascii"), target, list(headers))
+            for fn in route.chain.upstream_request:
+                fn(ctx, head)
+            target, headers = head.target, head.headers
+        raw_host = notes.get("_raw_host") or b""
+        out = [ctx.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ",
+               raw_host if route.preserve_host and raw_host else peer.host_header, CRLF]
+        serialize_headers(out, headers)
+        if ctx.upstream_headers:
+            serialize_headers(out, ctx.upstream_headers)
+        peer_ip = ctx.peer_ip.encode("latin-1")
+        xff = notes["_xff"]
+        out.append(b"x-forwarded-for: ")
+        out.append(xff + b", " + peer_ip if (xff is not None and ctx.trusted_peer) else peer_ip)
+        out.append(b"\r\nx-forwarded-proto: ")
+        out.append(ctx.scheme.encode("ascii"))
+        if raw_host:
+            out.append(b"\r\nx-forwarded-host: ")
+            out.append(raw_host)
+        out.append(CRLF)
+        if notes.get("_upgrade") is not None:
+            out.append(b"connection: upgrade\r\nupgrade: ")
+            out.append(notes["_upgrade"])
+            out.append(CRLF)
+        if ctx.content_length is not None:
+            out.append(b"content-length: %d\r\n" % ctx.content_length)
+        elif ctx.chunked:
+            out.append(b"transfer-encoding: chunked\r\n")
+        out.append(CRLF)
+        return b"".join(out)
+
+    def fail(self, proto, ctx, err: GatewayError) -> None:
+        """An upstream-side failure before the response head: retry or answer 502/503/504."""
+        ctx.error = err
+        route = ctx.route
+        notes = ctx.notes
+        if (err.retryable and ctx.method in IDEMPOTENT and not notes.get("_retried")
+                and not ctx.chunked and (not ctx.content_length or notes.get("_resend"))):
+            notes["_retried"] = True
+            ctx.flags.append("retried")
+            if notes.get("_resend"):
+                notes["_pending"] = notes.pop("_resend")
+            ctx.error = None
+            pool = route.pick(ctx)
+            if pool is not None:
+                ctx.upstream = pool.peer.label
+                pool._connect(lambda conn, e: self._on_conn(proto, ctx, pool, conn, e))
+                return
+        app = ctx.app
+        app.metrics.upstream_error(route, err.kind)
+        self._reply_error(proto, ctx, err, route.chain, keep_alive=True)
+
+    # ------------------------------------------------------------------ upstream events
+    def upstream_head(self, up, status: int, reason: bytes, headers: list, keep: bool) -> bytes:
+        ctx = up.ctx
+        ctx.upstream_status = status
+        ctx.upstream_duration = monotonic() - ctx.upstream_start
+        route = ctx.route
+        # hop-by-hop removal (plus whatever the upstream's Connection header names)
+        fwd = []
+        conn_listed = None
+        chunked = False
+        has_cl = False
+        for h in headers:
+            ln = h[0].lower()
+            if ln in HOP_BY_HOP:
+                if ln == b"connection":
+                    conn_listed = connection_tokens(h[1])
+                elif ln == _H_TE:
+                    chunked = True
+                continue
+            if ln == _H_CL:
+                has_cl = True
+            fwd.append(h)
+        if conn_listed:
+            conn_listed -= {b"close", b"keep-alive"}
+            if conn_listed:
+                fwd = [h for h in fwd if h[0].lower() not in conn_listed]
+        if route.chain.response:
+            head = ResponseHead(status, reason, fwd)
+            for _i, fn in route.chain.response:
+                fn(ctx, head)
+            status, fwd = head.status, head.headers
+        bodyless = ctx.method == "HEAD" or status in (204, 304) or status < 200
+        keep_client = ctx.keep_alive and not self.draining and not proto_draining(up.down)
+        extra = b""
+        if status == 101:
+            keep_client = True
+            extra = b"connection: upgrade\r\nupgrade: " + (ctx.notes.get("_upgrade") or b"websocket") + CRLF
+        elif not bodyless and not has_cl:
+            # No Content-Length: a chunked or read-until-close upstream body.  HTTP/1.1
+            # clients get it chunked; HTTP/1.0 clients get it close-delimited.
+            if ctx.version == "1.1":
+                up.rechunk = True
+                extra = b"transfer-encoding: chunked\r\n"
+            else:
+                keep_client = False
+            if not chunked:
+                up.close_delimited = True
+        ctx.keep_alive = keep_client
+        ctx.status = status
+        out = [status_line(status, reason), ]
+        if self.app.server_header:
+            out.append(self.app.server_header)
+        serialize_headers(out, fwd)
+        if ctx.resp_headers:
+            serialize_headers(out, ctx.resp_headers)
+        if extra:
+            out.append(extra)
+        if status != 101:
+            if not keep_client:
+                out.append(b"connection: close\r\n")
+            elif ctx.version == "1.0":
+                out.append(b"connection: keep-alive\r\n")
+        out.append(CRLF)
+        return b"".join(out)
+
+    def upstream_done(self, up, reusable: bool) -> None:
+        ctx = up.ctx
+        proto = up.down
+        pool = up.pool
+        ctx.up = None
+        pool.release(up, reusable)
+        if proto is not None and proto.cur is ctx:
+            proto.request_done(ctx, ctx.keep_alive)
+
+    def upstream_error(self, up, err: GatewayError) -> None:
+        ctx = up.ctx
+        proto = up.down
+        ctx.up = None
+        if proto is None or proto.cur is not ctx:
+            return
+        if not up.head_sent:
+            self.fail(proto, ctx, err)
+            return
+        # The head is out: the only honest signal left is an aborted connection, never a
+        # truncated response that looks complete.
+        ctx.error = err
+        ctx.flags.append("upstream_abort")
+        ctx.app.metrics.upstream_error(ctx.route, err.kind)
+        proto.abort()
+
+    def upstream_paused(self, up, paused: bool) -> None:
+        proto = up.down
+        if proto is not None:
+            if paused:
+                proto.pause_for(PAUSE_UPSTREAM)
+            else:
+                proto.resume_for(PAUSE_UPSTREAM)
+
+    def upstream_upgraded(self, up, rest: bytes) -> None:
+        """The upstream answered 101: both connections become one byte tunnel."""
+        proto = up.down
+        ctx = up.ctx
+        up.handler = None
+        up.tunnel = proto
+        up.deadline_kind = 0
+        ctx.up = None
+        ctx.flags.append("upgraded")
+        if rest:
+            proto.write(rest)
+        proto.start_tunnel(up.transport)
+
+    # ------------------------------------------------------------------ logging phase
+    def finish(self, proto, ctx) -> None:
+        self.inflight -= 1
+        route = ctx.route
+        chain = route.chain if route is not None else ctx.app.global_chain if ctx.app else None
+        err = ctx.error
+        if chain is not None and not ctx.notes.get("_nolog"):
+            for fn in chain.logging:
+                try:
+                    fn(ctx, err)
+                except Exception as e:  # logging must never break the connection
+                    ctx.app.log.exception("logging hook failed: %s", e)
+        if ctx.app is not None:
+            ctx.app.metrics.request_done(ctx)
+
+
+def proto_draining(proto) -> bool:
+    return proto is not None and proto.draining

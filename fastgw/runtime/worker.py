@@ -1,0 +1,246 @@
+"""A worker process's life (L7): event loop, listeners, tick, reload, drain.
+
+``Worker`` is created after fork (or directly by ``fastgw`` without a supervisor): it
+makes the uvloop loop, builds the App from the config snapshot, serves the listening
+sockets it was given, and runs one tick per second for chores (Date header, log flush,
+heartbeat).  Nothing here runs at import time.
+
+Signals (standalone mode; under the supervisor the supervisor drives the same methods):
+TERM = graceful drain, INT = fast exit, HUP = reload the config file (standalone only),
+USR1 = reopen log files.  Handlers only record the signal; ``_on_signal`` dispatches to
+``handle_<name>`` on the loop (STYLE.md item 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from fastgw import clock
+from fastgw.http.protocol import ConnInfo, DownstreamProtocol
+from fastgw.obs.logbuf import LogBuffer
+from fastgw.obs.metrics import Metrics
+from fastgw.pipeline.ctx import Ctx
+from fastgw.pipeline.deps import Deps
+from fastgw.pipeline.engine import Engine
+from fastgw.runtime.app import App
+
+log = logging.getLogger("fastgw")
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = True, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket (SO_REUSEPORT so several workers may each have one)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    s.listen(backlog)
+    s.setblocking(False)
+    return s
+
+
+def _log_target(cfg) -> str:
+    lg = cfg.monitoring.logging
+    al = lg.access_log
+    return al.output or lg.output
+
+
+class Worker:
+    def __init__(self, config, sockets, *, worker_id: int = 0, shm=None, metrics_store=None,
+                 config_path: str | None = None, standalone: bool = True) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.worker_id = worker_id
+        self.shm = shm
+        self.metrics_store = metrics_store
+        self.config_path = config_path
+        self.standalone = standalone
+        self.loop = None
+        self.engine = None
+        self.servers = []
+        self.access_buf = None
+        self.audit_buf = None
+        self.stopping = None
+        self.tick_handle = None
+        self.tick_hooks = []
+        self.generation = 0
+
+    # ------------------------------------------------------------------ setup
+    def _deps(self, config) -> Deps:
+        deps = Deps(config, loop=self.loop, shm=self.shm, metrics=self.metrics, log=log,
+                    worker_id=self.worker_id)
+        if self.access_buf is not None:
+            deps.state["access_log_buffer"] = self.access_buf
+        if self.audit_buf is not None:
+            import orjson
+            buf = self.audit_buf
+            deps.audit = lambda rec: buf.write(orjson.dumps(rec))
+        return deps
+
+    def build_app(self, config, old=None) -> App:
+        deps = self.deps if old is None else self._deps(config)
+        if old is not None:
+            deps.state = self.deps.state  # long-lived per-worker state survives reloads
+            self.deps = deps
+        return App(config, deps, loop=self.loop, metrics=self.metrics, log=log, old=old)
+
+    def run(self) -> int:
+        import uvloop
+
+        loop = self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.metrics = Metrics(self.metrics_store)
+        cfg = self.config
+        lg = cfg.monitoring.logging
+        if lg.access_log.enabled:
+            self.access_buf = LogBuffer(_log_target(cfg))
+        audit_out = getattr(lg.audit, "output", None)
+        if audit_out:
+            self.audit_buf = LogBuffer(audit_out)
+        self.deps = self._deps(cfg)
+        app = self.build_app(cfg)
+        self.engine = Engine(app)
+        self.stopping = loop.create_future()
+        loop.run_until_complete(self._serve())
+        if threading.current_thread() is threading.main_thread():
+            for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup"),
+                              (signal.SIGUSR1, "usr1")):
+                loop.add_signal_handler(sig, self._on_signal, name)
+        self._tick()
+        try:
+            code = loop.run_until_complete(self.stopping)
+        finally:
+            self._flush_logs()
+            loop.close()
+        return code
+
+    async def _serve(self) -> None:
+        cfg = self.config
+        info = ConnInfo(cfg.gateway.limits, cfg.gateway.timeouts, tls=False)
+        ssl_ctx = None
+        tls = cfg.gateway.tls
+        if tls is not None:
+            import ssl
+            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_ctx.load_cert_chain(tls.cert_file, tls.key_file)
+            info.tls = True
+        engine = self.engine
+        loop = self.loop
+
+        def factory():
+            return DownstreamProtocol(engine, info, loop, Ctx)
+
+        for s in self.sockets:
+            srv = await loop.create_server(factory, sock=s, ssl=ssl_ctx, backlog=2048)
+            self.servers.append(srv)
+
+    # ------------------------------------------------------------------ tick
+    def _tick(self) -> None:
+        clock.tick()
+        if self.access_buf is not None:
+            self.access_buf.flush()
+        if self.audit_buf is not None:
+            self.audit_buf.flush()
+        for hook in self.tick_hooks:
+            try:
+                hook()
+            except Exception as e:
+                log.exception("tick hook failed: %s", e)
+        self.tick_handle = self.loop.call_later(1.0, self._tick)
+
+    def _flush_logs(self) -> None:
+        for b in (self.access_buf, self.audit_buf):
+            if b is not None:
+                b.flush()
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, name: str) -> None:
+        getattr(self, "handle_" + name)()
+
+    def handle_term(self) -> None:
+        """Graceful drain: stop accepting after the drain delay, finish in-flight requests, exit 0."""
+        if self.engine.draining:
+            self.handle_int()
+            return
+        self.loop.create_task(self.drain())
+
+    def handle_int(self) -> None:
+        """Fast exit: close everything now."""
+        if not self.stopping.done():
+            self.stopping.set_result(0)
+
+    def handle_hup(self) -> None:
+        """Reload the config file (standalone mode): validate, then swap in place."""
+        if not self.config_path:
+            return
+        from fastgw.config import ConfigError, load_config
+        try:
+            cfg, _warnings = load_config(self.config_path)
+        except ConfigError as e:
+            for line in e.errors:
+                log.error("reload refused: %s", line)
+            self.metrics.inc("fastgw_config_reloads_total", (("result", "failed"),))
+            return
+        except OSError as e:
+            log.error("reload refused: %s", e)
+            self.metrics.inc("fastgw_config_reloads_total", (("result", "failed"),))
+            return
+        self.apply_config(cfg)
+
+    def handle_usr1(self) -> None:
+        """Reopen log files (logrotate)."""
+        for b in (self.access_buf, self.audit_buf):
+            if b is not None:
+                b.reopen()
+
+    # ------------------------------------------------------------------ reload & drain
+    def apply_config(self, cfg) -> None:
+        """Swap to a validated config snapshot; in-flight requests finish on the old one."""
+        old = self.engine.app
+        try:
+            app = self.build_app(cfg, old=old)
+        except Exception as e:
+            log.exception("reload failed while building the new config: %s", e)
+            self.metrics.inc("fastgw_config_reloads_total", (("result", "failed"),))
+            return
+        self.config = cfg
+        self.engine.swap(app)
+        old.retire(app)
+        self.generation += 1
+        self.metrics.inc("fastgw_config_reloads_total", (("result", "ok"),))
+        log.info("config reloaded (generation %d)", self.generation)
+
+    async def drain(self, delay: float | None = None, timeout: float | None = None) -> None:
+        gw = self.config.gateway
+        delay = float(gw.drain.delay) if delay is None else delay
+        timeout = float(gw.drain.timeout) if timeout is None else timeout
+        engine = self.engine
+        engine.draining = True  # readiness answers 503 from now on
+        start = self.loop.time()
+        await asyncio.sleep(delay)
+        for srv in self.servers:
+            srv.close()
+        for proto in list(engine.connections):
+            proto.start_drain()
+        while engine.connections and self.loop.time() - start < delay + timeout:
+            await asyncio.sleep(0.05)
+        for proto in list(engine.connections):
+            proto.abort()
+        if not self.stopping.done():
+            self.stopping.set_result(0)
+
+
+def configure_logging(level: str) -> None:
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter(f"%(asctime)s fastgw[{os.getpid()}] %(levelname)s %(message)s"))
+    root = logging.getLogger("fastgw")
+    root.handlers[:] = [h]
+    root.setLevel(level.upper())
+    root.propagate = False

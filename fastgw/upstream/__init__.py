@@ -1,0 +1,1 @@
+"""Upstream side: peers, keep-alive pools, the client protocol."""

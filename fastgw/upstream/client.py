@@ -1,0 +1,332 @@
+"""The upstream (service-side) HTTP/1.1 client protocol (L3).
+
+One ``UpstreamProtocol`` per upstream TCP connection, kept in its peer's ``Pool`` between
+requests.  It sends one request at a time (no upstream pipelining), parses the response
+with ``httptools.HttpResponseParser`` and hands events to a handler (the engine):
+
+    handler.upstream_head(up, status, reason, headers, keep_alive) -> bytes | None
+        the bytes to send downstream for the head (None: nothing yet, e.g. 1xx)
+    handler.upstream_done(up, reusable)      the response is complete and flushed
+    handler.upstream_error(up, err)          failure (GatewayError), before or after the head
+    handler.upstream_paused(up, paused)      back-pressure from the upstream socket
+
+Rules:
+1. One write per downstream message: everything a single ``data_received`` produces for
+   the client (head, body pieces, the last chunk) is joined and written once.
+2. Body bytes are passed through untouched unless the client needs chunked framing that
+   the upstream did not use (``rechunk``), or a body filter is installed.
+3. A connection goes back to the pool only when its response was read to the end and
+   both sides allow keep-alive.  Anything odd (early data while idle, a parse error, a
+   timeout, a client that went away) closes it.
+4. One timer per connection: response-head timeout, then read (idle-gap) timeout, then
+   the pool's idle timeout while parked.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from fastgw.errors import GatewayError
+from fastgw.http.wire import LAST_CHUNK
+
+IDLE, BUSY, CLOSED = 0, 1, 2
+T_NONE, T_HEAD, T_READ, T_IDLE = 0, 1, 2, 3
+
+
+class UpstreamProtocol:
+    __slots__ = (
+        # per-connection
+        "pool", "loop", "transport", "parser", "state", "reused", "handler", "timer", "timer_at",
+        "deadline", "deadline_kind", "idle_since", "max_head", "write_paused",
+        # per-request
+        "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
+        "status", "reason", "headers", "head_size", "out", "body_filter", "t_read", "keep",
+        "tunnel",
+    )
+
+    def __init__(self, pool, loop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.transport = None
+        self.parser = None
+        self.state = IDLE
+        self.reused = False
+        self.handler = None
+        self.timer = None
+        self.timer_at = 0.0
+        self.deadline = 0.0
+        self.deadline_kind = T_NONE
+        self.idle_since = 0.0
+        self.max_head = 64 * 1024
+        self.write_paused = False
+        self.tunnel = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.down = None
+        self.ctx = None
+        self.head_only = False
+        self.got_bytes = False
+        self.head_sent = False
+        self.rechunk = False
+        self.close_delimited = False
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+        self.head_size = 0
+        self.out = None
+        self.body_filter = None
+        self.t_read = 60.0
+        self.keep = True
+
+    # ------------------------------------------------------------------ connection
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        prev = self.state
+        self.state = CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.pool.forget(self)
+        if self.tunnel is not None:
+            d, self.tunnel = self.tunnel, None
+            d.close()
+            return
+        if prev == BUSY and self.handler is not None:
+            if self.close_delimited and self.head_sent and self.parser is not None:
+                # read-until-close body: the close is the end of the message
+                try:
+                    self.parser.feed_data(b"")
+                except Exception:
+                    pass
+                self._end(reusable=False)
+                return
+            retryable = self.reused and not self.got_bytes
+            kind = "upstream_reset"
+            err = GatewayError(kind, "upstream closed the connection" + (" mid-body" if self.head_sent else ""),
+                               retryable=retryable)
+            h, self.handler = self.handler, None
+            h.upstream_error(self, err)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.handler is not None:
+            self.handler.upstream_paused(self, True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.handler is not None:
+            self.handler.upstream_paused(self, False)
+
+    def eof_received(self):
+        return False  # close our side too; connection_lost follows
+
+    # ------------------------------------------------------------------ requests
+    def usable(self) -> bool:
+        t = self.transport
+        return self.state == IDLE and t is not None and not t.is_closing()
+
+    def send(self, handler, down, ctx, data: bytes, *, head_only: bool, t_head: float, t_read: float) -> None:
+        """Start an exchange: write the request head (and any body already at hand)."""
+        self.state = BUSY
+        self.handler = handler
+        self.down = down
+        self.ctx = ctx
+        self.head_only = head_only
+        self.t_read = t_read
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self._set_deadline(T_HEAD, t_head)
+        self.transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        if self.state == BUSY:
+            self.transport.write(data)
+
+    # httptools callbacks --------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.state != BUSY:
+            # An idle connection that becomes readable is closing or broken: drop it.
+            self.close()
+            return
+        self.got_bytes = True
+        out = self.out = []
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self.status == 101 and self.handler is not None:
+                self._flush()
+                self.handler.upstream_upgraded(self, data)
+                return
+            self._fail(GatewayError("upstream_bad_response", "unexpected upgrade from upstream"))
+            return
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._fail(cause if isinstance(cause, GatewayError) else
+                       GatewayError("upstream_bad_response", f"invalid response from upstream: {e}"))
+            return
+        except httptools.HttpParserError as e:
+            self._fail(GatewayError("upstream_bad_response", f"invalid response from upstream: {e}"))
+            return
+        if out:
+            self._flush()
+        if self.state == BUSY and self.deadline_kind == T_READ:
+            self.deadline = self.loop.time() + self.t_read
+
+    def _flush(self) -> None:
+        out, self.out = self.out, None
+        if out and self.down is not None:
+            self.down.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.head_size = 0
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.max_head:
+            raise GatewayError("upstream_bad_response", "upstream response head too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        status = p.get_status_code()
+        self.status = status
+        if 100 <= status < 200 and status != 101:
+            # Interim responses are not relayed: the gateway answers Expect itself.
+            self.reason = b""
+            return
+        keep = p.should_keep_alive()
+        self.keep = keep
+        head = self.handler.upstream_head(self, status, self.reason, self.headers, keep)
+        self.head_sent = True
+        self._set_deadline(T_READ, self.t_read)
+        if head is not None:
+            self.out.append(head)
+        if self.head_only and status != 101:
+            # No body follows a response to HEAD, whatever Content-Length says; the
+            # parser would wait for it, so it is dropped and a fresh one made next time.
+            self.parser = None
+            self._end(reusable=keep)
+
+    def on_body(self, body: bytes) -> None:
+        if not self.head_sent:
+            return
+        f = self.body_filter
+        if f is not None:
+            body = f(self.ctx, body, False)
+            if not body:
+                return
+        self.ctx.bytes_sent += len(body)
+        if self.rechunk:
+            self.out.append(b"%x\r\n" % len(body))
+            self.out.append(body)
+            self.out.append(b"\r\n")
+        else:
+            self.out.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.head_sent:
+            # end of an interim (1xx) response: keep reading for the final one
+            return
+        if self.state != BUSY:
+            return
+        self._end(reusable=self.keep and not self.close_delimited)
+
+    def _end(self, reusable: bool) -> None:
+        out = self.out
+        if self.body_filter is not None:
+            tail = self.body_filter(self.ctx, b"", True)
+            if tail:
+                self.ctx.bytes_sent += len(tail)
+                if out is None:
+                    out = self.out = []
+                out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if self.rechunk else tail)
+        if self.rechunk:
+            if out is None:
+                out = self.out = []
+            out.append(LAST_CHUNK)
+        if out:
+            self._flush()
+        self.deadline_kind = T_NONE
+        h = self.handler
+        self.handler = None
+        if self.state == BUSY:
+            self.state = IDLE if reusable else self.state
+        if not reusable:
+            self.close()
+        if h is not None:
+            h.upstream_done(self, reusable)
+
+    def _fail(self, err: GatewayError) -> None:
+        self.out = None
+        h, self.handler = self.handler, None
+        self.close()
+        if h is not None:
+            h.upstream_error(self, err)
+
+    def detach(self) -> None:
+        """Forget the exchange (the client went away): the connection is closed."""
+        self.handler = None
+        self.down = None
+        self.abort()
+
+    def park(self) -> None:
+        """Back to the pool: clear per-request state and arm the idle timeout."""
+        self._reset()
+        self.state = IDLE
+        self.reused = True
+        self.idle_since = self.loop.time()
+        self._set_deadline(T_IDLE, self.pool.idle_timeout)
+
+    def close(self) -> None:
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+
+    # ------------------------------------------------------------------ timers
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        at = self.loop.time() + seconds
+        self.deadline = at
+        self.deadline_kind = kind
+        if self.timer is None or self.timer_at > at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(at, self._on_timer)
+            self.timer_at = at
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.state == CLOSED or self.deadline_kind == T_NONE:
+            return
+        now = self.loop.time()
+        if now < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            self.timer_at = self.deadline
+            return
+        kind = self.deadline_kind
+        self.deadline_kind = T_NONE
+        if kind == T_IDLE:
+            self.close()
+        elif kind == T_HEAD:
+            self._fail(GatewayError("upstream_timeout", "upstream did not answer in time"))
+        elif kind == T_READ:
+            self._fail(GatewayError("upstream_timeout", "upstream response body stalled"))

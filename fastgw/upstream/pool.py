@@ -1,0 +1,206 @@
+"""Keep-alive connection pools, one per upstream instance (L3).
+
+Rules (STYLE.md item 9, aiohttp's connector and Pingora's pooling notes):
+1. Fast path first: an idle connection is taken before any machinery is set up; idle
+   connections are reused newest-first (a stack), so cold ones age out by idle timeout.
+2. ``open`` counts connections that exist or are being connected; the cap
+   (``max_connections``) applies to that count, so a burst of connects cannot overshoot.
+3. Past the cap, requests wait in a bounded FIFO (``max_waiters``, ``wait_timeout``);
+   a released connection is handed straight to the oldest waiter.  A full queue or a
+   wait past its deadline is ``pool_exhausted`` (503).
+4. An idle connection that becomes readable or closes is dropped (the protocol does it
+   and calls ``forget``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+
+from fastgw.errors import GatewayError
+from fastgw.upstream.client import UpstreamProtocol
+
+
+class Peer:
+    """One upstream instance: where to connect and how to address it."""
+
+    __slots__ = ("host", "port", "tls", "server_name", "host_header", "base_path", "key", "label")
+
+    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
+                 server_name: str | None = None, base_path: str = "") -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.server_name = server_name or host
+        default_port = 443 if tls is not None else 80
+        hh = host if ":" not in host else f"[{host}]"
+        self.host_header = (hh if port == default_port else f"{hh}:{port}").encode("ascii")
+        self.base_path = base_path.rstrip("/").encode("ascii")
+        self.key = (host, port, tls is not None, self.server_name)
+        self.label = f"{hh}:{port}"
+
+
+class Pool:
+    __slots__ = ("peer", "loop", "idle", "open", "waiters", "max_idle", "max_connections",
+                 "max_waiters", "wait_timeout", "idle_timeout", "connect_timeout", "stats", "closed")
+
+    def __init__(self, peer: Peer, loop, *, max_idle: int, max_connections: int, max_waiters: int,
+                 wait_timeout: float, idle_timeout: float, connect_timeout: float, stats=None) -> None:
+        self.peer = peer
+        self.loop = loop
+        self.idle: list[UpstreamProtocol] = []
+        self.open: set[UpstreamProtocol] = set()
+        self.waiters: deque = deque()
+        self.max_idle = max_idle
+        self.max_connections = max_connections
+        self.max_waiters = max_waiters
+        self.wait_timeout = wait_timeout
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.stats = stats  # callable(event: str) or None: "created", "reused", "closed"
+        self.closed = False
+
+    # ------------------------------------------------------------------ acquire
+    def acquire_idle(self) -> UpstreamProtocol | None:
+        """An idle, usable connection (newest first), or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                if self.stats is not None:
+                    self.stats("reused")
+                return conn
+        return None
+
+    def acquire(self, callback) -> None:
+        """Get a connection: ``callback(conn, None)`` or ``callback(None, GatewayError)``.
+
+        Called synchronously when an idle connection exists; otherwise after a connect or
+        a wait.  Returns a cancel handle (callable) or None.
+        """
+        conn = self.acquire_idle()
+        if conn is not None:
+            callback(conn, None)
+            return None
+        if len(self.open) < self.max_connections:
+            return self._connect(callback)
+        if len(self.waiters) >= self.max_waiters:
+            callback(None, GatewayError("pool_exhausted", f"connection pool to {self.peer.label} is exhausted"))
+            return None
+        entry = [callback, None]
+        entry[1] = self.loop.call_later(self.wait_timeout, self._wait_expired, entry)
+        self.waiters.append(entry)
+        return lambda: self._cancel_wait(entry)
+
+    def _wait_expired(self, entry) -> None:
+        try:
+            self.waiters.remove(entry)
+        except ValueError:
+            return
+        entry[0](None, GatewayError("pool_exhausted", f"no connection to {self.peer.label} became free in time"))
+
+    def _cancel_wait(self, entry) -> None:
+        try:
+            self.waiters.remove(entry)
+        except ValueError:
+            return
+        if entry[1] is not None:
+            entry[1].cancel()
+
+    def _connect(self, callback):
+        conn = UpstreamProtocol(self, self.loop)
+        self.open.add(conn)
+        task = self.loop.create_task(self._do_connect(conn, callback))
+        return task.cancel
+
+    async def _do_connect(self, conn: UpstreamProtocol, callback) -> None:
+        peer = self.peer
+        try:
+            try:
+                await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda: conn, peer.host, peer.port, ssl=peer.tls,
+                        server_hostname=peer.server_name if peer.tls is not None else None),
+                    self.connect_timeout)
+            except asyncio.TimeoutError:
+                raise GatewayError("upstream_connect_timeout", f"connect to {peer.label} timed out",
+                                   retryable=True) from None
+            except ConnectionRefusedError:
+                raise GatewayError("upstream_refused", f"connection to {peer.label} refused",
+                                   retryable=True) from None
+            except ssl.SSLError as e:
+                raise GatewayError("upstream_tls", f"TLS with {peer.label} failed: {e.reason or e}",
+                                   retryable=True) from None
+            except (OSError, socket.gaierror) as e:
+                raise GatewayError("upstream_unreachable", f"cannot connect to {peer.label}: {e.strerror or e}",
+                                   retryable=True) from None
+        except GatewayError as err:
+            self.open.discard(conn)
+            callback(None, err)
+            self._wake_waiter_for_slot()
+            return
+        except asyncio.CancelledError:
+            self.open.discard(conn)
+            if conn.transport is not None:
+                conn.transport.abort()
+            raise
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if self.stats is not None:
+            self.stats("created")
+        callback(conn, None)
+
+    # ------------------------------------------------------------------ release
+    def release(self, conn: UpstreamProtocol, reusable: bool) -> None:
+        """Return a connection after a complete exchange (or drop it)."""
+        if not reusable or self.closed or not conn.usable():
+            conn.close()
+            self._wake_waiter_for_slot()
+            return
+        conn.park()
+        if self.waiters:
+            entry = self.waiters.popleft()
+            if entry[1] is not None:
+                entry[1].cancel()
+            if self.stats is not None:
+                self.stats("reused")
+            entry[0](conn, None)
+            return
+        if len(self.idle) >= self.max_idle:
+            conn.close()
+            return
+        self.idle.append(conn)
+
+    def _wake_waiter_for_slot(self) -> None:
+        """A slot freed up (a connection closed): let the oldest waiter connect."""
+        if self.waiters and len(self.open) < self.max_connections:
+            entry = self.waiters.popleft()
+            if entry[1] is not None:
+                entry[1].cancel()
+            self._connect(entry[0])
+
+    def forget(self, conn: UpstreamProtocol) -> None:
+        """The connection is closed: stop counting it (called by the protocol)."""
+        if conn in self.open:
+            self.open.discard(conn)
+            if self.stats is not None:
+                self.stats("closed")
+            try:
+                self.idle.remove(conn)
+            except ValueError:
+                pass
+            if self.waiters:
+                self.loop.call_soon(self._wake_waiter_for_slot)
+
+    def close(self) -> None:
+        """Retire the pool (config reload removed the peer): idle connections close now."""
+        self.closed = True
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
