@@ -129,11 +129,9 @@ class Engine:
                 self._health(proto, ctx)
                 return
             route, params = app.router.match(ctx.host, ctx.method, norm, ctx.header, query,
-                                             self._is_preflight(ctx))
+                                             self._is_preflight(ctx), enc_slash)
             ctx.route = route
             ctx.path_params = params
-            if enc_slash and not route.allow_encoded_slash:
-                raise GatewayError("bad_path", "encoded slash in path is not allowed on this route")
             if ctx.content_length is not None and ctx.content_length > route.max_body:
                 raise GatewayError("body_too_large", f"request body exceeds {route.max_body} bytes")
         except GatewayError as err:
