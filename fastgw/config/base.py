@@ -1,17 +1,29 @@
 """Building blocks of the config schema (L1).
 
 Every section is a frozen msgspec Struct deriving from ``Base`` (unknown keys are
-errors).  Special scalar types are decoded by ``dec_hook`` in the loader:
+errors).  Special scalar types are decoded by ``dec_hook`` (and by the loader's walker,
+which calls the same parsers):
 
-- ``Duration``: a float number of seconds, written ``250ms``, ``30s``, ``5m``, ``24h``, ``7d``
-  (a bare number means seconds).
+- ``Duration``: a float number of seconds, written ``250ms``, ``30s``, ``5m``, ``24h``, ``7d``,
+  or a compound such as ``1h30m`` (a bare number means seconds).
 - ``Size``: an int number of bytes, written ``512``, ``16k``, ``1m``, ``2g`` (powers of 1024).
 - ``Secret``: a str that is redacted (``"***"``) wherever config is printed or logged.
 
-Constraints go in ``Annotated[..., msgspec.Meta(...)]`` (STYLE.md item 11).
+Constraints go in ``Annotated[..., msgspec.Meta(...)]`` (STYLE.md item 11).  A semantic
+check that msgspec cannot express is attached the same way, with ``Check(fn)``: ``fn``
+receives the decoded value, returns it (possibly normalised, e.g. upper-cased) or raises
+``ValueError`` whose text becomes the error message at that field's path.  A Struct may
+also define ``_check(self)`` yielding ``(relative_path, message)`` pairs for rules that span
+several of its fields; the loader calls it once the Struct is built.
+
+Rule: messages never echo the value of a ``Secret``.
 """
 
 from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Callable
 
 import msgspec
 
@@ -21,7 +33,7 @@ class Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
 
 
 class Duration(float):
-    """Seconds; decoded from '250ms', '30s', '5m', '24h', '7d' or a number."""
+    """Seconds; decoded from '250ms', '30s', '5m', '24h', '7d', '1h30m' or a number."""
 
     __slots__ = ()
 
@@ -41,60 +53,87 @@ class Secret(str):
         return "Secret('***')"
 
 
+def Check(fn: Callable[[Any], Any], **constraints: Any) -> msgspec.Meta:
+    """``Annotated[T, Check(fn)]``: run ``fn`` on the decoded value (see module doc)."""
+    return msgspec.Meta(extra={"check": fn}, **constraints)
+
+
 _DUR_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DUR_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+_SIZE_RE = re.compile(r"(\d+)\s*([a-z]*)")
 
 
-def parse_duration(v) -> Duration:
+def _show(v: Any) -> str:
     if isinstance(v, bool):
-        raise ValueError(f"expected a duration like '30s', got {v!r}")
-    if isinstance(v, (int, float)):
-        if v < 0:
-            raise ValueError(f"expected a non-negative duration, got {v!r}")
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    return repr(v)
+
+
+def parse_duration(v: Any) -> Duration:
+    """'250ms' | '30s' | '5m' | '24h' | '7d' | '1h30m' | a number of seconds -> Duration."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"expected a non-negative duration, got {_show(v)}")
         return Duration(v)
     if isinstance(v, str):
         s = v.strip()
-        for unit in ("ms", "s", "m", "h", "d"):
-            if s.endswith(unit):
-                num = s[: -len(unit)]
-                if unit == "s" and num.endswith("m"):  # "ms" handled first
-                    continue
-                try:
-                    n = float(num)
-                except ValueError:
-                    break
-                if n < 0:
-                    break
-                return Duration(n * _DUR_UNITS[unit])
-    raise ValueError(f"expected a duration like '30s', got {v!r}")
+        pos, total = 0, 0.0
+        for m in _DUR_PART.finditer(s):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _DUR_UNITS[m.group(2)]
+            pos = m.end()
+        else:
+            if s and pos == len(s):
+                return Duration(total)
+        try:  # a bare number in a string, e.g. from ${TIMEOUT}
+            n = float(s)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(n) and n >= 0:
+                return Duration(n)
+    raise ValueError(f"expected a duration like '30s', got {_show(v)}")
 
 
-def parse_size(v) -> Size:
-    if isinstance(v, bool):
-        raise ValueError(f"expected a size like '1m', got {v!r}")
-    if isinstance(v, int):
+def parse_size(v: Any) -> Size:
+    """'512' | '16k' | '1m' | '2g' (powers of 1024, optional 'b'/'kb'/'mb'/'gb') -> Size."""
+    if isinstance(v, int) and not isinstance(v, bool):
         if v < 0:
             raise ValueError(f"expected a non-negative size, got {v!r}")
         return Size(v)
     if isinstance(v, str):
-        s = v.strip().lower()
-        i = len(s)
-        while i and not s[i - 1].isdigit():
-            i -= 1
-        num, unit = s[:i], s[i:].strip()
-        if num.isdigit() and unit in _SIZE_UNITS:
-            return Size(int(num) * _SIZE_UNITS[unit])
-    raise ValueError(f"expected a size like '1m', got {v!r}")
+        m = _SIZE_RE.fullmatch(v.strip().lower())
+        if m and m.group(2) in _SIZE_UNITS:
+            return Size(int(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    raise ValueError(f"expected a size like '1m', got {_show(v)}")
 
 
-def dec_hook(type_, obj):
+def parse_secret(v: Any) -> Secret:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return Secret(v)
+
+
+PARSERS: dict[type, Callable[[Any], Any]] = {Duration: parse_duration, Size: parse_size, Secret: parse_secret}
+
+
+def dec_hook(type_: type, obj: Any) -> Any:
     """msgspec decode hook for the special scalar types."""
-    if type_ is Duration:
-        return parse_duration(obj)
-    if type_ is Size:
-        return parse_size(obj)
-    if type_ is Secret:
-        if not isinstance(obj, str):
-            raise ValueError(f"expected a string, got {type(obj).__name__}")
-        return Secret(obj)
-    raise NotImplementedError(type_)
+    try:
+        parse = PARSERS[type_]
+    except KeyError:
+        raise NotImplementedError(type_) from None
+    return parse(obj)
+
+
+def _positive(v: float) -> float:
+    if v <= 0:
+        raise ValueError(f"must be greater than 0, got {v:g}s")
+    return v
+
+
+PositiveDuration = Annotated[Duration, Check(_positive)]

@@ -1,0 +1,82 @@
+"""Schema of ``services.<name>``: an upstream service and its routes (L1).
+
+A service is reached at one ``url`` or at a list of weighted ``instances`` (exactly one
+of the two).  ``timeout`` is the time until the response head arrives (None: the
+gateway's ``timeout``); ``read_timeout`` bounds each idle gap while the body streams;
+``connect_timeout`` bounds the TCP (and TLS) connect.  ``pool`` sizes the keep-alive pool
+kept per instance; ``tls`` applies to ``https://`` instances only.
+
+Rules kept here:
+- URLs are ``http://`` or ``https://`` host[:port][/base-path], no credentials, query or
+  fragment; one scheme per service;
+- at least one instance has a weight above 0.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Iterator
+
+import msgspec
+
+from fastgw.config import validators as v
+from fastgw.config.base import Base, Check, Duration, PositiveDuration
+from fastgw.config.ratelimit import RateLimitRule
+from fastgw.config.routes import RouteConfig
+
+Url = Annotated[str, Check(v.http_url)]
+
+
+class InstanceConfig(Base):
+    url: Url
+    weight: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 1  # 0 = receives no traffic
+
+
+class PoolConfig(Base):
+    """Keep-alive pool, per upstream instance, per worker."""
+
+    max_idle: Annotated[int, msgspec.Meta(ge=0)] = 64  # never more than max_connections in effect
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024  # open + connecting
+    idle_timeout: PositiveDuration = Duration(60)
+    max_waiters: Annotated[int, msgspec.Meta(ge=0)] = 1024  # queued requests when full; then 503
+    wait_timeout: PositiveDuration = Duration(5)  # longest wait in that queue; then 503
+
+
+class UpstreamTlsConfig(Base):
+    """Client TLS towards ``https://`` instances."""
+
+    verify: bool = True
+    ca_file: Annotated[str, Check(v.non_empty)] | None = None  # None = the system store
+    server_name: Annotated[str, Check(v.hostname)] | None = None  # SNI/verified name; None = URL host
+
+
+class ServiceConfig(Base):
+    name: str | None = None  # display name only; the key under ``services`` is the id
+    url: Url | None = None
+    instances: list[InstanceConfig] = []
+    health: Annotated[str, Check(v.url_or_path)] | None = None  # URL, or path on each instance
+    timeout: PositiveDuration | None = None  # until the response head; None = gateway.timeout
+    connect_timeout: PositiveDuration = Duration(5)
+    read_timeout: PositiveDuration = Duration(60)
+    retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0
+    preserve_host: bool = False
+    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    tls: UpstreamTlsConfig = msgspec.field(default_factory=UpstreamTlsConfig)
+    rate_limit: RateLimitRule | None = None
+    routes: list[RouteConfig] = []
+
+    def upstreams(self) -> list[InstanceConfig]:
+        """The instances to send to: ``instances``, or ``url`` as a single instance."""
+        if self.instances:
+            return self.instances
+        return [InstanceConfig(url=self.url)] if self.url else []
+
+    def _check(self) -> Iterator[tuple[str, str]]:
+        if self.url is not None and self.instances:
+            yield "url", "set either url or instances, not both"
+        elif self.url is None and not self.instances:
+            yield "url", "missing: set url, or instances with at least one url"
+        elif self.instances and not any(i.weight > 0 for i in self.instances):
+            yield "instances", "every instance has weight 0: nothing could receive traffic"
+        schemes = {u.url.split(":", 1)[0].lower() for u in self.upstreams()}
+        if len(schemes) > 1:
+            yield "instances", "mixes http:// and https:// instances; use one scheme per service"

@@ -1,0 +1,98 @@
+"""``scripts/demo``: three demo upstreams + the gateway on config/gateway.yaml.
+
+Starts svg-parser, cmms-service and database-infra (JSON echo services) on 127.0.0.1,
+runs ``fastgw -c config/gateway.yaml``, mints demo tokens with the configured secret and
+prints curl lines that show routing, authentication, role checks and rate limiting.
+Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from fastgw.demo.echo import EchoServer
+
+SERVICES = (("svg-parser", "SVG_PARSER_PORT", 8101), ("cmms-service", "CMMS_PORT", 8102),
+            ("database-infra", "DATABASE_INFRA_PORT", 8103))
+
+
+def mint(secret: str, sub: str, roles: list[str], ttl: int = 3600) -> str:
+    import jwt
+
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "roles": roles, "iat": now, "exp": now + ttl}, secret, algorithm="HS256")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Run the fastgw demo")
+    ap.add_argument("-c", "--config", default="config/gateway.yaml")
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    env = dict(os.environ)
+    env.setdefault("JWT_SECRET", "dev-secret-change-me")
+    servers = []
+    for name, var, default in SERVICES:
+        port = int(env.setdefault(var, str(default)))
+        srv = EchoServer("127.0.0.1", port, name).start()
+        servers.append(srv)
+        print(f"demo upstream {name} on {srv.addr}")
+    gw_port = env.setdefault("FASTGW_PORT", "8080")
+    env.setdefault("FASTGW_METRICS_PORT", "9090")
+    proc = subprocess.Popen([sys.executable, "-m", "fastgw", "-c", a.config, "--workers", str(a.workers)],
+                            env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        for line in proc.stdout:
+            print(line, end="")
+            if "listening on" in line and "admin" not in line:
+                break
+        else:
+            print("fastgw did not start", file=sys.stderr)
+            return 1
+        secret = env["JWT_SECRET"]
+        admin = mint(secret, "alice", ["admin"])
+        viewer = mint(secret, "bob", ["viewer"])
+        base = f"http://127.0.0.1:{gw_port}"
+        print(f"""
+fastgw is running on {base} (metrics: http://127.0.0.1:{env['FASTGW_METRICS_PORT']}/metrics). Try:
+
+  export ADMIN_TOKEN={admin}
+  export VIEWER_TOKEN={viewer}
+
+  # routing to a public health route of each service
+  curl -s {base}/api/v1/svg/health
+  # a protected route without a token: 401 with WWW-Authenticate
+  curl -si {base}/api/v1/svg/drawings
+  # with a token: 200, and the upstream sees X-User-Id / X-User-Roles
+  curl -s -H "Authorization: Bearer $ADMIN_TOKEN" {base}/api/v1/cmms/work-orders
+  # a viewer may read but not delete: 403
+  curl -si -X DELETE -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/cmms/work-orders/7
+  # rate limit: database-infra allows 20 req/s with a burst of 50; the tail gets 429
+  for i in $(seq 1 80); do curl -s -o /dev/null -w '%{{http_code}} ' -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/database/tables; done; echo
+  # unknown path: 404 problem+json
+  curl -s {base}/nope
+
+Access log lines appear below. Ctrl-C stops everything.
+""", flush=True)
+        for line in proc.stdout:
+            print(line, end="")
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for s in servers:
+            s.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
