@@ -27,6 +27,7 @@ Rules this file keeps:
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import httptools
@@ -43,6 +44,7 @@ T_NONE, T_IDLE, T_HEAD, T_BODY, T_SEND = 0, 1, 2, 3, 4
 
 MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
 MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
+FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
 
 # Request headers the protocol itself interprets; everything else is forwarded as is.
 H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD = range(1, 10)
@@ -65,6 +67,10 @@ SPECIAL = {
     b"forwarded": H_XFWD,
     b"x-real-ip": H_XFWD,
 }
+
+
+# RFC 9112 3.2 / RFC 3986 3.2.2: host [":" port]; no userinfo, path, spaces.
+_valid_host = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?").fullmatch
 
 
 class ConnInfo:
@@ -93,7 +99,7 @@ class DownstreamProtocol:
         "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel", "write_waiters",
         # per-request (the request being parsed)
         "p_ctx", "p_url", "p_headers", "p_fwd", "p_size", "p_host", "p_hosts", "p_conn",
-        "p_upgrade", "p_expect", "p_xff", "p_cl", "p_te", "p_complete_seen",
+        "p_upgrade", "p_expect", "p_xff", "p_cl", "p_te", "p_error",
         # per-request (the request in flight)
         "cur", "cur_complete", "cur_body",
         "__weakref__",
@@ -124,6 +130,7 @@ class DownstreamProtocol:
         self.cur = None
         self.cur_complete = False
         self.cur_body = None
+        self.p_error = None
         self._reset_parse()
 
     def _reset_parse(self) -> None:
@@ -140,7 +147,6 @@ class DownstreamProtocol:
         self.p_xff = None
         self.p_cl = None
         self.p_te = None
-        self.p_complete_seen = False
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport) -> None:
@@ -188,25 +194,44 @@ class DownstreamProtocol:
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
-        if self.cur is not None and self.cur_complete:
-            # The request in flight is fully read: hold the next bytes raw until it is
-            # answered, so pipelined requests cannot grow memory (rule 1).
-            if self.backlog is None:
-                self.backlog = bytearray(data)
-            else:
-                self.backlog += data
-            if len(self.backlog) > MAX_BACKLOG:
-                self._pause(PAUSE_BACKLOG)
+        if self.p_error is not None or (self.cur is not None and self.cur_complete):
+            self._hold(data)
             return
-        self._feed(data)
+        if len(data) <= FEED_SLICE:
+            self._feed(data)
+            return
+        # A large read: parse it in slices while requests queue up, so that a client
+        # pipelining thousands of requests in one read costs a few queued contexts and
+        # a raw backlog, not a context per request (rule 1).  The body of the request in
+        # flight is fed in one go.
+        off, n = 0, len(data)
+        while off < n and not self.closed:
+            if self.p_error is not None or (self.cur is not None and self.cur_complete) \
+                    or len(self.queue) >= MAX_QUEUED:
+                self._hold(data[off:])
+                return
+            if self.cur is not None and not self.queue:
+                self._feed(data[off:] if off else data)
+                return
+            end = off + FEED_SLICE
+            self._feed(data[off:end])
+            off = end
+
+    def _hold(self, data) -> None:
+        """Keep bytes raw until the request in flight is answered (rule 1)."""
+        if self.backlog is None:
+            self.backlog = bytearray(data)
+        else:
+            self.backlog += data
+        if len(self.backlog) > MAX_BACKLOG:
+            self._pause(PAUSE_BACKLOG)
 
     def _feed(self, data) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._on_upgrade_request()
-        except GatewayError as e:
-            self._parse_failed(e.kind, e.detail)
+        except httptools.HttpParserUpgrade as e:
+            off = e.args[0] if e.args else len(data)
+            self._on_upgrade_request(data[off:])
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, GatewayError):
@@ -217,16 +242,36 @@ class DownstreamProtocol:
             self._parse_failed("bad_request", f"invalid request target: {e}")
         except httptools.HttpParserError as e:
             self._parse_failed("bad_framing", f"malformed request: {e}")
+        else:
+            if self.cur is None and self.queue:
+                self._next()
 
     def _parse_failed(self, kind: str, detail: str) -> None:
+        """The parser refused the input.  Requests are only dispatched once the bytes that
+        carried them parsed cleanly, so nothing of a malformed request was forwarded."""
         if self.closed:
             return
-        if self.cur is not None and not self.cur_complete:
+        self._pause(PAUSE_BACKLOG)
+        if self.cur is not None and not self.cur_complete and not self.queue:
             # The body of the request in flight is malformed (bad chunk): the upstream
             # exchange cannot finish cleanly.  Abort both sides.
             self.handler.abort_current(self, kind)
             self._abort()
             return
+        # Drop the request the error belongs to (the last one parsed, if incomplete).
+        if self.queue and not self.queue[-1].notes.get("_complete"):
+            self.queue.pop()
+        self.p_error = (kind, detail)
+        if self.cur is None:
+            if self.queue:
+                self._next()
+            else:
+                self._emit_parse_error()
+
+    def _emit_parse_error(self) -> None:
+        kind, detail = self.p_error
+        self.p_error = None
+        self.backlog = None
         self.handler.parse_error(self, kind, detail)
 
     # httptools callbacks ------------------------------------------------------
@@ -279,6 +324,8 @@ class DownstreamProtocol:
             raise GatewayError("missing_host", "missing Host header" if not self.p_hosts else "duplicate Host header")
         if self.p_hosts > 1:
             raise GatewayError("missing_host", "duplicate Host header")
+        if self.p_host is not None and not _valid_host(self.p_host):
+            raise GatewayError("bad_request", "invalid Host header")
         ctx = self.ctx_factory()
         ctx.method = parser.get_method().decode("ascii")
         ctx.raw_target = self.p_url
@@ -304,13 +351,12 @@ class DownstreamProtocol:
         notes["_raw_host"] = host
         self.p_ctx = ctx
         self.n_requests += 1
-        if self.cur is None:
-            self._start(ctx, None)
-        else:
-            ctx.notes["_body"] = []
-            self.queue.append(ctx)
-            if len(self.queue) >= MAX_QUEUED:
-                self._pause(PAUSE_BACKLOG)
+        # Queued, not dispatched: a request starts only after the bytes that carried it
+        # parsed cleanly (llhttp reports some framing errors after on_headers_complete).
+        notes["_body"] = []
+        self.queue.append(ctx)
+        if len(self.queue) >= MAX_QUEUED:
+            self._pause(PAUSE_BACKLOG)
 
     def on_body(self, body: bytes) -> None:
         ctx = self.p_ctx
@@ -334,20 +380,36 @@ class DownstreamProtocol:
         else:
             ctx.notes["_complete"] = True
 
-    def _on_upgrade_request(self) -> None:
-        # httptools stops at the end of the head of an Upgrade request; the handler
-        # decides (WebSocket is tunnelled once the upstream answers 101).
+    def _on_upgrade_request(self, rest: bytes) -> None:
+        # httptools stops at the end of the head of an Upgrade request: that request is
+        # complete (its body, if any, is not parsed) and the connection ends with it
+        # unless the upstream switches protocols (WebSocket tunnel).  Bytes the client
+        # sent behind the head are kept for the tunnel.
         ctx = self.p_ctx
-        if ctx is not None and ctx is self.cur:
-            self.cur_complete = True
-            self.handler.on_body_end(self, ctx)
+        if rest:
+            self.backlog = bytearray(rest)
+        if ctx is not None and ctx is not self.cur:
+            ctx.notes["_complete"] = True
+        self.p_error = ("bad_request", "no further requests after an Upgrade request")
+        if self.cur is None and self.queue:
+            self._next()
 
-    # ------------------------------------------------------------------ request lifecycle
-    def _start(self, ctx, body) -> None:
-        self.cur = ctx
-        self.cur_complete = False
-        self._set_deadline(T_BODY, self.info.t_body)
-        self.handler.dispatch(self, ctx, body)
+    def _next(self) -> None:
+        """Start the oldest queued request (the one in flight is finished)."""
+        nxt = self.queue.popleft()
+        notes = nxt.notes
+        body = notes.pop("_body", None)
+        complete = notes.pop("_complete", False)
+        self.cur = nxt
+        self.cur_complete = complete
+        if complete:
+            if self.deadline_kind in (T_BODY, T_HEAD):
+                self.deadline_kind = T_NONE
+        else:
+            self._set_deadline(T_BODY, self.info.t_body)
+        self.handler.dispatch(self, nxt, body)
+        if complete and self.cur is nxt:
+            self.handler.on_body_end(self, nxt)
 
     def request_done(self, ctx, keep_alive: bool) -> None:
         """Called by the handler when the response to ``ctx`` is completely written."""
@@ -357,29 +419,23 @@ class DownstreamProtocol:
         self.cur = None
         if self.closed:
             return
-        if not keep_alive or not ctx.keep_alive:
+        if not keep_alive or not ctx.keep_alive or not self.cur_complete:
+            # (an answer sent before the request body was read, e.g. 401 on an upload:
+            # the rest of the body cannot be told from the next request; close)
             self._close()
             return
-        if not self.cur_complete:
-            # Answered before the request body was read (401 on an upload): the rest of
-            # the body cannot be told from the next request without reading it; close.
-            self._close()
+        if self.queue:
+            self._next()
+        elif self.p_error is not None:
+            self._emit_parse_error()
             return
-        # Next pipelined request, if any.
-        while self.queue and self.cur is None and not self.closed:
-            nxt = self.queue.popleft()
-            body = nxt.notes.pop("_body", None)
-            complete = nxt.notes.pop("_complete", False)
-            self._start(nxt, body)
-            if complete and self.cur is nxt:
-                self.cur_complete = True
-                self.handler.on_body_end(self, nxt)
-        if self.cur is None and self.backlog is not None and not self.closed:
+        elif self.backlog is not None:
             data, self.backlog = bytes(self.backlog), None
-            self._feed(data)
-        if not self.queue and (self.backlog is None or len(self.backlog) <= MAX_BACKLOG):
             self._resume(PAUSE_BACKLOG)
+            self.data_received(data)
         if self.cur is None and not self.closed:
+            if not self.queue and self.p_error is None:
+                self._resume(PAUSE_BACKLOG)
             if self.draining:
                 self._close()
             else:

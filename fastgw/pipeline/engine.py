@@ -264,6 +264,10 @@ class Engine:
     # ------------------------------------------------------------------ request body
     def on_body(self, proto, ctx, data: bytes) -> None:
         notes = ctx.notes
+        if ctx.chunked and ctx.bytes_received > ctx.route.max_body:
+            if ctx.status == 0:
+                self._body_too_large(proto, ctx)
+            return
         buf = notes.get("_buffer_body")
         if buf is not None:
             buf.append(data)
@@ -280,8 +284,6 @@ class Engine:
         notes["_pending_size"] += len(data)
         if notes["_pending_size"] > MAX_PENDING_BODY:
             proto.pause_for(PAUSE_WAIT)
-        if ctx.chunked and ctx.bytes_received > ctx.route.max_body:
-            self._body_too_large(proto, ctx)
 
     def _body_too_large(self, proto, ctx) -> None:
         up = ctx.up
