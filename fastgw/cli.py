@@ -71,21 +71,47 @@ def main(argv: list[str] | None = None) -> int:
     for w in warnings:
         print(f"fastgw: warning: {w}", file=sys.stderr)
 
-    from fastgw.runtime.worker import configure_logging
-
-    configure_logging(args.log_level or cfg.monitoring.logging.level)
+    _configure_logging(args.log_level or cfg.monitoring.logging.level)
     binds = [_split_bind(b) for b in args.bind] if args.bind else [(cfg.gateway.host, cfg.gateway.port)]
     workers = args.workers or cfg.gateway.workers or len(os.sched_getaffinity(0))
     if args.pid_file:
         with open(args.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
     try:
-        from fastgw.supervisor.arbiter import Arbiter
-    except ImportError:
-        Arbiter = None
-    if Arbiter is not None:
-        return Arbiter(cfg, args.config, binds, workers).run()
-    return _run_standalone(cfg, args.config, binds)
+        try:
+            from fastgw.supervisor.arbiter import Arbiter
+        except ImportError:
+            Arbiter = None
+        if Arbiter is not None:
+            return Arbiter(cfg, args.config, binds, workers).run()
+        return _run_standalone(cfg, args.config, binds)
+    finally:
+        if args.pid_file:
+            _remove_pid_file(args.pid_file)
+
+
+def _configure_logging(level: str) -> None:
+    """The operational log on stderr; %(process)d so each child logs under its own pid.
+    (Here rather than in the runtime: the supervisor never imports the event-loop modules.)"""
+    import logging
+
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s fastgw[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger("fastgw")
+    root.handlers[:] = [h]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def _remove_pid_file(path: str) -> None:
+    """Remove the pid file if it is still ours (a newer instance may have rewritten it)."""
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _run_standalone(cfg, path: str, binds) -> int:

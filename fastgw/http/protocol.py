@@ -98,7 +98,7 @@ class DownstreamProtocol:
         "paused", "write_paused", "timer", "timer_at", "deadline", "deadline_kind",
         "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel", "write_waiters",
         # per-request (the request being parsed)
-        "p_ctx", "p_url", "p_headers", "p_fwd", "p_size", "p_host", "p_hosts", "p_conn",
+        "p_ctx", "p_url", "p_fwd", "p_size", "p_host", "p_hosts", "p_conn",
         "p_upgrade", "p_expect", "p_xff", "p_cl", "p_te", "p_error",
         # per-request (the request in flight)
         "cur", "cur_complete", "cur_body",
@@ -136,7 +136,6 @@ class DownstreamProtocol:
     def _reset_parse(self) -> None:
         self.p_ctx = None
         self.p_url = b""
-        self.p_headers = []
         self.p_fwd = []
         self.p_size = 0
         self.p_host = None
@@ -259,7 +258,7 @@ class DownstreamProtocol:
             self._abort()
             return
         # Drop the request the error belongs to (the last one parsed, if incomplete).
-        if self.queue and not self.queue[-1].notes.get("_complete"):
+        if self.queue and not self.queue[-1].qcomplete:
             self.queue.pop()
         self.p_error = (kind, detail)
         if self.cur is None:
@@ -287,17 +286,16 @@ class DownstreamProtocol:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         info = self.info
-        size = len(name) + len(value) + 4
+        size = len(name) + len(value)
         self.p_size += size
-        if size > info.max_header_size or self.p_size > info.max_headers_size:
+        if self.p_size > info.max_headers_size or size > info.max_header_size:
             raise GatewayError("headers_too_large", "request header fields too large")
-        hdrs = self.p_headers
-        hdrs.append((name, value))
-        if len(hdrs) > info.max_headers:
-            raise GatewayError("headers_too_large", "too many request header fields")
         kind = SPECIAL.get(name.lower())
         if kind is None:
-            self.p_fwd.append((name, value))
+            fwd = self.p_fwd
+            fwd.append((name, value))
+            if len(fwd) > info.max_headers:
+                raise GatewayError("headers_too_large", "too many request header fields")
         elif kind == H_HOST:
             self.p_host = value
             self.p_hosts += 1
@@ -340,20 +338,16 @@ class DownstreamProtocol:
             ctx.content_length = int(self.p_cl)
         elif self.p_te is not None:
             ctx.chunked = True  # llhttp only accepts a final "chunked" coding
-        notes = ctx.notes
-        notes["_xff"] = self.p_xff
-        if self.p_expect is not None:
-            notes["_expect"] = self.p_expect
-        if self.p_upgrade is not None:
-            notes["_upgrade"] = self.p_upgrade
-        if self.p_conn is not None:
-            notes["_conn"] = self.p_conn
-        notes["_raw_host"] = host
+        ctx.xff = self.p_xff
+        ctx.expect = self.p_expect
+        ctx.upgrade = self.p_upgrade
+        ctx.conn_hdr = self.p_conn
+        ctx.raw_host = host
         self.p_ctx = ctx
         self.n_requests += 1
         # Queued, not dispatched: a request starts only after the bytes that carried it
         # parsed cleanly (llhttp reports some framing errors after on_headers_complete).
-        notes["_body"] = []
+        ctx.qbody = []
         self.queue.append(ctx)
         if len(self.queue) >= MAX_QUEUED:
             self._pause(PAUSE_BACKLOG)
@@ -366,7 +360,7 @@ class DownstreamProtocol:
                 self.deadline = self.loop.time() + self.info.t_body
             self.handler.on_body(self, ctx, body)
         else:
-            ctx.notes["_body"].append(body)
+            ctx.qbody.append(body)
 
     def on_message_complete(self) -> None:
         ctx = self.p_ctx
@@ -378,7 +372,7 @@ class DownstreamProtocol:
                 self.deadline_kind = T_NONE
             self.handler.on_body_end(self, ctx)
         else:
-            ctx.notes["_complete"] = True
+            ctx.qcomplete = True
 
     def _on_upgrade_request(self, rest: bytes) -> None:
         # httptools stops at the end of the head of an Upgrade request: that request is
@@ -389,7 +383,7 @@ class DownstreamProtocol:
         if rest:
             self.backlog = bytearray(rest)
         if ctx is not None and ctx is not self.cur:
-            ctx.notes["_complete"] = True
+            ctx.qcomplete = True
         self.p_error = ("bad_request", "no further requests after an Upgrade request")
         if self.cur is None and self.queue:
             self._next()
@@ -397,9 +391,8 @@ class DownstreamProtocol:
     def _next(self) -> None:
         """Start the oldest queued request (the one in flight is finished)."""
         nxt = self.queue.popleft()
-        notes = nxt.notes
-        body = notes.pop("_body", None)
-        complete = notes.pop("_complete", False)
+        body, nxt.qbody = nxt.qbody, None
+        complete = nxt.qcomplete
         self.cur = nxt
         self.cur_complete = complete
         if complete:

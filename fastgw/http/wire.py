@@ -41,12 +41,9 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def serialize_headers(out: list, headers) -> None:
-    """Append ``name: value\\r\\n`` pieces for each header to ``out``."""
-    for n, v in headers:
-        out.append(n)
-        out.append(COLON)
-        out.append(v)
-        out.append(CRLF)
+    """Append the ``name: value\r\n`` lines of ``headers`` to ``out`` (as one piece)."""
+    if headers:
+        out.append(b"".join([b"%s: %s\r\n" % h for h in headers]))
 
 
 def reply_bytes(status: int, headers, body: bytes, *, keep_alive: bool, head_only: bool = False,

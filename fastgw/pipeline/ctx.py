@@ -58,6 +58,8 @@ class Ctx:
         "notes",            # dict: free-form per-middleware state, keyed by middleware name
         "up",               # the bound upstream connection (engine-owned) or None
         "app",              # the config snapshot (runtime App) this request runs on
+        # protocol/engine private (hot, so slots rather than notes)
+        "xff", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
     )
 
     def __init__(self) -> None:
@@ -98,6 +100,15 @@ class Ctx:
         self.notes = {}
         self.up = None
         self.app = None
+        self.xff = None         # bytes: incoming X-Forwarded-For (joined)
+        self.raw_host = None    # bytes: Host as received
+        self.conn_hdr = None    # bytes: Connection header value
+        self.expect = None      # bytes: Expect header value
+        self.upgrade = None     # bytes: Upgrade header value (WebSocket only is tunnelled)
+        self.qbody = None       # list[bytes]: body parsed while the request was queued
+        self.qcomplete = False  # the whole request was parsed while queued
+        self.pending = None     # list[bytes]: body waiting for the upstream connection
+        self.head = b""         # the upstream request head being sent
 
     def header(self, lname: bytes, default: bytes | None = None) -> bytes | None:
         """Value of request header ``lname`` (lower-case bytes); the last one if repeated."""

@@ -111,13 +111,12 @@ class Engine:
         ctx.client_ip = peer
         if ctx.tls:
             ctx.scheme = "https"
-        notes = ctx.notes
-        xff = notes["_xff"]
+        xff = ctx.xff
         if trusted and xff is not None:
             ctx.client_ip = self._client_from_xff(xff, peer)
         if body:
-            notes["_pending"] = body
-            notes["_pending_size"] = sum(len(b) for b in body)
+            ctx.pending = body
+            ctx.notes["_pending_size"] = sum(len(b) for b in body)
         try:
             path, query, authority = split_target(ctx.raw_target)
             if authority is not None and not ctx.host:
@@ -138,10 +137,10 @@ class Engine:
             ctx.error = err
             self._reply_error(proto, ctx, err, app.global_chain, keep_alive=err.status < 500 and err.kind != "bad_path" and err.status != 413)
             return
-        if notes.get("_upgrade") is not None and (ctx.method != "GET" or notes["_upgrade"].lower() != b"websocket"):
+        if ctx.upgrade is not None and (ctx.method != "GET" or ctx.upgrade.lower() != b"websocket"):
             # Only WebSocket is tunnelled; another Upgrade (h2c, ...) is not forwarded, and
             # the parser stops at an upgrade head, so this connection ends after the answer.
-            notes.pop("_upgrade", None)
+            ctx.upgrade = None
             ctx.keep_alive = False
         chain = route.chain
         if chain.has_async:
@@ -184,7 +183,7 @@ class Engine:
         self.proxy(proto, ctx)
 
     def _maybe_continue(self, proto, ctx) -> None:
-        exp = ctx.notes.get("_expect")
+        exp = ctx.expect
         if exp is not None and not proto.cur_complete:
             if exp.lower() == b"100-continue":
                 proto.write(CONTINUE_100)
@@ -276,9 +275,9 @@ class Engine:
         if up is not None and up.handler is self:
             up.write(b"%x\r\n%s\r\n" % (len(data), data) if ctx.chunked else data)
             return
-        pend = notes.get("_pending")
+        pend = ctx.pending
         if pend is None:
-            pend = notes["_pending"] = []
+            pend = ctx.pending = []
             notes["_pending_size"] = 0
         pend.append(data)
         notes["_pending_size"] += len(data)
@@ -301,8 +300,9 @@ class Engine:
             return
         buf = notes.get("_buffer_body")
         if buf is not None:
-            if "_pending" in notes:
-                buf[:0] = notes.pop("_pending")
+            if ctx.pending:
+                buf[:0] = ctx.pending
+                ctx.pending = None
             if ctx.route is None or proto.cur is not ctx:
                 return
             body = b"".join(buf)
@@ -313,7 +313,7 @@ class Engine:
                     self.send_local(proto, ctx, r, idx)
                     return
             # forward as a Content-Length body now that it is whole
-            notes["_pending"] = [body] if body else []
+            ctx.pending = [body] if body else []
             notes["_pending_size"] = len(body)
             ctx.content_length = len(body)
             ctx.chunked = False
@@ -371,8 +371,12 @@ class Engine:
             self.fail(proto, ctx, GatewayError("no_upstream", f"no healthy instance for service {route.service}"))
             return
         ctx.upstream = pool.peer.label
-        ctx.notes["_head"] = self._upstream_head(ctx, route, pool.peer)
+        ctx.head = self._upstream_head(ctx, route, pool.peer)
         ctx.upstream_start = monotonic()
+        conn = pool.acquire_idle()
+        if conn is not None:  # fast path: a warm keep-alive connection, no closure
+            self._on_conn(proto, ctx, pool, conn, None)
+            return
         cancel = pool.acquire(lambda conn, err: self._on_conn(proto, ctx, pool, conn, err))
         if cancel is not None:
             ctx.notes["_cancel"] = cancel
@@ -388,8 +392,8 @@ class Engine:
             self.fail(proto, ctx, err)
             return
         route = ctx.route
-        data = notes["_head"]
-        pend = notes.pop("_pending", None)
+        data = ctx.head
+        pend, ctx.pending = ctx.pending, None
         if pend:
             if ctx.chunked:
                 data += b"".join(b"%x\r\n%s\r\n" % (len(b), b) for b in pend)
@@ -406,12 +410,11 @@ class Engine:
 
     def _upstream_head(self, ctx, route, peer) -> bytes:
         """The request head for the upstream, as one bytes object."""
-        notes = ctx.notes
         target = peer.base_path + ctx.path.encode("latin-1")
         if ctx.query:
             target += b"?" + ctx.query
         headers = ctx.headers
-        conn_hdr = notes.get("_conn")
+        conn_hdr = ctx.conn_hdr
         if conn_hdr is not None:
             listed = connection_tokens(conn_hdr) - {b"close", b"keep-alive", b"upgrade"}
             if listed:
@@ -421,14 +424,14 @@ class Engine:
             for fn in route.chain.upstream_request:
                 fn(ctx, head)
             target, headers = head.target, head.headers
-        raw_host = notes.get("_raw_host") or b""
+        raw_host = ctx.raw_host or b""
         out = [ctx.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ",
                raw_host if route.preserve_host and raw_host else peer.host_header, CRLF]
         serialize_headers(out, headers)
         if ctx.upstream_headers:
             serialize_headers(out, ctx.upstream_headers)
         peer_ip = ctx.peer_ip.encode("latin-1")
-        xff = notes["_xff"]
+        xff = ctx.xff
         out.append(b"x-forwarded-for: ")
         out.append(xff + b", " + peer_ip if (xff is not None and ctx.trusted_peer) else peer_ip)
         out.append(b"\r\nx-forwarded-proto: ")
@@ -437,9 +440,9 @@ class Engine:
             out.append(b"\r\nx-forwarded-host: ")
             out.append(raw_host)
         out.append(CRLF)
-        if notes.get("_upgrade") is not None:
+        if ctx.upgrade is not None:
             out.append(b"connection: upgrade\r\nupgrade: ")
-            out.append(notes["_upgrade"])
+            out.append(ctx.upgrade)
             out.append(CRLF)
         if ctx.content_length is not None:
             out.append(b"content-length: %d\r\n" % ctx.content_length)
@@ -458,7 +461,7 @@ class Engine:
             notes["_retried"] = True
             ctx.flags.append("retried")
             if notes.get("_resend"):
-                notes["_pending"] = notes.pop("_resend")
+                ctx.pending = notes.pop("_resend")
             ctx.error = None
             pool = route.pick(ctx)
             if pool is not None:
@@ -505,7 +508,7 @@ class Engine:
         extra = b""
         if status == 101:
             keep_client = True
-            extra = b"connection: upgrade\r\nupgrade: " + (ctx.notes.get("_upgrade") or b"websocket") + CRLF
+            extra = b"connection: upgrade\r\nupgrade: " + (ctx.upgrade or b"websocket") + CRLF
         elif not bodyless and not has_cl:
             # No Content-Length: a chunked or read-until-close upstream body.  HTTP/1.1
             # clients get it chunked; HTTP/1.0 clients get it close-delimited.

@@ -9,11 +9,22 @@ Signals (standalone mode; under the supervisor the supervisor drives the same me
 TERM = graceful drain, INT = fast exit, HUP = reload the config file (standalone only),
 USR1 = reopen log files.  Handlers only record the signal; ``_on_signal`` dispatches to
 ``handle_<name>`` on the loop (STYLE.md item 1).
+
+Under the supervisor (``fastgw.supervisor.child``) the worker is driven through hooks:
+``start_hooks`` run once the sockets are served (the worker reports ready),
+``tick_hooks`` every second (heartbeat), ``drain_hooks`` when a drain starts; a reload
+arrives as a validated snapshot for ``apply_config``.  A direct HUP is ignored there: only
+the supervisor's snapshot may change the config, so all workers run the same one.
+
+The listener: one ``DownstreamProtocol`` per connection, behind a
+``ProxyProtocolGate`` when ``gateway.proxy_protocol.enabled`` (the gate then also starts
+TLS after the header); with ``gateway.tls`` the certificate is reloaded on every reload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -23,6 +34,7 @@ import threading
 
 from fastgw import clock
 from fastgw.http.protocol import ConnInfo, DownstreamProtocol
+from fastgw.http.proxyproto import ProxyProtocolGate
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.metrics import Metrics
 from fastgw.pipeline.ctx import Ctx
@@ -44,6 +56,10 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = True, backlog: int =
     s.listen(backlog)
     s.setblocking(False)
     return s
+
+
+class BootError(Exception):
+    """The worker cannot start; the message is for the operator, as is."""
 
 
 def _log_target(cfg) -> str:
@@ -70,7 +86,13 @@ class Worker:
         self.stopping = None
         self.tick_handle = None
         self.tick_hooks = []
+        self.start_hooks = []
+        self.drain_hooks = []
         self.generation = 0
+        self.ssl_ctx = None
+        self.conn_info = None
+        self.pp_nets = ()
+        self._pp_trust: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ setup
     def _deps(self, config) -> Deps:
@@ -113,6 +135,8 @@ class Worker:
             for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup"),
                               (signal.SIGUSR1, "usr1")):
                 loop.add_signal_handler(sig, self._on_signal, name)
+        for hook in self.start_hooks:
+            hook(self)
         self._tick()
         try:
             code = loop.run_until_complete(self.stopping)
@@ -123,23 +147,62 @@ class Worker:
 
     async def _serve(self) -> None:
         cfg = self.config
-        info = ConnInfo(cfg.gateway.limits, cfg.gateway.timeouts, tls=False)
-        ssl_ctx = None
         tls = cfg.gateway.tls
         if tls is not None:
             import ssl
-            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ssl_ctx.load_cert_chain(tls.cert_file, tls.key_file)
-            info.tls = True
+            self.ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                self.ssl_ctx.load_cert_chain(tls.cert_file, tls.key_file)
+            except (OSError, ssl.SSLError) as e:
+                raise BootError(f"gateway.tls: cannot load cert_file {tls.cert_file} / key_file {tls.key_file}: "
+                                f"{getattr(e, 'strerror', None) or e}") from e
+        self._listener(cfg)
         engine = self.engine
         loop = self.loop
 
-        def factory():
-            return DownstreamProtocol(engine, info, loop, Ctx)
+        def http_factory():
+            return DownstreamProtocol(engine, self.conn_info, loop, Ctx)
+
+        factory, server_ssl = http_factory, self.ssl_ctx
+        if cfg.gateway.proxy_protocol.enabled:
+            # the PROXY header is cleartext before any TLS: the gate starts TLS after it
+            def factory():
+                return ProxyProtocolGate(http_factory, self._pp_trusted, loop, timeout=self.conn_info.t_head,
+                                         ssl_ctx=self.ssl_ctx, on_reject=self._pp_rejected)
+            server_ssl = None
 
         for s in self.sockets:
-            srv = await loop.create_server(factory, sock=s, ssl=ssl_ctx, backlog=2048)
+            srv = await loop.create_server(factory, sock=s, ssl=server_ssl, backlog=2048)
             self.servers.append(srv)
+
+    def _listener(self, cfg) -> None:
+        """Per-connection settings of the data listener, rebuilt on every reload."""
+        gw = cfg.gateway
+        self.conn_info = ConnInfo(gw.limits, gw.timeouts, tls=gw.tls is not None)
+        pp = gw.proxy_protocol
+        cidrs = pp.effective_cidrs(gw.trusted_proxies) if pp.enabled else []
+        self.pp_nets = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._pp_trust = {}
+
+    def _pp_trusted(self, ip: str) -> bool:
+        c = self._pp_trust
+        r = c.get(ip)
+        if r is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+                if addr.version == 6 and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                r = any(addr in n for n in self.pp_nets)
+            except ValueError:
+                r = False
+            if len(c) > 4096:
+                c.clear()
+            c[ip] = r
+        return r
+
+    def _pp_rejected(self, reason: str) -> None:
+        log.debug("PROXY protocol: connection closed: %s", reason)
+        self.metrics.inc("fastgw_proxy_protocol_rejected_total")
 
     # ------------------------------------------------------------------ tick
     def _tick(self) -> None:
@@ -178,6 +241,9 @@ class Worker:
 
     def handle_hup(self) -> None:
         """Reload the config file (standalone mode): validate, then swap in place."""
+        if not self.standalone:
+            log.warning("HUP sent to a worker is ignored: send it to the supervisor (pid %d)", os.getppid())
+            return
         if not self.config_path:
             return
         from fastgw.config import ConfigError, load_config
@@ -201,21 +267,41 @@ class Worker:
                 b.reopen()
 
     # ------------------------------------------------------------------ reload & drain
-    def apply_config(self, cfg) -> None:
-        """Swap to a validated config snapshot; in-flight requests finish on the old one."""
+    def apply_config(self, cfg, generation: int | None = None) -> bool:
+        """Swap to a validated config snapshot; in-flight requests finish on the old one.
+
+        Returns False (old config kept) if the snapshot cannot be built here.  Standalone,
+        the worker counts its reloads; under the supervisor, the supervisor does (once).
+        """
         old = self.engine.app
         try:
+            self._reload_tls(cfg)
             app = self.build_app(cfg, old=old)
         except Exception as e:
             log.exception("reload failed while building the new config: %s", e)
-            self.metrics.inc("fastgw_config_reloads_total", (("result", "failed"),))
-            return
+            if self.standalone:
+                self.metrics.inc("fastgw_config_reloads_total", (("result", "failed"),))
+            return False
         self.config = cfg
+        self._listener(cfg)
         self.engine.swap(app)
         old.retire(app)
-        self.generation += 1
-        self.metrics.inc("fastgw_config_reloads_total", (("result", "ok"),))
+        self.generation = self.generation + 1 if generation is None else generation
+        if self.standalone:
+            self.metrics.inc("fastgw_config_reloads_total", (("result", "ok"),))
         log.info("config reloaded (generation %d)", self.generation)
+        return True
+
+    def _reload_tls(self, cfg) -> None:
+        """Load the listener certificate again (it may have been renewed under the same
+        names); a bad pair raises and leaves the live context untouched."""
+        tls = cfg.gateway.tls
+        if tls is None or self.ssl_ctx is None:
+            return
+        import ssl
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        probe.load_cert_chain(tls.cert_file, tls.key_file)
+        self.ssl_ctx.load_cert_chain(tls.cert_file, tls.key_file)  # new handshakes use it
 
     async def drain(self, delay: float | None = None, timeout: float | None = None) -> None:
         gw = self.config.gateway
@@ -223,6 +309,8 @@ class Worker:
         timeout = float(gw.drain.timeout) if timeout is None else timeout
         engine = self.engine
         engine.draining = True  # readiness answers 503 from now on
+        for hook in self.drain_hooks:
+            hook()
         start = self.loop.time()
         await asyncio.sleep(delay)
         for srv in self.servers:
@@ -239,7 +327,8 @@ class Worker:
 
 def configure_logging(level: str) -> None:
     h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(logging.Formatter(f"%(asctime)s fastgw[{os.getpid()}] %(levelname)s %(message)s"))
+    # %(process)d, not the pid at configure time: the supervisor's children log under their own pid
+    h.setFormatter(logging.Formatter("%(asctime)s fastgw[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger("fastgw")
     root.handlers[:] = [h]
     root.setLevel(level.upper())

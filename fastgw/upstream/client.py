@@ -175,6 +175,12 @@ class UpstreamProtocol:
             return
         if out:
             self._flush()
+        if not self.head_sent and self.state == BUSY:
+            # the response head is bounded (llhttp itself sets no limit)
+            self.head_size += len(data)
+            if self.head_size > self.max_head:
+                self._fail(GatewayError("upstream_bad_response", "upstream response head too large"))
+                return
         if self.state == BUSY and self.deadline_kind == T_READ:
             self.deadline = self.loop.time() + self.t_read
 
@@ -185,16 +191,12 @@ class UpstreamProtocol:
 
     def on_message_begin(self) -> None:
         self.headers = []
-        self.head_size = 0
         self.reason = b""
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.max_head:
-            raise GatewayError("upstream_bad_response", "upstream response head too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
