@@ -47,7 +47,7 @@ MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
 
 # Request headers the protocol itself interprets; everything else is forwarded as is.
-H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD = range(1, 10)
+H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP = range(1, 11)
 SPECIAL = {
     b"host": H_HOST,
     b"connection": H_CONN,
@@ -61,7 +61,7 @@ SPECIAL = {
     b"upgrade": H_UPGRADE,
     b"expect": H_EXPECT,
     b"x-forwarded-for": H_XFF,
-    b"x-forwarded-proto": H_XFWD,
+    b"x-forwarded-proto": H_XFP,
     b"x-forwarded-host": H_XFWD,
     b"x-forwarded-port": H_XFWD,
     b"forwarded": H_XFWD,
@@ -99,7 +99,7 @@ class DownstreamProtocol:
         "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel", "write_waiters",
         # per-request (the request being parsed)
         "p_ctx", "p_url", "p_fwd", "p_size", "p_host", "p_hosts", "p_conn",
-        "p_upgrade", "p_expect", "p_xff", "p_cl", "p_te", "p_error",
+        "p_upgrade", "p_expect", "p_xff", "p_xfp", "p_cl", "p_te", "p_error",
         # per-request (the request in flight)
         "cur", "cur_complete", "cur_body",
         "__weakref__",
@@ -144,6 +144,7 @@ class DownstreamProtocol:
         self.p_upgrade = None
         self.p_expect = None
         self.p_xff = None
+        self.p_xfp = None
         self.p_cl = None
         self.p_te = None
 
@@ -311,6 +312,8 @@ class DownstreamProtocol:
             self.p_expect = value
         elif kind == H_XFF:
             self.p_xff = value if self.p_xff is None else self.p_xff + b", " + value
+        elif kind == H_XFP:
+            self.p_xfp = value
         # H_HOP, H_XFWD: dropped here; H_XFWD values are re-derived by the handler.
 
     def on_headers_complete(self) -> None:
@@ -339,6 +342,7 @@ class DownstreamProtocol:
         elif self.p_te is not None:
             ctx.chunked = True  # llhttp only accepts a final "chunked" coding
         ctx.xff = self.p_xff
+        ctx.xfp = self.p_xfp
         ctx.expect = self.p_expect
         ctx.upgrade = self.p_upgrade
         ctx.conn_hdr = self.p_conn

@@ -59,7 +59,7 @@ class Ctx:
         "up",               # the bound upstream connection (engine-owned) or None
         "app",              # the config snapshot (runtime App) this request runs on
         # protocol/engine private (hot, so slots rather than notes)
-        "xff", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
+        "xff", "xfp", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
     )
 
     def __init__(self) -> None:
@@ -101,6 +101,7 @@ class Ctx:
         self.up = None
         self.app = None
         self.xff = None         # bytes: incoming X-Forwarded-For (joined)
+        self.xfp = None         # bytes: incoming X-Forwarded-Proto (believed from trusted peers)
         self.raw_host = None    # bytes: Host as received
         self.conn_hdr = None    # bytes: Connection header value
         self.expect = None      # bytes: Expect header value

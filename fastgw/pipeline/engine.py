@@ -111,9 +111,14 @@ class Engine:
         ctx.client_ip = peer
         if ctx.tls:
             ctx.scheme = "https"
-        xff = ctx.xff
-        if trusted and xff is not None:
-            ctx.client_ip = self._client_from_xff(xff, peer)
+        if trusted:
+            xff = ctx.xff
+            if xff is not None:
+                ctx.client_ip = self._client_from_xff(xff, peer)
+            xfp = ctx.xfp
+            if xfp is not None:
+                # the proxy nearest to us (last element) says how the client connected
+                ctx.scheme = "https" if xfp.rpartition(b",")[2].strip().lower() == b"https" else "http"
         if body:
             ctx.pending = body
             ctx.notes["_pending_size"] = sum(len(b) for b in body)

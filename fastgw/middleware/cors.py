@@ -1,0 +1,198 @@
+"""CORS: answer preflights at the edge and decorate cross-origin responses (L6).
+
+What it owns: the CORS protocol of the Fetch standard for one route (or the global chain),
+from a ``CorsConfig`` compiled once into byte strings, a dict of exact origins and, when
+the config has wildcard patterns, one anchored regex.
+
+Rules:
+
+1. A request without ``Origin`` costs one header lookup in ``request_filter``; its
+   response only gets ``Vary: Origin`` when the answer depends on the origin (Fetch
+   §3.2.8 "CORS protocol and HTTP caches": a shared cache must not serve a response made
+   for one origin to another, nor one made without ``Origin`` to a CORS request).
+2. A preflight (``OPTIONS`` + ``Origin`` + ``Access-Control-Request-Method``; the router
+   matches it on path alone) is answered here with 204 and never reaches auth or the
+   upstream.  A disallowed origin, method or request header gets 403 (problem+json) with
+   no CORS headers, so the browser fails the request.
+3. ``Access-Control-Allow-Origin: *`` is sent only without credentials (the config
+   refuses ``*`` with credentials); with credentials the origin is echoed, and only when
+   allowed.  An origin outside the list gets no CORS headers at all.
+4. On a CORS request, the upstream's own ``Access-Control-*`` response headers are
+   dropped: the gateway's policy is the only one (two ``Allow-Origin`` values make the
+   browser fail the request, and an upstream's ``*`` must not widen the gateway's list).
+5. Every response to a request that passed ``request_filter`` gets the headers, local
+   replies included (auth's 401, a 429): the engine runs this ``response_filter`` on them.
+   In the global chain (no route: 400/404/405) preflights are not answered, only decorated;
+   the engine runs only that chain's response filters, so there the origin is read on the
+   way out.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastgw.config.security import CorsConfig, effective, parse_origin
+from fastgw.http.messages import Reply
+from fastgw.pipeline.middleware import Middleware
+
+_ACAO = b"access-control-allow-origin"
+_ACAC = (b"access-control-allow-credentials", b"true")
+_VARY_ORIGIN = (b"vary", b"Origin")
+_VARY_PREFLIGHT = (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_MAX_ORIGIN = 300  # a serialised origin longer than this is not one we could have listed
+_DEFAULT_METHODS = ("GET", "HEAD", "POST")
+
+
+class Cors(Middleware):
+    name = "cors"
+
+    def __init__(self, cfg: CorsConfig, deps=None, *, route_methods=None, answer_preflights: bool = True) -> None:
+        super().__init__(cfg, deps)
+        self.answer_preflights = answer_preflights
+        creds = cfg.allow_credentials
+        exact: list[bytes] = []
+        patterns: list[str] = []
+        any_origin = False
+        for entry in cfg.allow_origins:
+            kind, val = parse_origin(entry)
+            if kind == "any":
+                any_origin = True
+            elif kind == "exact":
+                exact.append(val.encode("ascii"))
+            else:
+                patterns.append(val)
+        if any_origin:
+            if creds:
+                raise ValueError("cors: allow_origins '*' cannot be combined with allow_credentials")
+            exact, patterns = [], []  # '*' covers them, with one answer for every origin
+
+        # headers of an actual (non-preflight) response, after Allow-Origin
+        tail: list[tuple[bytes, bytes]] = []
+        if creds:
+            tail.append(_ACAC)
+        if cfg.expose_headers:
+            tail.append((b"access-control-expose-headers", ", ".join(cfg.expose_headers).encode("ascii")))
+        self._varies = not any_origin  # with '*' the answer is the same for every origin
+        if self._varies:
+            tail.append(_VARY_ORIGIN)
+        self._tail = tuple(tail)
+        self._any = ((_ACAO, b"*"), *tail) if any_origin else None
+        self._exact = {o: ((_ACAO, o), *tail) for o in exact}
+        self._pattern = re.compile(("(?:" + "|".join(patterns) + r")\Z").encode("ascii")).match if patterns else None
+        self._denied = (_VARY_ORIGIN,) if self._varies else ()
+        self._no_origin = self._denied
+
+        # preflight
+        methods = [m.upper() for m in cfg.allow_methods] if cfg.allow_methods is not None else None
+        if methods is None:
+            methods = list(route_methods) if route_methods else list(_DEFAULT_METHODS)
+            if "GET" in methods and "HEAD" not in methods:
+                methods.append("HEAD")
+        self._any_method = "*" in methods
+        self._methods = frozenset(m.encode("ascii") for m in methods if m != "*")
+        self._any_header = "*" in cfg.allow_headers
+        self._headers = frozenset(h.lower().encode("ascii") for h in cfg.allow_headers if h != "*")
+        fixed: list[tuple[bytes, bytes]] = []
+        if creds:
+            fixed.append(_ACAC)
+        if not self._any_method:
+            fixed.append((b"access-control-allow-methods", ", ".join(m for m in methods).encode("ascii")))
+        if not self._any_header and self._headers:
+            fixed.append((b"access-control-allow-headers",
+                          ", ".join(h for h in cfg.allow_headers).encode("ascii")))
+        fixed.append((b"access-control-max-age", str(int(cfg.max_age)).encode("ascii")))
+        fixed.append(_VARY_PREFLIGHT if (self._varies or self._any_method or self._any_header) else _VARY_ORIGIN)
+        self._pf_fixed = tuple(fixed)
+
+    # -- hooks ----------------------------------------------------------------------
+
+    def request_filter(self, ctx):
+        """Answer a preflight (204/403); note the CORS headers for the response; else None."""
+        origin = ctx.header(b"origin")
+        if origin is None:
+            return None
+        allowed = self._allowed(origin)
+        if ctx.method == "OPTIONS" and self.answer_preflights:
+            acrm = ctx.header(b"access-control-request-method")
+            if acrm is not None:
+                ctx.notes["cors"] = ()  # the reply is complete; add nothing on the way out
+                return self._preflight(ctx, origin, allowed, acrm)
+        ctx.notes["cors"] = allowed if allowed is not None else self._denied
+        return None
+
+    def response_filter(self, ctx, head) -> None:
+        """Add the headers decided in ``request_filter`` (``Vary: Origin`` when there was no Origin)."""
+        add = ctx.notes.get("cors")
+        if add is None:
+            if not self.answer_preflights:
+                # global chain: the engine runs only its response filters on a 400/404/405,
+                # so the origin is looked at here (once, on an error path)
+                origin = ctx.header(b"origin")
+                add = self._no_origin if origin is None else (self._allowed(origin) or self._denied)
+            else:
+                add = self._no_origin
+            if add is self._no_origin:
+                if add:
+                    head.headers.append(_VARY_ORIGIN)
+                return
+        if not add:
+            return
+        hs = head.headers
+        for n, _v in hs:
+            if n[:15].lower() == b"access-control-":
+                hs[:] = [h for h in hs if h[0][:15].lower() != b"access-control-"]
+                break
+        hs.extend(add)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _allowed(self, origin: bytes):
+        """The actual-response headers for an allowed ``origin``, else None."""
+        hit = self._exact.get(origin)
+        if hit is not None:
+            return hit
+        if self._any is not None:
+            return self._any
+        if self._pattern is not None and len(origin) <= _MAX_ORIGIN and self._pattern(origin):
+            return ((_ACAO, origin), *self._tail)
+        return None
+
+    def _preflight(self, ctx, origin: bytes, allowed, acrm: bytes) -> Reply:
+        if allowed is None:
+            return self._refuse(ctx, "origin is not allowed")
+        method = acrm.strip()
+        if not _TOKEN.match(method):
+            return self._refuse(ctx, "invalid Access-Control-Request-Method")
+        if not self._any_method and method not in self._methods:
+            return self._refuse(ctx, f"method {method.decode('latin-1')} is not allowed")
+        hs = [(_ACAO, b"*" if allowed is self._any else origin)]
+        hs.extend(self._pf_fixed)
+        if self._any_method:
+            hs.append((b"access-control-allow-methods", method))
+        acrh = ctx.header(b"access-control-request-headers")
+        if acrh:
+            names = [n.strip().lower() for n in acrh.split(b",")]
+            names = [n for n in names if n]
+            for n in names:
+                if not _TOKEN.match(n):
+                    return self._refuse(ctx, "invalid Access-Control-Request-Headers")
+                if not self._any_header and n not in self._headers:
+                    return self._refuse(ctx, f"request header {n.decode('latin-1')} is not allowed")
+            if self._any_header and names:
+                hs.append((b"access-control-allow-headers", b", ".join(names)))
+        return Reply(204, hs, kind="")
+
+    @staticmethod
+    def _refuse(ctx, why: str) -> Reply:
+        ctx.flags.append("cors_denied")
+        return ctx.problem(403, f"CORS preflight refused: {why}", kind="forbidden")
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    """The route's CORS middleware, or None when CORS is off for it."""
+    cfg = effective(getattr(root_cfg, "cors", None), getattr(route_cfg, "cors", None) if route_cfg else None)
+    if cfg is None:
+        return None
+    return Cors(cfg, deps, route_methods=getattr(route_cfg, "methods", None),
+                answer_preflights=route_cfg is not None)

@@ -1,0 +1,89 @@
+"""Security response headers and removal of headers that leak internals (L6).
+
+What it owns: one ``response_filter`` that, on every response of a route (upstream
+responses and the gateway's own replies alike, the global chain's 400/404/405 included),
+
+1. drops ``Server``, ``X-Powered-By`` and the configured ``remove`` names coming from the
+   upstream, and the upstream's own copy of every preset the gateway overrides;
+2. appends the presets (prebuilt ``(name, value)`` byte tuples, STYLE.md item 6), except
+   those listed in ``keep_upstream`` when the upstream already set one;
+3. appends ``Strict-Transport-Security`` only when the client's connection is TLS, or a
+   trusted proxy says it was with ``X-Forwarded-Proto: https`` (RFC 6797 §7.2: never over
+   plain HTTP; an untrusted peer's X-Forwarded-Proto is not believed).
+
+Cost per response: one pass over the header list to lower-case its names, one set
+intersection, one ``extend``.  It sits early in the chain (after request id and access
+log), so its response filter runs late and also sees the local replies of every later
+middleware (ip_filter's 403, cors' preflight, auth's 401, a 429).
+"""
+
+from __future__ import annotations
+
+from fastgw.config.security import SecurityHeadersConfig, effective
+from fastgw.pipeline.middleware import Middleware
+
+_ALWAYS_REMOVED = (b"server", b"x-powered-by")
+_HSTS = b"strict-transport-security"
+
+
+class SecurityHeaders(Middleware):
+    name = "security_headers"
+
+    def __init__(self, cfg: SecurityHeadersConfig, deps=None) -> None:
+        super().__init__(cfg, deps)
+        keep = frozenset(n.lower().encode("ascii") for n in cfg.keep_upstream)
+        override: list[tuple[bytes, bytes]] = []
+        kept: list[tuple[bytes, tuple[bytes, bytes]]] = []
+        for name, value in cfg.header_values():
+            pair = (name.lower().encode("ascii"), value.encode("ascii"))
+            if pair[0] in keep:
+                kept.append((pair[0], pair))
+            else:
+                override.append(pair)
+        self._override = tuple(override)
+        self._kept = tuple(kept)
+        strip = {*_ALWAYS_REMOVED, *(n.lower().encode("ascii") for n in cfg.remove), *(p[0] for p in override)}
+        self._hsts = None
+        self._hsts_keep = _HSTS in keep
+        if cfg.hsts is not False and cfg.hsts is not True:
+            self._hsts = (_HSTS, cfg.hsts.value().encode("ascii"))
+            if not self._hsts_keep:
+                strip.add(_HSTS)  # never pass on an upstream's HSTS the gateway did not decide
+        self._strip = frozenset(strip)
+
+    def response_filter(self, ctx, head) -> None:
+        """Strip leaking/overridden upstream headers, then add the presets."""
+        hs = head.headers
+        present = {n.lower() for n, _v in hs}
+        strip = self._strip
+        if not present.isdisjoint(strip):
+            hs[:] = [h for h in hs if h[0].lower() not in strip]
+        hs.extend(self._override)
+        for lname, pair in self._kept:
+            if lname not in present:
+                hs.append(pair)
+        hsts = self._hsts
+        if hsts is not None and (ctx.tls or (ctx.trusted_peer and (ctx.scheme == "https" or _forwarded_https(ctx)))):
+            if not (self._hsts_keep and _HSTS in present):
+                hs.append(hsts)
+
+
+def _forwarded_https(ctx) -> bool:
+    """The nearest trusted proxy says the client spoke HTTPS (last X-Forwarded-Proto element).
+
+    ``ctx.scheme`` already says so when the core resolved it; the header is read too, so the
+    rule holds whichever of the two the core fills first.
+    """
+    xfp = ctx.header(b"x-forwarded-proto")
+    if not xfp:
+        return False
+    return xfp.rpartition(b",")[2].strip().lower() == b"https"
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    """The route's security-header middleware, or None when it is off for it."""
+    cfg = effective(getattr(root_cfg, "security_headers", None),
+                    getattr(route_cfg, "security_headers", None) if route_cfg else None)
+    if cfg is None:
+        return None
+    return SecurityHeaders(cfg, deps)
