@@ -279,11 +279,6 @@ def test_upstream_leaks_removed_and_policy_applied(env):
     assert "strict-transport-security" not in h  # plain HTTP, no trusted https hop
 
 
-XFP_BUG = ("BUG: the core drops X-Forwarded-Proto in the protocol and never sets ctx.scheme from a "
-           "trusted proxy's X-Forwarded-Proto, so behind a TLS-terminating LB neither HSTS nor the "
-           "X-Forwarded-Proto sent upstream say https")
-
-
 @pytest.mark.parametrize("xfp,hsts", [("https", True),
                                       ("http", False), (None, False)])
 def test_hsts_from_trusted_proxy(env, xfp, hsts):
