@@ -1,0 +1,479 @@
+"""Authentication and role-based access (issue 5): JWT, RBAC, identity headers.
+
+What it owns: on every route, the removal of client-sent identity headers (``X-User-Id``,
+``X-User-Roles`` and every configured name), so they can never be forged; on routes with
+``auth: true`` (or ``roles``), the token check and the role check, and the verified
+identity handed upstream.  The token logic itself is ``fastgw.auth`` (pure, tested alone).
+
+Hook contract (``request_filter``):
+
+- returns None to continue, with ``ctx.user``/``ctx.roles``/``ctx.claims`` set and the
+  identity headers appended to ``ctx.upstream_headers``;
+- returns a 401 (no token: ``WWW-Authenticate: Bearer``; bad token: ``Bearer
+  error="invalid_token", error_description=...``, RFC 6750), a 400 (the token given more
+  than once: ``invalid_request``) or a 403 (roles: ``insufficient_scope``), each with the
+  problem+json body; nothing goes upstream.
+
+Three classes, chosen by ``build`` so each route pays only for what it uses:
+
+- ``StripIdentity``   non-auth routes: one ``drop_headers`` call;
+- ``Auth``            synchronous; static keys (secret, PEM);
+- ``JwksAuth``        ``async def request_filter`` when a JWKS is configured: the only
+  await is on a token whose ``kid`` no key has (a rate-limited, single-flight refetch);
+  every other request completes without suspending, so an engine that drives the
+  coroutine with ``send(None)`` never needs a task for it.
+
+Per config generation, one ``_State`` (kept in ``deps.state``) holds the key ring, the
+verified-token LRU and the verifiers (one per distinct claim rules), shared by the
+routes; JWKS sources live in a per-worker pool shared across reloads (keys and readiness
+survive a reload that keeps the source).  ``close()`` on the last middleware of a config
+releases its sources.
+
+Readiness: ``ready(deps)`` (module level) or ``mw.ready()`` is False until every JWKS in
+use has been fetched once; the runtime ANDs it into ``/readyz`` and ``gateway.health_path``.
+
+Hot path: the request's lazy header map (``ctx._hmap``, which ``request_id``, first in
+every chain, has already built) is reused.  When no header name repeats (map size == list
+size), one lookup finds the token and two or three membership tests find forged identity
+headers; otherwise a single lower-casing scan does both and also catches a repeated token
+header (400).  A cache hit then costs one LRU lookup and two float compares.
+"""
+
+from __future__ import annotations
+
+from cachetools import LRUCache
+
+from fastgw.auth.jwks import SourcePool, all_ready
+from fastgw.auth.keys import KeyIndex, KeyRing, load_static, secret_key
+from fastgw.auth.rbac import Policy
+from fastgw.auth.token import REASONS, AuthFailure, Rules, Verifier
+from fastgw.clock import wall
+from fastgw.config.auth import AuthConfig, RouteAuth, route_errors
+from fastgw.pipeline.middleware import Middleware
+
+# names and label sets as declared in fastgw.obs.metrics.METRICS; labels are precomputed
+# tuples of pairs (the registry's cell key as is: no per-call conversion)
+M_DECISIONS = "fastgw_auth_decisions_total"   # {route, result}
+M_CACHE = "fastgw_jwt_cache_total"            # {result: hit | miss}
+L_HIT = (("result", "hit"),)
+L_MISS = (("result", "miss"),)
+ALWAYS_STRIPPED = ("x-user-id", "x-user-roles")
+_STATE_KEY = "fastgw.auth"
+_STRIP = 0
+_DUP = object()
+
+
+def _lower_list(v) -> list[str]:
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
+def _www(realm: str | None, error: str | None = None, desc: str | None = None) -> bytes:
+    parts = []
+    if realm is not None:
+        parts.append(f'realm="{realm}"')
+    if error:
+        parts.append(f'error="{error}"')
+    if desc:
+        parts.append(f'error_description="{desc}"')
+    return ("Bearer " + ", ".join(parts) if parts else "Bearer").encode()
+
+
+class _State:
+    """What the auth routes of one config generation share."""
+
+    def __init__(self, cfg: AuthConfig, deps, pool: SourcePool) -> None:
+        self.cfg = cfg
+        self.deps = deps
+        self.pool = pool
+        self.metrics = getattr(deps, "metrics", None)
+        self.audit = getattr(deps, "audit", None)
+        self.log = getattr(deps, "log", None)
+        self.cache = LRUCache(cfg.cache_size) if cfg.cache_size else None
+        self.refs = 0
+        self.ring: KeyRing | None = None
+        self.sources: list = []
+        self.verifiers: dict = {}
+        ih = cfg.identity_headers
+        names = [*ALWAYS_STRIPPED, ih.user, ih.roles, *ih.claims.values(), *cfg.strip_headers]
+        self.strip = frozenset(n.lower().encode() for n in names if n)
+        # one dict lookup per request header: identity header to strip, or token carrier
+        self.want: dict[bytes, object] = dict.fromkeys(self.strip, _STRIP)
+        self.token_sources = []
+        for s in cfg.tokens:
+            lname = b"cookie" if s.cookie else s.header.lower().encode()
+            prefix = (s.scheme.lower() + " ").encode() if s.scheme else None
+            self.token_sources.append((lname, prefix, s.cookie.encode() if s.cookie else None))
+            self.want[lname] = lname
+        self.token_headers = frozenset(
+            s.header.lower().encode() for s in cfg.tokens if s.header and not cfg.forward_token)
+        realm = cfg.realm
+        self.www_missing = _www(realm)
+        self.www = {r: _www(realm, "invalid_token", d) for r, (_res, d) in REASONS.items()}
+        self.www_dup = _www(realm, "invalid_request", "The access token was given more than once")
+        self.www_forbidden = _www(realm, "insufficient_scope",
+                                  "The access token lacks a role this route requires")
+
+    # -- keys (built on the first auth route, so an unused JWKS is never fetched) ---------
+    def _ring(self) -> KeyRing:
+        if self.ring is None:
+            cfg = self.cfg
+            static = []
+            if cfg.jwt_secret is not None:
+                static.append(secret_key(cfg.jwt_secret, cfg.algorithms))
+            static += [load_static(k, f"auth.keys[{i}]") for i, k in enumerate(cfg.keys)]
+            d = self.deps
+            for j in cfg.jwks:
+                src = self.pool.acquire(j, loop=getattr(d, "loop", None), log=self.log,
+                                        metrics=self.metrics)
+                src.listeners.add(self.clear_cache)
+                self.sources.append(src)
+            self.ring = KeyRing(KeyIndex(static), self.sources)
+        return self.ring
+
+    def clear_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+
+    def verifier(self, override: RouteAuth | None) -> Verifier:
+        cfg = self.cfg
+        iss = override.issuer if override is not None and override.issuer is not None else cfg.issuer
+        aud = override.audience if override is not None and override.audience is not None else cfg.audience
+        ih = cfg.identity_headers
+        rules = Rules(issuers=_lower_list(iss), audiences=_lower_list(aud), require=cfg.require,
+                      leeway=cfg.leeway, max_lifetime=cfg.token_expiry, typ=cfg.typ,
+                      user_claim=cfg.user_claim, roles_claims=_lower_list(cfg.roles_claim),
+                      user_header=ih.user, roles_header=ih.roles,
+                      claim_headers=tuple(ih.claims.items()))
+        v = self.verifiers.get(rules.key)
+        if v is None:
+            v = self.verifiers[rules.key] = Verifier(self._ring(), rules, self.cache)
+        return v
+
+    def acquire(self) -> None:
+        self.refs += 1
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs <= 0:
+            for s in self.sources:
+                s.listeners.discard(self.clear_cache)
+                self.pool.release(s)
+            self.sources = []
+
+
+def _state(root_cfg, auth_cfg: AuthConfig, deps) -> _State:
+    """The shared state for ``root_cfg``: created on its first route, reused by the rest."""
+    st = getattr(deps, "state", None)
+    if st is None:
+        return _State(auth_cfg, deps, SourcePool())
+    slot = st.setdefault(_STATE_KEY, {"pool": SourcePool(), "cfg": None, "state": None})
+    if slot["cfg"] is not root_cfg or slot["state"] is None:
+        slot["cfg"] = root_cfg
+        slot["state"] = _State(auth_cfg, deps, slot["pool"])
+    return slot["state"]
+
+
+class StripIdentity(Middleware):
+    """Non-auth routes: remove client-sent identity headers, nothing else."""
+
+    name = "auth"
+
+    def __init__(self, strip: frozenset, deps=None) -> None:
+        super().__init__(None, deps)
+        self.strip = strip
+        self.strip_t = tuple(strip)
+
+    def request_filter(self, ctx):
+        m = ctx._hmap  # built by request_id on real routes; then a few lookups suffice
+        if m is not None and len(m) == len(ctx.headers):
+            for n in self.strip_t:
+                if n in m:
+                    break
+            else:
+                return None
+        ctx.drop_headers(self.strip)
+        return None
+
+
+class Auth(Middleware):
+    """A route that requires a valid token (and maybe roles); static keys only."""
+
+    name = "auth"
+
+    def __init__(self, state: _State, verifier: Verifier, policy: Policy, route: str, deps=None) -> None:
+        super().__init__(state.cfg, deps)
+        self.state = state
+        self.verifier = verifier
+        self.policy = policy
+        self.route = route
+        self.want = state.want
+        self.strip = state.strip
+        self.sources = state.token_sources
+        self.max_size = int(state.cfg.max_token_size)
+        # the usual config, one header source: scanned inline (prefix b"bearer " or None)
+        self.fast = len(self.sources) == 1 and self.sources[0][2] is None
+        self.tname = self.sources[0][0]
+        self.prefix = self.sources[0][1] if self.fast else None
+        self.strip_t = tuple(self.strip)
+        self.drop_token = state.token_headers
+        m = state.metrics
+        self._inc = m.inc if m is not None else None
+        self._l_ok = (("route", route), ("result", "ok"))
+        self._audit_allow = state.cfg.audit_allow and state.audit is not None
+        self._closed = False
+        state.acquire()
+
+    # -- the hook ----------------------------------------------------------------------
+    def request_filter(self, ctx):
+        r = self._check(ctx)
+        if r.__class__ is tuple:  # (token, failure): no JWKS here, so no refetch either
+            return self._unauthorized(ctx, r[1])
+        return r
+
+    def _check(self, ctx):
+        """None (allowed), a Reply, or (token, AuthFailure) when a key refetch may help."""
+        # Fast path: the lazy header map (already built by request_id on real routes).
+        # When no header name repeats (map size == list size), one lookup finds the
+        # token and a few membership tests find forged identity headers; otherwise the
+        # full scan below also detects a repeated token header.
+        dirty = False
+        token = None
+        if self.fast:
+            token = ctx.header(self.tname)
+            m = ctx._hmap
+            if len(m) == len(ctx.headers):
+                for n in self.strip_t:
+                    if n in m:
+                        dirty = True
+                        break
+            else:
+                token, dirty = self._scan_single(ctx)
+            if token is not None and token is not _DUP:
+                prefix = self.prefix
+                if prefix is not None:
+                    if token[: len(prefix)].lower() == prefix:
+                        token = token[len(prefix):].strip(b" \t")
+                    else:
+                        token = None  # another auth scheme (Basic, ...): not our token
+                else:
+                    token = token.strip(b" \t")
+        else:
+            want = self.want
+            found = None
+            for n, v in ctx.headers:
+                k = want.get(n.lower())
+                if k is None:
+                    continue
+                if k is _STRIP:
+                    dirty = True
+                elif found is None:
+                    found = {k: [v]}
+                else:
+                    found.setdefault(k, []).append(v)
+            token = self._token(found) if found is not None else None
+        if dirty:
+            ctx.drop_headers(self.strip)
+        if token is None:
+            return self._missing(ctx)
+        if token is _DUP:
+            return self._duplicate(ctx)
+        if len(token) > self.max_size:
+            return self._unauthorized(ctx, AuthFailure("too_large", f"{len(token)} bytes"))
+        if not token:
+            return self._unauthorized(ctx, AuthFailure("malformed", "empty token"))
+        v = self.verifier
+        now = wall()
+        inc = self._inc
+        try:
+            ident = v.cached(token, now)
+            if ident is None:
+                if inc is not None:
+                    inc(M_CACHE, L_MISS, 1)
+                ident = v.verify(token, now)
+            elif inc is not None:
+                inc(M_CACHE, L_HIT, 1)
+        except AuthFailure as f:
+            if f.refetch:
+                return (token, f)
+            return self._unauthorized(ctx, f)
+        return self._admit(ctx, ident)
+
+    def _scan_single(self, ctx):
+        """(token header value or _DUP or None, identity header seen) in one pass."""
+        want = self.want
+        token = None
+        dirty = False
+        for n, v in ctx.headers:
+            k = want.get(n.lower())
+            if k is None:
+                continue
+            if k is _STRIP:
+                dirty = True
+            elif token is None:
+                token = v
+            else:
+                token = _DUP
+        return token, dirty
+
+    def _admit(self, ctx, ident):
+        if not self.policy.allows(ctx.method, ident.roles):
+            return self._forbidden(ctx, ident)
+        ctx.user = ident.user
+        ctx.roles = ident.roles
+        ctx.claims = ident.claims
+        if ident.headers:
+            ctx.upstream_headers.extend(ident.headers)
+        if self.drop_token:
+            ctx.drop_headers(self.drop_token)
+        if self._inc is not None:
+            self._inc(M_DECISIONS, self._l_ok, 1)
+        if self._audit_allow:
+            self._record(ctx, "allow", 200, "ok", "ok", ident.user, ident.kid, ident.alg, "")
+        return None
+
+    def _token(self, found: dict):
+        for lname, prefix, cookie in self.sources:
+            vals = found.get(lname)
+            if not vals:
+                continue
+            if cookie is not None:
+                t = _cookie(vals, cookie)
+                if t is not None:
+                    return t
+                continue
+            if len(vals) > 1:
+                return _DUP
+            v = vals[0]
+            if prefix is not None:
+                if v[: len(prefix)].lower() != prefix:
+                    continue  # another auth scheme (Basic, ...): not our token
+                v = v[len(prefix):]
+            return v.strip(b" \t")
+        return None
+
+    # -- answers -------------------------------------------------------------------------
+    def _missing(self, ctx):
+        self._record(ctx, "deny", 401, "missing", "missing", None, None, None, "")
+        return ctx.problem(401, "An access token is required", kind="unauthorized",
+                           headers=[(b"www-authenticate", self.state.www_missing)])
+
+    def _duplicate(self, ctx):
+        self._record(ctx, "deny", 400, "bad_request", "duplicate", None, None, None, "")
+        return ctx.problem(400, "The access token was given more than once", kind="bad_request",
+                           headers=[(b"www-authenticate", self.state.www_dup)])
+
+    def _unauthorized(self, ctx, f: AuthFailure):
+        result, desc = REASONS[f.reason]
+        self._record(ctx, "deny", 401, result, f.reason, f.user, f.kid, f.alg, f.note)
+        return ctx.problem(401, desc, kind="unauthorized",
+                           headers=[(b"www-authenticate", self.state.www[f.reason])])
+
+    def _forbidden(self, ctx, ident):
+        self._record(ctx, "deny", 403, "forbidden", "role", ident.user, ident.kid, ident.alg, "")
+        return ctx.problem(403, "The access token lacks a role this route requires", kind="forbidden",
+                           headers=[(b"www-authenticate", self.state.www_forbidden)])
+
+    def _record(self, ctx, decision, status, result, reason, user, kid, alg, note) -> None:
+        """Metrics and one audit line per decision (never the token)."""
+        if self._inc is not None and decision == "deny":
+            self._inc(M_DECISIONS, (("route", self.route), ("result", result)), 1)
+        audit = self.state.audit
+        if audit is None:
+            return
+        rec = {"ts": wall(), "event": "auth", "decision": decision, "status": status,
+               "result": result, "reason": reason, "route": self.route, "method": ctx.method,
+               "path": ctx.path, "client_ip": ctx.client_ip, "request_id": ctx.request_id,
+               "user": user}
+        if kid is not None:
+            rec["kid"] = kid
+        if alg is not None:
+            rec["alg"] = alg
+        if note:
+            rec["detail"] = note
+        try:
+            audit(rec)
+        except Exception:  # noqa: BLE001 - an audit sink failure must not fail the request
+            if self.state.log is not None:
+                self.state.log.exception("audit write failed")
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def ready(self) -> bool:
+        """False until every JWKS this route uses has been fetched once."""
+        return self.verifier.ring.ready
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.state.release()
+
+
+class JwksAuth(Auth):
+    """``Auth`` with JWKS keys: may wait for a key refetch when a token's kid is unknown."""
+
+    async def request_filter(self, ctx):
+        r = self._check(ctx)
+        if r.__class__ is not tuple:
+            return r
+        token, f = r
+        waits = [w for w in (s.refetch_for_unknown_kid() for s in self.verifier.ring.sources) if w]
+        if not waits:
+            return self._unauthorized(ctx, f)
+        for w in waits:
+            await w
+        try:
+            ident = self.verifier.verify(token, wall())
+        except AuthFailure as f2:
+            return self._unauthorized(ctx, f2)
+        return self._admit(ctx, ident)
+
+
+def _cookie(values: list[bytes], name: bytes):
+    """The value of cookie ``name`` across Cookie headers; _DUP if it differs between copies."""
+    found = None
+    for hv in values:
+        for part in hv.split(b";"):
+            k, sep, v = part.strip().partition(b"=")
+            if sep and k == name:
+                v = v.strip().strip(b'"')
+                if found is not None and v != found:
+                    return _DUP
+                found = v
+    return found
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    """The auth middleware for a route (``StripIdentity`` when the route needs no token)."""
+    if route_cfg is None:
+        return None  # the global chain answers locally; nothing is forwarded
+    auth_cfg = getattr(root_cfg, "auth", None) or AuthConfig()
+    state = _state(root_cfg, auth_cfg, deps)
+    route_auth = getattr(route_cfg, "auth", False)
+    roles = getattr(route_cfg, "roles", None)
+    name = getattr(route_cfg, "name", None) or ""
+    if not route_auth and not roles:
+        return StripIdentity(state.strip, deps)
+    errs = route_errors(auth_cfg, name, True, roles)
+    if errs:
+        raise ValueError("; ".join(errs))
+    override = route_auth if isinstance(route_auth, RouteAuth) else auth_cfg.routes.get(name)
+    verifier = state.verifier(override)
+    cls = JwksAuth if verifier.ring.has_jwks else Auth
+    return cls(state, verifier, Policy(roles), name, deps)
+
+
+def ready(deps=None) -> bool:
+    """Readiness of this process's JWKS sources (those in ``deps``' pool when given)."""
+    if deps is not None and getattr(deps, "state", None) is not None:
+        slot = deps.state.get(_STATE_KEY)
+        if slot is None:
+            return True
+        return all(s.ready for s in slot["pool"].sources())
+    return all_ready()
+
+
+def status(deps) -> list[dict]:
+    """Per-JWKS status (name, ready, keys, failures, last_error) for admin/readyz detail."""
+    slot = (getattr(deps, "state", None) or {}).get(_STATE_KEY)
+    return [s.status() for s in slot["pool"].sources()] if slot else []
