@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
     env = dict(os.environ)
-    env.setdefault("JWT_SECRET", "dev-secret-change-me")
+    # the example config's own default secret (HS256 wants at least 32 bytes)
+    env.setdefault("JWT_SECRET", "dev-secret-change-me-not-for-production")
     servers = []
     for name, var, default in SERVICES:
         port = int(env.setdefault(var, str(default)))

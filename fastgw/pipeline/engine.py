@@ -147,33 +147,68 @@ class Engine:
             # the parser stops at an upgrade head, so this connection ends after the answer.
             ctx.upgrade = None
             ctx.keep_alive = False
-        chain = route.chain
-        if chain.has_async:
-            app.loop.create_task(self._run_async(proto, ctx, chain))
-            return
-        for idx, fn, _a in chain.request:
-            r = fn(ctx)
-            if r is not None:
-                self.send_local(proto, ctx, r, idx)
-                return
-        self._after_request_chain(proto, ctx)
+        self._run_chain(proto, ctx, route.chain.request, 0)
 
-    async def _run_async(self, proto, ctx, chain) -> None:
+    def _run_chain(self, proto, ctx, hooks, start: int) -> None:
+        """Run request filters from ``start``.  An ``async`` hook is driven eagerly: if it
+        finishes without suspending (a cached token, a warm key set) no task is created;
+        only a hook that really waits (a JWKS refetch, Redis) continues in a task."""
         try:
-            for idx, fn, is_async in chain.request:
-                r = (await fn(ctx)) if is_async else fn(ctx)
-                if proto.closed or proto.cur is not ctx:
-                    return
+            for pos in range(start, len(hooks)):
+                idx, fn, is_async = hooks[pos]
+                if is_async:
+                    coro = fn(ctx)
+                    try:
+                        waiting = coro.send(None)
+                    except StopIteration as stop:
+                        r = stop.value
+                    else:
+                        ctx.app.loop.create_task(self._resume(proto, ctx, hooks, pos, coro, waiting))
+                        return
+                else:
+                    r = fn(ctx)
                 if r is not None:
                     self.send_local(proto, ctx, r, idx)
                     return
-            self._after_request_chain(proto, ctx)
         except Exception as e:  # a middleware bug must not kill the connection silently
-            err = GatewayError("internal", "internal error in the request pipeline")
-            ctx.error = err
-            ctx.app.log.exception("middleware failed: %s", e)
-            if proto.cur is ctx and not proto.closed:
-                self._reply_error(proto, ctx, err, ctx.route.chain, keep_alive=False)
+            self._pipeline_failed(proto, ctx, e)
+            return
+        self._after_request_chain(proto, ctx)
+
+    async def _resume(self, proto, ctx, hooks, pos, coro, waiting) -> None:
+        """Finish a suspended async hook, then the rest of the chain."""
+        try:
+            while True:
+                try:
+                    await waiting
+                except BaseException as e:  # deliver the failure into the hook
+                    try:
+                        waiting = coro.throw(e)
+                    except StopIteration as stop:
+                        r = stop.value
+                        break
+                    continue
+                try:
+                    waiting = coro.send(None)
+                except StopIteration as stop:
+                    r = stop.value
+                    break
+        except Exception as e:
+            self._pipeline_failed(proto, ctx, e)
+            return
+        if proto.closed or proto.cur is not ctx:
+            return
+        if r is not None:
+            self.send_local(proto, ctx, r, hooks[pos][0])
+            return
+        self._run_chain(proto, ctx, hooks, pos + 1)
+
+    def _pipeline_failed(self, proto, ctx, e: Exception) -> None:
+        err = GatewayError("internal", "internal error in the request pipeline")
+        ctx.error = err
+        ctx.app.log.exception("middleware failed: %s", e)
+        if proto.cur is ctx and not proto.closed:
+            self._reply_error(proto, ctx, err, ctx.route.chain, keep_alive=False)
 
     def _after_request_chain(self, proto, ctx) -> None:
         route = ctx.route
@@ -219,7 +254,7 @@ class Engine:
         return last
 
     def _health(self, proto, ctx) -> None:
-        ok = self.ready and not self.draining
+        ok = self.ready and not self.draining and all(check() for check in self.app.ready_checks)
         body = b'{"status":"ready"}' if ok else b'{"status":"not ready"}'
         ctx.status = 200 if ok else 503
         ctx.notes["_nolog"] = True

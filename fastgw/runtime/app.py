@@ -109,6 +109,9 @@ class App:
                 entries.append((rc, route))
         self.router = Router(entries)
         self.routes = [r for _, r in entries]
+        # readiness contributed by middlewares (e.g. the first JWKS fetch)
+        self.ready_checks = tuple({id(m): m.ready for m in self.middlewares().values()
+                                   if callable(getattr(m, "ready", None))}.values())
 
     def _mws(self, blds, svc, rc):
         out = []
