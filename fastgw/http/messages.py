@@ -66,14 +66,49 @@ class Reply(_HeadersMixin):
 
 
 class ResponseHead(_HeadersMixin):
-    """An upstream response head as the response filters see it (mutable)."""
+    """An upstream response head as the response filters see it (mutable).
 
-    __slots__ = ("status", "reason", "headers")
+    It starts as the upstream's raw header block (bytes, already validated by llhttp and
+    stripped of hop-by-hop fields), so a route whose filters never look at the headers
+    forwards them untouched.  The first access to ``headers`` parses the block into a
+    list of (name, value) pairs; ``block()`` serialises whichever form is current.
+    """
 
-    def __init__(self, status: int, reason: bytes, headers: list) -> None:
+    __slots__ = ("status", "reason", "_headers", "raw")
+
+    def __init__(self, status: int, reason: bytes, headers: list | None = None, raw: bytes = b"") -> None:
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self._headers = headers
+        self.raw = raw
+
+    @property
+    def headers(self) -> list:
+        hs = self._headers
+        if hs is None:
+            hs = self._headers = parse_block(self.raw)
+        return hs
+
+    @headers.setter
+    def headers(self, value: list) -> None:
+        self._headers = value
+
+    def block(self) -> bytes:
+        """The header lines (``name: value\r\n`` each) in their current form."""
+        hs = self._headers
+        if hs is None:
+            return self.raw
+        return b"".join([b"%s: %s\r\n" % h for h in hs])
+
+
+def parse_block(raw: bytes) -> list:
+    """``b"A: 1\r\nB: 2\r\n"`` -> ``[(b"A", b"1"), (b"B", b"2")]`` (input validated by llhttp)."""
+    out = []
+    for line in raw.split(b"\r\n"):
+        if line:
+            n, _, v = line.partition(b":")
+            out.append((n, v.strip(b" \t")))
+    return out
 
 
 class RequestHead(_HeadersMixin):

@@ -27,8 +27,10 @@ class AccessLog(Middleware):
         flags = ctx.flags
         if error is not None and error.kind not in flags:
             flags = flags + [error.kind]
+        ud = ctx.upstream_duration
+        ua = ctx.header(b"user-agent")
         rec = {
-            "ts": round(wall(), 3),
+            "ts": wall(),
             "request_id": ctx.request_id,
             "client_ip": ctx.client_ip,
             "method": ctx.method,
@@ -37,13 +39,13 @@ class AccessLog(Middleware):
             "status": ctx.status,
             "bytes_received": ctx.bytes_received,
             "bytes_sent": ctx.bytes_sent,
-            "duration_s": round(monotonic() - ctx.start, 6),
+            "duration_s": monotonic() - ctx.start,
             "upstream": ctx.upstream,
             "upstream_status": ctx.upstream_status or None,
-            "upstream_duration_s": round(ctx.upstream_duration, 6) if ctx.upstream_duration is not None else None,
+            "upstream_duration_s": ud,
             "route": route.name if route is not None else None,
             "user": ctx.user,
-            "user_agent": (ctx.header(b"user-agent") or b"").decode("latin-1") or None,
+            "user_agent": ua.decode("latin-1") if ua else None,
             "response_flags": flags,
         }
         tp = ctx.notes.get("trace_id")

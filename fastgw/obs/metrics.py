@@ -88,6 +88,7 @@ class Metrics:
         self.store = store if store is not None else LocalStore()
         self._cells: dict = {}
         self._req: dict = {}
+        self._pool: dict = {}
         self._inflight = self.store.cell("fastgw_http_requests_in_flight")
         self._conns = self.store.cell("fastgw_downstream_connections_open")
 
@@ -165,4 +166,8 @@ class Metrics:
         self.inc("fastgw_upstream_errors_total", (("service", route.service if route else "-"), ("kind", kind)))
 
     def pool_event(self, event: str) -> None:
-        self.inc("fastgw_upstream_connections_total", (("event", event),))
+        c = self._pool.get(event)
+        if c is None:
+            c = self._pool[event] = self.store.cell(
+                series_key("fastgw_upstream_connections_total", (("event", event),)))
+        self.store.add(c)

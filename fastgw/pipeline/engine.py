@@ -18,6 +18,7 @@ snapshot it started on (``ctx.app``), so a reload never changes a request mid-fl
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from fastgw.clock import monotonic
 from fastgw.errors import GatewayError
@@ -32,6 +33,11 @@ MAX_PENDING_BODY = 256 * 1024  # body bytes held while the upstream connection i
 
 _H_CL = b"content-length"
 _H_TE = b"transfer-encoding"
+# hop-by-hop and framing lines of a (lower-cased, llhttp-validated) response header block
+_FRAMING = re.compile(
+    rb"^(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
+    rb"proxy-authenticate|proxy-authorization|content-length)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r\n",
+    re.M).finditer
 
 
 class Engine:
@@ -513,36 +519,60 @@ class Engine:
         self._reply_error(proto, ctx, err, route.chain, keep_alive=True)
 
     # ------------------------------------------------------------------ upstream events
-    def upstream_head(self, up, status: int, reason: bytes, headers: list, keep: bool) -> bytes:
+    def upstream_head(self, up, status: int, reason: bytes, block: bytes, keep: bool) -> bytes:
+        """The response head for the client, from the upstream's raw header block.
+
+        The block is forwarded as bytes; only hop-by-hop and framing lines are cut (found
+        with one regex over its lower-cased copy).  Response filters get a ResponseHead
+        that parses the block only if a filter looks at the headers.
+        """
         ctx = up.ctx
         ctx.upstream_status = status
         ctx.upstream_duration = monotonic() - ctx.upstream_start
         route = ctx.route
-        # hop-by-hop removal (plus whatever the upstream's Connection header names)
-        fwd = []
-        conn_listed = None
         chunked = False
         has_cl = False
-        for h in headers:
-            ln = h[0].lower()
-            if ln in HOP_BY_HOP:
-                if ln == b"connection":
-                    conn_listed = connection_tokens(h[1])
-                elif ln == _H_TE:
-                    chunked = True
-                continue
-            if ln == _H_CL:
+        cuts = None
+        listed = None
+        low = block.lower()
+        cl_span = None
+        for m in _FRAMING(low):
+            name = m.group(1)
+            if name == _H_CL:
                 has_cl = True
-            fwd.append(h)
-        if conn_listed:
-            conn_listed -= {b"close", b"keep-alive"}
-            if conn_listed:
-                fwd = [h for h in fwd if h[0].lower() not in conn_listed]
-        if route.chain.response:
-            head = ResponseHead(status, reason, fwd)
+                cl_span = m.span()
+                continue
+            if name == _H_TE:
+                chunked = True
+            elif name == b"connection":
+                v = m.group(2)
+                if v != b"keep-alive" and v != b"close":
+                    listed = connection_tokens(v) - {b"close", b"keep-alive"}
+            if cuts is None:
+                cuts = []
+            cuts.append(m.span())
+        if chunked and has_cl:
+            # Transfer-Encoding wins (RFC 9112 6.3): the body arrives de-chunked, so the
+            # upstream's Content-Length must not reach the client.
+            has_cl = False
+            cuts.append(cl_span)
+            cuts.sort()
+        if cuts is not None:
+            parts = []
+            pos = 0
+            for a, b in cuts:
+                parts.append(block[pos:a])
+                pos = b
+            parts.append(block[pos:])
+            block = b"".join(parts)
+        if route.chain.response or listed:
+            head = ResponseHead(status, reason, raw=block)
+            if listed:
+                head.headers = [h for h in head.headers if h[0].lower() not in listed]
             for _i, fn in route.chain.response:
                 fn(ctx, head)
-            status, fwd = head.status, head.headers
+            status = head.status
+            block = head.block()
         bodyless = ctx.method == "HEAD" or status in (204, 304) or status < 200
         keep_client = ctx.keep_alive and not self.draining and not proto_draining(up.down)
         extra = b""
@@ -564,7 +594,7 @@ class Engine:
         out = [status_line(status, reason), ]
         if self.app.server_header:
             out.append(self.app.server_header)
-        serialize_headers(out, fwd)
+        out.append(block)
         if ctx.resp_headers:
             serialize_headers(out, ctx.resp_headers)
         if extra:

@@ -40,7 +40,7 @@ class UpstreamProtocol:
         "deadline", "deadline_kind", "idle_since", "max_head", "write_paused",
         # per-request
         "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
-        "status", "reason", "headers", "head_size", "out", "body_filter", "t_read", "keep",
+        "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep",
         "tunnel",
     )
 
@@ -71,9 +71,8 @@ class UpstreamProtocol:
         self.rechunk = False
         self.close_delimited = False
         self.status = 0
-        self.reason = b""
-        self.headers = []
-        self.head_size = 0
+        self.hbuf = b""   # bytes received until the response head is complete
+        self.hoff = 0     # where the current head starts in hbuf (after interim 1xx heads)
         self.out = None
         self.body_filter = None
         self.t_read = 60.0
@@ -155,13 +154,17 @@ class UpstreamProtocol:
             self.close()
             return
         self.got_bytes = True
+        if not self.head_sent:
+            # keep the raw bytes of the head: it is forwarded untouched (rule 2)
+            self.hbuf = self.hbuf + data if self.hbuf else data
         out = self.out = []
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as e:
             if self.status == 101 and self.handler is not None:
                 self._flush()
-                self.handler.upstream_upgraded(self, data)
+                off = e.args[0] if e.args else len(data)
+                self.handler.upstream_upgraded(self, data[off:])
                 return
             self._fail(GatewayError("upstream_bad_response", "unexpected upgrade from upstream"))
             return
@@ -177,8 +180,7 @@ class UpstreamProtocol:
             self._flush()
         if not self.head_sent and self.state == BUSY:
             # the response head is bounded (llhttp itself sets no limit)
-            self.head_size += len(data)
-            if self.head_size > self.max_head:
+            if len(self.hbuf) > self.max_head:
                 self._fail(GatewayError("upstream_bad_response", "upstream response head too large"))
                 return
         if self.state == BUSY and self.deadline_kind == T_READ:
@@ -189,27 +191,26 @@ class UpstreamProtocol:
         if out and self.down is not None:
             self.down.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         p = self.parser
         status = p.get_status_code()
         self.status = status
+        hbuf = self.hbuf
+        start = self.hoff
+        end = hbuf.find(b"\r\n\r\n", start)
+        line_end = hbuf.find(b"\r\n", start)
         if 100 <= status < 200 and status != 101:
             # Interim responses are not relayed: the gateway answers Expect itself.
-            self.reason = b""
+            self.hoff = end + 4
             return
+        line = hbuf[start:line_end]
+        reason = line.split(b" ", 2)[2] if line.count(b" ") >= 2 else b""
+        block = hbuf[line_end + 2:end + 2] if end > line_end else b""
+        self.hbuf = b""
+        self.hoff = 0
         keep = p.should_keep_alive()
         self.keep = keep
-        head = self.handler.upstream_head(self, status, self.reason, self.headers, keep)
+        head = self.handler.upstream_head(self, status, reason, block, keep)
         self.head_sent = True
         self._set_deadline(T_READ, self.t_read)
         if head is not None:
@@ -240,8 +241,8 @@ class UpstreamProtocol:
         if not self.head_sent:
             # end of an interim (1xx) response: keep reading for the final one
             return
-        if self.state != BUSY:
-            return
+        if self.state != BUSY or self.status == 101:
+            return  # (101: httptools reports the upgrade right after; the tunnel starts there)
         self._end(reusable=self.keep and not self.close_delimited)
 
     def _end(self, reusable: bool) -> None:
