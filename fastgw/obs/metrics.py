@@ -165,9 +165,17 @@ class Metrics:
     def upstream_error(self, route, kind: str) -> None:
         self.inc("fastgw_upstream_errors_total", (("service", route.service if route else "-"), ("kind", kind)))
 
-    def pool_event(self, event: str) -> None:
+    def publish_pools(self, pools) -> None:
+        """Tick: add the pools' connection reuses (counted as plain ints on the hot path)."""
+        n = 0
+        for pool in pools:
+            n += pool.take_reused()
+        if n:
+            self.pool_event("reused", n)
+
+    def pool_event(self, event: str, n: int = 1) -> None:
         c = self._pool.get(event)
         if c is None:
             c = self._pool[event] = self.store.cell(
                 series_key("fastgw_upstream_connections_total", (("event", event),)))
-        self.store.add(c)
+        self.store.add(c, n)

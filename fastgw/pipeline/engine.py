@@ -139,7 +139,7 @@ class Engine:
                 self._health(proto, ctx)
                 return
             route, params = app.router.match(ctx.host, ctx.method, norm, ctx.header, query,
-                                             self._is_preflight(ctx), enc_slash)
+                                             ctx.method == "OPTIONS" and self._is_preflight(ctx), enc_slash)
             ctx.route = route
             ctx.path_params = params
             if ctx.content_length is not None and ctx.content_length > route.max_body:
@@ -225,7 +225,8 @@ class Engine:
             if proto.cur_complete and proto.cur is ctx:
                 self.on_body_end(proto, ctx)
             return
-        self._maybe_continue(proto, ctx)
+        if ctx.expect is not None:
+            self._maybe_continue(proto, ctx)
         self.proxy(proto, ctx)
 
     def _maybe_continue(self, proto, ctx) -> None:
@@ -412,7 +413,8 @@ class Engine:
     # ------------------------------------------------------------------ proxying
     def proxy(self, proto, ctx) -> None:
         route = ctx.route
-        pool = route.pick(ctx)
+        pools = route.pools
+        pool = pools[0] if len(pools) == 1 else route.pick(ctx)
         if pool is None:
             self.fail(proto, ctx, GatewayError("no_upstream", f"no healthy instance for service {route.service}"))
             return
@@ -473,9 +475,10 @@ class Engine:
         raw_host = ctx.raw_host or b""
         out = [ctx.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ",
                raw_host if route.preserve_host and raw_host else peer.host_header, CRLF]
-        serialize_headers(out, headers)
+        if headers:
+            out.append(b"".join([b"%s: %s\r\n" % h for h in headers]))
         if ctx.upstream_headers:
-            serialize_headers(out, ctx.upstream_headers)
+            out.append(b"".join([b"%s: %s\r\n" % h for h in ctx.upstream_headers]))
         peer_ip = ctx.peer_ip.encode("latin-1")
         xff = ctx.xff
         out.append(b"x-forwarded-for: ")
