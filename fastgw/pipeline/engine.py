@@ -98,12 +98,7 @@ class Engine:
     def downstream_paused(self, proto, paused: bool) -> None:
         cur = proto.cur
         if cur is not None and cur.up is not None:
-            t = cur.up.transport
-            if t is not None:
-                if paused:
-                    t.pause_reading()
-                else:
-                    t.resume_reading()
+            cur.up.pause_reading(paused)
 
     # ------------------------------------------------------------------ requests
     def dispatch(self, proto, ctx, body) -> None:
@@ -142,7 +137,8 @@ class Engine:
                                              ctx.method == "OPTIONS" and self._is_preflight(ctx), enc_slash)
             ctx.route = route
             ctx.path_params = params
-            if ctx.content_length is not None and ctx.content_length > route.max_body:
+            if (ctx.content_length is not None and ctx.content_length > route.max_body) or \
+                    (ctx.chunked and ctx.bytes_received > route.max_body):
                 raise GatewayError("body_too_large", f"request body exceeds {route.max_body} bytes")
         except GatewayError as err:
             ctx.error = err

@@ -37,7 +37,7 @@ class UpstreamProtocol:
     __slots__ = (
         # per-connection
         "pool", "loop", "transport", "parser", "state", "reused", "handler", "timer", "timer_at",
-        "deadline", "deadline_kind", "idle_since", "max_head", "write_paused",
+        "deadline", "deadline_kind", "idle_since", "max_head", "write_paused", "read_paused",
         # per-request
         "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
         "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep",
@@ -59,6 +59,7 @@ class UpstreamProtocol:
         self.idle_since = 0.0
         self.max_head = 64 * 1024
         self.write_paused = False
+        self.read_paused = False
         self.tunnel = None
         self._reset()
 
@@ -283,8 +284,22 @@ class UpstreamProtocol:
         self.down = None
         self.abort()
 
+    def pause_reading(self, paused: bool) -> None:
+        """Back-pressure from the client: stop (or resume) reading the response."""
+        t = self.transport
+        if t is None or paused == self.read_paused:
+            return
+        self.read_paused = paused
+        if paused:
+            t.pause_reading()
+        else:
+            t.resume_reading()
+
     def park(self) -> None:
-        """Back to the pool: clear per-request state and arm the idle timeout."""
+        """Back to the pool: clear per-request state and arm the idle timeout.  Reading is
+        resumed if a slow client had paused it, or the next response would never be read."""
+        if self.read_paused:
+            self.pause_reading(False)
         self._reset()
         self.state = IDLE
         self.reused = True

@@ -1,0 +1,209 @@
+"""Metrics: the store adapter over shared memory, the Prometheus renderer (checked by
+promtool), and /metrics of a live gateway whose request counter must equal what was
+sent, across a kill -9 and a HUP."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from fastgw.obs.metrics import DURATION_BUCKETS, METRICS, LocalStore, Metrics
+from fastgw.obs.prom import families, reference_markdown, render
+from fastgw.shm import Region
+from fastgw.supervisor.metrics_store import ShmStore
+from tests.supervisor_helpers import (
+    EchoUpstream,
+    Gateway,
+    config,
+    generation_everywhere,
+    get,
+    hup,
+    metrics_text,
+    ready_workers,
+    requests_total,
+    rewrite,
+    series,
+    wait_for,
+    workers,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMTOOL = shutil.which("promtool")
+
+
+class _Route:
+    def __init__(self, name, service):
+        self.name, self.service = name, service
+
+
+class _Ctx:
+    def __init__(self, route, method="GET", status=200, start=None, up=0.002):
+        self.route, self.method, self.status = route, method, status
+        self.start = time.monotonic() - 0.003 if start is None else start
+        self.upstream_duration = up
+
+
+def _traffic(m: Metrics, n: int = 5) -> None:
+    r = _Route("api", "main")
+    for i in range(n):
+        m.request_start()
+        m.request_done(_Ctx(r, status=200 if i % 2 else 404))
+    m.conn_open(3)
+    m.conn_open(-1)
+    m.pool_event("created")
+    m.upstream_error(r, "connect")
+    m.set("fastgw_build_info", (("version", "t"), ("python", "3")), 1)
+
+
+def promtool_check(text: str) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    p = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert p.returncode == 0, (p.stdout + p.stderr).decode() + "\n" + text[:3000]
+
+
+# ---------------------------------------------------------------------- renderer
+def test_render_local_store_cumulates_buckets_and_passes_promtool():
+    m = Metrics(LocalStore())
+    _traffic(m)
+    text = render(m.store.snapshot())
+    promtool_check(text)
+    assert "# TYPE fastgw_http_request_duration_seconds histogram" in text
+    assert "# HELP fastgw_http_requests_total Requests answered" in text
+    assert series(text, "fastgw_http_requests_total") == {
+        '{route="api",service="main",method="GET",code="200"}': 2,
+        '{route="api",service="main",method="GET",code="404"}': 3}
+    buckets = series(text, "fastgw_http_request_duration_seconds_bucket")
+    vals = [buckets['{route="api",le="%r"}' % b] for b in DURATION_BUCKETS] + [buckets['{route="api",le="+Inf"}']]
+    assert vals == sorted(vals) and vals[-1] == 5                    # cumulative, +Inf = count
+    assert series(text, "fastgw_http_request_duration_seconds_count") == {'{route="api"}': 5}
+    assert series(text, "fastgw_downstream_connections_open") == {"": 2}
+    assert text == render(m.store.snapshot())                        # stable order
+
+
+def test_every_documented_family_renders_valid_exposition():
+    snap = {}
+    for name, (kind, _h, labels) in families().items():
+        lab = ",".join(f'{k}="x"' for k in labels)
+        key = name + ("{" + lab + "}" if lab else "")
+        if kind == "histogram":
+            from fastgw.shm.metrics import HistogramValue
+            snap[key] = HistogramValue(1.5, tuple([1] * (len(DURATION_BUCKETS) + 1)))
+        else:
+            snap[key] = 1
+    text = render(snap)
+    promtool_check(text)
+    assert text.count("# TYPE") == len(families())
+
+
+def test_unknown_family_and_mismatched_histogram_still_valid():
+    from fastgw.shm.metrics import HistogramValue
+    text = render({"fastgw_custom_total": 3,
+                   'fastgw_http_request_duration_seconds{route="a"}': HistogramValue(0.5, (1, 2))})
+    promtool_check(text)
+    assert 'fastgw_http_request_duration_seconds_bucket{route="a",le="+Inf"} 3' in text
+
+
+# ---------------------------------------------------------------------- the shm store adapter
+def test_shm_store_sums_workers_and_stays_monotonic_across_fold():
+    with Region.create(4, metrics_series=512, table_slots=64, health_slots=8) as region:
+        m0 = Metrics(ShmStore(region.metrics.writer(0)))
+        m1 = Metrics(ShmStore(region.metrics.writer(1)))
+        _traffic(m0, 5)
+        _traffic(m1, 3)
+        m1.request_start()                                           # one in flight in worker 1
+        text = render(region.metrics.snapshot())
+        promtool_check(text)
+        assert sum(series(text, "fastgw_http_requests_total").values()) == 8
+        assert series(text, "fastgw_http_requests_in_flight") == {"": 1}
+        assert series(text, "fastgw_http_request_duration_seconds_count") == {'{route="api"}': 8}
+        before = series(text, "fastgw_http_request_duration_seconds_bucket")
+        # worker 1 is killed: its counts move to the retired area, its gauges vanish
+        region.fold_dead(1)
+        text2 = render(region.metrics.snapshot())
+        assert sum(series(text2, "fastgw_http_requests_total").values()) == 8
+        assert series(text2, "fastgw_http_request_duration_seconds_bucket") == before
+        assert series(text2, "fastgw_http_requests_in_flight") == {"": 0}
+        # its replacement counts on top
+        m1b = Metrics(ShmStore(region.metrics.writer(1)))
+        _traffic(m1b, 2)
+        text3 = render(region.metrics.snapshot())
+        assert sum(series(text3, "fastgw_http_requests_total").values()) == 10
+        # the slot's request counter for /admin/workers, published on the tick
+        store = m1b.store
+        store.publish(region.workers.slot(1))
+        assert region.workers.read(1).requests == 2
+        assert store.snapshot()['fastgw_http_requests_total{route="api",service="main",method="GET",code="200"}'] == 1
+
+
+def test_shm_store_float_and_unknown_series():
+    with Region.create(2, metrics_series=128, table_slots=64, health_slots=8) as region:
+        m = Metrics(ShmStore(region.metrics.writer(0)))
+        m.inc("fastgw_bytes_total", value=2.0)                       # a float on a counter cell
+        m.set("fastgw_something_ratio", value=3)                    # unknown, not _total: a gauge
+        snap = region.metrics.snapshot()
+        assert snap["fastgw_bytes_total"] == 2 and snap["fastgw_something_ratio"] == 3
+
+
+# ---------------------------------------------------------------------- docs
+def test_docs_metrics_reference_is_generated_from_metrics_table():
+    with open(os.path.join(ROOT, "docs", "operations.md")) as f:
+        doc = f.read()
+    assert reference_markdown() in doc, "regenerate with: python -m fastgw.obs.prom"
+    for name in METRICS:
+        assert f"`{name}`" in doc
+
+
+# ---------------------------------------------------------------------- live
+@pytest.fixture(scope="module")
+def up():
+    with EchoUpstream() as u:
+        yield u
+
+
+@pytest.mark.timeout(60)
+def test_live_metrics_count_every_request_across_kill9_and_hup(up):
+    text_cfg = config(up)
+    with Gateway(text_cfg, workers=2) as gw:
+        assert wait_for(lambda: len(ready_workers(gw)) == 2)
+        sent = 0
+        for i in range(40):                      # new connections: spread over both workers
+            assert get(gw.port, f"/a/{i}")[0] == 200
+            sent += 1
+        time.sleep(1.2)                          # both workers have served (requests published on the tick)
+        served = {w["slot"]: w["requests"] for w in workers(gw)["workers"]}
+        assert sum(served.values()) == sent
+        victim_slot = max(served, key=served.get)
+        victim = ready_workers(gw)[victim_slot]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: ready_workers(gw).get(victim_slot) not in (None, victim), timeout=5)
+        for i in range(30):
+            assert get(gw.port, f"/b/{i}")[0] == 200
+            sent += 1
+        rewrite(gw, text_cfg.replace('name: main', 'name: main2'))
+        hup(gw)
+        assert wait_for(lambda: generation_everywhere(gw, 1, 2), timeout=5)
+        for i in range(30):
+            assert get(gw.port, f"/c/{i}")[0] == 200
+            sent += 1
+        text = metrics_text(gw)
+        promtool_check(text)
+        assert requests_total(text) == sent, series(text, "fastgw_http_requests_total")
+        by_route = series(text, "fastgw_http_requests_total")
+        assert by_route['{route="main2",service="echo",method="GET",code="200"}'] == 30
+        assert series(text, "fastgw_worker_restarts_total") == {"": 1}
+        assert series(text, "fastgw_config_reloads_total")['{result="ok"}'] == 1
+        assert series(text, "fastgw_workers") == {'{state="booting"}': 0, '{state="draining"}': 0,
+                                                  '{state="ready"}': 2}
+        assert re.search(r'^fastgw_build_info\{version="[^"]+",python="[^"]+"\} 1$', text, re.M)
+        count = series(text, "fastgw_http_request_duration_seconds_count")
+        assert count['{route="main"}'] + count['{route="main2"}'] == sent
+        # counters never go backwards between scrapes
+        again = metrics_text(gw)
+        assert requests_total(again) == sent
