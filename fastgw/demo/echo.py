@@ -154,6 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
 class EchoServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # the default (5) drops connects when a gateway pool opens many
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "echo") -> None:
         super().__init__((host, port), _Handler)

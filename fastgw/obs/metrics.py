@@ -129,6 +129,10 @@ class Metrics:
     def request_start(self) -> None:
         self.store.add(self._inflight, 1)
 
+    def request_abandoned(self) -> None:
+        """A request that is not counted (the health path): settle the in-flight gauge."""
+        self.store.add(self._inflight, -1)
+
     def request_done(self, ctx) -> None:
         route = ctx.route
         rname = route.name if route is not None else "-"

@@ -658,7 +658,12 @@ class Engine:
         route = ctx.route
         chain = route.chain if route is not None else ctx.app.global_chain if ctx.app else None
         err = ctx.error
-        if chain is not None and not ctx.notes.get("_nolog"):
+        if ctx.notes.get("_nolog"):
+            # the health path: not logged, not counted (a load balancer probes it every few
+            # seconds per gateway host), only the in-flight gauge is settled
+            ctx.app.metrics.request_abandoned()
+            return
+        if chain is not None:
             for fn in chain.logging:
                 try:
                     fn(ctx, err)

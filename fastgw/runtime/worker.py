@@ -211,6 +211,8 @@ class Worker:
             self.access_buf.flush()
         if self.audit_buf is not None:
             self.audit_buf.flush()
+        if self.engine is not None:
+            self.metrics.publish_pools(self.engine.app.pools.values())
         for hook in self.tick_hooks:
             try:
                 hook()
