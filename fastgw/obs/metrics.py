@@ -58,11 +58,18 @@ def series_key(name: str, labels) -> str:
 
 
 class LocalStore:
-    """A store for a single process: cells in a Python list."""
+    """A store for a single process: cells in a Python list.
+
+    Store API: ``cell(key)`` an integer cell, ``fcell(key)`` a float cell (histogram
+    sums), ``ints``/``floats`` the indexable arrays behind them (the hot path writes
+    ``ints[i] += 1`` directly: no call), ``add``/``set`` for everything else.
+    """
 
     def __init__(self) -> None:
         self.keys: dict[str, int] = {}
         self.values: list[float] = []
+        self.ints = self.values
+        self.floats = self.values
 
     def cell(self, key: str) -> int:
         i = self.keys.get(key)
@@ -70,6 +77,8 @@ class LocalStore:
             i = self.keys[key] = len(self.values)
             self.values.append(0)
         return i
+
+    fcell = cell
 
     def add(self, i: int, v: float = 1) -> None:
         self.values[i] += v
@@ -108,63 +117,71 @@ class Metrics:
         self.store.set(c, value)
 
     def _hist(self, name: str, labels: tuple):
+        """(bucket int cells, sum float cell, count int cell) of one histogram series."""
         k = ("h", name, labels)
         h = self._cells.get(k)
         if h is None:
             cell = self.store.cell
             buckets = tuple(cell(series_key(name + "_bucket", labels + (("le", repr(b)),))) for b in DURATION_BUCKETS)
             inf = cell(series_key(name + "_bucket", labels + (("le", "+Inf"),)))
-            h = self._cells[k] = (buckets + (inf,), cell(series_key(name + "_sum", labels)),
+            h = self._cells[k] = (buckets + (inf,), self.store.fcell(series_key(name + "_sum", labels)),
                                   cell(series_key(name + "_count", labels)))
         return h
 
     def observe(self, name: str, labels: tuple, value: float) -> None:
         buckets, s, c = self._hist(name, labels)
-        add = self.store.add
-        add(buckets[bisect_left(DURATION_BUCKETS, value)])
-        add(s, value)
-        add(c)
+        iv = self.store.ints
+        iv[buckets[bisect_left(DURATION_BUCKETS, value)]] += 1
+        self.store.floats[s] += value
+        iv[c] += 1
 
-    # hot path --------------------------------------------------------------------
+    # hot path: direct array writes, no calls ---------------------------------------
     def request_start(self) -> None:
-        self.store.add(self._inflight, 1)
+        self.store.ints[self._inflight] += 1
 
     def request_abandoned(self) -> None:
         """A request that is not counted (the health path): settle the in-flight gauge."""
-        self.store.add(self._inflight, -1)
+        self.store.ints[self._inflight] -= 1
 
     def request_done(self, ctx) -> None:
         route = ctx.route
-        rname = route.name if route is not None else "-"
-        method = ctx.method if ctx.method in KNOWN_METHODS else "OTHER"
-        k = (rname, method, ctx.status)
+        k = (route, ctx.method, ctx.status)
         cells = self._req.get(k)
         if cells is None:
-            svc = route.service if route is not None else "-"
-            cell = self.store.cell
-            cells = self._req[k] = (
-                cell(series_key("fastgw_http_requests_total",
-                                (("route", rname), ("service", svc), ("method", method), ("code", str(ctx.status))))),
-                self._hist("fastgw_http_request_duration_seconds", (("route", rname),)),
-                self._hist("fastgw_upstream_request_duration_seconds", (("service", svc),)) if route is not None else None,
-            )
-        add = self.store.add
-        add(cells[0])
-        add(self._inflight, -1)
+            if len(self._req) > 4096:  # routes of retired configs, odd methods: stay bounded
+                self._req.clear()
+            cells = self._req[k] = self._request_cells(route, ctx.method, ctx.status)
+        store = self.store
+        iv = store.ints
+        fv = store.floats
+        iv[cells[0]] += 1
+        iv[self._inflight] -= 1
         d = monotonic() - ctx.start
         b, s, c = cells[1]
-        add(b[bisect_left(DURATION_BUCKETS, d)])
-        add(s, d)
-        add(c)
+        iv[b[bisect_left(DURATION_BUCKETS, d)]] += 1
+        fv[s] += d
+        iv[c] += 1
         ud = ctx.upstream_duration
         if ud is not None and cells[2] is not None:
             b, s, c = cells[2]
-            add(b[bisect_left(DURATION_BUCKETS, ud)])
-            add(s, ud)
-            add(c)
+            iv[b[bisect_left(DURATION_BUCKETS, ud)]] += 1
+            fv[s] += ud
+            iv[c] += 1
+
+    def _request_cells(self, route, method: str, status: int):
+        rname = route.name if route is not None else "-"
+        svc = route.service if route is not None else "-"
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
+        return (
+            self.store.cell(series_key("fastgw_http_requests_total",
+                                       (("route", rname), ("service", svc), ("method", method), ("code", str(status))))),
+            self._hist("fastgw_http_request_duration_seconds", (("route", rname),)),
+            self._hist("fastgw_upstream_request_duration_seconds", (("service", svc),)) if route is not None else None,
+        )
 
     def conn_open(self, delta: int) -> None:
-        self.store.add(self._conns, delta)
+        self.store.ints[self._conns] += delta
 
     def upstream_error(self, route, kind: str) -> None:
         self.inc("fastgw_upstream_errors_total", (("service", route.service if route else "-"), ("kind", kind)))

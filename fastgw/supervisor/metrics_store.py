@@ -44,13 +44,17 @@ def _join(name: str, labels: str) -> str:
 class ShmStore:
     """A ``Metrics`` store writing a ``shm.metrics.MetricsWriter`` area (one writer: us)."""
 
-    __slots__ = ("w", "keys", "_iv", "_fv", "_req_cells", "_published")
+    __slots__ = ("w", "keys", "_iv", "_fv", "_req_cells", "_published", "ints", "floats")
 
     def __init__(self, writer) -> None:
         self.w = writer
         self.keys: dict[str, int] = {}
         self._iv = writer.i
         self._fv = writer.f
+        # the hot path writes these arrays directly (obs.metrics): ints[cell(k)] += 1,
+        # floats[fcell(k)] += seconds
+        self.ints = writer.i
+        self.floats = writer.f
         self._req_cells: list[int] = []
         self._published = 0
 
@@ -60,6 +64,13 @@ class ShmStore:
         if i is None:
             i = self.keys[key] = self._locate(key)
         return i
+
+    def fcell(self, key: str) -> int:
+        """The float cell of a histogram ``_sum`` key, as an index into ``floats``."""
+        i = self.cell(key)
+        if i >= 0:
+            raise ValueError(f"{key} is not a float cell")
+        return ~i
 
     def add(self, i: int, v=1) -> None:
         if i >= 0:
