@@ -10,9 +10,10 @@ The seed writes tiers as keys next to the options::
 
 Every key that is not an option below is a tier; the ``tiers`` field is *inline* (the
 loader collects the remaining keys into it, and their paths stay ``rate_limit.<tier>``).
-A tier sets only ``requests_per_second`` and ``burst``: its key and backend are given by
-the tier itself.  Tier names other than ``default``/``authenticated`` must be roles of
-``auth.roles`` (checked in ``crosscheck``).
+A tier sets only ``requests_per_second`` and ``burst``: its key is given by the tier itself
+(``default``: client IP; the others: the token's ``sub``) and its backend by the section's
+``backend`` option.  Tier names other than ``default``/``authenticated`` must be roles of
+``auth.roles`` (checked in ``crosscheck``).  How the limits combine: docs/ratelimit.md.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class RateLimitSection(Base):
     headers: RateLimitHeadersConfig = msgspec.field(default_factory=RateLimitHeadersConfig)
     redis: RedisConfig | None = None
     table_slots: Annotated[int, Check(v.power_of_two, le=1 << 24)] = 65536
+    backend: Literal["memory", "redis"] = "memory"  # where the tiers' state lives
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=32, le=128)] = 64  # an 'ip' key groups IPv6 clients by this prefix
 
     def _check(self) -> Iterator[tuple[str, str]]:
         for tier, rule in self.tiers.items():
@@ -59,3 +62,5 @@ class RateLimitSection(Base):
                     yield f"{tier}.{f.encode_name}", (
                         "not allowed in a tier: a tier sets only requests_per_second and burst"
                     )
+        if self.backend == "redis" and (self.redis is None or not self.redis.url):
+            yield "backend", "'redis' needs rate_limit.redis.url"

@@ -82,6 +82,7 @@ def crosscheck(
                 break
         shapes.setdefault(shape, []).append((path, route))
     _check_rate_limit(rl, auth, error, warn)
+    _check_redis_rules(rl, services, routes, error)
     per_route = getattr(auth, "routes", None) if auth not in (None, BROKEN) else None
     if isinstance(per_route, dict) and routes_complete:
         for rname in per_route:
@@ -116,6 +117,19 @@ def _check_route_auth(path: Path, route: RouteConfig, auth: Any, error: Report) 
             if role not in known:
                 p = path + ("roles",) + ((method,) if method else ()) + (i,)
                 error(p, f"unknown role {role!r} (not in auth.roles)")
+
+
+def _check_redis_rules(rl: Any, services: list, routes: list, error: Report) -> None:
+    """A rule with ``backend: redis`` needs ``rate_limit.redis.url``."""
+    if rl is BROKEN:
+        return
+    redis = getattr(rl, "redis", None) if rl is not None else None
+    if redis is not None and getattr(redis, "url", None):
+        return
+    for path, obj in list(services) + list(routes):
+        rule = getattr(obj, "rate_limit", None)
+        if rule is not None and getattr(rule, "backend", "memory") == "redis":
+            error(path + ("rate_limit", "backend"), "'redis' needs rate_limit.redis.url")
 
 
 def _check_rate_limit(rl: Any, auth: Any, error: Report, warn: Report) -> None:

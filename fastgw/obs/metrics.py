@@ -42,6 +42,10 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_jwt_cache_total": ("counter", "Verified-token cache lookups by result (hit, miss).", ("result",)),
     "fastgw_jwks_refresh_total": ("counter", "JWKS fetches by result.", ("result",)),
     "fastgw_ratelimit_decisions_total": ("counter", "Rate-limit decisions by limit and result.", ("limit", "result")),
+    "fastgw_ratelimit_table_slots": ("gauge", "Slots in the shared-memory rate-limit table.", ()),
+    "fastgw_ratelimit_table_occupied_slots": ("gauge", "Rate-limit table slots holding a key still refilling (estimated above 8192 slots).", ()),
+    "fastgw_ratelimit_table_evictions_total": ("counter", "New rate-limit keys that pushed out a key still refilling.", ()),
+    "fastgw_ratelimit_table_reclaims_total": ("counter", "New rate-limit keys placed in a stale slot.", ()),
 }
 
 

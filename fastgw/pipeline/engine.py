@@ -17,6 +17,7 @@ snapshot it started on (``ctx.app``), so a reload never changes a request mid-fl
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 
@@ -181,6 +182,12 @@ class Engine:
         """Finish a suspended async hook, then the rest of the chain."""
         try:
             while True:
+                # The hook's first step ran outside this task: the future it yielded is
+                # still marked as being awaited by someone; clear that before awaiting it.
+                if waiting is None:
+                    waiting = asyncio.sleep(0)
+                elif getattr(waiting, "_asyncio_future_blocking", False):
+                    waiting._asyncio_future_blocking = False
                 try:
                     await waiting
                 except BaseException as e:  # deliver the failure into the hook

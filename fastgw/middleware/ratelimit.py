@@ -1,0 +1,93 @@
+"""Rate limits decided after authentication (issue 6): ``ratelimit``.
+
+Runs after ``auth`` on routes that require a token, so ``ctx.user``/``ctx.roles`` are the
+verified identity.  It picks the request's limit set (``fastgw/ratelimit/plan.py``, rules
+2 and 3: the most generous role tier, else ``authenticated``, else ``default`` by client
+IP; plus the service's and the route's rules) and decides it all or nothing.  Tokens with
+a role of ``rate_limit.exempt_roles`` pass without any check.  Routes without ``auth``
+have no verified identity: their limits are decided before auth, in ``ratelimit_ip``.
+
+Hook contract: ``request_filter`` returns None to continue (allowed, exempt, or refused
+in dry run), the 429 problem+json reply, or a 503 when a Redis limit fails closed.
+``UserLimitsAsync`` (an ``async def`` hook, so the engine runs the chain in a task) is
+chosen only for routes where some set uses Redis; it stays synchronous for the others.
+"""
+
+from __future__ import annotations
+
+from fastgw.pipeline.middleware import Middleware
+from fastgw.ratelimit.plan import route_plan
+
+
+class UserLimits(Middleware):
+    """Memory limits only."""
+
+    name = "ratelimit"
+
+    def __init__(self, rp, deps=None) -> None:
+        super().__init__(rp, deps)
+        rp.plan.acquire()
+        self._open = True
+        self.rp = rp
+        self.exempt = rp.plan.exempt
+        self.check = rp.plan.enforcer.check
+
+    def request_filter(self, ctx):
+        roles = ctx.roles
+        if roles:
+            if not self.exempt.isdisjoint(roles):
+                return None
+            ls = self.rp.for_roles(roles)
+        else:
+            ls = self.rp.user_default if ctx.user is not None else self.rp.anon
+        if ls is None:
+            return None
+        return self.check(ctx, ls)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.cfg.plan.release()
+
+
+class UserLimitsAsync(Middleware):
+    """Some limit set of the route uses Redis."""
+
+    name = "ratelimit"
+
+    def __init__(self, rp, deps=None) -> None:
+        super().__init__(rp, deps)
+        rp.plan.acquire()
+        self._open = True
+        self.rp = rp
+        self.exempt = rp.plan.exempt
+        enf = rp.plan.enforcer
+        self.check = enf.check
+        self.check_async = enf.check_async
+
+    async def request_filter(self, ctx):
+        roles = ctx.roles
+        if roles:
+            if not self.exempt.isdisjoint(roles):
+                return None
+            ls = self.rp.for_roles(roles)
+        else:
+            ls = self.rp.user_default if ctx.user is not None else self.rp.anon
+        if ls is None:
+            return None
+        if ls.red:
+            return await self.check_async(ctx, ls)
+        return self.check(ctx, ls)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.cfg.plan.release()
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    """The route's post-auth limits: only on routes with auth that have some limit."""
+    rp = route_plan(root_cfg, service_cfg, route_cfg, deps)
+    if rp is None or not rp.has_auth or not rp.any_user:
+        return None
+    return UserLimitsAsync(rp, deps) if rp.user_redis else UserLimits(rp, deps)

@@ -1,0 +1,121 @@
+"""Rate limits decided before authentication (issue 6): ``ratelimit_ip``.
+
+Runs after ``ip_filter``/``cors`` and before ``auth``, on ``ctx.client_ip`` (resolved by
+the core through PROXY protocol and trusted ``X-Forwarded-For``; a header from an
+untrusted peer never changes it).  Which limits are decided here and why:
+``fastgw/ratelimit/plan.py`` (rules 4 and 5); in short:
+
+- ``IpLimits`` / ``IpLimitsAsync`` (a route without ``auth``): the whole set of the
+  route (the ``default`` tier by client IP, the service's and the route's rules) is
+  checked and charged here; nothing after auth could change it.  The async class is
+  chosen only when a limit of the set uses Redis.
+- ``AuthFailureGuard`` (a route with ``auth``, when a ``default`` tier exists): peeks the
+  client IP's failed-authentication budget, so a flood of bad tokens from one address
+  gets 429 before any signature is checked; ``response_filter`` charges that budget when
+  auth answered 401/400 without a verified user.
+
+Hook contract: ``request_filter`` returns None to continue (allowed, or refused in dry
+run), or the 429 problem+json reply (``Retry-After``, ``RateLimit-Policy``/``RateLimit``,
+legacy fields if enabled), or a 503 when a Redis limit fails closed.
+"""
+
+from __future__ import annotations
+
+from fastgw.pipeline.middleware import Middleware
+from fastgw.ratelimit.limiter import ALLOWED, LIMITED
+from fastgw.ratelimit.plan import route_plan
+
+_PENDING = "ratelimit_ip"       # ctx.notes key: the guard let a token through unverified
+
+
+class IpLimits(Middleware):
+    """A route without auth, memory limits only."""
+
+    name = "ratelimit_ip"
+
+    def __init__(self, rp, deps=None) -> None:
+        super().__init__(rp, deps)
+        rp.plan.acquire()
+        self._open = True
+        self.ls = rp.anon
+        self.check = rp.plan.enforcer.check
+
+    def request_filter(self, ctx):
+        return self.check(ctx, self.ls)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.cfg.plan.release()
+
+
+class IpLimitsAsync(Middleware):
+    """A route without auth whose set has a Redis limit."""
+
+    name = "ratelimit_ip"
+
+    def __init__(self, rp, deps=None) -> None:
+        super().__init__(rp, deps)
+        rp.plan.acquire()
+        self._open = True
+        self.ls = rp.anon
+        self.check_async = rp.plan.enforcer.check_async
+
+    async def request_filter(self, ctx):
+        return await self.check_async(ctx, self.ls)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.cfg.plan.release()
+
+
+class AuthFailureGuard(Middleware):
+    """A route with auth: the failed-authentication budget of the client IP."""
+
+    name = "ratelimit_ip"
+
+    def __init__(self, rp, deps=None) -> None:
+        super().__init__(rp, deps)
+        rp.plan.acquire()
+        self._open = True
+        self.ls = ls = rp.authfail
+        self.limit = ls.limits[0]
+        enf = rp.plan.enforcer
+        self.enf = enf
+        self.table = enf.table
+        self.lim = enf.lim
+
+    def request_filter(self, ctx):
+        """Peek (consume nothing): refuse only while this address's budget is empty."""
+        lm = self.limit
+        d = self.table.check(lm.key(ctx), lm.rate, lm.burst, self.lim.clock(), dry=True)
+        if d[0]:
+            ctx.notes[_PENDING] = True
+            return None
+        return self.enf.refused(ctx, self.ls, (d,))
+
+    def response_filter(self, ctx, head) -> None:
+        """Charge the budget when auth refused the request (no verified user)."""
+        if ctx.user is None and (head.status == 401 or head.status == 400) and ctx.notes.get(_PENDING):
+            ctx.notes[_PENDING] = False
+            lm = self.limit
+            d = self.table.check(lm.key(ctx), lm.rate, lm.burst, self.lim.clock())
+            self.enf.add(lm.cell(ALLOWED if d[0] else LIMITED))
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.cfg.plan.release()
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    """The route's pre-auth limits, or None when it has none."""
+    rp = route_plan(root_cfg, service_cfg, route_cfg, deps)
+    if rp is None:
+        return None
+    if rp.has_auth:
+        return AuthFailureGuard(rp, deps) if rp.authfail is not None else None
+    if rp.anon is None:
+        return None
+    return IpLimitsAsync(rp, deps) if rp.anon.red else IpLimits(rp, deps)

@@ -1,0 +1,352 @@
+"""Deciding one request against a set of limits (L4 helper of the rate-limit middlewares).
+
+Three objects, by lifetime:
+
+- ``Limiter``: one per worker, kept in ``deps.state`` so it survives reloads.  It owns the
+  GCRA table (``deps.shm.ratelimit`` under the supervisor; without one, a process-local
+  region created once), the clock (``time.monotonic_ns``, the same in every process;
+  tests replace it), the Redis backends by URL, and one timer that publishes the
+  table's gauges and counters (``PUBLISH_EVERY``).
+- ``Limit`` / ``LimitSet``: built per config.  A ``Limit`` is one budget definition (name,
+  numbers, backend, key function, its metric cells, its header prefixes); a ``LimitSet``
+  is the tuple of limits one kind of request must pass, with everything precomputed
+  (which are in memory and which in Redis, the ``RateLimit-Policy`` value).
+- ``Enforcer``: one per config, the options (dry run, headers, on_error) and the decision
+  functions ``check`` (memory only, synchronous) and ``check_async`` (with Redis).
+
+Rules:
+
+1. All or nothing: a request passes only if every limit of its set allows it; a refused
+   request consumes nothing anywhere (``RateTable.check_all``; the Redis script).
+2. Mixed sets (memory and Redis): the memory limits are peeked first (a refusal there costs
+   no round trip), then the Redis limits run atomically, then the memory limits are
+   charged.  The one inexact case: a memory limit that emptied during the Redis round trip
+   refuses a request whose Redis budget was already spent (at most the requests in flight
+   on that key).
+3. Redis unavailable: ``on_error: open`` skips the Redis limits (memory limits still
+   apply), ``closed`` answers 503; ``dry_run`` never refuses, so it behaves as open.
+   Either way every Redis limit of the set counts a ``backend_error`` decision.
+4. ``dry_run``: the state evolves as if enforcing (refused requests consume nothing), the
+   decisions are counted as ``dry_run_limited``, the request goes on, flagged
+   ``ratelimit_dry_run`` in the access log.
+
+Metrics (``fastgw_ratelimit_decisions_total{limit,result}``): an allowed request counts
+``allowed`` once per limit of its set; a refused one counts ``limited`` (or
+``dry_run_limited``) for each limit that refused it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from fastgw.obs.metrics import series_key
+from fastgw.ratelimit import headers as H
+from fastgw.ratelimit.redis_backend import BackendDown, RedisBackend
+
+M_DECISIONS = "fastgw_ratelimit_decisions_total"
+M_SLOTS = "fastgw_ratelimit_table_slots"
+M_OCCUPIED = "fastgw_ratelimit_table_occupied_slots"
+M_EVICTIONS = "fastgw_ratelimit_table_evictions_total"
+M_RECLAIMS = "fastgw_ratelimit_table_reclaims_total"
+RESULTS = ("allowed", "limited", "dry_run_limited", "backend_error")
+PUBLISH_EVERY = 2.0             # seconds between two publications of the table metrics
+SAMPLE_BUCKETS = 1024           # buckets read per occupancy sample (8192 slots)
+SAMPLE_WINDOW = 8               # samples the occupancy estimate is scaled from
+STATE_KEY = "fastgw.ratelimit"
+RETIRE_GRACE = 30.0            # seconds a retired config's Redis pool stays open
+
+
+class _NullStore:
+    """Metric store for a limiter without a metrics registry (``--check``, unit tests)."""
+
+    def cell(self, key: str) -> int:
+        return 0
+
+    def add(self, i: int, v: float = 1) -> None:
+        return None
+
+    def set(self, i: int, v: float) -> None:
+        return None
+
+
+class Limiter:
+    """Per worker: the table, the clock, the Redis backends, the metrics timer."""
+
+    def __init__(self, deps, table_slots: int) -> None:
+        shm = getattr(deps, "shm", None)
+        self.region = None
+        if shm is not None:
+            self.table = shm.ratelimit
+        else:   # single process: one local region, kept for the life of the process
+            from fastgw.shm import Region
+            self.region = Region.create(1, metrics_series=8, table_slots=table_slots, health_slots=1,
+                                        name="fastgw-ratelimit")
+            self.table = self.region.ratelimit
+        self.clock = time.monotonic_ns
+        self.metrics = getattr(deps, "metrics", None)
+        self.store = self.metrics.store if self.metrics is not None else _NullStore()
+        # the occupancy gauge describes the one shared table: one process publishes it
+        self.owns_gauges = shm is None or getattr(deps, "worker_id", 0) == 0
+        self.backends: dict[tuple[str, float], RedisBackend] = {}
+        self.loop = None
+        self._timer = None
+        self._published = (0, 0)
+        self._sample_at = 0
+        self._samples: deque = deque(maxlen=1)
+
+    def cell(self, name: str, labels: tuple) -> int:
+        return self.store.cell(series_key(name, labels))
+
+    def backend(self, url: str, timeout: float) -> RedisBackend:
+        k = (url, timeout)
+        b = self.backends.get(k)
+        if b is None:
+            b = self.backends[k] = RedisBackend(url, timeout)
+        return b
+
+    def retire_backend(self, b: RedisBackend) -> None:
+        """Close ``b`` (no config uses it any more) after a grace period for the requests
+        of the retired config still waiting on it."""
+        k = (b.url, b.timeout)
+        if self.backends.get(k) is b:
+            del self.backends[k]
+        if self.loop is not None:
+            self.loop.call_later(RETIRE_GRACE, lambda: self.loop.create_task(b.aclose()))
+
+    # -- metrics tick ---------------------------------------------------------------------
+    def start(self, loop) -> None:
+        """Start the publication timer (once per worker; needs the worker's loop)."""
+        if loop is None or self._timer is not None:
+            return
+        self.loop = loop
+        self._timer = loop.call_later(PUBLISH_EVERY, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.publish()
+        finally:
+            self._timer = self.loop.call_later(PUBLISH_EVERY, self._tick)
+
+    def publish(self) -> None:
+        """Evictions and reclaims since the last call (this process's), and, in the process
+        that owns the gauges, the table size and its estimated occupancy."""
+        m = self.metrics
+        if m is None:
+            return
+        t = self.table
+        ev, rc = t.evicted, t.reclaimed
+        pev, prc = self._published
+        if ev != pev:
+            m.inc(M_EVICTIONS, (), ev - pev)
+        if rc != prc:
+            m.inc(M_RECLAIMS, (), rc - prc)
+        self._published = (ev, rc)
+        if self.owns_gauges:
+            m.set(M_SLOTS, (), t.slots)
+            m.set(M_OCCUPIED, (), self.occupancy())
+
+    def occupancy(self, now: int | None = None) -> int:
+        """Slots holding a key that is still refilling.
+
+        Exact up to ``SAMPLE_BUCKETS`` buckets.  Above, ``RateTable.occupancy`` would scan
+        every slot (8 ms at 65536 slots, 3 s at 2^24: too long for a worker's loop), so
+        each call reads every k-th bucket from a rotating offset (``SAMPLE_BUCKETS``
+        buckets, about 0.7 ms) and the estimate is scaled from the last ``SAMPLE_WINDOW``
+        samples (a full, at most 8-calls-old pass when k <= 8; the first call fills the
+        window).  Buckets are chosen by a keyed hash, so any subset is a fair sample.
+        Reads the table's cells directly (layout: fastgw/shm/ratelimit.py header)."""
+        t = self.table
+        now = self.clock() if now is None else now
+        nb = t.slots // 8
+        if nb <= SAMPLE_BUCKETS:
+            return t.occupancy(now)
+        k = nb // SAMPLE_BUCKETS
+        window = min(k, SAMPLE_WINDOW)
+        samples = self._samples
+        if samples.maxlen != window:
+            samples = self._samples = deque(maxlen=window)
+        for _ in range(window if not samples else 1):
+            samples.append(self._sample(now, self._sample_at % k, k))
+            self._sample_at += 1
+        return sum(samples) * nb // (len(samples) * SAMPLE_BUCKETS)
+
+    def _sample(self, now: int, offset: int, k: int) -> int:
+        """Live slots in buckets offset, offset + k, offset + 2k, ... (SAMPLE_BUCKETS of them)."""
+        t = self.table
+        step = 24 * k                       # 24 cells of 8 bytes per bucket (192 bytes)
+        first = ((t._off + 128) >> 3) + 24 * offset     # the bucket's 8 TATs follow its 128 tag bytes
+        end = first + step * SAMPLE_BUCKETS
+        q = t._q
+        return sum(c > now for j in range(8) for c in q[first + j:end:step].tolist())
+
+
+def limiter(deps, table_slots: int = 65536) -> Limiter:
+    """The worker's limiter (created on first use, then shared by every config)."""
+    st = deps.state
+    lim = st.get(STATE_KEY)
+    if lim is None:
+        lim = st[STATE_KEY] = Limiter(deps, table_slots)
+    lim.start(getattr(deps, "loop", None))
+    return lim
+
+
+class Limit:
+    """One budget definition of a config."""
+
+    __slots__ = ("name", "rate", "burst", "redis", "key", "policy_item", "rl_head", "burst_b", "cells", "_lim")
+
+    def __init__(self, name: str, rate: float, burst: int, key, redis: bool, lim: Limiter) -> None:
+        self.name = name
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self.redis = redis
+        self.key = key                  # fn(ctx) -> bytes
+        self.policy_item = H.policy_item(name, self.rate, self.burst)
+        self.rl_head = b'"%s";r=' % name.encode()
+        self.burst_b = b"%d" % self.burst
+        # metric cells by result, registered on first use: a config with many rules must
+        # not fill the worker's metric area with series that never move
+        self.cells: list = [None] * len(RESULTS)
+        self._lim = lim
+
+    def cell(self, which: int) -> int:
+        c = self.cells[which]
+        if c is None:
+            c = self.cells[which] = self._lim.cell(M_DECISIONS, (("limit", self.name), ("result", RESULTS[which])))
+        return c
+
+    def __repr__(self) -> str:
+        return f"Limit({self.name!r}, {self.rate:g}/s, burst {self.burst}{', redis' if self.redis else ''})"
+
+
+ALLOWED, LIMITED, DRY_LIMITED, BACKEND_ERROR = range(4)
+
+
+class LimitSet:
+    """The limits one kind of request must all pass, with what is precomputed for them."""
+
+    __slots__ = ("limits", "mem", "red", "policy", "red_specs", "mem_only")
+
+    def __init__(self, limits) -> None:
+        self.limits = tuple(limits)
+        self.mem = tuple(i for i, lim in enumerate(self.limits) if not lim.redis)
+        self.red = tuple(i for i, lim in enumerate(self.limits) if lim.redis)
+        self.policy = b", ".join(lim.policy_item for lim in self.limits)
+        self.red_specs = [(self.limits[i].rate, self.limits[i].burst) for i in self.red]
+        # what is reported when Redis cannot answer and fails open
+        self.mem_only = LimitSet([self.limits[i] for i in self.mem]) if self.red and self.mem else None
+
+    def __repr__(self) -> str:
+        return f"LimitSet{self.limits!r}"
+
+
+class Enforcer:
+    """The rate-limit options of one config and the decision functions."""
+
+    def __init__(self, lim: Limiter, *, dry_run: bool, fields: H.Fields, on_error: str = "open",
+                 backend: RedisBackend | None = None) -> None:
+        self.lim = lim
+        self.table = lim.table
+        self.add = lim.store.add
+        self.dry_run = dry_run
+        self.fields = fields
+        self.on_allowed = fields.on_allowed
+        self.fail_closed = on_error == "closed" and not dry_run
+        self.backend = backend
+
+    # -- memory only ------------------------------------------------------------------
+    def check(self, ctx, ls: LimitSet):
+        """None (go on) or the 429 reply, for a set of memory limits."""
+        limits = ls.limits
+        if len(limits) == 1:
+            lm = limits[0]
+            d = self.table.check(lm.key(ctx), lm.rate, lm.burst, self.lim.clock())
+            if d[0]:
+                c = lm.cells[ALLOWED]
+                self.add(c if c is not None else lm.cell(ALLOWED))
+                if self.on_allowed:
+                    ctx.resp_headers.extend(self.fields.build(ls, (d,)))
+                return None
+            return self.refused(ctx, ls, (d,))
+        ok, ds = self.table.check_all([(lm.key(ctx), lm.rate, lm.burst) for lm in limits], self.lim.clock())
+        if ok:
+            return self.allowed(ctx, ls, ds)
+        return self.refused(ctx, ls, ds)
+
+    def allowed(self, ctx, ls: LimitSet, ds) -> None:
+        add = self.add
+        for lm in ls.limits:
+            c = lm.cells[ALLOWED]
+            add(c if c is not None else lm.cell(ALLOWED))
+        if self.on_allowed:
+            ctx.resp_headers.extend(self.fields.build(ls, ds))
+
+    def refused(self, ctx, ls: LimitSet, ds):
+        """Count a refusal; the 429 reply, or None in dry run."""
+        which = DRY_LIMITED if self.dry_run else LIMITED
+        add = self.add
+        fixed = []
+        for lm, d in zip(ls.limits, ds):
+            if not d[0]:
+                add(lm.cell(which))
+                fixed.append(d)
+            else:   # a limit that would have passed reads as "after this request": it was not spent
+                fixed.append((True, min(lm.burst, d[1] + 1), max(0.0, d[2] - 1.0 / lm.rate), 0.0))
+        ds = fixed
+        if self.dry_run:
+            ctx.flags.append("ratelimit_dry_run")
+            if self.on_allowed:
+                ctx.resp_headers.extend(self.fields.build(ls, ds))
+            return None
+        return H.too_many(ctx, ls, ds, self.fields)
+
+    # -- with Redis -------------------------------------------------------------------
+    async def check_async(self, ctx, ls: LimitSet):
+        """None or a reply (429, or 503 when Redis fails closed), for a set with Redis limits."""
+        limits = ls.limits
+        keys = [lm.key(ctx) for lm in limits]
+        mem = ls.mem
+        mem_req = [(keys[i], limits[i].rate, limits[i].burst) for i in mem]
+        ds: list = [None] * len(limits)
+        table = self.table
+        if mem_req:                                 # peek: a refusal here costs no round trip
+            ok, mds = table.check_all(mem_req, self.lim.clock(), dry=True)
+            if not ok:
+                for i, d in zip(mem, mds):
+                    ds[i] = d
+                for i in ls.red:
+                    ds[i] = (True, limits[i].burst, 0.0, 0.0)   # not asked: reported as full
+                return self.refused(ctx, ls, ds)
+        red = ls.red
+        try:
+            rok, rds = await self.backend.check([keys[i] for i in red], ls.red_specs)
+        except BackendDown:
+            add = self.add
+            for i in red:
+                add(limits[i].cell(BACKEND_ERROR))
+            if self.fail_closed:
+                return H.backend_down(ctx, [limits[i].name for i in red])
+            if not mem_req:
+                return None
+            return self._charge_memory(ctx, ls, mem_req, ds, skip_red=True)
+        for i, d in zip(red, rds):
+            ds[i] = d
+        if not rok:
+            if mem_req:
+                _, mds = table.check_all(mem_req, self.lim.clock(), dry=True)
+                for i, d in zip(mem, mds):
+                    ds[i] = d
+            return self.refused(ctx, ls, ds)
+        if not mem_req:
+            return self.allowed(ctx, ls, ds)
+        return self._charge_memory(ctx, ls, mem_req, ds, skip_red=False)
+
+    def _charge_memory(self, ctx, ls: LimitSet, mem_req, ds, skip_red: bool):
+        ok, mds = self.table.check_all(mem_req, self.lim.clock())
+        for i, d in zip(ls.mem, mds):
+            ds[i] = d
+        if skip_red:                # Redis could not answer: report and count memory only
+            sub = ls.mem_only
+            return self.allowed(ctx, sub, mds) if ok else self.refused(ctx, sub, mds)
+        return self.allowed(ctx, ls, ds) if ok else self.refused(ctx, ls, ds)
