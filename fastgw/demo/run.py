@@ -73,7 +73,7 @@ fastgw is running on {base} (metrics: http://127.0.0.1:{env['FASTGW_METRICS_PORT
   # a viewer may read but not delete: 403
   curl -si -X DELETE -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/cmms/work-orders/7
   # rate limit: database-infra allows 20 req/s with a burst of 50; 120 requests at once -> some 429
-  seq 1 120 | xargs -P 16 -I{{}} curl -s -o /dev/null -w '%{{http_code}}\n' -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/database/tables | sort | uniq -c
+  seq 1 120 | xargs -P 16 -I{{}} curl -s -o /dev/null -w '%{{http_code}}\\n' -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/database/tables | sort | uniq -c
   curl -si -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/database/tables | head -12   # 429 with Retry-After and RateLimit fields
   # unknown path: 404 problem+json
   curl -s {base}/nope
