@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("-c", "--config", default="config/gateway.yaml")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
+    # TERM (e.g. from a process manager) stops everything like Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     env = dict(os.environ)
     # the example config's own default secret (HS256 wants at least 32 bytes)
     env.setdefault("JWT_SECRET", "dev-secret-change-me-not-for-production")
