@@ -1,0 +1,88 @@
+"""The scenarios: what each one sends, how hard, and to which configurations.
+
+Rules:
+  1. A scenario is data (this table), never code: the runner reads its fields.
+  2. Every scenario runs the same workload against each configuration it lists; the
+     configurations are interleaved round by round (session.py).
+  3. ``fastgw_config`` names the fastgw config the scenario needs ('bare' or 'policy');
+     when ``python -m fastgw --check`` refuses that config, the feature is not built
+     yet and the scenario's fastgw runs are skipped with the checker's message.
+  4. ``workers`` is 1, or 0 meaning "the --workers N of this run" (the N-worker
+     scenario, reported but never enforced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SMALL_BODY = b"fastgw bench: a small fixed response body of exactly one hundred bytes, to measure per-request cost\n"
+assert len(SMALL_BODY) == 100
+SIZE_16K = 16 * 1024
+SIZE_1M = 1024 * 1024
+POST_SIZE = 64 * 1024
+SLOW_DELAY_S = 0.020
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    path: str  # upstream path, same through every proxy
+    connections: int
+    method: str = "GET"
+    body_size: int = 0  # request body bytes (POST)
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False  # one new connection per request
+    workers: int = 1  # 0: the run's --workers N (rule 4)
+    fastgw_config: str = "bare"
+    generator: str = "wrk"  # or 'openloop' (fixed offered rate)
+    expect_bytes: int = 0  # response body size the preflight check expects
+    configs: tuple[str, ...] = ("direct", "nginx", "fastgw")
+    enforced: bool = True
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("small-50", "100 B responses, keep-alive, 50 connections", "/small", 50, expect_bytes=100),
+    Scenario("small-256", "100 B responses, keep-alive, 256 connections", "/small", 256, expect_bytes=100),
+    Scenario("16k", "16 KiB responses, keep-alive, 50 connections", "/16k", 50, expect_bytes=SIZE_16K),
+    Scenario("1m", "1 MiB streaming downloads, keep-alive, 16 connections", "/1m", 16, expect_bytes=SIZE_1M),
+    Scenario(
+        "post-64k", "64 KiB POST uploads, keep-alive, 50 connections", "/upload", 50,
+        method="POST", body_size=POST_SIZE, expect_bytes=100,
+    ),
+    Scenario(
+        "newconn", "one new client connection per request (Connection: close), 50 clients", "/small", 50,
+        close=True, expect_bytes=100,
+    ),
+    Scenario(
+        "slow-1000", "upstream answers in 20 ms, 1,000 keep-alive connections", "/slow", 1000,
+        expect_bytes=100,
+    ),
+    Scenario(
+        "policy", "policy chain: cached JWT + RBAC + rate limit + CORS + security headers, 50 connections",
+        "/small", 50, fastgw_config="policy", expect_bytes=100,
+        headers=(("Authorization", "Bearer {token}"), ("Origin", "https://app.example.com")),
+    ),
+    Scenario(
+        "fixed-rate", "100 B responses at a fixed offered rate (open loop), latency from the intended send time",
+        "/small", 64, generator="openloop", expect_bytes=100,
+    ),
+    Scenario(
+        "small-50-nw", "100 B responses, 50 connections, proxies with N workers (reported, not enforced)",
+        "/small", 50, workers=0, expect_bytes=100, enforced=False,
+    ),
+)
+
+BY_NAME = {s.name: s for s in SCENARIOS}
+QUICK = ("small-50",)
+
+
+def select(names: str | None, quick: bool) -> list[Scenario]:
+    """Scenarios named in ``--scenarios a,b`` (in the table's order), or the default set."""
+    if not names:
+        return [BY_NAME[n] for n in QUICK] if quick else list(SCENARIOS)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    return [s for s in SCENARIOS if s.name in wanted]
