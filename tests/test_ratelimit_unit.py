@@ -401,6 +401,7 @@ def test_rule_numbers_and_backend_errors():
     assert cfg.services["api"].routes[0].rate_limit.key == "header:x-api-key"
 
 
-def test_redis_rule_without_url_fails_at_build():
-    with pytest.raises(ValueError, match="needs rate_limit.redis.url"):
+def test_redis_rule_without_url_is_refused_with_its_path():
+    from fastgw.config import ConfigError
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.rate_limit\.backend: 'redis' needs rate_limit.redis.url"):
         Chain(config(tiers="", route_rl=rule(1, 1, backend="redis")), "open")

@@ -23,11 +23,16 @@ HSTS = b"strict-transport-security"
 
 
 def ctx_for(tls=False, trusted=False, headers=()):
+    """A Ctx as the engine leaves it: ``scheme`` is https over TLS, or when a trusted
+    peer's X-Forwarded-Proto (its last element) says https."""
     c = Ctx()
     c.tls = tls
     c.scheme = "https" if tls else "http"
     c.trusted_peer = trusted
     c.headers = list(headers)
+    xfp = c.header(b"x-forwarded-proto")
+    if trusted and xfp is not None:
+        c.scheme = "https" if xfp.rpartition(b",")[2].strip().lower() == b"https" else "http"
     return c
 
 

@@ -31,7 +31,8 @@ NOT_ENFORCED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("services.*.health", _is_set,
      "parsed but not enforced yet: no active health checks are made"),
     ("services.*.instances", lambda xs: len(xs) > 1,
-     "parsed but not enforced yet: no load balancing across several instances"),
+     "partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), "
+     "without health checks, least-connections or smooth weighting yet"),
     ("services.*.routes[].transform", _is_set,
      "parsed but not enforced yet: requests and responses are not transformed"),
     ("monitoring.circuit_breaker", _is_set,

@@ -77,7 +77,7 @@ class ConnInfo:
     """Per-listener settings the protocol needs (built once per config)."""
 
     __slots__ = ("max_request_line", "max_header_size", "max_headers_size", "max_headers",
-                 "t_head", "t_body", "t_idle", "t_send", "tls")
+                 "t_head", "t_body", "t_idle", "t_send", "t_min", "tls")
 
     def __init__(self, limits, timeouts, tls: bool = False) -> None:
         self.max_request_line = int(limits.max_request_line)
@@ -88,6 +88,7 @@ class ConnInfo:
         self.t_body = float(timeouts.request_body)
         self.t_idle = float(timeouts.keepalive)
         self.t_send = float(getattr(timeouts, "send", 60.0))
+        self.t_min = min(self.t_head, self.t_body, self.t_idle, self.t_send)
         self.tls = tls
 
 
@@ -180,11 +181,17 @@ class DownstreamProtocol:
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.tunnel is not None:  # WebSocket: a slow client pauses the upstream side
+            self.tunnel.pause_reading()
+            return
         self.handler.downstream_paused(self, True)
         self._set_deadline(T_SEND, self.info.t_send)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+            return
         self.handler.downstream_paused(self, False)
         if self.deadline_kind == T_SEND:
             self.deadline_kind = T_NONE
@@ -293,6 +300,11 @@ class DownstreamProtocol:
             raise GatewayError("headers_too_large", "request header fields too large")
         kind = SPECIAL.get(name.lower())
         if kind is None:
+            if b"_" in name:
+                # Dropped, as nginx does by default: CGI-style upstreams map X_User_Id and
+                # X-User-Id to the same variable, so an underscore spelling could forge a
+                # header the gateway strips or sets (identity, forwarding).
+                return
             fwd = self.p_fwd
             fwd.append((name, value))
             if len(fwd) > info.max_headers:
@@ -344,6 +356,9 @@ class DownstreamProtocol:
         ctx.xff = self.p_xff
         ctx.xfp = self.p_xfp
         ctx.expect = self.p_expect
+        # an Upgrade only counts with "Connection: upgrade" (as llhttp decides it)
+        if self.p_upgrade is not None and (self.p_conn is None or b"upgrade" not in self.p_conn.lower()):
+            self.p_upgrade = None
         ctx.upgrade = self.p_upgrade
         ctx.conn_hdr = self.p_conn
         ctx.raw_host = host
@@ -484,6 +499,13 @@ class DownstreamProtocol:
     def resume_for(self, reason: int) -> None:
         self._resume(reason)
 
+    def pause_upstream_side(self, paused: bool) -> None:
+        """The upstream cannot take more bytes (or can again): stop (resume) reading the client."""
+        if paused:
+            self._pause(PAUSE_UPSTREAM)
+        else:
+            self._resume(PAUSE_UPSTREAM)
+
     def start_tunnel(self, upstream_transport) -> None:
         """Switch to a byte tunnel (after an upstream 101)."""
         self.tunnel = upstream_transport
@@ -495,12 +517,20 @@ class DownstreamProtocol:
 
     # ------------------------------------------------------------------ timers
     def _set_deadline(self, kind: int, seconds: float) -> None:
-        at = self.loop.time() + seconds
+        """Move the connection's deadline.  The timer is armed at most ``t_min`` (the
+        shortest timeout this connection ever sets) ahead, so a new deadline is never
+        earlier than the armed timer and moving it costs two stores, not a timer: the
+        timer re-arms itself when it fires before the deadline (rule 4)."""
+        now = self.loop.time()
+        at = now + seconds
         self.deadline = at
         self.deadline_kind = kind
-        if self.timer is None or self.timer_at > at:
-            if self.timer is not None:
-                self.timer.cancel()
+        if self.timer is None:
+            t = min(at, now + self.info.t_min)
+            self.timer = self.loop.call_at(t, self._on_timer)
+            self.timer_at = t
+        elif self.timer_at > at:  # only a timeout shorter than t_min gets here
+            self.timer.cancel()
             self.timer = self.loop.call_at(at, self._on_timer)
             self.timer_at = at
 
@@ -510,8 +540,9 @@ class DownstreamProtocol:
             return
         now = self.loop.time()
         if now < self.deadline:
-            self.timer = self.loop.call_at(self.deadline, self._on_timer)
-            self.timer_at = self.deadline
+            t = min(self.deadline, now + self.info.t_min)
+            self.timer = self.loop.call_at(t, self._on_timer)
+            self.timer_at = t
             return
         kind = self.deadline_kind
         self.deadline_kind = T_NONE

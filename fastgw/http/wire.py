@@ -32,11 +32,7 @@ HOP_BY_HOP = frozenset({
     b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
 
-# Framing headers of a response that the gateway re-derives.
-RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
-
 CRLF = b"\r\n"
-COLON = b": "
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 

@@ -47,7 +47,9 @@ class RequestId(Middleware):
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):
-    key = "request_id"
+    # shared by every route and kept across reloads (its counter keeps ids unique), per
+    # header name so a reload that renames the header takes effect
+    key = ("request_id", root_cfg.gateway.request_id_header)
     shared = deps.state.get(key) if deps is not None else None
     if shared is None:
         shared = RequestId(root_cfg, deps)

@@ -63,21 +63,11 @@ class SecurityHeaders(Middleware):
             if lname not in present:
                 hs.append(pair)
         hsts = self._hsts
-        if hsts is not None and (ctx.tls or (ctx.trusted_peer and (ctx.scheme == "https" or _forwarded_https(ctx)))):
+        if hsts is not None and (ctx.tls or ctx.scheme == "https"):
+            # ctx.scheme is "https" only over TLS or when a trusted proxy's
+            # X-Forwarded-Proto says so (the engine resolves it)
             if not (self._hsts_keep and _HSTS in present):
                 hs.append(hsts)
-
-
-def _forwarded_https(ctx) -> bool:
-    """The nearest trusted proxy says the client spoke HTTPS (last X-Forwarded-Proto element).
-
-    ``ctx.scheme`` already says so when the core resolved it; the header is read too, so the
-    rule holds whichever of the two the core fills first.
-    """
-    xfp = ctx.header(b"x-forwarded-proto")
-    if not xfp:
-        return False
-    return xfp.rpartition(b",")[2].strip().lower() == b"https"
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

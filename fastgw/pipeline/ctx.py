@@ -118,10 +118,6 @@ class Ctx:
             m = self._hmap = {n.lower(): v for n, v in self.headers}
         return m.get(lname, default)
 
-    def header_all(self, lname: bytes) -> list[bytes]:
-        """Every value of request header ``lname``, in order."""
-        return [v for n, v in self.headers if n.lower() == lname]
-
     def drop_headers(self, lnames: frozenset[bytes] | set[bytes]) -> None:
         """Remove request headers by lower-case name before they are forwarded."""
         hs = self.headers

@@ -26,7 +26,7 @@ from fastgw.errors import GatewayError
 from fastgw.http.messages import Reply, RequestHead, ResponseHead, error_reply
 from fastgw.http.normalize import normalize_path, split_target
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
-from fastgw.http.wire import (CONTINUE_100, CRLF, HOP_BY_HOP, LAST_CHUNK, connection_tokens,
+from fastgw.http.wire import (CONTINUE_100, CRLF, LAST_CHUNK, chunk, connection_tokens,
                               reply_bytes, serialize_headers, status_line)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -48,28 +48,14 @@ class Engine:
         self.draining = False
         self.ready = True
         self.inflight = 0
-        self._trust_cache: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ config
     def swap(self, app) -> None:
         """Install a new config snapshot; requests in flight finish on the old one."""
         self.app = app
-        self._trust_cache = {}
 
     def is_trusted(self, ip: str) -> bool:
-        c = self._trust_cache
-        r = c.get(ip)
-        if r is None:
-            nets = self.app.trusted_nets
-            try:
-                addr = ipaddress.ip_address(ip)
-                r = any(addr in n for n in nets)
-            except ValueError:
-                r = False
-            if len(c) > 4096:
-                c.clear()
-            c[ip] = r
-        return r
+        return ip in self.app.trusted_nets
 
     # ------------------------------------------------------------------ connections
     def connection_made(self, proto) -> None:
@@ -87,6 +73,9 @@ class Engine:
         self.connections.discard(proto)
         self.app.metrics.conn_open(-1)
         if cur is not None:
+            cancel = cur.notes.pop("_cancel", None)
+            if cancel is not None:  # still waiting for a pooled connection: give the slot back
+                cancel()
             up = cur.up
             if up is not None:
                 cur.up = None
@@ -126,8 +115,9 @@ class Engine:
             ctx.notes["_pending_size"] = sum(len(b) for b in body)
         try:
             path, query, authority = split_target(ctx.raw_target)
-            if authority is not None and not ctx.host:
+            if authority is not None:  # absolute-form: the authority replaces Host (RFC 9112 3.2.2)
                 ctx.host = authority.decode("latin-1").lower()
+                ctx.raw_host = authority
             ctx.query = query
             norm, enc_slash = normalize_path(path)
             ctx.path = norm
@@ -136,6 +126,11 @@ class Engine:
                 return
             route, params = app.router.match(ctx.host, ctx.method, norm, ctx.header, query,
                                              ctx.method == "OPTIONS" and self._is_preflight(ctx), enc_slash)
+            if ctx.method == "OPTIONS" and not route.answers_preflight and route.cfg is not None \
+                    and "OPTIONS" not in route.cfg.methods:
+                # matched on path alone as a preflight, but this route has no CORS to answer
+                # it: the method list applies like for any other request
+                route, params = app.router.match(ctx.host, ctx.method, norm, ctx.header, query, False, enc_slash)
             ctx.route = route
             ctx.path_params = params
             if (ctx.content_length is not None and ctx.content_length > route.max_body) or \
@@ -323,7 +318,7 @@ class Engine:
             return
         up = ctx.up
         if up is not None and up.handler is self:
-            up.write(b"%x\r\n%s\r\n" % (len(data), data) if ctx.chunked else data)
+            up.write(chunk(data) if ctx.chunked else data)
             return
         pend = ctx.pending
         if pend is None:
@@ -335,6 +330,9 @@ class Engine:
             proto.pause_for(PAUSE_WAIT)
 
     def _body_too_large(self, proto, ctx) -> None:
+        cancel = ctx.notes.pop("_cancel", None)
+        if cancel is not None:
+            cancel()
         up = ctx.up
         if up is not None:
             ctx.up = None
@@ -383,7 +381,10 @@ class Engine:
             up.detach()
         err = GatewayError("request_timeout", "request body not received in time")
         ctx.error = err
-        if ctx.status == 0 and ctx.up is None:
+        cancel = ctx.notes.pop("_cancel", None)
+        if cancel is not None:
+            cancel()
+        if ctx.status == 0:
             self._reply_error(proto, ctx, err, ctx.route.chain if ctx.route else None, keep_alive=False)
         else:
             proto.abort()
@@ -447,10 +448,10 @@ class Engine:
         pend, ctx.pending = ctx.pending, None
         if pend:
             if ctx.chunked:
-                data += b"".join(b"%x\r\n%s\r\n" % (len(b), b) for b in pend)
+                data += b"".join([chunk(b) for b in pend])
             else:
                 data += b"".join(pend)
-            notes["_resend"] = pend if len(pend) < 64 else None
+            notes["_resend"] = pend if (proto.cur_complete and len(pend) < 64) else None
             proto.resume_for(PAUSE_WAIT)
         if ctx.chunked and (notes.get("_body_done") or proto.cur_complete):
             data += LAST_CHUNK
@@ -458,6 +459,8 @@ class Engine:
         conn.body_filter = route.body_filter
         conn.send(self, proto, ctx, data, head_only=ctx.method == "HEAD",
                   t_head=route.t_head, t_read=route.t_read)
+        if proto.write_paused:
+            conn.pause_reading(True)
 
     def _upstream_head(self, ctx, route, peer) -> bytes:
         """The request head for the upstream, as one bytes object."""
@@ -518,8 +521,13 @@ class Engine:
             pool = route.pick(ctx)
             if pool is not None:
                 ctx.upstream = pool.peer.label
-                pool._connect(lambda conn, e: self._on_conn(proto, ctx, pool, conn, e))
+                cb = (lambda conn, e: self._on_conn(proto, ctx, pool, conn, e))
+                # a fresh connection (the reused one just failed), within the pool's cap
+                cancel = pool.connect_fresh(cb)
+                if cancel is not None:
+                    notes["_cancel"] = cancel
                 return
+            ctx.error = err
         app = ctx.app
         app.metrics.upstream_error(route, err.kind)
         self._reply_error(proto, ctx, err, route.chain, keep_alive=True)
@@ -580,7 +588,10 @@ class Engine:
             status = head.status
             block = head.block()
         bodyless = ctx.method == "HEAD" or status in (204, 304) or status < 200
-        keep_client = ctx.keep_alive and not self.draining and not proto_draining(up.down)
+        down = up.down
+        # (an answer before the request body was read: the connection ends with it)
+        keep_client = ctx.keep_alive and not self.draining and down is not None and \
+            not down.draining and down.cur_complete
         extra = b""
         if status == 101:
             keep_client = True
@@ -618,6 +629,10 @@ class Engine:
         proto = up.down
         pool = up.pool
         ctx.up = None
+        # An upstream that answered before the whole request body was sent still expects
+        # the rest of it: that connection must not carry another request.
+        if proto is None or proto.cur is not ctx or not proto.cur_complete:
+            reusable = False
         pool.release(up, reusable)
         if proto is not None and proto.cur is ctx:
             proto.request_done(ctx, ctx.keep_alive)

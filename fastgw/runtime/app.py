@@ -8,10 +8,10 @@ HUP keeps warm keep-alive connections (issue 3) while routes and chains switch a
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from urllib.parse import urlsplit
 
+from fastgw.http.netaddr import TrustedNets
 from fastgw.middleware.registry import builders
 from fastgw.pipeline.chain import Chain
 from fastgw.routing import Router
@@ -22,7 +22,7 @@ class Route:
     """A compiled route: what the engine reads per request (all precomputed)."""
 
     __slots__ = ("name", "service", "cfg", "chain", "pools", "max_body", "allow_encoded_slash",
-                 "t_head", "t_read", "preserve_host", "body_filter", "_rr")
+                 "t_head", "t_read", "preserve_host", "body_filter", "answers_preflight", "_rr")
 
     def __init__(self, name, service, cfg, chain, pools, max_body, allow_encoded_slash,
                  t_head, t_read, preserve_host) -> None:
@@ -37,6 +37,8 @@ class Route:
         self.t_read = t_read
         self.preserve_host = preserve_host
         self.body_filter = chain.body_filter()
+        # a CORS middleware on this route answers preflights (else OPTIONS needs the method)
+        self.answers_preflight = any(getattr(m, "answer_preflights", False) for m in chain.mws)
         self._rr = 0
 
     def pick(self, ctx):
@@ -76,7 +78,7 @@ class App:
         self.metrics = metrics
         self.log = log
         gw = config.gateway
-        self.trusted_nets = tuple(ipaddress.ip_network(c, strict=False) for c in gw.trusted_proxies)
+        self.trusted_nets = TrustedNets(gw.trusted_proxies)
         self.health_path = gw.health_path
         self.max_connections = gw.max_connections
         self.server_header = (b"server: " + gw.server_header.encode("latin-1") + b"\r\n") if gw.server_header else None
@@ -86,9 +88,13 @@ class App:
         self.global_chain = Chain(self._mws(blds, None, None))
         entries = []
         for sname, svc in config.services.items():
-            urls = [svc.url] if svc.url else [i.url for i in svc.instances]
+            # instances with weight 0 get no traffic; a weight repeats the instance in the
+            # round-robin cycle (a smooth weighted balancer comes with the balancing issue)
+            weighted = [(svc.url, 1)] if svc.url else [(i.url, min(int(i.weight), 100)) for i in svc.instances]
             pools = []
-            for url in urls:
+            for url, weight in weighted:
+                if weight <= 0:
+                    continue
                 peer = _peer(url, svc)
                 pk = (peer.key, svc.pool)
                 pool = self.pools.get(pk) or old_pools.get(pk)
@@ -98,7 +104,7 @@ class App:
                                 idle_timeout=float(svc.pool.idle_timeout), connect_timeout=float(svc.connect_timeout),
                                 stats=metrics.pool_event if metrics is not None else None)
                 self.pools[pk] = pool
-                pools.append(pool)
+                pools.extend([pool] * weight)
             t_head = float(svc.timeout if svc.timeout is not None else gw.timeout)
             for rc in svc.routes:
                 chain = Chain(self._mws(blds, svc, rc))
@@ -107,6 +113,8 @@ class App:
                               float(rc.timeout) if rc.timeout is not None else t_head,
                               float(svc.read_timeout), svc.preserve_host)
                 entries.append((rc, route))
+                for pool in pools:  # connection timers are armed at most this far ahead
+                    pool.tmin = min(pool.tmin, route.t_head, route.t_read)
         self.router = Router(entries)
         self.routes = [r for _, r in entries]
         # readiness contributed by middlewares (e.g. the first JWKS fetch)

@@ -24,7 +24,6 @@ TLS after the header); with ``gateway.tls`` the certificate is reloaded on every
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ import sys
 import threading
 
 from fastgw import clock
+from fastgw.http.netaddr import TrustedNets
 from fastgw.http.protocol import ConnInfo, DownstreamProtocol
 from fastgw.http.proxyproto import ProxyProtocolGate
 from fastgw.obs.logbuf import LogBuffer
@@ -91,8 +91,7 @@ class Worker:
         self.generation = 0
         self.ssl_ctx = None
         self.conn_info = None
-        self.pp_nets = ()
-        self._pp_trust: dict[str, bool] = {}
+        self.pp_nets = TrustedNets(())
 
     # ------------------------------------------------------------------ setup
     def _deps(self, config) -> Deps:
@@ -181,24 +180,10 @@ class Worker:
         self.conn_info = ConnInfo(gw.limits, gw.timeouts, tls=gw.tls is not None)
         pp = gw.proxy_protocol
         cidrs = pp.effective_cidrs(gw.trusted_proxies) if pp.enabled else []
-        self.pp_nets = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-        self._pp_trust = {}
+        self.pp_nets = TrustedNets(cidrs)
 
     def _pp_trusted(self, ip: str) -> bool:
-        c = self._pp_trust
-        r = c.get(ip)
-        if r is None:
-            try:
-                addr = ipaddress.ip_address(ip)
-                if addr.version == 6 and addr.ipv4_mapped is not None:
-                    addr = addr.ipv4_mapped
-                r = any(addr in n for n in self.pp_nets)
-            except ValueError:
-                r = False
-            if len(c) > 4096:
-                c.clear()
-            c[ip] = r
-        return r
+        return ip in self.pp_nets
 
     def _pp_rejected(self, reason: str) -> None:
         log.debug("PROXY protocol: connection closed: %s", reason)
@@ -325,13 +310,3 @@ class Worker:
             proto.abort()
         if not self.stopping.done():
             self.stopping.set_result(0)
-
-
-def configure_logging(level: str) -> None:
-    h = logging.StreamHandler(sys.stderr)
-    # %(process)d, not the pid at configure time: the supervisor's children log under their own pid
-    h.setFormatter(logging.Formatter("%(asctime)s fastgw[%(process)d] %(levelname)s %(message)s"))
-    root = logging.getLogger("fastgw")
-    root.handlers[:] = [h]
-    root.setLevel(level.upper())
-    root.propagate = False

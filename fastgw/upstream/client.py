@@ -95,7 +95,7 @@ class UpstreamProtocol:
             d.close()
             return
         if prev == BUSY and self.handler is not None:
-            if self.close_delimited and self.head_sent and self.parser is not None:
+            if exc is None and self.close_delimited and self.head_sent and self.parser is not None:
                 # read-until-close body: the close is the end of the message
                 try:
                     self.parser.feed_data(b"")
@@ -112,12 +112,16 @@ class UpstreamProtocol:
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.handler is not None:
+        if self.tunnel is not None:  # WebSocket: a slow upstream pauses the client side
+            self.tunnel.pause_upstream_side(True)
+        elif self.handler is not None:
             self.handler.upstream_paused(self, True)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.handler is not None:
+        if self.tunnel is not None:
+            self.tunnel.pause_upstream_side(False)
+        elif self.handler is not None:
             self.handler.upstream_paused(self, False)
 
     def eof_received(self):
@@ -322,12 +326,19 @@ class UpstreamProtocol:
 
     # ------------------------------------------------------------------ timers
     def _set_deadline(self, kind: int, seconds: float) -> None:
-        at = self.loop.time() + seconds
+        """As in the downstream protocol: the timer is armed at most ``pool.tmin`` ahead
+        (the shortest timeout any route sets on this pool), so moving the deadline for
+        each request costs two stores, not a timer."""
+        now = self.loop.time()
+        at = now + seconds
         self.deadline = at
         self.deadline_kind = kind
-        if self.timer is None or self.timer_at > at:
-            if self.timer is not None:
-                self.timer.cancel()
+        if self.timer is None:
+            t = min(at, now + self.pool.tmin)
+            self.timer = self.loop.call_at(t, self._on_timer)
+            self.timer_at = t
+        elif self.timer_at > at:  # only a timeout shorter than pool.tmin gets here
+            self.timer.cancel()
             self.timer = self.loop.call_at(at, self._on_timer)
             self.timer_at = at
 
@@ -337,8 +348,9 @@ class UpstreamProtocol:
             return
         now = self.loop.time()
         if now < self.deadline:
-            self.timer = self.loop.call_at(self.deadline, self._on_timer)
-            self.timer_at = self.deadline
+            t = min(self.deadline, now + self.pool.tmin)
+            self.timer = self.loop.call_at(t, self._on_timer)
+            self.timer_at = t
             return
         kind = self.deadline_kind
         self.deadline_kind = T_NONE

@@ -44,7 +44,8 @@ class Peer:
 
 class Pool:
     __slots__ = ("peer", "loop", "idle", "open", "waiters", "max_idle", "max_connections",
-                 "max_waiters", "wait_timeout", "idle_timeout", "connect_timeout", "stats", "closed", "reused")
+                 "max_waiters", "wait_timeout", "idle_timeout", "connect_timeout", "stats", "closed", "reused",
+                 "tmin")
 
     def __init__(self, peer: Peer, loop, *, max_idle: int, max_connections: int, max_waiters: int,
                  wait_timeout: float, idle_timeout: float, connect_timeout: float, stats=None) -> None:
@@ -62,6 +63,7 @@ class Pool:
         self.stats = stats  # callable(event: str) or None: "created", "closed" (rare events)
         self.closed = False
         self.reused = 0     # reuses not yet published (hot path: an int, not a call)
+        self.tmin = idle_timeout  # shortest timeout set on its connections (App lowers it per route)
 
     # ------------------------------------------------------------------ acquire
     def acquire_idle(self) -> UpstreamProtocol | None:
@@ -94,6 +96,13 @@ class Pool:
         entry[1] = self.loop.call_later(self.wait_timeout, self._wait_expired, entry)
         self.waiters.append(entry)
         return lambda: self._cancel_wait(entry)
+
+    def connect_fresh(self, callback):
+        """A new connection (a retry after a reused one failed), within the cap; past the
+        cap the request waits like any other.  Returns a cancel handle or None."""
+        if len(self.open) < self.max_connections:
+            return self._connect(callback)
+        return self.acquire(callback)
 
     def _wait_expired(self, entry) -> None:
         try:
