@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 
 from fastgw import clock
