@@ -59,7 +59,7 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
     started = False
     try:
         from fastgw.runtime.worker import Worker
-        from fastgw.shm.workers import DRAINING, READY
+        from fastgw.shm.workers import BOOTING, DRAINING, READY
         from fastgw.supervisor.metrics_store import ShmStore
 
         store = ShmStore(region.metrics.writer(slot))
@@ -105,6 +105,12 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         def tick() -> None:
             ws.heartbeat()
             store.publish(ws)
+            if started and not w.engine.draining:
+                # readiness that middlewares contribute (the first JWKS fetch): a worker
+                # that cannot verify tokens yet shows as not ready in /readyz
+                want = READY if all(check() for check in w.engine.app.ready_checks) else BOOTING
+                if region.workers.read(slot).state != want:
+                    ws.set_state(want)
             chan.flush()
 
         w.start_hooks.append(on_start)
