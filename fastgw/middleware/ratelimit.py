@@ -16,7 +16,7 @@ chosen only for routes where some set uses Redis; it stays synchronous for the o
 from __future__ import annotations
 
 from fastgw.pipeline.middleware import Middleware
-from fastgw.ratelimit.plan import route_plan
+from fastgw.ratelimit.plan import hold, release, route_plan
 
 
 class UserLimits(Middleware):
@@ -26,8 +26,7 @@ class UserLimits(Middleware):
 
     def __init__(self, rp, deps=None) -> None:
         super().__init__(rp, deps)
-        rp.plan.acquire()
-        self._open = True
+        hold(self, rp)
         self.rp = rp
         self.exempt = rp.plan.exempt
         self.check = rp.plan.enforcer.check
@@ -45,9 +44,7 @@ class UserLimits(Middleware):
         return self.check(ctx, ls)
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
-            self.cfg.plan.release()
+        release(self)
 
 
 class UserLimitsAsync(Middleware):
@@ -57,8 +54,7 @@ class UserLimitsAsync(Middleware):
 
     def __init__(self, rp, deps=None) -> None:
         super().__init__(rp, deps)
-        rp.plan.acquire()
-        self._open = True
+        hold(self, rp)
         self.rp = rp
         self.exempt = rp.plan.exempt
         enf = rp.plan.enforcer
@@ -80,9 +76,7 @@ class UserLimitsAsync(Middleware):
         return self.check(ctx, ls)
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
-            self.cfg.plan.release()
+        release(self)
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from fastgw.pipeline.middleware import Middleware
 from fastgw.ratelimit.limiter import ALLOWED, LIMITED
-from fastgw.ratelimit.plan import route_plan
+from fastgw.ratelimit.plan import hold, release, route_plan
 
 _PENDING = "ratelimit_ip"       # ctx.notes key: the guard let a token through unverified
 
@@ -35,8 +35,7 @@ class IpLimits(Middleware):
 
     def __init__(self, rp, deps=None) -> None:
         super().__init__(rp, deps)
-        rp.plan.acquire()
-        self._open = True
+        hold(self, rp)
         self.ls = rp.anon
         self.check = rp.plan.enforcer.check
 
@@ -44,9 +43,7 @@ class IpLimits(Middleware):
         return self.check(ctx, self.ls)
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
-            self.cfg.plan.release()
+        release(self)
 
 
 class IpLimitsAsync(Middleware):
@@ -56,8 +53,7 @@ class IpLimitsAsync(Middleware):
 
     def __init__(self, rp, deps=None) -> None:
         super().__init__(rp, deps)
-        rp.plan.acquire()
-        self._open = True
+        hold(self, rp)
         self.ls = rp.anon
         self.check_async = rp.plan.enforcer.check_async
 
@@ -65,9 +61,7 @@ class IpLimitsAsync(Middleware):
         return await self.check_async(ctx, self.ls)
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
-            self.cfg.plan.release()
+        release(self)
 
 
 class AuthFailureGuard(Middleware):
@@ -77,8 +71,7 @@ class AuthFailureGuard(Middleware):
 
     def __init__(self, rp, deps=None) -> None:
         super().__init__(rp, deps)
-        rp.plan.acquire()
-        self._open = True
+        hold(self, rp)
         self.ls = ls = rp.authfail
         self.limit = ls.limits[0]
         enf = rp.plan.enforcer
@@ -104,9 +97,7 @@ class AuthFailureGuard(Middleware):
             self.enf.add(lm.cell(ALLOWED if d[0] else LIMITED))
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
-            self.cfg.plan.release()
+        release(self)
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

@@ -176,3 +176,17 @@ def route_plan(root_cfg, service_cfg, route_cfg, deps) -> RoutePlan | None:
         return None
     svc = getattr(route_cfg, "service", None) or ""
     return plan(root_cfg, deps).route(svc, service_cfg, route_cfg)
+
+
+def hold(mw, rp) -> None:
+    """A middleware starts using route plan ``rp``: count it, so the plan's shared state
+    (Redis pools, the local table) lives until the last user of a config closes."""
+    rp.plan.acquire()
+    mw._plan = rp.plan
+
+
+def release(mw) -> None:
+    """The middleware's ``close``: drop its hold on the plan, once."""
+    plan = mw.__dict__.pop("_plan", None)
+    if plan is not None:
+        plan.release()
