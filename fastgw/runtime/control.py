@@ -37,6 +37,7 @@ import orjson
 
 from fastgw import __version__, clock
 from fastgw.http.wire import reply_bytes
+from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.prom import CONTENT_TYPE, render
 from fastgw.shm.workers import READY, STATE_NAMES
 
@@ -64,6 +65,7 @@ class Control:
         self.start_hooks = []
         self.tick_hooks = []
         self.started = time.monotonic()
+        self.audit = None  # LogBuffer of monitoring.logging.audit.output, opened in run()
 
     # ------------------------------------------------------------------ life
     def run(self) -> int:
@@ -72,6 +74,9 @@ class Control:
         loop = self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         self.stopping = loop.create_future()
+        out = self.config.monitoring.logging.audit.output if self.config is not None else None
+        if out:
+            self.audit = LogBuffer(out)
         self.server = loop.run_until_complete(
             loop.create_server(lambda: AdminProtocol(self), sock=self.sock, backlog=128))
         if threading.current_thread() is threading.main_thread():
@@ -85,10 +90,14 @@ class Control:
             return loop.run_until_complete(self.stopping)
         finally:
             self.server.close()
+            if self.audit is not None:
+                self.audit.close()
             loop.close()
 
     def _tick(self) -> None:
         clock.tick()
+        if self.audit is not None:
+            self.audit.flush()
         for hook in self.tick_hooks:
             try:
                 hook()
@@ -111,7 +120,16 @@ class Control:
         """Ignored: reloads come from the supervisor."""
 
     def handle_usr1(self) -> None:
-        """Nothing to reopen yet: the control process writes no log files of its own."""
+        """Reopen the audit log (logrotate)."""
+        if self.audit is not None:
+            self.audit.reopen()
+
+    def audit_admin(self, client: str, method: str, path: str, status: int) -> None:
+        """One audit line per call of the management API (``/admin/*``); probes and
+        scrapes (``/livez``, ``/readyz``, ``/metrics``) are not audited."""
+        if self.audit is not None and path.startswith("/admin"):
+            self.audit.write(orjson.dumps({"ts": time.time(), "event": "admin_request", "client_ip": client,
+                                           "method": method, "path": path, "status": status}))
 
     def stop(self) -> None:
         if self.stopping is not None and not self.stopping.done():
@@ -192,7 +210,7 @@ class Control:
 class AdminProtocol(asyncio.Protocol):
     """One admin connection: GET/HEAD requests answered in order, bodies refused."""
 
-    __slots__ = ("control", "transport", "parser", "url", "size", "timer", "closed")
+    __slots__ = ("control", "transport", "parser", "url", "size", "timer", "closed", "peer")
 
     def __init__(self, control: Control) -> None:
         self.control = control
@@ -202,9 +220,12 @@ class AdminProtocol(asyncio.Protocol):
         self.size = 0
         self.timer = None
         self.closed = False
+        self.peer = ""
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
         self._arm()
 
     def connection_lost(self, exc) -> None:
@@ -250,6 +271,7 @@ class AdminProtocol(asyncio.Protocol):
         self.size = 0
         path = self.url.split(b"?", 1)[0].decode("latin-1")
         if method not in ("GET", "HEAD"):
+            self.control.audit_admin(self.peer, method, path, 405)
             self._send(405, [_JSON, (b"allow", b"GET, HEAD")], b'{"status":405,"title":"Method Not Allowed"}',
                        keep, method == "HEAD")
             return
@@ -258,6 +280,7 @@ class AdminProtocol(asyncio.Protocol):
         except Exception as e:
             log.exception("admin %s failed: %s", path, e)
             st, headers, body = 500, [_JSON], b'{"status":500,"title":"Internal Server Error"}'
+        self.control.audit_admin(self.peer, method, path, st)
         self._send(st, headers, body, keep, method == "HEAD")
 
     def _send(self, status, headers, body, keep, head_only) -> None:
