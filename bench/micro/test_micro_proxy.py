@@ -40,7 +40,7 @@ services:
         methods: ["GET", "HEAD", "POST"]
 monitoring:
   metrics_port: 0
-  logging: {level: warning, access_log: {enabled: true, output: /dev/null}}
+  logging: {level: warning, access_log: {enabled: "${FASTGW_MICRO_ACCESS_LOG:-true}", output: /dev/null}}
 """
 REQ = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 14:26:03 GMT\r\n"
@@ -81,7 +81,8 @@ def world():
     metrics = Metrics()
     log = logging.getLogger("bench")
     deps = Deps(cfg, loop=loop, metrics=metrics, log=log)
-    deps.state["access_log_buffer"] = LogBuffer("/dev/null")
+    if cfg.monitoring.logging.access_log.enabled:  # as the worker does
+        deps.state["access_log_buffer"] = LogBuffer("/dev/null")
     app = App(cfg, deps, loop=loop, metrics=metrics, log=log)
     engine = Engine(app)
     down = DownstreamProtocol(engine, ConnInfo(cfg.gateway.limits, cfg.gateway.timeouts), loop, Ctx)

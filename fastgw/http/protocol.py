@@ -47,7 +47,7 @@ MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
 
 # Request headers the protocol itself interprets; everything else is forwarded as is.
-H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP = range(1, 11)
+H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_RID, H_UA = range(1, 13)
 SPECIAL = {
     b"host": H_HOST,
     b"connection": H_CONN,
@@ -66,6 +66,9 @@ SPECIAL = {
     b"x-forwarded-port": H_XFWD,
     b"forwarded": H_XFWD,
     b"x-real-ip": H_XFWD,
+    # forwarded, and captured so that no middleware needs a header lookup for them
+    b"x-request-id": H_RID,
+    b"user-agent": H_UA,
 }
 
 
@@ -100,7 +103,7 @@ class DownstreamProtocol:
         "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel", "write_waiters",
         # per-request (the request being parsed)
         "p_ctx", "p_url", "p_fwd", "p_size", "p_host", "p_hosts", "p_conn",
-        "p_upgrade", "p_expect", "p_xff", "p_xfp", "p_cl", "p_te", "p_error",
+        "p_upgrade", "p_expect", "p_xff", "p_xfp", "p_rid", "p_ua", "p_cl", "p_te", "p_error",
         # per-request (the request in flight)
         "cur", "cur_complete", "cur_body",
         "__weakref__",
@@ -146,6 +149,8 @@ class DownstreamProtocol:
         self.p_expect = None
         self.p_xff = None
         self.p_xfp = None
+        self.p_rid = None
+        self.p_ua = None
         self.p_cl = None
         self.p_te = None
 
@@ -299,6 +304,12 @@ class DownstreamProtocol:
         if self.p_size > info.max_headers_size or size > info.max_header_size:
             raise GatewayError("headers_too_large", "request header fields too large")
         kind = SPECIAL.get(name.lower())
+        if kind is not None and kind >= H_RID:
+            if kind == H_RID:
+                self.p_rid = value
+            else:
+                self.p_ua = value
+            kind = None
         if kind is None:
             if b"_" in name:
                 # Dropped, as nginx does by default: CGI-style upstreams map X_User_Id and
@@ -340,7 +351,8 @@ class DownstreamProtocol:
         if self.p_host is not None and not _valid_host(self.p_host):
             raise GatewayError("bad_request", "invalid Host header")
         ctx = self.ctx_factory()
-        ctx.method = parser.get_method().decode("ascii")
+        mb = ctx.method_b = parser.get_method()
+        ctx.method = mb.decode("ascii")
         ctx.raw_target = self.p_url
         ctx.version = version
         ctx.headers = self.p_fwd
@@ -355,6 +367,8 @@ class DownstreamProtocol:
             ctx.chunked = True  # llhttp only accepts a final "chunked" coding
         ctx.xff = self.p_xff
         ctx.xfp = self.p_xfp
+        ctx.rid = self.p_rid
+        ctx.ua = self.p_ua
         ctx.expect = self.p_expect
         # an Upgrade only counts with "Connection: upgrade" (as llhttp decides it)
         if self.p_upgrade is not None and (self.p_conn is None or b"upgrade" not in self.p_conn.lower()):

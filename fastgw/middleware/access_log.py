@@ -28,7 +28,7 @@ class AccessLog(Middleware):
         if error is not None and error.kind not in flags:
             flags = flags + [error.kind]
         ud = ctx.upstream_duration
-        ua = ctx.header(b"user-agent")
+        ua = ctx.ua
         rec = {
             "ts": wall(),
             "request_id": ctx.request_id,

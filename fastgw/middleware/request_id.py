@@ -26,11 +26,13 @@ class RequestId(Middleware):
         self.header = hdr
         self.lheader = hdr.lower()
         self.drop = frozenset({self.lheader})
-        self.prefix = os.urandom(6).hex() + "-"
+        self.prefix = (os.urandom(6).hex() + "-").encode("ascii")
         self.counter = 0
+        # the default header is captured by the protocol (ctx.rid): no header lookup
+        self.captured = self.lheader == b"x-request-id"
 
     def request_filter(self, ctx):
-        rid = ctx.header(self.lheader)
+        rid = ctx.rid if self.captured else ctx.header(self.lheader)
         if rid is not None:
             if ctx.trusted_peer and _VALID(rid):
                 ctx.request_id = rid.decode("ascii")
@@ -38,11 +40,11 @@ class RequestId(Middleware):
                 return None
             ctx.drop_headers(self.drop)
         self.counter += 1
-        s = f"{self.prefix}{self.counter:x}"
-        ctx.request_id = s
-        b = s.encode("ascii")
-        ctx.upstream_headers.append((self.header, b))
-        ctx.resp_headers.append((self.header, b))
+        b = b"%s%x" % (self.prefix, self.counter)
+        ctx.request_id = b.decode("ascii")
+        h = (self.header, b)
+        ctx.upstream_headers.append(h)
+        ctx.resp_headers.append(h)
         return None
 
 

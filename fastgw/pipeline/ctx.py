@@ -59,7 +59,7 @@ class Ctx:
         "up",               # the bound upstream connection (engine-owned) or None
         "app",              # the config snapshot (runtime App) this request runs on
         # protocol/engine private (hot, so slots rather than notes)
-        "xff", "xfp", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
+        "xff", "xfp", "rid", "ua", "method_b", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
     )
 
     def __init__(self) -> None:
@@ -102,6 +102,9 @@ class Ctx:
         self.app = None
         self.xff = None         # bytes: incoming X-Forwarded-For (joined)
         self.xfp = None         # bytes: incoming X-Forwarded-Proto (believed from trusted peers)
+        self.rid = None         # bytes: incoming X-Request-ID (captured by the protocol)
+        self.ua = None          # bytes: User-Agent (captured by the protocol, for the access log)
+        self.method_b = b"GET"  # the method as bytes (forwarded as is)
         self.raw_host = None    # bytes: Host as received
         self.conn_hdr = None    # bytes: Connection header value
         self.expect = None      # bytes: Expect header value

@@ -16,11 +16,12 @@ from fastgw.http.wire import CRLF, connection_tokens, serialize_headers, status_
 
 _H_CL = b"content-length"
 _H_TE = b"transfer-encoding"
-# hop-by-hop and framing lines of a (lower-cased, llhttp-validated) response header block
+# Hop-by-hop and framing lines of a lower-cased, llhttp-validated response header block
+# with a "\n" prepended (llhttp refuses whitespace before a colon, so "\nname:" is exact).
+# Anchoring on "\n" instead of ^ with re.M halves the regex's cost (callgrind).
 _FRAMING = re.compile(
-    rb"^(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
-    rb"proxy-authenticate|proxy-authorization|content-length)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r\n",
-    re.M).finditer
+    rb"\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
+    rb"proxy-authenticate|proxy-authorization|content-length):").finditer
 
 
 def request_head(ctx, route, peer) -> bytes:
@@ -35,12 +36,12 @@ def request_head(ctx, route, peer) -> bytes:
         if listed:
             headers = [h for h in headers if h[0].lower() not in listed]
     if route.chain.upstream_request:
-        head = RequestHead(ctx.method.encode("ascii"), target, list(headers))
+        head = RequestHead(ctx.method_b, target, list(headers))
         for fn in route.chain.upstream_request:
             fn(ctx, head)
         target, headers = head.target, head.headers
     raw_host = ctx.raw_host or b""
-    out = [ctx.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ",
+    out = [ctx.method_b, b" ", target, b" HTTP/1.1\r\nhost: ",
            raw_host if route.preserve_host and raw_host else peer.host_header, CRLF]
     if headers:
         out.append(b"".join([b"%s: %s\r\n" % h for h in headers]))
@@ -80,23 +81,25 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
     has_cl = False
     cuts = None
     listed = None
-    low = block.lower()
+    low = b"\n" + block.lower()
     cl_span = None
     for m in _FRAMING(low):
         name = m.group(1)
+        a = m.start()                      # the line starts at block[a] (low is shifted by 1)
+        b = low.find(b"\n", m.end())       # its "\n" is at block[b - 1]: the line is block[a:b]
         if name == _H_CL:
             has_cl = True
-            cl_span = m.span()
+            cl_span = (a, b)
             continue
         if name == _H_TE:
             chunked = True
         elif name == b"connection":
-            v = m.group(2)
+            v = low[m.end():b - 1].strip(b" \t")
             if v != b"keep-alive" and v != b"close":
                 listed = connection_tokens(v) - {b"close", b"keep-alive"}
         if cuts is None:
             cuts = []
-        cuts.append(m.span())
+        cuts.append((a, b))
     if chunked and has_cl:
         # Transfer-Encoding wins (RFC 9112 6.3): the body arrives de-chunked, so the
         # upstream's Content-Length must not reach the client.
