@@ -100,12 +100,12 @@ class DownstreamProtocol:
         # per-connection
         "handler", "info", "loop", "transport", "parser", "peer_ip", "peer_port", "closed",
         "paused", "write_paused", "timer", "timer_at", "deadline", "deadline_kind",
-        "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel", "write_waiters",
+        "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel",
         # per-request (the request being parsed)
         "p_ctx", "p_url", "p_fwd", "p_size", "p_host", "p_hosts", "p_conn",
         "p_upgrade", "p_expect", "p_xff", "p_xfp", "p_rid", "p_ua", "p_cl", "p_te", "p_error",
         # per-request (the request in flight)
-        "cur", "cur_complete", "cur_body",
+        "cur", "cur_complete",
         "__weakref__",
     )
 
@@ -121,7 +121,6 @@ class DownstreamProtocol:
         self.closed = False
         self.paused = 0
         self.write_paused = False
-        self.write_waiters = None
         self.timer = None
         self.timer_at = 0.0
         self.deadline = 0.0
@@ -133,7 +132,6 @@ class DownstreamProtocol:
         self.tunnel = None
         self.cur = None
         self.cur_complete = False
-        self.cur_body = None
         self.p_error = None
         self._reset_parse()
 
@@ -570,5 +568,3 @@ class DownstreamProtocol:
         elif kind == T_SEND:
             self._abort()
 
-    def clear_deadline(self) -> None:
-        self.deadline_kind = T_NONE

@@ -19,6 +19,16 @@ from fastgw.pipeline.middleware import Middleware
 from fastgw.ratelimit.plan import hold, release, route_plan
 
 
+def _limit_set(mw, ctx):
+    """The request's limit set, or None (exempt role, or no limit for this identity)."""
+    roles = ctx.roles
+    if roles:
+        if not mw.exempt.isdisjoint(roles):
+            return None
+        return mw.rp.for_roles(roles)
+    return mw.rp.user_default if ctx.user is not None else mw.rp.anon
+
+
 class UserLimits(Middleware):
     """Memory limits only."""
 
@@ -30,53 +40,26 @@ class UserLimits(Middleware):
         self.rp = rp
         self.exempt = rp.plan.exempt
         self.check = rp.plan.enforcer.check
+        self.check_async = rp.plan.enforcer.check_async
 
     def request_filter(self, ctx):
-        roles = ctx.roles
-        if roles:
-            if not self.exempt.isdisjoint(roles):
-                return None
-            ls = self.rp.for_roles(roles)
-        else:
-            ls = self.rp.user_default if ctx.user is not None else self.rp.anon
-        if ls is None:
-            return None
-        return self.check(ctx, ls)
+        ls = _limit_set(self, ctx)
+        return None if ls is None else self.check(ctx, ls)
 
     def close(self) -> None:
         release(self)
 
 
-class UserLimitsAsync(Middleware):
-    """Some limit set of the route uses Redis."""
-
-    name = "ratelimit"
-
-    def __init__(self, rp, deps=None) -> None:
-        super().__init__(rp, deps)
-        hold(self, rp)
-        self.rp = rp
-        self.exempt = rp.plan.exempt
-        enf = rp.plan.enforcer
-        self.check = enf.check
-        self.check_async = enf.check_async
+class UserLimitsAsync(UserLimits):
+    """Some limit set of the route uses Redis (an ``async`` hook)."""
 
     async def request_filter(self, ctx):
-        roles = ctx.roles
-        if roles:
-            if not self.exempt.isdisjoint(roles):
-                return None
-            ls = self.rp.for_roles(roles)
-        else:
-            ls = self.rp.user_default if ctx.user is not None else self.rp.anon
+        ls = _limit_set(self, ctx)
         if ls is None:
             return None
         if ls.red:
             return await self.check_async(ctx, ls)
         return self.check(ctx, ls)
-
-    def close(self) -> None:
-        release(self)
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

@@ -16,7 +16,7 @@ from fastgw.pipeline.middleware import overrides
 
 class Chain:
     __slots__ = ("mws", "request", "upstream_request", "response", "body", "logging",
-                 "body_check", "has_async", "names")
+                 "body_check", "names")
 
     def __init__(self, mws) -> None:
         mws = tuple(mws)
@@ -25,7 +25,6 @@ class Chain:
         self.request = tuple(
             (i, m.request_filter, inspect.iscoroutinefunction(m.request_filter))
             for i, m in enumerate(mws) if overrides(m, "request_filter"))
-        self.has_async = any(a for _, _, a in self.request)
         self.upstream_request = tuple(m.upstream_request_filter for m in mws
                                       if overrides(m, "upstream_request_filter"))
         self.response = tuple((i, m.response_filter) for i, m in reversed(list(enumerate(mws)))
