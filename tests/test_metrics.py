@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import fastgw.obs.metrics as metrics_mod
 from fastgw.obs.metrics import DURATION_BUCKETS, METRICS, LocalStore, Metrics
 from fastgw.obs.prom import families, reference_markdown, render
 from fastgw.shm import Region
@@ -149,6 +150,57 @@ def test_shm_store_float_and_unknown_series():
         m.set("fastgw_something_ratio", value=3)                    # unknown, not _total: a gauge
         snap = region.metrics.snapshot()
         assert snap["fastgw_bytes_total"] == 2 and snap["fastgw_something_ratio"] == 3
+
+
+# ---------------------------------------------------------------------- the request hot path
+@pytest.mark.parametrize("shm", [False, True])
+def test_request_done_series_exact_values(shm, monkeypatch):
+    """Every series request_done writes, with exact values, for both stores: buckets by
+    le, sums, the rendered _count (derived from the buckets, not stored), the global
+    chain (no route: no upstream histogram), odd methods, the in-flight gauge."""
+    region = Region.create(2, metrics_series=512, table_slots=64, health_slots=8) if shm else None
+    try:
+        m = Metrics(ShmStore(region.metrics.writer(0)) if shm else LocalStore())
+        r, now = _Route("api", "main"), 1000.0
+        monkeypatch.setattr(metrics_mod, "monotonic", lambda: now)  # exact durations
+        reqs = [(r, "GET", 200, 0.0007, 0.0004), (r, "GET", 200, 0.3, 0.25), (r, "BREW", 418, 0.0008, None),
+                (None, "GET", 404, 0.00001, None), (r, "POST", 502, 40.0, 0.0025)]
+        for route, method, status, d, up in reqs:
+            m.request_start()
+            m.request_done(_Ctx(route, method, status, start=now - d, up=up))
+        snap = region.metrics.snapshot() if shm else m.store.snapshot()
+        assert not any(k.endswith("_count") or "_count{" in k for k in snap if not hasattr(snap[k], "buckets"))
+        text = render(snap)
+        assert series(text, "fastgw_http_requests_total") == {
+            '{route="api",service="main",method="GET",code="200"}': 2,
+            '{route="api",service="main",method="OTHER",code="418"}': 1,
+            '{route="-",service="-",method="GET",code="404"}': 1,
+            '{route="api",service="main",method="POST",code="502"}': 1}
+        assert series(text, "fastgw_http_requests_in_flight") == {"": 0}
+        b = series(text, "fastgw_http_request_duration_seconds_bucket")
+        assert [b['{route="api",le="%r"}' % x] for x in (0.0005, 0.001, 0.25, 0.5, 30.0)] == [0, 2, 2, 3, 3]
+        assert b['{route="api",le="+Inf"}'] == 4 and b['{route="-",le="0.0005"}'] == 1
+        assert series(text, "fastgw_http_request_duration_seconds_count") == {'{route="api"}': 4, '{route="-"}': 1}
+        s = series(text, "fastgw_http_request_duration_seconds_sum")
+        assert abs(s['{route="api"}'] - 40.3015) < 1e-9 and s['{route="-"}'] == pytest.approx(0.00001)
+        u = series(text, "fastgw_upstream_request_duration_seconds_bucket")
+        assert [u['{service="main",le="%r"}' % x] for x in (0.0005, 0.0025, 0.1, 0.25)] == [1, 2, 2, 3]
+        assert series(text, "fastgw_upstream_request_duration_seconds_count") == {'{service="main"}': 3}
+        assert abs(series(text, "fastgw_upstream_request_duration_seconds_sum")['{service="main"}'] - 0.2529) < 1e-9
+    finally:
+        if region is not None:
+            region.close()
+
+
+def test_request_done_cache_stays_bounded_and_counts_stay_exact():
+    m = Metrics(LocalStore())
+    r = _Route("api", "main")
+    for i in range(5000):
+        m.request_done(_Ctx(r, status=1000 + i % 4500))
+    assert m._nreq <= 4097
+    snap = m.store.snapshot()
+    total = sum(v for k, v in snap.items() if k.startswith("fastgw_http_requests_total"))
+    assert total == 5000 and snap['fastgw_http_requests_total{route="api",service="main",method="GET",code="1000"}'] == 2
 
 
 # ---------------------------------------------------------------------- docs

@@ -8,7 +8,9 @@ the control process sums all workers at scrape time and an increment is one memo
 A series key is its Prometheus name plus label set, e.g.
 ``fastgw_http_requests_total{route="svg-parser-0",service="svg-parser",method="GET",code="200"}``;
 histograms use ``_bucket{...,le="..."}`` keys (per-bucket counts, cumulated when
-rendered), ``_sum`` and ``_count``.  Labels are bounded: route and service names,
+rendered) and ``_sum``.  A histogram's ``_count`` is not stored: it is the sum of its
+buckets, and the renderer (``obs.prom``) derives it from them for both stores, so the hot
+path saves one array write per histogram.  Labels are bounded: route and service names,
 method, status code, error kind; never paths or user ids.  The ``METRICS`` table is the
 reference (name, type, help, labels) used by the renderer and by docs/metrics.md.
 """
@@ -100,7 +102,8 @@ class Metrics:
     def __init__(self, store=None) -> None:
         self.store = store if store is not None else LocalStore()
         self._cells: dict = {}
-        self._req: dict = {}
+        self._req: dict = {}   # route -> status -> method -> cells (request_done)
+        self._nreq = 0         # entries in _req
         self._pool: dict = {}
         self._inflight = self.store.cell("fastgw_http_requests_in_flight")
         self._conns = self.store.cell("fastgw_downstream_connections_open")
@@ -121,23 +124,20 @@ class Metrics:
         self.store.set(c, value)
 
     def _hist(self, name: str, labels: tuple):
-        """(bucket int cells, sum float cell, count int cell) of one histogram series."""
+        """(bucket int cells, sum float cell) of one histogram series (``_count`` is derived)."""
         k = ("h", name, labels)
         h = self._cells.get(k)
         if h is None:
             cell = self.store.cell
             buckets = tuple(cell(series_key(name + "_bucket", labels + (("le", repr(b)),))) for b in DURATION_BUCKETS)
             inf = cell(series_key(name + "_bucket", labels + (("le", "+Inf"),)))
-            h = self._cells[k] = (buckets + (inf,), self.store.fcell(series_key(name + "_sum", labels)),
-                                  cell(series_key(name + "_count", labels)))
+            h = self._cells[k] = (buckets + (inf,), self.store.fcell(series_key(name + "_sum", labels)))
         return h
 
     def observe(self, name: str, labels: tuple, value: float) -> None:
-        buckets, s, c = self._hist(name, labels)
-        iv = self.store.ints
-        iv[buckets[bisect_left(DURATION_BUCKETS, value)]] += 1
+        buckets, s = self._hist(name, labels)
+        self.store.ints[buckets[bisect_left(DURATION_BUCKETS, value)]] += 1
         self.store.floats[s] += value
-        iv[c] += 1
 
     # hot path: direct array writes, no calls ---------------------------------------
     def request_start(self) -> None:
@@ -148,41 +148,48 @@ class Metrics:
         self.store.ints[self._inflight] -= 1
 
     def request_done(self, ctx) -> None:
-        route = ctx.route
-        k = (route, ctx.method, ctx.status)
-        cells = self._req.get(k)
-        if cells is None:
-            if len(self._req) > 4096:  # routes of retired configs, odd methods: stay bounded
-                self._req.clear()
-            cells = self._req[k] = self._request_cells(route, ctx.method, ctx.status)
+        # One cached flat tuple per (route, status, method) holds every cell this writes.
+        # The cache is nested dicts rather than a dict keyed by a tuple: three dict
+        # subscripts cost fewer instructions than building, hashing and comparing a key
+        # tuple (callgrind).  Each write to a shared-memory cell is a memoryview item get +
+        # set, the bulk of the cost; the module docstring says why there is no _count write.
+        try:
+            cells = self._req[ctx.route][ctx.status][ctx.method]
+        except KeyError:
+            cells = self._request_cells(ctx.route, ctx.method, ctx.status)
+        req, inflight, buckets, dsum, ubuckets, usum = cells
         store = self.store
         iv = store.ints
         fv = store.floats
-        iv[cells[0]] += 1
-        iv[self._inflight] -= 1
+        iv[req] += 1
+        iv[inflight] -= 1
         d = monotonic() - ctx.start
-        b, s, c = cells[1]
-        iv[b[bisect_left(DURATION_BUCKETS, d)]] += 1
-        fv[s] += d
-        iv[c] += 1
+        iv[buckets[bisect_left(DURATION_BUCKETS, d)]] += 1
+        fv[dsum] += d
         ud = ctx.upstream_duration
-        if ud is not None and cells[2] is not None:
-            b, s, c = cells[2]
-            iv[b[bisect_left(DURATION_BUCKETS, ud)]] += 1
-            fv[s] += ud
-            iv[c] += 1
+        if ud is not None and ubuckets is not None:
+            iv[ubuckets[bisect_left(DURATION_BUCKETS, ud)]] += 1
+            fv[usum] += ud
 
-    def _request_cells(self, route, method: str, status: int):
+    def _request_cells(self, route, method: str, status: int) -> tuple:
+        """The cells of ``request_done`` for (route, method, status), cached in ``_req``."""
+        self._nreq += 1
+        if self._nreq > 4096:  # routes of retired configs, odd methods: stay bounded
+            self._req.clear()
+            self._nreq = 1
         rname = route.name if route is not None else "-"
         svc = route.service if route is not None else "-"
-        if method not in KNOWN_METHODS:
-            method = "OTHER"
-        return (
-            self.store.cell(series_key("fastgw_http_requests_total",
-                                       (("route", rname), ("service", svc), ("method", method), ("code", str(status))))),
-            self._hist("fastgw_http_request_duration_seconds", (("route", rname),)),
-            self._hist("fastgw_upstream_request_duration_seconds", (("service", svc),)) if route is not None else None,
-        )
+        label = method if method in KNOWN_METHODS else "OTHER"
+        req = self.store.cell(series_key("fastgw_http_requests_total",
+                                         (("route", rname), ("service", svc), ("method", label), ("code", str(status)))))
+        buckets, dsum = self._hist("fastgw_http_request_duration_seconds", (("route", rname),))
+        if route is not None:
+            ubuckets, usum = self._hist("fastgw_upstream_request_duration_seconds", (("service", svc),))
+        else:
+            ubuckets = usum = None
+        cells = (req, self._inflight, buckets, dsum, ubuckets, usum)
+        self._req.setdefault(route, {}).setdefault(status, {})[method] = cells
+        return cells
 
     def conn_open(self, delta: int) -> None:
         self.store.ints[self._conns] += delta
