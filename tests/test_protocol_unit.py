@@ -98,6 +98,10 @@ class FakeHandler:
         self.dispatched.append(ctx)
         self.bodies[id(ctx)] = bytearray(b"".join(body) if body else b"")
         self.calls.append(("dispatch", ctx.method, ctx.raw_target))
+        if proto.cur_complete:
+            # the protocol's contract: a request that was whole before it started gets
+            # no on_body_end; the handler sees cur_complete (as the engine does)
+            self.ended.append(ctx)
 
     def on_body(self, proto, ctx, data) -> None:
         self.bodies[id(ctx)] += data

@@ -73,6 +73,9 @@ SPECIAL = {
 
 
 # RFC 9112 3.2 / RFC 3986 3.2.2: host [":" port]; no userinfo, path, spaces.
+# the usual methods as interned str (no decode per request)
+METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
 _valid_host = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?").fullmatch
 
 
@@ -102,8 +105,7 @@ class DownstreamProtocol:
         "paused", "write_paused", "timer", "timer_at", "deadline", "deadline_kind",
         "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel",
         # per-request (the request being parsed)
-        "p_ctx", "p_url", "p_fwd", "p_size", "p_host", "p_hosts", "p_conn",
-        "p_upgrade", "p_expect", "p_xff", "p_xfp", "p_rid", "p_ua", "p_cl", "p_te", "p_error",
+        "p_ctx", "p_size", "p_hosts", "p_cl", "p_te", "p_error", "host_ok", "host_str",
         # per-request (the request in flight)
         "cur", "cur_complete",
         "__weakref__",
@@ -133,24 +135,18 @@ class DownstreamProtocol:
         self.cur = None
         self.cur_complete = False
         self.p_error = None
-        self._reset_parse()
-
-    def _reset_parse(self) -> None:
+        # the request being parsed: its Ctx is made on the first bytes of its target
+        # (on_url) and filled in place by the header callbacks; the counters below are
+        # reset when its head is complete
         self.p_ctx = None
-        self.p_url = b""
-        self.p_fwd = []
         self.p_size = 0
-        self.p_host = None
         self.p_hosts = 0
-        self.p_conn = None
-        self.p_upgrade = None
-        self.p_expect = None
-        self.p_xff = None
-        self.p_xfp = None
-        self.p_rid = None
-        self.p_ua = None
         self.p_cl = None
         self.p_te = None
+        # the last Host value that passed validation, and its str form (a keep-alive
+        # connection sends the same Host every time: one bytes compare, no regex)
+        self.host_ok = None
+        self.host_str = ""
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport) -> None:
@@ -253,8 +249,13 @@ class DownstreamProtocol:
         except httptools.HttpParserError as e:
             self._parse_failed("bad_framing", f"malformed request: {e}")
         else:
-            if self.cur is None and self.queue:
-                self._next()
+            if self.cur is None:
+                if self.queue:
+                    self._next()
+                elif self.deadline_kind == T_IDLE and self.p_error is None and not self.closed:
+                    # bytes of a head that is not complete yet: from now on the whole
+                    # head must arrive within request_header (slowloris)
+                    self._set_deadline(T_HEAD, self.info.t_head)
 
     def _parse_failed(self, kind: str, detail: str) -> None:
         """The parser refused the input.  Requests are only dispatched once the bytes that
@@ -285,102 +286,109 @@ class DownstreamProtocol:
         self.handler.parse_error(self, kind, detail)
 
     # httptools callbacks ------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._reset_parse()
-        if self.deadline_kind == T_IDLE:
-            self._set_deadline(T_HEAD, self.info.t_head)
-
+    # (no on_message_begin: a request starts with its target, and the state it needs is
+    # a fresh Ctx; one callback less per request)
     def on_url(self, url: bytes) -> None:
-        self.p_url += url
-        if len(self.p_url) > self.info.max_request_line:
+        ctx = self.p_ctx
+        if ctx is None or ctx.method_b is not None:
+            ctx = self.p_ctx = self.ctx_factory()
+            ctx.method_b = None  # (set when the head is complete: marks "head in progress")
+            ctx.raw_target = url
+        else:
+            url = ctx.raw_target = ctx.raw_target + url
+        if len(url) > self.info.max_request_line:
             raise GatewayError("uri_too_long", "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         info = self.info
         size = len(name) + len(value)
-        self.p_size += size
-        if self.p_size > info.max_headers_size or size > info.max_header_size:
+        total = self.p_size = self.p_size + size
+        if total > info.max_headers_size or size > info.max_header_size:
             raise GatewayError("headers_too_large", "request header fields too large")
         kind = SPECIAL.get(name.lower())
-        if kind is not None and kind >= H_RID:
-            if kind == H_RID:
-                self.p_rid = value
-            else:
-                self.p_ua = value
-            kind = None
-        if kind is None:
-            if b"_" in name:
+        if kind is None or kind >= H_RID:
+            if kind is not None:
+                # forwarded, and captured so that no middleware needs a header lookup
+                if kind == H_RID:
+                    self.p_ctx.rid = value
+                else:
+                    self.p_ctx.ua = value
+            elif b"_" in name:
                 # Dropped, as nginx does by default: CGI-style upstreams map X_User_Id and
                 # X-User-Id to the same variable, so an underscore spelling could forge a
                 # header the gateway strips or sets (identity, forwarding).
                 return
-            fwd = self.p_fwd
+            fwd = self.p_ctx.headers
             fwd.append((name, value))
             if len(fwd) > info.max_headers:
                 raise GatewayError("headers_too_large", "too many request header fields")
-        elif kind == H_HOST:
-            self.p_host = value
+            return
+        ctx = self.p_ctx
+        if kind == H_HOST:
+            ctx.raw_host = value
             self.p_hosts += 1
         elif kind == H_CONN:
-            self.p_conn = value if self.p_conn is None else self.p_conn + b", " + value
+            ctx.conn_hdr = value if ctx.conn_hdr is None else ctx.conn_hdr + b", " + value
         elif kind == H_CL:
             self.p_cl = value
         elif kind == H_TE:
             self.p_te = value
         elif kind == H_UPGRADE:
-            self.p_upgrade = value
+            ctx.upgrade = value
         elif kind == H_EXPECT:
-            self.p_expect = value
+            ctx.expect = value
         elif kind == H_XFF:
-            self.p_xff = value if self.p_xff is None else self.p_xff + b", " + value
+            ctx.xff = value if ctx.xff is None else ctx.xff + b", " + value
         elif kind == H_XFP:
-            self.p_xfp = value
+            ctx.xfp = value
         # H_HOP, H_XFWD: dropped here; H_XFWD values are re-derived by the handler.
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        ctx = self.p_ctx
+        if ctx is None or ctx.method_b is not None:  # (llhttp always reports a target first)
+            raise GatewayError("bad_request", "missing request target")
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise GatewayError("bad_request", f"unsupported HTTP version {version}")
-        if version == "1.1" and self.p_hosts != 1:
-            raise GatewayError("missing_host", "missing Host header" if not self.p_hosts else "duplicate Host header")
-        if self.p_hosts > 1:
-            raise GatewayError("missing_host", "duplicate Host header")
-        if self.p_host is not None and not _valid_host(self.p_host):
-            raise GatewayError("bad_request", "invalid Host header")
-        ctx = self.ctx_factory()
+        hosts = self.p_hosts
+        if version != "1.1":
+            if version != "1.0":
+                raise GatewayError("bad_request", f"unsupported HTTP version {version}")
+            if hosts > 1:
+                raise GatewayError("missing_host", "duplicate Host header")
+        elif hosts != 1:
+            raise GatewayError("missing_host", "missing Host header" if not hosts else "duplicate Host header")
+        host = ctx.raw_host
+        if host is not None:
+            if host != self.host_ok:
+                if not _valid_host(host):
+                    raise GatewayError("bad_request", "invalid Host header")
+                self.host_ok = host
+                self.host_str = host.decode("latin-1").lower()
+            ctx.host = self.host_str
         mb = ctx.method_b = parser.get_method()
-        ctx.method = mb.decode("ascii")
-        ctx.raw_target = self.p_url
+        ctx.method = METHODS.get(mb) or mb.decode("ascii")
         ctx.version = version
-        ctx.headers = self.p_fwd
         ctx.keep_alive = parser.should_keep_alive() and not self.draining
-        ctx.tls = self.info.tls
+        if self.info.tls:
+            ctx.tls = True
         ctx.peer_ip = self.peer_ip
-        host = self.p_host
-        ctx.host = host.decode("latin-1").lower() if host else ""
         if self.p_cl is not None:
             ctx.content_length = int(self.p_cl)
+            self.p_cl = None
         elif self.p_te is not None:
             ctx.chunked = True  # llhttp only accepts a final "chunked" coding
-        ctx.xff = self.p_xff
-        ctx.xfp = self.p_xfp
-        ctx.rid = self.p_rid
-        ctx.ua = self.p_ua
-        ctx.expect = self.p_expect
+            self.p_te = None
         # an Upgrade only counts with "Connection: upgrade" (as llhttp decides it)
-        if self.p_upgrade is not None and (self.p_conn is None or b"upgrade" not in self.p_conn.lower()):
-            self.p_upgrade = None
-        ctx.upgrade = self.p_upgrade
-        ctx.conn_hdr = self.p_conn
-        ctx.raw_host = host
-        self.p_ctx = ctx
+        if ctx.upgrade is not None and (ctx.conn_hdr is None or b"upgrade" not in ctx.conn_hdr.lower()):
+            ctx.upgrade = None
+        self.p_size = 0
+        self.p_hosts = 0
         self.n_requests += 1
         # Queued, not dispatched: a request starts only after the bytes that carried it
         # parsed cleanly (llhttp reports some framing errors after on_headers_complete).
-        ctx.qbody = []
-        self.queue.append(ctx)
-        if len(self.queue) >= MAX_QUEUED:
+        q = self.queue
+        q.append(ctx)
+        if len(q) >= MAX_QUEUED:
             self._pause(PAUSE_BACKLOG)
 
     def on_body(self, body: bytes) -> None:
@@ -390,6 +398,8 @@ class DownstreamProtocol:
             if self.deadline_kind == T_BODY:
                 self.deadline = self.loop.time() + self.info.t_body
             self.handler.on_body(self, ctx, body)
+        elif ctx.qbody is None:
+            ctx.qbody = [body]
         else:
             ctx.qbody.append(body)
 
@@ -427,13 +437,14 @@ class DownstreamProtocol:
         self.cur = nxt
         self.cur_complete = complete
         if complete:
-            if self.deadline_kind in (T_BODY, T_HEAD):
+            # (the handler sees cur_complete and ends the body itself: no on_body_end
+            # for a request that was whole before it started)
+            k = self.deadline_kind
+            if k != T_NONE and k != T_SEND:
                 self.deadline_kind = T_NONE
         else:
             self._set_deadline(T_BODY, self.info.t_body)
         self.handler.dispatch(self, nxt, body)
-        if complete and self.cur is nxt:
-            self.handler.on_body_end(self, nxt)
 
     def request_done(self, ctx, keep_alive: bool) -> None:
         """Called by the handler when the response to ``ctx`` is completely written."""

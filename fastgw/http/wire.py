@@ -36,14 +36,23 @@ CRLF = b"\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+_colon_join = b": ".join   # (name, value) -> b"name: value", in C
+_join_lines = b"\r\n".join
+
+
+def header_lines(headers) -> bytes:
+    """``name: value\r\n`` for each pair (``map`` over C joins: no Python call per header)."""
+    return _join_lines(map(_colon_join, headers)) + CRLF if headers else b""
+
+
 def serialize_headers(out: list, headers) -> None:
     """Append the ``name: value\r\n`` lines of ``headers`` to ``out`` (as one piece)."""
     if headers:
-        out.append(b"".join([b"%s: %s\r\n" % h for h in headers]))
+        out.append(_join_lines(map(_colon_join, headers)) + CRLF)
 
 
 def reply_bytes(status: int, headers, body: bytes, *, keep_alive: bool, head_only: bool = False,
-                extra=None, server: bytes | None = None) -> bytes:
+                extra=None, server: bytes | None = None, raw: bytes = b"") -> bytes:
     """A complete response with Content-Length, in one buffer."""
     out = [status_line(status), date_header()]
     if server:
@@ -51,6 +60,8 @@ def reply_bytes(status: int, headers, body: bytes, *, keep_alive: bool, head_onl
     serialize_headers(out, headers)
     if extra:
         serialize_headers(out, extra)
+    if raw:
+        out.append(raw)
     if status >= 200 and status not in (204, 304):
         out.append(b"content-length: %d\r\n" % len(body))
     if not keep_alive:

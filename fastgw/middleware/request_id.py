@@ -28,6 +28,10 @@ class RequestId(Middleware):
         self.drop = frozenset({self.lheader})
         self.prefix = (os.urandom(6).hex() + "-").encode("ascii")
         self.counter = 0
+        fmt = hdr.replace(b"%", b"%%")  # (a token may contain "%")
+        self.line = fmt + b": %s\r\n"
+        self.gen_line = fmt + b": " + self.prefix + b"%x\r\n"
+        self.id_start = len(hdr) + 2
         # the default header is captured by the protocol (ctx.rid): no header lookup
         self.captured = self.lheader == b"x-request-id"
 
@@ -36,17 +40,17 @@ class RequestId(Middleware):
         if rid is not None:
             if ctx.trusted_peer and _VALID(rid):
                 ctx.request_id = rid.decode("ascii")
-                ctx.resp_headers.append((self.header, rid))
+                ctx.resp_raw += self.line % rid
                 return None
             ctx.drop_headers(self.drop)
+        # the header line is pre-serialised into ctx.up_raw/ctx.resp_raw: the heads
+        # copy it, no per-request tuple or list to format
         self.counter += 1
-        b = b"%s%x" % (self.prefix, self.counter)
-        ctx.request_id = b.decode("ascii")
-        h = (self.header, b)
-        ctx.upstream_headers.append(h)
-        ctx.resp_headers.append(h)
+        line = self.gen_line % self.counter
+        ctx.request_id = line[self.id_start:-2].decode("ascii")
+        ctx.up_raw += line
+        ctx.resp_raw += line
         return None
-
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     # shared by every route and kept across reloads (its counter keeps ids unique), per

@@ -16,7 +16,7 @@ from fastgw.pipeline.middleware import overrides
 
 class Chain:
     __slots__ = ("mws", "request", "upstream_request", "response", "body", "logging",
-                 "body_check", "names")
+                 "body_check", "names", "request_sync", "direct")
 
     def __init__(self, mws) -> None:
         mws = tuple(mws)
@@ -25,6 +25,10 @@ class Chain:
         self.request = tuple(
             (i, m.request_filter, inspect.iscoroutinefunction(m.request_filter))
             for i, m in enumerate(mws) if overrides(m, "request_filter"))
+        # the usual chain: no async request hook -> ``(index, hook)`` pairs run in a plain
+        # loop (``request_sync``), else None and the engine drives ``request``
+        self.request_sync = None if any(a for _i, _f, a in self.request) else \
+            tuple((i, f) for i, f, _a in self.request)
         self.upstream_request = tuple(m.upstream_request_filter for m in mws
                                       if overrides(m, "upstream_request_filter"))
         self.response = tuple((i, m.response_filter) for i, m in reversed(list(enumerate(mws)))
@@ -34,6 +38,8 @@ class Chain:
         # optional hook: body_filter(ctx, body) -> Reply | None on the whole request body
         self.body_check = tuple((i, m.body_filter) for i, m in enumerate(mws)
                                 if getattr(m, "needs_body", False) and hasattr(m, "body_filter"))
+        # after the request hooks the request goes straight to proxy() (no body check)
+        self.direct = not self.body_check
 
     def close(self) -> None:
         for m in self.mws:

@@ -46,6 +46,8 @@ class Ctx:
         "status",           # int: status sent to the client (0 until sent)
         "resp_headers",     # list: headers every response to this request gets (e.g. RateLimit)
         "upstream_headers", # list: headers to add to the upstream request
+        "resp_raw",         # bytes: header lines ("name: value\r\n" each) every response gets
+        "up_raw",           # bytes: header lines to add to the upstream request
         "bytes_received",   # int: request body bytes
         "bytes_sent",       # int: response bytes written to the client
         "upstream",         # str: "host:port" of the instance used, "" if none
@@ -88,6 +90,8 @@ class Ctx:
         self.status = 0
         self.resp_headers = []
         self.upstream_headers = []
+        self.resp_raw = b""
+        self.up_raw = b""
         self.bytes_received = 0
         self.bytes_sent = 0
         self.upstream = ""

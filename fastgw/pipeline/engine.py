@@ -88,13 +88,11 @@ class Engine:
         ctx.app = app
         self.inflight += 1
         app.metrics.request_start()
-        peer = proto.peer_ip
-        trusted = self.is_trusted(peer) if app.trusted_nets else False
-        ctx.trusted_peer = trusted
-        ctx.client_ip = peer
+        peer = ctx.client_ip = proto.peer_ip
         if ctx.tls:
             ctx.scheme = "https"
-        if trusted:
+        if app.any_trusted and self.is_trusted(peer):
+            ctx.trusted_peer = True
             xff = ctx.xff
             if xff is not None:
                 ctx.client_ip = self._client_from_xff(xff, peer)
@@ -137,7 +135,25 @@ class Engine:
             # the parser stops at an upgrade head, so this connection ends after the answer.
             ctx.upgrade = None
             ctx.keep_alive = False
-        self._run_chain(proto, ctx, route.chain.request, 0)
+        chain = route.chain
+        hooks = chain.request_sync
+        if hooks is None:
+            self._run_chain(proto, ctx, chain.request, 0)
+            return
+        # the usual chain (every hook synchronous), in a plain loop
+        try:
+            for idx, fn in hooks:
+                r = fn(ctx)
+                if r is not None:
+                    self.send_local(proto, ctx, r, idx)
+                    return
+        except Exception as e:  # a middleware bug must not kill the connection silently
+            self._pipeline_failed(proto, ctx, e)
+            return
+        if chain.direct and ctx.expect is None:
+            self.proxy(proto, ctx)
+        else:
+            self._after_request_chain(proto, ctx)
 
     def _run_chain(self, proto, ctx, hooks, start: int) -> None:
         """Run request filters from ``start``.  An ``async`` hook is driven eagerly: if it
@@ -289,7 +305,8 @@ class Engine:
         if keep and ctx.version == "1.0":
             extra = extra + [(b"connection", b"keep-alive")]
         data = reply_bytes(reply.status, reply.headers, reply.body, keep_alive=keep,
-                           head_only=ctx.method == "HEAD", extra=extra, server=self.app.server_header)
+                           head_only=ctx.method == "HEAD", extra=extra, server=self.app.server_header,
+                           raw=ctx.resp_raw)
         ctx.status = reply.status
         ctx.bytes_sent += len(reply.body)
         if reply.kind and ctx.error is None:
@@ -415,19 +432,27 @@ class Engine:
             self.fail(proto, ctx, GatewayError("no_upstream", f"no healthy instance for service {route.service}"))
             return
         ctx.upstream = pool.peer.label
-        ctx.head = request_head(ctx, route, pool.peer)
+        head = ctx.head = request_head(ctx, route, pool.peer)
         ctx.upstream_start = monotonic()
         conn = pool.acquire_idle()
-        if conn is not None:  # fast path: a warm keep-alive connection, no closure
+        if conn is None:
+            cancel = pool.acquire(lambda conn, err: self._on_conn(proto, ctx, pool, conn, err))
+            if cancel is not None:
+                ctx.notes["_cancel"] = cancel
+        elif ctx.pending is None and not ctx.chunked:
+            # fast path: a warm keep-alive connection and nothing but the head to send
+            # (a body, if any, follows through on_body)
+            ctx.up = conn
+            conn.send(self, proto, ctx, head, route)
+            if proto.write_paused:
+                conn.pause_reading(True)
+        else:
             self._on_conn(proto, ctx, pool, conn, None)
-            return
-        cancel = pool.acquire(lambda conn, err: self._on_conn(proto, ctx, pool, conn, err))
-        if cancel is not None:
-            ctx.notes["_cancel"] = cancel
 
     def _on_conn(self, proto, ctx, pool, conn, err) -> None:
         notes = ctx.notes
-        notes.pop("_cancel", None)
+        if notes:
+            notes.pop("_cancel", None)
         if proto.closed or proto.cur is not ctx:
             if conn is not None:
                 pool.release(conn, True)
@@ -435,7 +460,6 @@ class Engine:
         if err is not None:
             self.fail(proto, ctx, err)
             return
-        route = ctx.route
         data = ctx.head
         pend, ctx.pending = ctx.pending, None
         if pend:
@@ -448,9 +472,7 @@ class Engine:
         if ctx.chunked and (notes.get("_body_done") or proto.cur_complete):
             data += LAST_CHUNK
         ctx.up = conn
-        conn.body_filter = route.body_filter
-        conn.send(self, proto, ctx, data, head_only=ctx.method == "HEAD",
-                  t_head=route.t_head, t_read=route.t_read)
+        conn.send(self, proto, ctx, data, ctx.route)
         if proto.write_paused:
             conn.pause_reading(True)
 

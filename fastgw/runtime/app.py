@@ -79,6 +79,7 @@ class App:
         self.log = log
         gw = config.gateway
         self.trusted_nets = TrustedNets(gw.trusted_proxies)
+        self.any_trusted = bool(self.trusted_nets)  # (read per request: no __bool__ call)
         self.health_path = gw.health_path
         self.max_connections = gw.max_connections
         self.server_header = (b"server: " + gw.server_header.encode("latin-1") + b"\r\n") if gw.server_header else None

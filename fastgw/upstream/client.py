@@ -27,7 +27,7 @@ from __future__ import annotations
 import httptools
 
 from fastgw.errors import GatewayError
-from fastgw.http.wire import LAST_CHUNK
+from fastgw.http.wire import LAST_CHUNK, STATUS_LINES
 
 IDLE, BUSY, CLOSED = 0, 1, 2
 T_NONE, T_HEAD, T_READ, T_IDLE = 0, 1, 2, 3
@@ -132,17 +132,19 @@ class UpstreamProtocol:
         t = self.transport
         return self.state == IDLE and t is not None and not t.is_closing()
 
-    def send(self, handler, down, ctx, data: bytes, *, head_only: bool, t_head: float, t_read: float) -> None:
-        """Start an exchange: write the request head (and any body already at hand)."""
+    def send(self, handler, down, ctx, data: bytes, route) -> None:
+        """Start an exchange for ``ctx`` on ``route``: write the request head (and any
+        body already at hand).  The route gives the timeouts and the body filter."""
         self.state = BUSY
         self.handler = handler
         self.down = down
         self.ctx = ctx
-        self.head_only = head_only
-        self.t_read = t_read
+        self.head_only = ctx.method == "HEAD"
+        self.t_read = route.t_read
+        self.body_filter = route.body_filter
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
-        self._set_deadline(T_HEAD, t_head)
+        self._set_deadline(T_HEAD, route.t_head)
         self.transport.write(data)
 
     def write(self, data: bytes) -> None:
@@ -181,15 +183,20 @@ class UpstreamProtocol:
         except httptools.HttpParserError as e:
             self._fail(GatewayError("upstream_bad_response", f"invalid response from upstream: {e}"))
             return
-        if out:
+        if self.state != BUSY:
+            return  # the response ended (and was flushed) in this read: the usual case
+        if self.out:
             self._flush()
-        if not self.head_sent and self.state == BUSY:
+        if not self.head_sent:
             # the response head is bounded (llhttp itself sets no limit)
             if len(self.hbuf) > self.max_head:
                 self._fail(GatewayError("upstream_bad_response", "upstream response head too large"))
-                return
-        if self.state == BUSY and self.deadline_kind == T_READ:
+            return
+        # the body is still due: the read (idle-gap) deadline runs from now
+        if self.deadline_kind == T_READ:
             self.deadline = self.loop.time() + self.t_read
+        else:
+            self._set_deadline(T_READ, self.t_read)
 
     def _flush(self) -> None:
         out, self.out = self.out, None
@@ -203,21 +210,23 @@ class UpstreamProtocol:
         hbuf = self.hbuf
         start = self.hoff
         end = hbuf.find(b"\r\n\r\n", start)
-        line_end = hbuf.find(b"\r\n", start)
         if 100 <= status < 200 and status != 101:
             # Interim responses are not relayed: the gateway answers Expect itself.
             self.hoff = end + 4
             return
-        line = hbuf[start:line_end]
-        reason = line.split(b" ", 2)[2] if line.count(b" ") >= 2 else b""
+        line_end = hbuf.find(b"\r\n", start)
+        if status in STATUS_LINES:
+            reason = b""  # the gateway's own status line is sent (no upstream reason text)
+        else:
+            line = hbuf[start:line_end]
+            reason = line.split(b" ", 2)[2] if line.count(b" ") >= 2 else b""
         block = hbuf[line_end + 2:end + 2] if end > line_end else b""
         self.hbuf = b""
         self.hoff = 0
-        keep = p.should_keep_alive()
-        self.keep = keep
+        keep = self.keep = p.should_keep_alive()
         head = self.handler.upstream_head(self, status, reason, block, keep)
         self.head_sent = True
-        self._set_deadline(T_READ, self.t_read)
+        # (the read deadline is set after the parser returns, if the body is still due)
         if head is not None:
             self.out.append(head)
         if self.head_only and status != 101:
