@@ -12,6 +12,7 @@ from __future__ import annotations
 import orjson
 
 from fastgw.errors import KINDS, GatewayError
+from fastgw.http.wire import header_lines
 
 PROBLEM_CT = b"application/problem+json"
 
@@ -98,7 +99,7 @@ class ResponseHead(_HeadersMixin):
         hs = self._headers
         if hs is None:
             return self.raw
-        return b"".join([b"%s: %s\r\n" % h for h in hs])
+        return header_lines(hs)
 
 
 def parse_block(raw: bytes) -> list:

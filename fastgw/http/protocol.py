@@ -47,6 +47,7 @@ MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
 
 # Request headers the protocol itself interprets; everything else is forwarded as is.
+# (``_special`` below is SPECIAL.get, bound once.)
 H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_RID, H_UA = range(1, 13)
 SPECIAL = {
     b"host": H_HOST,
@@ -70,6 +71,7 @@ SPECIAL = {
     b"x-request-id": H_RID,
     b"user-agent": H_UA,
 }
+_special = SPECIAL.get
 
 
 # RFC 9112 3.2 / RFC 3986 3.2.2: host [":" port]; no userinfo, path, spaces.
@@ -106,6 +108,7 @@ class DownstreamProtocol:
         "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel",
         # per-request (the request being parsed)
         "p_ctx", "p_size", "p_hosts", "p_cl", "p_te", "p_error", "host_ok", "host_str",
+        "max_line", "max_head",
         # per-request (the request in flight)
         "cur", "cur_complete",
         "__weakref__",
@@ -147,6 +150,9 @@ class DownstreamProtocol:
         # connection sends the same Host every time: one bytes compare, no regex)
         self.host_ok = None
         self.host_str = ""
+        # the header limits, copied from info (read for every header line)
+        self.max_line = info.max_header_size
+        self.max_head = info.max_headers_size
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport) -> None:
@@ -300,12 +306,11 @@ class DownstreamProtocol:
             raise GatewayError("uri_too_long", "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        info = self.info
         size = len(name) + len(value)
-        total = self.p_size = self.p_size + size
-        if total > info.max_headers_size or size > info.max_header_size:
+        self.p_size += size
+        if size > self.max_line or self.p_size > self.max_head:
             raise GatewayError("headers_too_large", "request header fields too large")
-        kind = SPECIAL.get(name.lower())
+        kind = _special(name.lower())
         if kind is None or kind >= H_RID:
             if kind is not None:
                 # forwarded, and captured so that no middleware needs a header lookup
@@ -320,7 +325,7 @@ class DownstreamProtocol:
                 return
             fwd = self.p_ctx.headers
             fwd.append((name, value))
-            if len(fwd) > info.max_headers:
+            if len(fwd) > self.info.max_headers:
                 raise GatewayError("headers_too_large", "too many request header fields")
             return
         ctx = self.p_ctx
@@ -458,6 +463,21 @@ class DownstreamProtocol:
             # (an answer sent before the request body was read, e.g. 401 on an upload:
             # the rest of the body cannot be told from the next request; close)
             self._close()
+            return
+        if not self.queue and self.p_error is None and self.backlog is None:
+            # the usual case: nothing pipelined behind this request
+            if self.paused & PAUSE_BACKLOG:
+                self._resume(PAUSE_BACKLOG)
+            if self.draining:
+                self._close()
+                return
+            # _set_deadline(T_IDLE, t_idle) inlined (the timer is armed at most t_min
+            # ahead, so it never needs moving for the idle timeout, which is >= t_min)
+            if self.timer is not None:
+                self.deadline = self.loop.time() + self.info.t_idle
+                self.deadline_kind = T_IDLE
+            else:
+                self._set_deadline(T_IDLE, self.info.t_idle)
             return
         if self.queue:
             self._next()

@@ -14,6 +14,9 @@ from fastgw.clock import monotonic
 from fastgw.http.messages import Reply, problem
 
 
+_NO_ROLES: frozenset = frozenset()
+
+
 class Ctx:
     __slots__ = (
         # connection
@@ -85,7 +88,7 @@ class Ctx:
         self.path_params = None
         self.request_id = ""
         self.user = None
-        self.roles = frozenset()
+        self.roles = _NO_ROLES
         self.claims = None
         self.status = 0
         self.resp_headers = []

@@ -566,7 +566,8 @@ class Engine:
         route = ctx.route
         chain = route.chain if route is not None else ctx.app.global_chain if ctx.app else None
         err = ctx.error
-        if ctx.notes.get("_nolog"):
+        notes = ctx.notes
+        if notes and notes.get("_nolog"):
             # the health path: not logged, not counted (a load balancer probes it every few
             # seconds per gateway host), only the in-flight gauge is settled
             ctx.app.metrics.request_abandoned()

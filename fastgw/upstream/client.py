@@ -61,12 +61,15 @@ class UpstreamProtocol:
         self.write_paused = False
         self.read_paused = False
         self.tunnel = None
+        self.head_only = False
+        self.body_filter = None
+        self.t_read = 60.0
         self._reset()
 
     def _reset(self) -> None:
+        # (head_only, t_read and body_filter are set by send() for every exchange)
         self.down = None
         self.ctx = None
-        self.head_only = False
         self.got_bytes = False
         self.head_sent = False
         self.rechunk = False
@@ -75,8 +78,6 @@ class UpstreamProtocol:
         self.hbuf = b""   # bytes received until the response head is complete
         self.hoff = 0     # where the current head starts in hbuf (after interim 1xx heads)
         self.out = None
-        self.body_filter = None
-        self.t_read = 60.0
         self.keep = True
 
     # ------------------------------------------------------------------ connection
@@ -273,7 +274,10 @@ class UpstreamProtocol:
                 out = self.out = []
             out.append(LAST_CHUNK)
         if out:
-            self._flush()
+            self.out = None
+            down = self.down
+            if down is not None:
+                down.write(out[0] if len(out) == 1 else b"".join(out))
         self.deadline_kind = T_NONE
         h = self.handler
         self.handler = None
@@ -316,8 +320,18 @@ class UpstreamProtocol:
         self._reset()
         self.state = IDLE
         self.reused = True
-        self.idle_since = self.loop.time()
-        self._set_deadline(T_IDLE, self.pool.idle_timeout)
+        # _set_deadline(T_IDLE, ...) inlined: one clock read for both fields
+        now = self.idle_since = self.loop.time()
+        at = self.deadline = now + self.pool.idle_timeout
+        self.deadline_kind = T_IDLE
+        if self.timer is None:
+            t = min(at, now + self.pool.tmin)
+            self.timer = self.loop.call_at(t, self._on_timer)
+            self.timer_at = t
+        elif self.timer_at > at:
+            self.timer.cancel()
+            self.timer = self.loop.call_at(at, self._on_timer)
+            self.timer_at = at
 
     def close(self) -> None:
         if self.state != CLOSED:

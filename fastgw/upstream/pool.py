@@ -169,7 +169,9 @@ class Pool:
     # ------------------------------------------------------------------ release
     def release(self, conn: UpstreamProtocol, reusable: bool) -> None:
         """Return a connection after a complete exchange (or drop it)."""
-        if not reusable or self.closed or not conn.usable():
+        # (state 0 is IDLE: not closed meanwhile; a transport that is closing is caught
+        # by acquire_idle, which checks it anyway)
+        if not reusable or self.closed or conn.state != 0 or conn.transport is None:
             conn.close()
             self._wake_waiter_for_slot()
             return
