@@ -48,7 +48,7 @@ FEED_SLICE = 4096        # a larger read is parsed in slices while requests queu
 
 # Request headers the protocol itself interprets; everything else is forwarded as is.
 # (``_special`` below is SPECIAL.get, bound once.)
-H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_RID, H_UA = range(1, 13)
+H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_RID, H_UA, H_AUTHZ, H_ORIGIN = range(1, 15)
 SPECIAL = {
     b"host": H_HOST,
     b"connection": H_CONN,
@@ -70,7 +70,12 @@ SPECIAL = {
     # forwarded, and captured so that no middleware needs a header lookup for them
     b"x-request-id": H_RID,
     b"user-agent": H_UA,
+    b"authorization": H_AUTHZ,
+    b"origin": H_ORIGIN,
 }
+
+# ctx.authz when the request carried Authorization more than once (a token is ambiguous)
+REPEATED = b"\0repeated"
 _special = SPECIAL.get
 
 
@@ -299,6 +304,7 @@ class DownstreamProtocol:
         if ctx is None or ctx.method_b is not None:
             ctx = self.p_ctx = self.ctx_factory()
             ctx.method_b = None  # (set when the head is complete: marks "head in progress")
+            ctx.captured = True  # rid, ua, authz, origin are filled by on_header
             ctx.raw_target = url
         else:
             url = ctx.raw_target = ctx.raw_target + url
@@ -314,10 +320,15 @@ class DownstreamProtocol:
         if kind is None or kind >= H_RID:
             if kind is not None:
                 # forwarded, and captured so that no middleware needs a header lookup
-                if kind == H_RID:
-                    self.p_ctx.rid = value
-                else:
+                if kind == H_UA:
                     self.p_ctx.ua = value
+                elif kind == H_AUTHZ:
+                    ctx = self.p_ctx
+                    ctx.authz = value if ctx.authz is None else REPEATED
+                elif kind == H_ORIGIN:
+                    self.p_ctx.origin = value  # (the last one, as ctx.header() answers)
+                else:
+                    self.p_ctx.rid = value
             elif b"_" in name:
                 # Dropped, as nginx does by default: CGI-style upstreams map X_User_Id and
                 # X-User-Id to the same variable, so an underscore spelling could forge a

@@ -64,7 +64,7 @@ class Ctx:
         "up",               # the bound upstream connection (engine-owned) or None
         "app",              # the config snapshot (runtime App) this request runs on
         # protocol/engine private (hot, so slots rather than notes)
-        "xff", "xfp", "rid", "ua", "method_b", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
+        "xff", "xfp", "rid", "ua", "authz", "origin", "captured", "method_b", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
     )
 
     def __init__(self) -> None:
@@ -111,6 +111,14 @@ class Ctx:
         self.xfp = None         # bytes: incoming X-Forwarded-Proto (believed from trusted peers)
         self.rid = None         # bytes: incoming X-Request-ID (captured by the protocol)
         self.ua = None          # bytes: User-Agent (captured by the protocol, for the access log)
+        # captured by the protocol (still forwarded): Authorization (fastgw.http.protocol
+        # .REPEATED if sent more than once) and Origin (the last one); None if absent.
+        # ``captured`` is True when the protocol parsed this request (so these fields are
+        # authoritative); a hand-made Ctx (tests, internal replies) has it False and its
+        # readers fall back to header().
+        self.authz = None
+        self.origin = None
+        self.captured = False
         self.method_b = b"GET"  # the method as bytes (forwarded as is)
         self.raw_host = None    # bytes: Host as received
         self.conn_hdr = None    # bytes: Connection header value
