@@ -133,6 +133,25 @@ def test_fingerprint_tells_colliding_keys_apart():
         assert drain(t, b"bob", 1, 3, T0 + 100) == 0
 
 
+def test_a_new_key_never_takes_the_cell_of_a_key_of_its_own_request():
+    with Region.create(1, metrics_series=8, table_slots=BUCKET, health_slots=1) as r:
+        t = r.ratelimit                                 # one bucket, full of live keys
+        for i in range(BUCKET):
+            assert t.check(b"k%d" % i, 1, 3, T0 + i)[1] == 2
+        # k0 is the oldest, but this request charges it: the new key evicts k1 instead
+        ok, ds = t.check_all([(b"new", 1, 3), (b"k0", 1, 3)], T0 + 100)
+        assert ok and [d[1] for d in ds] == [2, 1] and t.evicted == 1
+        assert t.check(b"k0", 1, 3, T0 + 100, dry=True)[:2] == (True, 0)   # a peek: after one more
+        assert t.check(b"new", 1, 3, T0 + 100, dry=True)[:2] == (True, 1)
+        assert t.check(b"k1", 1, 3, T0 + 100, dry=True)[:2] == (True, 2)   # restarted full
+        # refused by its second limit: the first one's new TAT is put back
+        assert t.check_all([(b"k0", 1, 3)], T0 + 100)[0]                    # k0 now empty
+        ok, ds = t.check_all([(b"k3", 1, 3), (b"k0", 1, 3)], T0 + 100)
+        assert not ok and [d[0] for d in ds] == [True, False]
+        assert t.check(b"k3", 1, 3, T0 + 100, dry=True)[:2] == (True, 1)
+        assert t.check(b"k0", 1, 3, T0 + 100, dry=True)[0] is False
+
+
 def test_stale_entries_are_reclaimed_not_evicted():
     with Region.create(1, metrics_series=8, table_slots=BUCKET, health_slots=1) as r:
         t = r.ratelimit                                 # one bucket

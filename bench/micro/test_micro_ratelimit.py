@@ -13,7 +13,8 @@ hundred ns more per extra limit.
 
 - ``ip_limit``: a route without auth, the ``default`` tier by client IP (allowed).
 - ``ip_limit_headers``: the same with ``headers.on_allowed`` (IETF + legacy fields built).
-- ``two_limits``: ``default`` tier + a route rule (``check_all``).
+- ``two_limits``: ``default`` tier + a route rule (``take_all``: one lock call for the span of
+  the request's buckets and one unlock, whatever the number of limits).
 - ``user_tier``: after auth, the ``authenticated`` tier by ``sub``.
 - ``auth_failure_peek``: before auth on an auth route, the failed-authentication peek.
 - ``refused``: a 429 (problem+json body and fields built).
@@ -33,6 +34,7 @@ from fastgw.obs.metrics import Metrics
 from fastgw.pipeline.ctx import Ctx
 from fastgw.pipeline.deps import Deps
 from fastgw.ratelimit.limiter import STATE_KEY
+from fastgw.shm.ratelimit import spec
 
 T0 = 10**12
 
@@ -98,6 +100,15 @@ def test_table_check_only(benchmark, env):
     _deps, lim, _mw = env
     check, clock = lim.table.check, lim.clock
     benchmark(lambda: check(b"t:default\0i=203.0.113.7", 1e6, 1000, clock()))
+
+
+def test_table_take_all_only(benchmark, env):
+    """The floor of two limits: ``take_all`` with prepared keys and specs (no decisions)."""
+    _deps, lim, _mw = env
+    take_all, clock = lim.table.take_all, lim.clock
+    keys = (b"t:default\0i=203.0.113.7", b"r:a\0i=203.0.113.7")
+    specs = (spec(1e6, 1000), spec(1e6, 1000))
+    benchmark(lambda: take_all(keys, specs, clock()))
 
 
 def test_ip_limit(benchmark, env):

@@ -22,7 +22,7 @@ legacy fields if enabled), or a 503 when a Redis limit fails closed.
 from __future__ import annotations
 
 from fastgw.pipeline.middleware import Middleware
-from fastgw.ratelimit.limiter import ALLOWED, LIMITED
+from fastgw.ratelimit.limiter import ALLOWED, LIMITED, decide
 from fastgw.ratelimit.plan import hold, release, route_plan
 
 _PENDING = "ratelimit_ip"       # ctx.notes key: the guard let a token through unverified
@@ -77,16 +77,19 @@ class AuthFailureGuard(Middleware):
         enf = rp.plan.enforcer
         self.enf = enf
         self.table = enf.table
+        self.peek = enf.table.peek
         self.lim = enf.lim
 
     def request_filter(self, ctx):
-        """Peek (consume nothing): refuse only while this address's budget is empty."""
+        """Peek (consume nothing, no lock): refuse only while this address's budget is empty."""
         lm = self.limit
-        d = self.table.check(lm.key(ctx), lm.rate, lm.burst, self.lim.clock(), dry=True)
-        if d[0]:
+        tat = self.peek(lm.key(ctx))
+        now = self.lim.clock()
+        T, tau = lm.spec
+        if (tat if tat > now else now) + T - now <= tau:     # decide()'s test, cost 1
             ctx.notes[_PENDING] = True
             return None
-        return self.enf.refused(ctx, self.ls, (d,))
+        return self.enf.refused(ctx, self.ls, (decide(tat, T, tau, now),))
 
     def response_filter(self, ctx, head) -> None:
         """Charge the budget when auth refused the request (no verified user)."""

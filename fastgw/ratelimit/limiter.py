@@ -43,6 +43,7 @@ from collections import deque
 from fastgw.obs.metrics import series_key
 from fastgw.ratelimit import headers as H
 from fastgw.ratelimit.redis_backend import BackendDown, RedisBackend
+from fastgw.shm.ratelimit import decide, decisions, spec  # noqa: F401 (decide: for the middlewares)
 
 M_DECISIONS = "fastgw_ratelimit_decisions_total"
 M_SLOTS = "fastgw_ratelimit_table_slots"
@@ -194,12 +195,14 @@ def limiter(deps, table_slots: int = 65536) -> Limiter:
 class Limit:
     """One budget definition of a config."""
 
-    __slots__ = ("name", "rate", "burst", "redis", "key", "policy_item", "rl_head", "burst_b", "cells", "_lim")
+    __slots__ = ("name", "rate", "burst", "spec", "redis", "key", "policy_item", "rl_head", "burst_b", "cells",
+                 "_lim")
 
     def __init__(self, name: str, rate: float, burst: int, key, redis: bool, lim: Limiter) -> None:
         self.name = name
         self.rate = float(rate)
         self.burst = int(burst)
+        self.spec = spec(self.rate, self.burst)     # (T, tau) for the table
         self.redis = redis
         self.key = key                  # fn(ctx) -> bytes
         self.policy_item = H.policy_item(name, self.rate, self.burst)
@@ -226,16 +229,27 @@ ALLOWED, LIMITED, DRY_LIMITED, BACKEND_ERROR = range(4)
 class LimitSet:
     """The limits one kind of request must all pass, with what is precomputed for them."""
 
-    __slots__ = ("limits", "mem", "red", "policy", "red_specs", "mem_only")
+    __slots__ = ("limits", "keys", "specs", "allowed_cells", "mem", "red", "policy", "red_specs", "mem_only")
 
     def __init__(self, limits) -> None:
         self.limits = tuple(limits)
+        self.keys = tuple(lim.key for lim in self.limits)
+        self.specs = tuple(lim.spec for lim in self.limits)
+        self.allowed_cells: tuple[int, ...] | None = None      # see allowed_cells_now()
         self.mem = tuple(i for i, lim in enumerate(self.limits) if not lim.redis)
         self.red = tuple(i for i, lim in enumerate(self.limits) if lim.redis)
         self.policy = b", ".join(lim.policy_item for lim in self.limits)
         self.red_specs = [(self.limits[i].rate, self.limits[i].burst) for i in self.red]
         # what is reported when Redis cannot answer and fails open
         self.mem_only = LimitSet([self.limits[i] for i in self.mem]) if self.red and self.mem else None
+
+    def allowed_cells_now(self) -> tuple[int, ...]:
+        """The ``allowed`` metric cell of every limit, registered on the set's first allowed
+        request (a set that is never allowed registers none)."""
+        cells = self.allowed_cells
+        if cells is None:
+            cells = self.allowed_cells = tuple(lim.cell(ALLOWED) for lim in self.limits)
+        return cells
 
     def __repr__(self) -> str:
         return f"LimitSet{self.limits!r}"
@@ -257,28 +271,33 @@ class Enforcer:
 
     # -- memory only ------------------------------------------------------------------
     def check(self, ctx, ls: LimitSet):
-        """None (go on) or the 429 reply, for a set of memory limits."""
-        limits = ls.limits
-        if len(limits) == 1:
-            lm = limits[0]
-            d = self.table.check(lm.key(ctx), lm.rate, lm.burst, self.lim.clock())
-            if d[0]:
-                c = lm.cells[ALLOWED]
-                self.add(c if c is not None else lm.cell(ALLOWED))
-                if self.on_allowed:
-                    ctx.resp_headers.extend(self.fields.build(ls, (d,)))
-                return None
-            return self.refused(ctx, ls, (d,))
-        ok, ds = self.table.check_all([(lm.key(ctx), lm.rate, lm.burst) for lm in limits], self.lim.clock())
+        """None (go on) or the 429 reply, for a set of memory limits.
+
+        The hot path of every limited request: the decisions (four numbers per limit) are
+        only built when a reply carries them (``on_allowed`` fields, a refusal)."""
+        kf = ls.keys
+        # unrolled for the usual sizes (a list comprehension costs a call per request)
+        if len(kf) == 2:
+            keys = (kf[0](ctx), kf[1](ctx))
+        elif len(kf) == 1:
+            keys = (kf[0](ctx),)
+        else:
+            keys = [f(ctx) for f in kf]
+        now = self.lim.clock()
+        ok, tats = self.table.take_all(keys, ls.specs, now)
         if ok:
-            return self.allowed(ctx, ls, ds)
-        return self.refused(ctx, ls, ds)
+            add = self.add
+            for c in ls.allowed_cells or ls.allowed_cells_now():
+                add(c)
+            if self.on_allowed:
+                ctx.resp_headers.extend(self.fields.build(ls, decisions(tats, ls.specs, now)))
+            return None
+        return self.refused(ctx, ls, decisions(tats, ls.specs, now))
 
     def allowed(self, ctx, ls: LimitSet, ds) -> None:
         add = self.add
-        for lm in ls.limits:
-            c = lm.cells[ALLOWED]
-            add(c if c is not None else lm.cell(ALLOWED))
+        for c in ls.allowed_cells or ls.allowed_cells_now():
+            add(c)
         if self.on_allowed:
             ctx.resp_headers.extend(self.fields.build(ls, ds))
 
