@@ -82,8 +82,10 @@ def split_target(target: bytes) -> tuple[bytes, bytes, bytes | None]:
     defaults to ``b"/"``.  Raises ``GatewayError("bad_path")`` for asterisk-form,
     authority-form, userinfo or another scheme than http/https.
     """
-    if target[:1] == b"/":
-        i = target.find(b"?")
+    # (int arguments: a bytes argument costs a buffer-protocol round trip, ~1k
+    # instructions, in every bytes method; an int is a plain memchr)
+    if target and target[0] == 47:  # "/"
+        i = target.find(63)  # "?"
         if i < 0:
             return target, b"", None
         return target[:i], target[i + 1 :], None

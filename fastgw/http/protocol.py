@@ -329,7 +329,7 @@ class DownstreamProtocol:
                     self.p_ctx.origin = value  # (the last one, as ctx.header() answers)
                 else:
                     self.p_ctx.rid = value
-            elif b"_" in name:
+            elif 95 in name:  # "_" (an int test is a memchr; ``b"_" in`` costs ~2k instructions)
                 # Dropped, as nginx does by default: CGI-style upstreams map X_User_Id and
                 # X-User-Id to the same variable, so an underscore spelling could forge a
                 # header the gateway strips or sets (identity, forwarding).

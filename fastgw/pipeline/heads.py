@@ -98,9 +98,11 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
         if k == _TE:
             chunked = True
         elif k == _CONN:
-            v = m.group(4).strip(b" \t")
-            if v != b"keep-alive" and v != b"close":
-                listed = connection_tokens(v) - {b"close", b"keep-alive"}
+            v = m.group(4)
+            if v != b" keep-alive" and v != b" close":  # (the usual spellings: no strip call)
+                v = v.strip(b" \t")
+                if v != b"keep-alive" and v != b"close":
+                    listed = connection_tokens(v) - {b"close", b"keep-alive"}
         if cuts is None:
             cuts = [m.span()]
         else:

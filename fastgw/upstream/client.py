@@ -215,7 +215,7 @@ class UpstreamProtocol:
             # Interim responses are not relayed: the gateway answers Expect itself.
             self.hoff = end + 4
             return
-        line_end = hbuf.find(b"\r\n", start)
+        line_end = hbuf.find(13, start)  # the status line's CR (llhttp: no CR inside it)
         if status in STATUS_LINES:
             reason = b""  # the gateway's own status line is sent (no upstream reason text)
         else:
