@@ -24,6 +24,7 @@ TLS after the header); with ``gateway.tls`` the certificate is reloaded on every
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -135,6 +136,13 @@ class Worker:
                 loop.add_signal_handler(sig, self._on_signal, name)
         for hook in self.start_hooks:
             hook(self)
+        if threading.current_thread() is threading.main_thread():
+            # Everything built so far (modules, config, app, uvloop) lives as long as the
+            # worker: move it out of the cyclic collector's sight, so the collections
+            # that per-connection garbage triggers do not walk it again and again
+            # (callgrind: -8.5k instructions per request on new connections).  Only at
+            # start: a reload's old snapshot must stay collectable.
+            gc.freeze()
         self._tick()
         try:
             code = loop.run_until_complete(self.stopping)
