@@ -1,0 +1,135 @@
+"""Machine instructions per proxied exchange, counted by valgrind (deterministic).
+
+Wall-clock micro-benchmarks on a shared 2-core VM move by tens of percent between runs;
+an instruction count does not.  This runs one whole in-process exchange (request bytes
+into the downstream protocol, response bytes into the upstream protocol, fake
+transports, the real engine, middlewares, access log and metrics) N times under
+``valgrind --tool=callgrind`` for N=1 and N=1+K, and prints the difference / K: the
+instructions one exchange costs, without start-up.
+
+    python -m bench.micro.instructions                    # bare, policy and newconn
+    python -m bench.micro.instructions --routes bare -k 4000
+
+Routes: ``bare`` (request id + access log + metrics, as bench's small-50), ``policy``
+(JWT auth + per-user and per-IP rate limits + CORS + security headers, as bench's
+policy), ``newconn`` (bare, with a new client connection per request).  Kernel work
+(syscalls) is not counted: see ``python -m bench`` for the whole picture.
+Needs valgrind (Debian: ``apt-get install valgrind``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import uvloop
+import yaml
+
+ROUTES = ("bare", "policy", "newconn")
+
+
+def _world(route: str):
+    """(one-exchange callable) on a fresh in-process gateway."""
+    from bench import fastgw_config
+    from bench.micro.test_micro_proxy import CFG, REQ, RESP, _Transport
+    from fastgw.config import load_config_text
+    from fastgw.http.protocol import ConnInfo, DownstreamProtocol
+    from fastgw.obs.logbuf import LogBuffer
+    from fastgw.obs.metrics import Metrics
+    from fastgw.pipeline.ctx import Ctx
+    from fastgw.pipeline.deps import Deps
+    from fastgw.pipeline.engine import Engine
+    from fastgw.runtime.app import App
+    from fastgw.upstream.client import UpstreamProtocol
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    if route == "policy":
+        text = yaml.safe_dump(fastgw_config.policy(9, Path("/dev/null"), 50))
+        req = (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\n"
+               b"Authorization: Bearer " + fastgw_config.token().encode() +
+               b"\r\nOrigin: " + fastgw_config.ORIGIN.encode() + b"\r\n\r\n")
+    else:
+        text = CFG
+        req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
+    cfg, _ = load_config_text(text)
+    metrics = Metrics()
+    log = logging.getLogger("bench")
+    deps = Deps(cfg, loop=loop, metrics=metrics, log=log)
+    deps.state["access_log_buffer"] = LogBuffer("/dev/null")
+    app = App(cfg, deps, loop=loop, metrics=metrics, log=log)
+    engine = Engine(app)
+    info = ConnInfo(cfg.gateway.limits, cfg.gateway.timeouts)
+    pool = app.routes[0].pools[0]
+    up = UpstreamProtocol(pool, loop)
+    ut = _Transport()
+    up.connection_made(ut)
+    pool.open.add(up)
+    pool.idle.append(up)
+    if route == "newconn":
+        def one():
+            down = DownstreamProtocol(engine, info, loop, Ctx)
+            down.connection_made(_Transport())
+            down.data_received(req)
+            up.data_received(RESP)
+            down.connection_lost(None)
+        return one
+    down = DownstreamProtocol(engine, info, loop, Ctx)
+    dt = _Transport()
+    down.connection_made(dt)
+
+    def one():
+        down.data_received(req)
+        up.data_received(RESP)
+    return one
+
+
+def _run(route: str, n: int) -> None:
+    one = _world(route)
+    for _ in range(n):
+        one()
+
+
+def _count(valgrind: str, route: str, n: int) -> int:
+    env = dict(os.environ, PYTHONHASHSEED="0")  # dict layouts move counts by hundreds otherwise
+    out = subprocess.run(
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         "-m", "bench.micro.instructions", "--run", route, str(n)],
+        capture_output=True, text=True, env=env, check=True).stderr
+    m = re.search(r"Collected : (\d+)", out)
+    if m is None:
+        raise SystemExit(f"no callgrind total in valgrind's output:\n{out[-2000:]}")
+    return int(m.group(1))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.micro.instructions", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--routes", default=",".join(ROUTES), help="comma-separated: " + ", ".join(ROUTES))
+    ap.add_argument("-k", type=int, default=2000, help="exchanges counted (default 2000)")
+    ap.add_argument("--valgrind", default=shutil.which("valgrind"), help="valgrind binary")
+    ap.add_argument("--run", nargs=2, metavar=("ROUTE", "N"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.run:
+        _run(a.run[0], int(a.run[1]))
+        return 0
+    if not a.valgrind:
+        print("valgrind not found (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    for route in a.routes.split(","):
+        if route not in ROUTES:
+            ap.error(f"unknown route {route!r}")
+        base = _count(a.valgrind, route, 1)
+        more = _count(a.valgrind, route, 1 + a.k)
+        print(f"{route:8s} {(more - base) / a.k:10,.0f} instructions per exchange")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
