@@ -550,3 +550,81 @@ def test_open_route_strip_with_and_without_the_header_map(prebuilt):
             c.header(b"x-request-id")
         assert mw.request_filter(c) is None
         assert [n for n, _ in c.headers] == left
+
+
+# -- the protocol's captured Authorization (ctx.authz) -------------------------------------
+def _captured(c):
+    """``c`` as the downstream protocol leaves it: Authorization captured (still in
+    ``headers``), REPEATED when it came more than once."""
+    from fastgw.http.protocol import REPEATED
+    vals = [v for n, v in c.headers if n.lower() == b"authorization"]
+    c.captured = True
+    c.authz = None if not vals else vals[0] if len(vals) == 1 else REPEATED
+    return c
+
+
+@pytest.mark.parametrize("headers", [
+    [],
+    [(b"Authorization", b"Basic dXNlcjpwYXNz")],
+    [(b"Authorization", b"Bearer ")],
+    [(b"X-User-Id", b"root"), (b"x-user-roles", b"admin")],
+    [(b"X-USER-ID", b"root"), (b"X-Other", b"1")],
+    [(b"Accept", b"a"), (b"Accept", b"b"), (b"X-User-Roles", b"admin")],
+    [(b"Authorization", b"Bearer x"), (b"authorization", b"Bearer y")],
+    [(b"X-Tenant", b"t1")],
+])
+@pytest.mark.parametrize("with_token", [True, False])
+def test_captured_authz_matches_header_lookup(headers, with_token):
+    """Same answer, same forwarded headers, same identity, with or without the capture."""
+    cfg = dict(SEED, identity_headers={"claims": {"tenant": "X-Tenant"}})
+    out = []
+    for capture in (True, False):
+        mw, audit, m = make(**cfg)
+        hs = [(b"Host", b"gw")] + list(headers)
+        if with_token:
+            hs.append(bearer(tok(roles=["viewer"], tenant="t9")))
+        c = ctx(hs)
+        if capture:
+            _captured(c)
+        r = mw.request_filter(c)
+        out.append((None if r is None else (r.status, r.headers, problem_of(r)),
+                    c.headers, c.upstream_headers, c.user,
+                    [{k: v for k, v in a.items() if k != "ts"} for a in audit], m.counts))
+    assert out[0] == out[1]
+
+
+def test_captured_strips_identity_headers_any_case():
+    mw, _, _ = make()
+    c = _captured(ctx([(b"Host", b"gw"), (b"x-UsEr-Id", b"root"), bearer(tok(roles=["viewer"]))]))
+    assert mw.request_filter(c) is None
+    assert all(n.lower() != b"x-user-id" for n, _v in c.headers)
+    assert c.user is not None
+
+
+def test_strip_identity_route_captured():
+    mw, _, _ = make(Route("open"))
+    assert isinstance(mw, StripIdentity)
+    c = _captured(ctx([(b"Host", b"gw"), (b"X-User-Roles", b"admin"), (b"X-A", b"1")]))
+    assert mw.request_filter(c) is None
+    assert c.headers == [(b"Host", b"gw"), (b"X-A", b"1")]
+    c = _captured(ctx([(b"Host", b"gw")]))
+    hs = c.headers
+    assert mw.request_filter(c) is None and c.headers is hs  # untouched: nothing to strip
+
+
+def test_hit_counters_with_the_real_registry_store():
+    """Admitted cache hits write the store's cells directly; the series are the ones inc writes."""
+    from fastgw.obs.metrics import Metrics
+    reg = Metrics()
+    mw, _, _ = make(d=Deps(None, metrics=reg))
+    t = tok(roles=["viewer"])
+    snap0 = dict(reg.store.snapshot())
+    assert not any("fastgw_jwt_cache_total" in k for k in snap0)  # nothing before first use
+    for _ in range(3):
+        assert mw.request_filter(_captured(ctx([(b"Host", b"gw"), bearer(t)]))) is None
+    snap = reg.store.snapshot()
+    assert snap['fastgw_jwt_cache_total{result="miss"}'] == 1
+    assert snap['fastgw_jwt_cache_total{result="hit"}'] == 2
+    assert snap['fastgw_auth_decisions_total{route="api",result="ok"}'] == 3
+    reg.inc("fastgw_jwt_cache_total", (("result", "hit"),), 1)  # the same cell
+    assert reg.store.snapshot()['fastgw_jwt_cache_total{result="hit"}'] == 3

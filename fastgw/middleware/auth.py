@@ -32,14 +32,19 @@ releases its sources.
 Readiness: ``ready(deps)`` (module level) or ``mw.ready()`` is False until every JWKS in
 use has been fetched once; the runtime ANDs it into ``/readyz`` and ``gateway.health_path``.
 
-Hot path: the request's lazy header map (``ctx._hmap``, which ``request_id``, first in
-every chain, has already built) is reused.  When no header name repeats (map size == list
-size), one lookup finds the token and two or three membership tests find forged identity
-headers; otherwise a single lower-casing scan does both and also catches a repeated token
-header (400).  A cache hit then costs one LRU lookup and two float compares.
+Hot path: the downstream protocol captures ``Authorization`` while parsing (``ctx.authz``,
+``REPEATED`` when it came more than once), so the usual config (one ``Authorization:
+Bearer`` source) needs no header lookup for the token, and forged identity headers are
+found with one C-level pass over the header names (``frozenset.isdisjoint`` over a
+``map``: no dict and no Python loop per header).  A hand-made Ctx (``captured`` False) or
+another token source falls back to the header map / one lower-casing scan.  A cache hit
+then costs one LRU lookup and two float compares, and its counters are written straight
+into the metrics store's cells.
 """
 
 from __future__ import annotations
+
+from operator import itemgetter
 
 from cachetools import LRUCache
 
@@ -49,6 +54,8 @@ from fastgw.auth.rbac import Policy
 from fastgw.auth.token import REASONS, AuthFailure, Rules, Verifier
 from fastgw.clock import wall
 from fastgw.config.auth import AuthConfig, RouteAuth, route_errors
+from fastgw.http.protocol import REPEATED
+from fastgw.obs.metrics import series_key
 from fastgw.pipeline.middleware import Middleware
 
 # names and label sets as declared in fastgw.obs.metrics.METRICS; labels are precomputed
@@ -61,6 +68,17 @@ ALWAYS_STRIPPED = ("x-user-id", "x-user-roles")
 _STATE_KEY = "fastgw.auth"
 _STRIP = 0
 _DUP = object()
+# (name, value) -> name, bytes -> lower-case bytes: mapped over a header list in C
+_name = itemgetter(0)
+_lower = bytes.lower
+
+
+def _forged(strip: frozenset, ctx) -> bool:
+    """True if a request header is named in ``strip`` (any case).
+
+    One C-level pass (``isdisjoint`` consuming a ``map``), cheaper than building the
+    lower-case header map or a Python loop over the headers."""
+    return not strip.isdisjoint(map(_lower, map(_name, ctx.headers)))
 
 
 def _lower_list(v) -> list[str]:
@@ -183,17 +201,10 @@ class StripIdentity(Middleware):
     def __init__(self, strip: frozenset, deps=None) -> None:
         super().__init__(None, deps)
         self.strip = strip
-        self.strip_t = tuple(strip)
 
     def request_filter(self, ctx):
-        m = ctx._hmap  # built by request_id on real routes; then a few lookups suffice
-        if m is not None and len(m) == len(ctx.headers):
-            for n in self.strip_t:
-                if n in m:
-                    break
-            else:
-                return None
-        ctx.drop_headers(self.strip)
+        if _forged(self.strip, ctx):
+            ctx.drop_headers(self.strip)
         return None
 
 
@@ -217,10 +228,20 @@ class Auth(Middleware):
         self.tname = self.sources[0][0]
         self.prefix = self.sources[0][1] if self.fast else None
         self.strip_t = tuple(self.strip)
+        # the protocol captures Authorization (ctx.authz): the usual config reads it there
+        self.captured = self.fast and self.tname == b"authorization"
         self.drop_token = state.token_headers
         m = state.metrics
         self._inc = m.inc if m is not None else None
         self._l_ok = (("route", route), ("result", "ok"))
+        # With the real registry, the two counters of an admitted cache hit are written
+        # straight into the store's cells (obs.metrics' hot-path API, ``ints[cell] += 1``)
+        # instead of two ``inc`` calls; cells are registered on first use, so a series
+        # appears only once it has counted something, as with ``inc``.  Another metrics
+        # object (tests) gets ``inc``.
+        store = getattr(m, "store", None)
+        self._store = store if store is not None and hasattr(store, "ints") else None
+        self._c_hit = self._c_ok = None
         self._audit_allow = state.cfg.audit_allow and state.audit is not None
         self._closed = False
         state.acquire()
@@ -234,13 +255,61 @@ class Auth(Middleware):
 
     def _check(self, ctx):
         """None (allowed), a Reply, or (token, AuthFailure) when a key refetch may help."""
-        # Fast path: the lazy header map (already built by request_id on real routes).
-        # When no header name repeats (map size == list size), one lookup finds the
-        # token and a few membership tests find forged identity headers; otherwise the
-        # full scan below also detects a repeated token header.
+        if ctx.captured and self.captured:
+            # The usual request: Authorization was captured by the protocol (it stays in
+            # ctx.headers and is forwarded), so there is no header lookup here.
+            token = ctx.authz
+            if _forged(self.strip, ctx):
+                ctx.drop_headers(self.strip)
+            if token is None:
+                return self._missing(ctx)
+            if token is REPEATED:
+                return self._duplicate(ctx)
+            prefix = self.prefix
+            if prefix is not None:
+                if token[: len(prefix)].lower() != prefix:
+                    return self._missing(ctx)  # another auth scheme (Basic, ...): not our token
+                token = token[len(prefix):]
+            token = token.strip(b" \t")
+        else:
+            token = self._find_token(ctx)
+            if token is None:
+                return self._missing(ctx)
+            if token is _DUP:
+                return self._duplicate(ctx)
+        if len(token) > self.max_size:
+            return self._unauthorized(ctx, AuthFailure("too_large", f"{len(token)} bytes"))
+        if not token:
+            return self._unauthorized(ctx, AuthFailure("malformed", "empty token"))
+        v = self.verifier
+        now = wall()
+        try:
+            ident = v.cached(token, now)
+            if ident is None:
+                if self._inc is not None:
+                    self._inc(M_CACHE, L_MISS, 1)
+                ident = v.verify(token, now)
+            elif self._store is not None:
+                c = self._c_hit
+                if c is None:
+                    c = self._c_hit = self._store.cell(series_key(M_CACHE, L_HIT))
+                self._store.ints[c] += 1
+            elif self._inc is not None:
+                self._inc(M_CACHE, L_HIT, 1)
+        except AuthFailure as f:
+            if f.refetch:
+                return (token, f)
+            return self._unauthorized(ctx, f)
+        return self._admit(ctx, ident)
+
+    def _find_token(self, ctx):
+        """The token (prefix removed), _DUP or None, from the headers; drops forged identity
+        headers.  For a hand-made Ctx or a config other than one Authorization source."""
         dirty = False
-        token = None
         if self.fast:
+            # the lazy header map.  When no header name repeats (map size == list size),
+            # one lookup finds the token and a few membership tests find forged identity
+            # headers; otherwise the full scan also detects a repeated token header.
             token = ctx.header(self.tname)
             m = ctx._hmap
             if len(m) == len(ctx.headers):
@@ -275,30 +344,7 @@ class Auth(Middleware):
             token = self._token(found) if found is not None else None
         if dirty:
             ctx.drop_headers(self.strip)
-        if token is None:
-            return self._missing(ctx)
-        if token is _DUP:
-            return self._duplicate(ctx)
-        if len(token) > self.max_size:
-            return self._unauthorized(ctx, AuthFailure("too_large", f"{len(token)} bytes"))
-        if not token:
-            return self._unauthorized(ctx, AuthFailure("malformed", "empty token"))
-        v = self.verifier
-        now = wall()
-        inc = self._inc
-        try:
-            ident = v.cached(token, now)
-            if ident is None:
-                if inc is not None:
-                    inc(M_CACHE, L_MISS, 1)
-                ident = v.verify(token, now)
-            elif inc is not None:
-                inc(M_CACHE, L_HIT, 1)
-        except AuthFailure as f:
-            if f.refetch:
-                return (token, f)
-            return self._unauthorized(ctx, f)
-        return self._admit(ctx, ident)
+        return token
 
     def _scan_single(self, ctx):
         """(token header value or _DUP or None, identity header seen) in one pass."""
@@ -327,7 +373,12 @@ class Auth(Middleware):
             ctx.upstream_headers.extend(ident.headers)
         if self.drop_token:
             ctx.drop_headers(self.drop_token)
-        if self._inc is not None:
+        if self._store is not None:
+            c = self._c_ok
+            if c is None:
+                c = self._c_ok = self._store.cell(series_key(M_DECISIONS, self._l_ok))
+            self._store.ints[c] += 1
+        elif self._inc is not None:
             self._inc(M_DECISIONS, self._l_ok, 1)
         if self._audit_allow:
             self._record(ctx, "allow", 200, "ok", "ok", ident.user, ident.kid, ident.alg, "")

@@ -6,7 +6,8 @@ the config has wildcard patterns, one anchored regex.
 
 Rules:
 
-1. A request without ``Origin`` costs one header lookup in ``request_filter``; its
+1. A request without ``Origin`` costs one attribute read in ``request_filter`` (the
+   protocol captures ``Origin`` while parsing, ``ctx.origin``); its
    response only gets ``Vary: Origin`` when the answer depends on the origin (Fetch
    §3.2.8 "CORS protocol and HTTP caches": a shared cache must not serve a response made
    for one origin to another, nor one made without ``Origin`` to a CORS request).
@@ -32,7 +33,7 @@ from __future__ import annotations
 import re
 
 from fastgw.config.security import CorsConfig, effective, parse_origin
-from fastgw.http.messages import Reply
+from fastgw.http.messages import Lines, Names, Reply
 from fastgw.pipeline.middleware import Middleware
 
 _ACAO = b"access-control-allow-origin"
@@ -40,6 +41,9 @@ _ACAC = (b"access-control-allow-credentials", b"true")
 _VARY_ORIGIN = (b"vary", b"Origin")
 _VARY_PREFLIGHT = (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+# the upstream's own CORS headers, dropped on a CORS request (rule 4)
+_UPSTREAM_CORS = Names(prefix=b"access-control-")
+_NOTHING = Lines(())  # the note of a request whose response gets no CORS header
 _MAX_ORIGIN = 300  # a serialised origin longer than this is not one we could have listed
 _DEFAULT_METHODS = ("GET", "HEAD", "POST")
 
@@ -77,10 +81,11 @@ class Cors(Middleware):
         if self._varies:
             tail.append(_VARY_ORIGIN)
         self._tail = tuple(tail)
-        self._any = ((_ACAO, b"*"), *tail) if any_origin else None
-        self._exact = {o: ((_ACAO, o), *tail) for o in exact}
+        # what the response gets, prebuilt (``Lines``: pairs and their serialisation)
+        self._any = Lines(((_ACAO, b"*"), *tail)) if any_origin else None
+        self._exact = {o: Lines(((_ACAO, o), *tail)) for o in exact}
         self._pattern = re.compile(("(?:" + "|".join(patterns) + r")\Z").encode("ascii")).match if patterns else None
-        self._denied = (_VARY_ORIGIN,) if self._varies else ()
+        self._denied = Lines((_VARY_ORIGIN,)) if self._varies else _NOTHING
         self._no_origin = self._denied
 
         # preflight
@@ -109,14 +114,15 @@ class Cors(Middleware):
 
     def request_filter(self, ctx):
         """Answer a preflight (204/403); note the CORS headers for the response; else None."""
-        origin = ctx.header(b"origin")
+        # the protocol captured Origin while parsing (a hand-made Ctx has not: look it up)
+        origin = ctx.origin if ctx.captured else ctx.header(b"origin")
         if origin is None:
             return None
         allowed = self._allowed(origin)
         if ctx.method == "OPTIONS" and self.answer_preflights:
             acrm = ctx.header(b"access-control-request-method")
             if acrm is not None:
-                ctx.notes["cors"] = ()  # the reply is complete; add nothing on the way out
+                ctx.notes["cors"] = _NOTHING  # the reply is complete; add nothing on the way out
                 return self._preflight(ctx, origin, allowed, acrm)
         ctx.notes["cors"] = allowed if allowed is not None else self._denied
         return None
@@ -128,34 +134,31 @@ class Cors(Middleware):
             if not self.answer_preflights:
                 # global chain: the engine runs only its response filters on a 400/404/405,
                 # so the origin is looked at here (once, on an error path)
-                origin = ctx.header(b"origin")
+                origin = ctx.origin if ctx.captured else ctx.header(b"origin")
                 add = self._no_origin if origin is None else (self._allowed(origin) or self._denied)
             else:
                 add = self._no_origin
             if add is self._no_origin:
-                if add:
-                    head.headers.append(_VARY_ORIGIN)
+                if add is not _NOTHING:
+                    head.add_lines(add)
                 return
-        if not add:
+        if add is _NOTHING:
             return
-        hs = head.headers
-        for n, _v in hs:
-            if n[:15].lower() == b"access-control-":
-                hs[:] = [h for h in hs if h[0][:15].lower() != b"access-control-"]
-                break
-        hs.extend(add)
+        # (on an upstream head, both work on its raw header block: no parse)
+        head.sweep(_UPSTREAM_CORS)
+        head.add_lines(add)
 
     # -- helpers --------------------------------------------------------------------
 
     def _allowed(self, origin: bytes):
-        """The actual-response headers for an allowed ``origin``, else None."""
+        """The actual-response headers (``Lines``) for an allowed ``origin``, else None."""
         hit = self._exact.get(origin)
         if hit is not None:
             return hit
         if self._any is not None:
             return self._any
         if self._pattern is not None and len(origin) <= _MAX_ORIGIN and self._pattern(origin):
-            return ((_ACAO, origin), *self._tail)
+            return Lines(((_ACAO, origin), *self._tail))
         return None
 
     def _preflight(self, ctx, origin: bytes, allowed, acrm: bytes) -> Reply:

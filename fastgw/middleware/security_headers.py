@@ -11,8 +11,8 @@ responses and the gateway's own replies alike, the global chain's 400/404/405 in
    trusted proxy says it was with ``X-Forwarded-Proto: https`` (RFC 6797 §7.2: never over
    plain HTTP; an untrusted peer's X-Forwarded-Proto is not believed).
 
-Cost per response: one pass over the header list to lower-case its names, one set
-intersection, one ``extend``.  It sits early in the chain (after request id and access
+Cost per response: one ``sweep`` (on an upstream head: one regex pass over its raw header
+block, which is never parsed into a list) and one ``extend`` of a prebuilt tuple.  It sits early in the chain (after request id and access
 log), so its response filter runs late and also sees the local replies of every later
 middleware (ip_filter's 403, cors' preflight, auth's 401, a 429).
 """
@@ -20,6 +20,7 @@ middleware (ip_filter's 403, cors' preflight, auth's 401, a 429).
 from __future__ import annotations
 
 from fastgw.config.security import SecurityHeadersConfig, effective
+from fastgw.http.messages import Lines, Names
 from fastgw.pipeline.middleware import Middleware
 
 _ALWAYS_REMOVED = (b"server", b"x-powered-by")
@@ -50,24 +51,32 @@ class SecurityHeaders(Middleware):
             if not self._hsts_keep:
                 strip.add(_HSTS)  # never pass on an upstream's HSTS the gateway did not decide
         self._strip = frozenset(strip)
+        # what to look for in the upstream's headers: the names to strip, and the
+        # keep_upstream presets (and HSTS when kept) whose presence decides what to add
+        watch = {lname for lname, _pair in kept}
+        if self._hsts_keep:
+            watch.add(_HSTS)
+        self._names = Names(drop=self._strip, watch=watch)
+        # the headers to add when the upstream sent none of the watched names (the usual
+        # case: one prebuilt tuple), without and with HSTS
+        add = (*override, *(pair for _lname, pair in kept))
+        self._add = Lines(add)
+        self._add_hsts = Lines((*add, self._hsts)) if self._hsts is not None else self._add
 
     def response_filter(self, ctx, head) -> None:
         """Strip leaking/overridden upstream headers, then add the presets."""
-        hs = head.headers
-        present = {n.lower() for n, _v in hs}
-        strip = self._strip
-        if not present.isdisjoint(strip):
-            hs[:] = [h for h in hs if h[0].lower() not in strip]
-        hs.extend(self._override)
-        for lname, pair in self._kept:
-            if lname not in present:
-                hs.append(pair)
-        hsts = self._hsts
-        if hsts is not None and (ctx.tls or ctx.scheme == "https"):
-            # ctx.scheme is "https" only over TLS or when a trusted proxy's
-            # X-Forwarded-Proto says so (the engine resolves it)
-            if not (self._hsts_keep and _HSTS in present):
-                hs.append(hsts)
+        seen = head.sweep(self._names)
+        # ctx.scheme is "https" only over TLS or when a trusted proxy's X-Forwarded-Proto
+        # says so (the engine resolves it)
+        hsts = self._hsts is not None and (ctx.tls or ctx.scheme == "https")
+        if not seen:
+            head.add_lines(self._add_hsts if hsts else self._add)
+            return
+        add = list(self._override)
+        add.extend(pair for lname, pair in self._kept if lname not in seen)
+        if hsts and _HSTS not in seen:
+            add.append(self._hsts)
+        head.extend(add)
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

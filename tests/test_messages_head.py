@@ -1,0 +1,170 @@
+"""ResponseHead's raw-block operations (``sweep``, ``extend``, ``add_lines``) and the policy
+filters that use them: on an unparsed head they must give the headers the list form gives.
+
+Differential: every case runs twice, once on a head made from the upstream's raw block
+(as ``pipeline.heads`` makes it) and once on a parsed header list, and the results are
+compared after parsing.  The captured request fields (``ctx.authz``/``ctx.origin``) are
+compared the same way against a hand-made Ctx.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fastgw.config.security import CorsConfig, HstsConfig, SecurityHeadersConfig
+from fastgw.http.messages import Lines, Names, Reply, ResponseHead, parse_block
+from fastgw.http.protocol import REPEATED
+from fastgw.http.wire import header_lines
+from fastgw.middleware.cors import Cors
+from fastgw.middleware.security_headers import SecurityHeaders
+from fastgw.pipeline.ctx import Ctx
+
+UPSTREAMS = [
+    [],
+    [(b"Content-Type", b"text/plain")],
+    [(b"Server", b"nginx/1.22.1"), (b"Date", b"Thu, 26 Nov 2026 14:26:03 GMT"),
+     (b"Content-Type", b"text/plain"), (b"Content-Length", b"76")],
+    [(b"Content-Type", b"text/html"), (b"SERVER", b"x"), (b"X-Powered-By", b"PHP"),
+     (b"x-frame-options", b"SAMEORIGIN"), (b"Content-Security-Policy", b"default-src 'self'"),
+     (b"Strict-Transport-Security", b"max-age=5"), (b"Vary", b"Access-Control-Request-Method")],
+    [(b"Access-Control-Allow-Origin", b"*"), (b"access-control-expose-headers", b"X-A"),
+     (b"X-Server", b"not-server"), (b"Serverx", b"y"), (b"ETag", b'"server:"')],
+    [(b"Server", b"a"), (b"Server", b"b"), (b"Content-Security-Policy", b"x"),
+     (b"Content-Security-Policy-Report-Only", b"y")],
+]
+
+
+def raw_head(pairs) -> ResponseHead:
+    return ResponseHead(200, b"OK", raw=header_lines(pairs))
+
+
+def list_head(pairs) -> ResponseHead:
+    return ResponseHead(200, b"OK", list(pairs))
+
+
+def result(head) -> list:
+    """The headers as the client gets them, parsed."""
+    return parse_block(head.block())
+
+
+@pytest.mark.parametrize("pairs", UPSTREAMS)
+@pytest.mark.parametrize("names", [
+    Names(drop=[b"server", b"x-powered-by"]),
+    Names(drop=[b"server"], watch=[b"content-security-policy"]),
+    Names(drop=[b"server", b"content-security-policy"], watch=[b"content-security-policy"]),
+    Names(prefix=b"access-control-"),
+    Names(watch=[b"strict-transport-security", b"vary"]),
+])
+def test_sweep_raw_matches_list(pairs, names):
+    a, b = raw_head(pairs), list_head(pairs)
+    seen_a, seen_b = a.sweep(names), b.sweep(names)
+    assert seen_a == seen_b
+    assert a._headers is None  # still unparsed
+    assert result(a) == result(b)
+    r = Reply(200, list(pairs))
+    assert r.sweep(names) == seen_b and r.headers == b.headers
+
+
+def test_extend_and_add_lines_on_raw_and_parsed():
+    lines = Lines([(b"vary", b"Origin"), (b"x-a", b"1")])
+    for head in (raw_head(UPSTREAMS[2]), list_head(UPSTREAMS[2])):
+        head.add_lines(lines)
+        head.extend([(b"x-b", b"2")])
+        assert result(head)[-3:] == [(b"vary", b"Origin"), (b"x-a", b"1"), (b"x-b", b"2")]
+    head = raw_head(UPSTREAMS[2])
+    head.add_lines(lines)
+    assert head.headers[-2:] == list(lines.pairs)  # parsing sees what was added
+    head.extend([(b"x-c", b"3")])
+    assert head.block().endswith(b"x-c: 3\r\n")
+
+
+def test_sweep_then_parse_keeps_order():
+    head = raw_head(UPSTREAMS[3])
+    head.sweep(Names(drop=[b"server", b"x-frame-options"]))
+    assert [n for n, _v in head.headers] == [
+        b"Content-Type", b"X-Powered-By", b"Content-Security-Policy", b"Strict-Transport-Security", b"Vary"]
+
+
+SEC_CONFIGS = [
+    SecurityHeadersConfig(),
+    SecurityHeadersConfig(keep_upstream=[]),
+    SecurityHeadersConfig(keep_upstream=["X-Frame-Options", "Strict-Transport-Security"]),
+    SecurityHeadersConfig(remove=["ETag", "Content-Security-Policy"]),
+    SecurityHeadersConfig(hsts=False, custom={"X-Custom": "1"}),
+    SecurityHeadersConfig(hsts=HstsConfig(max_age=60, preload=False)),
+]
+
+
+@pytest.mark.parametrize("pairs", UPSTREAMS)
+@pytest.mark.parametrize("cfg", SEC_CONFIGS)
+@pytest.mark.parametrize("tls", [False, True])
+def test_security_headers_raw_matches_list(pairs, cfg, tls):
+    mw = SecurityHeaders(cfg)
+    ctx = Ctx()
+    ctx.tls = tls
+    ctx.scheme = "https" if tls else "http"
+    a, b = raw_head(pairs), list_head(pairs)
+    mw.response_filter(ctx, a)
+    mw.response_filter(ctx, b)
+    assert a._headers is None
+    assert result(a) == result(b)
+
+
+CORS_CONFIGS = [
+    CorsConfig(allow_origins=["https://app.example.com"]),
+    CorsConfig(allow_origins=["https://app.example.com"], allow_credentials=True, expose_headers=["X-A"]),
+    CorsConfig(allow_origins=["*"]),
+    CorsConfig(allow_origins=["https://*.example.com"]),
+]
+ORIGINS = [None, b"https://app.example.com", b"https://b.example.com", b"https://evil.example.org"]
+
+
+def _ctx(origin, captured: bool, method="GET", extra=()) -> Ctx:
+    c = Ctx()
+    c.method = method
+    c.request_id = "rid"
+    c.headers = [(b"Host", b"gw")] + ([(b"Origin", origin)] if origin is not None else []) + list(extra)
+    if captured:
+        c.captured = True
+        c.origin = origin
+    return c
+
+
+@pytest.mark.parametrize("pairs", UPSTREAMS)
+@pytest.mark.parametrize("cfg", CORS_CONFIGS)
+@pytest.mark.parametrize("origin", ORIGINS)
+@pytest.mark.parametrize("preflights", [True, False])
+def test_cors_raw_and_captured_match_list_and_lookup(pairs, cfg, origin, preflights):
+    mw = Cors(cfg, answer_preflights=preflights)
+    out = []
+    for captured, make in ((True, raw_head), (False, list_head)):
+        ctx = _ctx(origin, captured)
+        if preflights:
+            assert mw.request_filter(ctx) is None
+        head = make(pairs)
+        mw.response_filter(ctx, head)
+        out.append(result(head))
+    assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("cfg", CORS_CONFIGS)
+@pytest.mark.parametrize("origin", ORIGINS)
+def test_cors_preflight_captured_matches_lookup(cfg, origin):
+    mw = Cors(cfg)
+    got = []
+    for captured in (True, False):
+        ctx = _ctx(origin, captured, "OPTIONS", [(b"Access-Control-Request-Method", b"GET")])
+        reply = mw.request_filter(ctx)
+        if reply is not None:
+            mw.response_filter(ctx, reply)
+            got.append((reply.status, reply.headers))
+        else:
+            head = raw_head([])
+            mw.response_filter(ctx, head)
+            got.append((None, result(head)))
+    assert got[0] == got[1]
+
+
+def test_repeated_marker_is_not_a_header_value():
+    # the auth middleware tells a repeated Authorization by identity with this marker
+    assert REPEATED.startswith(b"\0")
