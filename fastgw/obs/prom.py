@@ -6,8 +6,9 @@ a ``LocalStore`` snapshot the same way.  Two input shapes are accepted for histo
 
 - structured: ``name{labels}`` -> an object with ``sum`` and ``buckets`` (per-bucket
   counts, the last one +Inf), as ``fastgw.shm.metrics.HistogramValue``;
-- flat (``obs.metrics.LocalStore``): ``name_bucket{labels,le="b"}`` per-bucket counts,
-  ``name_sum{labels}``, ``name_count{labels}``.
+- flat (``obs.metrics.LocalStore``): ``name_bucket{labels,le="b"}`` per-bucket counts
+  and ``name_sum{labels}``; a ``name_count{labels}`` input is accepted but not needed
+  (the hot path no longer writes it: ``_count`` is rendered as the sum of the buckets).
 
 Rules kept here, so that ``promtool check metrics`` accepts the output:
 
