@@ -182,8 +182,10 @@ def test_kill_9_mid_run_the_others_carry_on_within_the_bound(region, children):
     os.close(w)
     pids = [children.fork(hammer, region, b"route:hot", start, end) for _ in range(3)]
     time.sleep((start - time.monotonic_ns()) / 1e9 + 0.6)
-    killed_at = time.monotonic_ns()
     children.kill(doomed)
+    # (read after kill() returned, the child reaped: a clock read just before os.kill
+    # raced the child, which could still stamp a request in the microseconds between)
+    killed_at = time.monotonic_ns()
     res = [children.result(p) for p in pids]
     raw = b""
     while chunk := os.read(r, 1 << 16):
