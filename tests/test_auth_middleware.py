@@ -556,7 +556,7 @@ def test_open_route_strip_with_and_without_the_header_map(prebuilt):
 def _captured(c):
     """``c`` as the downstream protocol leaves it: Authorization captured (still in
     ``headers``), REPEATED when it came more than once."""
-    from fastgw.http.protocol import REPEATED
+    from fastgw.http.reqhead import REPEATED
     vals = [v for n, v in c.headers if n.lower() == b"authorization"]
     c.captured = True
     c.authz = None if not vals else vals[0] if len(vals) == 1 else REPEATED

@@ -13,7 +13,7 @@ import pytest
 
 from fastgw.config.security import CorsConfig, HstsConfig, SecurityHeadersConfig
 from fastgw.http.messages import Lines, Names, Reply, ResponseHead, parse_block
-from fastgw.http.protocol import REPEATED
+from fastgw.http.reqhead import REPEATED
 from fastgw.http.wire import header_lines
 from fastgw.middleware.cors import Cors
 from fastgw.middleware.security_headers import SecurityHeaders

@@ -27,12 +27,13 @@ Rules this file keeps:
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
 import httptools
 
 from fastgw.errors import GatewayError
+from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_UA, H_UPGRADE,
+                                 H_XFF, H_XFP, METHODS, REPEATED, special_kind, valid_host)
 
 # reasons to pause reading (bit mask)
 PAUSE_BACKLOG = 1    # pipelined requests queued behind the one in flight
@@ -45,46 +46,6 @@ T_NONE, T_IDLE, T_HEAD, T_BODY, T_SEND = 0, 1, 2, 3, 4
 MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
 MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
-
-# Request headers the protocol itself interprets; everything else is forwarded as is.
-# (``_special`` below is SPECIAL.get, bound once.)
-H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_RID, H_UA, H_AUTHZ, H_ORIGIN = range(1, 15)
-SPECIAL = {
-    b"host": H_HOST,
-    b"connection": H_CONN,
-    b"content-length": H_CL,
-    b"transfer-encoding": H_TE,
-    b"keep-alive": H_HOP,
-    b"proxy-connection": H_HOP,
-    b"te": H_HOP,
-    b"trailer": H_HOP,
-    b"proxy-authorization": H_HOP,
-    b"upgrade": H_UPGRADE,
-    b"expect": H_EXPECT,
-    b"x-forwarded-for": H_XFF,
-    b"x-forwarded-proto": H_XFP,
-    b"x-forwarded-host": H_XFWD,
-    b"x-forwarded-port": H_XFWD,
-    b"forwarded": H_XFWD,
-    b"x-real-ip": H_XFWD,
-    # forwarded, and captured so that no middleware needs a header lookup for them
-    b"x-request-id": H_RID,
-    b"user-agent": H_UA,
-    b"authorization": H_AUTHZ,
-    b"origin": H_ORIGIN,
-}
-
-# ctx.authz when the request carried Authorization more than once (a token is ambiguous)
-REPEATED = b"\0repeated"
-_special = SPECIAL.get
-
-
-# RFC 9112 3.2 / RFC 3986 3.2.2: host [":" port]; no userinfo, path, spaces.
-# the usual methods as interned str (no decode per request)
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-
-_valid_host = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?").fullmatch
-
 
 class ConnInfo:
     """Per-listener settings the protocol needs (built once per config)."""
@@ -316,7 +277,7 @@ class DownstreamProtocol:
         self.p_size += size
         if size > self.max_line or self.p_size > self.max_head:
             raise GatewayError("headers_too_large", "request header fields too large")
-        kind = _special(name.lower())
+        kind = special_kind(name.lower())
         if kind is None or kind >= H_RID:
             if kind is not None:
                 # forwarded, and captured so that no middleware needs a header lookup
@@ -376,7 +337,7 @@ class DownstreamProtocol:
         host = ctx.raw_host
         if host is not None:
             if host != self.host_ok:
-                if not _valid_host(host):
+                if not valid_host(host):
                     raise GatewayError("bad_request", "invalid Host header")
                 self.host_ok = host
                 self.host_str = host.decode("latin-1").lower()
@@ -482,13 +443,7 @@ class DownstreamProtocol:
             if self.draining:
                 self._close()
                 return
-            # _set_deadline(T_IDLE, t_idle) inlined (the timer is armed at most t_min
-            # ahead, so it never needs moving for the idle timeout, which is >= t_min)
-            if self.timer is not None:
-                self.deadline = self.loop.time() + self.info.t_idle
-                self.deadline_kind = T_IDLE
-            else:
-                self._set_deadline(T_IDLE, self.info.t_idle)
+            self._set_deadline(T_IDLE, self.info.t_idle)
             return
         if self.queue:
             self._next()

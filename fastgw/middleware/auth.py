@@ -54,7 +54,7 @@ from fastgw.auth.rbac import Policy
 from fastgw.auth.token import REASONS, AuthFailure, Rules, Verifier
 from fastgw.clock import wall
 from fastgw.config.auth import AuthConfig, RouteAuth, route_errors
-from fastgw.http.protocol import REPEATED
+from fastgw.http.reqhead import REPEATED
 from fastgw.obs.metrics import series_key
 from fastgw.pipeline.middleware import Middleware
 

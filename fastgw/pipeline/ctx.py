@@ -111,7 +111,7 @@ class Ctx:
         self.xfp = None         # bytes: incoming X-Forwarded-Proto (believed from trusted peers)
         self.rid = None         # bytes: incoming X-Request-ID (captured by the protocol)
         self.ua = None          # bytes: User-Agent (captured by the protocol, for the access log)
-        # captured by the protocol (still forwarded): Authorization (fastgw.http.protocol
+        # captured by the protocol (still forwarded): Authorization (fastgw.http.reqhead
         # .REPEATED if sent more than once) and Origin (the last one); None if absent.
         # ``captured`` is True when the protocol parsed this request (so these fields are
         # authoritative); a hand-made Ctx (tests, internal replies) has it False and its

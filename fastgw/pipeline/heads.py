@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from fastgw.http.messages import RequestHead, ResponseHead
-from fastgw.http.wire import CRLF, STATUS_LINES, connection_tokens, status_line
+from fastgw.http.wire import CRLF, connection_tokens, header_lines, status_line
 
 # Hop-by-hop and framing lines of a lower-cased, llhttp-validated response header block
 # with a "\n" prepended (llhttp refuses whitespace before a colon, so "\nname:" is exact).
@@ -28,10 +28,7 @@ _FRAMING = re.compile(
     rb"(?:keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate|proxy-authorization):)"
     rb"[^\n]*").finditer
 _CL, _TE, _CONN = 1, 2, 4
-_STATUS_LINES = STATUS_LINES
 _NO_BODY = frozenset({204, 304})
-_colon_join = b": ".join   # (name, value) -> b"name: value", in C
-_join_lines = b"\r\n".join
 
 
 def request_head(ctx, route, peer) -> bytes:
@@ -59,9 +56,9 @@ def request_head(ctx, route, peer) -> bytes:
     else:
         host = peer.host_header
         tail = b""
-    fwd = _join_lines(map(_colon_join, headers)) + CRLF if headers else b""
+    fwd = header_lines(headers)
     if ctx.upstream_headers:
-        fwd += _join_lines(map(_colon_join, ctx.upstream_headers)) + CRLF
+        fwd += header_lines(ctx.upstream_headers)
     peer_ip = ctx.peer_ip.encode("latin-1")
     xff = ctx.xff
     if xff is not None and ctx.trusted_peer:
@@ -138,13 +135,13 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
     # (an answer before the request body was read: the connection ends with it)
     keep_client = ctx.keep_alive and not draining and down is not None and \
         not down.draining and down.cur_complete
-    line = _STATUS_LINES.get(status) or status_line(status, reason)
+    line = status_line(status, reason)
     if server_header:
         line += server_header
     extra = ctx.resp_raw
     rh = ctx.resp_headers
     if rh:
-        extra += _join_lines(map(_colon_join, rh)) + CRLF
+        extra += header_lines(rh)
     if status == 101:
         keep_client = True
         extra += b"connection: upgrade\r\nupgrade: " + (ctx.upgrade or b"websocket") + CRLF

@@ -129,10 +129,6 @@ class UpstreamProtocol:
         return False  # close our side too; connection_lost follows
 
     # ------------------------------------------------------------------ requests
-    def usable(self) -> bool:
-        t = self.transport
-        return self.state == IDLE and t is not None and not t.is_closing()
-
     def send(self, handler, down, ctx, data: bytes, route) -> None:
         """Start an exchange for ``ctx`` on ``route``: write the request head (and any
         body already at hand).  The route gives the timeouts and the body filter."""
@@ -320,18 +316,9 @@ class UpstreamProtocol:
         self._reset()
         self.state = IDLE
         self.reused = True
-        # _set_deadline(T_IDLE, ...) inlined: one clock read for both fields
-        now = self.idle_since = self.loop.time()
-        at = self.deadline = now + self.pool.idle_timeout
-        self.deadline_kind = T_IDLE
-        if self.timer is None:
-            t = min(at, now + self.pool.tmin)
-            self.timer = self.loop.call_at(t, self._on_timer)
-            self.timer_at = t
-        elif self.timer_at > at:
-            self.timer.cancel()
-            self.timer = self.loop.call_at(at, self._on_timer)
-            self.timer_at = at
+        # one clock read for idle_since and the idle deadline
+        self.idle_since = now = self.loop.time()
+        self._set_deadline(T_IDLE, self.pool.idle_timeout, now)
 
     def close(self) -> None:
         if self.state != CLOSED:
@@ -348,11 +335,12 @@ class UpstreamProtocol:
                 self.transport.abort()
 
     # ------------------------------------------------------------------ timers
-    def _set_deadline(self, kind: int, seconds: float) -> None:
+    def _set_deadline(self, kind: int, seconds: float, now: float | None = None) -> None:
         """As in the downstream protocol: the timer is armed at most ``pool.tmin`` ahead
         (the shortest timeout any route sets on this pool), so moving the deadline for
         each request costs two stores, not a timer."""
-        now = self.loop.time()
+        if now is None:
+            now = self.loop.time()
         at = now + seconds
         self.deadline = at
         self.deadline_kind = kind

@@ -72,7 +72,7 @@ class Pool:
         while idle:
             conn = idle.pop()
             t = conn.transport
-            if conn.state == 0 and t is not None and not t.is_closing():  # usable()
+            if conn.state == 0 and t is not None and not t.is_closing():  # idle, transport open
                 self.reused += 1  # published to metrics on the worker tick
                 return conn
         return None
