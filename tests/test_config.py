@@ -25,7 +25,17 @@ BASE = {
     },
 }
 
-DELETE = object()
+
+class _Delete:
+    """Sentinel: remove the key at the path. A stable repr keeps parametrize ids identical
+    across processes (pytest-xdist workers compare collected ids; ``object()`` reprs carry
+    a memory address)."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 
 
 def edit(doc: dict, path: str, value) -> dict:
