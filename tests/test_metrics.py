@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -53,7 +54,6 @@ class _Ctx:
 def _traffic(m: Metrics, n: int = 5) -> None:
     r = _Route("api", "main")
     for i in range(n):
-        m.request_start()
         m.request_done(_Ctx(r, status=200 if i % 2 else 404))
     m.conn_open(3)
     m.conn_open(-1)
@@ -118,7 +118,7 @@ def test_shm_store_sums_workers_and_stays_monotonic_across_fold():
         m1 = Metrics(ShmStore(region.metrics.writer(1)))
         _traffic(m0, 5)
         _traffic(m1, 3)
-        m1.request_start()                                           # one in flight in worker 1
+        m1.set_inflight(1)                                           # one in flight in worker 1 (tick)
         text = render(region.metrics.snapshot())
         promtool_check(text)
         assert sum(series(text, "fastgw_http_requests_total").values()) == 8
@@ -165,8 +165,9 @@ def test_request_done_series_exact_values(shm, monkeypatch):
         monkeypatch.setattr(metrics_mod, "monotonic", lambda: now)  # exact durations
         reqs = [(r, "GET", 200, 0.0007, 0.0004), (r, "GET", 200, 0.3, 0.25), (r, "BREW", 418, 0.0008, None),
                 (None, "GET", 404, 0.00001, None), (r, "POST", 502, 40.0, 0.0025)]
+        m.set_inflight(3)
+        m.set_inflight(0)  # (the worker tick publishes the engine's count)
         for route, method, status, d, up in reqs:
-            m.request_start()
             m.request_done(_Ctx(route, method, status, start=now - d, up=up))
         snap = region.metrics.snapshot() if shm else m.store.snapshot()
         assert not any(k.endswith("_count") or "_count{" in k for k in snap if not hasattr(snap[k], "buckets"))
@@ -259,3 +260,24 @@ def test_live_metrics_count_every_request_across_kill9_and_hup(up):
         # counters never go backwards between scrapes
         again = metrics_text(gw)
         assert requests_total(again) == sent
+
+
+def test_live_in_flight_gauge_is_published_on_the_tick(up):
+    """The in-flight gauge is the engines' own count, published by each worker's tick:
+    slow requests in flight show up within a tick, and the gauge settles to 0 after."""
+    with Gateway(config(up), workers=2) as gw:
+        assert wait_for(lambda: len(ready_workers(gw)) == 2)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(get(gw.port, "/delay/3000", timeout=10)[0]))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            assert wait_for(lambda: series(metrics_text(gw), "fastgw_http_requests_in_flight") == {"": 3},
+                         timeout=2.8, interval=0.1)
+        finally:
+            for t in threads:
+                t.join(10)
+        assert results == [200, 200, 200]
+        assert wait_for(lambda: series(metrics_text(gw), "fastgw_http_requests_in_flight") == {"": 0},
+                     timeout=3, interval=0.1)

@@ -33,7 +33,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                              ("route",)),
     "fastgw_upstream_request_duration_seconds": ("histogram", "Time from sending the request upstream to its response head.",
                                                  ("service",)),
-    "fastgw_http_requests_in_flight": ("gauge", "Requests being processed.", ()),
+    "fastgw_http_requests_in_flight": ("gauge", "Requests being processed (each worker publishes its count on its 1 s tick).", ()),
     "fastgw_downstream_connections_open": ("gauge", "Open client connections.", ()),
     "fastgw_upstream_connections_total": ("counter", "Upstream connection events (created, reused, closed).", ("event",)),
     "fastgw_upstream_errors_total": ("counter", "Upstream failures by service and kind.", ("service", "kind")),
@@ -140,12 +140,12 @@ class Metrics:
         self.store.floats[s] += value
 
     # hot path: direct array writes, no calls ---------------------------------------
-    def request_start(self) -> None:
-        self.store.ints[self._inflight] += 1
-
-    def request_abandoned(self) -> None:
-        """A request that is not counted (the health path): settle the in-flight gauge."""
-        self.store.ints[self._inflight] -= 1
+    def set_inflight(self, n: int) -> None:
+        """The in-flight gauge, published by the worker tick from the engine's own count
+        (a per-request increment and decrement of a shared cell cost two calls and four
+        memoryview operations per request; a gauge sampled once a second is as good for a
+        scrape every few seconds)."""
+        self.store.ints[self._inflight] = n
 
     def request_done(self, ctx) -> None:
         # One cached flat tuple per (route, status, method) holds every cell this writes.
@@ -157,12 +157,11 @@ class Metrics:
             cells = self._req[ctx.route][ctx.status][ctx.method]
         except KeyError:
             cells = self._request_cells(ctx.route, ctx.method, ctx.status)
-        req, inflight, buckets, dsum, ubuckets, usum = cells
+        req, buckets, dsum, ubuckets, usum = cells
         store = self.store
         iv = store.ints
         fv = store.floats
         iv[req] += 1
-        iv[inflight] -= 1
         d = monotonic() - ctx.start
         iv[buckets[bisect_left(DURATION_BUCKETS, d)]] += 1
         fv[dsum] += d
@@ -187,7 +186,7 @@ class Metrics:
             ubuckets, usum = self._hist("fastgw_upstream_request_duration_seconds", (("service", svc),))
         else:
             ubuckets = usum = None
-        cells = (req, self._inflight, buckets, dsum, ubuckets, usum)
+        cells = (req, buckets, dsum, ubuckets, usum)
         self._req.setdefault(route, {}).setdefault(status, {})[method] = cells
         return cells
 

@@ -86,8 +86,7 @@ class Engine:
     def dispatch(self, proto, ctx, body) -> None:
         app = self.app
         ctx.app = app
-        self.inflight += 1
-        app.metrics.request_start()
+        self.inflight += 1  # (published as a gauge on the worker tick)
         peer = ctx.client_ip = proto.peer_ip
         if ctx.tls:
             ctx.scheme = "https"
@@ -420,7 +419,6 @@ class Engine:
         proto.cur_complete = True
         ctx.keep_alive = False
         self.inflight += 1
-        self.app.metrics.request_start()
         self._reply_error(proto, ctx, err, self.app.global_chain, keep_alive=False)
 
     # ------------------------------------------------------------------ proxying
@@ -569,8 +567,7 @@ class Engine:
         notes = ctx.notes
         if notes and notes.get("_nolog"):
             # the health path: not logged, not counted (a load balancer probes it every few
-            # seconds per gateway host), only the in-flight gauge is settled
-            ctx.app.metrics.request_abandoned()
+            # seconds per gateway host)
             return
         if chain is not None:
             for fn in chain.logging:

@@ -205,6 +205,7 @@ class Worker:
             self.audit_buf.flush()
         if self.engine is not None:
             self.metrics.publish_pools(self.engine.app.pools.values())
+            self.metrics.set_inflight(self.engine.inflight)
         for hook in self.tick_hooks:
             try:
                 hook()
