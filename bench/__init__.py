@@ -24,5 +24,6 @@ One concept per module:
   stats        medians, min..max and per-round ratios
   goals        bench/targets.yaml: loading and checking
   report       the Markdown and JSON writers
+  interp       which interpreter fastgw runs under and how it was built (PGO, LTO)
   chart        the PNG chart (matplotlib, a bench-only extra)
 """

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import chart, goals, nginx, pinning, report, scenarios, stats, wrk
+from bench import chart, goals, interp, nginx, pinning, report, scenarios, stats, wrk
 from bench.session import Session
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, base.load)  # the harness itself stays on the load side
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"bench: {len(selected)} scenario(s), {args.rounds} round(s) of {args.duration} s; output in {args.out}")
+    python = interp.describe()
+    print(f"bench: fastgw runs under {python['summary']}")
+    if interp.unoptimized(python):
+        print(f"bench: warning: {interp.UNOPTIMIZED_WARNING}", file=sys.stderr)
     session = Session(args, args.out)
     session.run(selected)
 

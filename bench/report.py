@@ -6,7 +6,9 @@ Rules:
      table is a view of it for people; nothing is in the table that is not in the JSON.
   2. Cells show the median with min..max over the rounds; a cell with an invalid run
      says INVALID with the reason instead of a throughput, so it can never read as fast.
-  3. The header says what ran where: CPU model, cores, kernel, versions, and the pinning.
+  3. The header says what ran where: CPU model, cores, kernel, versions, the pinning, and
+     the interpreter fastgw ran under with its build (PGO, LTO, libpython linkage; see
+     bench/interp.py), with a warning when that build is known to be unoptimized.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench import nginx, wrk
+from bench import interp, nginx, wrk
 
 CONFIG_ORDER = ("direct", "nginx", "fastgw")
 
@@ -54,6 +56,7 @@ def machine() -> dict:
         "memory_gib": round(mem_kib / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "interpreter": interp.describe(),
         "nginx": nginx.version(),
         "wrk": wrk_version,
         "fastgw_commit": rev or "unknown",
@@ -114,6 +117,12 @@ def markdown(doc: dict) -> str:
         "",
         f"- Machine: {mach['cpu_model']}, {mach['cpus']} CPUs, {mach['memory_gib']} GiB, Linux {mach['kernel']};"
         f" Python {mach['python']}, nginx {mach['nginx']}, {mach['wrk']}; fastgw at {mach['fastgw_commit']}",
+    ]
+    if mach.get("interpreter"):
+        lines.append(f"- Interpreter of fastgw (and of the open-loop generator): {mach['interpreter']['summary']}")
+        if interp.unoptimized(mach["interpreter"]):
+            lines.append(f"- **Warning**: {interp.UNOPTIMIZED_WARNING}")
+    lines += [
         f"- Runs: {opts['rounds']} interleaved round(s) of {opts['duration']} s after a {opts['warmup']} s warm-up,"
         " each configuration started fresh per run",
     ]
