@@ -168,3 +168,31 @@ def test_cors_preflight_captured_matches_lookup(cfg, origin):
 def test_repeated_marker_is_not_a_header_value():
     # the auth middleware tells a repeated Authorization by identity with this marker
     assert REPEATED.startswith(b"\0")
+
+
+# ---------------------------------------------------------------------- request head: Connection
+@pytest.mark.parametrize("conn", [b"close", b"Close", b"CLOSE", b"keep-alive", b"Keep-Alive", b"upgrade",
+                                  b"Upgrade", b"close, X-Drop", b"Keep-Alive, x-drop", b"x-drop",
+                                  b"close,x-drop", b"keep-alive, X-Keep, x-drop"])
+def test_request_head_connection_values(conn):
+    """Headers named in Connection are not forwarded; the plain values (a set lookup, not
+    tokenised) drop nothing.  The reference is the tokenised value."""
+    from types import SimpleNamespace
+
+    from fastgw.http.wire import connection_tokens
+    from fastgw.pipeline.heads import request_head
+
+    ctx = Ctx()
+    ctx.method_b = b"GET"
+    ctx.path = "/x"
+    ctx.peer_ip = "127.0.0.1"
+    ctx.raw_host = b"gw.example"
+    ctx.conn_hdr = conn
+    ctx.headers = [(b"X-Drop", b"1"), (b"X-Keep", b"2")]
+    route = SimpleNamespace(chain=SimpleNamespace(upstream_request=()), preserve_host=False)
+    peer = SimpleNamespace(base_path=b"", host_header=b"up:80")
+    head = request_head(ctx, route, peer)
+    listed = connection_tokens(conn)
+    assert (b"\r\nX-Drop: 1\r\n" in head) == (b"x-drop" not in listed)
+    assert (b"\r\nX-Keep: 2\r\n" in head) == (b"x-keep" not in listed)
+    assert head.startswith(b"GET /x HTTP/1.1\r\nhost: up:80\r\n") and head.endswith(b"\r\n\r\n")

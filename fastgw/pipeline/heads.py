@@ -28,6 +28,9 @@ _FRAMING = re.compile(
     rb"(?:keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate|proxy-authorization):)"
     rb"[^\n]*").finditer
 _CL, _TE, _CONN = 1, 2, 4
+# Connection values that list no header to drop, in their usual spellings: a set lookup
+# instead of tokenising the value (every "Connection: close" request; callgrind)
+_PLAIN_CONN = frozenset({b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade"})
 _NO_BODY = frozenset({204, 304})
 
 
@@ -40,7 +43,7 @@ def request_head(ctx, route, peer) -> bytes:
         target += b"?" + ctx.query
     headers = ctx.headers
     conn_hdr = ctx.conn_hdr
-    if conn_hdr is not None:
+    if conn_hdr is not None and conn_hdr not in _PLAIN_CONN:
         listed = connection_tokens(conn_hdr) - {b"close", b"keep-alive", b"upgrade"}
         if listed:
             headers = [h for h in headers if h[0].lower() not in listed]
