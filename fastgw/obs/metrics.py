@@ -142,8 +142,8 @@ class Metrics:
     # hot path: direct array writes, no calls ---------------------------------------
     def set_inflight(self, n: int) -> None:
         """The in-flight gauge, published by the worker tick from the engine's own count
-        (a per-request increment and decrement of a shared cell cost two calls and four
-        memoryview operations per request; a gauge sampled once a second is as good for a
+        (a per-request increment and decrement of a shared cell cost a call and two
+        memoryview read-modify-writes per request; a gauge sampled once a second is as good for a
         scrape every few seconds)."""
         self.store.ints[self._inflight] = n
 
