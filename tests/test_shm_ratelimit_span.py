@@ -14,25 +14,13 @@ import pytest
 from fastgw.shm import Region
 from fastgw.shm.ratelimit import decisions, spec
 
-from .test_shm_procs import Children
+from .test_shm_procs import children, region  # noqa: F401  (the fixtures, shared)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 S = 1_000_000_000
 
 
-@pytest.fixture
-def children():
-    c = Children()
-    yield c
-    c.reap_all()
-
-
-@pytest.fixture
-def region():
-    r = Region.create(4, metrics_series=256, table_slots=4096, health_slots=16)
-    yield r
-    r.close()
 
 
 def _keys_around(t, gap: int = 4) -> tuple[bytes, bytes, int]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import shutil
@@ -38,16 +37,9 @@ ROUTES = ("bare", "policy", "newconn")
 def _world(route: str):
     """(one-exchange callable) on a fresh in-process gateway."""
     from bench import fastgw_config
-    from bench.micro.test_micro_proxy import CFG, REQ, RESP, _Transport
-    from fastgw.config import load_config_text
-    from fastgw.http.protocol import ConnInfo, DownstreamProtocol
-    from fastgw.obs.logbuf import LogBuffer
-    from fastgw.obs.metrics import Metrics
+    from bench.micro.test_micro_proxy import CFG, REQ, RESP, _Transport, gateway
+    from fastgw.http.protocol import DownstreamProtocol
     from fastgw.pipeline.ctx import Ctx
-    from fastgw.pipeline.deps import Deps
-    from fastgw.pipeline.engine import Engine
-    from fastgw.runtime.app import App
-    from fastgw.upstream.client import UpstreamProtocol
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -59,20 +51,7 @@ def _world(route: str):
     else:
         text = CFG
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
-    cfg, _ = load_config_text(text)
-    metrics = Metrics()
-    log = logging.getLogger("bench")
-    deps = Deps(cfg, loop=loop, metrics=metrics, log=log)
-    deps.state["access_log_buffer"] = LogBuffer("/dev/null")
-    app = App(cfg, deps, loop=loop, metrics=metrics, log=log)
-    engine = Engine(app)
-    info = ConnInfo(cfg.gateway.limits, cfg.gateway.timeouts)
-    pool = app.routes[0].pools[0]
-    up = UpstreamProtocol(pool, loop)
-    ut = _Transport()
-    up.connection_made(ut)
-    pool.open.add(up)
-    pool.idle.append(up)
+    _app, engine, info, up, _ut = gateway(text, loop)
     if route == "newconn":
         def one():
             down = DownstreamProtocol(engine, info, loop, Ctx)

@@ -73,11 +73,11 @@ class _Transport:
     abort = close
 
 
-@pytest.fixture(scope="module")
-def world():
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    cfg, _ = load_config_text(CFG)
+def gateway(cfg_text: str, loop):
+    """An in-process gateway on ``cfg_text`` with one warm pooled upstream connection:
+    (app, engine, conn info, upstream protocol, its transport).  Shared with
+    bench.micro.instructions."""
+    cfg, _ = load_config_text(cfg_text)
     metrics = Metrics()
     log = logging.getLogger("bench")
     deps = Deps(cfg, loop=loop, metrics=metrics, log=log)
@@ -85,15 +85,23 @@ def world():
         deps.state["access_log_buffer"] = LogBuffer("/dev/null")
     app = App(cfg, deps, loop=loop, metrics=metrics, log=log)
     engine = Engine(app)
-    down = DownstreamProtocol(engine, ConnInfo(cfg.gateway.limits, cfg.gateway.timeouts), loop, Ctx)
-    dt = _Transport()
-    down.connection_made(dt)
     pool = app.routes[0].pools[0]
     up = UpstreamProtocol(pool, loop)
     ut = _Transport()
     up.connection_made(ut)
     pool.open.add(up)
     pool.idle.append(up)
+    return app, engine, ConnInfo(cfg.gateway.limits, cfg.gateway.timeouts), up, ut
+
+
+@pytest.fixture(scope="module")
+def world():
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app, engine, info, up, ut = gateway(CFG, loop)
+    down = DownstreamProtocol(engine, info, loop, Ctx)
+    dt = _Transport()
+    down.connection_made(dt)
     yield app, down, up, dt, ut
     loop.close()
 

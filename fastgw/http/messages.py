@@ -14,7 +14,7 @@ import re
 import orjson
 
 from fastgw.errors import KINDS, GatewayError
-from fastgw.http.wire import header_lines
+from fastgw.http.wire import cut_spans, header_lines
 
 PROBLEM_CT = b"application/problem+json"
 
@@ -212,18 +212,7 @@ class ResponseHead(_HeadersMixin):
                 cuts.append(m.span())
             m = search(low, m.end())
         if cuts:
-            raw = self.raw
-            if len(cuts) == 1:
-                a, e = cuts[0]
-                self.raw = raw[:a] + raw[e:]
-            else:
-                parts = []
-                pos = 0
-                for a, e in cuts:
-                    parts.append(raw[pos:a])
-                    pos = e
-                parts.append(raw[pos:])
-                self.raw = b"".join(parts)
+            self.raw = cut_spans(self.raw, cuts)
         return _NONE if seen is None else frozenset(seen)
 
 

@@ -72,6 +72,22 @@ def reply_bytes(status: int, headers, body: bytes, *, keep_alive: bool, head_onl
     return b"".join(out)
 
 
+def cut_spans(raw: bytes, spans) -> bytes:
+    """``raw`` without the byte ranges ``spans`` (sorted, non-overlapping ``(a, e)``):
+    how the response filters and the response head drop whole header lines from a raw
+    header block."""
+    if len(spans) == 1:  # the usual case: one line (e.g. Connection: keep-alive)
+        a, e = spans[0]
+        return raw[:a] + raw[e:]
+    parts = []
+    pos = 0
+    for a, e in spans:
+        parts.append(raw[pos:a])
+        pos = e
+    parts.append(raw[pos:])
+    return b"".join(parts)
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     """Lower-case tokens of a Connection header value."""
     return {t.strip().lower() for t in value.split(b",") if t.strip()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from fastgw.http.messages import RequestHead, ResponseHead
-from fastgw.http.wire import CRLF, connection_tokens, header_lines, status_line
+from fastgw.http.wire import CRLF, connection_tokens, cut_spans, header_lines, status_line
 
 # Hop-by-hop and framing lines of a lower-cased, llhttp-validated response header block
 # with a "\n" prepended (llhttp refuses whitespace before a colon, so "\nname:" is exact).
@@ -114,17 +114,7 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
         cuts.sort()
         has_cl = False
     if cuts is not None:
-        if len(cuts) == 1:
-            a, e = cuts[0]
-            block = block[:a] + block[e:]
-        else:
-            parts = []
-            pos = 0
-            for a, e in cuts:
-                parts.append(block[pos:a])
-                pos = e
-            parts.append(block[pos:])
-            block = b"".join(parts)
+        block = cut_spans(block, cuts)
     route = ctx.route
     if route.chain.response or listed:
         head = ResponseHead(status, reason, raw=block)
