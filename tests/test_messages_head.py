@@ -196,3 +196,62 @@ def test_request_head_connection_values(conn):
     assert (b"\r\nX-Drop: 1\r\n" in head) == (b"x-drop" not in listed)
     assert (b"\r\nX-Keep: 2\r\n" in head) == (b"x-keep" not in listed)
     assert head.startswith(b"GET /x HTTP/1.1\r\nhost: up:80\r\n") and head.endswith(b"\r\n\r\n")
+
+
+# ---------------------------------------------------------------------- response head: framing cut
+_LINES = [b"Server: nginx", b"Date: Thu, 26 Nov 2026 14:26:03 GMT", b"Content-Type: text/plain",
+          b"Content-Length: 76", b"content-length: 76", b"Connection: keep-alive", b"Connection: close",
+          b"connection:keep-alive", b"Connection: Keep-Alive ", b"Connection: keep-alive, X-Drop",
+          b"Connection: upgrade", b"Transfer-Encoding: chunked", b"Keep-Alive: timeout=5", b"TE: trailers",
+          b"Trailer: X-Sum", b"Upgrade: h2c", b"Proxy-Connection: close", b"Proxy-Authenticate: Basic",
+          b"X-Drop: 1", b"X-Connection: keep-alive", b"Content-Length-Extra: 1", b"Tea: green",
+          b"ETag: \"abc\""]
+
+
+def _blocks():
+    import random
+
+    rnd = random.Random(7)
+    out = [b"", b"Content-Length: 0\r\n", b"Connection: keep-alive\r\n"]
+    for n in range(1, 6):
+        for _ in range(60):
+            out.append(b"".join(line + b"\r\n" for line in rnd.sample(_LINES, n)))
+    return out
+
+
+def _respond(block: bytes, version: str = "1.1"):
+    from types import SimpleNamespace
+
+    from fastgw.pipeline.heads import response_head
+
+    ctx = Ctx()
+    ctx.route = SimpleNamespace(chain=SimpleNamespace(response=()))
+    ctx.keep_alive, ctx.version, ctx.method = True, version, "GET"
+    up = SimpleNamespace(down=SimpleNamespace(draining=False, cur_complete=True),
+                         rechunk=False, close_delimited=False)
+    head = response_head(ctx, up, 200, b"OK", block, False, None)
+    return head, up.rechunk, up.close_delimited, ctx.keep_alive
+
+
+@pytest.mark.parametrize("block", _blocks())
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_response_framing_usual_path_matches_general(block, version, monkeypatch):
+    """The sliced path of response_head (a block with Content-Length and/or one plain
+    Connection line) gives the same client head, framing and keep-alive as the general
+    regex path, for every block; the reference forces the general path."""
+    from fastgw.pipeline import heads
+
+    got = _respond(block, version)
+    monkeypatch.setattr(heads, "_USUAL", {})
+    assert got == _respond(block, version)
+
+
+def test_response_framing_usual_path_taken():
+    """The nginx-style block takes the sliced path and loses only its Connection line."""
+    from fastgw.pipeline import heads
+
+    block = b"Server: nginx\r\nContent-Length: 5\r\nConnection: Keep-Alive\r\nX-A: b\r\n"
+    assert tuple(heads._NAMES(b"\n" + block.lower())) in heads._USUAL
+    head, rechunk, _cd, keep = _respond(block)
+    assert head == b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\nX-A: b\r\n\r\n"
+    assert (rechunk, keep) == (False, True)
