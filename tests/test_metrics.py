@@ -55,6 +55,7 @@ def _traffic(m: Metrics, n: int = 5) -> None:
     r = _Route("api", "main")
     for i in range(n):
         m.request_done(_Ctx(r, status=200 if i % 2 else 404))
+    m.publish()  # (the worker tick)
     m.conn_open(3)
     m.conn_open(-1)
     m.pool_event("created")
@@ -169,6 +170,7 @@ def test_request_done_series_exact_values(shm, monkeypatch):
         m.set_inflight(0)  # (the worker tick publishes the engine's count)
         for route, method, status, d, up in reqs:
             m.request_done(_Ctx(route, method, status, start=now - d, up=up))
+        m.publish()
         snap = region.metrics.snapshot() if shm else m.store.snapshot()
         assert not any(k.endswith("_count") or "_count{" in k for k in snap if not hasattr(snap[k], "buckets"))
         text = render(snap)
@@ -199,6 +201,7 @@ def test_request_done_cache_stays_bounded_and_counts_stay_exact():
     for i in range(5000):
         m.request_done(_Ctx(r, status=1000 + i % 4500))
     assert m._nreq <= 4097
+    m.publish()
     snap = m.store.snapshot()
     total = sum(v for k, v in snap.items() if k.startswith("fastgw_http_requests_total"))
     assert total == 5000 and snap['fastgw_http_requests_total{route="api",service="main",method="GET",code="1000"}'] == 2
@@ -245,6 +248,8 @@ def test_live_metrics_count_every_request_across_kill9_and_hup(up):
         for i in range(30):
             assert get(gw.port, f"/c/{i}")[0] == 200
             sent += 1
+        # (each worker adds its requests to shared memory on its 1 s tick)
+        assert wait_for(lambda: requests_total(metrics_text(gw)) == sent, timeout=3, interval=0.1)
         text = metrics_text(gw)
         promtool_check(text)
         assert requests_total(text) == sent, series(text, "fastgw_http_requests_total")
@@ -281,3 +286,32 @@ def test_live_in_flight_gauge_is_published_on_the_tick(up):
         assert results == [200, 200, 200]
         assert wait_for(lambda: series(metrics_text(gw), "fastgw_http_requests_in_flight") == {"": 0},
                      timeout=3, interval=0.1)
+
+
+@pytest.mark.parametrize("shm", [False, True])
+def test_request_counts_reach_the_store_on_publish_only_once(shm):
+    """request_done accumulates in the worker; ``publish`` (the tick) adds to the store
+    exactly what accumulated since the last publish, then nothing more."""
+    region = Region.create(2, metrics_series=512, table_slots=64, health_slots=8) if shm else None
+    try:
+        m = Metrics(ShmStore(region.metrics.writer(0)) if shm else LocalStore())
+        r = _Route("api", "main")
+        key = 'fastgw_http_requests_total{route="api",service="main",method="GET",code="200"}'
+        snap = (lambda: region.metrics.snapshot()) if shm else m.store.snapshot
+        for _ in range(3):
+            m.request_done(_Ctx(r, status=200, up=0.001))
+        assert snap().get(key, 0) == 0
+        m.publish()
+        assert snap()[key] == 3
+        m.publish()
+        assert snap()[key] == 3
+        m.request_done(_Ctx(r, status=200, up=0.001))
+        m.publish()
+        after = snap()
+        assert after[key] == 4
+        text = render(after)
+        assert series(text, "fastgw_upstream_request_duration_seconds_count") == {'{service="main"}': 4}
+        assert abs(series(text, "fastgw_upstream_request_duration_seconds_sum")['{service="main"}'] - 0.004) < 1e-9
+    finally:
+        if region is not None:
+            region.close()

@@ -147,6 +147,7 @@ class Worker:
         try:
             code = loop.run_until_complete(self.stopping)
         finally:
+            self.metrics.publish()
             self._flush_logs()
             loop.close()
         return code
@@ -206,6 +207,7 @@ class Worker:
         if self.engine is not None:
             self.metrics.publish_pools(self.engine.app.pools.values())
             self.metrics.set_inflight(self.engine.inflight)
+        self.metrics.publish()
         for hook in self.tick_hooks:
             try:
                 hook()
