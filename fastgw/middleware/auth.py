@@ -203,7 +203,8 @@ class StripIdentity(Middleware):
         self.strip = strip
 
     def request_filter(self, ctx):
-        if _forged(self.strip, ctx):
+        # (a request with no forwarded header, e.g. only Host, skips the scan)
+        if ctx.headers and _forged(self.strip, ctx):
             ctx.drop_headers(self.strip)
         return None
 
