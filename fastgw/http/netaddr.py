@@ -42,3 +42,25 @@ class TrustedNets:
                 c.clear()
             c[ip] = r
         return r
+
+
+def client_from_xff(xff: bytes, peer: str, is_trusted) -> str:
+    """The client address of a request from trusted proxy ``peer``: X-Forwarded-For read
+    right to left past trusted proxies (``is_trusted(ip)``).
+
+    The first address that is not a trusted proxy is the client.  An entry that is not
+    an IP address ends the walk at the last trusted hop (garbage is not a client).
+    """
+    last = peer
+    for raw in reversed(xff.split(b",")):
+        ip = raw.strip().decode("latin-1")
+        if ip.startswith("[") and "]" in ip:
+            ip = ip[1:ip.index("]")]
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            return last
+        if not is_trusted(ip):
+            return ip
+        last = ip
+    return last

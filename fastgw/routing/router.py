@@ -72,7 +72,7 @@ def _hostname(host: str) -> str:
 class Router:
     """Compiled routing table for one config snapshot (module rules 1-4)."""
 
-    __slots__ = ("routes", "warnings", "_exact", "_groups", "_lens", "_maxlen")
+    __slots__ = ("routes", "warnings", "_exact", "_groups", "_lens", "_maxlen", "cacheable")
 
     def __init__(self, entries) -> None:
         routes = [compile_route(cfg, target, i) for i, (cfg, target) in enumerate(entries)]
@@ -86,6 +86,10 @@ class Router:
         self._lens = frozenset(len(k) for k in self._groups)
         self._maxlen = max(self._lens, default=0)  # no "/" at or past it can end a prefix
         self.warnings: list[str] = _shadowed(self._exact, self._groups)
+        # No route has header or query conditions: ``match`` is a function of (host,
+        # method, path, encoded slash) alone, so its answers may be cached by the caller
+        # (the engine's match cache); a CORS preflight is still never cached there.
+        self.cacheable = all(r.simple or r.host_only for r in routes)
 
     def match(
         self,

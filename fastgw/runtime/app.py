@@ -118,6 +118,9 @@ class App:
                     pool.tmin = min(pool.tmin, route.t_head, route.t_read)
         self.router = Router(entries)
         self.routes = [r for _, r in entries]
+        # (host, method, raw target) -> (query, path, route, params) for routers whose
+        # answer depends on nothing else; filled and bounded by Engine.dispatch
+        self.match_cache = {} if self.router.cacheable else None
         # readiness contributed by middlewares (e.g. the first JWKS fetch)
         self.ready_checks = tuple({id(m): m.ready for m in self.middlewares().values()
                                    if callable(getattr(m, "ready", None))}.values())
