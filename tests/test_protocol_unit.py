@@ -484,3 +484,39 @@ def test_one_live_timer_per_connection():
         respond(p, h)
     live = [x for x in loop.timers if not x.cancelled]
     assert len(live) <= 2, f"{len(live)} live timers for one connection"
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1", b"2.0"])
+@pytest.mark.parametrize("conn", [None, b"close", b"keep-alive", b"Keep-Alive, x-a", b"upgrade"])
+def test_version_and_keep_alive_as_llhttp_reports_them(version, conn):
+    """ctx.version skips llhttp's get_http_version() when no Connection header is sent and
+    the request keeps alive (only HTTP/1.1 does); every combination gives the version and
+    keep-alive that llhttp itself reports."""
+    import httptools
+
+    head = b"GET /v HTTP/" + version + b"\r\nHost: h\r\n" + (b"Connection: " + conn + b"\r\n" if conn else b"") + b"\r\n"
+
+    seen = []
+
+    class Ref:  # (read inside the callback: llhttp resets its flags once the message ends)
+        def on_headers_complete(self):
+            seen.append((ref.get_http_version(), ref.should_keep_alive()))
+
+    ref = httptools.HttpRequestParser(Ref())
+    try:
+        ref.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    p, h, t, _ = make()
+    p.data_received(head)
+    if version == b"2.0":
+        assert not h.dispatched and h.errors and h.errors[0][0] == "bad_request"
+        return
+    (ctx,) = h.dispatched
+    assert (ctx.version, ctx.keep_alive) == seen[0]
+
+
+def test_http09_request_line_is_refused():
+    p, h, t, _ = make()
+    p.data_received(b"GET /\r\n\r\n")
+    assert not h.dispatched and h.errors
