@@ -255,3 +255,25 @@ def test_response_framing_usual_path_taken():
     head, rechunk, _cd, keep = _respond(block)
     assert head == b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\nX-A: b\r\n\r\n"
     assert (rechunk, keep) == (False, True)
+
+
+@pytest.mark.parametrize("raw_host", [None, b"gw.example:8080"])
+@pytest.mark.parametrize("preserve", [False, True])
+def test_request_head_host_and_forwarding_lines(raw_host, preserve):
+    """Host is the upstream's unless preserve_host; X-Forwarded-Host only when the client
+    sent a Host; the client address (a remembered bytes copy) in X-Forwarded-For."""
+    from types import SimpleNamespace
+
+    from fastgw.pipeline.heads import request_head
+
+    ctx = Ctx()
+    ctx.method_b, ctx.path, ctx.peer_ip, ctx.raw_host = b"GET", "/x", "10.9.8.7", raw_host
+    ctx.up_raw = b"x-request-id: r-1\r\n"
+    route = SimpleNamespace(chain=SimpleNamespace(upstream_request=()), preserve_host=preserve)
+    peer = SimpleNamespace(base_path=b"/base", host_header=b"up:80")
+    for _ in range(2):  # (the second call finds the address remembered)
+        head = request_head(ctx, route, peer)
+        want = (b"GET /base/x HTTP/1.1\r\nhost: " + (raw_host if raw_host and preserve else b"up:80") +
+                b"\r\nx-request-id: r-1\r\nx-forwarded-for: 10.9.8.7\r\nx-forwarded-proto: http\r\n" +
+                (b"x-forwarded-host: " + raw_host + b"\r\n" if raw_host else b"") + b"\r\n")
+        assert head == want

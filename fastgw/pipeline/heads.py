@@ -64,29 +64,41 @@ def request_head(ctx, route, peer) -> bytes:
         for fn in route.chain.upstream_request:
             fn(ctx, head)
         target, headers = head.target, head.headers
-    raw_host = ctx.raw_host
-    if raw_host:
-        host = raw_host if route.preserve_host else peer.host_header
-        tail = b"x-forwarded-host: " + raw_host + CRLF
-    else:
-        host = peer.host_header
-        tail = b""
-    fwd = header_lines(headers)
+    fwd = header_lines(headers) if headers else b""
     if ctx.upstream_headers:
         fwd += header_lines(ctx.upstream_headers)
-    peer_ip = ctx.peer_ip.encode("latin-1")
+    peer_ip = _IP_BYTES.get(ctx.peer_ip) or _ip_bytes(ctx.peer_ip)
     xff = ctx.xff
     if xff is not None and ctx.trusted_peer:
         peer_ip = xff + b", " + peer_ip
+    tail = b""
     if ctx.upgrade is not None:
-        tail += b"connection: upgrade\r\nupgrade: " + ctx.upgrade + CRLF
+        tail = b"connection: upgrade\r\nupgrade: " + ctx.upgrade + CRLF
     if ctx.content_length is not None:
         tail += b"content-length: %d\r\n" % ctx.content_length
     elif ctx.chunked:
         tail += b"transfer-encoding: chunked\r\n"
-    return b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%s\r\n" % (
-        ctx.method_b, target, host, fwd, ctx.up_raw, peer_ip,
-        b"https" if ctx.scheme == "https" else b"http", tail)
+    raw_host = ctx.raw_host
+    if raw_host:
+        return _HEAD_XFH % (ctx.method_b, target, raw_host if route.preserve_host else peer.host_header, fwd,
+                            ctx.up_raw, peer_ip, b"https" if ctx.scheme == "https" else b"http", raw_host, tail)
+    return _HEAD % (ctx.method_b, target, peer.host_header, fwd, ctx.up_raw, peer_ip,
+                    b"https" if ctx.scheme == "https" else b"http", tail)
+
+
+_HEAD = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%s\r\n"
+_HEAD_XFH = (b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
+             b"x-forwarded-host: %s\r\n%s\r\n")
+_IP_BYTES: dict[str, bytes] = {}
+
+
+def _ip_bytes(ip: str) -> bytes:
+    """The client address as bytes, remembered in ``_IP_BYTES`` (request_head looks it
+    up there first: a dict lookup costs less than an encode)."""
+    if len(_IP_BYTES) >= 4096:
+        _IP_BYTES.clear()
+    b = _IP_BYTES[ip] = ip.encode("latin-1")
+    return b
 
 
 def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: bool, server_header) -> bytes:
