@@ -10,9 +10,11 @@ instructions one exchange costs, without start-up.
     python -m bench.micro.instructions                    # bare, policy and newconn
     python -m bench.micro.instructions --routes bare -k 4000
 
-Routes: ``bare`` (request id + access log + metrics, as bench's small-50), ``policy``
-(JWT auth + per-user and per-IP rate limits + CORS + security headers, as bench's
-policy), ``newconn`` (bare, with a new client connection per request).  Kernel work
+Routes: ``bare`` (request id + access log + metrics, a request with User-Agent and
+Accept), ``wrk`` (the same route with the exchange of bench's small-50: wrk's request,
+Host only, and nginx's 100 B answer), ``policy`` (JWT auth + per-user and per-IP rate
+limits + CORS + security headers, as bench's policy), ``newconn`` (bare, with a new
+client connection per request).  Kernel work
 (syscalls) is not counted: see ``python -m bench`` for the whole picture.
 Needs valgrind (Debian: ``apt-get install valgrind``).
 """
@@ -31,7 +33,11 @@ from pathlib import Path
 import uvloop
 import yaml
 
-ROUTES = ("bare", "policy", "newconn")
+ROUTES = ("bare", "wrk", "policy", "newconn")
+WRK_REQ = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
+NGINX_RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 14:26:03 GMT\r\n"
+              b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
+              + b"x" * 100)
 
 
 def _world(route: str):
@@ -48,16 +54,19 @@ def _world(route: str):
         req = (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\n"
                b"Authorization: Bearer " + fastgw_config.token().encode() +
                b"\r\nOrigin: " + fastgw_config.ORIGIN.encode() + b"\r\n\r\n")
+    elif route == "wrk":
+        text, req = CFG, WRK_REQ
     else:
         text = CFG
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
+    resp = NGINX_RESP if route == "wrk" else RESP
     _app, engine, info, up, _ut = gateway(text, loop)
     if route == "newconn":
         def one():
             down = DownstreamProtocol(engine, info, loop, Ctx)
             down.connection_made(_Transport())
             down.data_received(req)
-            up.data_received(RESP)
+            up.data_received(resp)
             down.connection_lost(None)
         return one
     down = DownstreamProtocol(engine, info, loop, Ctx)
@@ -66,7 +75,7 @@ def _world(route: str):
 
     def one():
         down.data_received(req)
-        up.data_received(RESP)
+        up.data_received(resp)
     return one
 
 
