@@ -141,7 +141,13 @@ class UpstreamProtocol:
         self.body_filter = route.body_filter
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
-        self._set_deadline(T_HEAD, route.t_head)
+        # _set_deadline inlined for the usual case (an armed timer that fires first)
+        at = self.loop.time() + route.t_head
+        if self.timer is not None and self.timer_at <= at:
+            self.deadline = at
+            self.deadline_kind = T_HEAD
+        else:
+            self._set_deadline(T_HEAD, route.t_head)
         self.transport.write(data)
 
     def write(self, data: bytes) -> None:
@@ -316,9 +322,15 @@ class UpstreamProtocol:
         self._reset()
         self.state = IDLE
         self.reused = True
-        # one clock read for idle_since and the idle deadline
+        # one clock read for idle_since and the idle deadline; _set_deadline inlined for
+        # the usual case (an armed timer that fires first)
         self.idle_since = now = self.loop.time()
-        self._set_deadline(T_IDLE, self.pool.idle_timeout, now)
+        at = now + self.pool.idle_timeout
+        if self.timer is not None and self.timer_at <= at:
+            self.deadline = at
+            self.deadline_kind = T_IDLE
+        else:
+            self._set_deadline(T_IDLE, self.pool.idle_timeout, now)
 
     def close(self) -> None:
         if self.state != CLOSED:
