@@ -19,11 +19,14 @@ from fastgw.routing.router import Router
 from tests.conftest import exchange, parse_responses
 from tests.harness import EchoUpstream, Gateway
 
-CONFIG = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-services:
+
+def _config(services: str) -> str:
+    """A gateway on 127.0.0.1:0 with ``services`` (YAML, indented as under ``services:``)."""
+    return ("gateway:\n  host: 127.0.0.1\n  port: 0\nservices:\n" + services +
+            "monitoring:\n  metrics_port: 0\n  logging: {level: warning}\n")
+
+
+CONFIG = _config("""\
   a:
     url: "http://{A}"
     routes:
@@ -36,16 +39,9 @@ services:
     routes:
       - {path: "/x/*", host: "b.example", methods: ["GET"]}
       - {path: "/m", methods: ["POST"], host: "b.example"}
-monitoring:
-  metrics_port: 0
-  logging: {level: warning}
-"""
+""")
 
-CONDITIONS = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-services:
+CONDITIONS = _config("""\
   a:
     url: "http://{A}"
     routes:
@@ -54,10 +50,7 @@ services:
     url: "http://{B}"
     routes:
       - {path: "/h", methods: ["GET"], match: {headers: {X-V: "1"}}}
-monitoring:
-  metrics_port: 0
-  logging: {level: warning}
-"""
+""")
 
 
 @pytest.fixture(scope="module")

@@ -450,13 +450,7 @@ class DownstreamProtocol:
             if self.draining:
                 self._close()
                 return
-            # _set_deadline inlined for the usual case (an armed timer that fires first)
-            at = self.loop.time() + self.info.t_idle
-            if self.timer is not None and self.timer_at <= at:
-                self.deadline = at
-                self.deadline_kind = T_IDLE
-            else:
-                self._set_deadline(T_IDLE, self.info.t_idle)
+            self._set_deadline(T_IDLE, self.info.t_idle)
             return
         if self.queue:
             self._next()

@@ -39,6 +39,8 @@ _NAMES = re.compile(
     rb"proxy-authenticate|proxy-authorization):").findall
 _USUAL = {(): (False, False), (b"content-length",): (True, False), (b"connection",): (False, True),
           (b"content-length", b"connection"): (True, True), (b"connection", b"content-length"): (True, True)}
+# A lower-cased Connection value of the response that lists no header (with or without
+# the space after the colon): both paths of response_head use it
 _PLAIN_VALUE = frozenset({b" keep-alive", b" close", b"keep-alive", b"close"})
 # Connection values that list no header to drop, in their usual spellings: a set lookup
 # instead of tokenising the value (every "Connection: close" request; callgrind)
@@ -191,9 +193,9 @@ def _framing(low: bytes, block: bytes):
             chunked = True
         elif k == _CONN:
             v = m.group(4)
-            if v != b" keep-alive" and v != b" close":  # (the usual spellings: no strip call)
+            if v not in _PLAIN_VALUE:  # (the usual spellings: no strip call)
                 v = v.strip(b" \t")
-                if v != b"keep-alive" and v != b"close":
+                if v not in _PLAIN_VALUE:
                     listed = connection_tokens(v) - {b"close", b"keep-alive"}
         if cuts is None:
             cuts = [m.span()]

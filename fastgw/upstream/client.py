@@ -141,13 +141,7 @@ class UpstreamProtocol:
         self.body_filter = route.body_filter
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
-        # _set_deadline inlined for the usual case (an armed timer that fires first)
-        at = self.loop.time() + route.t_head
-        if self.timer is not None and self.timer_at <= at:
-            self.deadline = at
-            self.deadline_kind = T_HEAD
-        else:
-            self._set_deadline(T_HEAD, route.t_head)
+        self._set_deadline(T_HEAD, route.t_head)
         self.transport.write(data)
 
     def write(self, data: bytes) -> None:
@@ -322,15 +316,9 @@ class UpstreamProtocol:
         self._reset()
         self.state = IDLE
         self.reused = True
-        # one clock read for idle_since and the idle deadline; _set_deadline inlined for
-        # the usual case (an armed timer that fires first)
+        # one clock read for idle_since and the idle deadline
         self.idle_since = now = self.loop.time()
-        at = now + self.pool.idle_timeout
-        if self.timer is not None and self.timer_at <= at:
-            self.deadline = at
-            self.deadline_kind = T_IDLE
-        else:
-            self._set_deadline(T_IDLE, self.pool.idle_timeout, now)
+        self._set_deadline(T_IDLE, self.pool.idle_timeout, now)
 
     def close(self) -> None:
         if self.state != CLOSED:
