@@ -24,6 +24,7 @@ import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, PositiveDuration, Size
+from fastgw.config.compression import CompressionConfig
 from fastgw.config.ratelimit import RateLimitRule
 from fastgw.config.security import CorsConfig, IpFilterConfig, SecurityHeadersConfig, ValidateConfig
 
@@ -64,6 +65,7 @@ class RouteConfig(Base):
     security_headers: SecurityHeadersConfig | bool | None = None
     ip_filter: IpFilterConfig | bool | None = None
     validate: ValidateConfig | None = None
+    compression: CompressionConfig | bool | None = None  # None = the service's, else the top-level
 
     def _check(self) -> Iterator[tuple[str, str]]:
         if not self.methods:

@@ -146,13 +146,21 @@ class ResponseHead(_HeadersMixin):
     list and serialised again (a parse costs more than both filters' own work).
     """
 
-    __slots__ = ("status", "reason", "_headers", "raw")
+    __slots__ = ("status", "reason", "_headers", "raw", "length_dropped")
 
     def __init__(self, status: int, reason: bytes, headers: list | None = None, raw: bytes = b"") -> None:
         self.status = status
         self.reason = reason
         self._headers = headers
         self.raw = raw
+        self.length_dropped = False  # drop_length() was called: the body's length changes
+
+    def drop_length(self) -> None:
+        """Declare that a body filter changes the body's length (a streaming encoder):
+        Content-Length is removed and the engine frames the body itself, chunked for an
+        HTTP/1.1 client, close-delimited for HTTP/1.0, whatever the upstream's framing."""
+        self.remove(b"content-length")
+        self.length_dropped = True
 
     @property
     def headers(self) -> list:

@@ -20,7 +20,7 @@ from fastgw.pipeline.middleware import Middleware
 class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One access log line; the field order is the line's key order.
 
-    Only ``trace_id`` has a default, so it is the only key left out (when None):
+    Only ``trace_id`` and ``content_encoding`` have a default, so they are the only keys left out (when None):
     ``omit_defaults`` never drops a field without a default.  ``gc=False``: a record holds
     strings, numbers and a list of strings, never a cycle, so the collector need not track it.
     """
@@ -43,6 +43,7 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     user_agent: str | None
     response_flags: list[str] | tuple[str, ...]
     trace_id: str | None = None
+    content_encoding: str | None = None  # the response's coding when the gateway compressed it
 
 
 _NO_FLAGS = ()  # encodes as [] like an empty list, and nothing can append to it later
@@ -77,7 +78,8 @@ class AccessLog(Middleware):
             ctx.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
             ctx.upstream_status or None, ctx.upstream_duration,
             route.name if route is not None else None, ctx.user,
-            ua.decode("latin-1") if ua else None, flags, ctx.notes.get("trace_id")))
+            ua.decode("latin-1") if ua else None, flags, ctx.notes.get("trace_id"),
+            ctx.notes.get("content_encoding")))
         if len(recs) >= self.max_recs:
             self.buf.flush()
 

@@ -7,7 +7,9 @@ the global chain (replies with no route: 400/404/405).
 
 Order of request filters (response filters run in reverse):
 request_id -> access_log -> security_headers -> ip_filter -> cors -> ratelimit_ip ->
-auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation
+auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> compression
+(last, so its response filter runs first: DESIGN.md's "compression, then per-request
+decorations")
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("auth", "fastgw.middleware.auth"),
     ("ratelimit", "fastgw.middleware.ratelimit"),
     ("validation", "fastgw.middleware.validation"),
+    ("compression", "fastgw.middleware.compression"),
 )
 
 

@@ -9,11 +9,17 @@ Two phases:
 
 1. ``request_filter`` (head only, before any body byte is read): required headers and
    query parameters (present and non-empty) -> 400; a body whose media type is not
-   allowed, or a JSON body under a schema with a ``Content-Encoding`` -> 415; a missing
-   body when ``body_required`` -> 400.  It marks the request for phase 2 only when a
-   schema applies to it.
+   allowed, or a JSON body under a schema with a ``Content-Encoding`` other than gzip,
+   br or zstd (or a list of codings) -> 415 with ``Accept-Encoding: gzip, br, zstd``; a
+   missing body when ``body_required`` -> 400.  It marks the request for phase 2 only
+   when a schema applies to it (noting the coding to decode).
 2. ``body_filter(ctx, body)`` (the engine contract below): decode the whole body and
    validate it.  Invalid JSON, a nesting too deep to decode, or a schema failure -> 400.
+   An encoded body (issue 22) is decoded first, for the check only (the upstream gets
+   the bytes as received), with the route's ``max_body_size`` applied to the *decoded*
+   size: the decoder stops and the answer is 413 as soon as its output would pass the
+   limit, so a decompression bomb costs at most that many bytes and the time to make
+   them (``fastgw.compress.codecs.decode``).  A corrupt or truncated stream -> 400.
 
 Engine contract relied on (``needs_body``/``body_filter``):
 
@@ -47,11 +53,15 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 
+from fastgw.compress.codecs import BadEncoding, TooLarge, decode
 from fastgw.config.security import ValidateConfig, compile_schema
 from fastgw.http.messages import Reply
 from fastgw.pipeline.middleware import Middleware
 
 _decode = msgspec.json.Decoder().decode
+# request codings decoded for validation (x-gzip: RFC 9110 §8.4.1.3); the 415 lists them
+_CODINGS = {b"gzip": "gzip", b"x-gzip": "gzip", b"br": "br", b"zstd": "zstd"}
+_ACCEPTED = b"gzip, br, zstd"
 _MSG_MAX = 200  # validator messages quote the offending value; keep the problem body small
 _NOTE = "validation"
 
@@ -110,16 +120,34 @@ class Validation(Middleware):
             return self._unsupported(ctx, f"Content-Type {shown} is not accepted; expected {self._expected}")
         if self._validator is not None and is_json:
             ce = ctx.header(b"content-encoding")
-            if ce is not None and ce.strip().lower() not in (b"", b"identity"):
-                return self._unsupported(ctx, "a Content-Encoding is not accepted on a validated JSON body",
-                                         headers=[(b"accept-encoding", b"identity")])
-            ctx.notes[_NOTE] = True
+            coding = True  # (the note: True = identity, else the coding to decode)
+            if ce is not None:
+                c = ce.strip().lower()
+                if c not in (b"", b"identity"):
+                    coding = _CODINGS.get(c)
+                    if coding is None:
+                        shown = c[:40].decode("latin-1")
+                        return self._unsupported(
+                            ctx, f"Content-Encoding {shown} is not accepted; use gzip, br, zstd or none",
+                            headers=[(b"accept-encoding", _ACCEPTED)], header="Content-Encoding")
+            ctx.notes[_NOTE] = coding
         return None
 
     def body_filter(self, ctx, body: bytes):
         """Validate the whole JSON body against the schema: None when valid, else a 400 reply."""
-        if not ctx.notes.get(_NOTE):
+        coding = ctx.notes.get(_NOTE)
+        if not coding:
             return None
+        if coding is not True and body:
+            # decoded for the check only: the upstream gets the body as received
+            limit = ctx.route.max_body
+            try:
+                body = decode(coding, body, limit)
+            except TooLarge:
+                return ctx.problem(413, f"request body exceeds {limit} bytes once decoded ({coding})",
+                                   kind="body_too_large")
+            except BadEncoding as e:
+                return self._bad_body(ctx, "#", str(e))
         if not body:
             if self._body_required:
                 return self._bad_body(ctx, "#", "a request body is required")
@@ -156,9 +184,9 @@ class Validation(Middleware):
         return ctx.problem(400, f"missing required {what} {names[0]}", kind="bad_request", extra={"errors": errors})
 
     @staticmethod
-    def _unsupported(ctx, detail: str, headers=None) -> Reply:
+    def _unsupported(ctx, detail: str, headers=None, header: str = "Content-Type") -> Reply:
         return ctx.problem(415, detail, kind="unsupported_media_type", headers=headers,
-                           extra={"errors": [{"header": "Content-Type", "detail": detail}]})
+                           extra={"errors": [{"header": header, "detail": detail}]})
 
     @staticmethod
     def _bad_body(ctx, pointer: str, detail: str) -> Reply:

@@ -132,6 +132,7 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
                 usual = None
     if usual is None:
         block, has_cl, chunked, listed = _framing(low, block)
+    up_len = False  # the upstream body has a Content-Length that the client will not see
     route = ctx.route
     if route.chain.response or listed:
         head = ResponseHead(status, reason, raw=block)
@@ -141,6 +142,11 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
             fn(ctx, head)
         status = head.status
         block = head.block()
+        if head.length_dropped and has_cl:
+            # a body filter re-encodes a Content-Length body: the client gets it framed
+            # anew below, while the upstream side still reads it by its length
+            has_cl = False
+            up_len = True
     down = up.down
     # (an answer before the request body was read: the connection ends with it)
     keep_client = ctx.keep_alive and not draining and down is not None and \
@@ -164,7 +170,7 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
                 extra += b"transfer-encoding: chunked\r\n"
             else:
                 keep_client = False
-            if not chunked:
+            if not chunked and not up_len:
                 up.close_delimited = True
         if not keep_client:
             extra += b"connection: close\r\n"
