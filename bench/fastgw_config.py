@@ -13,6 +13,8 @@ Rules:
      (5, 6, 7); until those features exist ``fastgw --check`` refuses this file and the
      scenario skips with the checker's message.
   3. Configs are rendered with PyYAML from plain dicts, never by string pasting.
+  4. The gzip config is the bare route with ``compression`` on at nginx's level
+     (``scenarios.GZIP_LEVEL``); the client asks for gzip only, so gzip is chosen.
 """
 
 from __future__ import annotations
@@ -62,7 +64,16 @@ def policy(upstream_port: int, access_log: Path, connections: int) -> dict:
     return cfg
 
 
-RENDERERS = {"bare": bare, "policy": policy}
+def gzip(upstream_port: int, access_log: Path, connections: int) -> dict:
+    """Rule 4."""
+    from bench.scenarios import GZIP_LEVEL
+
+    cfg = _base(upstream_port, access_log, connections)
+    cfg["compression"] = {"min_size": "1k", "levels": {"gzip": GZIP_LEVEL}}
+    return cfg
+
+
+RENDERERS = {"bare": bare, "policy": policy, "gzip": gzip}
 
 
 def write(kind: str, path: Path, upstream_port: int, access_log: Path, connections: int) -> Path:

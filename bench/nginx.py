@@ -5,8 +5,8 @@ Rules:
      error log), in the foreground (``daemon off``), so no system nginx state is read
      or written and several benches can run side by side.
   2. The upstream is one worker: ``/small`` is ``return 200`` with a 100 B body,
-     ``/slow`` answers after 20 ms through the echo module (``echo_sleep``), ``/16k``
-     and ``/1m`` are static files, ``/upload`` reads and discards a POST body of up to
+     ``/slow`` answers after 20 ms through the echo module (``echo_sleep``), ``/16k``,
+     ``/1m`` and ``/json16k`` (application/json, for gzip-json) are static files, ``/upload`` reads and discards a POST body of up to
      1 MiB and answers 100 B; ``stub_status`` on a second port counts the upstream's
      accepted connections (upstream connections opened by the proxy).
   3. The reference proxy is configured comparably to fastgw's bare route: one worker
@@ -28,7 +28,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from bench.scenarios import SIZE_1M, SIZE_16K, SMALL_BODY
+from bench.scenarios import SIZE_1M, SIZE_16K, SMALL_BODY, json_16k
 
 ECHO_MODULE_PATHS = (
     "/usr/lib/nginx/modules/ngx_http_echo_module.so",
@@ -85,6 +85,7 @@ def write_static_files(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "16k").write_bytes(b"x" * SIZE_16K)
     (root / "1m").write_bytes(b"y" * SIZE_1M)
+    (root / "json16k").write_bytes(json_16k())
 
 
 def upstream_conf(prefix: Path, port: int, status_port: int, echo: str | None) -> str:
@@ -107,6 +108,7 @@ http {{
         location = /slow {{ {slow} }}
         location = /16k {{ }}
         location = /1m {{ }}
+        location = /json16k {{ default_type application/json; }}
         location = /upload {{
             client_max_body_size 1m;
             client_body_buffer_size 128k;
@@ -121,9 +123,14 @@ http {{
 """
 
 
-def proxy_conf(prefix: Path, port: int, upstream_port: int, workers: int, connections: int) -> str:
-    """The reference reverse proxy (rules 3-4)."""
+def proxy_conf(prefix: Path, port: int, upstream_port: int, workers: int, connections: int,
+               gzip_level: int = 0) -> str:
+    """The reference reverse proxy (rules 3-4); ``gzip_level`` > 0 turns on ``gzip`` for
+    JSON responses at that ``gzip_comp_level`` (the gzip-json scenario), configured as
+    fastgw's compression is: proxied responses too, 1 KiB minimum, ``Vary`` added."""
     pool = max(1024, connections)
+    gz = (f"    gzip on;\n    gzip_comp_level {gzip_level};\n    gzip_types application/json;\n"
+          f"    gzip_proxied any;\n    gzip_min_length 1024;\n    gzip_vary on;\n") if gzip_level else ""
     reuse = " reuseport" if workers > 1 else ""
     return f"""{_prelude(prefix, workers, connections)}
 http {{
@@ -132,7 +139,7 @@ http {{
         '"bytes_sent":$bytes_sent,"duration_s":$request_time,"upstream":"$upstream_addr",'
         '"upstream_status":"$upstream_status","upstream_duration_s":"$upstream_response_time"}}';
     access_log {prefix}/access.log bench buffer=64k flush=1s;
-    upstream bench {{
+{gz}    upstream bench {{
         server 127.0.0.1:{upstream_port};
         keepalive {pool};
         keepalive_requests 1000000;

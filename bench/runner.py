@@ -4,7 +4,8 @@ Rules:
   1. Every run starts the system fresh, so memory growth is measured from that start's
      idle state and no run inherits another's pools or heap.
   2. Before any load, one request of the scenario (method, headers, body) must get a 200
-     with the expected body size (the preflight); otherwise the run is invalid and no
+     with the expected body size (decoded, and with the expected Content-Encoding, when
+     the scenario compresses) (the preflight); otherwise the run is invalid and no
      load is sent.  This catches 3xx and truncated bodies that wrk does not count.  On
      the policy scenario fastgw must also answer 401 to the same request without its
      token, so a chain that is configured but not enforced never passes for a fast one.
@@ -20,10 +21,12 @@ Rules:
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import shutil
 import threading
 import time
+import zlib
 from pathlib import Path
 
 from bench import load, nginx, pinning, procstats
@@ -44,6 +47,14 @@ def preflight(port: int, scenario: Scenario, headers: dict[str, str]) -> str | N
         conn.close()
     except (OSError, http.client.HTTPException) as e:
         return f"preflight {scenario.method} {scenario.path} failed: {e!r}"
+    if scenario.expect_encoding:
+        got = resp.getheader("content-encoding")
+        if got != scenario.expect_encoding:
+            return f"preflight {scenario.method} {scenario.path}: Content-Encoding {got!r}, expected {scenario.expect_encoding!r}"
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            return f"preflight {scenario.method} {scenario.path}: body does not decode: {e}"
     if resp.status != 200 or len(data) != scenario.expect_bytes:
         return (
             f"preflight {scenario.method} {scenario.path} got {resp.status} with {len(data)} body bytes,"

@@ -21,6 +21,27 @@ SIZE_16K = 16 * 1024
 SIZE_1M = 1024 * 1024
 POST_SIZE = 64 * 1024
 SLOW_DELAY_S = 0.020
+# gzip-json: the level both proxies compress at (nginx gzip_comp_level, fastgw
+# compression.levels.gzip; fastgw's default, a common production nginx setting)
+GZIP_LEVEL = 5
+
+
+def json_16k() -> bytes:
+    """16 KiB of API-like JSON (an array of records, values from a fixed LCG so every run
+    serves the same bytes and the text compresses like real data, ~5x, not like one
+    repeated byte); padded to the exact size with spaces before the closing bracket."""
+    out, size, x, i = [], 1, 12345, 0
+    while True:
+        x = (x * 1103515245 + 12345) % 2**31
+        rec = (b'{"id":%d,"sku":"SKU-%06d","name":"item %d","price":%d.%02d,"stock":%d,"active":%s}'
+               % (i, x % 999_983, x % 7919, x % 500, x % 100, x % 97, b"true" if x & 1 else b"false"))
+        if size + len(rec) + 2 > SIZE_16K:
+            break
+        out.append(rec)
+        size += len(rec) + 1
+        i += 1
+    body = b"[" + b",".join(out)
+    return body + b" " * (SIZE_16K - 1 - len(body)) + b"]"
 
 
 @dataclass(frozen=True)
@@ -36,7 +57,9 @@ class Scenario:
     workers: int = 1  # 0: the run's --workers N (rule 4)
     fastgw_config: str = "bare"
     generator: str = "wrk"  # or 'openloop' (fixed offered rate)
-    expect_bytes: int = 0  # response body size the preflight check expects
+    expect_bytes: int = 0  # response body size the preflight check expects (decoded)
+    expect_encoding: str = ""  # the Content-Encoding the preflight check expects ("gzip")
+    gzip_level: int = 0  # > 0: the proxies compress responses with gzip at this level
     configs: tuple[str, ...] = ("direct", "nginx", "fastgw")
     enforced: bool = True
 
@@ -66,6 +89,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "fixed-rate", "100 B responses at a fixed offered rate (open loop), latency from the intended send time",
         "/small", 64, generator="openloop", expect_bytes=100,
+    ),
+    Scenario(
+        "gzip-json", "16 KiB JSON responses gzipped by the proxy (Accept-Encoding: gzip), 50 connections",
+        "/json16k", 50, fastgw_config="gzip", headers=(("Accept-Encoding", "gzip"),), expect_bytes=SIZE_16K,
+        expect_encoding="gzip", gzip_level=GZIP_LEVEL, configs=("nginx", "fastgw"),
     ),
     Scenario(
         "small-50-nw", "100 B responses, 50 connections, proxies with N workers (reported, not enforced)",

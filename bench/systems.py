@@ -69,7 +69,8 @@ class Nginx:
     def start(self, workdir: Path, scenario: Scenario, workers: int, layout: Layout, upstream_port: int) -> Running:
         port = procs.free_port()
         conf = workdir / "nginx-proxy.conf"
-        conf.write_text(nginx.proxy_conf(workdir, port, upstream_port, workers, scenario.connections))
+        conf.write_text(nginx.proxy_conf(workdir, port, upstream_port, workers, scenario.connections,
+                                         gzip_level=scenario.gzip_level))
         proc = procs.start(layout.prefix("proxy") + nginx.command(workdir, conf), workdir, "nginx-proxy")
         try:
             procs.wait_port(proc, port)

@@ -9,14 +9,17 @@ three methods, each returning the bytes ready to send (possibly ``b""``):
     finish()         end the stream (trailer, checksum)
 
 Memory per stream is bounded by the codec's window, whatever the body's size: gzip
-(stdlib zlib, memLevel 8) ~270 KiB; brotli with a 512 KiB window (``BR_LGWIN``, as
+(zlib-ng, memLevel 8) ~270 KiB; brotli with a 512 KiB window (``BR_LGWIN``, as
 ngx_brotli's default, instead of the library's 4 MiB); zstd with its window capped at
 512 KiB (``ZSTD_WINDOW_LOG``) whatever the level.  ``one_shot(coding, level, body)``
 compresses a whole body at hand in one call (a response that arrives in one read).
 
-Why stdlib zlib for gzip: python-isal and zlib-ng bind faster deflate implementations,
-but at nginx's level (1-6) on 16 KiB JSON the per-response cost is dominated by the
-fixed costs around the codec (measured in docs/bench.md); one dependency fewer.
+Why zlib-ng for gzip encoding, not the stdlib's zlib: deflate is most of a gzipped
+response's cost (16 KiB of JSON at level 5: ~520 us with zlib against ~45 us of proxying),
+and zlib-ng, a zlib-compatible rewrite with the same levels, did it in ~280 us (1.8-2.3x
+faster, 5 % larger output; measured on this machine, docs/bench.md).  python-isal is
+faster still but has only levels 0-3, which cannot match ``gzip_comp_level``.  Request
+bodies are decoded with the stdlib's zlib: decoding is cheap and rare next to encoding.
 
 Decoders (request bodies).  ``decode(coding, data, limit)`` returns the decoded bytes or
 raises ``TooLarge`` as soon as the output would pass ``limit`` (a decompression bomb
@@ -33,6 +36,7 @@ import zlib
 
 import brotli
 import zstandard
+from zlib_ng import zlib_ng
 
 CODINGS = ("zstd", "br", "gzip")
 LEVELS = {"gzip": (1, 9), "br": (0, 11), "zstd": (1, 19)}
@@ -56,15 +60,15 @@ class _Gzip:
     __slots__ = ("compress", "_flush")
 
     def __init__(self, level: int) -> None:
-        c = zlib.compressobj(level, zlib.DEFLATED, 31)
+        c = zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31)
         self.compress = c.compress
         self._flush = c.flush
 
     def flush(self) -> bytes:
-        return self._flush(zlib.Z_SYNC_FLUSH)
+        return self._flush(zlib_ng.Z_SYNC_FLUSH)
 
     def finish(self) -> bytes:
-        return self._flush(zlib.Z_FINISH)
+        return self._flush(zlib_ng.Z_FINISH)
 
 
 class _Brotli:
@@ -110,7 +114,7 @@ def encoder(coding: str, level: int):
 def one_shot(coding: str, level: int, body: bytes) -> bytes:
     """The whole of ``body`` compressed in one call (same output format as a stream)."""
     if coding == "gzip":
-        return zlib.compress(body, level, 31)
+        return zlib_ng.compress(body, level, 31)
     e = ENCODERS[coding](level)
     return e.compress(body) + e.finish()
 
