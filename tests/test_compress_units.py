@@ -96,10 +96,10 @@ def test_gzip_members_concatenated_decode_as_one_body():
 def test_one_gib_bomb_stops_at_the_limit_fast():
     with open(os.path.join(DATA, "bomb-1g.br"), "rb") as f:
         bomb = f.read()
-    t = time.monotonic()
+    t = time.process_time()  # CPU time: the machine may be shared, the work is bounded
     with pytest.raises(codecs.TooLarge):
         codecs.decode("br", bomb, 1 << 20)
-    assert time.monotonic() - t < 0.5
+    assert time.process_time() - t < 0.2
 
 
 def test_zstd_window_larger_than_8_mib_refused():
@@ -194,6 +194,10 @@ def test_streamed_pieces_and_one_shot_give_the_same_body():
     ([(b"content-type", b"application/json")], {"status": 206}, "partial"),
     ([(b"content-type", b"application/json"), (b"content-encoding", b"gzip")], {}, "encoded"),
     ([(b"content-type", b"application/json"), (b"cache-control", b"No-Transform")], {}, "no_transform"),
+    ([(b"content-type", b"application/json"), (b"cache-control", b"public"), (b"cache-control", b"no-transform")],
+     {}, "no_transform"),
+    ([(b"content-type", b"application/json"), (b"content-encoding", b"br"), (b"content-encoding", b"identity")],
+     {}, "encoded"),
     ([(b"content-type", b"image/jpeg")], {}, "type"),
     ([(b"content-type", b"text/event-stream")], {}, "type"),
     ([], {}, "type"),
@@ -203,7 +207,8 @@ def test_streamed_pieces_and_one_shot_give_the_same_body():
 ])
 def test_skip_reasons(headers, kw, reason):
     head, out, counts = _run(headers, **kw)
-    assert out == TEXT and head.get(b"content-encoding") in (None, b"gzip")
+    assert out == TEXT
+    assert head.get(b"content-encoding") == next((v for n, v in headers if n == b"content-encoding"), None)
     assert counts == {("fastgw_compression_skipped_total", (("reason", reason),)): 1}
     assert not head.length_dropped
 

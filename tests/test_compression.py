@@ -479,7 +479,7 @@ def test_decompression_bomb_refused_quickly(env):
     st, _hd, body = _post(gw, "/v/orders", bomb, "br")
     took = time.monotonic() - t
     assert st == 413 and "decoded" in json.loads(body)["detail"]
-    assert took < 1.0, took
+    assert took < 2.0, took  # (a few ms of work; the margin is for a shared machine)
     assert len(up.bodies) == n  # nothing forwarded
     zbomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (64 << 20))
     st, _hd, body = _post(gw, "/v/orders", zbomb, "zstd")

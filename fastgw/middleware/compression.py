@@ -112,13 +112,14 @@ class Compression(Middleware):
         for n, v in head.headers:
             ln = n.lower()
             if ln in _WATCH:
-                found[ln] = v
-        ce = found.get(b"content-encoding")
-        if ce is not None and ce.strip().lower() not in (b"", b"identity"):
-            return "encoded"
-        cc = found.get(b"cache-control")
-        if cc is not None and b"no-transform" in cc.lower():
-            return "no_transform"
+                if ln == b"content-encoding":
+                    if v.strip().lower() not in (b"", b"identity"):
+                        return "encoded"
+                elif ln == b"cache-control":
+                    if b"no-transform" in v.lower():
+                        return "no_transform"
+                else:
+                    found[ln] = v
         ct = found.get(b"content-type")
         if ct is None or not self._type_ok(ct):
             return "type"
