@@ -8,18 +8,20 @@ three methods, each returning the bytes ready to send (possibly ``b""``):
                      now; used after every piece of an event stream)
     finish()         end the stream (trailer, checksum)
 
-Memory per stream is bounded by the codec's window, whatever the body's size: gzip
-(zlib-ng, memLevel 8) ~270 KiB; brotli with a 512 KiB window (``BR_LGWIN``, as
-ngx_brotli's default, instead of the library's 4 MiB); zstd with its window capped at
-512 KiB (``ZSTD_WINDOW_LOG``) whatever the level.  ``one_shot(coding, level, body)``
+Memory per stream is bounded by the codec's window and tables, whatever the body's
+size: brotli gets a 512 KiB window (``BR_LGWIN``, as ngx_brotli's default, instead of
+the library's 4 MiB) and zstd's window is capped at 512 KiB (``ZSTD_WINDOW_LOG``)
+whatever the level.  Measured (RSS over 100 live streams at the default levels): gzip
+~350 KiB, br ~1.6 MiB, zstd ~1.8 MiB per stream.  ``one_shot(coding, level, body)``
 compresses a whole body at hand in one call (a response that arrives in one read).
 
 Why zlib-ng for gzip encoding, not the stdlib's zlib: deflate is most of a gzipped
-response's cost (16 KiB of JSON at level 5: ~520 us with zlib against ~45 us of proxying),
-and zlib-ng, a zlib-compatible rewrite with the same levels, did it in ~280 us (1.8-2.3x
-faster, 5 % larger output; measured on this machine, docs/bench.md).  python-isal is
-faster still but has only levels 0-3, which cannot match ``gzip_comp_level``.  Request
-bodies are decoded with the stdlib's zlib: decoding is cheap and rare next to encoding.
+response's cost, and zlib-ng, a zlib-compatible rewrite with the same levels, does it in
+about half the time (16 KiB of JSON at level 5: ~280 us against ~520 us, 5 % larger
+output; timeit on the shared dev machine).  In the gzip-json bench that took fastgw
+from 0.61 x to 0.88 x nginx's requests/s (docs/bench.md).  python-isal is faster still
+but has only levels 0-3, which cannot match ``gzip_comp_level``.  Request bodies are
+decoded with the stdlib's zlib: decoding is cheap and rare next to encoding.
 
 Decoders (request bodies).  ``decode(coding, data, limit)`` returns the decoded bytes or
 raises ``TooLarge`` as soon as the output would pass ``limit`` (a decompression bomb
