@@ -84,17 +84,24 @@ class _Brotli:
 
 
 _ZSTD_PARAMS: dict[int, zstandard.ZstdCompressionParameters] = {}
+# one compressor per level for one-shot bodies: a one-shot ``compress`` finishes before
+# anything else runs on the worker's thread, so the context (and its ~1.8 MiB of tables,
+# which cost more to set up than 16 KiB take to compress) is reused; a stream needs its own
+_ZSTD_ONE: dict[int, zstandard.ZstdCompressor] = {}
+
+
+def _zstd_params(level: int) -> zstandard.ZstdCompressionParameters:
+    p = _ZSTD_PARAMS.get(level)
+    if p is None:
+        p = _ZSTD_PARAMS[level] = zstandard.ZstdCompressionParameters.from_level(level, window_log=ZSTD_WINDOW_LOG)
+    return p
 
 
 class _Zstd:
     __slots__ = ("compress", "_flush")
 
     def __init__(self, level: int) -> None:
-        p = _ZSTD_PARAMS.get(level)
-        if p is None:
-            p = _ZSTD_PARAMS[level] = zstandard.ZstdCompressionParameters.from_level(
-                level, window_log=ZSTD_WINDOW_LOG)
-        c = zstandard.ZstdCompressor(compression_params=p).compressobj()
+        c = zstandard.ZstdCompressor(compression_params=_zstd_params(level)).compressobj()
         self.compress = c.compress
         self._flush = c.flush
 
@@ -117,6 +124,11 @@ def one_shot(coding: str, level: int, body: bytes) -> bytes:
     """The whole of ``body`` compressed in one call (same output format as a stream)."""
     if coding == "gzip":
         return zlib_ng.compress(body, level, 31)
+    if coding == "zstd":
+        z = _ZSTD_ONE.get(level)
+        if z is None:
+            z = _ZSTD_ONE[level] = zstandard.ZstdCompressor(compression_params=_zstd_params(level))
+        return z.compress(body)
     e = ENCODERS[coding](level)
     return e.compress(body) + e.finish()
 
