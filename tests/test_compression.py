@@ -124,6 +124,10 @@ class ScriptedUpstream:
         if status in (204, 304):
             s.sendall(head + b"\r\n")
             return
+        if spec.get("close"):  # read-until-close body: no Content-Length, no chunked
+            s.sendall(head + b"connection: close\r\n\r\n" + body_of(n))
+            s.shutdown(socket.SHUT_WR)
+            raise OSError("closed")
         if spec.get("chunked"):
             s.sendall(head + b"transfer-encoding: chunked\r\n\r\n")
             if method != "HEAD":
@@ -333,6 +337,9 @@ def test_chunked_upstream_and_http10_client(env):
     _up, gw = env
     st, hd, body = get(gw, "/r/c", ae="zstd", reply={"len": 300_000, "chunked": True})
     assert hd["content-encoding"] == "zstd" and decode("zstd", body) == body_of(300_000)
+    st, hd, body = get(gw, "/r/c", ae="br", reply={"len": 70_000, "close": True})
+    assert hd["content-encoding"] == "br" and hd["transfer-encoding"] == "chunked"
+    assert decode("br", body) == body_of(70_000)
     # HTTP/1.0: no chunked framing; the compressed body is delimited by the close
     data = gw.raw(b"GET /r/c HTTP/1.0\r\nAccept-Encoding: gzip\r\nx-reply: {\"len\": 50000}\r\n\r\n")
     st, hd, _hl, rest = parse_head(data)
