@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     for w in warnings:
         print(f"fastgw: warning: {w}", file=sys.stderr)
 
-    _configure_logging(args.log_level or cfg.monitoring.logging.level)
+    from fastgw.obs import oplog
+    try:
+        oplog.configure_from(cfg, args.log_level)
+    except OSError as e:
+        print(f"fastgw: monitoring.logging.output: cannot open {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 1
     binds = [_split_bind(b) for b in args.bind] if args.bind else [(cfg.gateway.host, cfg.gateway.port)]
     workers = args.workers or cfg.gateway.workers or len(os.sched_getaffinity(0))
     if args.pid_file:
@@ -83,24 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             Arbiter = None
         if Arbiter is not None:
-            return Arbiter(cfg, args.config, binds, workers).run()
+            return Arbiter(cfg, args.config, binds, workers, warnings=warnings).run()
         return _run_standalone(cfg, args.config, binds)
     finally:
         if args.pid_file:
             _remove_pid_file(args.pid_file)
-
-
-def _configure_logging(level: str) -> None:
-    """The operational log on stderr; %(process)d so each child logs under its own pid.
-    (Here rather than in the runtime: the supervisor never imports the event-loop modules.)"""
-    import logging
-
-    h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(logging.Formatter("%(asctime)s fastgw[%(process)d] %(levelname)s %(message)s"))
-    root = logging.getLogger("fastgw")
-    root.handlers[:] = [h]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 def _remove_pid_file(path: str) -> None:

@@ -21,14 +21,16 @@ services:
       - path: "/*"
 monitoring:
   metrics_port: 0
+  admin: {{port: 0}}
   logging: {{level: warning, audit: {{output: "{{TMP}}/audit.log"}}}}
 """
         with Gateway(cfg, workers=1) as gw:
-            admin = gw.wait_admin()
+            probe, api = gw.wait_admin(), gw.wait_api()
             path = os.path.join(gw.tmp.name, "audit.log")
             for p in ("/admin/workers", "/livez", "/metrics", "/admin/nope"):
                 try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{admin}{p}", timeout=3).read()
+                    port = api if p.startswith("/admin") else probe
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{p}", timeout=3).read()
                 except urllib.error.HTTPError:
                     pass
             deadline = time.monotonic() + 5

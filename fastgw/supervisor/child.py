@@ -35,6 +35,15 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _follow_logging(cfg) -> None:
+    """The operational log follows a reload's ``monitoring.logging`` (fastgw.obs.oplog)."""
+    from fastgw.obs import oplog
+    try:
+        oplog.configure_from(cfg)
+    except OSError as e:
+        log.error("monitoring.logging.output: cannot open %s: %s", e.filename, e.strerror or e)
+
+
 def _read_channel(chan: ipc.Channel, handlers: dict, on_eof) -> None:
     try:
         msgs = chan.receive()
@@ -72,6 +81,7 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
                 w.loop.create_task(w.drain(delay, timeout))
 
         def on_reload(m: ipc.Reload) -> None:
+            _follow_logging(m.config)
             if w.apply_config(m.config, m.generation):
                 ws.set_generation(m.generation)
                 chan.send(ipc.Applied(m.generation))
@@ -129,15 +139,17 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         return BOOT_ERROR
 
 
-def control_main(cfg, sock, region, chan: ipc.Channel, desired: int, generation: int) -> int:
+def control_main(cfg, sock, region, chan: ipc.Channel, desired: int, generation: int, api_sock=None) -> int:
     """Run the control process until it stops; the exit status for ``os._exit``."""
     started = False
     try:
         from fastgw.runtime.control import Control
 
-        c = Control(cfg, sock, region, desired=desired, generation=generation)
+        c = Control(cfg, sock, region, desired=desired, generation=generation, api_sock=api_sock)
+        c.to_supervisor = lambda rid, client: chan.send(ipc.ReloadRequest(rid, client))
 
         def on_reload(m: ipc.Reload) -> None:
+            _follow_logging(m.config)
             c.apply_config(m.config, m.generation)
             chan.send(ipc.Applied(m.generation))
 
@@ -147,6 +159,7 @@ def control_main(cfg, sock, region, chan: ipc.Channel, desired: int, generation:
             ipc.Stop: lambda m: c.stop(),
             ipc.Drain: lambda m: c.set_workers(c.desired, True, c.generation),
             ipc.ReopenLogs: lambda m: c.handle_usr1(),
+            ipc.ReloadResult: lambda m: c.on_reload_result(m.id, m.result),
         }
 
         def on_eof() -> None:

@@ -30,6 +30,8 @@ RESTART_ONLY = (
      "turning PROXY protocol on or off"),
     ("monitoring.metrics_host", lambda c: c.monitoring.metrics_host, "the admin socket is bound at start"),
     ("monitoring.metrics_port", lambda c: c.monitoring.metrics_port, "the admin socket is bound at start"),
+    ("monitoring.admin", lambda c: c.monitoring.admin and (c.monitoring.admin.host, c.monitoring.admin.port),
+     "the admin API socket is bound at start (its token reloads)"),
     ("rate_limit.table_slots", table_slots, "the shared-memory region is sized at start"),
 )
 
@@ -59,3 +61,98 @@ def check_tls(cfg) -> list[str]:
     except OSError as e:
         return [f"gateway.tls: cannot load {e.filename or tls.cert_file}: {e.strerror or e}"]
     return []
+
+
+# ---------------------------------------------------------------------- one reload attempt
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def fingerprint(cfg) -> dict[str, str]:
+    """``{field path: digest of the file's content}`` for every file the config names
+    (certificates, keys, CA bundles, JWKS and schema files): a renewed certificate is a
+    change even when the config file is identical."""
+    import hashlib
+
+    from fastgw.config.diff import referenced_files
+
+    out = {}
+    for where, name in referenced_files(cfg).items():
+        try:
+            with open(name, "rb") as f:
+                out[where] = hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            out[where] = f"unreadable: {e.strerror or e}"
+    return out
+
+
+class Outcome:
+    """What ``Reloader.prepare`` found: errors (refused), or the new config, the warnings
+    not logged before, and the change summary (empty: nothing to do)."""
+
+    __slots__ = ("cfg", "errors", "warnings", "summary", "files", "all_warnings")
+
+    def __init__(self, cfg=None, errors=(), warnings=(), summary=None, files=None, all_warnings=()) -> None:
+        self.cfg = cfg
+        self.errors = list(errors)
+        self.warnings = list(warnings)
+        self.summary = summary
+        self.files = files or {}
+        self.all_warnings = list(all_warnings)
+
+    def refused_line(self, generation: int) -> str:
+        return (f"reload refused ({_plural(len(self.errors), 'error')}): "
+                f"still running config generation {generation}")
+
+    def result(self, generation: int, changed: bool) -> dict:
+        """The answer of ``POST /admin/reload`` and the audit record's body."""
+        if self.errors:
+            return {"result": "refused", "generation": generation, "errors": self.errors}
+        return {"result": "reloaded" if changed else "unchanged", "generation": generation,
+                "changes": self.summary.lines() if self.summary else [], "warnings": self.all_warnings}
+
+
+class Reloader:
+    """The supervisor's memory between reloads: the referenced files' fingerprints and the
+    warnings already logged (an unchanged warning is not repeated)."""
+
+    def __init__(self, path: str, cfg, warnings=()) -> None:
+        self.path = path
+        self.files = fingerprint(cfg)
+        self.warned = set(warnings)
+
+    def prepare(self, old) -> Outcome:
+        """Load and check the file; nothing is applied here."""
+        from fastgw.config import ConfigError, load_config
+        from fastgw.config.diff import diff
+
+        try:
+            cfg, warnings = load_config(self.path)
+        except ConfigError as e:
+            return Outcome(errors=e.errors)
+        errors = restart_only_changes(old, cfg) or check_tls(cfg) or check_log_output(cfg)
+        if errors:
+            return Outcome(errors=errors)
+        files = fingerprint(cfg)
+        summary = diff(old, cfg, self.files, files)
+        return Outcome(cfg, (), [w for w in warnings if w not in self.warned], summary, files, warnings)
+
+    def commit(self, out: Outcome) -> None:
+        self.files = out.files
+        self.warned = set(out.all_warnings)
+
+
+def check_log_output(cfg) -> list[str]:
+    """A log file the new config names must open (else every process would lose its log)."""
+    lg = cfg.monitoring.logging
+    out = []
+    for where, target in (("monitoring.logging.output", lg.output),
+                          ("monitoring.logging.access_log.output", lg.access_log.output),
+                          ("monitoring.logging.audit.output", lg.audit.output)):
+        if target and target not in ("stdout", "stderr"):
+            import os
+            try:
+                os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            except OSError as e:
+                out.append(f"{where}: cannot open {target}: {e.strerror or e}")
+    return out
