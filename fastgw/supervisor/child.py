@@ -112,6 +112,8 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
             # it runs, so a signal sent the moment a worker looks ready is not lost
             worker.loop.call_soon(ready)
 
+        waiting = [False]       # logged "waiting for the first JWKS fetch"
+
         def tick() -> None:
             ws.heartbeat()
             store.publish(ws)
@@ -121,6 +123,10 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
                 want = READY if all(check() for check in w.engine.app.ready_checks) else BOOTING
                 if region.workers.read(slot).state != want:
                     ws.set_state(want)
+                    if (want == READY) == waiting[0]:
+                        waiting[0] = want != READY
+                        log.info("worker %d: %s", slot, "ready: the JWKS key sets are fetched" if want == READY
+                                 else "waiting for the first JWKS fetch (auth.jwks): not ready until it succeeds")
             chan.flush()
 
         w.start_hooks.append(on_start)
