@@ -107,6 +107,11 @@ class AdminApi:
             return self._finish(req, endpoint, res)
         return self._done(req, endpoint, self._reply(res))
 
+    def too_large(self, req: AdminRequest):
+        """The body passed ``max_body`` (the protocol stopped reading it): 413, audited."""
+        p = Problem(413, f"request body over {self.max_body} bytes (monitoring.admin.max_body)")
+        return self._done(req, None, self._problem(req, p))
+
     async def _finish(self, req, endpoint, aw):
         try:
             res = self._reply(await aw)
@@ -151,3 +156,6 @@ class ProbeApp:
             where = "monitoring.admin" if self.control.api_sock is not None else "monitoring.admin (not set)"
             return problem_reply(404, f"the admin API has its own listener: {where}", req.request_id)
         return self.control.respond(req.method, req.path)
+
+    def too_large(self, req: AdminRequest):
+        return problem_reply(413, f"request body over {self.max_body} bytes", req.request_id)

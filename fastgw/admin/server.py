@@ -110,8 +110,7 @@ class HttpServerProtocol(asyncio.Protocol):
         path, _, query = self.url.decode("latin-1").partition("?")
         req = AdminRequest(method, path, query, self.headers, b"".join(self.body), self.peer)
         if self.too_big:
-            self._answer(req, problem_reply(413, f"request body over {self.app.max_body} bytes", req.request_id),
-                         keep)
+            self._answer(req, self.app.too_large(req), keep)
             return
         try:
             res = self.app.handle(req)
