@@ -122,15 +122,15 @@ def main(argv: list[str] | None = None) -> int:
             raw = parse_yaml(f.read(), args.config)
         sys.stdout.write(render(cfg, raw))
         return 0
-    for w in warnings:
-        print(f"fastgw: warning: {w}", file=sys.stderr)
-
     from fastgw.obs import oplog
     try:
         oplog.configure_from(cfg, args.log_level)
     except OSError as e:
         print(f"fastgw: monitoring.logging.output: cannot open {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 1
+    import logging
+    for w in _grouped(warnings):        # in the operational log, where the reload's warnings go too
+        logging.getLogger("fastgw").warning("config: %s", w)
     binds = [_split_bind(b) for b in args.bind] if args.bind else [(cfg.gateway.host, cfg.gateway.port)]
     workers = args.workers or cfg.gateway.workers or len(os.sched_getaffinity(0))
     if args.pid_file:

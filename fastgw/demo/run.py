@@ -84,6 +84,8 @@ fastgw is running on {base} (metrics: http://127.0.0.1:{env['FASTGW_METRICS_PORT
   curl -si -H "Authorization: Bearer $VIEWER_JWT" {base}/api/v1/database/tables | head -12   # 429 with Retry-After and RateLimit fields
   # unknown path: 404 problem+json
   curl -s {base}/nope
+  # the admin API (loopback and read-only until ADMIN_TOKEN is set; docs/operations.md)
+  curl -s http://127.0.0.1:{env.get('FASTGW_ADMIN_PORT', '9091')}/admin/workers
 
 Access log lines appear below. Ctrl-C stops everything.
 """, flush=True)

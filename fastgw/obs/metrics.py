@@ -51,6 +51,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_ratelimit_table_occupied_slots": ("gauge", "Rate-limit table slots holding a key still refilling (estimated above 8192 slots).", ()),
     "fastgw_ratelimit_table_evictions_total": ("counter", "New rate-limit keys that pushed out a key still refilling.", ()),
     "fastgw_ratelimit_table_reclaims_total": ("counter", "New rate-limit keys placed in a stale slot.", ()),
+    "fastgw_redis_errors_total": ("counter", "Redis calls that failed (timeout, connection, error reply), by backend host:port.", ("backend",)),
+    "fastgw_ratelimit_redis_fallback_total": ("counter", "Rate-limit decisions taken without Redis, by rate_limit.redis.on_error mode (open: let through, closed: 503).", ("mode",)),
 }
 
 
