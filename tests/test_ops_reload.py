@@ -82,12 +82,16 @@ def test_json_log_reload_summary_noop_refused_audit_and_replay(tmp_path):
             gw.signal(signal.SIGUSR1)
             assert wait_for(lambda: any(r.get("event") == "signal" and r["signal"] == "USR1" for r in _lines(audit)))
             rewrite(gw, CONFIG.replace("{UP}", up.addr).replace("{TMP}", gw.tmp.name)
-                    .replace("{EXTRA}", EXTRA_ROUTE).replace("retries: 2", "retries: 2\n    timeout: 7s"))
+                    .replace("{EXTRA}", EXTRA_ROUTE).replace("retries: 2", "retries: 2\n    timeout: 7s")
+                    .replace('access.log"}', 'access.log", headers: [x-tenant], query: true}'))
             gw.signal(signal.SIGHUP)
             assert wait_for(lambda: _has(log, "config reloaded: generation 1"))
             assert _has(log, "reload: routes: +echo/api") and _has(log, "reload: services: ~echo(timeout)")
             assert wait_for(lambda: [r for r in _has(log, "config reloaded (generation 1)") if r["pid"] != sup])
             assert not _has(log + ".1", "generation 1")
+            # the access log now carries the replay fields
+            assert get(gw.port, "/api/y", headers={"X-Tenant": "t1"})[0] == 200
+            assert get(gw.port, "/api/z")[0] == 200
 
             # one bad field: refused, "1 error", with its path; the old config keeps running
             rewrite(gw, CONFIG.replace("{UP}", up.addr).replace("{TMP}", gw.tmp.name).replace("{EXTRA}", "")
@@ -106,8 +110,11 @@ def test_json_log_reload_summary_noop_refused_audit_and_replay(tmp_path):
             assert "routes: +echo/api" in reloads[1]["changes"]
             assert reloads[2]["errors"] == ["services.echo.routes[0].methods[0]: unknown method 'FETCH'"]
 
-            # replay the recorded access log against the config with the header-matched route:
-            # /api/x could now go to 'api' or stay on 'main' (the log has no headers): undecidable
+            # replay the recorded access log against a config with the header-matched route:
+            # /api/x (logged without the replay fields) could go to 'api' or stay on 'main2':
+            # undecidable; /api/y and /api/z carry x-tenant (present / absent): decided
+            assert wait_for(lambda: len(_lines(access)) == 5)
+            assert _lines(access)[3]["headers"] == {"x-tenant": "t1"} and _lines(access)[4]["query"] == ""
             new = tmp_path / "new.yaml"
             new.write_text(CONFIG.replace("{UP}", up.addr).replace("{TMP}", str(tmp_path)).replace("{EXTRA}", EXTRA_ROUTE)
                            .replace('name: main', 'name: main2'))
@@ -115,5 +122,6 @@ def test_json_log_reload_summary_noop_refused_audit_and_replay(tmp_path):
                                capture_output=True, text=True, timeout=30)
             assert p.returncode == 1, p.stderr
             first = p.stdout.splitlines()[0]
-            assert first.startswith("replay: 3 requests, 2 decisions would change, 1 undecidable"), p.stdout
+            assert first.startswith("replay: 5 requests, 3 decisions would change, 1 undecidable"), p.stdout
             assert "  GET /a: route main -> main2 (1 request)" in p.stdout
+            assert "  GET /api/z: route main -> main2 (1 request)" in p.stdout and "/api/y" not in p.stdout

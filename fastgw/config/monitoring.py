@@ -35,6 +35,9 @@ class AccessLogConfig(Base):
     enabled: bool = True
     output: Output | None = "stdout"  # None = logging.output
     log_health: bool = False  # log requests to gateway.health_path
+    # optional fields for `fastgw replay` (opt-in: a query string or header may hold secrets)
+    query: bool = False  # log the raw query string as `query`
+    headers: list[Annotated[str, Check(v.header_name_lower)]] = []  # log these request headers as `headers`
 
 
 class AuditLogConfig(Base):

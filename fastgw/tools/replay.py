@@ -10,11 +10,13 @@ and it is compared with the "before" decision: the same computation on ``--old O
 when given, else what the line itself says (its ``route``; 404 = no route, 405 = method
 not allowed; the other fields are then not compared).
 
-Undecidable: the access log holds neither the request headers nor the query string, so a
-request whose route could depend on a route's ``match`` conditions (headers, query) in
-either config is counted as undecidable, not guessed.  It is decided by routing twice,
-once with every condition failing and once with every condition holding: the same answer
-means the conditions do not matter.  Lines that are not access records (other log
+Undecidable: by default the access log holds neither the request headers nor the query
+string, so a request whose route could depend on a route's ``match`` conditions (headers,
+query) in either config is counted as undecidable, not guessed.  It is decided by routing
+twice, once with every condition failing and once with every condition holding: the same
+answer means the conditions do not matter.  With the opt-in access-log fields
+(``access_log.query: true``, ``access_log.headers: [names]``) a line that carries every
+header name and the query that the config's conditions use is routed on them, exactly.  Lines that are not access records (other log
 streams sharing the file) are skipped and counted.
 """
 
@@ -47,13 +49,15 @@ class Decider:
                 entries.append((rc, target))
                 free.append((msgspec.structs.replace(rc, match=None), target))
         self.conditional = any(rc.match is not None for rc, _ in entries)
+        self.header_names = {h for rc, _ in entries if rc.match is not None for h in rc.match.headers}
+        self.uses_query = any(rc.match is not None and rc.match.query for rc, _ in entries)
         self.never = Router(entries)        # conditions fail: no header, no query
         self.always = Router(free) if self.conditional else None
 
     @staticmethod
-    def _route(router: Router, host: str, method: str, path: str):
+    def _route(router: Router, host: str, method: str, path: str, get=lambda name: None, query: bytes = b""):
         try:
-            target, _ = router.match(host, method, path, lambda name: None, b"")
+            target, _ = router.match(host, method, path, get, query)
         except GatewayError as e:
             if e.status == 405:
                 return ("(405)", None, False, None, None)
@@ -61,8 +65,11 @@ class Decider:
         name, svc, auth, limit = target
         return (name, svc, True, auth, limit)
 
-    def decide(self, host: str, method: str, path: str):
-        """The decision tuple, or None when it depends on headers or query."""
+    def decide(self, host: str, method: str, path: str, headers: dict | None = None, query: str | None = None):
+        """The decision tuple, or None when it depends on headers or query the line lacks."""
+        if self.conditional and self.header_names <= set(headers or ()) and (query is not None or not self.uses_query):
+            hb = {k.encode("latin-1"): v.encode("latin-1") for k, v in (headers or {}).items() if v is not None}
+            return self._route(self.never, host, method, path, hb.get, (query or "").encode("latin-1"))
         a = self._route(self.never, host, method, path)
         if self.always is not None and self._route(self.always, host, method, path) != a:
             return None
@@ -115,8 +122,9 @@ def run(new_path: str, log_path: str, old_path: str | None = None, out=sys.stdou
                 path = None
             if path is None:
                 continue                            # the gateway answered 400 before routing
-            after = new.decide(host, method, path)
-            before = old.decide(host, method, path) if old is not None else _from_log(rec)
+            hd, q = rec.get("headers"), rec.get("query")
+            after = new.decide(host, method, path, hd, q)
+            before = old.decide(host, method, path, hd, q) if old is not None else _from_log(rec)
             if after is None or before is None:
                 undecidable += 1
                 continue
