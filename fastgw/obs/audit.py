@@ -41,15 +41,6 @@ class AuditLog:
             self.buf.write(orjson.dumps({"ts": round(time.time(), 6), "event": event, **fields}))
             self.buf.flush()
 
-    def retarget(self, cfg) -> "AuditLog":
-        """Self when the config keeps the same target, else a new writer (this one closed)."""
-        a = cfg.monitoring.logging.audit
-        target = a.output if a.enabled else None
-        if target == self.target:
-            return self
-        self.close()
-        return AuditLog(target)
-
     def reopen(self) -> None:
         if self.buf is not None:
             self.buf.reopen()

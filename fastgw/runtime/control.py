@@ -40,6 +40,7 @@ from fastgw import __version__, clock
 from fastgw.admin.api import AdminApi, ProbeApp
 from fastgw.admin.router import problem_reply
 from fastgw.admin.server import HttpServerProtocol
+from fastgw.obs import oplog
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.prom import CONTENT_TYPE, render
 from fastgw.shm.workers import READY, STATE_NAMES
@@ -134,7 +135,8 @@ class Control:
         """Ignored: reloads come from the supervisor."""
 
     def handle_usr1(self) -> None:
-        """Reopen the audit log (logrotate)."""
+        """Reopen the operational and audit logs (logrotate)."""
+        oplog.reopen()
         if self.audit is not None:
             self.audit.reopen()
 

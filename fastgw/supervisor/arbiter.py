@@ -29,9 +29,13 @@ Rules:
 - A worker whose heartbeat (shared memory, every second) is older than
   ``FASTGW_HEARTBEAT_TIMEOUT`` seconds (default 10; lower only in tests) is SIGKILLed and
   replaced; so is a control process whose ``Beat`` messages stop.
-- Reload (HUP): the config file is read and validated here, once; restart-only changes
-  are refused (``reload``); the validated snapshot is encoded once and the same bytes go
-  to every child.  A child forked later gets the snapshot by fork.
+- Reload (HUP, or a ``ReloadRequest`` from the control process for ``POST /admin/reload``):
+  the config file is read and validated here, once (``reload.attempt``: restart-only
+  changes refused, nothing changed = no-op, the change summary logged and audited); the
+  validated snapshot is encoded once and the same bytes go to every child.  A child
+  forked later gets the snapshot by fork.
+- Logs: the operational log (``fastgw.obs.oplog``) is set up before fork and inherited;
+  USR1 reopens it here and in every child.  Signals and reloads go to the audit log.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from fastgw.obs.audit import AuditLog
 from fastgw.shm import Region
 from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
-from fastgw.supervisor.reload import Reloader, table_slots
+from fastgw.supervisor.reload import Reloader, attempt, table_slots
 from fastgw.supervisor.sockets import BindError, Listeners, bind_listener
 
 log = logging.getLogger("fastgw")
@@ -541,46 +545,8 @@ class Arbiter:
         c.chan.send(ipc.ReloadResult(msg.id, self.reload("admin", msg.client)))
 
     def reload(self, source: str, client: str = "") -> dict:
-        """One reload attempt (``supervisor.reload``): refused with every error and its path,
-        a no-op when nothing changed (files referenced included), else a new generation."""
-        if self.stopping:
-            return {"result": "refused", "generation": self.generation, "errors": ["the gateway is stopping"]}
-        w, ok_cell, failed_cell = self.m[0], self.m[2], self.m[3]
-        out = self.reloader.prepare(self.cfg)
-        who = {"source": source, **({"client_ip": client} if client else {})}
-        if out.errors:
-            for line in out.errors:
-                log.error("reload refused: %s", line)
-            log.error("%s", out.refused_line(self.generation))
-            w.inc(failed_cell)
-            res = out.result(self.generation, False)
-            self.audit.write("reload", **who, **res)
-            return res
-        for line in out.warnings:
-            log.warning("reload: %s", line)
-        changed = bool(out.summary)
-        self.reloader.commit(out)
-        w.inc(ok_cell)
-        if not changed:
-            log.info("reload: no changes (config generation %d)", self.generation)
-        else:
-            self.generation += 1
-            frame = ipc.encode(ipc.Reload(self.generation, out.cfg))
-            for c in self.children.values():
-                c.chan.send_raw(frame)          # a child still booting reads it once it serves
-            self.cfg = out.cfg
-            self.region.broadcast.set_config_generation(self.generation)
-            try:
-                oplog.configure_from(out.cfg)
-            except OSError as e:
-                log.error("monitoring.logging.output: cannot open %s: %s", e.filename, e.strerror or e)
-            self.audit = self.audit.retarget(out.cfg)
-            log.info("config reloaded: generation %d: %s", self.generation, out.summary.short())
-            for line in out.summary.lines():
-                log.info("reload: %s", line)
-        res = out.result(self.generation, changed)
-        self.audit.write("reload", **who, **res)
-        return res
+        """One reload attempt (``supervisor.reload.attempt``); its outcome document."""
+        return attempt(self, source, client)
 
     def handle_usr1(self) -> None:
         """Reopen log files (after logrotate moved them)."""

@@ -1,4 +1,9 @@
-"""What a reload (HUP) may change, decided by the supervisor before any child sees it.
+"""Reloads (HUP, ``POST /admin/reload``), decided by the supervisor before any child sees them.
+
+``attempt`` runs one: ``Reloader.prepare`` loads and checks the file, compares it (and the
+files it references: ``fingerprint``) with the running config (``fastgw.config.diff``);
+errors refuse it, an empty summary makes it a no-op, else a new generation goes out.
+Warnings already logged for the running config are not logged again.
 
 Some settings are fixed when the supervisor starts: it binds the listening and admin
 sockets, sizes the shared-memory region and forks the workers from them.  A reload that
@@ -11,6 +16,13 @@ certificate that does not match its key is refused here instead of in every work
 """
 
 from __future__ import annotations
+
+import logging
+
+from fastgw.obs import oplog
+from fastgw.supervisor import ipc
+
+log = logging.getLogger("fastgw")
 
 DEFAULT_TABLE_SLOTS = 65536
 
@@ -156,3 +168,47 @@ def check_log_output(cfg) -> list[str]:
             except OSError as e:
                 out.append(f"{where}: cannot open {target}: {e.strerror or e}")
     return out
+
+
+def attempt(arb, source: str, client: str = "") -> dict:
+    """One reload attempt of the supervisor ``arb`` (HUP: ``source="signal"``; ``POST
+    /admin/reload``: ``"admin"``): refused with every error and its path, a no-op when
+    nothing changed (referenced files included), else a new generation sent to every
+    child.  Logged, counted, audited; returns the outcome document (``Outcome.result``)."""
+    if arb.stopping:
+        return {"result": "refused", "generation": arb.generation, "errors": ["the gateway is stopping"]}
+    w, ok_cell, failed_cell = arb.m[0], arb.m[2], arb.m[3]
+    out = arb.reloader.prepare(arb.cfg)
+    who = {"source": source, **({"client_ip": client} if client else {})}
+    if out.errors:
+        for line in out.errors:
+            log.error("reload refused: %s", line)
+        log.error("%s", out.refused_line(arb.generation))
+        w.inc(failed_cell)
+        res = out.result(arb.generation, False)
+        arb.audit.write("reload", **who, **res)
+        return res
+    for line in out.warnings:
+        log.warning("reload: %s", line)
+    changed = bool(out.summary)
+    arb.reloader.commit(out)
+    w.inc(ok_cell)
+    if not changed:
+        log.info("reload: no changes (config generation %d)", arb.generation)
+    else:
+        arb.generation += 1
+        frame = ipc.encode(ipc.Reload(arb.generation, out.cfg))
+        for c in arb.children.values():
+            c.chan.send_raw(frame)          # a child still booting reads it once it serves
+        arb.cfg = out.cfg
+        arb.region.broadcast.set_config_generation(arb.generation)
+        try:
+            oplog.configure_from(out.cfg)
+        except OSError as e:
+            log.error("monitoring.logging.output: cannot open %s: %s", e.filename, e.strerror or e)
+        log.info("config reloaded: generation %d: %s", arb.generation, out.summary.short())
+        for line in out.summary.lines():
+            log.info("reload: %s", line)
+    res = out.result(arb.generation, changed)
+    arb.audit.write("reload", **who, **res)
+    return res
