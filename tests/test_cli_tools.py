@@ -74,7 +74,7 @@ monitoring: {metrics_port: 0, admin: {port: 0, token: "${ADMIN_TOKEN}"}}
     assert "literal-secret" not in out and "a-default-secret" not in out and "tok\n" not in out
     assert "jwt_secret: ${MY_JWT_SECRET}" in out and "token: ${ADMIN_TOKEN}" in out
     assert "secret: ${FASTGW_SECRET_AUTH_KEYS_0_SECRET}" in out
-    assert "#   FASTGW_SECRET_AUTH_KEYS_0_SECRET: auth.keys.0.secret" in out
+    assert "#   FASTGW_SECRET_AUTH_KEYS_0_SECRET: auth.keys[0].secret" in out
     printed = tmp_path / "printed.yaml"
     printed.write_text(out)
     assert fastgw("--check", "-c", str(printed)).returncode == 1          # the variables are not set yet
@@ -154,3 +154,27 @@ def test_operational_log_json_and_reopen(tmp_path):
         oplog._handler.close()
         oplog._handler = oplog._current = None
         lg.handlers[:], lg.level = saved[0], saved[1]
+
+
+def test_replay_against_an_old_config(tmp_path):
+    import io
+
+    from fastgw.tools import replay
+    old, new, log = tmp_path / "old.yaml", tmp_path / "new.yaml", tmp_path / "access.log"
+    old.write_text('services:\n  a: {url: "http://x:1", routes: [{path: "/a/*", name: ra, methods: [GET, POST]}, '
+                   '{path: /b, name: rb}]}\n')
+    new.write_text('services:\n  a: {url: "http://x:1", routes: [{path: "/a/*", name: ra, methods: [GET], auth: true}]}\n'
+                   'auth: {jwt_secret: "0123456789abcdef0123456789abcdef"}\n')
+    recs = [("GET", "/a/1"), ("POST", "/a/2"), ("GET", "/b"), ("GET", "/a/%2e%2e/b")]
+    log.write_text("".join(json.dumps({"method": m, "path": p, "authority": "h", "status": 200}) + "\n"
+                           for m, p in recs) + "garbage\n")
+    out = io.StringIO()
+    assert replay.run(str(new), str(log), str(old), out=out) == 1
+    text = out.getvalue()
+    assert text.splitlines()[0] == ("replay: 4 requests, 4 decisions would change, 0 undecidable (need headers or "
+                                    "query the access log does not hold), 1 line skipped (not access records)")
+    assert "  GET /a/1: auth_required False -> True (1 request)" in text
+    assert "  POST /a/2: method_allowed True -> False (1 request)" in text
+    assert "  GET /b: route rb -> (none) (2 requests)" not in text and "  GET /b: route rb -> (none) (1 request)" in text
+    assert "  GET /a/%2e%2e/b: route rb -> (none) (1 request)" in text       # normalised like the gateway does
+    assert replay.run(str(old), str(log), str(old), out=io.StringIO()) == 0

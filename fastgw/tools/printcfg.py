@@ -38,6 +38,10 @@ def _raw_at(raw: Any, path: list) -> Any:
     return node
 
 
+def _where(path: list) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
 def _var_name(path: list) -> str:
     return "FASTGW_SECRET_" + re.sub(r"[^A-Za-z0-9]+", "_", "_".join(str(p) for p in path)).strip("_").upper()
 
@@ -51,10 +55,10 @@ def _replace(node: Any, raw: Any, path: list, listed: list[str]) -> Any:
         orig = _raw_at(raw, path)
         if isinstance(orig, str) and "${" in orig:
             names = _REF.findall(orig)
-            listed += [f"{n}: {'.'.join(str(p) for p in path)}" for n in names]
+            listed += [f"{n}: {_where(path)}" for n in names]
             return _REF.sub(lambda m: "${" + m.group(1) + "}", orig)   # a default may be a secret too
         name = _var_name(path)
-        listed.append(f"{name}: {'.'.join(str(p) for p in path)}")
+        listed.append(f"{name}: {_where(path)}")
         return "${" + name + "}"
     return node
 

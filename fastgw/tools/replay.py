@@ -128,8 +128,9 @@ def run(new_path: str, log_path: str, old_path: str | None = None, out=sys.stdou
             if after is None or before is None:
                 undecidable += 1
                 continue
+            # a field unknown on either side (no route there, or not in the log) is not compared
             diffs = [(i, n) for i, n in enumerate(FIELDS)
-                     if before[i] is not None and before[i] != after[i]]
+                     if before[i] is not None and after[i] is not None and before[i] != after[i]]
             if diffs:
                 changed += 1
                 for i, n in diffs:
@@ -137,7 +138,8 @@ def run(new_path: str, log_path: str, old_path: str | None = None, out=sys.stdou
                     examples[(method, raw_path, n, str(before[i]), str(after[i]))] += 1
     print(f"replay: {total} requests, {changed} decisions would change, {undecidable} undecidable "
           f"(need headers or query the access log does not hold)"
-          + (f", {skipped} lines skipped (not access records)" if skipped else ""), file=out)
+          + (f", {skipped} line{'' if skipped == 1 else 's'} skipped (not access records)" if skipped else ""),
+          file=out)
     for n in FIELDS:
         if fields[n]:
             print(f"  {n}: {fields[n]}", file=out)
