@@ -46,6 +46,7 @@ def test_admin_api_token_endpoints_reload_and_audit():
                 st, h, body = admin(gw, "/admin/workers", headers=hd)
                 assert st == 401 and h["content-type"] == "application/problem+json", body
                 assert h["www-authenticate"].startswith("Bearer") and json.loads(body)["status"] == 401
+            assert admin(gw, "/admin/nope")[0] == 401          # unknown paths too: nothing but 401
             st, h, body = admin(gw, "/admin", headers=_auth())
             assert st == 200 and {(e["method"], e["path"]) for e in json.loads(body)["endpoints"]} >= {
                 ("GET", "/admin/config"), ("GET", "/admin/routes"), ("GET", "/admin/workers"), ("POST", "/admin/reload")}
@@ -98,9 +99,9 @@ def test_admin_api_token_endpoints_reload_and_audit():
             def recs():
                 with open(path) as f:
                     return [json.loads(x) for x in f if x.strip()]
-            assert wait_for(lambda: len([r for r in recs() if r["event"] == "admin_request"]) >= 14)
+            assert wait_for(lambda: len([r for r in recs() if r["event"] == "admin_request"]) >= 15)
             calls = [r for r in recs() if r["event"] == "admin_request"]
-            assert [r["status"] for r in calls[:3]] == [401, 401, 401]
+            assert [r["status"] for r in calls[:4]] == [401, 401, 401, 401]
             writes = [(r["status"], r.get("body")) for r in calls if r.get("write")]
             assert writes[:3] == [(200, None), (200, {"reason": "test"}), (422, None)]
             reloads = [(r["source"], r["result"], r.get("client_ip")) for r in recs() if r["event"] == "reload"]
@@ -124,7 +125,8 @@ def test_router_rules_without_a_token():
         r.find(_req("PUT", "/admin/x"))
     assert e.value.status == 405 and e.value.headers == [(b"allow", b"GET, POST")]
     assert r.find(_req("HEAD", "/admin/x")).method == "GET"
-    assert is_loopback("::1") and is_loopback("127.0.0.2") and not is_loopback("192.168.1.1")
+    assert is_loopback("::1") and is_loopback("127.0.0.2") and is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("192.168.1.1") and not is_loopback("::ffff:10.0.0.1")
     t = Router([], lambda: "s3cret")
     t.authorize(_req(headers={"authorization": "bearer s3cret"}), write=True)
     with pytest.raises(Problem):

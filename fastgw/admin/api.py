@@ -96,7 +96,11 @@ class AdminApi:
     def handle(self, req: AdminRequest):
         endpoint = None
         try:
-            endpoint = self.router.find(req)
+            try:
+                endpoint = self.router.find(req)
+            except Problem as missing:      # 404/405, but only to a caller that may ask
+                self.router.authorize(req, False)
+                raise missing
             self.router.authorize(req, endpoint.write)
             if endpoint.write:
                 Router.decode_body(req)

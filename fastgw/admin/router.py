@@ -12,7 +12,8 @@ Rules, in the order ``Router.dispatch`` applies them:
    ``Authorization: Bearer <token>``, compared with ``hmac.compare_digest``; else 401 with
    ``WWW-Authenticate: Bearer``.  Without a token, only loopback clients are answered (403
    for others) and writes are refused (403): a token is what makes the API able to act.
-2. Unknown path: 404; known path, other method: 405 with ``Allow``.
+2. Unknown path: 404; known path, other method: 405 with ``Allow`` (both only after rule 1,
+   so a caller without the token learns nothing but 401).
 3. A write's body is JSON (``Content-Type: application/json``, or empty), at most
    ``monitoring.admin.max_body`` bytes (413 beyond, checked while reading); bad JSON: 400.
 4. Errors are RFC 9457 ``application/problem+json`` like the data port's, with a
@@ -80,9 +81,11 @@ class Endpoint:
 
 def is_loopback(addr: str) -> bool:
     try:
-        return ipaddress.ip_address(addr.split("%")[0]).is_loopback
+        ip = ipaddress.ip_address(addr.split("%")[0])
     except ValueError:
         return addr == ""           # a unix socket peer
+    mapped = getattr(ip, "ipv4_mapped", None)   # ::ffff:127.0.0.1 on a dual-stack socket
+    return (mapped or ip).is_loopback
 
 
 def problem_reply(status: int, detail: str, request_id: str, extra=None, headers=None) -> tuple[int, list, bytes]:

@@ -27,9 +27,9 @@ class HttpServerProtocol(asyncio.Protocol):
     """One connection to a control-process listener."""
 
     # per-connection: app, loop, transport, parser, timer, closed, peer
-    # per-request: url, headers, body, head_size, too_big
+    # per-request: url, headers, body, body_size, head_size, too_big
     __slots__ = ("app", "loop", "transport", "parser", "timer", "closed", "peer",
-                 "url", "headers", "body", "head_size", "too_big")
+                 "url", "headers", "body", "body_size", "head_size", "too_big")
 
     def __init__(self, app, loop) -> None:
         self.app = app
@@ -45,6 +45,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
+        self.body_size = 0
         self.head_size = 0
         self.too_big = False
 
@@ -97,7 +98,8 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.too_big:
             return
         self.body.append(body)
-        if sum(map(len, self.body)) > self.app.max_body:
+        self.body_size += len(body)
+        if self.body_size > self.app.max_body:
             self.too_big = True
             self.body = []
 
