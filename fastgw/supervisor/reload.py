@@ -155,19 +155,17 @@ class Reloader:
 
 
 def check_log_output(cfg) -> list[str]:
-    """A log file the new config names must open (else every process would lose its log)."""
-    lg = cfg.monitoring.logging
-    out = []
-    for where, target in (("monitoring.logging.output", lg.output),
-                          ("monitoring.logging.access_log.output", lg.access_log.output),
-                          ("monitoring.logging.audit.output", lg.audit.output)):
-        if target and target not in ("stdout", "stderr"):
-            import os
-            try:
-                os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
-            except OSError as e:
-                out.append(f"{where}: cannot open {target}: {e.strerror or e}")
-    return out
+    """The operational log file a new config names must open: every process switches to it
+    (the access and audit targets do not move on reload, so they are not checked here)."""
+    target = cfg.monitoring.logging.output
+    if target in ("stdout", "stderr"):
+        return []
+    import os
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as e:
+        return [f"monitoring.logging.output: cannot open {target}: {e.strerror or e}"]
+    return []
 
 
 def attempt(arb, source: str, client: str = "") -> dict:
