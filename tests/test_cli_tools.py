@@ -178,3 +178,12 @@ def test_replay_against_an_old_config(tmp_path):
     assert "  GET /b: route rb -> (none) (2 requests)" not in text and "  GET /b: route rb -> (none) (1 request)" in text
     assert "  GET /a/%2e%2e/b: route rb -> (none) (1 request)" in text       # normalised like the gateway does
     assert replay.run(str(old), str(log), str(old), out=io.StringIO()) == 0
+
+
+def test_reload_refuses_an_operational_log_it_cannot_open(tmp_path):
+    from fastgw.supervisor.reload import check_log_output
+    ok = _load(f'services: {{}}\nmonitoring: {{logging: {{output: "{tmp_path}/op.log"}}}}\n')
+    bad = _load(f'services: {{}}\nmonitoring: {{logging: {{output: "{tmp_path}/missing/op.log"}}}}\n')
+    assert check_log_output(ok) == [] and check_log_output(_load("services: {}\n")) == []
+    assert check_log_output(bad) == [
+        f"monitoring.logging.output: cannot open {tmp_path}/missing/op.log: No such file or directory"]
