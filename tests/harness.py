@@ -25,7 +25,8 @@ from fastgw.demo.echo import EchoServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LISTEN = re.compile(r"fastgw: listening on (\S+):(\d+)")
-_ADMIN = re.compile(r"fastgw: admin listening on (\S+):(\d+)")
+_ADMIN = re.compile(r"fastgw: admin listening on (\S+):(\d+)")          # probe/metrics listener
+_ADMIN_API = re.compile(r"fastgw: admin API listening on (\S+):(\d+)")  # monitoring.admin
 
 
 class EchoUpstream:
@@ -92,10 +93,12 @@ class Gateway:
         self.host = "127.0.0.1"
         self.port = 0
         self.admin_port = 0
+        self.api_port = 0
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
         self._ready = threading.Event()
         self._admin_ready = threading.Event()
+        self._api_ready = threading.Event()
 
     # ------------------------------------------------------------------ process
     def start(self) -> "Gateway":
@@ -121,12 +124,22 @@ class Gateway:
             if m:
                 self.admin_port = int(m.group(2))
                 self._admin_ready.set()
+            m = _ADMIN_API.search(line)
+            if m:
+                self.api_port = int(m.group(2))
+                self._api_ready.set()
         if not self._ready.is_set():
             self._ready.set()
 
     def wait_admin(self, timeout: float = 10.0) -> int:
+        """The probe/metrics listener's port (/livez, /readyz, /metrics)."""
         self._admin_ready.wait(timeout)
         return self.admin_port
+
+    def wait_api(self, timeout: float = 10.0) -> int:
+        """The admin API's port (monitoring.admin; /admin/*)."""
+        self._api_ready.wait(timeout)
+        return self.api_port
 
     def signal(self, sig) -> None:
         self.proc.send_signal(sig)

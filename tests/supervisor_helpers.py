@@ -46,6 +46,7 @@ services:
 {EXTRA_SERVICES}
 monitoring:
   metrics_port: 0
+  admin: {port: 0}
   logging:
     level: info
     access_log:
@@ -74,13 +75,16 @@ def wait_for(pred, timeout: float = 5.0, interval: float = 0.05):
 
 
 # ---------------------------------------------------------------------- admin API
-def admin(gw: Gateway, path: str, *, method: str = "GET", timeout: float = 5.0):
-    """(status, headers, body) from the admin listener."""
+def admin(gw: Gateway, path: str, *, method: str = "GET", timeout: float = 5.0, headers=None, body=None):
+    """(status, headers, body) from the admin API (``/admin*``) or the probe/metrics listener."""
     port = gw.wait_admin(10.0)
     assert port, "no admin port announced:\n" + "\n".join(gw.stderr_lines[-30:])
+    if path.startswith("/admin"):      # announced right after the probe listener, when configured
+        port = gw.wait_api(1.0)
+        assert port, "this gateway has no admin API: add `admin: {port: 0}` under `monitoring:` in its config"
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        c.request(method, path)
+        c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:

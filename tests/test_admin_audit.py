@@ -1,4 +1,5 @@
-"""Calls of the management API (/admin/*) are written to the audit log; probes are not."""
+"""Calls of the management API (/admin/*) are written to the audit log; probes are not.
+Without a token the admin API answers loopback reads and refuses writes."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ services:
       - path: "/*"
 monitoring:
   metrics_port: 0
+  admin: {{port: 0}}
   logging: {{level: warning, audit: {{output: "{{TMP}}/audit.log"}}}}
 """
         with Gateway(cfg, workers=1) as gw:
-            admin = gw.wait_admin()
+            probe, api = gw.wait_admin(), gw.wait_api()
             path = os.path.join(gw.tmp.name, "audit.log")
             for p in ("/admin/workers", "/livez", "/metrics", "/admin/nope"):
                 try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{admin}{p}", timeout=3).read()
+                    port = api if p.startswith("/admin") else probe
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{p}", timeout=3).read()
                 except urllib.error.HTTPError:
                     pass
             deadline = time.monotonic() + 5
@@ -45,3 +48,11 @@ monitoring:
             admin_recs = [r for r in recs if r.get("event") == "admin_request"]
             assert [(r["path"], r["status"]) for r in admin_recs] == [("/admin/workers", 200), ("/admin/nope", 404)]
             assert all(r["client_ip"] == "127.0.0.1" and r["method"] == "GET" for r in admin_recs)
+            # no monitoring.admin.token: loopback reads only, writes refused (and audited)
+            req = urllib.request.Request(f"http://127.0.0.1:{api}/admin/reload", method="POST")
+            try:
+                urllib.request.urlopen(req, timeout=3)
+                raise AssertionError("a write without a token was accepted")
+            except urllib.error.HTTPError as e:
+                assert e.code == 403 and e.headers["content-type"] == "application/problem+json"
+                assert "read-only" in json.loads(e.read())["detail"]

@@ -42,13 +42,16 @@ auth:
     - url: "http://127.0.0.1:{dead}/jwks.json"
       allow_http: true
       timeout: 500ms
-monitoring: {{metrics_port: 0, logging: {{level: error}}}}
+monitoring: {{metrics_port: 0, logging: {{level: info}}}}
 """
         with Gateway(cfg, workers=2) as gw:
             admin = gw.wait_admin()
             time.sleep(2.5)  # a tick or two after boot
             assert _status(f"http://127.0.0.1:{gw.port}/healthz") == 503
             assert _status(f"http://127.0.0.1:{admin}/readyz") == 503
+            # and the operational log says why (once per worker, not once per tick)
+            waiting = [x for x in gw.stderr_lines if "waiting for the first JWKS fetch (auth.jwks)" in x]
+            assert len(waiting) == 2, gw.stderr_lines
             with urllib.request.urlopen(f"http://127.0.0.1:{admin}/livez", timeout=3) as r:
                 assert r.status == 200
             try:

@@ -189,8 +189,9 @@ def test_defaults():
     assert mon == MonitoringConfig()
     assert (mon.metrics_port, mon.metrics_host, mon.health_check_interval, mon.circuit_breaker) == (9090, "127.0.0.1", 30, None)
     log = mon.logging
-    assert log == LoggingConfig() and (log.level, log.format, log.output) == ("info", "json", "stdout")
-    assert (log.access_log.enabled, log.access_log.output, log.access_log.log_health) == (True, None, False)
+    assert log == LoggingConfig() and (log.level, log.format, log.output) == ("info", "json", "stderr")
+    assert (log.access_log.enabled, log.access_log.output, log.access_log.log_health) == (True, "stdout", False)
+    assert mon.admin is None
     assert (log.audit.enabled, log.audit.output) == (True, "stdout")
     assert (cfg.auth, cfg.rate_limit, cfg.cors, cfg.security_headers, cfg.ip_filter) == (None,) * 5
 

@@ -226,6 +226,9 @@ def test_two_gateways_share_a_limit_and_fail_open_or_closed(redis):
         assert json.loads(rb[0][2])["policies"] == ["route:shared"]
         dec = series(metrics_text(a), "fastgw_ratelimit_decisions_total")
         assert dec['{limit="route:shared",result="backend_error"}'] == 5
+        assert series(metrics_text(a), "fastgw_ratelimit_redis_fallback_total") == {'{mode="open"}': 5}
+        assert series(metrics_text(b), "fastgw_ratelimit_redis_fallback_total") == {'{mode="closed"}': 5}
+        assert sum(series(metrics_text(a), "fastgw_redis_errors_total").values()) >= 1
         assert any("redis 127.0.0.1" in ln and "unavailable" in ln for ln in a.stderr_lines)
         # back on the same port, empty: the shared limit holds again once the backoff ends
         with RedisServer(redis.port):

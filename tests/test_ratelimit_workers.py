@@ -56,6 +56,7 @@ services:
         rate_limit: {{requests_per_second: {RATE}, burst: {BURST}}}
 monitoring:
   metrics_port: 0
+  admin: {{port: 0}}
   logging:
     level: warning
 """

@@ -54,13 +54,17 @@ def load_config_text(
     text: str | bytes, source: str = "<string>", env: Mapping[str, str] | None = None
 ) -> tuple[Config, list[str]]:
     """Load and validate config YAML; ``source`` names it in messages. ``env`` defaults to os.environ."""
-    data, dups = _parse(text, source)
-    return _load(data, source, env, dups)
+    data, dups, node = _parse(text, source)
+    try:
+        return _load(data, source, env, dups)
+    except ConfigError as e:
+        e.where = locate_all(node, e.errors)
+        raise
 
 
 def parse_yaml(text: str | bytes, source: str = "<string>") -> Any:
     """Plain objects from YAML; ConfigError on a syntax error or duplicate keys."""
-    data, dups = _parse(text, source)
+    data, dups, _ = _parse(text, source)
     if dups:
         raise ConfigError([f"{render(p)}: {m}" for p, m in dups], source=source)
     return data
@@ -73,8 +77,8 @@ def load_config_data(
     return _load(data, source, env, [])
 
 
-def _parse(text: str | bytes, source: str) -> tuple[Any, list[tuple[Path, str]]]:
-    """Plain objects and duplicate-key errors; ConfigError on a syntax error."""
+def _parse(text: str | bytes, source: str) -> tuple[Any, list[tuple[Path, str]], Any]:
+    """Plain objects, duplicate-key errors and the node tree; ConfigError on a syntax error."""
     data = text.encode() if isinstance(text, str) else text
     try:
         node = yaml.compose(data, Loader=yaml.CSafeLoader)
@@ -84,7 +88,7 @@ def _parse(text: str | bytes, source: str) -> tuple[Any, list[tuple[Path, str]]]
         raise ConfigError([f"{source}: invalid YAML: {e}"], source=source) from None
     dups = _duplicate_keys(node, ()) if node is not None else []
     try:
-        return msgspec.yaml.decode(data), dups
+        return msgspec.yaml.decode(data), dups, node
     except msgspec.DecodeError as e:
         msg = str(e).replace("<byte string>", source)
         raise ConfigError([f"{source}: invalid YAML: {msg}"], source=source) from None
@@ -204,4 +208,39 @@ def _duplicate_keys(node: yaml.Node, path: Path, seen_nodes: set[int] | None = N
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             out += _duplicate_keys(v, path + (i,), seen_nodes)
+    return out
+
+
+# ---------------------------------------------------------------------- line and column
+def _marks(node: Any, path: str, out: dict[str, tuple[int, int]]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                p = f"{path}.{k.value}" if path else str(k.value)
+                out.setdefault(p, (k.start_mark.line + 1, k.start_mark.column + 1))
+                _marks(v, p, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            p = f"{path}[{i}]"
+            out.setdefault(p, (v.start_mark.line + 1, v.start_mark.column + 1))
+            _marks(v, p, out)
+
+
+def locate_all(node: Any, errors: list[str]) -> list[tuple[int, int] | None]:
+    """``(line, column)`` (1-based) of each error's path in the file: the key itself, or
+    the closest enclosing key when the path is not in the file (a missing field)."""
+    marks: dict[str, tuple[int, int]] = {}
+    if node is not None:
+        _marks(node, "", marks)
+    out: list[tuple[int, int] | None] = []
+    for err in errors:
+        p = err.split(": ", 1)[0]
+        found = None
+        while p:
+            found = marks.get(p)
+            if found is not None:
+                break
+            cut = max(p.rfind("."), p.rfind("["))
+            p = p[:cut] if cut > 0 else ""
+        out.append(found)
     return out

@@ -1,14 +1,17 @@
-"""Schema of the ``monitoring`` section: admin listener, health checks, breaker, logging (L1).
+"""Schema of the ``monitoring`` section: listeners, health checks, breaker, logging (L1).
 
-The admin listener (``/livez``, ``/readyz``, ``/metrics``, ``/admin/*``) binds
-``metrics_host:metrics_port``; port 0 picks a free port, printed at start.  Logging has
-three streams: the gateway's own log (``logging.output``), the access log (one JSON line
-per request, ``access_log.output``, default: the same as ``logging.output``) and the audit
-log (auth and admin decisions, ``audit.output``).  An output is ``stdout``, ``stderr`` or a
-file path (reopened on USR1).
+Two listeners with two jobs: the probe/metrics listener (``/livez``, ``/readyz``,
+``/metrics``; no secrets) binds ``metrics_host:metrics_port``, and the admin API
+(``/admin/*``, bearer token ``admin.token``) binds ``admin.host:admin.port`` when the
+``admin`` block is set.  Port 0 picks a free port, printed at start.  Logging has three
+streams: the gateway's own log (``logging.output``, default stderr, ``format`` json or
+text), the access log (one JSON line per request, ``access_log.output``, default stdout;
+null = the same as ``logging.output``) and the audit log (auth and admin decisions,
+reloads and signals, ``audit.output``).  An output is ``stdout``, ``stderr`` or a file
+path (reopened on USR1).
 
 Rules kept here: the level is one of debug/info/warning/error (case-insensitive, stored
-lower-case); the only format is ``json``.
+lower-case); an empty admin token (``${ADMIN_TOKEN:-}`` unset) means no token.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from fastgw.config import validators as v
-from fastgw.config.base import Base, Check, Duration, PositiveDuration
+from fastgw.config.base import Base, Check, Duration, PositiveDuration, Secret, Size
 
 Output = Annotated[str, Check(v.non_empty)]  # "stdout" | "stderr" | a file path
 
@@ -30,8 +33,11 @@ class CircuitBreakerConfig(Base):
 
 class AccessLogConfig(Base):
     enabled: bool = True
-    output: Output | None = None  # None = logging.output
+    output: Output | None = "stdout"  # None = logging.output
     log_health: bool = False  # log requests to gateway.health_path
+    # optional fields for `fastgw replay` (opt-in: a query string or header may hold secrets)
+    query: bool = False  # log the raw query string as `query`
+    headers: list[Annotated[str, Check(v.header_name_lower)]] = []  # log these request headers as `headers`
 
 
 class AuditLogConfig(Base):
@@ -41,10 +47,19 @@ class AuditLogConfig(Base):
 
 class LoggingConfig(Base):
     level: Annotated[str, Check(v.log_level)] = "info"
-    format: Literal["json"] = "json"
-    output: Output = "stdout"
+    format: Literal["json", "text"] = "json"
+    output: Output = "stderr"
     access_log: AccessLogConfig = msgspec.field(default_factory=AccessLogConfig)
     audit: AuditLogConfig = msgspec.field(default_factory=AuditLogConfig)
+
+
+class AdminConfig(Base):
+    """The admin API listener (``/admin/*``)."""
+
+    host: Annotated[str, Check(v.non_empty)] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9091
+    token: Secret | None = None  # None or "": answers only on loopback, refuses writes
+    max_body: Size = Size(64 * 1024)  # request bodies (JSON) of the admin API
 
 
 class MonitoringConfig(Base):
@@ -53,3 +68,4 @@ class MonitoringConfig(Base):
     health_check_interval: PositiveDuration = Duration(30)
     circuit_breaker: CircuitBreakerConfig | None = None
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    admin: AdminConfig | None = None  # None = no admin API listener

@@ -59,6 +59,12 @@ def _flatten(obj: Any, out: Any) -> Any:
     return out
 
 
-def to_printable(config: msgspec.Struct) -> dict[str, Any]:
-    """The config as builtins in the file's shape, secrets replaced by ``"***"``."""
-    return _flatten(config, msgspec.to_builtins(config, enc_hook=encode_value))
+def to_printable(config: msgspec.Struct, secret=None) -> dict[str, Any]:
+    """The config as builtins in the file's shape, secrets replaced by ``"***"`` (or by
+    ``secret(value)`` when given: a digest to compare, a ``${VAR}`` to print)."""
+    if secret is None:
+        return _flatten(config, msgspec.to_builtins(config, enc_hook=encode_value))
+
+    def hook(obj: Any) -> Any:
+        return secret(obj) if isinstance(obj, Secret) else encode_value(obj)
+    return _flatten(config, msgspec.to_builtins(config, enc_hook=hook))

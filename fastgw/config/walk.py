@@ -69,6 +69,21 @@ def _unwrap(t: Any) -> Any:
     return t.type if isinstance(t, mi.Metadata) else t
 
 
+def did_you_mean(key: str, known) -> str:
+    """``"; did you mean `rate_limit`?"`` for the closest known key, or ``""``."""
+    import difflib
+
+    norm = {k.replace("-", "_").lower(): k for k in known}
+    k = key.replace("-", "_").lower()
+    if k in norm:
+        return f"; did you mean `{norm[k]}`?"
+    squashed = {n.replace("_", ""): orig for n, orig in norm.items()}
+    if k.replace("_", "") in squashed:
+        return f"; did you mean `{squashed[k.replace('_', '')]}`?"
+    best = difflib.get_close_matches(k, list(norm), n=1, cutoff=0.75)
+    return f"; did you mean `{norm[best[0]]}`?" if best else ""
+
+
 class Walker:
     """Converts plain data against a schema; see the module doc for the rules."""
 
@@ -161,7 +176,7 @@ class Walker:
                 if inline is not None:
                     rest[key] = val
                 elif t.forbid_unknown_fields:
-                    self.error(path + (str(key),), "unknown field")
+                    self.error(path + (str(key),), "unknown field" + did_you_mean(str(key), by_key))
                     ok = False
                 continue
             fspath = f"{spath}.{key}" if spath else key

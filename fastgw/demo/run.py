@@ -57,28 +57,35 @@ def main(argv=None) -> int:
             print("fastgw did not start", file=sys.stderr)
             return 1
         secret = env["JWT_SECRET"]
-        admin = mint(secret, "alice", ["admin"])
-        viewer = mint(secret, "bob", ["viewer"])
+        ttl = 3600
+        admin = mint(secret, "alice", ["admin"], ttl)
+        viewer = mint(secret, "bob", ["viewer"], ttl)
+        expires = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + ttl))
         base = f"http://127.0.0.1:{gw_port}"
         print(f"""
 fastgw is running on {base} (metrics: http://127.0.0.1:{env['FASTGW_METRICS_PORT']}/metrics). Try:
 
-  export ADMIN_TOKEN={admin}
-  export VIEWER_TOKEN={viewer}
+  # demo tokens, valid for 1 hour (until {expires}); after that the gateway answers 401
+  # "token expired". Mint new ones with the same secret, e.g.:
+  #   JWT_SECRET=... python -m fastgw.auth.mint --sub alice --roles admin --ttl 1h
+  export ALICE_JWT={admin}
+  export VIEWER_JWT={viewer}
 
   # routing to a public health route of each service
   curl -s {base}/api/v1/svg/health
   # a protected route without a token: 401 with WWW-Authenticate
   curl -si {base}/api/v1/svg/drawings
   # with a token: 200, and the upstream sees X-User-Id / X-User-Roles
-  curl -s -H "Authorization: Bearer $ADMIN_TOKEN" {base}/api/v1/cmms/work-orders
+  curl -s -H "Authorization: Bearer $ALICE_JWT" {base}/api/v1/cmms/work-orders
   # a viewer may read but not delete: 403
-  curl -si -X DELETE -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/cmms/work-orders/7
+  curl -si -X DELETE -H "Authorization: Bearer $VIEWER_JWT" {base}/api/v1/cmms/work-orders/7
   # rate limit: database-infra allows 20 req/s with a burst of 50; 120 requests at once -> some 429
-  seq 1 120 | xargs -P 16 -I{{}} curl -s -o /dev/null -w '%{{http_code}}\\n' -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/database/tables | sort | uniq -c
-  curl -si -H "Authorization: Bearer $VIEWER_TOKEN" {base}/api/v1/database/tables | head -12   # 429 with Retry-After and RateLimit fields
+  seq 1 120 | xargs -P 16 -I{{}} curl -s -o /dev/null -w '%{{http_code}}\\n' -H "Authorization: Bearer $VIEWER_JWT" {base}/api/v1/database/tables | sort | uniq -c
+  curl -si -H "Authorization: Bearer $VIEWER_JWT" {base}/api/v1/database/tables | head -12   # 429 with Retry-After and RateLimit fields
   # unknown path: 404 problem+json
   curl -s {base}/nope
+  # the admin API (loopback and read-only until ADMIN_TOKEN is set; docs/operations.md)
+  curl -s http://127.0.0.1:{env.get('FASTGW_ADMIN_PORT', '9091')}/admin/workers
 
 Access log lines appear below. Ctrl-C stops everything.
 """, flush=True)

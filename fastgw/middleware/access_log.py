@@ -46,6 +46,15 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     content_encoding: str | None = None  # the response's coding when the gateway compressed it
 
 
+class ReplayRecord(AccessRecord, omit_defaults=True, gc=False):
+    """An ``AccessRecord`` with the opt-in fields ``fastgw replay`` routes on
+    (``access_log.query``, ``access_log.headers``): ``query`` (raw, without ``?``) and
+    ``headers`` (every configured name, null when the request had none)."""
+
+    query: str | None = None
+    headers: dict[str, str | None] | None = None
+
+
 _NO_FLAGS = ()  # encodes as [] like an empty list, and nothing can append to it later
 
 
@@ -84,14 +93,42 @@ class AccessLog(Middleware):
             self.buf.flush()
 
 
+class AccessLogReplay(AccessLog):
+    """The access log with the replay fields: a subclass, so the default log's hot path
+    does not even test for them."""
+
+    def __init__(self, cfg, deps, buf) -> None:
+        super().__init__(cfg, deps, buf)
+        al = cfg.monitoring.logging.access_log
+        self.with_query = al.query
+        self.names = tuple((n, n.encode("ascii")) for n in al.headers)
+        self.flush_at, self.max_recs = self.max_recs, 1 << 62    # the base never flushes: we do
+
+    def logging(self, ctx, error) -> None:
+        super().logging(ctx, error)
+        recs = self.recs
+        rec = recs[-1]
+        recs[-1] = ReplayRecord(*(getattr(rec, f) for f in rec.__struct_fields__),
+                                query=ctx.query.decode("latin-1") if self.with_query else None,
+                                headers={n: _text(ctx.header(b)) for n, b in self.names} or None)
+        if len(recs) >= self.flush_at:
+            self.buf.flush()
+
+
+def _text(v: bytes | None) -> str | None:
+    return None if v is None else v.decode("latin-1")
+
+
 def build(root_cfg, service_cfg, route_cfg, deps):
     if deps is None:
         return None
     buf = deps.state.get("access_log_buffer")
     if buf is None:
         return None
-    key = "access_log"
+    al = root_cfg.monitoring.logging.access_log
+    key = ("access_log", al.query, tuple(al.headers))     # a reload that changes the fields: a new one
     shared = deps.state.get(key)
     if shared is None:
-        shared = deps.state[key] = AccessLog(root_cfg, deps, buf)
+        cls = AccessLogReplay if (al.query or al.headers) else AccessLog
+        shared = deps.state[key] = cls(root_cfg, deps, buf)
     return shared

@@ -28,7 +28,9 @@ class RequestId(Middleware):
         self.drop = frozenset({self.lheader})
         self.prefix = (os.urandom(6).hex() + "-").encode("ascii")
         self.counter = 0
-        fmt = hdr.replace(b"%", b"%%")  # (a token may contain "%")
+        # written lower-case like every header name the gateway itself writes (the
+        # config's spelling only says which header; names are case-insensitive)
+        fmt = self.lheader.replace(b"%", b"%%")  # (a token may contain "%")
         self.line = fmt + b": %s\r\n"
         self.gen_line = fmt + b": " + self.prefix + b"%x\r\n"
         self.id_start = len(hdr) + 2

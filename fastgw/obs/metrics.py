@@ -55,6 +55,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_compression_input_bytes_total": ("counter", "Body bytes fed to the compressor, by algorithm.", ("algorithm",)),
     "fastgw_compression_output_bytes_total": ("counter", "Compressed body bytes sent, by algorithm.", ("algorithm",)),
     "fastgw_compression_skipped_total": ("counter", "Responses on compressing routes sent uncompressed, by reason.", ("reason",)),
+    "fastgw_redis_errors_total": ("counter", "Redis calls that failed (timeout, connection, error reply), by backend host:port.", ("backend",)),
+    "fastgw_ratelimit_redis_fallback_total": ("counter", "Rate-limit decisions taken without Redis, by rate_limit.redis.on_error mode (open: let through, closed: 503).", ("mode",)),
 }
 
 

@@ -104,6 +104,8 @@ class Limiter:
         b = self.backends.get(k)
         if b is None:
             b = self.backends[k] = RedisBackend(url, timeout)
+            cell, add = self.cell("fastgw_redis_errors_total", (("backend", b.label),)), self.store.add
+            b.on_failure = lambda: add(cell)
         return b
 
     def retire_backend(self, b: RedisBackend) -> None:
@@ -268,6 +270,8 @@ class Enforcer:
         self.on_allowed = fields.on_allowed
         self.fail_closed = on_error == "closed" and not dry_run
         self.backend = backend
+        self.fallback_cell = lim.cell("fastgw_ratelimit_redis_fallback_total",
+                                      (("mode", "closed" if self.fail_closed else "open"),))
 
     # -- memory only ------------------------------------------------------------------
     def check(self, ctx, ls: LimitSet):
@@ -344,6 +348,7 @@ class Enforcer:
             add = self.add
             for i in red:
                 add(limits[i].cell(BACKEND_ERROR))
+            add(self.fallback_cell)
             if self.fail_closed:
                 return H.backend_down(ctx, [limits[i].name for i in red])
             if not mem_req:

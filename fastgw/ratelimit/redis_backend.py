@@ -150,6 +150,7 @@ class RedisBackend:
         self.backoff = 0.0
         self.probing = False
         self.failures = 0               # calls that failed (tests, status)
+        self.on_failure = None          # counts fastgw_redis_errors_total (set by the Limiter)
 
     def _connect(self) -> None:
         # imported here: the supervisor and --check never need redis
@@ -203,6 +204,8 @@ class RedisBackend:
 
     def _failed(self, e: BaseException) -> None:
         self.failures += 1
+        if self.on_failure is not None:
+            self.on_failure()
         first = not self.down_until
         self.backoff = BACKOFF_MIN if first else min(BACKOFF_MAX, self.backoff * 2)
         self.down_until = time.monotonic() + self.backoff

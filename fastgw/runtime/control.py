@@ -1,26 +1,28 @@
-"""The control process (L7): the admin listener, on its own uvloop loop.
+"""The control process (L7): the probe/metrics listener and the admin API, on one uvloop loop.
 
-Forked by the supervisor next to the workers and respawned like one.  It serves
-``monitoring.metrics_host:metrics_port`` (the socket is bound by the supervisor before
-fork, so a respawned control process answers on the same port):
+Forked by the supervisor next to the workers and respawned like one.  It serves two
+sockets, both bound by the supervisor before fork (a respawned control process answers
+on the same ports):
 
-==================  ======================================================================
-``/livez``          200 while this process runs (the gateway's processes are up)
-``/readyz``         200 when the config is loaded, every desired worker is ready and the
-                    gateway is not draining; else 503 with the reasons
-``/metrics``        Prometheus text, summed over every worker's shared-memory area plus the
-                    retired area at scrape time (so it answers while a worker is stopped,
-                    and counters stay monotonic across respawns and reloads)
-``/admin/workers``  JSON: per worker slot pid, state, uptime, config generation, requests
-==================  ======================================================================
+- ``monitoring.metrics_host:metrics_port``, what Kubernetes probes and Prometheus scrape
+  (no secrets, no auth):
+
+  ==================  ====================================================================
+  ``/livez``          200 while this process runs (the gateway's processes are up)
+  ``/readyz``         200 when the config is loaded, every desired worker is ready and the
+                      gateway is not draining; else 503 with the reasons
+  ``/metrics``        Prometheus text, summed over every worker's shared-memory area plus
+                      the retired area at scrape time (so it answers while a worker is
+                      stopped, and counters stay monotonic across respawns and reloads)
+  ==================  ====================================================================
+
+- ``monitoring.admin.host:port`` when ``monitoring.admin`` is set: the admin API
+  (``/admin/*``, bearer token; endpoints and rules in ``fastgw.admin``).
 
 The control process reads shared memory and never writes a worker's cells; what it
 cannot read there (desired worker count, draining, config generation) the supervisor
-tells it with ``Workers`` messages (``set_workers``).  Later issues add active health
-checks (writing the health table) and cache purges here.
-
-The admin protocol is deliberately small: HTTP/1.1 GET/HEAD only, no request bodies,
-heads up to 8 KiB, keep-alive with an idle timeout.
+tells it with ``Workers`` messages (``set_workers``).  ``POST /admin/reload`` asks the
+supervisor (``ReloadRequest``) and answers with its ``ReloadResult``.
 """
 
 from __future__ import annotations
@@ -32,19 +34,21 @@ import sys
 import threading
 import time
 
-import httptools
 import orjson
 
 from fastgw import __version__, clock
-from fastgw.http.wire import reply_bytes
+from fastgw.admin.api import AdminApi, ProbeApp
+from fastgw.admin.router import problem_reply
+from fastgw.admin.server import HttpServerProtocol
+from fastgw.obs import oplog
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.prom import CONTENT_TYPE, render
 from fastgw.shm.workers import READY, STATE_NAMES
 
 log = logging.getLogger("fastgw")
 
-MAX_HEAD = 8 * 1024
-IDLE_TIMEOUT = 30.0
+
+RELOAD_TIMEOUT = 60.0
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
 _PY = "%d.%d.%d" % sys.version_info[:3]
@@ -52,9 +56,14 @@ _PY = "%d.%d.%d" % sys.version_info[:3]
 
 class Control:
     def __init__(self, config, sock, region, *, desired: int, generation: int = 0,
-                 draining: bool = False) -> None:
+                 draining: bool = False, api_sock=None) -> None:
         self.config = config
         self.sock = sock
+        self.api_sock = api_sock
+        self.api_server = None
+        self.to_supervisor = None   # (id, client) -> sends ReloadRequest; set by control_main
+        self.pending: dict[int, asyncio.Future] = {}
+        self.next_id = 0
         self.region = region
         self.desired = desired
         self.generation = generation
@@ -77,8 +86,12 @@ class Control:
         out = self.config.monitoring.logging.audit.output if self.config is not None else None
         if out:
             self.audit = LogBuffer(out)
+        probe, api = ProbeApp(self), AdminApi(self)
         self.server = loop.run_until_complete(
-            loop.create_server(lambda: AdminProtocol(self), sock=self.sock, backlog=128))
+            loop.create_server(lambda: HttpServerProtocol(probe, loop), sock=self.sock, backlog=128))
+        if self.api_sock is not None:
+            self.api_server = loop.run_until_complete(
+                loop.create_server(lambda: HttpServerProtocol(api, loop), sock=self.api_sock, backlog=128))
         if threading.current_thread() is threading.main_thread():
             for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup"),
                               (signal.SIGUSR1, "usr1")):
@@ -90,6 +103,8 @@ class Control:
             return loop.run_until_complete(self.stopping)
         finally:
             self.server.close()
+            if self.api_server is not None:
+                self.api_server.close()
             if self.audit is not None:
                 self.audit.close()
             loop.close()
@@ -120,16 +135,33 @@ class Control:
         """Ignored: reloads come from the supervisor."""
 
     def handle_usr1(self) -> None:
-        """Reopen the audit log (logrotate)."""
+        """Reopen the operational and audit logs (logrotate)."""
+        oplog.reopen()
         if self.audit is not None:
             self.audit.reopen()
 
-    def audit_admin(self, client: str, method: str, path: str, status: int) -> None:
-        """One audit line per call of the management API (``/admin/*``); probes and
-        scrapes (``/livez``, ``/readyz``, ``/metrics``) are not audited."""
-        if self.audit is not None and path.startswith("/admin"):
-            self.audit.write(orjson.dumps({"ts": time.time(), "event": "admin_request", "client_ip": client,
-                                           "method": method, "path": path, "status": status}))
+    def audit_record(self, rec: dict) -> None:
+        """One audit line (the admin API's calls and writes)."""
+        if self.audit is not None:
+            self.audit.write(orjson.dumps(rec))
+
+    # ------------------------------------------------------------------ reload over the admin API
+    def request_reload(self, client: str) -> asyncio.Future:
+        """Ask the supervisor to reload (as HUP); the future gets its outcome document."""
+        self.next_id += 1
+        fut = self.loop.create_future()
+        if self.to_supervisor is None:
+            fut.set_result({"result": "refused", "generation": self.generation,
+                            "errors": ["no supervisor (standalone mode): send HUP instead"]})
+            return fut
+        self.pending[self.next_id] = fut
+        self.to_supervisor(self.next_id, client)
+        return asyncio.wait_for(fut, RELOAD_TIMEOUT)
+
+    def on_reload_result(self, rid: int, result: dict) -> None:
+        fut = self.pending.pop(rid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
 
     def stop(self) -> None:
         if self.stopping is not None and not self.stopping.done():
@@ -202,92 +234,4 @@ class Control:
             return st, [_JSON, _NO_STORE], body
         if path == "/metrics":
             return 200, [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE], self.metrics_text().encode()
-        if path == "/admin/workers":
-            return 200, [_JSON, _NO_STORE], orjson.dumps(self.workers_doc())
-        return 404, [_JSON], b'{"status":404,"title":"Not Found"}'
-
-
-class AdminProtocol(asyncio.Protocol):
-    """One admin connection: GET/HEAD requests answered in order, bodies refused."""
-
-    __slots__ = ("control", "transport", "parser", "url", "size", "timer", "closed", "peer")
-
-    def __init__(self, control: Control) -> None:
-        self.control = control
-        self.transport = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.size = 0
-        self.timer = None
-        self.closed = False
-        self.peer = ""
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else ""
-        self._arm()
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-
-    def _arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.control.loop.call_later(IDLE_TIMEOUT, self._close)
-
-    def _close(self) -> None:
-        if not self.closed and self.transport is not None:
-            self.closed = True
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self.size += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._send(400, [_JSON], b'{"status":400,"title":"Bad Request"}', False, False)
-        if self.size > MAX_HEAD and not self.closed:
-            self._send(431, [_JSON], b'{"status":431,"title":"Request Header Fields Too Large"}', False, False)
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self._arm()
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_body(self, body: bytes) -> None:
-        pass
-
-    def on_message_complete(self) -> None:
-        if self.closed:
-            return
-        p = self.parser
-        method = p.get_method().decode("ascii", "replace")
-        keep = p.should_keep_alive()
-        self.size = 0
-        path = self.url.split(b"?", 1)[0].decode("latin-1")
-        if method not in ("GET", "HEAD"):
-            self.control.audit_admin(self.peer, method, path, 405)
-            self._send(405, [_JSON, (b"allow", b"GET, HEAD")], b'{"status":405,"title":"Method Not Allowed"}',
-                       keep, method == "HEAD")
-            return
-        try:
-            st, headers, body = self.control.respond(method, path)
-        except Exception as e:
-            log.exception("admin %s failed: %s", path, e)
-            st, headers, body = 500, [_JSON], b'{"status":500,"title":"Internal Server Error"}'
-        self.control.audit_admin(self.peer, method, path, st)
-        self._send(st, headers, body, keep, method == "HEAD")
-
-    def _send(self, status, headers, body, keep, head_only) -> None:
-        if self.closed:
-            return
-        self.transport.write(reply_bytes(status, headers, body, keep_alive=keep, head_only=head_only))
-        if not keep:
-            self._close()
-        else:
-            self._arm()
+        return problem_reply(404, f"no endpoint {path} on this listener (/livez, /readyz, /metrics)", "")

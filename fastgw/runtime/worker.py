@@ -35,6 +35,7 @@ from fastgw import clock
 from fastgw.http.netaddr import TrustedNets
 from fastgw.http.protocol import ConnInfo, DownstreamProtocol
 from fastgw.http.proxyproto import ProxyProtocolGate
+from fastgw.obs import oplog
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.metrics import Metrics
 from fastgw.pipeline.ctx import Ctx
@@ -259,6 +260,7 @@ class Worker:
 
     def handle_usr1(self) -> None:
         """Reopen log files (logrotate)."""
+        oplog.reopen()
         for b in (self.access_buf, self.audit_buf):
             if b is not None:
                 b.reopen()

@@ -29,9 +29,13 @@ Rules:
 - A worker whose heartbeat (shared memory, every second) is older than
   ``FASTGW_HEARTBEAT_TIMEOUT`` seconds (default 10; lower only in tests) is SIGKILLed and
   replaced; so is a control process whose ``Beat`` messages stop.
-- Reload (HUP): the config file is read and validated here, once; restart-only changes
-  are refused (``reload``); the validated snapshot is encoded once and the same bytes go
-  to every child.  A child forked later gets the snapshot by fork.
+- Reload (HUP, or a ``ReloadRequest`` from the control process for ``POST /admin/reload``):
+  the config file is read and validated here, once (``reload.attempt``: restart-only
+  changes refused, nothing changed = no-op, the change summary logged and audited); the
+  validated snapshot is encoded once and the same bytes go to every child.  A child
+  forked later gets the snapshot by fork.
+- Logs: the operational log (``fastgw.obs.oplog``) is set up before fork and inherited;
+  USR1 reopens it here and in every child.  Signals and reloads go to the audit log.
 """
 
 from __future__ import annotations
@@ -43,11 +47,12 @@ import signal
 import sys
 import time
 
-from fastgw.config import ConfigError, load_config
+from fastgw.obs import oplog
+from fastgw.obs.audit import AuditLog
 from fastgw.shm import Region
 from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
-from fastgw.supervisor.reload import check_tls, restart_only_changes, table_slots
+from fastgw.supervisor.reload import Reloader, attempt, table_slots
 from fastgw.supervisor.sockets import BindError, Listeners, bind_listener
 
 log = logging.getLogger("fastgw")
@@ -111,8 +116,12 @@ class Arbiter:
         signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
     }
 
-    def __init__(self, cfg, config_path: str, binds: list[tuple[str, int]], workers: int) -> None:
+    def __init__(self, cfg, config_path: str, binds: list[tuple[str, int]], workers: int,
+                 warnings=()) -> None:
         self.cfg = cfg
+        self.reloader = Reloader(config_path, cfg, warnings)
+        self.audit = AuditLog(None)
+        self.api_sock = None        # the admin API (monitoring.admin), when configured
         self.config_path = config_path
         self.listeners = Listeners(binds)
         self.desired = max(1, workers)
@@ -177,6 +186,12 @@ class Arbiter:
             self.admin_sock = bind_listener(mon.metrics_host, mon.metrics_port, reuse_port=False, backlog=128)
         except BindError as e:
             raise BindError(f"admin listener: {e}") from None
+        if mon.admin is not None:
+            try:
+                self.api_sock = bind_listener(mon.admin.host, mon.admin.port, reuse_port=False, backlog=128)
+            except BindError as e:
+                raise BindError(f"admin API listener (monitoring.admin): {e}") from None
+        self.audit = AuditLog.of(cfg)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for sig in self.SIGNALS:
@@ -216,6 +231,7 @@ class Arbiter:
         while self.sig_queue:
             name = self.sig_queue.pop(0)
             log.info("signal %s", name.upper())
+            self.audit.write("signal", signal=name.upper(), pid=os.getpid())
             getattr(self, "handle_" + name)()
         self._reap()
         self._murder()
@@ -241,6 +257,9 @@ class Arbiter:
             if not self.control_announced:
                 self.control_announced = True
                 print(f"fastgw: admin listening on {msg.host}:{msg.port}", flush=True)
+                if self.api_sock is not None:
+                    host, port = self.api_sock.getsockname()[:2]
+                    print(f"fastgw: admin API listening on {host}:{port}", flush=True)
             return
         st = self.slots.get(c.slot)
         if st is not None:
@@ -276,8 +295,8 @@ class Arbiter:
         keep_ids = {id(x) for x in keep}
         for c in self.children.values():
             c.chan.close()
-        for s in self.listeners.all_sockets() + [self.admin_sock]:
-            if id(s) not in keep_ids:
+        for s in self.listeners.all_sockets() + [self.admin_sock, self.api_sock]:
+            if s is not None and id(s) not in keep_ids:
                 s.close()
 
     def _fork(self, kind: str, slot: int, keep: list, main) -> _Child:
@@ -313,10 +332,10 @@ class Arbiter:
         log.info("worker %d forked (pid %d)", slot, c.pid)
 
     def _spawn_control(self) -> None:
-        sock, cfg, region = self.admin_sock, self.cfg, self.region
+        sock, api, cfg, region = self.admin_sock, self.api_sock, self.cfg, self.region
         desired, gen = self.desired, self.generation
-        c = self._fork("control", -1, [sock],
-                       lambda ch: childmod.control_main(cfg, sock, region, ch, desired, gen))
+        c = self._fork("control", -1, [sock, api],
+                       lambda ch: childmod.control_main(cfg, sock, region, ch, desired, gen, api_sock=api))
         self.control_pid = c.pid
         # draining state may have changed since; the Workers message carries it
         c.chan.send(ipc.Workers(self.desired, bool(self.stopping), self.generation))
@@ -484,8 +503,10 @@ class Arbiter:
             c.chan.close()
         self.children.clear()
         self.listeners.close_all()
-        if self.admin_sock is not None:
-            self.admin_sock.close()
+        for s in (self.admin_sock, self.api_sock):
+            if s is not None:
+                s.close()
+        self.audit.close()
         if self.wake_w >= 0:
             signal.set_wakeup_fd(-1)
             os.close(self.wake_r)
@@ -518,33 +539,19 @@ class Arbiter:
 
     def handle_hup(self) -> None:
         """Reload: validate the config file once; every child switches to that snapshot, or nothing changes."""
-        if self.stopping:
-            return
-        w, ok_cell, failed_cell = self.m[0], self.m[2], self.m[3]
-        try:
-            cfg, warnings = load_config(self.config_path)
-            errors = restart_only_changes(self.cfg, cfg) or check_tls(cfg)
-        except ConfigError as e:
-            errors, warnings = list(e.errors), []
-        if errors:
-            for line in errors:
-                log.error("reload refused: %s", line)
-            log.error("reload refused (%d errors): still running config generation %d", len(errors), self.generation)
-            w.inc(failed_cell)
-            return
-        for line in warnings:
-            log.warning("reload: %s", line)
-        self.generation += 1
-        frame = ipc.encode(ipc.Reload(self.generation, cfg))
-        for c in self.children.values():
-            c.chan.send_raw(frame)          # a child still booting reads it once it serves
-        self.cfg = cfg
-        self.region.broadcast.set_config_generation(self.generation)
-        w.inc(ok_cell)
-        log.info("config reloaded: generation %d", self.generation)
+        self.reload("signal")
+
+    def on_reloadrequest(self, c: _Child, msg: ipc.ReloadRequest) -> None:
+        c.chan.send(ipc.ReloadResult(msg.id, self.reload("admin", msg.client)))
+
+    def reload(self, source: str, client: str = "") -> dict:
+        """One reload attempt (``supervisor.reload.attempt``); its outcome document."""
+        return attempt(self, source, client)
 
     def handle_usr1(self) -> None:
         """Reopen log files (after logrotate moved them)."""
+        oplog.reopen()
+        self.audit.reopen()
         for c in self.children.values():
             c.chan.send(ipc.ReopenLogs())
 

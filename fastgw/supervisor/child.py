@@ -35,6 +35,15 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _follow_logging(cfg) -> None:
+    """The operational log follows a reload's ``monitoring.logging`` (fastgw.obs.oplog)."""
+    from fastgw.obs import oplog
+    try:
+        oplog.configure_from(cfg)
+    except OSError as e:
+        log.error("monitoring.logging.output: cannot open %s: %s", e.filename, e.strerror or e)
+
+
 def _read_channel(chan: ipc.Channel, handlers: dict, on_eof) -> None:
     try:
         msgs = chan.receive()
@@ -72,6 +81,7 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
                 w.loop.create_task(w.drain(delay, timeout))
 
         def on_reload(m: ipc.Reload) -> None:
+            _follow_logging(m.config)
             if w.apply_config(m.config, m.generation):
                 ws.set_generation(m.generation)
                 chan.send(ipc.Applied(m.generation))
@@ -102,6 +112,8 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
             # it runs, so a signal sent the moment a worker looks ready is not lost
             worker.loop.call_soon(ready)
 
+        waiting = [False]       # logged "waiting for the first JWKS fetch"
+
         def tick() -> None:
             ws.heartbeat()
             store.publish(ws)
@@ -111,6 +123,10 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
                 want = READY if all(check() for check in w.engine.app.ready_checks) else BOOTING
                 if region.workers.read(slot).state != want:
                     ws.set_state(want)
+                    if (want == READY) == waiting[0]:
+                        waiting[0] = want != READY
+                        log.info("worker %d: %s", slot, "ready: the JWKS key sets are fetched" if want == READY
+                                 else "waiting for the first JWKS fetch (auth.jwks): not ready until it succeeds")
             chan.flush()
 
         w.start_hooks.append(on_start)
@@ -129,15 +145,17 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         return BOOT_ERROR
 
 
-def control_main(cfg, sock, region, chan: ipc.Channel, desired: int, generation: int) -> int:
+def control_main(cfg, sock, region, chan: ipc.Channel, desired: int, generation: int, api_sock=None) -> int:
     """Run the control process until it stops; the exit status for ``os._exit``."""
     started = False
     try:
         from fastgw.runtime.control import Control
 
-        c = Control(cfg, sock, region, desired=desired, generation=generation)
+        c = Control(cfg, sock, region, desired=desired, generation=generation, api_sock=api_sock)
+        c.to_supervisor = lambda rid, client: chan.send(ipc.ReloadRequest(rid, client))
 
         def on_reload(m: ipc.Reload) -> None:
+            _follow_logging(m.config)
             c.apply_config(m.config, m.generation)
             chan.send(ipc.Applied(m.generation))
 
@@ -147,6 +165,7 @@ def control_main(cfg, sock, region, chan: ipc.Channel, desired: int, generation:
             ipc.Stop: lambda m: c.stop(),
             ipc.Drain: lambda m: c.set_workers(c.desired, True, c.generation),
             ipc.ReopenLogs: lambda m: c.handle_usr1(),
+            ipc.ReloadResult: lambda m: c.on_reload_result(m.id, m.result),
         }
 
         def on_eof() -> None:

@@ -89,7 +89,20 @@ class Beat(msgspec.Struct, tag="beat"):
     """The control process is alive (once per tick)."""
 
 
-Message = Union[Ready, BootFailed, Reload, Applied, ApplyFailed, Drain, Stop, ReopenLogs, Workers, Beat]
+class ReloadRequest(msgspec.Struct, tag="reload_request"):
+    """From the control process (``POST /admin/reload``): reload as on HUP, answer ``ReloadResult``."""
+    id: int
+    client: str = ""
+
+
+class ReloadResult(msgspec.Struct, tag="reload_result"):
+    """The supervisor's answer to ``ReloadRequest`` ``id``: the reload's outcome document."""
+    id: int
+    result: dict
+
+
+Message = Union[Ready, BootFailed, Reload, Applied, ApplyFailed, Drain, Stop, ReopenLogs, Workers, Beat,
+                ReloadRequest, ReloadResult]
 
 
 def _enc_hook(obj):

@@ -1,4 +1,9 @@
-"""What a reload (HUP) may change, decided by the supervisor before any child sees it.
+"""Reloads (HUP, ``POST /admin/reload``), decided by the supervisor before any child sees them.
+
+``attempt`` runs one: ``Reloader.prepare`` loads and checks the file, compares it (and the
+files it references: ``fingerprint``) with the running config (``fastgw.config.diff``);
+errors refuse it, an empty summary makes it a no-op, else a new generation goes out.
+Warnings already logged for the running config are not logged again.
 
 Some settings are fixed when the supervisor starts: it binds the listening and admin
 sockets, sizes the shared-memory region and forks the workers from them.  A reload that
@@ -11,6 +16,13 @@ certificate that does not match its key is refused here instead of in every work
 """
 
 from __future__ import annotations
+
+import logging
+
+from fastgw.obs import oplog
+from fastgw.supervisor import ipc
+
+log = logging.getLogger("fastgw")
 
 DEFAULT_TABLE_SLOTS = 65536
 
@@ -30,6 +42,8 @@ RESTART_ONLY = (
      "turning PROXY protocol on or off"),
     ("monitoring.metrics_host", lambda c: c.monitoring.metrics_host, "the admin socket is bound at start"),
     ("monitoring.metrics_port", lambda c: c.monitoring.metrics_port, "the admin socket is bound at start"),
+    ("monitoring.admin", lambda c: c.monitoring.admin and (c.monitoring.admin.host, c.monitoring.admin.port),
+     "the admin API socket is bound at start (its token reloads)"),
     ("rate_limit.table_slots", table_slots, "the shared-memory region is sized at start"),
 )
 
@@ -59,3 +73,140 @@ def check_tls(cfg) -> list[str]:
     except OSError as e:
         return [f"gateway.tls: cannot load {e.filename or tls.cert_file}: {e.strerror or e}"]
     return []
+
+
+# ---------------------------------------------------------------------- one reload attempt
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def fingerprint(cfg) -> dict[str, str]:
+    """``{field path: digest of the file's content}`` for every file the config names
+    (certificates, keys, CA bundles, JWKS and schema files): a renewed certificate is a
+    change even when the config file is identical."""
+    import hashlib
+
+    from fastgw.config.diff import referenced_files
+
+    out = {}
+    for where, name in referenced_files(cfg).items():
+        try:
+            with open(name, "rb") as f:
+                out[where] = hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            out[where] = f"unreadable: {e.strerror or e}"
+    return out
+
+
+class Outcome:
+    """What ``Reloader.prepare`` found: errors (refused), or the new config, the warnings
+    not logged before, and the change summary (empty: nothing to do)."""
+
+    __slots__ = ("cfg", "errors", "warnings", "summary", "files", "all_warnings")
+
+    def __init__(self, cfg=None, errors=(), warnings=(), summary=None, files=None, all_warnings=()) -> None:
+        self.cfg = cfg
+        self.errors = list(errors)
+        self.warnings = list(warnings)
+        self.summary = summary
+        self.files = files or {}
+        self.all_warnings = list(all_warnings)
+
+    def refused_line(self, generation: int) -> str:
+        return (f"reload refused ({_plural(len(self.errors), 'error')}): "
+                f"still running config generation {generation}")
+
+    def result(self, generation: int, changed: bool) -> dict:
+        """The answer of ``POST /admin/reload`` and the audit record's body."""
+        if self.errors:
+            return {"result": "refused", "generation": generation, "errors": self.errors}
+        return {"result": "reloaded" if changed else "unchanged", "generation": generation,
+                "changes": self.summary.lines() if self.summary else [], "warnings": self.all_warnings}
+
+
+class Reloader:
+    """The supervisor's memory between reloads: the referenced files' fingerprints and the
+    warnings already logged (an unchanged warning is not repeated)."""
+
+    def __init__(self, path: str, cfg, warnings=()) -> None:
+        self.path = path
+        self.files = fingerprint(cfg)
+        self.warned = set(warnings)
+
+    def prepare(self, old) -> Outcome:
+        """Load and check the file; nothing is applied here."""
+        from fastgw.config import ConfigError, load_config
+        from fastgw.config.diff import diff
+
+        try:
+            cfg, warnings = load_config(self.path)
+        except ConfigError as e:
+            return Outcome(errors=e.errors)
+        errors = restart_only_changes(old, cfg) or check_tls(cfg) or check_log_output(cfg)
+        if errors:
+            return Outcome(errors=errors)
+        files = fingerprint(cfg)
+        summary = diff(old, cfg, self.files, files)
+        return Outcome(cfg, (), [w for w in warnings if w not in self.warned], summary, files, warnings)
+
+    def commit(self, out: Outcome) -> None:
+        self.files = out.files
+        self.warned = set(out.all_warnings)
+
+
+def check_log_output(cfg) -> list[str]:
+    """The operational log file a new config names must open: every process switches to it
+    (the access and audit targets do not move on reload, so they are not checked here)."""
+    target = cfg.monitoring.logging.output
+    if target in ("stdout", "stderr"):
+        return []
+    import os
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as e:
+        return [f"monitoring.logging.output: cannot open {target}: {e.strerror or e}"]
+    return []
+
+
+def attempt(arb, source: str, client: str = "") -> dict:
+    """One reload attempt of the supervisor ``arb`` (HUP: ``source="signal"``; ``POST
+    /admin/reload``: ``"admin"``): refused with every error and its path, a no-op when
+    nothing changed (referenced files included), else a new generation sent to every
+    child.  Logged, counted, audited; returns the outcome document (``Outcome.result``)."""
+    if arb.stopping:
+        return {"result": "refused", "generation": arb.generation, "errors": ["the gateway is stopping"]}
+    w, ok_cell, failed_cell = arb.m[0], arb.m[2], arb.m[3]
+    out = arb.reloader.prepare(arb.cfg)
+    who = {"source": source, **({"client_ip": client} if client else {})}
+    if out.errors:
+        for line in out.errors:
+            log.error("reload refused: %s", line)
+        log.error("%s", out.refused_line(arb.generation))
+        w.inc(failed_cell)
+        res = out.result(arb.generation, False)
+        arb.audit.write("reload", **who, **res)
+        return res
+    for line in out.warnings:
+        log.warning("reload: %s", line)
+    changed = bool(out.summary)
+    arb.reloader.commit(out)
+    w.inc(ok_cell)
+    if not changed:
+        log.info("reload: no changes (config generation %d)", arb.generation)
+    else:
+        arb.generation += 1
+        frame = ipc.encode(ipc.Reload(arb.generation, out.cfg))
+        for c in arb.children.values():
+            c.chan.send_raw(frame)          # a child still booting reads it once it serves
+        arb.cfg = out.cfg
+        arb.region.broadcast.set_config_generation(arb.generation)
+        try:
+            oplog.configure_from(out.cfg)
+        except OSError as e:
+            log.error("monitoring.logging.output: cannot open %s: %s", e.filename, e.strerror or e)
+        log.info("config reloaded: generation %d: %s", arb.generation, out.summary.short())
+        for line in out.summary.lines():
+            log.info("reload: %s", line)
+    res = out.result(arb.generation, changed)
+    arb.audit.write("reload", **who, **res)
+    return res

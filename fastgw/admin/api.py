@@ -1,0 +1,165 @@
+"""The admin API's endpoints, and the probe listener's (L6).
+
+``ENDPOINTS`` is the table: adding an endpoint is one handler function here and one row
+there (``write=True`` for anything that changes state: it then needs a token and is
+audited with its body).  Handlers get the ``AdminApi`` (``api.control`` is the control
+process: config, shared memory, the supervisor's channel) and the ``AdminRequest``.
+
+==================  ======  =============================================================
+``/admin``          GET     this table: method, path, write, doc
+``/admin/config``   GET     the effective config as YAML, secrets ``"***"``
+``/admin/routes``   GET     every route: service, name, path, methods, auth, roles, limit
+``/admin/workers``  GET     per worker slot: pid, state, uptime, generation, requests
+``/admin/reload``   POST    reload as on HUP; 200 with the change summary (``result``:
+                            reloaded / unchanged), or 422 problem+json with ``errors``
+==================  ======  =============================================================
+
+Audit: every ``/admin/*`` call is one ``admin_request`` record (client, method, path,
+status); a write adds ``write: true`` and its decoded ``body``.  Probes and scrapes on the
+other listener are not audited.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+from fastgw.admin.router import AdminRequest, Endpoint, Problem, Router, json_reply, problem_reply
+from fastgw.config.redact import to_printable
+
+
+# ---------------------------------------------------------------------- handlers
+def get_index(api: "AdminApi", req: AdminRequest):
+    return 200, {"endpoints": [{"method": e.method, "path": e.path, "write": e.write, "doc": e.doc}
+                               for e in ENDPOINTS]}
+
+
+def get_config(api: "AdminApi", req: AdminRequest):
+    import yaml
+
+    text = yaml.safe_dump(to_printable(api.control.config), sort_keys=False, allow_unicode=True)
+    return 200, text.encode(), b"application/yaml; charset=utf-8"
+
+
+def get_routes(api: "AdminApi", req: AdminRequest):
+    cfg = api.control.config
+    out = []
+    for svc_name, svc in cfg.services.items():
+        for r in svc.routes:
+            rl = r.rate_limit
+            out.append({"service": svc_name, "name": r.name, "path": r.path, "methods": list(r.methods),
+                        "host": r.host, "auth": bool(r.auth), "roles": to_printable(r).get("roles"),
+                        "rate_limit": None if rl is None else to_printable(rl)})
+    return 200, {"generation": api.control.generation, "routes": out}
+
+
+def get_workers(api: "AdminApi", req: AdminRequest):
+    return 200, api.control.workers_doc()
+
+
+async def post_reload(api: "AdminApi", req: AdminRequest):
+    res = await api.control.request_reload(req.client)
+    if res.get("result") == "refused":
+        n = len(res.get("errors", []))
+        raise Problem(422, f"reload refused ({n} error{'' if n == 1 else 's'}): still running config "
+                           f"generation {res.get('generation')}", extra={"errors": res.get("errors", [])})
+    return 200, res
+
+
+ENDPOINTS = [
+    Endpoint("GET", "/admin", get_index, doc="this list"),
+    Endpoint("GET", "/admin/config", get_config, doc="effective config (YAML, secrets redacted)"),
+    Endpoint("GET", "/admin/routes", get_routes, doc="routes with their service, methods, auth and limit"),
+    Endpoint("GET", "/admin/workers", get_workers, doc="worker slots: pid, state, generation, requests"),
+    Endpoint("POST", "/admin/reload", post_reload, write=True,
+             doc="reload the config file (as HUP): the change summary, or the errors with their paths"),
+]
+
+
+# ---------------------------------------------------------------------- the two apps
+class AdminApi:
+    """``app`` of the admin API listener."""
+
+    def __init__(self, control, endpoints=None) -> None:
+        self.control = control
+        self.router = Router(endpoints or ENDPOINTS, self.token)
+
+    def token(self) -> str | None:
+        adm = self.control.config.monitoring.admin if self.control.config is not None else None
+        return (adm.token or None) if adm is not None else None
+
+    @property
+    def max_body(self) -> int:
+        adm = self.control.config.monitoring.admin if self.control.config is not None else None
+        return int(adm.max_body) if adm is not None else 64 * 1024
+
+    def handle(self, req: AdminRequest):
+        endpoint = None
+        try:
+            try:
+                endpoint = self.router.find(req)
+            except Problem as missing:      # 404/405, but only to a caller that may ask
+                self.router.authorize(req, False)
+                raise missing
+            self.router.authorize(req, endpoint.write)
+            if endpoint.write:
+                Router.decode_body(req)
+            res = endpoint.handler(self, req)
+        except Problem as p:
+            return self._done(req, endpoint, self._problem(req, p))
+        if inspect.isawaitable(res):
+            return self._finish(req, endpoint, res)
+        return self._done(req, endpoint, self._reply(res))
+
+    def too_large(self, req: AdminRequest):
+        """The body passed ``max_body`` (the protocol stopped reading it): 413, audited."""
+        p = Problem(413, f"request body over {self.max_body} bytes (monitoring.admin.max_body)")
+        return self._done(req, None, self._problem(req, p))
+
+    async def _finish(self, req, endpoint, aw):
+        try:
+            res = self._reply(await aw)
+        except Problem as p:
+            res = self._problem(req, p)
+        return self._done(req, endpoint, res)
+
+    @staticmethod
+    def _problem(req: AdminRequest, p: Problem):
+        return problem_reply(p.status, p.detail, req.request_id, extra=p.extra, headers=p.headers)
+
+    @staticmethod
+    def _reply(res: tuple):
+        if len(res) == 3:
+            status, body, ct = res
+            return status, [(b"content-type", ct), (b"cache-control", b"no-store")], body
+        return json_reply(*res)
+
+    def _done(self, req: AdminRequest, endpoint, res: tuple) -> tuple:
+        rec = {"ts": round(time.time(), 6), "event": "admin_request", "client_ip": req.client,
+               "method": req.method, "path": req.path, "status": res[0]}
+        if endpoint is not None and endpoint.write:
+            rec["write"] = True
+            rec["body"] = req.json
+        self.control.audit_record(rec)
+        return res
+
+
+class ProbeApp:
+    """``app`` of the probe/metrics listener: ``/livez``, ``/readyz``, ``/metrics``."""
+
+    max_body = 64 * 1024    # bodies are read and dropped: these paths take none
+
+    def __init__(self, control) -> None:
+        self.control = control
+
+    def handle(self, req: AdminRequest):
+        if req.method not in ("GET", "HEAD"):
+            return problem_reply(405, "this listener answers GET and HEAD", req.request_id,
+                                 headers=[(b"allow", b"GET, HEAD")])
+        if req.path.startswith("/admin"):
+            where = "monitoring.admin" if self.control.api_sock is not None else "monitoring.admin (not set)"
+            return problem_reply(404, f"the admin API has its own listener: {where}", req.request_id)
+        return self.control.respond(req.method, req.path)
+
+    def too_large(self, req: AdminRequest):
+        return problem_reply(413, f"request body over {self.max_body} bytes", req.request_id)
