@@ -3,6 +3,7 @@
     fastgw -c FILE                 run (one worker in this process, or N under the supervisor)
     fastgw -c FILE --check | -t    validate, print errors and warnings, exit 0/1
     fastgw -c FILE --print-config  print the effective config, secrets redacted
+    fastgw routes -c FILE [--format markdown|json]   the routing table (fastgw.routing.table)
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="fastgw",
         description="fastgw: an API gateway. Runs the data plane for the config file given with -c.",
         epilog="Signals: TERM graceful drain, INT fast stop, HUP reload config, USR1 reopen logs, "
-               "TTIN/TTOU one worker more/less. Docs: README.md and docs/.")
+               "TTIN/TTOU one worker more/less. Subcommand: 'fastgw routes -c FILE [--format markdown|json]' "
+               "prints the routing table. Docs: README.md and docs/.")
     p.add_argument("-c", "--config", default="config/gateway.yaml", metavar="FILE",
                    help="config file (YAML; default: %(default)s)")
     p.add_argument("--bind", metavar="HOST:PORT", action="append",
@@ -44,6 +46,10 @@ def _split_bind(s: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["routes"]:
+        from fastgw.routing.table import main as routes_main
+        return routes_main(argv[1:])
     args = _parser().parse_args(argv)
     from fastgw.config import ConfigError, load_config
 

@@ -69,6 +69,9 @@ def crosscheck(
         else:
             names[name] = path
         _check_route_auth(path, route, auth, error)
+        if gw is not BROKEN and route.match is not None and route.match.uses_version() \
+                and getattr(gw, "versioning", None) is None:
+            error(path + ("match",), "a 'version' condition needs gateway.versioning (how requests name a version)")
         if gw is not BROKEN and route.path == gw.health_path:
             error(path + ("path",), f"{route.path!r} is gateway.health_path, which the gateway answers itself")
         shape = _shape(route)
@@ -162,8 +165,9 @@ def _methods(route: RouteConfig) -> set[str]:
 
 def _shape(route: RouteConfig) -> tuple:
     m = route.match
-    conds = (tuple(sorted(m.headers.items())), tuple(sorted(m.query.items()))) if m else ((), ())
-    return (route.host, _PARAM.sub("{}", route.path), conds)
+    conds = msgspec.json.encode(m, order="sorted") if m else b""
+    path = _PARAM.sub("{}", route.path) if isinstance(route.path, str) else ("regex", route.path.regex)
+    return (route.host, path, conds)
 
 
 def finalize(config: Config) -> Config:

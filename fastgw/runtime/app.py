@@ -116,7 +116,7 @@ class App:
                 entries.append((rc, route))
                 for pool in pools:  # connection timers are armed at most this far ahead
                     pool.tmin = min(pool.tmin, route.t_head, route.t_read)
-        self.router = Router(entries)
+        self.router = Router(entries, gw.versioning)
         self.routes = [r for _, r in entries]
         # (host, method, raw target) -> (query, path, route, params) for routers whose
         # answer depends on nothing else; filled and bounded by Engine.dispatch
