@@ -1,0 +1,131 @@
+"""Route conditions and versions as pure functions (fastgw.routing.conditions), the
+router's cache decision, and the config errors of issue 26's settings (with paths)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastgw.config import ConfigError, load_config_text
+from fastgw.routing import Router
+from fastgw.routing.conditions import RequestView, Versioning, accept_version, compile_match
+
+BASE = """
+gateway:
+  host: 127.0.0.1
+  port: 0
+{GW}
+services:
+  s:
+    url: "http://127.0.0.1:9"
+    routes:
+{ROUTES}
+"""
+
+
+def load(routes: str, gw: str = ""):
+    return load_config_text(BASE.replace("{GW}", gw).replace("{ROUTES}", routes))
+
+
+def errors(routes: str, gw: str = "") -> list[str]:
+    with pytest.raises(ConfigError) as ei:
+        load(routes, gw)
+    return ei.value.errors
+
+
+@pytest.mark.parametrize("accept, want", [
+    ("application/vnd.arx.v2+json", "2"),
+    ("application/vnd.arx.v2.1+json", None),  # the version is the LAST dot-part of the subtype
+    ("application/vnd.arx.v10", "10"),
+    ("text/html, application/vnd.acme.v3+json;q=0.9", "3"),
+    ("application/json; version=2", "2"),
+    ('application/json;charset=utf-8; Version="v4"', "4"),
+    ("application/json", None),
+    ("application/vnd.arx.video+json", None),
+    ("", None),
+])
+def test_accept_version(accept, want):
+    assert accept_version(accept) == want
+
+
+def test_versioning_order_header_then_media_type_then_default():
+    cfg = type("V", (), {"header": "API-Version", "media_type": True, "default": "1"})
+    v = Versioning(cfg)
+    assert v.of({b"api-version": b" V2 ", b"accept": b"application/vnd.x.v3+json"}.get) == "2"
+    assert v.of({b"accept": b"application/vnd.x.v3+json"}.get) == "3"
+    assert v.of({}.get) == "1"
+    cfg.media_type = False
+    assert Versioning(cfg).of({b"accept": b"application/vnd.x.v3+json"}.get) == "1"
+
+
+def test_cookie_parsing_first_value_and_quotes():
+    view = RequestView({b"cookie": b'a=1; beta="x y"; a=2; junk; =v'}.get, b"", None)
+    assert view.cookies() == {"a": "1", "beta": "x y"}
+
+
+def test_compiled_match_counts_every_leaf():
+    cfg, _ = load('      - {path: "/a", match: {headers: {X-A: "1"}, any: [{query: {q: "*"}}, {cookies: {c: "1"}}],'
+                  ' not: {headers: {X-B: {absent: true}}}}}')
+    test, n = compile_match(cfg.services["s"].routes[0].match)
+    assert n == 4
+    view = lambda h, q=b"": RequestView(h.get, q, None)  # noqa: E731
+    assert test(view({b"x-a": b"1", b"x-b": b"", b"cookie": b"c=1"}))
+    assert not test(view({b"x-a": b"1", b"cookie": b"c=1"}))           # not(absent X-B) fails
+    assert test(view({b"x-a": b"1", b"x-b": b"0"}, b"q"))
+    assert not test(view({b"x-a": b"1", b"x-b": b"0"}))                # neither side of any
+
+
+def test_router_marks_only_answers_that_read_conditions():
+    cfg, _ = load('      - {path: "/lit"}\n'
+                  '      - {path: "/c/*", match: {headers: {X-A: "1"}}}\n'
+                  '      - {path: "/c/*"}\n'
+                  '      - {path: "/c/{id}"}\n')
+    r = Router([(rc, i) for i, rc in enumerate(cfg.services["s"].routes)])
+    assert r.match("h", "GET", "/lit", {}.get, b"")[0] == 0 and not r.dependent
+    assert r.cache_entry(b"", "/lit", 0, None, False) == (b"", "/lit", 0, None)
+    assert r.match("h", "GET", "/c/x/y", {}.get, b"")[0] == 2 and r.dependent
+    assert r.cache_entry(b"", "/c/x/y", 2, None, False) == (b"", "/c/x/y", None, False)
+    # /c/{id} is more specific than /c/*: its answer reads no condition
+    assert r.match("h", "GET", "/c/x", {}.get, b"") == (3, {"id": "x"}) and not r.dependent
+
+
+@pytest.mark.parametrize("routes, gw, want", [
+    ('      - {path: {regex: "^/a/(?<=x)"}}', "",
+     "services.s.routes[0].path.regex: invalid regular expression '^/a/(?<=x)' (RE2 syntax): invalid perl operator: (?<="),
+    ('      - {path: "/a", match: {headers: {X-A: {regex: "(a"}}}}', "",
+     "services.s.routes[0].match.headers.X-A.regex: invalid regular expression '(a' (RE2 syntax): missing ): (a"),
+    ('      - {path: "/a", match: {or: [{headers: {X-A: "1"}}]}}', "", "services.s.routes[0].match.or: unknown field"),
+    ('      - {path: "/a", match: {any: [{}]}}', "",
+     "services.s.routes[0].match.any[0]: an empty condition holds for every request: give at least one"),
+    ('      - {path: "/a", match: {any: []}}', "", "services.s.routes[0].match.any: must not be empty"),
+    ('      - {path: "/a", match: {cookies: {b: {regex: "x", absent: true}}}}', "",
+     "services.s.routes[0].match.cookies.b: give exactly one of 'regex: \"...\"' or 'absent: true'"),
+    ('      - {path: "/a", match: {headers: {X-A: {absent: false}}}}', "",
+     "services.s.routes[0].match.headers.X-A: give exactly one of 'regex: \"...\"' or 'absent: true'"),
+    ('      - {path: "/a", deprecation: {deprecated: 2027-07-01, sunset: 2027-01-01}}', "",
+     "services.s.routes[0].deprecation.sunset: must not be before 'deprecated' (a version is deprecated first, then removed)"),
+    ('      - {path: "/a", deprecation: {deprecated: 2027-07-01, gone_after_sunset: true}}', "",
+     "services.s.routes[0].deprecation.gone_after_sunset: needs a 'sunset' date"),
+    ('      - {path: "/a", deprecation: {deprecated: "next year"}}', "",
+     "services.s.routes[0].deprecation.deprecated: expected a date like 2027-01-01 or 2027-01-01T12:00:00Z, got 'next year'"),
+    ('      - {path: "/a", deprecation: {deprecated: 2027-01-01, link: "a b"}}', "",
+     "services.s.routes[0].deprecation.link: expected a URL or path without spaces, quotes or '<>' (it goes into a Link header), got 'a b'"),
+    ('      - {path: "/a", match: {version: "2"}}', "",
+     "services.s.routes[0].match: a 'version' condition needs gateway.versioning (how requests name a version)"),
+    ('      - {path: "/a", match: {version: "2"}, version: "3"}', "  versioning: {}",
+     "services.s.routes[0].version: '3' differs from match.version '2'; give one, or the same"),
+    ('      - {path: "/a", version: "2 beta"}', "",
+     "services.s.routes[0].version: invalid version '2 beta': use letters, digits, '.', '-' or '_' (like \"2\" or \"2.1\")"),
+])
+def test_invalid_config_is_refused_with_paths(routes, gw, want):
+    assert want in errors(routes, gw)
+
+
+def test_valid_contract_example_loads():
+    cfg, _ = load(r'''      - path: "/api/items/*"
+        match: {headers: {X-Version: {regex: "^2\\."}}, cookies: {beta: "1"}, not: {query: {legacy: "*"}}}
+        version: "1"
+        deprecation: {deprecated: 2027-01-01, sunset: 2027-07-01, link: "https://docs.example/v1", successor: "/api/v2/items", gone_after_sunset: true}
+''', '  versioning: {header: API-Version, media_type: true, default: "1"}')
+    rc = cfg.services["s"].routes[0]
+    assert rc.deprecation.deprecated == 1798761600 and rc.deprecation.sunset == 1814400000
+    assert cfg.gateway.versioning.default == "1" and rc.served_version() == "1"
