@@ -129,3 +129,32 @@ def test_valid_contract_example_loads():
     rc = cfg.services["s"].routes[0]
     assert rc.deprecation.deprecated == 1798761600 and rc.deprecation.sunset == 1814400000
     assert cfg.gateway.versioning.default == "1" and rc.served_version() == "1"
+
+
+def test_deprecation_middleware_counts_by_client_class_and_prebuilds_headers():
+    from fastgw.middleware.deprecation import M_DEPRECATED, build
+    from fastgw.pipeline.deps import Deps
+
+    class _Metrics:
+        def __init__(self):
+            self.got = []
+
+        def inc(self, name, labels=(), value=1):
+            self.got.append((name, dict(labels)))
+
+    cfg, _ = load('      - {path: "/a", name: old, version: "1", deprecation: {deprecated: 2020-01-01, sunset: 2099-01-01}}\n'
+                  '      - {path: "/b", name: soon, deprecation: {deprecated: 2099-01-01}}\n')
+    metrics = _Metrics()
+    old, soon = (build(cfg, None, rc, Deps(cfg, metrics=metrics)) for rc in cfg.services["s"].routes)
+    ctx = type("Ctx", (), {"user": "alice"})()
+    assert old.request_filter(ctx) is None
+    old.logging(ctx, None)
+    ctx.user = None
+    old.logging(ctx, None)
+    soon.logging(ctx, None)  # not deprecated yet: not counted
+    assert metrics.got == [
+        (M_DEPRECATED, {"route": "old", "version": "1", "outcome": "served", "client": "authenticated"}),
+        (M_DEPRECATED, {"route": "old", "version": "1", "outcome": "served", "client": "anonymous"}),
+    ]
+    assert old._after == ((b"deprecation", b"@1577836800"), (b"sunset", b"Thu, 01 Jan 2099 00:00:00 GMT"))
+    assert soon._before == ()

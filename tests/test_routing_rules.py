@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import exchange, parse_responses, problem_of, wait_for
 from tests.harness import EchoUpstream, Gateway
 from tests.supervisor_helpers import metrics_text, series
+from tests.test_metrics import promtool_check
 
 ROUTES = r"""
 plain:      {path: "/r/*"}
@@ -191,10 +192,11 @@ def test_deprecated_requests_are_counted(gw):
 
     def counts():
         return series(metrics_text(gw), "fastgw_deprecated_requests_total")
-    served = '{route="items-v1-0",version="1",outcome="served"}'
-    gone = '{route="orders-v1-0",version="1",outcome="gone"}'
+    served = '{route="items-v1-0",version="1",outcome="served",client="anonymous"}'
+    gone = '{route="orders-v1-0",version="1",outcome="gone",client="unknown"}'
     assert wait_for(lambda: counts().get(served, 0) >= 3 and counts().get(gone, 0) >= 1, timeout=3, interval=0.1), counts()
     assert not any("future" in k for k in counts())
+    promtool_check(metrics_text(gw))
 
 
 def test_fastgw_routes_json_and_markdown(tmp_path):

@@ -12,8 +12,10 @@ What it owns, on a route with ``deprecation:`` (schema and rules in
 2. past ``sunset`` with ``gone_after_sunset``: 410 Gone problem+json naming the
    successor (``successor`` member and the Link header), without reaching the upstream;
 3. counts requests to a deprecated version in ``fastgw_deprecated_requests_total``
-   {route, version, outcome=served|gone}, so the platform team sees who still has to
-   migrate.
+   {route, version, outcome=served|gone, client=authenticated|anonymous|unknown}, in its
+   ``logging`` hook (so after auth: ``authenticated`` when a token was verified;
+   ``unknown`` for the 410, answered before auth), so the platform team sees who still
+   has to migrate.
 
 The header blocks are prebuilt bytes (STYLE.md item 6); per request it reads the wall
 clock once (``time.time``, a C call) and compares two floats.  It sits after CORS in the
@@ -29,7 +31,7 @@ from fastgw.clock import wall
 from fastgw.config.versioning import DeprecationConfig
 from fastgw.pipeline.middleware import Middleware
 
-M_DEPRECATED = "fastgw_deprecated_requests_total"  # {route, version, outcome} (obs.metrics.METRICS)
+M_DEPRECATED = "fastgw_deprecated_requests_total"  # {route, version, outcome, client} (obs.metrics.METRICS)
 
 
 def http_date(t: float) -> str:
@@ -67,23 +69,29 @@ class Deprecation(Middleware):
             f"; use {cfg.successor}" if cfg.successor else "")
         self._metrics = getattr(deps, "metrics", None)
         base = (("route", route), ("version", version or "-"))
-        self._l_served = base + (("outcome", "served"),)
-        self._l_gone = base + (("outcome", "gone"),)
+        self._l_user = base + (("outcome", "served"), ("client", "authenticated"))
+        self._l_anon = base + (("outcome", "served"), ("client", "anonymous"))
+        self._l_gone = base + (("outcome", "gone"), ("client", "unknown"))
 
     def request_filter(self, ctx):
-        """None (continue) before the sunset; past it with gone_after_sunset, the 410 reply."""
+        """None (continue), or past the sunset with gone_after_sunset the 410 reply."""
+        if wall() < self.gone_at:
+            return None
+        extra = {"successor": self.successor} if self.successor else None
+        return ctx.problem(410, self._gone_detail, title="Gone", kind="gone", extra=extra)
+
+    def logging(self, ctx, error) -> None:
+        """Count a request to the deprecated version (after auth ran: the client class is known)."""
+        m = self._metrics
+        if m is None:
+            return
         now = wall()
         if now < self.deprecated_at:
-            return None
-        m = self._metrics
+            return
         if now >= self.gone_at:
-            if m is not None:
-                m.inc(M_DEPRECATED, self._l_gone)
-            extra = {"successor": self.successor} if self.successor else None
-            return ctx.problem(410, self._gone_detail, title="Gone", kind="gone", extra=extra)
-        if m is not None:
-            m.inc(M_DEPRECATED, self._l_served)
-        return None
+            m.inc(M_DEPRECATED, self._l_gone)
+        else:
+            m.inc(M_DEPRECATED, self._l_user if ctx.user else self._l_anon)
 
     def response_filter(self, ctx, head) -> None:
         """Add the Deprecation/Sunset/Link headers (module doc, rule 1)."""

@@ -51,8 +51,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_ratelimit_table_occupied_slots": ("gauge", "Rate-limit table slots holding a key still refilling (estimated above 8192 slots).", ()),
     "fastgw_ratelimit_table_evictions_total": ("counter", "New rate-limit keys that pushed out a key still refilling.", ()),
     "fastgw_ratelimit_table_reclaims_total": ("counter", "New rate-limit keys placed in a stale slot.", ()),
-    "fastgw_deprecated_requests_total": ("counter", "Requests to a deprecated API version, by route, version and outcome (served, gone).",
-                                         ("route", "version", "outcome")),
+    "fastgw_deprecated_requests_total": ("counter", "Requests to a deprecated API version, by route, version, outcome "
+                                         "(served, gone) and client (authenticated, anonymous, unknown).",
+                                         ("route", "version", "outcome", "client")),
 }
 
 
