@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fastgw.config import ConfigError, load_config_text
+from fastgw.errors import GatewayError
 from fastgw.routing import Router
 from fastgw.routing.conditions import RequestView, Versioning, accept_version, compile_match
 
@@ -158,3 +159,17 @@ def test_deprecation_middleware_counts_by_client_class_and_prebuilds_headers():
     ]
     assert old._after == ((b"deprecation", b"@1577836800"), (b"sunset", b"Thu, 01 Jan 2099 00:00:00 GMT"))
     assert soon._before == ()
+
+
+def test_regex_path_params_and_whole_path_match():
+    cfg, _ = load('      - {path: {regex: "^/f/(?P<name>[a-z]+)(?:-(?P<rev>[0-9]+))?\\\\.pdf$"}}\n'
+                  '      - {path: "/g/*", methods: [POST]}\n')
+    r = Router([(rc, i) for i, rc in enumerate(cfg.services["s"].routes)])
+    assert r.match("h", "GET", "/f/report-2.pdf", {}.get, b"") == (0, {"name": "report", "rev": "2"})
+    assert r.match("h", "GET", "/f/report.pdf", {}.get, b"") == (0, {"name": "report"})  # unmatched group left out
+    with pytest.raises(GatewayError) as ei:  # the whole path must match
+        r.match("h", "GET", "/f/x.pdfx", {}.get, b"")
+    assert ei.value.status == 404
+    with pytest.raises(GatewayError) as ei:  # a pattern owns its paths before any regex: 405
+        r.match("h", "GET", "/g/x.pdf", {}.get, b"")
+    assert ei.value.status == 405

@@ -29,6 +29,7 @@ from fastgw.config.base import Base, Check, PositiveDuration, Size
 from fastgw.config.match import MatchConfig, PathRegex, VersionLabel
 from fastgw.config.ratelimit import RateLimitRule
 from fastgw.config.security import CorsConfig, IpFilterConfig, SecurityHeadersConfig, ValidateConfig
+from fastgw.config.split import SplitConfig
 from fastgw.config.versioning import DeprecationConfig
 
 Method = Annotated[str, Check(v.http_method)]
@@ -63,6 +64,7 @@ class RouteConfig(Base):
     validate: ValidateConfig | None = None
     version: VersionLabel | None = None  # the API version this route serves (config.versioning)
     deprecation: DeprecationConfig | None = None
+    split: SplitConfig | None = None  # sides by weight (config.split); the route's service is then only its home
 
     def _check(self) -> Iterator[tuple[str, str]]:
         mv = self.match.version if self.match is not None else None

@@ -84,6 +84,12 @@ def crosscheck(
                 ))
                 break
         shapes.setdefault(shape, []).append((path, route))
+    if routes_complete:
+        known = {p[1] for p, _svc in services}
+        for path, route in routes:
+            for i, side in enumerate(route.split.to if route.split is not None else ()):
+                if side.service not in known:
+                    error(path + ("split", "to", i, "service"), f"no service named {side.service!r}")
     _check_rate_limit(rl, auth, error, warn)
     _check_redis_rules(rl, services, routes, error)
     per_route = getattr(auth, "routes", None) if auth not in (None, BROKEN) else None

@@ -24,10 +24,9 @@ means any host.
 
 from __future__ import annotations
 
-from fastgw.config.match import re2_compile
 from fastgw.errors import GatewayError
 from fastgw.http.normalize import normalize_path
-from fastgw.routing.conditions import compile_match
+from fastgw.routing.conditions import Re2, compile_match
 
 # Canonical order of methods in an Allow header; others follow alphabetically.
 METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -137,7 +136,7 @@ def compile_route(cfg, target, index: int) -> CompiledRoute:
         r.prefix, r.exact, r.tail, r.wild, r.nparams = _parse_path(name, path, r.allow_encoded_slash)
     else:  # {regex: ...}
         try:
-            r.regex = re2_compile(path.regex)
+            r.regex = Re2(path.regex)
         except ValueError as e:
             raise _fail(name, str(e)) from None
         r.prefix, r.exact, r.tail, r.wild, r.nparams = "", False, (), False, r.regex.groups

@@ -221,8 +221,8 @@ class Router:
         """Rule 1g: the regex routes, once no exact or pattern route applied."""
         allowed: set[str] | None = None
         for r in self._regex:
-            mo = r.regex.fullmatch(path)
-            if mo is None:
+            groups = r.regex.fullmatch_path(path)
+            if groups is None:
                 continue
             if not r.simple:
                 if memo is None and not r.host_only:
@@ -234,8 +234,7 @@ class Router:
                 if encoded_slash and not r.allow_encoded_slash:
                     raise _encoded_slash_error()
                 self.dependent = memo is not None
-                params = {k: v for k, v in mo.groupdict().items() if v is not None} if r.nparams else None
-                return r.target, params or None
+                return r.target, groups or None
             allowed = set(ms) if allowed is None else allowed | ms
         if allowed is None:
             raise GatewayError("no_route")

@@ -5,8 +5,8 @@
 One row per route, in the order the router tries them for a path (module rules of
 ``fastgw.routing.router``: exact paths, then patterns by specificity, then regex paths;
 ties by host, number of conditions, file order), with what a client or a reviewer asks
-about a route: its service, host, path, methods, conditions, API version, auth and
-roles, rate limit, and the deprecation dates.  Markdown is for docs and change reviews
+about a route: its service, host, path, methods, conditions, split, API version, auth
+and roles, rate limit, and the deprecation dates.  Markdown is for docs and change reviews
 (the seed's "version documentation"); JSON (a list of objects, the same keys) for tools.
 Dates are ISO 8601 (UTC).  Exit 0, or 1 when the config is invalid (errors on stderr).
 """
@@ -21,7 +21,7 @@ import msgspec
 
 from fastgw.routing.compile import compile_route
 
-COLUMNS = ("service", "route", "host", "path", "methods", "match", "version", "auth",
+COLUMNS = ("service", "route", "host", "path", "methods", "match", "split", "version", "auth",
            "rate_limit", "deprecated", "sunset", "successor", "gone_after_sunset")
 
 
@@ -39,6 +39,18 @@ def _compact(v):
     if isinstance(v, list):
         return [_compact(x) for x in v]
     return v
+
+
+def _split(sp) -> dict | None:
+    if sp is None:
+        return None
+    out = {"to": [{"service": s.service, "weight": s.weight} for s in sp.to]}
+    if sp.hash_key:
+        out["hash_key"] = sp.hash_key
+    if sp.override is not None:
+        out["override"] = _compact(msgspec.to_builtins(sp.override))
+        out["canary"] = sp.canary()
+    return out
 
 
 def _limit(rule) -> dict | None:
@@ -78,6 +90,7 @@ def rows(config) -> list[dict]:
             "path": rc.path if isinstance(rc.path, str) else {"regex": rc.path.regex},
             "methods": sorted(r.methods) if r.methods is not None else ["*"],
             "match": _compact(msgspec.to_builtins(rc.match)) or None if rc.match is not None else None,
+            "split": _split(rc.split),
             "version": rc.served_version(),
             "auth": auth,
             "rate_limit": limit,
@@ -99,6 +112,10 @@ def _cell(v) -> str:
     if isinstance(v, dict):
         if "regex" in v and len(v) == 1:
             return "regex: " + v["regex"]
+        if "to" in v and "weight" in str(v):
+            s = ", ".join(f"{x['service']} {x['weight']:g}" for x in v["to"])
+            return s + (f" by {v['hash_key']}" if "hash_key" in v else "") + (
+                f" (override -> {v['canary']})" if "canary" in v else "")
         if "requests_per_second" in v:
             s = f"{v['requests_per_second']:g}/s burst {v['burst']} by {v['key']}"
             return s + (" (service)" if v.get("scope") else "")
