@@ -29,6 +29,7 @@ from fastgw.config.base import Base, Check, PositiveDuration, Size
 from fastgw.config.match import MatchConfig, PathRegex, VersionLabel
 from fastgw.config.ratelimit import RateLimitRule
 from fastgw.config.security import CorsConfig, IpFilterConfig, SecurityHeadersConfig, ValidateConfig
+from fastgw.config.mirror import MirrorConfig
 from fastgw.config.split import SplitConfig
 from fastgw.config.versioning import DeprecationConfig
 
@@ -64,6 +65,7 @@ class RouteConfig(Base):
     validate: ValidateConfig | None = None
     version: VersionLabel | None = None  # the API version this route serves (config.versioning)
     deprecation: DeprecationConfig | None = None
+    mirror: MirrorConfig | None = None  # fire-and-forget copies to a shadow service (config.mirror)
     split: SplitConfig | None = None  # sides by weight (config.split); the route's service is then only its home
 
     def _check(self) -> Iterator[tuple[str, str]]:

@@ -90,6 +90,17 @@ def crosscheck(
             for i, side in enumerate(route.split.to if route.split is not None else ()):
                 if side.service not in known:
                     error(path + ("split", "to", i, "service"), f"no service named {side.service!r}")
+            mirror = route.mirror
+            if mirror is not None:
+                if mirror.service not in known:
+                    error(path + ("mirror", "service"), f"no service named {mirror.service!r}")
+                elif mirror.service == path[1]:
+                    error(path + ("mirror", "service"), "is the route's own service: mirror to a shadow service")
+                else:
+                    svc = dict((p[1], s) for p, s in services)[mirror.service]
+                    if not svc.upstreams() or not svc.upstreams()[0].url.lower().startswith("http://"):
+                        error(path + ("mirror", "service"), f"{mirror.service!r} needs an http:// URL "
+                              "(a mirror does not speak TLS yet)")
     _check_rate_limit(rl, auth, error, warn)
     _check_redis_rules(rl, services, routes, error)
     per_route = getattr(auth, "routes", None) if auth not in (None, BROKEN) else None

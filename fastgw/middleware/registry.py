@@ -7,7 +7,7 @@ the global chain (replies with no route: 400/404/405).
 
 Order of request filters (response filters run in reverse):
 request_id -> access_log -> security_headers -> ip_filter -> cors -> deprecation -> ratelimit_ip ->
-auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation
+auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> mirror
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("auth", "fastgw.middleware.auth"),
     ("ratelimit", "fastgw.middleware.ratelimit"),
     ("validation", "fastgw.middleware.validation"),
+    ("mirror", "fastgw.middleware.mirror"),
 )
 
 

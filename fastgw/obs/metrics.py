@@ -54,6 +54,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_deprecated_requests_total": ("counter", "Requests to a deprecated API version, by route, version, outcome "
                                          "(served, gone) and client (authenticated, anonymous, unknown).",
                                          ("route", "version", "outcome", "client")),
+    "fastgw_mirror_requests_total": ("counter", "Mirrored request copies by route and result (the shadow's status class, "
+                                     "error, timeout, dropped, skipped).", ("route", "result")),
 }
 
 
