@@ -89,19 +89,19 @@ def test_copy_reaches_the_shadow_without_credentials_and_with_the_body(env):
     st, _hd, body = gw.request("POST", "/m/x?a=1", body=b"hello", headers={
         "Authorization": "Bearer t", "Cookie": "s=1", "X-Custom": "v", "Content-Type": "text/plain"})
     assert st == 200 and json.loads(body)["service"] == "main"
-    assert wait_for(lambda: len(shadow.requests) == n + 1)
+    assert wait_for(lambda: len(shadow.requests) == n + 1, timeout=10)
     copy = shadow.requests[-1]
     assert copy["method"] == "POST" and copy["path"] == "/shadow/m/x" and copy["query"] == "a=1"
     assert copy["body_size"] == 5
     assert "authorization" not in copy["headers"] and "cookie" not in copy["headers"]
     assert copy["headers"]["x-custom"] == "v" and copy["headers"]["x-forwarded-for"] == "127.0.0.1"
     gw.request("GET", "/keep/x", headers={"Authorization": "Bearer t", "Cookie": "s=1"})
-    assert wait_for(lambda: len(shadow.requests) == n + 2)
+    assert wait_for(lambda: len(shadow.requests) == n + 2, timeout=10)
     assert shadow.requests[-1]["headers"]["authorization"] == "Bearer t"
     assert shadow.requests[-1]["headers"]["cookie"] == "s=1"
     assert gw.request("POST", "/getonly/x", body=b"")[0] == 200       # POST: not an idempotent default
     assert gw.request("GET", "/getonly/x")[0] == 200
-    assert wait_for(lambda: len(shadow.requests) == n + 3)
+    assert wait_for(lambda: len(shadow.requests) == n + 3, timeout=10)
     time.sleep(0.2)
     assert len(shadow.requests) == n + 3 and shadow.requests[-1]["method"] == "GET"
 
@@ -113,40 +113,49 @@ def test_percent_samples_copies(env):
     data, _ = exchange(gw.port, raw, timeout=20)
     assert [st for st, _h, _b in parse_responses(data)] == [200] * 400
     assert wait_for(lambda: (len(shadow.requests) - n) > 0 and
-                    _mirror_counts(gw).get('{route="main-3",result="2xx"}', 0) == len(shadow.requests) - n, timeout=5)
+                    _mirror_counts(gw).get('{route="main-3",result="2xx"}', 0) == len(shadow.requests) - n, timeout=10)
     assert 0.35 <= (len(shadow.requests) - n) / 400 <= 0.65
 
 
-@pytest.mark.parametrize("prefix", ["/slow", "/down"])
-def test_a_slow_or_dead_shadow_changes_neither_status_nor_latency(env, prefix):
-    gw, main, _shadow, _slow = env
-
-    def timed(path):
-        c = gw.conn()
-        out = []
-        try:
-            for i in range(20):
-                t = time.monotonic()
-                c.request("GET", f"{path}/{i}")
-                r = c.getresponse()
-                r.read()
-                out.append((r.status, time.monotonic() - t))
-        finally:
-            c.close()
-        return out
-    base = timed("/plain")
-    got = timed(prefix)
-    assert [s for s, _ in got] == [200] * 20
-    assert max(d for _, d in got) < max(0.25, 5 * max(d for _, d in base)), (got, base)
+def _timed(gw, path: str, n: int) -> list[tuple[int, float]]:
+    """(status, seconds) of ``n`` sequential requests on one keep-alive connection."""
+    c = gw.conn()
+    out = []
+    try:
+        for i in range(n):
+            t = time.monotonic()
+            c.request("GET", f"{path}/{i}")
+            r = c.getresponse()
+            r.read()
+            out.append((r.status, time.monotonic() - t))
+    finally:
+        c.close()
+    return out
 
 
-def test_results_in_metrics_bounded_in_flight(env):
+def _not_delayed(got) -> None:
+    # a client that waited for its copy would wait for the shadow's 2 s deadline (slow) or
+    # its error; robust to a loaded machine: the median is far below it and no request reaches it
+    assert [s for s, _ in got] == [200] * len(got)
+    ds = sorted(d for _, d in got)
+    assert ds[len(ds) // 2] < 0.5 and ds[-1] < 2.0, ds
+
+
+def test_a_hanging_shadow_changes_nothing_and_in_flight_is_bounded(env):
     gw, *_ = env
-    counts = _mirror_counts(gw)
-    # /slow: 4 copies at most hang (max_in_flight) and time out after 2 s; the rest dropped
-    assert counts.get('{route="main-4",result="dropped"}', 0) >= 16 - 4, counts
-    assert wait_for(lambda: _mirror_counts(gw).get('{route="main-4",result="timeout"}', 0) == 4, timeout=5)
-    assert wait_for(lambda: _mirror_counts(gw).get('{route="main-5",result="error"}', 0) == 20, timeout=5)
+    raw = b"GET /slow/x HTTP/1.1\r\nHost: gw\r\n\r\n" * 19 + b"GET /slow/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    data, _ = exchange(gw.port, raw, timeout=20)
+    assert [st for st, _h, _b in parse_responses(data)] == [200] * 20
+    # 4 copies (max_in_flight) hang until their 2 s deadline, the 16 others are dropped
+    assert wait_for(lambda: _mirror_counts(gw).get('{route="main-4",result="timeout"}', 0) == 4, timeout=10)
+    assert _mirror_counts(gw).get('{route="main-4",result="dropped"}', 0) == 16
+    _not_delayed(_timed(gw, "/slow", 6))
+
+
+def test_a_dead_shadow_changes_nothing(env):
+    gw, *_ = env
+    _not_delayed(_timed(gw, "/down", 20))
+    assert wait_for(lambda: _mirror_counts(gw).get('{route="main-5",result="error"}', 0) == 20, timeout=10)
 
 
 @pytest.mark.parametrize("mirror, want", [

@@ -8,11 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from fastgw.auth.mint import mint_token
 from fastgw.config import ConfigError, load_config_text
 from fastgw.routing.split import Splitter
 from tests.conftest import exchange, parse_responses
 from tests.harness import EchoUpstream, Gateway
 
+SECRET = "split-test-secret-0123456789abcdef0123456789"
 CONFIG = """
 gateway: {host: 127.0.0.1, port: 0}
 services:
@@ -28,10 +30,14 @@ services:
         max_body_size: 4
         methods: [POST]
         split: {to: [{service: items, weight: 0}, {service: canary, weight: 1}]}
+      - path: "/user/*"
+        auth: true
+        split: {to: [{service: items, weight: 50}, {service: canary, weight: 50}], hash_key: user}
   canary:
     url: "http://{CANARY}"
+auth: {jwt_secret: "%s"}
 monitoring: {metrics_port: 0, logging: {level: warning}}
-"""
+""" % SECRET
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +79,16 @@ def test_hash_key_pins_each_client_to_one_side_and_override_forces_the_canary(gw
     assert set(_sides(gw, forced)) == {"canary"}
     off = [b"GET /pinned/x HTTP/1.1\r\nHost: gw\r\nX-User: %s\r\nX-Canary: 0\r\n" % u.encode() for u in main_users]
     assert set(_sides(gw, off)) == {"items"}
+
+
+def test_hash_key_user_pins_the_verified_subject(gw):
+    users = [f"u{i}" for i in range(100)]
+    req = [b"GET /user/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\n"
+           % mint_token(SECRET, u, []).encode() for u in users]
+    first = _sides(gw, req)
+    assert _sides(gw, req[::-1])[::-1] == first
+    assert 0.3 <= first.count("canary") / len(first) <= 0.7
+    assert gw.request("GET", "/user/x")[0] == 401                # the route's auth, whichever side
 
 
 def test_route_settings_apply_on_every_side(gw):
