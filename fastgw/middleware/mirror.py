@@ -62,6 +62,7 @@ class Mirror(Middleware):
         self.max_in_flight = cfg.max_in_flight
         self.timeout = float(cfg.timeout)
         self.in_flight = 0
+        self._tasks: set = set()  # the copies under way (the loop keeps only weak references)
         self._metrics = getattr(deps, "metrics", None)
         self._labels = {r: (("route", route), ("result", r))
                         for r in ("1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout", "dropped", "skipped")}
@@ -86,7 +87,9 @@ class Mirror(Middleware):
             self._count("skipped")
             return None
         self.in_flight += 1
-        loop.create_task(self._send(data))
+        task = loop.create_task(self._send(data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return None
 
     def _copy(self, ctx) -> bytes | None:
@@ -133,6 +136,7 @@ class Mirror(Middleware):
             self.in_flight -= 1
             if writer is not None:
                 writer.close()
+
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

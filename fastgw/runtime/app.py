@@ -128,7 +128,9 @@ class App:
                 entries.append((rc, route))
                 for pool in pools:  # connection timers are armed at most this far ahead
                     pool.tmin = min(pool.tmin, route.t_head, route.t_read)
-        for rc, route in entries:  # a split's sides use their services' pools (all built now)
+        # A split's sides use their services' pools (all built now); ``route.pools`` holds
+        # them all, so the engine calls ``pick`` (a side without instances gets no traffic).
+        for rc, route in entries:
             if rc.split is not None:
                 route.split = Splitter(rc.split, svc_pools)
                 route.pools = tuple(p for side in rc.split.to for p in svc_pools[side.service])
