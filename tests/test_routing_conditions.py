@@ -173,3 +173,19 @@ def test_regex_path_params_and_whole_path_match():
     with pytest.raises(GatewayError) as ei:  # a pattern owns its paths before any regex: 405
         r.match("h", "GET", "/g/x.pdf", {}.get, b"")
     assert ei.value.status == 405
+
+
+def test_printed_config_loads_again_with_dates_regexes_and_combinators():
+    import yaml
+
+    from fastgw.config.redact import to_printable
+
+    routes = ('      - path: {regex: "^/f/[a-z]+$"}\n'
+              '        match: {any: [{cookies: {b: {regex: "^x"}}}, {headers: {X-D: {absent: true}}}], not: {query: {q: "*"}}}\n'
+              '        deprecation: {deprecated: 2027-01-01, sunset: "2027-07-01T12:30:00Z"}\n')
+    cfg, _ = load(routes)
+    printed = to_printable(cfg)
+    dep = printed["services"]["s"]["routes"][0]["deprecation"]
+    assert dep["deprecated"] == "2027-01-01" and dep["sunset"] == "2027-07-01T12:30:00Z"
+    again, _ = load_config_text(yaml.safe_dump(printed))
+    assert again.services["s"].routes[0] == cfg.services["s"].routes[0]

@@ -125,6 +125,13 @@ class Instant(float):
 
     __slots__ = ()
 
+    def isoformat(self) -> str:
+        """``2027-01-01`` at midnight UTC, else ``2027-01-01T12:00:00Z`` (loads again)."""
+        import datetime as dt
+
+        d = dt.datetime.fromtimestamp(float(self), dt.timezone.utc)
+        return d.date().isoformat() if d.time() == dt.time(0) else d.isoformat().replace("+00:00", "Z")
+
 
 def parse_instant(v: Any) -> Instant:
     """date | datetime | 'YYYY-MM-DD' | RFC 3339 string | Unix seconds -> Instant."""

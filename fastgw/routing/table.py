@@ -14,7 +14,6 @@ Dates are ISO 8601 (UTC).  Exit 0, or 1 when the config is invalid (errors on st
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 
 import msgspec
@@ -26,10 +25,7 @@ COLUMNS = ("service", "route", "host", "path", "methods", "match", "split", "ver
 
 
 def _iso(t) -> str | None:
-    if t is None:
-        return None
-    d = dt.datetime.fromtimestamp(float(t), dt.timezone.utc)
-    return d.date().isoformat() if d.time() == dt.time(0) else d.isoformat().replace("+00:00", "Z")
+    return None if t is None else t.isoformat()
 
 
 def _compact(v):
