@@ -6,6 +6,7 @@
     fastgw -c FILE --print-config            the effective config as YAML; secrets as ${VAR}
     fastgw diff OLD.yaml NEW.yaml            what a reload from OLD to NEW changes; exit 0/1/2
     fastgw replay --config NEW.yaml LOG      routing decisions NEW changes for a recorded access log
+    fastgw routes -c FILE [--format markdown|json]   the routing table (fastgw.routing.table)
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="fastgw",
         description="fastgw: an API gateway. Runs the data plane for the config file given with -c.",
         epilog="Commands: 'fastgw diff OLD.yaml NEW.yaml' (what a reload would change; exit 0 same, "
-               "1 changed, 2 error), 'fastgw replay --config NEW.yaml ACCESS.log [--old OLD.yaml]' (routing "
+               "1 changed, 2 error), 'fastgw routes -c FILE [--format markdown|json]' (the routing table), 'fastgw replay --config NEW.yaml ACCESS.log [--old OLD.yaml]' (routing "
                "decisions NEW would change). Signals: TERM graceful drain, INT fast stop, HUP reload config, "
                "USR1 reopen logs, TTIN/TTOU one worker more/less. Docs: README.md and docs/.")
+        epilog="Signals: TERM graceful drain, INT fast stop, HUP reload config, USR1 reopen logs, "
+               "TTIN/TTOU one worker more/less. Subcommand: 'fastgw routes -c FILE [--format markdown|json]' "
+               "prints the routing table. Docs: README.md and docs/.")
     p.add_argument("-c", "--config", default="config/gateway.yaml", metavar="FILE",
                    help="config file (YAML; default: %(default)s)")
     p.add_argument("--bind", metavar="HOST:PORT", action="append",
@@ -95,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return _diff_main(argv[1:])
     if argv[:1] == ["replay"]:
         return _replay_main(argv[1:])
+    if argv[:1] == ["routes"]:
+        from fastgw.routing.table import main as routes_main
+        return routes_main(argv[1:])
     args = _parser().parse_args(argv)
     from fastgw.config import ConfigError, load_config
 

@@ -12,7 +12,9 @@ instructions one exchange costs, without start-up.
 
 Routes: ``bare`` (request id + access log + metrics, a request with User-Agent and
 Accept), ``wrk`` (the same route with the exchange of bench's small-50: wrk's request,
-Host only, and nginx's 100 B answer), ``policy`` (JWT auth + per-user and per-IP rate
+Host only, and nginx's 100 B answer), ``mixed`` and ``cond`` (bare on a config that also
+has routes with ``match`` conditions, a request for a literal route and one for a
+conditional route; not run by default), ``policy`` (JWT auth + per-user and per-IP rate
 limits + CORS + security headers, as bench's policy), ``newconn`` (bare, with a new
 client connection per request).  Kernel work
 (syscalls) is not counted: see ``python -m bench`` for the whole picture.
@@ -33,7 +35,20 @@ from pathlib import Path
 import uvloop
 import yaml
 
-ROUTES = ("bare", "wrk", "policy", "newconn")
+ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond")
+DEFAULT_ROUTES = ROUTES[:4]
+# "mixed": the bare exchange on a config that also has routes with match conditions (a
+# header regex, a cookie, any/not, a version) on other paths: it must cost what bare costs
+# (the match cache keeps unconditional answers).  "cond": a request that one of them takes.
+MIXED_ROUTES = """
+      - path: "/items/*"
+        match: {headers: {X-Version: {regex: "^2\\\\."}}, cookies: {beta: "1"}, not: {query: {legacy: "*"}}}
+      - path: "/items/*"
+        match: {any: [{headers: {X-Beta: "*"}}, {version: "2"}]}
+      - path: "/items/*"
+"""
+COND_REQ = (b"GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
+            b"X-Version: 2.1\r\nCookie: beta=1\r\n\r\n")
 WRK_REQ = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
 NGINX_RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 14:26:03 GMT\r\n"
               b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
@@ -56,6 +71,10 @@ def _world(route: str):
                b"\r\nOrigin: " + fastgw_config.ORIGIN.encode() + b"\r\n\r\n")
     elif route == "wrk":
         text, req = CFG, WRK_REQ
+    elif route in ("mixed", "cond"):
+        text = CFG.replace("gateway: {", "gateway: {versioning: {header: API-Version}, ")
+        text = text.replace('        methods: ["GET", "HEAD", "POST"]\n', '        methods: ["GET", "HEAD", "POST"]\n' + MIXED_ROUTES)
+        req = REQ if route == "mixed" else COND_REQ
     else:
         text = CFG
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
@@ -99,7 +118,7 @@ def _count(valgrind: str, route: str, n: int) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.micro.instructions", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--routes", default=",".join(ROUTES), help="comma-separated: " + ", ".join(ROUTES))
+    ap.add_argument("--routes", default=",".join(DEFAULT_ROUTES), help="comma-separated: " + ", ".join(ROUTES))
     ap.add_argument("-k", type=int, default=2000, help="exchanges counted (default 2000)")
     ap.add_argument("--valgrind", default=shutil.which("valgrind"), help="valgrind binary")
     ap.add_argument("--run", nargs=2, metavar=("ROUTE", "N"), help=argparse.SUPPRESS)

@@ -118,7 +118,42 @@ def parse_secret(v: Any) -> Secret:
     return Secret(v)
 
 
-PARSERS: dict[type, Callable[[Any], Any]] = {Duration: parse_duration, Size: parse_size, Secret: parse_secret}
+class Instant(float):
+    """A point in time as Unix seconds; decoded from a YAML date (``2027-01-01``, midnight
+    UTC), an RFC 3339 timestamp (``2027-01-01T12:00:00Z``; without an offset: UTC) or a
+    number of Unix seconds."""
+
+    __slots__ = ()
+
+    def isoformat(self) -> str:
+        """``2027-01-01`` at midnight UTC, else ``2027-01-01T12:00:00Z`` (loads again)."""
+        import datetime as dt
+
+        d = dt.datetime.fromtimestamp(float(self), dt.timezone.utc)
+        return d.date().isoformat() if d.time() == dt.time(0) else d.isoformat().replace("+00:00", "Z")
+
+
+def parse_instant(v: Any) -> Instant:
+    """date | datetime | 'YYYY-MM-DD' | RFC 3339 string | Unix seconds -> Instant."""
+    import datetime as dt
+
+    if isinstance(v, str):
+        s = v.strip()
+        try:
+            v = dt.datetime.fromisoformat(s.replace("Z", "+00:00")) if "T" in s or " " in s else dt.date.fromisoformat(s)
+        except ValueError:
+            raise ValueError(f"expected a date like 2027-01-01 or 2027-01-01T12:00:00Z, got {_show(v)}") from None
+    if isinstance(v, dt.datetime):
+        return Instant((v if v.tzinfo is not None else v.replace(tzinfo=dt.timezone.utc)).timestamp())
+    if isinstance(v, dt.date):
+        return Instant(dt.datetime(v.year, v.month, v.day, tzinfo=dt.timezone.utc).timestamp())
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return Instant(v)
+    raise ValueError(f"expected a date like 2027-01-01 or 2027-01-01T12:00:00Z, got {_show(v)}")
+
+
+PARSERS: dict[type, Callable[[Any], Any]] = {Duration: parse_duration, Size: parse_size, Secret: parse_secret,
+                                             Instant: parse_instant}
 
 
 def dec_hook(type_: type, obj: Any) -> Any:

@@ -19,6 +19,7 @@ import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, Duration, PositiveDuration, Size
+from fastgw.config.versioning import VersioningConfig
 
 Cidr = Annotated[str, Check(v.cidr)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -92,6 +93,7 @@ class GatewayConfig(Base):
     tls: ListenerTlsConfig | None = None
     request_id_header: Annotated[str, Check(v.header_name)] = "X-Request-ID"
     server_header: Annotated[str, Check(v.header_value)] | None = None  # None = no Server header
+    versioning: VersioningConfig | None = None  # how a request names its API version (config.versioning)
 
     def _check(self) -> Iterator[tuple[str, str]]:
         pp = self.proxy_protocol

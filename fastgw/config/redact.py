@@ -14,19 +14,21 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-from fastgw.config.base import Duration, Secret, Size
+from fastgw.config.base import Duration, Instant, Secret, Size
 
 REDACTED = "***"
 
 
 def encode_value(obj: Any) -> Any:
-    """enc_hook: Secret -> "***", Duration -> float seconds, Size -> int bytes."""
+    """enc_hook: Secret -> "***", Duration -> float seconds, Size -> int bytes, Instant -> ISO date."""
     if isinstance(obj, Secret):
         return REDACTED
     if isinstance(obj, Duration):
         return float(obj)
     if isinstance(obj, Size):
         return int(obj)
+    if isinstance(obj, Instant):
+        return obj.isoformat()
     raise NotImplementedError(f"cannot print {type(obj).__name__}")
 
 

@@ -1,8 +1,10 @@
 """Schema of a route (``services.<name>.routes[i]``) (L1).
 
 A route says which requests go to its parent service: path (exact ``/a/b``, prefix
-``/a/*``, parameter segments ``/a/{id}``), methods, optional host and header/query
-conditions, and the per-route policy (auth, roles, limits, middleware overrides).
+``/a/*``, parameter segments ``/a/{id}``, or ``{regex: ...}``), methods, optional host and
+``match`` conditions (``config.match``), its API ``version`` and ``deprecation``
+(``config.versioning``), and the per-route policy (auth, roles, limits, middleware
+overrides).
 
 Rules kept here (cross-route and cross-section rules live in ``crosscheck``):
 - methods are upper-cased; TRACE/CONNECT and unknown methods are errors; a list may not
@@ -25,8 +27,12 @@ import msgspec
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, PositiveDuration, Size
 from fastgw.config.compression import CompressionConfig
+from fastgw.config.match import MatchConfig, PathRegex, VersionLabel
 from fastgw.config.ratelimit import RateLimitRule
 from fastgw.config.security import CorsConfig, IpFilterConfig, SecurityHeadersConfig, ValidateConfig
+from fastgw.config.mirror import MirrorConfig
+from fastgw.config.split import SplitConfig
+from fastgw.config.versioning import DeprecationConfig
 
 Method = Annotated[str, Check(v.http_method)]
 RolesKey = Annotated[str, Check(v.roles_key)]
@@ -36,19 +42,12 @@ Role = Annotated[str, Check(v.non_empty)]
 OVERRIDABLE = ("cors", "security_headers", "ip_filter")
 
 
-class MatchConfig(Base):
-    """Extra conditions: every listed header (name case-insensitive) and query parameter must match."""
-
-    headers: dict[Annotated[str, Check(v.header_name_lower)], str] = {}
-    query: dict[Annotated[str, Check(v.non_empty)], str] = {}
-
-
 def _default_methods() -> list[str]:
     return ["GET", "HEAD"]
 
 
 class RouteConfig(Base):
-    path: Annotated[str, Check(v.route_path)]
+    path: Annotated[str, Check(v.route_path)] | PathRegex  # {regex: ...}: see config.match
     name: Annotated[str, Check(v.name)] | None = None  # after load: "<service>-<index>" unless set
     service: str | None = None  # after load: the parent service key
     methods: list[Method] = msgspec.field(default_factory=_default_methods)
@@ -66,8 +65,15 @@ class RouteConfig(Base):
     ip_filter: IpFilterConfig | bool | None = None
     validate: ValidateConfig | None = None
     compression: CompressionConfig | bool | None = None  # None = the service's, else the top-level
+    version: VersionLabel | None = None  # the API version this route serves (config.versioning)
+    deprecation: DeprecationConfig | None = None
+    mirror: MirrorConfig | None = None  # fire-and-forget copies to a shadow service (config.mirror)
+    split: SplitConfig | None = None  # sides by weight (config.split); the route's service is then only its home
 
     def _check(self) -> Iterator[tuple[str, str]]:
+        mv = self.match.version if self.match is not None else None
+        if mv is not None and self.version is not None and mv != self.version:
+            yield "version", f"{self.version!r} differs from match.version {mv!r}; give one, or the same"
         if not self.methods:
             yield "methods", "must list at least one method"
         seen: set[str] = set()
@@ -100,6 +106,12 @@ class RouteConfig(Base):
             for m in self.methods if "*" not in roles else ():
                 if m not in roles and not (m == "HEAD" and "GET" in roles):
                     yield "roles", f"no entry for {m}: every method of the route needs roles"
+
+    def served_version(self) -> str | None:
+        """The API version the route serves: ``version``, else ``match.version``."""
+        if self.version is not None:
+            return self.version
+        return self.match.version if self.match is not None else None
 
     def allowed_roles(self, method: str) -> list[str] | None:
         """Roles that may call ``method`` (None = any authenticated caller or no auth)."""

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import msgspec._json_schema as _js
 
-from fastgw.config.base import Duration, Secret, Size
+from fastgw.config.base import Duration, Instant, Secret, Size
 from fastgw.config.redact import encode_value
 from fastgw.config.root import Config
 
@@ -28,6 +28,9 @@ _SCALARS = {
         "description": "bytes, or a size like '16k', '1m', '2g' (powers of 1024)",
     },
     Secret: {"type": "string", "description": "a secret (redacted when printed); use ${VAR}"},
+    Instant: {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"},
+                        {"type": "number"}],
+              "description": "a date (2027-01-01, midnight UTC), an RFC 3339 timestamp, or Unix seconds"},
 }
 
 

@@ -69,6 +69,9 @@ def crosscheck(
         else:
             names[name] = path
         _check_route_auth(path, route, auth, error)
+        if gw is not BROKEN and route.match is not None and route.match.uses_version() \
+                and getattr(gw, "versioning", None) is None:
+            error(path + ("match",), "a 'version' condition needs gateway.versioning (how requests name a version)")
         if gw is not BROKEN and route.path == gw.health_path:
             error(path + ("path",), f"{route.path!r} is gateway.health_path, which the gateway answers itself")
         shape = _shape(route)
@@ -81,6 +84,23 @@ def crosscheck(
                 ))
                 break
         shapes.setdefault(shape, []).append((path, route))
+    if routes_complete:
+        known = {p[1] for p, _svc in services}
+        for path, route in routes:
+            for i, side in enumerate(route.split.to if route.split is not None else ()):
+                if side.service not in known:
+                    error(path + ("split", "to", i, "service"), f"no service named {side.service!r}")
+            mirror = route.mirror
+            if mirror is not None:
+                if mirror.service not in known:
+                    error(path + ("mirror", "service"), f"no service named {mirror.service!r}")
+                elif mirror.service == path[1]:
+                    error(path + ("mirror", "service"), "is the route's own service: mirror to a shadow service")
+                else:
+                    svc = dict((p[1], s) for p, s in services)[mirror.service]
+                    if not svc.upstreams() or not svc.upstreams()[0].url.lower().startswith("http://"):
+                        error(path + ("mirror", "service"), f"{mirror.service!r} needs an http:// URL "
+                              "(a mirror does not speak TLS yet)")
     _check_rate_limit(rl, auth, error, warn)
     _check_redis_rules(rl, services, routes, error)
     per_route = getattr(auth, "routes", None) if auth not in (None, BROKEN) else None
@@ -162,8 +182,9 @@ def _methods(route: RouteConfig) -> set[str]:
 
 def _shape(route: RouteConfig) -> tuple:
     m = route.match
-    conds = (tuple(sorted(m.headers.items())), tuple(sorted(m.query.items()))) if m else ((), ())
-    return (route.host, _PARAM.sub("{}", route.path), conds)
+    conds = msgspec.json.encode(m, order="sorted") if m else b""
+    path = _PARAM.sub("{}", route.path) if isinstance(route.path, str) else ("regex", route.path.regex)
+    return (route.host, path, conds)
 
 
 def finalize(config: Config) -> Config:

@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from typing import Any, Iterable
@@ -28,7 +29,7 @@ from typing import Any, Iterable
 import msgspec
 import msgspec.inspect as mi
 
-from fastgw.config.base import PARSERS, Duration, Secret, Size
+from fastgw.config.base import PARSERS, Duration, Instant, Secret, Size
 from fastgw.config.envsubst import SKIP, Subst
 from fastgw.config.paths import Path, parse_rel, show
 
@@ -47,7 +48,8 @@ _DESCR = {
     mi.NoneType: "null", mi.StructType: "an object", mi.DictType: "an object", mi.ListType: "a list",
     mi.SetType: "a list", mi.FrozenSetType: "a list", mi.VarTupleType: "a list", mi.TupleType: "a list",
 }
-_CUSTOM_DESCR = {Duration: "a duration like '30s'", Size: "a size like '1m'", Secret: "a string"}
+_CUSTOM_DESCR = {Duration: "a duration like '30s'", Size: "a size like '1m'", Secret: "a string",
+                 Instant: "a date like 2027-01-01"}
 
 
 def describe(t: Any) -> str:
@@ -398,6 +400,8 @@ _ACCEPT = {
     str: (mi.StrType, mi.LiteralType, mi.CustomType, mi.EnumType),
     dict: (mi.StructType, mi.DictType),
     list: (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType),
+    datetime.date: (mi.CustomType,),  # YAML dates and timestamps (base.Instant)
+    datetime.datetime: (mi.CustomType,),
 }
 
 

@@ -6,8 +6,8 @@ the middleware is not enabled for that route.  ``route_cfg``/``service_cfg`` are
 the global chain (replies with no route: 400/404/405).
 
 Order of request filters (response filters run in reverse):
-request_id -> access_log -> security_headers -> ip_filter -> cors -> ratelimit_ip ->
-auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> compression
+request_id -> access_log -> security_headers -> ip_filter -> cors -> deprecation -> ratelimit_ip ->
+auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> mirror -> compression
 (last, so its response filter runs first: DESIGN.md's "compression, then per-request
 decorations")
 """
@@ -22,10 +22,12 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("security_headers", "fastgw.middleware.security_headers"),
     ("ip_filter", "fastgw.middleware.ip_filter"),
     ("cors", "fastgw.middleware.cors"),
+    ("deprecation", "fastgw.middleware.deprecation"),
     ("ratelimit_ip", "fastgw.middleware.ratelimit_ip"),
     ("auth", "fastgw.middleware.auth"),
     ("ratelimit", "fastgw.middleware.ratelimit"),
     ("validation", "fastgw.middleware.validation"),
+    ("mirror", "fastgw.middleware.mirror"),
     ("compression", "fastgw.middleware.compression"),
 )
 

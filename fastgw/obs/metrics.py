@@ -57,6 +57,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_compression_skipped_total": ("counter", "Responses on compressing routes sent uncompressed, by reason.", ("reason",)),
     "fastgw_redis_errors_total": ("counter", "Redis calls that failed (timeout, connection, error reply), by backend host:port.", ("backend",)),
     "fastgw_ratelimit_redis_fallback_total": ("counter", "Rate-limit decisions taken without Redis, by rate_limit.redis.on_error mode (open: let through, closed: 503).", ("mode",)),
+    "fastgw_deprecated_requests_total": ("counter", "Requests to a deprecated API version, by route, version, outcome "
+                                         "(served, gone) and client (authenticated, anonymous, unknown).",
+                                         ("route", "version", "outcome", "client")),
+    "fastgw_mirror_requests_total": ("counter", "Mirrored request copies by route and result (the shadow's status class, "
+                                     "error, timeout, dropped, skipped).", ("route", "result")),
 }
 
 

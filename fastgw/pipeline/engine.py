@@ -120,7 +120,10 @@ class Engine:
                 # then (callgrind: ~10k instructions less per request); the health path and
                 # errors are never cached
                 ctx.query, ctx.path, route, params = hit
-                if params:
+                if route is None:  # conditional candidates (Router.cache_entry): match them per request
+                    route, params = app.router.match(ctx.host, ctx.method, ctx.path, ctx.header, ctx.query,
+                                                     False, params)
+                elif params:
                     params = params.copy()
             else:
                 path, query, authority = split_target(raw)
@@ -144,7 +147,7 @@ class Engine:
                     # (OPTIONS: a preflight is matched on its headers; absolute-form: the key's host is not the one used)
                     if len(cache) >= MATCH_CACHE_SIZE:
                         cache.clear()
-                    cache[key] = (query, norm, route, params.copy() if params else params)
+                    cache[key] = app.router.cache_entry(query, norm, route, params, enc_slash)
             ctx.route = route
             ctx.path_params = params
             if (ctx.content_length is not None and ctx.content_length > route.max_body) or \

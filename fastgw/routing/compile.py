@@ -13,6 +13,10 @@ Anything else (``/a*``, ``/x{id}``, ``%61``, ``%2f``, ``//``, ``..``) is refused
 can match; a literal ``%2F`` only on a route with ``allow_encoded_slash``.  (The config
 validator ``fastgw.config.validators.route_path`` applies the same grammar at load time.)
 
+Regex paths: ``path: {regex: "^/files/(?P<name>[^/]+)\\.pdf$"}`` (RE2, compiled here once)
+must match the whole normalised path (``fullmatch``); named groups are the path
+parameters.  They come after every exact and pattern route (router rule 1).
+
 Hosts: ``api.example.com`` (exact), ``[::1]`` (IPv6 literal) or ``*.example.com`` (any
 subdomain at any depth, not ``example.com`` itself); lower-cased, no port; ``*`` or empty
 means any host.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from fastgw.errors import GatewayError
 from fastgw.http.normalize import normalize_path
+from fastgw.routing.conditions import Re2, compile_match
 
 # Canonical order of methods in an Allow header; others follow alphabetically.
 METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -43,10 +48,12 @@ class CompiledRoute:
         "methods",       # frozenset[str] | None (None: any method)
         "host_exact",    # str | None
         "host_suffix",   # str | None: ".example.com" for "*.example.com"
-        "headers",       # tuple[(lname bytes, value bytes | None)]; None = must be present
-        "query",         # tuple[(name str, value str | None)]
+        "regex",         # compiled RE2 of a ``path: {regex}`` route, else None
+        "cond",          # test(RequestView) -> bool of the ``match`` conditions, or None
+        "ncond",         # int: number of leaf conditions (rule 1e)
+        "cond_key",      # str: the conditions as written (shadowing check)
         "simple",        # bool: no host, no conditions: only the method is checked
-        "host_only",     # bool: a host, no header/query conditions
+        "host_only",     # bool: a host, no match conditions
         "allow_encoded_slash",
         "shape",         # tuple: the pattern after the prefix, as ordered by rule 1c
         "order",         # sort key: (shape, host rank, -conditions, file index)
@@ -123,7 +130,16 @@ def compile_route(cfg, target, index: int) -> CompiledRoute:
     r.name = name
     r.index = index
     r.allow_encoded_slash = bool(getattr(cfg, "allow_encoded_slash", False))
-    r.prefix, r.exact, r.tail, r.wild, r.nparams = _parse_path(name, cfg.path, r.allow_encoded_slash)
+    path = cfg.path
+    if isinstance(path, str):
+        r.regex = None
+        r.prefix, r.exact, r.tail, r.wild, r.nparams = _parse_path(name, path, r.allow_encoded_slash)
+    else:  # {regex: ...}
+        try:
+            r.regex = Re2(path.regex)
+        except ValueError as e:
+            raise _fail(name, str(e)) from None
+        r.prefix, r.exact, r.tail, r.wild, r.nparams = "", False, (), False, r.regex.groups
     r.ntail = len(r.tail)
     methods = getattr(cfg, "methods", None)
     if methods:
@@ -135,20 +151,18 @@ def compile_route(cfg, target, index: int) -> CompiledRoute:
         r.methods = None
     r.host_exact, r.host_suffix, host_rank = _parse_host(name, getattr(cfg, "host", None))
     m = getattr(cfg, "match", None)
-    hdrs = (getattr(m, "headers", None) or {}) if m is not None else {}
-    qry = (getattr(m, "query", None) or {}) if m is not None else {}
-    r.headers = tuple(
-        (k.lower().encode("latin-1"), None if v == "*" else str(v).encode("latin-1"))
-        for k, v in sorted(hdrs.items(), key=lambda kv: kv[0].lower())
-    )
-    r.query = tuple((k, None if v == "*" else str(v)) for k, v in sorted(qry.items()))
+    try:
+        r.cond, r.ncond = compile_match(m)
+    except ValueError as e:
+        raise _fail(name, str(e)) from None
+    r.cond_key = repr(m) if r.cond is not None else ""
     has_host = r.host_exact is not None or r.host_suffix is not None
-    r.simple = not has_host and not r.headers and not r.query
-    r.host_only = has_host and not r.headers and not r.query
+    r.simple = not has_host and r.cond is None
+    r.host_only = has_host and r.cond is None
     # Within one literal prefix: literal < param < wildcard, segment by segment.
     shape = tuple((0, t) if k == LIT else (1, "") for k, t in r.tail) + (((2, ""),) if r.wild else ())
     r.shape = shape
-    r.order = (shape, host_rank, -(len(r.headers) + len(r.query)), index)
+    r.order = (shape, host_rank, -r.ncond, index)
     return r
 
 

@@ -11,17 +11,22 @@ Rule 1, specificity (deterministic, whatever the order of routes in the file):
     c. after the literal prefix, segment by segment: literal > ``{param}`` > ``*``
        (``/u/{id}/items`` > ``/u/{id}/*`` > ``/u/*``);
     d. same path pattern: exact host > ``*.suffix`` host (longer suffix first) > no host;
-    e. then more ``match`` conditions (headers + query) beat fewer;
+    e. then more ``match`` conditions beat fewer (each leaf of the ``match`` tree counts
+       one: a header, query or cookie key, a version, and the leaves under
+       ``any``/``all``/``not``);
     f. then file order.
+    g. regex paths (``path: {regex}``) come after every exact and pattern route: they are
+       tried only when no exact or pattern route applies (a catch-all ``/*`` therefore
+       hides them); among themselves by d, e, f.
     So path specificity comes before the host: a host-less ``/api/v1/svg/*`` beats a
     host-bound ``/*`` on that host (unlike nginx/Envoy, where the virtual host is chosen
     first).
 Rule 2, conditions: a route applies when its path pattern, host and ``match`` conditions
     hold.  Host: compared without port, case-insensitive, a trailing dot ignored;
-    ``*.example.com`` matches any subdomain at any depth but not ``example.com``.  Header
-    conditions: names case-insensitive, values exact, ``"*"`` = present.  Query conditions:
-    the query is parsed (``parse_qsl``) only when a candidate has query conditions; a
-    condition holds if any occurrence of the key has the value (``"*"`` = present).
+    ``*.example.com`` matches any subdomain at any depth but not ``example.com``.  The
+    ``match`` semantics (headers, query, cookies, version, regex, absent, any/all/not)
+    are in ``fastgw.routing.conditions``; they are evaluated on a lazy ``RequestView``
+    built only when a candidate has conditions.
 Rule 3, methods: the most specific path pattern with an applicable route owns the
     request.  Among its applicable routes (in rule-1 order: host, conditions, file
     order) the first that allows the method wins; if none does: 405
@@ -29,26 +34,33 @@ Rule 3, methods: the most specific path pattern with an applicable route owns th
     pattern never receives a method that a more specific one refuses: with ``/admin/*``
     GET-only and ``/*`` for every method, ``POST /admin/x`` is a 405, not a request for
     ``/*`` (as nginx, where the location is chosen before the method is looked at).
-    Nothing applicable: 404 ``no_route``.  HEAD is allowed wherever GET is; a route
-    without methods allows any.  ``preflight=True`` (a CORS preflight) ignores methods,
-    so the CORS middleware can answer it.
+    Regex routes: the first applicable one that allows the method wins, 405 if some
+    applied and none allowed it.  Nothing applicable: 404 ``no_route``.  HEAD is allowed
+    wherever GET is; a route without methods allows any.  ``preflight=True`` (a CORS
+    preflight) ignores methods, so the CORS middleware can answer it.
 Rule 4, encoded slash: ``%2F`` stays encoded in a normalised path; when the request had
     one (``encoded_slash=True``) and the chosen route lacks ``allow_encoded_slash``,
     ``match`` raises ``bad_path`` (400).
+Rule 5, caching: ``match`` records in ``self.dependent`` whether its last answer read
+    the request's conditions (some candidate with ``match`` conditions was evaluated
+    before the winner).  ``cache_entry`` turns an answer into what the engine's match
+    cache keeps for (host, method, target): the answer itself when it depends on nothing
+    else, else a "conditional" marker whose route is None, on which the engine calls
+    ``match`` again per request.  So routes without conditions stay cached whatever
+    other routes of the config have conditions.
 
 Compiled form: exact paths in a dict (path -> routes in rule-1 order); patterns grouped
 by their literal prefix (which ends in ``/``) in a dict, each group sorted by rule 1.
 ``match`` looks up the path, then each of its ``/``-prefixes from longest to shortest,
-but only at lengths some group has; no regex; on success it allocates at most the
+but only at lengths some group has, then the regex routes (if any); on success it allocates at most the
 prefix slices it looks up, the split tail and the params dict of a ``{param}`` route.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 from fastgw.errors import GatewayError
 from fastgw.routing.compile import CompiledRoute, allow_header, compile_route
+from fastgw.routing.conditions import RequestView, Versioning
 
 __all__ = ["Router"]
 
@@ -72,24 +84,32 @@ def _hostname(host: str) -> str:
 class Router:
     """Compiled routing table for one config snapshot (module rules 1-4)."""
 
-    __slots__ = ("routes", "warnings", "_exact", "_groups", "_lens", "_maxlen", "cacheable")
+    __slots__ = ("routes", "warnings", "_exact", "_groups", "_lens", "_maxlen", "_regex", "_versioning",
+                 "cacheable", "dependent")
 
-    def __init__(self, entries) -> None:
+    def __init__(self, entries, versioning=None) -> None:
+        """``entries``: ``(route_cfg, target)`` pairs; ``versioning``: ``gateway.versioning``."""
         routes = [compile_route(cfg, target, i) for i, (cfg, target) in enumerate(entries)]
         self.routes: tuple[CompiledRoute, ...] = tuple(routes)
+        self._versioning = Versioning(versioning) if versioning is not None else None
         exact: dict[str, list[CompiledRoute]] = {}
         groups: dict[str, list[CompiledRoute]] = {}
+        regex: list[CompiledRoute] = []
         for r in routes:
+            if r.regex is not None:
+                regex.append(r)
+                continue
             (exact if r.exact else groups).setdefault(r.prefix, []).append(r)
+        self._regex = tuple(sorted(regex, key=lambda r: r.order))
         self._exact = {k: tuple(sorted(v, key=lambda r: r.order)) for k, v in exact.items()}
         self._groups = {k: tuple(sorted(v, key=lambda r: r.order)) for k, v in groups.items()}
         self._lens = frozenset(len(k) for k in self._groups)
         self._maxlen = max(self._lens, default=0)  # no "/" at or past it can end a prefix
-        self.warnings: list[str] = _shadowed(self._exact, self._groups)
-        # No route has header or query conditions: ``match`` is a function of (host,
-        # method, path, encoded slash) alone, so its answers may be cached by the caller
-        # (the engine's match cache); a CORS preflight is still never cached there.
-        self.cacheable = all(r.simple or r.host_only for r in routes)
+        self.warnings: list[str] = _shadowed(self._exact, self._groups, self._regex)
+        # Answers may be cached by the caller (the engine's match cache) through
+        # ``cache_entry`` (rule 5); a CORS preflight is still never cached there.
+        self.cacheable = True
+        self.dependent = False  # rule 5: whether the last answer read match conditions
 
     def match(
         self,
@@ -125,13 +145,14 @@ class Router:
                             continue
                     else:
                         if memo is None:
-                            memo = [None, None]
-                        if not _applies(r, host, headers_get, query, memo):
+                            memo = [None, RequestView(headers_get, query, self._versioning)]
+                        if not _applies(r, host, memo):
                             continue
                 ms = r.methods
                 if ms is None or preflight or method in ms:
                     if encoded_slash and not r.allow_encoded_slash:
                         raise _encoded_slash_error()
+                    self.dependent = memo is not None
                     return r.target, None
                 if allowed is None:
                     allowed = set(ms)
@@ -176,22 +197,56 @@ class Router:
                             continue
                     else:
                         if memo is None:
-                            memo = [None, None]
-                        if not _applies(r, host, headers_get, query, memo):
+                            memo = [None, RequestView(headers_get, query, self._versioning)]
+                        if not _applies(r, host, memo):
                             continue
                 ms = r.methods
                 if ms is None or preflight or method in ms:
                     if encoded_slash and not r.allow_encoded_slash:
                         raise _encoded_slash_error()
+                    self.dependent = memo is not None
                     return r.target, params
                 if allowed is None:
                     allowed = set(ms)
                     owner = r.shape
                 else:
                     allowed |= ms
+        if allowed is None and self._regex:
+            return self._match_regex(host, method, path, headers_get, query, preflight, encoded_slash, memo)
         if allowed is None:
             raise GatewayError("no_route")
         raise GatewayError("method_not_allowed", allow=allow_header(allowed))
+
+    def _match_regex(self, host, method, path, headers_get, query, preflight, encoded_slash, memo):
+        """Rule 1g: the regex routes, once no exact or pattern route applied."""
+        allowed: set[str] | None = None
+        for r in self._regex:
+            groups = r.regex.fullmatch_path(path)
+            if groups is None:
+                continue
+            if not r.simple:
+                if memo is None and not r.host_only:
+                    memo = [None, RequestView(headers_get, query, self._versioning)]
+                if not _applies(r, host, memo or [None, None]):
+                    continue
+            ms = r.methods
+            if ms is None or preflight or method in ms:
+                if encoded_slash and not r.allow_encoded_slash:
+                    raise _encoded_slash_error()
+                self.dependent = memo is not None
+                return r.target, groups or None
+            allowed = set(ms) if allowed is None else allowed | ms
+        if allowed is None:
+            raise GatewayError("no_route")
+        raise GatewayError("method_not_allowed", allow=allow_header(allowed))
+
+    def cache_entry(self, query: bytes, path: str, target, params, encoded_slash: bool) -> tuple:
+        """What the match cache keeps for the answer ``match`` just gave (rule 5):
+        ``(query, path, target, params)``, or ``(query, path, None, encoded_slash)`` when
+        the answer read conditions and must be matched again per request."""
+        if self.dependent:
+            return (query, path, None, encoded_slash)
+        return (query, path, target, params.copy() if params else params)
 
 
 def _encoded_slash_error() -> GatewayError:
@@ -215,8 +270,9 @@ def _match_tail(tail, segs: list[str]) -> dict[str, str] | None:
     return params
 
 
-def _applies(r: CompiledRoute, host: str, headers_get, query: bytes, memo: list) -> bool:
-    """Host and match conditions of ``r`` (module rule 2); ``memo`` caches per request."""
+def _applies(r: CompiledRoute, host: str, memo: list) -> bool:
+    """Host and match conditions of ``r`` (module rule 2); ``memo`` = [hostname or None,
+    RequestView], kept for the rest of the request's match."""
     if r.host_exact is not None or r.host_suffix is not None:
         h = memo[0]
         if h is None:
@@ -226,36 +282,21 @@ def _applies(r: CompiledRoute, host: str, headers_get, query: bytes, memo: list)
                 return False
         elif not h.endswith(r.host_suffix):
             return False
-    for lname, want in r.headers:
-        got = headers_get(lname)
-        if got is None or (want is not None and got != want):
-            return False
-    if r.query:
-        q = memo[1]
-        if q is None:
-            q = {}
-            for k, v in parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True):
-                q.setdefault(k, []).append(v)
-            memo[1] = q
-        for k, want in r.query:
-            vals = q.get(k)
-            if vals is None or (want is not None and want not in vals):
-                return False
-    return True
+    return r.cond is None or r.cond(memo[1])
 
 
-def _shadowed(exact: dict, groups: dict) -> list[str]:
+def _shadowed(exact: dict, groups: dict, regex: tuple) -> list[str]:
     """Routes that can never be chosen: same pattern, host and conditions as a
     preceding one whose methods cover theirs."""
     out = []
-    for table in (exact, groups):
+    for table in (exact, groups, {"": regex}):
         for rs in table.values():
             for i, r in enumerate(rs):
                 for q in rs[:i]:
                     if (q.order[:3] == r.order[:3] and q.prefix == r.prefix and q.tail == r.tail
+                            and (q.regex.pattern if q.regex else None) == (r.regex.pattern if r.regex else None)
                             and q.wild == r.wild and q.host_exact == r.host_exact
-                            and q.host_suffix == r.host_suffix and q.headers == r.headers
-                            and q.query == r.query
+                            and q.host_suffix == r.host_suffix and q.cond_key == r.cond_key
                             and (q.methods is None or (r.methods is not None and r.methods <= q.methods))):
                         out.append(f"route {r.name!r} is shadowed by route {q.name!r} "
                                    "(same path, host and conditions, and its methods are covered)")

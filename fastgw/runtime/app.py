@@ -15,6 +15,7 @@ from fastgw.http.netaddr import TrustedNets
 from fastgw.middleware.registry import builders
 from fastgw.pipeline.chain import Chain
 from fastgw.routing import Router
+from fastgw.routing.split import Splitter
 from fastgw.upstream.pool import Peer, Pool
 
 
@@ -50,6 +51,15 @@ class Route:
             return pools[0]
         self._rr = (self._rr + 1) % len(pools)
         return pools[self._rr]
+
+
+class SplitRoute(Route):
+    """A route with ``split``: each request goes to one side's pools (``routing.split``)."""
+
+    __slots__ = ("split",)
+
+    def pick(self, ctx):
+        return self.split.pick(ctx)
 
 
 def _tls_context(tls_cfg) -> ssl.SSLContext:
@@ -88,6 +98,7 @@ class App:
         blds = builders()
         self.global_chain = Chain(self._mws(blds, None, None))
         entries = []
+        svc_pools: dict[str, tuple] = {}
         for sname, svc in config.services.items():
             # instances with weight 0 get no traffic; a weight repeats the instance in the
             # round-robin cycle (a smooth weighted balancer comes with the balancing issue)
@@ -106,17 +117,26 @@ class App:
                                 stats=metrics.pool_event if metrics is not None else None)
                 self.pools[pk] = pool
                 pools.extend([pool] * weight)
+            svc_pools[sname] = tuple(pools)
             t_head = float(svc.timeout if svc.timeout is not None else gw.timeout)
             for rc in svc.routes:
                 chain = Chain(self._mws(blds, svc, rc))
                 max_body = int(rc.max_body_size if rc.max_body_size is not None else gw.limits.max_body_size)
-                route = Route(rc.name, sname, rc, chain, tuple(pools), max_body, rc.allow_encoded_slash,
+                route = (SplitRoute if rc.split is not None else Route)(rc.name, sname, rc, chain, tuple(pools), max_body, rc.allow_encoded_slash,
                               float(rc.timeout) if rc.timeout is not None else t_head,
                               float(svc.read_timeout), svc.preserve_host)
                 entries.append((rc, route))
                 for pool in pools:  # connection timers are armed at most this far ahead
                     pool.tmin = min(pool.tmin, route.t_head, route.t_read)
-        self.router = Router(entries)
+        # A split's sides use their services' pools (all built now); ``route.pools`` holds
+        # them all, so the engine calls ``pick`` (a side without instances gets no traffic).
+        for rc, route in entries:
+            if rc.split is not None:
+                route.split = Splitter(rc.split, svc_pools)
+                route.pools = tuple(p for side in rc.split.to for p in svc_pools[side.service])
+                for pool in route.pools:
+                    pool.tmin = min(pool.tmin, route.t_head, route.t_read)
+        self.router = Router(entries, gw.versioning)
         self.routes = [r for _, r in entries]
         # (host, method, raw target) -> (query, path, route, params) for routers whose
         # answer depends on nothing else; filled and bounded by Engine.dispatch
