@@ -23,12 +23,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="fastgw",
         description="fastgw: an API gateway. Runs the data plane for the config file given with -c.",
         epilog="Commands: 'fastgw diff OLD.yaml NEW.yaml' (what a reload would change; exit 0 same, "
-               "1 changed, 2 error), 'fastgw routes -c FILE [--format markdown|json]' (the routing table), 'fastgw replay --config NEW.yaml ACCESS.log [--old OLD.yaml]' (routing "
+               "1 changed, 2 error), 'fastgw routes -c FILE [--format markdown|json]' "
+               "(the routing table), 'fastgw replay --config NEW.yaml ACCESS.log [--old OLD.yaml]' (routing "
                "decisions NEW would change). Signals: TERM graceful drain, INT fast stop, HUP reload config, "
                "USR1 reopen logs, TTIN/TTOU one worker more/less. Docs: README.md and docs/.")
-        epilog="Signals: TERM graceful drain, INT fast stop, HUP reload config, USR1 reopen logs, "
-               "TTIN/TTOU one worker more/less. Subcommand: 'fastgw routes -c FILE [--format markdown|json]' "
-               "prints the routing table. Docs: README.md and docs/.")
     p.add_argument("-c", "--config", default="config/gateway.yaml", metavar="FILE",
                    help="config file (YAML; default: %(default)s)")
     p.add_argument("--bind", metavar="HOST:PORT", action="append",
