@@ -137,6 +137,7 @@ class Arbiter:
         self.exit_code = EXIT_OK
         self.announced = False
         self.m = None               # supervisor's metric writer and cells
+        self.drained = [0, 0, 0]    # TERM: workers that reported, connections drained, aborted
 
     # ------------------------------------------------------------------ start
     def run(self) -> int:
@@ -152,6 +153,10 @@ class Arbiter:
                 self._spawn_worker(slot)
             while self.children or not self.stopping:
                 self._loop_once()
+            if self.stopping == "drain":
+                n, drained, aborted = self.drained
+                log.info("drain complete: %d connections drained, %d aborted (%d workers reported); exiting %d",
+                         drained, aborted, n, self.exit_code)
         except Exception as e:      # a supervisor bug: take everything down rather than limp
             log.exception("supervisor failed: %s", e)
             print(f"fastgw: supervisor error: {e}", file=sys.stderr, flush=True)
@@ -259,6 +264,11 @@ class Arbiter:
         self.m[0].inc(self.m[4])
         c.killed = f"replaced: could not apply config generation {msg.generation}"
         c.chan.send(ipc.Drain(0.0, float(self.cfg.gateway.drain.timeout)))
+
+    def on_drained(self, c: _Child, msg: ipc.Drained) -> None:
+        self.drained[0] += 1
+        self.drained[1] += msg.drained
+        self.drained[2] += msg.aborted
 
     def on_beat(self, c: _Child, msg: ipc.Beat) -> None:
         c.last_beat = time.monotonic()

@@ -68,7 +68,7 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         w.generation = generation
 
         def drain(delay: float, timeout: float) -> None:
-            if not w.engine.draining:
+            if not w.draining:
                 w.loop.create_task(w.drain(delay, timeout))
 
         def on_reload(m: ipc.Reload) -> None:
@@ -105,7 +105,7 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         def tick() -> None:
             ws.heartbeat()
             store.publish(ws)
-            if started and not w.engine.draining:
+            if started and not w.draining:
                 # readiness that middlewares contribute (the first JWKS fetch): a worker
                 # that cannot verify tokens yet shows as not ready in /readyz
                 want = READY if all(check() for check in w.engine.app.ready_checks) else BOOTING
@@ -118,6 +118,8 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         w.drain_hooks.append(lambda: ws.set_state(DRAINING))
         code = w.run()
         store.publish(ws)
+        if w.drain_counts is not None:
+            chan.send_blocking(ipc.Drained(slot, *w.drain_counts))
         return code
     except BaseException as e:
         if started:
