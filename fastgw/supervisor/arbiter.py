@@ -1,11 +1,13 @@
 """The supervisor (L8): pre-fork process manager of the workers and the control process.
 
-It imports no event loop (no asyncio, uvloop or httptools): its loop is ``select`` on a
-wake-up pipe and the children's channels, with a half-second timeout.  In order it
+It runs no event loop: its loop is ``select`` on a wake-up pipe and the children's
+channels, with a half-second timeout.  In order it
 
 1. creates the shared-memory region (``fastgw.shm.Region``) and binds, before any fork,
    one SO_REUSEPORT socket per worker slot and the admin socket, and keeps them
-   (``sockets``: a replacement worker for slot i inherits socket i);
+   (``sockets``: a replacement worker for slot i inherits socket i); preloads the
+   children's modules (``child.preload``: imports only, no loop, thread or socket) and
+   freezes them out of the cyclic GC, so a respawn is a fork, not a re-import;
 2. forks the control process and the workers (``child``), then prints
    ``fastgw: listening on HOST:PORT`` once every worker accepts, and
    ``fastgw: admin listening on HOST:PORT`` once the control process does;
@@ -36,6 +38,7 @@ Rules:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -47,6 +50,7 @@ from fastgw.config import ConfigError, load_config
 from fastgw.shm import Region
 from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
+from fastgw.supervisor.limits import per_worker, raise_nofile
 from fastgw.supervisor.reload import check_tls, restart_only_changes, table_slots
 from fastgw.supervisor.sockets import BindError, Listeners, bind_listener
 
@@ -167,6 +171,10 @@ class Arbiter:
 
     def _setup(self) -> None:
         cfg = self.cfg
+        nofile, warns = raise_nofile(cfg, self.desired)
+        for line in warns:
+            log.warning("%s", line)
+        log.info("open files: soft limit %d (%d needed per worker)", nofile, per_worker(cfg))
         self.region = Region.create(self.max_slots, metrics_series=METRICS_SERIES,
                                     table_slots=table_slots(cfg), health_slots=1024)
         w = self.region.metrics.writer(self.region.metrics.supervisor_slot)
@@ -182,6 +190,9 @@ class Arbiter:
             self.admin_sock = bind_listener(mon.metrics_host, mon.metrics_port, reuse_port=False, backlog=128)
         except BindError as e:
             raise BindError(f"admin listener: {e}") from None
+        for line in childmod.preload():
+            log.warning("preload: %s (the children import it themselves)", line)
+        gc.freeze()                 # what the children inherit stays shared (copy-on-write)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for sig in self.SIGNALS:
