@@ -191,6 +191,14 @@ def test_hup_changing_tls_verify_and_ca_file_applies_under_load(tmp_path):
             assert wait_for(lambda: generation_everywhere(gw, 3, 2))
             st, _, body = gw.request("GET", "/x")
             assert st == 502 and b"CERTIFICATE_VERIFY_FAILED" in body, body
-            assert os.path.exists(ca_a)
+            # a CA file that does not exist: the supervisor refuses the reload, nothing changes
+            missing = tmp_path / "missing.pem"
+            assert not os.path.exists(missing)
+            rewrite(gw, _tls_cfg(srv.server_address[1], f'{{verify: true, ca_file: "{missing}"}}'))
+            hup(gw)
+            assert wait_for(lambda: series(metrics_text(gw), "fastgw_config_reloads_total")
+                            .get('{result="failed"}') == 1)
+            assert any(f"services.secure.tls: cannot load {missing}" in x for x in gw.stderr_lines)
+            assert generation_everywhere(gw, 3, 2)
     finally:
         srv.stop()
