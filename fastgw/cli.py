@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _configure_logging(level: str) -> None:
     """The operational log on stderr; %(process)d so each child logs under its own pid.
-    (Here rather than in the runtime: importing the supervisor imports no event-loop module.)"""
+    (Here rather than in the runtime: the supervisor never imports the event-loop modules.)"""
     import logging
 
     h = logging.StreamHandler(sys.stderr)
