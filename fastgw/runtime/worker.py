@@ -58,6 +58,11 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = True, backlog: int =
     return s
 
 
+# Drain: how long a connection opened before the drain stopped accepting, with no
+# request yet, may take to send its first request before it is closed.
+FRESH_GRACE = 1.0
+
+
 class BootError(Exception):
     """The worker cannot start; the message is for the operator, as is."""
 
@@ -314,6 +319,8 @@ class Worker:
         2. after ``delay``: stop accepting, without resetting what the accept queues hold
            (``_stop_accepting``); from now every response says ``Connection: close``
            (``engine.draining``), idle connections close, busy ones after their response;
+           a connection that has not sent its first request yet gets ``FRESH_GRACE`` to
+           send it (closing it at once would race that request into a reset);
         3. at ``delay + timeout``: what is still open is aborted; the worker exits 0 and
            logs the counts (connections drained, aborted).
         """
@@ -331,9 +338,23 @@ class Worker:
         engine.draining = True  # each further response: Connection: close
         queued = await self._stop_accepting()
         total = len(engine.connections)
+        fresh = []
         for proto in list(engine.connections):
-            proto.start_drain()
+            if proto.n_requests == 0 and proto.cur is None:
+                # opened but no request yet (just accepted, or its head still arriving):
+                # closing it now would race the request the client is sending; it gets
+                # FRESH_GRACE to send one (answered with Connection: close)
+                proto.draining = True
+                fresh.append(proto)
+            else:
+                proto.start_drain()
+        grace_end = loop.time() + min(FRESH_GRACE, timeout)
         while engine.connections and loop.time() - start < delay + timeout:
+            if fresh and loop.time() >= grace_end:
+                for proto in fresh:
+                    if proto.cur is None and not proto.closed:
+                        proto.start_drain()
+                fresh = []
             await asyncio.sleep(0.02)
         aborted = len(engine.connections)
         for proto in list(engine.connections):
@@ -376,5 +397,4 @@ class Worker:
             d.close()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-            await asyncio.sleep(0.01)   # let their first bytes arrive before idle ones close
         return len(pending)
