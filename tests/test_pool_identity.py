@@ -202,3 +202,45 @@ def test_hup_changing_tls_verify_and_ca_file_applies_under_load(tmp_path):
             assert generation_everywhere(gw, 3, 2)
     finally:
         srv.stop()
+
+
+def test_client_certificate_settings_are_checked_and_part_of_the_identity(tmp_path):
+    from fastgw.config import ConfigError, load_config_text
+    text = """
+services:
+  s:
+    url: "https://h:1"
+    tls: {TLS}
+    routes: [{path: "/*"}]
+"""
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text.replace("{TLS}", '{key_file: "k.pem"}'))
+    assert any(x.startswith("services.s.tls.key_file: set cert_file too") for x in e.value.errors), e.value.errors
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    cfg, _ = load_config_text(text.replace("{TLS}", f'{{cert_file: "{cert}"}}'))
+    assert cfg.services["s"].tls.cert_file == str(cert)
+    assert peer_key("https://h:1", cfg.services["s"].tls) != peer_key("https://h:1", UpstreamTlsConfig())
+
+
+def test_client_certificate_is_presented_to_the_upstream(tmp_path):
+    cert, key, _ = _cert(tmp_path, cn="localhost", name="up")
+    ccert, ckey, _ = _cert(tmp_path, cn="client", name="client")
+    srv = TlsEcho(cert, key)
+    ctx = srv.socket.context
+    ctx.verify_mode = ssl.CERT_REQUIRED          # mTLS: only the client certificate gets in
+    ctx.load_verify_locations(str(ccert))
+    srv.start()
+    try:
+        port = srv.server_address[1]
+        with_cert = f'{{ca_file: "{cert}", server_name: localhost, cert_file: "{ccert}", key_file: "{ckey}"}}'
+        with Gateway(_tls_cfg(port, with_cert), workers=1) as gw:
+            st, _, body = gw.request("GET", "/mtls")
+            assert st == 200 and json.loads(body)["path"] == "/base/mtls", body
+            rewrite(gw, _tls_cfg(port, f'{{ca_file: "{cert}", server_name: localhost}}'))
+            hup(gw)
+            assert wait_for(lambda: generation_everywhere(gw, 1, 1))
+            st, _, body = gw.request("GET", "/mtls")
+            assert st == 502, body                # no client certificate: the upstream refuses
+    finally:
+        srv.stop()
