@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastgw: cannot read {args.config}: {e.strerror or e}", file=sys.stderr)
         return 1
     if args.check:
+        from fastgw.supervisor.limits import warnings as nofile_warnings
+        warnings = warnings + nofile_warnings(cfg, args.workers or cfg.gateway.workers or len(os.sched_getaffinity(0)))
         grouped = _grouped(warnings)
         for w in grouped:
             print(f"warning: {w}", file=sys.stderr)

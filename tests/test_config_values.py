@@ -176,7 +176,7 @@ def test_defaults():
         None, [], None, None, 5, 60)
     assert (svc.retries, svc.preserve_host, svc.rate_limit) == (0, False, None)
     assert svc.pool == PoolConfig() and (svc.pool.max_idle, svc.pool.max_connections, svc.pool.idle_timeout,
-                                         svc.pool.max_waiters, svc.pool.wait_timeout) == (64, 1024, 60, 1024, 5)
+                                         svc.pool.max_waiters, svc.pool.wait_timeout) == (64, 1024, 60, None, 5)
     assert svc.tls == UpstreamTlsConfig() and (svc.tls.verify, svc.tls.ca_file, svc.tls.server_name) == (True, None, None)
     assert [(i.url, i.weight) for i in svc.upstreams()] == [("http://a:1", 1)]
 

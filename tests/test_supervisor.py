@@ -50,9 +50,13 @@ def test_start_two_workers_admin_and_pid_file(up, tmp_path):
         assert get(gw.port, "/x")[0] == 200
         st, _, body = get(gw.port, "/healthz")
         assert st == 200 and b"ready" in body
-        # the supervisor runs no event loop: neither uvloop nor httptools is mapped in it
+        # the supervisor preloads the workers' modules (uvloop is mapped) but runs no event
+        # loop (no epoll instance among its files) and no thread
         maps = supervisor_maps(gw.proc.pid)
-        assert "uvloop" not in maps and "httptools" not in maps
+        assert "uvloop" in maps and "httptools" in maps
+        fds = [os.readlink(f"/proc/{gw.proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{gw.proc.pid}/fd")]
+        assert not [f for f in fds if "eventpoll" in f], fds
+        assert os.listdir(f"/proc/{gw.proc.pid}/task") == [str(gw.proc.pid)]
         # each line printed once
         assert sum("fastgw: listening on" in x for x in gw.stdout_lines) == 1
         assert sum("fastgw: admin listening on" in x for x in gw.stdout_lines) == 1

@@ -114,8 +114,8 @@ def test_listeners_share_one_port_across_slots():
 
 
 def test_the_supervisor_imports_no_event_loop():
-    """DESIGN.md: the supervisor runs no event loop and never imports uvloop or httptools;
-    children import the runtime after fork."""
+    """DESIGN.md: importing the supervisor imports no event loop, uvloop or httptools; the
+    children's modules are preloaded only when it runs (``child.preload``)."""
     import subprocess
     import sys
     code = ("import sys, fastgw.cli, fastgw.supervisor.arbiter; "
@@ -124,3 +124,33 @@ def test_the_supervisor_imports_no_event_loop():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_preload_imports_the_runtime_but_creates_no_loop_thread_or_socket():
+    """The supervisor preloads the children's modules before fork: imports only."""
+    import subprocess
+    import sys
+    code = r"""
+import gc, json, socket, sys, threading
+import asyncio.events as ev
+from fastgw.supervisor.child import preload
+failed = preload()
+pol = ev._event_loop_policy
+local = getattr(pol, "_local", None) if pol is not None else None
+print(json.dumps({
+    "failed": failed,
+    "loaded": [m for m in ("uvloop", "httptools", "fastgw.runtime.worker", "fastgw.runtime.control",
+                           "fastgw.middleware.auth") if m in sys.modules],
+    "threads": [t.name for t in threading.enumerate() if t is not threading.main_thread()],
+    "loop": ev._get_running_loop() is not None or getattr(local, "_loop", None) is not None,
+    "sockets": [repr(o) for o in gc.get_objects() if isinstance(o, socket.socket)],
+}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import json
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["failed"] == []
+    assert doc["loaded"] == ["uvloop", "httptools", "fastgw.runtime.worker", "fastgw.runtime.control",
+                             "fastgw.middleware.auth"]
+    assert doc["threads"] == [] and doc["loop"] is False and doc["sockets"] == []

@@ -85,7 +85,7 @@ def gateway(cfg_text: str, loop):
         deps.state["access_log_buffer"] = LogBuffer("/dev/null")
     app = App(cfg, deps, loop=loop, metrics=metrics, log=log)
     engine = Engine(app)
-    pool = app.routes[0].pools[0]
+    pool = app.routes[0].instances[0].pool
     up = UpstreamProtocol(pool, loop)
     ut = _Transport()
     up.connection_made(ut)
@@ -125,7 +125,7 @@ def test_request_head(benchmark, world):
     ctx = Ctx()
     ctx.headers = [(b"User-Agent", b"wrk"), (b"Accept", b"*/*")]
     ctx.path, ctx.raw_host, ctx.peer_ip = "/x", b"127.0.0.1:18090", "127.0.0.1"
-    out = benchmark(request_head, ctx, route, route.pools[0].peer)
+    out = benchmark(request_head, ctx, route, route.instances[0])
     assert out.startswith(b"GET /x HTTP/1.1\r\n")
 
 

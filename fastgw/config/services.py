@@ -38,7 +38,9 @@ class PoolConfig(Base):
     max_idle: Annotated[int, msgspec.Meta(ge=0)] = 64  # never more than max_connections in effect
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024  # open + connecting
     idle_timeout: PositiveDuration = Duration(60)
-    max_waiters: Annotated[int, msgspec.Meta(ge=0)] = 1024  # queued requests when full; then 503
+    # queued requests when full; then 503.  None = gateway.max_connections: every client
+    # connection of the worker may wait for this pool, so a storm queues instead of failing
+    max_waiters: Annotated[int, msgspec.Meta(ge=0)] | None = None
     wait_timeout: PositiveDuration = Duration(5)  # longest wait in that queue; then 503
 
 
@@ -48,6 +50,12 @@ class UpstreamTlsConfig(Base):
     verify: bool = True
     ca_file: Annotated[str, Check(v.non_empty)] | None = None  # None = the system store
     server_name: Annotated[str, Check(v.hostname)] | None = None  # SNI/verified name; None = URL host
+    cert_file: Annotated[str, Check(v.non_empty)] | None = None  # client certificate (PEM), for mTLS
+    key_file: Annotated[str, Check(v.non_empty)] | None = None  # its key; None = in cert_file
+
+    def _check(self) -> Iterator[tuple[str, str]]:
+        if self.key_file is not None and self.cert_file is None:
+            yield "key_file", "set cert_file too: a client key without its certificate is unused"
 
 
 class ServiceConfig(Base):

@@ -27,8 +27,6 @@ Rules this file keeps:
 
 from __future__ import annotations
 
-from collections import deque
-
 import httptools
 
 from fastgw.errors import GatewayError
@@ -96,7 +94,7 @@ class DownstreamProtocol:
         self.timer_at = 0.0
         self.deadline = 0.0
         self.deadline_kind = T_NONE
-        self.queue = deque()
+        self.queue = []  # a list, not a deque: 88 B instead of 760 B per idle connection (#17)
         self.backlog = None
         self.n_requests = 0
         self.draining = False
@@ -415,7 +413,7 @@ class DownstreamProtocol:
 
     def _next(self) -> None:
         """Start the oldest queued request (the one in flight is finished)."""
-        nxt = self.queue.popleft()
+        nxt = self.queue.pop(0)  # (at most MAX_QUEUED entries)
         body, nxt.qbody = nxt.qbody, None
         complete = nxt.qcomplete
         self.cur = nxt
@@ -445,6 +443,8 @@ class DownstreamProtocol:
             return
         if not self.queue and self.p_error is None and self.backlog is None:
             # the usual case: nothing pipelined behind this request
+            if self.p_ctx is ctx:
+                self.p_ctx = None   # an idle connection holds no finished request (#17: memory)
             if self.paused & PAUSE_BACKLOG:
                 self._resume(PAUSE_BACKLOG)
             if self.draining:

@@ -40,6 +40,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_downstream_connections_open": ("gauge", "Open client connections.", ()),
     "fastgw_upstream_connections_total": ("counter", "Upstream connection events (created, reused, closed).", ("event",)),
     "fastgw_upstream_errors_total": ("counter", "Upstream failures by service and kind.", ("service", "kind")),
+    "fastgw_upstream_pool_exhausted_total": ("counter", "503s because an upstream pool was full: its wait queue "
+                                             "(reason=queue_full) or the wait (reason=wait_timeout).",
+                                             ("upstream", "reason")),
     "fastgw_worker_restarts_total": ("counter", "Workers respawned by the supervisor.", ()),
     "fastgw_config_reloads_total": ("counter", "Config reloads by result (ok, failed).", ("result",)),
     "fastgw_build_info": ("gauge", "Build information.", ("version", "python")),
@@ -249,6 +252,10 @@ class Metrics:
             n += pool.take_reused()
         if n:
             self.pool_event("reused", n)
+
+    def pool_exhausted(self, upstream: str, reason: str) -> None:
+        """A pool answered 503 (queue full or wait timed out)."""
+        self.inc("fastgw_upstream_pool_exhausted_total", (("upstream", upstream), ("reason", reason)))
 
     def pool_event(self, event: str, n: int = 1) -> None:
         c = self._pool.get(event)

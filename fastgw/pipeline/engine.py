@@ -432,13 +432,14 @@ class Engine:
     # ------------------------------------------------------------------ proxying
     def proxy(self, proto, ctx) -> None:
         route = ctx.route
-        pools = route.pools
-        pool = pools[0] if len(pools) == 1 else route.pick(ctx)
-        if pool is None:
+        insts = route.instances
+        inst = insts[0] if len(insts) == 1 else route.pick(ctx)
+        if inst is None:
             self.fail(proto, ctx, GatewayError("no_upstream", f"no healthy instance for service {route.service}"))
             return
-        ctx.upstream = pool.peer.label
-        head = ctx.head = request_head(ctx, route, pool.peer)
+        pool = inst.pool
+        ctx.upstream = inst.label
+        head = ctx.head = request_head(ctx, route, inst)  # the instance's base path and Host
         ctx.upstream_start = monotonic()
         conn = pool.acquire_idle()
         if conn is None:
@@ -494,9 +495,10 @@ class Engine:
             if notes.get("_resend"):
                 ctx.pending = notes.pop("_resend")
             ctx.error = None
-            pool = route.pick(ctx)
-            if pool is not None:
-                ctx.upstream = pool.peer.label
+            inst = route.pick(ctx)
+            if inst is not None:
+                pool = inst.pool
+                ctx.upstream = inst.label
                 cb = (lambda conn, e: self._on_conn(proto, ctx, pool, conn, e))
                 # a fresh connection (the reused one just failed), within the pool's cap
                 cancel = pool.connect_fresh(cb)

@@ -2,36 +2,40 @@
 
 An ``App`` is immutable once built: the router, each route's compiled middleware chain,
 the global chain (replies with no route), and the upstream pools.  Pools are keyed by
-peer; a reload builds a new App that takes over the pools of peers it still uses, so a
-HUP keeps warm keep-alive connections (issue 3) while routes and chains switch at once.
+pool identity (``upstream.peer``: scheme, host, port, TLS settings) and pool sizing; a
+route holds ``Instance`` objects (pool + base path + Host header), so services sharing a
+host:port share its connections and keep their own base paths.  A reload builds a new App
+that takes over the pools whose key it still uses, so a HUP keeps warm keep-alive
+connections while routes and chains switch at once; a changed base path is a new
+``Instance`` on the same pool, a changed TLS setting a new identity and a new pool, and
+the old pool is retired (``App.retire``): it closes its idle connections at once and each
+busy one when its exchange ends.
 """
 
 from __future__ import annotations
-
-import ssl
-from urllib.parse import urlsplit
 
 from fastgw.http.netaddr import TrustedNets
 from fastgw.middleware.registry import builders
 from fastgw.pipeline.chain import Chain
 from fastgw.routing import Router
 from fastgw.routing.split import Splitter
-from fastgw.upstream.pool import Peer, Pool
+from fastgw.upstream.peer import Instance, make_peer, peer_key
+from fastgw.upstream.pool import Pool
 
 
 class Route:
     """A compiled route: what the engine reads per request (all precomputed)."""
 
-    __slots__ = ("name", "service", "cfg", "chain", "pools", "max_body", "allow_encoded_slash",
+    __slots__ = ("name", "service", "cfg", "chain", "instances", "max_body", "allow_encoded_slash",
                  "t_head", "t_read", "preserve_host", "body_filter", "answers_preflight", "_rr")
 
-    def __init__(self, name, service, cfg, chain, pools, max_body, allow_encoded_slash,
+    def __init__(self, name, service, cfg, chain, instances, max_body, allow_encoded_slash,
                  t_head, t_read, preserve_host) -> None:
         self.name = name
         self.service = service
         self.cfg = cfg
         self.chain = chain
-        self.pools = pools
+        self.instances = instances  # Instance per weight unit (round-robin cycle)
         self.max_body = max_body
         self.allow_encoded_slash = allow_encoded_slash
         self.t_head = t_head
@@ -43,41 +47,23 @@ class Route:
         self._rr = 0
 
     def pick(self, ctx):
-        """The pool of the instance to use (round-robin until the balancer issue)."""
-        pools = self.pools
-        if not pools:
+        """The ``Instance`` to use (round-robin until the balancer issue)."""
+        insts = self.instances
+        if not insts:
             return None
-        if len(pools) == 1:
-            return pools[0]
-        self._rr = (self._rr + 1) % len(pools)
-        return pools[self._rr]
+        if len(insts) == 1:
+            return insts[0]
+        self._rr = (self._rr + 1) % len(insts)
+        return insts[self._rr]
 
 
 class SplitRoute(Route):
-    """A route with ``split``: each request goes to one side's pools (``routing.split``)."""
+    """A route with ``split``: each request goes to one side's instances (``routing.split``)."""
 
     __slots__ = ("split",)
 
     def pick(self, ctx):
         return self.split.pick(ctx)
-
-
-def _tls_context(tls_cfg) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=getattr(tls_cfg, "ca_file", None))
-    if not getattr(tls_cfg, "verify", True):
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def _peer(url: str, svc) -> Peer:
-    u = urlsplit(url)
-    tls = None
-    if u.scheme == "https":
-        tls = _tls_context(svc.tls)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    return Peer(u.hostname, port, tls=tls, server_name=getattr(svc.tls, "server_name", None),
-                base_path=u.path or "")
 
 
 class App:
@@ -98,44 +84,49 @@ class App:
         blds = builders()
         self.global_chain = Chain(self._mws(blds, None, None))
         entries = []
-        svc_pools: dict[str, tuple] = {}
+        svc_insts: dict[str, tuple] = {}
         for sname, svc in config.services.items():
             # instances with weight 0 get no traffic; a weight repeats the instance in the
             # round-robin cycle (a smooth weighted balancer comes with the balancing issue)
             weighted = [(svc.url, 1)] if svc.url else [(i.url, min(int(i.weight), 100)) for i in svc.instances]
-            pools = []
+            insts = []
+            pc = svc.pool
+            max_waiters = pc.max_waiters if pc.max_waiters is not None else gw.max_connections
             for url, weight in weighted:
                 if weight <= 0:
                     continue
-                peer = _peer(url, svc)
-                pk = (peer.key, svc.pool)
+                key = peer_key(url, svc.tls)
+                pk = (key, pc, max_waiters, float(svc.connect_timeout))
                 pool = self.pools.get(pk) or old_pools.get(pk)
                 if pool is None:
-                    pool = Pool(peer, loop, max_idle=svc.pool.max_idle, max_connections=svc.pool.max_connections,
-                                max_waiters=svc.pool.max_waiters, wait_timeout=float(svc.pool.wait_timeout),
-                                idle_timeout=float(svc.pool.idle_timeout), connect_timeout=float(svc.connect_timeout),
-                                stats=metrics.pool_event if metrics is not None else None)
+                    pool = Pool(make_peer(url, svc.tls, key), loop, max_idle=pc.max_idle,
+                                max_connections=pc.max_connections, max_waiters=max_waiters,
+                                wait_timeout=float(pc.wait_timeout), idle_timeout=float(pc.idle_timeout),
+                                connect_timeout=float(svc.connect_timeout),
+                                stats=metrics.pool_event if metrics is not None else None,
+                                exhausted=metrics.pool_exhausted if metrics is not None else None)
                 self.pools[pk] = pool
-                pools.extend([pool] * weight)
-            svc_pools[sname] = tuple(pools)
+                insts.extend([Instance(pool, url, weight)] * weight)
+            svc_insts[sname] = tuple(insts)
             t_head = float(svc.timeout if svc.timeout is not None else gw.timeout)
             for rc in svc.routes:
                 chain = Chain(self._mws(blds, svc, rc))
                 max_body = int(rc.max_body_size if rc.max_body_size is not None else gw.limits.max_body_size)
-                route = (SplitRoute if rc.split is not None else Route)(rc.name, sname, rc, chain, tuple(pools), max_body, rc.allow_encoded_slash,
-                              float(rc.timeout) if rc.timeout is not None else t_head,
-                              float(svc.read_timeout), svc.preserve_host)
+                route = (SplitRoute if rc.split is not None else Route)(
+                    rc.name, sname, rc, chain, tuple(insts), max_body, rc.allow_encoded_slash,
+                    float(rc.timeout) if rc.timeout is not None else t_head,
+                    float(svc.read_timeout), svc.preserve_host)
                 entries.append((rc, route))
-                for pool in pools:  # connection timers are armed at most this far ahead
-                    pool.tmin = min(pool.tmin, route.t_head, route.t_read)
-        # A split's sides use their services' pools (all built now); ``route.pools`` holds
-        # them all, so the engine calls ``pick`` (a side without instances gets no traffic).
+                for inst in insts:  # connection timers are armed at most this far ahead
+                    inst.pool.tmin = min(inst.pool.tmin, route.t_head, route.t_read)
+        # A split's sides use their services' instances (all built now); ``route.instances``
+        # holds them all, so the engine calls ``pick`` (a side without instances gets no traffic).
         for rc, route in entries:
             if rc.split is not None:
-                route.split = Splitter(rc.split, svc_pools)
-                route.pools = tuple(p for side in rc.split.to for p in svc_pools[side.service])
-                for pool in route.pools:
-                    pool.tmin = min(pool.tmin, route.t_head, route.t_read)
+                route.split = Splitter(rc.split, svc_insts)
+                route.instances = tuple(i for side in rc.split.to for i in svc_insts[side.service])
+                for inst in route.instances:
+                    inst.pool.tmin = min(inst.pool.tmin, route.t_head, route.t_read)
         self.router = Router(entries, gw.versioning)
         self.routes = [r for _, r in entries]
         # (host, method, raw target) -> (query, path, route, params) for routers whose

@@ -59,6 +59,11 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = True, backlog: int =
     return s
 
 
+# Drain: how long a connection opened before the drain stopped accepting, with no
+# request yet, may take to send its first request before it is closed.
+FRESH_GRACE = 1.0
+
+
 class BootError(Exception):
     """The worker cannot start; the message is for the operator, as is."""
 
@@ -93,6 +98,10 @@ class Worker:
         self.ssl_ctx = None
         self.conn_info = None
         self.pp_nets = TrustedNets(())
+        self.draining = False       # a drain started (readiness fails; see ``drain``)
+        self.drain_counts = None    # (drained, aborted) connections once a drain ends
+        self._factory = None        # the listener's protocol factory and TLS context, kept
+        self._server_ssl = None     # to serve the accept queue a drain empties by hand
 
     # ------------------------------------------------------------------ setup
     def _deps(self, config) -> Deps:
@@ -179,6 +188,7 @@ class Worker:
                                          ssl_ctx=self.ssl_ctx, on_reject=self._pp_rejected)
             server_ssl = None
 
+        self._factory, self._server_ssl = factory, server_ssl
         for s in self.sockets:
             srv = await loop.create_server(factory, sock=s, ssl=server_ssl, backlog=2048)
             self.servers.append(srv)
@@ -227,7 +237,7 @@ class Worker:
 
     def handle_term(self) -> None:
         """Graceful drain: stop accepting after the drain delay, finish in-flight requests, exit 0."""
-        if self.engine.draining:
+        if self.draining:
             self.handle_int()
             return
         self.loop.create_task(self.drain())
@@ -303,22 +313,90 @@ class Worker:
         self.ssl_ctx.load_cert_chain(tls.cert_file, tls.key_file)  # new handshakes use it
 
     async def drain(self, delay: float | None = None, timeout: float | None = None) -> None:
+        """Graceful drain, the timeline of docs/operations.md ("Draining"):
+
+        1. now: readiness answers 503 (``engine.ready``); everything else is unchanged
+           for ``delay``: keep-alive connections stay open and new ones are accepted, so
+           the load balancer can notice before anything is refused;
+        2. after ``delay``: stop accepting, without resetting what the accept queues hold
+           (``_stop_accepting``); from now every response says ``Connection: close``
+           (``engine.draining``), idle connections close, busy ones after their response;
+           a connection that has not sent its first request yet gets ``FRESH_GRACE`` to
+           send it (closing it at once would race that request into a reset);
+        3. at ``delay + timeout``: what is still open is aborted; the worker exits 0 and
+           logs the counts (connections drained, aborted).
+        """
         gw = self.config.gateway
         delay = float(gw.drain.delay) if delay is None else delay
         timeout = float(gw.drain.timeout) if timeout is None else timeout
         engine = self.engine
-        engine.draining = True  # readiness answers 503 from now on
+        loop = self.loop
+        self.draining = True
+        engine.ready = False  # readiness answers 503 from now on; keep-alive unchanged
         for hook in self.drain_hooks:
             hook()
-        start = self.loop.time()
+        start = loop.time()
         await asyncio.sleep(delay)
-        for srv in self.servers:
-            srv.close()
+        engine.draining = True  # each further response: Connection: close
+        queued = await self._stop_accepting()
+        total = len(engine.connections)
+        fresh = []
         for proto in list(engine.connections):
-            proto.start_drain()
-        while engine.connections and self.loop.time() - start < delay + timeout:
-            await asyncio.sleep(0.05)
+            if proto.n_requests == 0 and proto.cur is None:
+                # opened but no request yet (just accepted, or its head still arriving):
+                # closing it now would race the request the client is sending; it gets
+                # FRESH_GRACE to send one (answered with Connection: close)
+                proto.draining = True
+                fresh.append(proto)
+            else:
+                proto.start_drain()
+        grace_end = loop.time() + min(FRESH_GRACE, timeout)
+        while engine.connections and loop.time() - start < delay + timeout:
+            if fresh and loop.time() >= grace_end:
+                for proto in fresh:
+                    if proto.cur is None and not proto.closed:
+                        proto.start_drain()
+                fresh = []
+            await asyncio.sleep(0.02)
+        aborted = len(engine.connections)
         for proto in list(engine.connections):
             proto.abort()
+        self.drain_counts = (total - aborted, aborted)
+        log.info("worker %d drained: %d connections closed cleanly (%d from the accept queue), %d aborted",
+                 self.worker_id, total - aborted, queued, aborted)
         if not self.stopping.done():
             self.stopping.set_result(0)
+
+    async def _stop_accepting(self) -> int:
+        """Close the listeners without dropping a queued connection; returns how many
+        connections were taken from the accept queues.
+
+        Closing a listening socket resets the connections waiting in its accept queue
+        (handshake done, not yet accepted).  So each socket is duplicated first; the
+        server is closed (the event loop stops watching it), then the duplicate is
+        accepted from until the queue is empty, each connection served like any other
+        (with ``Connection: close``), and only then closed.  A connection that arrives
+        after that, past ``drain.delay``, is refused.
+        """
+        dups = []
+        for s in self.sockets:
+            try:
+                dups.append(socket.socket(fileno=os.dup(s.fileno())))
+            except OSError:
+                pass
+        for srv in self.servers:
+            srv.close()
+        loop, factory, ssl_ctx = self.loop, self._factory, self._server_ssl
+        pending = []
+        for d in dups:
+            d.setblocking(False)
+            while True:
+                try:
+                    conn, _addr = d.accept()
+                except OSError:         # BlockingIOError: the queue is empty
+                    break
+                pending.append(loop.connect_accepted_socket(factory, conn, ssl=ssl_ctx))
+            d.close()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)

@@ -1,11 +1,13 @@
 """The supervisor (L8): pre-fork process manager of the workers and the control process.
 
-It imports no event loop (no asyncio, uvloop or httptools): its loop is ``select`` on a
-wake-up pipe and the children's channels, with a half-second timeout.  In order it
+It runs no event loop: its loop is ``select`` on a wake-up pipe and the children's
+channels, with a half-second timeout.  In order it
 
 1. creates the shared-memory region (``fastgw.shm.Region``) and binds, before any fork,
    one SO_REUSEPORT socket per worker slot and the admin socket, and keeps them
-   (``sockets``: a replacement worker for slot i inherits socket i);
+   (``sockets``: a replacement worker for slot i inherits socket i); preloads the
+   children's modules (``child.preload``: imports only, no loop, thread or socket) and
+   freezes them out of the cyclic GC, so a respawn is a fork, not a re-import;
 2. forks the control process and the workers (``child``), then prints
    ``fastgw: listening on HOST:PORT`` once every worker accepts, and
    ``fastgw: admin listening on HOST:PORT`` once the control process does;
@@ -40,6 +42,7 @@ Rules:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -52,6 +55,7 @@ from fastgw.obs.audit import AuditLog
 from fastgw.shm import Region
 from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
+from fastgw.supervisor.limits import per_worker, raise_nofile
 from fastgw.supervisor.reload import Reloader, attempt, table_slots
 from fastgw.supervisor.sockets import BindError, Listeners, bind_listener
 
@@ -146,6 +150,7 @@ class Arbiter:
         self.exit_code = EXIT_OK
         self.announced = False
         self.m = None               # supervisor's metric writer and cells
+        self.drained = [0, 0, 0]    # TERM: workers that reported, connections drained, aborted
 
     # ------------------------------------------------------------------ start
     def run(self) -> int:
@@ -161,6 +166,10 @@ class Arbiter:
                 self._spawn_worker(slot)
             while self.children or not self.stopping:
                 self._loop_once()
+            if self.stopping == "drain":
+                n, drained, aborted = self.drained
+                log.info("drain complete: %d connections drained, %d aborted (%d workers reported); exiting %d",
+                         drained, aborted, n, self.exit_code)
         except Exception as e:      # a supervisor bug: take everything down rather than limp
             log.exception("supervisor failed: %s", e)
             print(f"fastgw: supervisor error: {e}", file=sys.stderr, flush=True)
@@ -171,6 +180,10 @@ class Arbiter:
 
     def _setup(self) -> None:
         cfg = self.cfg
+        nofile, warns = raise_nofile(cfg, self.desired)
+        for line in warns:
+            log.warning("%s", line)
+        log.info("open files: soft limit %d (%d needed per worker)", nofile, per_worker(cfg))
         self.region = Region.create(self.max_slots, metrics_series=METRICS_SERIES,
                                     table_slots=table_slots(cfg), health_slots=1024)
         w = self.region.metrics.writer(self.region.metrics.supervisor_slot)
@@ -192,6 +205,9 @@ class Arbiter:
             except BindError as e:
                 raise BindError(f"admin API listener (monitoring.admin): {e}") from None
         self.audit = AuditLog.of(cfg)
+        for line in childmod.preload():
+            log.warning("preload: %s (the children import it themselves)", line)
+        gc.freeze()                 # what the children inherit stays shared (copy-on-write)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for sig in self.SIGNALS:
@@ -278,6 +294,11 @@ class Arbiter:
         self.m[0].inc(self.m[4])
         c.killed = f"replaced: could not apply config generation {msg.generation}"
         c.chan.send(ipc.Drain(0.0, float(self.cfg.gateway.drain.timeout)))
+
+    def on_drained(self, c: _Child, msg: ipc.Drained) -> None:
+        self.drained[0] += 1
+        self.drained[1] += msg.drained
+        self.drained[2] += msg.aborted
 
     def on_beat(self, c: _Child, msg: ipc.Beat) -> None:
         c.last_beat = time.monotonic()

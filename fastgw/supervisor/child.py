@@ -2,8 +2,15 @@
 
 The supervisor forks and calls ``worker_main`` or ``control_main`` in the child, which
 never returns to the supervisor's code: the caller ``os._exit``s with the returned
-status.  Here, and only here, the event-loop modules are imported (the supervisor never
-imports uvloop or httptools).
+status.
+
+Preload (like gunicorn's ``--preload``): before its first fork the supervisor calls
+``preload``, which imports the modules a child needs (the runtime, the middlewares,
+uvloop, httptools), so a respawn is a fork plus the worker's own set-up instead of half a
+second of imports.  Importing creates no event loop, thread or socket (the architecture
+test checks every module for that, and ``test_supervisor_units`` checks ``preload``);
+loops, sockets to upstreams and threads exist only in children.  Importing
+``fastgw.supervisor`` alone still imports none of them.
 
 Exit statuses: 0 (stopped or drained), ``BOOT_ERROR`` (could not start: bad TLS files, a
 log file that cannot be opened, a config the runtime cannot build; the supervisor stops
@@ -25,6 +32,34 @@ from fastgw.supervisor import ipc
 log = logging.getLogger("fastgw")
 
 BOOT_ERROR = 3
+
+
+PRELOAD = (
+    "uvloop", "httptools", "orjson",
+    "fastgw.runtime.worker", "fastgw.runtime.control", "fastgw.shm.workers", "fastgw.supervisor.metrics_store",
+)
+
+
+def preload() -> list[str]:
+    """Import what a child needs before forking; returns what could not be imported.
+
+    A module that fails here is left for the child to import (and report as a boot
+    error with its usual message), so preloading never changes what fails, only when.
+    """
+    import importlib
+
+    failed = []
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            failed.append(f"{name}: {e}")
+    try:
+        from fastgw.middleware.registry import builders
+        builders()                  # imports every registered middleware module
+    except Exception as e:
+        failed.append(f"middlewares: {e}")
+    return failed
 
 
 def _describe(e: BaseException) -> str:
@@ -77,7 +112,7 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         w.generation = generation
 
         def drain(delay: float, timeout: float) -> None:
-            if not w.engine.draining:
+            if not w.draining:
                 w.loop.create_task(w.drain(delay, timeout))
 
         def on_reload(m: ipc.Reload) -> None:
@@ -117,7 +152,7 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         def tick() -> None:
             ws.heartbeat()
             store.publish(ws)
-            if started and not w.engine.draining:
+            if started and not w.draining:
                 # readiness that middlewares contribute (the first JWKS fetch): a worker
                 # that cannot verify tokens yet shows as not ready in /readyz
                 want = READY if all(check() for check in w.engine.app.ready_checks) else BOOTING
@@ -134,6 +169,8 @@ def worker_main(slot: int, cfg, sockets, region, chan: ipc.Channel, generation: 
         w.drain_hooks.append(lambda: ws.set_state(DRAINING))
         code = w.run()
         store.publish(ws)
+        if w.drain_counts is not None:
+            chan.send_blocking(ipc.Drained(slot, *w.drain_counts))
         return code
     except BaseException as e:
         if started:

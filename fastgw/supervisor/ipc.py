@@ -11,7 +11,8 @@ once and sent as the same bytes to every child, so all switch to the same snapsh
 ``Drain``, ``Stop``, ``ReopenLogs``, ``Workers`` (to the control process: what readiness
 needs to know).
 child -> supervisor: ``Ready``, ``BootFailed``, ``Applied``, ``ApplyFailed``, ``Beat``
-(the control process's heartbeat; workers beat in shared memory).
+(the control process's heartbeat; workers beat in shared memory), ``Drained`` (a
+worker's drain counts, just before it exits).
 
 ``Channel`` is non-blocking both ways and never blocks its owner: the supervisor's loop
 must not hang on a stopped child, so unsent bytes wait in an outbox flushed when the
@@ -85,6 +86,13 @@ class Workers(msgspec.Struct, tag="workers"):
     generation: int
 
 
+class Drained(msgspec.Struct, tag="drained"):
+    """A worker finished its drain: connections closed cleanly and aborted at the timeout."""
+    slot: int
+    drained: int
+    aborted: int
+
+
 class Beat(msgspec.Struct, tag="beat"):
     """The control process is alive (once per tick)."""
 
@@ -102,7 +110,7 @@ class ReloadResult(msgspec.Struct, tag="reload_result"):
 
 
 Message = Union[Ready, BootFailed, Reload, Applied, ApplyFailed, Drain, Stop, ReopenLogs, Workers, Beat,
-                ReloadRequest, ReloadResult]
+                ReloadRequest, ReloadResult, Drained]
 
 
 def _enc_hook(obj):

@@ -11,8 +11,10 @@ changes one of them is refused as a whole (the old config keeps running, the err
 logged, ``fastgw_config_reloads_total{result="failed"}`` counts it) rather than half
 applied: a restart is the only honest way to apply them.
 
-``check_tls`` loads the listener certificate the way the workers will, so a renewed
-certificate that does not match its key is refused here instead of in every worker.
+``check_tls`` loads the listener certificate and each service's client TLS files (CA
+file, client certificate) the way the workers will, so a renewed certificate that does
+not match its key, or a CA file that does not exist, is refused here instead of in every
+worker.
 """
 
 from __future__ import annotations
@@ -59,20 +61,21 @@ def restart_only_changes(old, new) -> list[str]:
 
 
 def check_tls(cfg) -> list[str]:
-    """Errors loading ``gateway.tls`` (empty when TLS is off or loads)."""
+    """Errors loading ``gateway.tls`` or a service's client TLS files (empty when all load)."""
+    out = check_upstream_tls(cfg)
     tls = cfg.gateway.tls
     if tls is None:
-        return []
+        return out
     import ssl
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
     except ssl.SSLError as e:             # before OSError: SSLError is one
-        return [f"gateway.tls: cannot load the certificate and key: {e.reason or e}"]
+        return out + [f"gateway.tls: cannot load the certificate and key: {e.reason or e}"]
     except OSError as e:
-        return [f"gateway.tls: cannot load {e.filename or tls.cert_file}: {e.strerror or e}"]
-    return []
+        return out + [f"gateway.tls: cannot load {e.filename or tls.cert_file}: {e.strerror or e}"]
+    return out
 
 
 # ---------------------------------------------------------------------- one reload attempt
@@ -210,3 +213,25 @@ def attempt(arb, source: str, client: str = "") -> dict:
     res = out.result(arb.generation, changed)
     arb.audit.write("reload", **who, **res)
     return res
+
+
+def check_upstream_tls(cfg) -> list[str]:
+    """Errors building the client TLS context of each ``https://`` service (CA file,
+    client certificate), so a reload naming a missing or bad file is refused here rather
+    than failing in every worker."""
+    import ssl
+
+    from fastgw.upstream.peer import tls_context
+
+    out = []
+    for name, svc in cfg.services.items():
+        urls = [svc.url] if svc.url else [i.url for i in svc.instances]
+        if not any(u.lower().startswith("https://") for u in urls):
+            continue
+        try:
+            tls_context(svc.tls)
+        except ssl.SSLError as e:
+            out.append(f"services.{name}.tls: cannot load the CA file or client certificate: {e.reason or e}")
+        except OSError as e:
+            out.append(f"services.{name}.tls: cannot load {e.filename or svc.tls.ca_file}: {e.strerror or e}")
+    return out

@@ -1,4 +1,8 @@
-"""Keep-alive connection pools, one per upstream instance (L3).
+"""Keep-alive connection pools, one per pool identity (L3).
+
+A pool belongs to a ``Peer`` (``upstream.peer``): scheme, host, port and TLS settings.
+Per-service addressing (base path, Host header) lives on ``Instance`` and never here, so
+services that reach one host:port share a pool and keep their own paths.
 
 Rules (STYLE.md item 9, aiohttp's connector and Pingora's pooling notes):
 1. Fast path first: an idle connection is taken before any machinery is set up; idle
@@ -7,7 +11,8 @@ Rules (STYLE.md item 9, aiohttp's connector and Pingora's pooling notes):
    (``max_connections``) applies to that count, so a burst of connects cannot overshoot.
 3. Past the cap, requests wait in a bounded FIFO (``max_waiters``, ``wait_timeout``);
    a released connection is handed straight to the oldest waiter.  A full queue or a
-   wait past its deadline is ``pool_exhausted`` (503).
+   wait past its deadline is ``pool_exhausted`` (503) whose detail names the limit that
+   was hit, counted by ``exhausted(label, reason)`` (a metric of its own).
 4. An idle connection that becomes readable or closes is dropped (the protocol does it
    and calls ``forget``).
 """
@@ -21,34 +26,17 @@ from collections import deque
 
 from fastgw.errors import GatewayError
 from fastgw.upstream.client import UpstreamProtocol
-
-
-class Peer:
-    """One upstream instance: where to connect and how to address it."""
-
-    __slots__ = ("host", "port", "tls", "server_name", "host_header", "base_path", "key", "label")
-
-    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
-                 server_name: str | None = None, base_path: str = "") -> None:
-        self.host = host
-        self.port = port
-        self.tls = tls
-        self.server_name = server_name or host
-        default_port = 443 if tls is not None else 80
-        hh = host if ":" not in host else f"[{host}]"
-        self.host_header = (hh if port == default_port else f"{hh}:{port}").encode("ascii")
-        self.base_path = base_path.rstrip("/").encode("ascii")
-        self.key = (host, port, tls is not None, self.server_name)
-        self.label = f"{hh}:{port}"
+from fastgw.upstream.peer import Peer  # noqa: F401  (the pool's identity; re-exported)
 
 
 class Pool:
     __slots__ = ("peer", "loop", "idle", "open", "waiters", "max_idle", "max_connections",
                  "max_waiters", "wait_timeout", "idle_timeout", "connect_timeout", "stats", "closed", "reused",
-                 "tmin")
+                 "tmin", "exhausted")
 
     def __init__(self, peer: Peer, loop, *, max_idle: int, max_connections: int, max_waiters: int,
-                 wait_timeout: float, idle_timeout: float, connect_timeout: float, stats=None) -> None:
+                 wait_timeout: float, idle_timeout: float, connect_timeout: float, stats=None,
+                 exhausted=None) -> None:
         self.peer = peer
         self.loop = loop
         self.idle: list[UpstreamProtocol] = []
@@ -64,6 +52,7 @@ class Pool:
         self.closed = False
         self.reused = 0     # reuses not yet published (hot path: an int, not a call)
         self.tmin = idle_timeout  # shortest timeout set on its connections (App lowers it per route)
+        self.exhausted = exhausted  # callable(label, reason) or None: a 503 from this pool
 
     # ------------------------------------------------------------------ acquire
     def acquire_idle(self) -> UpstreamProtocol | None:
@@ -90,7 +79,10 @@ class Pool:
         if len(self.open) < self.max_connections:
             return self._connect(callback)
         if len(self.waiters) >= self.max_waiters:
-            callback(None, GatewayError("pool_exhausted", f"connection pool to {self.peer.label} is exhausted"))
+            callback(None, self._exhausted("queue_full", (
+                f"connection pool to {self.peer.label} is full: all pool.max_connections "
+                f"({self.max_connections}) connections are busy and pool.max_waiters ({self.max_waiters}) "
+                f"requests are already waiting")))
             return None
         entry = [callback, None]
         entry[1] = self.loop.call_later(self.wait_timeout, self._wait_expired, entry)
@@ -109,7 +101,14 @@ class Pool:
             self.waiters.remove(entry)
         except ValueError:
             return
-        entry[0](None, GatewayError("pool_exhausted", f"no connection to {self.peer.label} became free in time"))
+        entry[0](None, self._exhausted("wait_timeout", (
+            f"no connection to {self.peer.label} became free within pool.wait_timeout ({self.wait_timeout:g}s); "
+            f"all pool.max_connections ({self.max_connections}) connections are busy")))
+
+    def _exhausted(self, reason: str, detail: str) -> GatewayError:
+        if self.exhausted is not None:
+            self.exhausted(self.peer.label, reason)
+        return GatewayError("pool_exhausted", detail)
 
     def _cancel_wait(self, entry) -> None:
         try:
