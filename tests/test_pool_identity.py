@@ -79,6 +79,7 @@ services:
         methods: ["GET"]
 monitoring:
   metrics_port: 0
+  admin: {port: 0}
   logging: {level: info, access_log: {enabled: false}}
 """
 
@@ -147,6 +148,7 @@ services:
         methods: ["GET"]
 monitoring:
   metrics_port: 0
+  admin: {port: 0}
   logging: {level: info, access_log: {enabled: false}}
 """
 

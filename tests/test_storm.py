@@ -31,6 +31,7 @@ services:
     routes: [{path: "/*", methods: ["GET"]}]
 monitoring:
   metrics_port: 0
+  admin: {port: 0}
   logging: {level: info, access_log: {enabled: false}}
 """
 
@@ -76,6 +77,7 @@ services:
     routes: [{path: "/*", methods: ["GET"]}]
 monitoring:
   metrics_port: 0
+  admin: {port: 0}
   logging: {level: info, access_log: {enabled: false}}
 """
 
