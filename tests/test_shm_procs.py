@@ -1,9 +1,12 @@
 """The region across real forked processes: the shared rate limit stays within its
-documented bound from both sides, survives kill -9 (inside the critical section too),
-and every other part is visible across fork.  Every child is bounded and reaped."""
+documented bound from both sides, survives kill -9 (inside the critical section too, with
+either kind of stripe lock), and every other part is visible across fork.  Every child is
+bounded and reaped."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -14,7 +17,6 @@ import traceback
 
 import pytest
 
-import fastgw.shm.ratelimit as rl
 from fastgw.shm import Region
 from fastgw.shm.health import HEALTHY, UNHEALTHY
 from fastgw.shm.workers import READY
@@ -143,35 +145,78 @@ def test_four_processes_share_one_limit_within_the_bound(region, children):
     assert low <= len(stamps) <= high
 
 
-def _hold_bucket_forever(region: Region, key: bytes, w: int) -> None:
-    """Enter check() and stop inside its critical section, right after the lock."""
-    real = rl.lockf
+def held_elsewhere(table, stripe: int) -> bool:
+    """Whether another process holds the table's stripe lock ``stripe`` (a non-waiting try
+    from this process, released at once)."""
+    h = table._mutex[stripe]
+    if table.lock_kind == "fcntl":
+        try:
+            fcntl.lockf(h_fd(table), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, h)
+        except OSError:
+            return True
+        fcntl.lockf(h_fd(table), fcntl.LOCK_UN, 1, h)
+        return False
+    rc = ctypes.PyDLL(None).pthread_mutex_trylock(h)
+    if rc == 0:
+        table._unlock(h)
+    return rc == errno.EBUSY
 
-    def lockf(fd, op, n, off):
-        real(fd, op, n, off)
-        if op == fcntl.LOCK_EX:
-            os.write(w, b"L")
-            time.sleep(60)
 
-    rl.lockf = lockf
-    region.ratelimit.check(key, RATE, BURST, time.monotonic_ns())
+def h_fd(table) -> int:
+    return table._lock.args[0]         # the fallback's partial(lockf, fd, ...)
 
 
-def test_kill_9_inside_the_critical_section_releases_the_bucket(region, children):
+@pytest.fixture(params=["robust-mutex", "fcntl"])
+def any_lock_region(request, monkeypatch):
+    """A region with each kind of stripe lock (``fastgw.shm.locks``)."""
+    if request.param == "fcntl":
+        monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl")
+    r = Region.create(4, metrics_series=256, table_slots=4096, health_slots=16)
+    assert r.ratelimit.lock_kind == request.param
+    yield r
+    r.close()
+
+
+def _hold_stripe_forever(region: Region, key: bytes, w: int) -> None:
+    """Enter check() and stop inside its critical section, right after the lock (the
+    test hook: the table's lock function, wrapped in this child only)."""
+    t = region.ratelimit
+    real = t._lock
+
+    def lock(h):
+        rc = real(h)
+        os.write(w, b"L")
+        time.sleep(60)
+        return rc
+
+    t._lock = lock
+    t.check(key, RATE, BURST, time.monotonic_ns())
+
+
+def test_kill_9_inside_the_critical_section_releases_the_stripe(any_lock_region, children):
+    region = any_lock_region
+    t = region.ratelimit
     key = b"ip:10.0.0.1"
-    lk = region.ratelimit._ident(key)[3]
+    stripe = t.slot(key).stripe
+    assert t.check(key, RATE, BURST, time.monotonic_ns())[:2] == (True, BURST - 1)
     r, w = os.pipe()
-    pid = children.fork(_hold_bucket_forever, region, key, w)
+    pid = children.fork(_hold_stripe_forever, region, key, w)
     os.close(w)
     assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
     os.close(r)
-    with pytest.raises(OSError):                   # the bucket is held by the child
-        fcntl.lockf(region.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, lk)
+    assert held_elsewhere(t, stripe)              # the child holds it
     status = children.kill(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     t0 = time.monotonic()
-    assert region.ratelimit.check(key, RATE, BURST, time.monotonic_ns())[0]
+    ok, remaining, _, _ = t.check(key, RATE, BURST, time.monotonic_ns())
     assert time.monotonic() - t0 < 0.5
+    # the table is intact: the key kept its state (one request before, this one now;
+    # the killed child had written nothing), and the lock works for everyone again
+    assert ok and BURST - 2 <= remaining <= BURST - 1
+    assert t.recovered == (1 if t.lock_kind == "robust-mutex" else 0)
+    assert not held_elsewhere(t, stripe)
+    pid = children.fork(lambda: t.check(key, RATE, BURST, time.monotonic_ns())[0])
+    assert children.result(pid) is True
 
 
 def test_kill_9_mid_run_the_others_carry_on_within_the_bound(region, children):

@@ -6,8 +6,8 @@ reopened after fork.  A single process (tests, ``fastgw`` without a supervisor) 
 same object.  ``Region.attach(fd)`` maps an existing region from its fd (e.g. one passed
 to an exec'd helper) and refuses a different layout version.
 
-The backing file is a memfd (Linux; an unlinked temporary file elsewhere), so that the
-rate-limit table can take ``fcntl`` byte-range locks on it; its size is sealed, so no
+The backing file is a memfd (Linux; an unlinked temporary file elsewhere, where the
+rate-limit table falls back to ``fcntl`` byte-range locks on it); its size is sealed, so no
 process can shrink it under the others' feet.  Nothing in the region is ever resized:
 memory is fixed at creation.
 
@@ -19,7 +19,7 @@ part           written by                            read by
 header         supervisor, once, before fork         everyone (``attach``)
 workers        worker i: slot i; supervisor: retire  supervisor, control
 metrics        area i: its owner; supervisor: fold   control (``snapshot`` at scrape time)
-ratelimit      any worker, under the bucket's lock   workers
+ratelimit      any worker, under the stripe's lock   workers
 health         control process                       workers
 broadcast      supervisor (config), control (purge)  workers, on their tick
 =============  ====================================  ===========================================
@@ -128,7 +128,9 @@ class Region:
             raise
         header = Header(total, os.getpid(), time.time_ns(), params, offsets, os.urandom(16))
         header.write(mm)
-        return cls(fd, mm, header, digest)
+        region = cls(fd, mm, header, digest)
+        region.ratelimit.init_locks()
+        return region
 
     @classmethod
     def attach(cls, fd: int) -> Region:
