@@ -156,7 +156,9 @@ def held_elsewhere(table, stripe: int) -> bool:
             return True
         fcntl.lockf(h_fd(table), fcntl.LOCK_UN, 1, h)
         return False
-    rc = ctypes.PyDLL(None).pthread_mutex_trylock(h)
+    trylock = ctypes.PyDLL(None).pthread_mutex_trylock
+    trylock.argtypes = (ctypes.c_void_p,)             # h is the mutex's address
+    rc = trylock(h)
     if rc == 0:
         table._unlock(h)
     return rc == errno.EBUSY

@@ -133,6 +133,7 @@ def test_lock_pair_robust_mutex_ctypes(benchmark, region, gil):
         pytest.skip("no robust mutexes here")
     lib = ctypes.PyDLL(None) if gil == "held" else ctypes.CDLL(None)
     lock, unlock = lib.pthread_mutex_lock, lib.pthread_mutex_unlock
+    lock.argtypes = unlock.argtypes = (ctypes.c_void_p,)     # as fastgw.shm.locks calls them
     h = region.ratelimit._mutex[0]
 
     def pair():

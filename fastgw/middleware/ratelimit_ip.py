@@ -46,22 +46,15 @@ class IpLimits(Middleware):
         release(self)
 
 
-class IpLimitsAsync(Middleware):
-    """A route without auth whose set has a Redis limit."""
-
-    name = "ratelimit_ip"
+class IpLimitsAsync(IpLimits):
+    """A route without auth whose set has a Redis limit (an ``async`` hook)."""
 
     def __init__(self, rp, deps=None) -> None:
         super().__init__(rp, deps)
-        hold(self, rp)
-        self.ls = rp.anon
         self.check_async = rp.plan.enforcer.check_async
 
     async def request_filter(self, ctx):
         return await self.check_async(ctx, self.ls)
-
-    def close(self) -> None:
-        release(self)
 
 
 class AuthFailureGuard(Middleware):

@@ -40,6 +40,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from fastgw.config.ratelimit_section import TABLE_SLOTS
 from fastgw.obs.metrics import series_key
 from fastgw.ratelimit import headers as H
 from fastgw.ratelimit.redis_backend import BackendDown, RedisBackend
@@ -172,7 +173,7 @@ class Limiter:
         return sum(samples) * nb // (len(samples) * SAMPLE_BUCKETS)
 
 
-def limiter(deps, table_slots: int = 65536) -> Limiter:
+def limiter(deps, table_slots: int = TABLE_SLOTS) -> Limiter:
     """The worker's limiter (created on first use, then shared by every config)."""
     st = deps.state
     lim = st.get(STATE_KEY)

@@ -330,53 +330,50 @@ class RateTable:
                 rc = lock(h)
                 if rc:
                     self._locks.repair(h, rc)
-            return self._apply(slots, specs, now_ns, cost, n)
+            # One pass: each write is seen by a later limit on the same key; a refusal
+            # puts back what was written; a key that is new and appears twice goes to
+            # _staged.
+            q = self._q
+            find = self._mm.find
+            tats: list[int] = []
+            wrote: list[tuple[int, int]] = []           # (cell, old TAT), to undo a refusal
+            fresh: list[tuple[int, bytes, int]] = []    # (bucket, tag, new TAT) of new keys
+            ok = True
+            for (boff, end, base, _, tag), (T, tau) in zip(slots, specs):
+                pos = find(tag, boff, end)
+                if pos >= 0 and not pos & 15:
+                    ti = base + (pos >> 4)
+                    tat = q[ti]
+                else:                       # absent, or a match straddling two tags
+                    ti = self._find(boff, end, base, tag) if pos >= 0 else -1
+                    tat = q[ti] if ti >= 0 else 0
+                tats.append(tat)
+                new = admit(tat, T, tau, now_ns, cost)
+                if not new:
+                    ok = False
+                elif ti >= 0:
+                    q[ti] = new
+                    if n > 1:
+                        wrote.append((ti, tat))
+                else:
+                    fresh.append((boff, tag, new))
+            if not ok:
+                for ti, tat in reversed(wrote):
+                    q[ti] = tat
+            elif fresh:
+                if len(fresh) > 1 and len({t for _, t, _ in fresh}) < len(fresh):
+                    # a new key twice: undo, then decide it in order (each sees the previous)
+                    for ti, tat in reversed(wrote):
+                        q[ti] = tat
+                    return self._staged(slots, specs, now_ns, cost, False)
+                written = [ti for ti, _ in wrote]
+                for boff, tag, new in fresh:
+                    written.append(self._insert(boff, tag, now_ns, new, written))
+            return ok, tats
         finally:
             unlock = self._unlock
             for h in held:
                 unlock(h)
-
-    def _apply(self, slots: list[Slot], specs: Sequence[Spec], now_ns: int, cost: int,
-               n: int) -> tuple[bool, list[int]]:
-        """``take_all``'s pass (caller holds the locks).  Each write is seen by a later
-        limit on the same key; a key that is new and appears twice goes to ``_staged``."""
-        q = self._q
-        find = self._mm.find
-        tats: list[int] = []
-        wrote: list[tuple[int, int]] = []           # (cell, old TAT), to undo a refusal
-        fresh: list[tuple[int, bytes, int]] = []    # (bucket, tag, new TAT) of new keys
-        ok = True
-        for (boff, end, base, _, tag), (T, tau) in zip(slots, specs):
-            pos = find(tag, boff, end)
-            if pos >= 0 and not pos & 15:
-                ti = base + (pos >> 4)
-                tat = q[ti]
-            else:                       # absent, or a match straddling two tags
-                ti = self._find(boff, end, base, tag) if pos >= 0 else -1
-                tat = q[ti] if ti >= 0 else 0
-            tats.append(tat)
-            new = admit(tat, T, tau, now_ns, cost)
-            if not new:
-                ok = False
-            elif ti >= 0:
-                q[ti] = new
-                if n > 1:
-                    wrote.append((ti, tat))
-            else:
-                fresh.append((boff, tag, new))
-        if not ok:
-            for ti, tat in reversed(wrote):
-                q[ti] = tat
-        elif fresh:
-            if len(fresh) > 1 and len({t for _, t, _ in fresh}) < len(fresh):
-                # a new key twice: undo, then decide it in order (each sees the previous)
-                for ti, tat in reversed(wrote):
-                    q[ti] = tat
-                return self._staged(slots, specs, now_ns, cost, False)
-            written = [ti for ti, _ in wrote]
-            for boff, tag, new in fresh:
-                written.append(self._insert(boff, tag, now_ns, new, written))
-        return ok, tats
 
     def _staged(self, slots: list[Slot], specs: Sequence[Spec], now_ns: int, cost: int,
                 dry: bool) -> tuple[bool, list[int]]:

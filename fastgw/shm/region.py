@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from fastgw.config.ratelimit_section import TABLE_SLOTS
 from fastgw.shm import broadcast, health, metrics, ratelimit, workers
 from fastgw.shm.layout import HEADER_SIZE, PARTS, Header, align
 
@@ -86,7 +87,7 @@ class Region:
         self.broadcast = broadcast.Broadcast(q, o["broadcast"])
 
     @classmethod
-    def create(cls, max_workers: int, metrics_series: int = 4096, table_slots: int = 65536,
+    def create(cls, max_workers: int, metrics_series: int = 4096, table_slots: int = TABLE_SLOTS,
                health_slots: int = 1024, *, name: str = "fastgw",
                digest: Callable[[bytes], bytes] | None = None) -> Region:
         """Supervisor, before fork: build a zeroed region.
