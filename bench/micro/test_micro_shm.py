@@ -11,8 +11,9 @@ What is measured and why:
   placement, evicting), three limits at once, and a hot key that three other processes
   hammer at the same time (contended bucket lock).
 - The choice of lock (fastgw/shm/ratelimit.py header): the same check with the lock
-  replaced by a no-op, a bare fcntl lock/unlock pair, and, for comparison only, a robust
-  process-shared pthread mutex through ctypes (not used by fastgw).
+  replaced by a no-op and with the fcntl fallback (``FASTGW_SHM_LOCKS=fcntl``), a bare
+  lock/unlock pair of the table's robust mutex (GIL held, as the table calls it; and
+  released, for comparison), a bare fcntl pair.
 - The key digest (keyed BLAKE2b) against the per-process memo hit.
 - Metrics: a counter increment, a histogram observation, a scrape of 4 workers x 1000
   series, a fold of a dead worker.
@@ -22,14 +23,12 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import mmap
 import os
 import signal
 import time
 
 import pytest
 
-import fastgw.shm.ratelimit as rl
 from fastgw.shm import Region
 
 T0 = 10**12
@@ -81,7 +80,8 @@ def test_check_all_three_limits(benchmark, region, clock):
 
 def test_check_without_lock(benchmark, region, clock, monkeypatch):
     """Not a real mode: the lock's share of a check is the difference with test_check_hot_key."""
-    monkeypatch.setattr(rl, "lockf", lambda *a: None)
+    monkeypatch.setattr(region.ratelimit, "_lock", lambda h: 0)
+    monkeypatch.setattr(region.ratelimit, "_unlock", lambda h: 0)
     check = region.ratelimit.check
     benchmark(lambda: check(b"ip:203.0.113.11", 1e6, 1000, clock()))
 
@@ -127,44 +127,38 @@ def test_lock_pair_fcntl(benchmark, region):
     benchmark(pair)
 
 
-@pytest.fixture(scope="module")
-def robust_mutex():
-    """A robust, process-shared pthread mutex in a memfd, for comparison only."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.memfd_create("bench")
-    os.ftruncate(fd, 4096)
-    mm = mmap.mmap(fd, 4096)
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-    attr = ctypes.create_string_buffer(64)
-    if (libc.pthread_mutexattr_init(attr) or libc.pthread_mutexattr_setpshared(attr, 1)
-            or libc.pthread_mutexattr_setrobust(attr, 1) or libc.pthread_mutex_init(ctypes.c_void_p(addr), attr)):
-        pytest.skip("no robust pshared mutexes in this libc")
-    yield addr
-    os.close(fd)
-
-
 @pytest.mark.parametrize("gil", ["held", "released"])
-def test_lock_pair_robust_mutex_ctypes(benchmark, robust_mutex, gil):
+def test_lock_pair_robust_mutex_ctypes(benchmark, region, gil):
+    if region.ratelimit.lock_kind != "robust-mutex":
+        pytest.skip("no robust mutexes here")
     lib = ctypes.PyDLL(None) if gil == "held" else ctypes.CDLL(None)
     lock, unlock = lib.pthread_mutex_lock, lib.pthread_mutex_unlock
-    lock.argtypes = unlock.argtypes = [ctypes.c_void_p]
-    addr = robust_mutex
+    lock.argtypes = unlock.argtypes = (ctypes.c_void_p,)     # as fastgw.shm.locks calls them
+    h = region.ratelimit._mutex[0]
 
     def pair():
-        lock(addr)
-        unlock(addr)
+        lock(h)
+        unlock(h)
 
     benchmark(pair)
 
 
+def test_check_hot_key_fcntl_fallback(benchmark, clock, monkeypatch):
+    """The same check as test_check_hot_key with the previous lock (two syscalls)."""
+    monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl")
+    with Region.create(1, metrics_series=64, table_slots=65536, health_slots=8) as r:
+        check = r.ratelimit.check
+        benchmark(lambda: check(b"ip:203.0.113.7", 1e6, 1000, clock()))
+
+
 def test_digest_keyed_blake2b(benchmark, region):
-    ident, keys = region.ratelimit._ident, itertools.cycle([b"ip:%d" % i for i in range(100_000)])
+    ident, keys = region.ratelimit._compute_slot, itertools.cycle([b"ip:%d" % i for i in range(100_000)])
     benchmark(lambda: ident(next(keys)))
 
 
 def test_digest_memo_hit(benchmark, region):
-    memo = region.ratelimit._memo
-    region.ratelimit._ident(b"ip:memo")
+    memo = region.ratelimit._slots
+    region.ratelimit.slot(b"ip:memo")
     benchmark(lambda: memo.get(b"ip:" + b"memo"))
 
 

@@ -27,6 +27,7 @@ from fastgw.config.base import Base, Check, Duration, PositiveDuration, Secret
 from fastgw.config.ratelimit import RateLimitRule
 
 BUILTIN_TIERS = ("default", "authenticated")
+TABLE_SLOTS = 65536         # rate_limit.table_slots by default (also without a rate_limit section)
 TIER_FIELDS = ("requests_per_second", "burst")
 
 
@@ -48,7 +49,7 @@ class RateLimitSection(Base):
     dry_run: bool = False
     headers: RateLimitHeadersConfig = msgspec.field(default_factory=RateLimitHeadersConfig)
     redis: RedisConfig | None = None
-    table_slots: Annotated[int, Check(v.power_of_two, le=1 << 24)] = 65536
+    table_slots: Annotated[int, Check(v.power_of_two, le=1 << 24)] = TABLE_SLOTS
     backend: Literal["memory", "redis"] = "memory"  # where the tiers' state lives
     ipv6_prefix: Annotated[int, msgspec.Meta(ge=32, le=128)] = 64  # an 'ip' key groups IPv6 clients by this prefix
 
@@ -62,5 +63,3 @@ class RateLimitSection(Base):
                     yield f"{tier}.{f.encode_name}", (
                         "not allowed in a tier: a tier sets only requests_per_second and burst"
                     )
-        if self.backend == "redis" and (self.redis is None or not self.redis.url):
-            yield "backend", "'redis' needs rate_limit.redis.url"

@@ -140,12 +140,15 @@ def _check_route_auth(path: Path, route: RouteConfig, auth: Any, error: Report) 
 
 
 def _check_redis_rules(rl: Any, services: list, routes: list, error: Report) -> None:
-    """A rule with ``backend: redis`` needs ``rate_limit.redis.url``."""
+    """``backend: redis`` (the tiers' or a rule's) needs ``rate_limit.redis.url`` (the one
+    place this is checked)."""
     if rl is BROKEN:
         return
     redis = getattr(rl, "redis", None) if rl is not None else None
     if redis is not None and getattr(redis, "url", None):
         return
+    if rl is not None and getattr(rl, "backend", "memory") == "redis":
+        error(("rate_limit", "backend"), "'redis' needs rate_limit.redis.url")
     for path, obj in list(services) + list(routes):
         rule = getattr(obj, "rate_limit", None)
         if rule is not None and getattr(rule, "backend", "memory") == "redis":

@@ -22,7 +22,7 @@ legacy fields if enabled), or a 503 when a Redis limit fails closed.
 from __future__ import annotations
 
 from fastgw.pipeline.middleware import Middleware
-from fastgw.ratelimit.limiter import ALLOWED, LIMITED, decide
+from fastgw.ratelimit.limiter import ALLOWED, LIMITED, admit, decide
 from fastgw.ratelimit.plan import hold, release, route_plan
 
 _PENDING = "ratelimit_ip"       # ctx.notes key: the guard let a token through unverified
@@ -46,22 +46,15 @@ class IpLimits(Middleware):
         release(self)
 
 
-class IpLimitsAsync(Middleware):
-    """A route without auth whose set has a Redis limit."""
-
-    name = "ratelimit_ip"
+class IpLimitsAsync(IpLimits):
+    """A route without auth whose set has a Redis limit (an ``async`` hook)."""
 
     def __init__(self, rp, deps=None) -> None:
         super().__init__(rp, deps)
-        hold(self, rp)
-        self.ls = rp.anon
         self.check_async = rp.plan.enforcer.check_async
 
     async def request_filter(self, ctx):
         return await self.check_async(ctx, self.ls)
-
-    def close(self) -> None:
-        release(self)
 
 
 class AuthFailureGuard(Middleware):
@@ -86,7 +79,7 @@ class AuthFailureGuard(Middleware):
         tat = self.peek(lm.key(ctx))
         now = self.lim.clock()
         T, tau = lm.spec
-        if (tat if tat > now else now) + T - now <= tau:     # decide()'s test, cost 1
+        if admit(tat, T, tau, now):
             ctx.notes[_PENDING] = True
             return None
         return self.enf.refused(ctx, self.ls, (decide(tat, T, tau, now),))
@@ -96,8 +89,8 @@ class AuthFailureGuard(Middleware):
         if ctx.user is None and (head.status == 401 or head.status == 400) and ctx.notes.get(_PENDING):
             ctx.notes[_PENDING] = False
             lm = self.limit
-            d = self.table.check(lm.key(ctx), lm.rate, lm.burst, self.lim.clock())
-            self.enf.add(lm.cell(ALLOWED if d[0] else LIMITED))
+            ok, _ = self.table.take_all((lm.key(ctx),), (lm.spec,), self.lim.clock())
+            self.enf.add(lm.cell(ALLOWED if ok else LIMITED))
 
     def close(self) -> None:
         release(self)

@@ -40,10 +40,11 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from fastgw.config.ratelimit_section import TABLE_SLOTS
 from fastgw.obs.metrics import series_key
 from fastgw.ratelimit import headers as H
 from fastgw.ratelimit.redis_backend import BackendDown, RedisBackend
-from fastgw.shm.ratelimit import decide, decisions, spec  # noqa: F401 (decide: for the middlewares)
+from fastgw.shm.ratelimit import admit, decide, decisions, spec  # noqa: F401 (admit, decide: for the middlewares)
 
 M_DECISIONS = "fastgw_ratelimit_decisions_total"
 M_SLOTS = "fastgw_ratelimit_table_slots"
@@ -157,11 +158,10 @@ class Limiter:
         each call reads every k-th bucket from a rotating offset (``SAMPLE_BUCKETS``
         buckets, about 0.7 ms) and the estimate is scaled from the last ``SAMPLE_WINDOW``
         samples (a full, at most 8-calls-old pass when k <= 8; the first call fills the
-        window).  Buckets are chosen by a keyed hash, so any subset is a fair sample.
-        Reads the table's cells directly (layout: fastgw/shm/ratelimit.py header)."""
+        window).  Buckets are chosen by a keyed hash, so any subset is a fair sample."""
         t = self.table
         now = self.clock() if now is None else now
-        nb = t.slots // 8
+        nb = t.buckets
         if nb <= SAMPLE_BUCKETS:
             return t.occupancy(now)
         k = nb // SAMPLE_BUCKETS
@@ -170,21 +170,12 @@ class Limiter:
         if samples.maxlen != window:
             samples = self._samples = deque(maxlen=window)
         for _ in range(window if not samples else 1):
-            samples.append(self._sample(now, self._sample_at % k, k))
+            samples.append(t.live(now, self._sample_at % k, k, SAMPLE_BUCKETS))
             self._sample_at += 1
         return sum(samples) * nb // (len(samples) * SAMPLE_BUCKETS)
 
-    def _sample(self, now: int, offset: int, k: int) -> int:
-        """Live slots in buckets offset, offset + k, offset + 2k, ... (SAMPLE_BUCKETS of them)."""
-        t = self.table
-        step = 24 * k                       # 24 cells of 8 bytes per bucket (192 bytes)
-        first = ((t._off + 128) >> 3) + 24 * offset     # the bucket's 8 TATs follow its 128 tag bytes
-        end = first + step * SAMPLE_BUCKETS
-        q = t._q
-        return sum(c > now for j in range(8) for c in q[first + j:end:step].tolist())
 
-
-def limiter(deps, table_slots: int = 65536) -> Limiter:
+def limiter(deps, table_slots: int = TABLE_SLOTS) -> Limiter:
     """The worker's limiter (created on first use, then shared by every config)."""
     st = deps.state
     lim = st.get(STATE_KEY)
@@ -231,7 +222,8 @@ ALLOWED, LIMITED, DRY_LIMITED, BACKEND_ERROR = range(4)
 class LimitSet:
     """The limits one kind of request must all pass, with what is precomputed for them."""
 
-    __slots__ = ("limits", "keys", "specs", "allowed_cells", "mem", "red", "policy", "red_specs", "mem_only")
+    __slots__ = ("limits", "keys", "specs", "allowed_cells", "mem", "red", "policy", "red_specs", "mem_specs",
+                 "mem_only")
 
     def __init__(self, limits) -> None:
         self.limits = tuple(limits)
@@ -242,6 +234,7 @@ class LimitSet:
         self.red = tuple(i for i, lim in enumerate(self.limits) if lim.redis)
         self.policy = b", ".join(lim.policy_item for lim in self.limits)
         self.red_specs = [(self.limits[i].rate, self.limits[i].burst) for i in self.red]
+        self.mem_specs = tuple(self.specs[i] for i in self.mem)
         # what is reported when Redis cannot answer and fails open
         self.mem_only = LimitSet([self.limits[i] for i in self.mem]) if self.red and self.mem else None
 
@@ -330,11 +323,10 @@ class Enforcer:
         limits = ls.limits
         keys = [lm.key(ctx) for lm in limits]
         mem = ls.mem
-        mem_req = [(keys[i], limits[i].rate, limits[i].burst) for i in mem]
+        mem_req = [keys[i] for i in mem]
         ds: list = [None] * len(limits)
-        table = self.table
         if mem_req:                                 # peek: a refusal here costs no round trip
-            ok, mds = table.check_all(mem_req, self.lim.clock(), dry=True)
+            ok, mds = self._memory(ls, mem_req, dry=True)
             if not ok:
                 for i, d in zip(mem, mds):
                     ds[i] = d
@@ -358,7 +350,7 @@ class Enforcer:
             ds[i] = d
         if not rok:
             if mem_req:
-                _, mds = table.check_all(mem_req, self.lim.clock(), dry=True)
+                _, mds = self._memory(ls, mem_req, dry=True)
                 for i, d in zip(mem, mds):
                     ds[i] = d
             return self.refused(ctx, ls, ds)
@@ -366,8 +358,14 @@ class Enforcer:
             return self.allowed(ctx, ls, ds)
         return self._charge_memory(ctx, ls, mem_req, ds, skip_red=False)
 
+    def _memory(self, ls: LimitSet, keys: list[bytes], dry: bool) -> tuple[bool, list]:
+        """The memory limits of a mixed set: ``(allowed, decisions)``."""
+        now = self.lim.clock()
+        ok, tats = self.table.take_all(keys, ls.mem_specs, now, dry=dry)
+        return ok, decisions(tats, ls.mem_specs, now)
+
     def _charge_memory(self, ctx, ls: LimitSet, mem_req, ds, skip_red: bool):
-        ok, mds = self.table.check_all(mem_req, self.lim.clock())
+        ok, mds = self._memory(ls, mem_req, dry=False)
         for i, d in zip(ls.mem, mds):
             ds[i] = d
         if skip_red:                # Redis could not answer: report and count memory only

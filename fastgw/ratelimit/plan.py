@@ -27,6 +27,7 @@ shared by the two middlewares of every route, ``ratelimit_ip`` (before auth) and
 from __future__ import annotations
 
 from fastgw.config.ratelimit import key_parts
+from fastgw.config.ratelimit_section import TABLE_SLOTS
 from fastgw.ratelimit.headers import Fields
 from fastgw.ratelimit.keys import IpParts, key_fn
 from fastgw.ratelimit.limiter import Enforcer, Limit, LimitSet, limiter
@@ -92,7 +93,7 @@ class Plan:
         sect = getattr(root_cfg, "rate_limit", None)
         self.cfg = root_cfg
         self.section = sect
-        self.lim = lim = limiter(deps, sect.table_slots if sect is not None else 65536)
+        self.lim = lim = limiter(deps, sect.table_slots if sect is not None else TABLE_SLOTS)
         self.ips = IpParts(sect.ipv6_prefix if sect is not None else 64)
         rcfg = sect.redis if sect is not None else None
         self.backend = lim.backend(str(rcfg.url), float(rcfg.timeout)) if rcfg is not None and rcfg.url else None
@@ -107,11 +108,10 @@ class Plan:
             tier_redis = sect.backend == "redis"
             for name, rule in sect.tiers.items():
                 parts = ("ip",) if name == "default" else ("user",)
-                self.tiers[name] = self._limit(name, rule, b"t:" + name.encode() + b"\0", parts, tier_redis,
-                                               "rate_limit.backend")
+                self.tiers[name] = self._limit(name, rule, b"t:" + name.encode() + b"\0", parts, tier_redis)
             d = sect.tiers.get("default")
             if d is not None:
-                self.authfail = self._limit(AUTH_FAILURES, d, b"af\0", ("ip",), False, "")
+                self.authfail = self._limit(AUTH_FAILURES, d, b"af\0", ("ip",), False)
         self._services: dict[str, Limit | None] = {}
         self._routes: dict[str, RoutePlan] = {}
         self._state = deps.state
@@ -130,14 +130,13 @@ class Plan:
         if cur is None or cur.backend is not self.backend:
             self.lim.retire_backend(self.backend)
 
-    def _limit(self, name: str, rule, prefix: bytes, parts: tuple, redis: bool, where: str) -> Limit:
-        if redis and self.backend is None:
-            raise ValueError(f"{where}: 'redis' needs rate_limit.redis.url")
+    def _limit(self, name: str, rule, prefix: bytes, parts: tuple, redis: bool) -> Limit:
+        # backend 'redis' without rate_limit.redis.url never gets here: config/semantics.py
         return Limit(name, rule.requests_per_second, rule.burst, key_fn(prefix, parts, self.ips), redis, self.lim)
 
-    def _rule(self, kind: str, name: str, rule, where: str) -> Limit:
+    def _rule(self, kind: str, name: str, rule) -> Limit:
         return self._limit(f"{kind}:{name}", rule, f"{kind[0]}:{name}\0".encode(), key_parts(rule.key),
-                           rule.backend == "redis", where + ".backend")
+                           rule.backend == "redis")
 
     def route(self, service_name: str, service_cfg, route_cfg) -> RoutePlan:
         rname = getattr(route_cfg, "name", None) or ""
@@ -148,12 +147,11 @@ class Plan:
         srule = getattr(service_cfg, "rate_limit", None) if service_cfg is not None else None
         if srule is not None:
             if service_name not in self._services:
-                self._services[service_name] = self._rule("service", service_name, srule,
-                                                          f"services.{service_name}.rate_limit")
+                self._services[service_name] = self._rule("service", service_name, srule)
             rules.append(self._services[service_name])
         rrule = getattr(route_cfg, "rate_limit", None)
         if rrule is not None:
-            rules.append(self._rule("route", rname, rrule, f"route {rname}: rate_limit"))
+            rules.append(self._rule("route", rname, rrule))
         rp = self._routes[rname] = RoutePlan(self, rname, _route_has_auth(route_cfg), rules)
         return rp
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 1
+VERSION = 2                 # 2: the rate-limit part ends with its stripe locks
 ALIGN = 64
 
 PARAMS = (

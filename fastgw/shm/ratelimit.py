@@ -1,24 +1,36 @@
 """Rate-limit table: GCRA state for any number of keys in fixed shared memory (L2).
 
 Who writes what: every process that limits (the workers) reads and writes any slot, but
-only while it holds the lock of the slot's bucket; nobody else writes the table.
+only while it holds the lock of the slot's stripe; nobody else writes the table.
 
 Algorithm.  GCRA, i.e. a token bucket of ``burst`` tokens refilled at ``rate`` per second,
 kept as one number per key: the theoretical arrival time (TAT, int ns on the caller's
 clock, ``time.monotonic_ns()`` in every process).  With ``T = 1e9 / rate`` (rounded to the
 ns) and ``tau = burst * T``, a request of ``cost`` is allowed iff
 ``max(TAT, now) + cost*T - now <= tau``, and then TAT becomes that value.  A key whose TAT
-is in the past has a full bucket: the same state as a key never seen.
+is in the past has a full bucket: the same state as a key never seen.  That test is
+written once, in ``admit``; ``decide`` derives the numbers a reply reports from it, and
+every caller (the table, the middlewares, the limiter) uses those two.  The Redis
+backend runs the same test in Lua (``fastgw.ratelimit.redis_backend``).
+
+API.  A limit is a ``Spec`` (``spec(rate, burst)``, computed once per config); a key is
+bytes.  ``take_all(keys, specs, now)`` decides one request against several limits, all or
+nothing, and answers ``(allowed, tats)``; ``peek(key)`` reads a key's TAT without the lock;
+``decide(tat, T, tau, now)`` turns a TAT into ``(allowed, remaining, reset_after,
+retry_after)``.  ``check``/``check_all`` are conveniences over those for cold paths and
+tests.  Where a key lives is a ``Slot`` (named fields), memoised per process.
 
 Layout.  ``table_slots`` slots in buckets of 8 (``BUCKET``); a bucket is 8 tags of 16 bytes
-then 8 TATs of 8 bytes (192 bytes, 3 cache lines).  A key's tag is a keyed BLAKE2b-128 of
-the key bytes (the 16-byte secret is drawn when the region is created, so clients cannot
-aim keys at one bucket): the first 64 bits are the hash that picks the bucket, the last 64
-the fingerprint; a slot matches only if all 128 bits match, so two keys that share a hash
-are still told apart.  The probe window is the key's bucket (open addressing that never
+then 8 TATs of 8 bytes (192 bytes, 3 cache lines).  After the buckets come the stripe
+locks (``fastgw.shm.locks``, 64 bytes each): ``min(buckets, STRIPES)`` of them, bucket
+``b`` under lock ``b % stripes``.  A key's tag is a keyed BLAKE2b-128 of the key bytes (the
+16-byte secret is drawn when the region is created, so clients cannot aim keys at one
+bucket): the first 64 bits are the hash that picks the bucket, the last 64 the
+fingerprint; a slot matches only if all 128 bits match, so two keys that share a hash are
+still told apart.  The probe window is the key's bucket (open addressing that never
 leaves the bucket, so one lock covers every slot a check may touch); the lookup is one
 ``mmap.find`` over the bucket's 128 tag bytes.  The digest costs about 0.5 us, so each
-process keeps a bounded memo from key bytes to (bucket, tag) (cleared when it fills).
+process keeps a bounded memo from key bytes to ``Slot`` (cleared when it fills).
 
 Replacement.  A new key takes the slot of its bucket with the smallest TAT: an empty one
 (TAT 0), else a stale one (TAT in the past: reclaiming it loses nothing), else the oldest
@@ -30,32 +42,43 @@ insertions at 38%, 0.8% at 50%, 5% at 75%.  So size ``table_slots`` at 2-4x the 
 keys expected to be refilling at once.  ``inserted``, ``reclaimed`` and ``evicted`` count
 per process; the worker publishes them through its metric slot.
 
-Concurrency: per-bucket ``fcntl`` byte-range locks on the region's memfd.  Evaluated:
+Concurrency: one robust process-shared mutex per stripe (``fastgw.shm.locks``), no syscall
+when uncontended.  Candidates, measured on the project's shared 2-vCPU box (min of
+bench/micro/test_micro_shm.py; syscalls with ``strace -c -f`` on a live worker; figures
+in docs/ratelimit.md):
 
-- POSIX byte-range lock per bucket (chosen).  The kernel drops a process's locks when it
-  dies, so a ``kill -9`` inside the critical section cannot leave a bucket held; a waiter
-  sleeps in the kernel and wakes when the holder unlocks, which is what we want on a
-  busy 2-core box where the holder may be preempted.  Cost: two syscalls per check,
-  0.8-1.0 us; a whole check is about 2.0 us, 1.2 us of it Python (min of
-  bench/micro/test_micro_shm.py on a shared 2-vCPU box).  A request with several limits
-  (``take_all``) also costs two: one non-waiting lock of the byte range spanning all its
-  buckets, one unlock; only when a bucket of that span is held does it fall back to its
-  own buckets one by one (in ascending order, waiting).  Held for a few microseconds, a
-  span can make a check of an unrelated key in between wait that long; the syscall it
-  saves (one per extra limit, 1-2 us each) is worth more.
-- Robust process-shared pthread mutex through ctypes: no syscall when uncontended (a
-  lock/unlock pair from Python costs 0.5-0.55 us, same bench), the kernel hands
-  EOWNERDEAD to the next locker.  Not taken: an FFI dependency on the libc struct layout
-  per architecture, and a recovery path (``pthread_mutex_consistent``) that is one more
-  thing to get wrong, to save about 0.45 us per check.
-- Lock-free: CPython has no compare-and-swap on shared memory (libatomic's
-  ``__atomic_compare_exchange_8`` through ctypes costs about 2 us a call, as much as a
-  syscall, and an eviction racing a CAS would need a generation to stay exact).  Racy read-modify-write
-  loses updates without bound (a preempted writer stores a stale TAT); per-worker
-  single-writer columns summed at check time would be bounded (N - 1 requests) but cost
-  N reads per check and N times the memory, and slot allocation would still need a lock.
+- Robust process-shared pthread mutex per stripe through ctypes (chosen).  A lock/unlock
+  pair is two C calls and no syscall (about 0.4 us from Python, against 1.0-2.1 us for
+  the fcntl pair it replaces); a waiter sleeps in ``futex(2)``.  A holder killed inside
+  the critical section is taken over by the next locker (``EOWNERDEAD``, the kernel's
+  robust-futex list), so no kill can leave a stripe held; the table stays consistent
+  because every write under the lock is one aligned 8-byte TAT or one 16-byte tag, each
+  harmless alone (a kill between the TAT and the tag of an insert leaves the slot's
+  old key with the new key's TAT, never more budget than the eviction would have given
+  it; a TAT of a multi-limit request written before a refusal could undo it is a
+  charge a little early; a torn tag matches nothing and is reclaimed as stale).  Multi-limit requests lock their stripes in ascending order, so they stay
+  exactly all or nothing.  The cost: the C library's mutex ABI through ctypes (only the
+  size matters, 64 bytes holds every Linux ABI's) and the ``EOWNERDEAD`` path, tested
+  with ``kill -9`` inside the critical section.
+- ``fcntl`` byte-range locks (the previous mechanism, kept as the fallback where robust
+  mutexes do not exist): also released by the kernel when the holder dies, but two
+  syscalls per check (``FASTGW_SHM_LOCKS=fcntl`` selects it).
+- Lock-free compare-and-swap on the TAT through an atomics package: the ``atomics``
+  package (patomic through ctypes) costs 13 us per CAS from Python and cannot swap 16
+  bytes (tag + TAT), libatomic's ``__atomic_compare_exchange_8`` through ctypes about
+  1 us (one per key, more than a mutex pair); and CAS alone makes neither slot claiming
+  exact (the 16-byte tag cannot be swapped with its TAT, so an eviction racing an update
+  needs a generation) nor a multi-limit request all or nothing (a refusal after a
+  partial charge must be refunded, racing the others).  No syscall, but slower and
+  inexact.
+- POSIX semaphores (``posix_ipc``, futex-based, 0.12 us a pair): cheapest, but a holder
+  killed inside the critical section leaves the semaphore taken forever: no recovery
+  without a lock of its own.
+- Per-worker shards: every key's budget split N ways is inexact by up to
+  ``(N-1)/N * burst`` for a client that lands on one worker; single-writer columns
+  summed at check time cost N reads per check and N times the memory.
 
-Exactness.  Every update of a key is serialized by its bucket lock, so the table runs
+Exactness.  Every update of a key is serialized by its stripe lock, so the table runs
 GCRA exactly over the requests in lock order.  In one process that is exact to the
 request.  Across N workers, with E the time between the first and the last request:
 
@@ -72,14 +95,14 @@ it with 4 processes on 2 cores, including a kill -9 mid-run: within 0-3 requests
 
 Rules and failure modes:
 
-- Use the table from one thread per process (the worker's event loop): POSIX locks belong
-  to the process, so two threads of one process would not exclude each other.
-- Never close another fd of the region in a process that checks: closing any fd of a file
-  drops every POSIX lock the process holds on it (the mmap keeps its own dup, which is
-  closed only by ``Region.close``).
-- A holder stopped with SIGSTOP blocks the waiters of that one bucket until it is
+- Use the table from one thread per process (the worker's event loop): the stripe locks
+  belong to the thread that took them.
+- A holder stopped with SIGSTOP blocks the waiters of that one stripe until it is
   continued or killed; a supervisor that kills hung workers should kill the longest-silent
   one first and look again, since the others may only be waiting for it.
+- With the fcntl fallback, never close another fd of the region in a process that
+  checks: closing any fd of a file drops every POSIX lock the process holds on it.
+- Never use the table after ``Region.close``: the mutexes are called by address.
 - ``now_ns`` must be positive (0 marks an empty slot) and from the same clock in every
   process.
 """
@@ -87,40 +110,73 @@ Rules and failure modes:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from fcntl import LOCK_EX, LOCK_NB, LOCK_UN, lockf
 from hashlib import blake2b
+from typing import NamedTuple
+
+from fastgw.shm import locks as _locks
 
 BUCKET = 8
 _TAGS = 16 * BUCKET                 # tag bytes per bucket
 STRIDE = _TAGS + 8 * BUCKET         # bytes per bucket
-MEMO_MAX = 8192                     # per-process memo of key -> _ident()
+STRIPES = 1024                      # stripe locks at most (fewer if there are fewer buckets)
+MEMO_MAX = 8192                     # per-process memo of key -> Slot
 
 Decision = tuple[bool, int, float, float]   # allowed, remaining, reset_after_s, retry_after_s
-Spec = tuple[int, int]                      # (T, tau) of a limit: see spec()
 
+
+class Spec(NamedTuple):
+    """One limit as the table sees it (``spec()``)."""
+
+    T: int          # emission interval, ns (at least 1)
+    tau: int        # burst * T
+
+
+class Slot(NamedTuple):
+    """Where a key lives in the table (``RateTable.slot``), memoised per process.  A tag
+    found at byte ``pos`` of the mapping (a multiple of 16) has its TAT in cell
+    ``cells + pos // 16``."""
+
+    bucket: int     # byte offset of the key's bucket
+    tags_end: int   # byte offset just past its 8 tags
+    cells: int      # TAT cell index base (see above)
+    stripe: int     # index of the bucket's stripe lock
+    tag: bytes      # the key's 16-byte tag
 
 
 def size(slots: int) -> int:
+    """Bytes of the table's part of the region: the buckets, then the stripe locks."""
     if slots < BUCKET or slots % BUCKET:
         raise ValueError(f"table_slots must be a positive multiple of {BUCKET}, got {slots}")
-    return slots // BUCKET * STRIDE
+    nb = slots // BUCKET
+    return nb * STRIDE + min(nb, STRIPES) * _locks.SIZE
 
 
 def spec(rate: float, burst: int) -> Spec:
     """``(T, tau)`` of a limit: the emission interval in ns (at least 1) and ``burst * T``."""
     T = int(1e9 / rate + 0.5) or 1
-    return T, burst * T
+    return Spec(T, burst * T)
+
+
+def admit(tat: int, T: int, tau: int, now_ns: int, cost: int = 1) -> int:
+    """The GCRA test, the only copy: the key's new TAT if a request of ``cost`` on a key
+    whose TAT is ``tat`` (0: absent) passes, else 0."""
+    new = (tat if tat > now_ns else now_ns) + cost * T
+    return new if new - now_ns <= tau else 0
 
 
 def decide(tat: int, T: int, tau: int, now_ns: int, cost: int = 1) -> Decision:
-    """The decision for a request of ``cost`` on a key whose TAT is ``tat`` (0: absent), as
-    ``RateTable.check`` answers it (the GCRA test; see the module header)."""
-    start = tat if tat > now_ns else now_ns
-    new = start + cost * T
-    if new - now_ns <= tau:
+    """The decision for a request of ``cost`` on a key whose TAT is ``tat`` (0: absent):
+    ``(allowed, remaining, reset_after_s, retry_after_s)``.
+
+    ``remaining``: requests of cost 1 still allowed right now (after this one, if it was
+    allowed); ``reset_after_s``: seconds until the bucket is full again;
+    ``retry_after_s``: 0.0 if allowed, else seconds until this request would pass."""
+    new = admit(tat, T, tau, now_ns, cost)
+    if new:
         return True, (now_ns + tau - new) // T, (new - now_ns) / 1e9, 0.0
+    start = tat if tat > now_ns else now_ns
     left = (now_ns + tau - start) // T
-    return False, left if left > 0 else 0, (start - now_ns) / 1e9, (new - tau - now_ns) / 1e9
+    return False, left if left > 0 else 0, (start - now_ns) / 1e9, (start + cost * T - tau - now_ns) / 1e9
 
 
 def decisions(tats: Sequence[int], specs: Sequence[Spec], now_ns: int, cost: int = 1) -> list[Decision]:
@@ -128,50 +184,67 @@ def decisions(tats: Sequence[int], specs: Sequence[Spec], now_ns: int, cost: int
     return [decide(tat, T, tau, now_ns, cost) for tat, (T, tau) in zip(tats, specs)]
 
 
-class _Idents(dict):
-    """key bytes -> ident, computed on a miss (``__missing__``) and bounded (cleared when it
+class _Slots(dict):
+    """key bytes -> Slot, computed on a miss (``__missing__``) and bounded (cleared when it
     fills).  A dict subclass so that a hit is one C-level lookup, even through ``map``."""
 
     __slots__ = ("compute",)
 
-    def __init__(self, compute: Callable[[bytes], tuple]) -> None:
+    def __init__(self, compute: Callable[[bytes], Slot]) -> None:
         super().__init__()
         self.compute = compute
 
-    def __missing__(self, key: bytes) -> tuple:
-        ident = self.compute(key)
+    def __missing__(self, key: bytes) -> Slot:
+        slot = self.compute(key)
         if len(self) >= MEMO_MAX:
             self.clear()
-        self[key] = ident
-        return ident
+        self[key] = slot
+        return slot
 
 
 class RateTable:
-    __slots__ = ("_mm", "_q", "_fd", "_off", "_nbuckets", "_hasher", "_digest", "_memo",
-                 "slots", "inserted", "reclaimed", "evicted")
+    __slots__ = ("_mm", "_q", "_locks", "_mutex", "_lock", "_unlock", "_off", "_nbuckets", "_nstripes",
+                 "_hasher", "_digest", "_slots", "slots", "buckets", "inserted", "reclaimed", "evicted")
 
     def __init__(self, mm, q: memoryview, fd: int, offset: int, slots: int, secret: bytes,
                  digest: Callable[[bytes], bytes] | None = None) -> None:
         self._mm = mm
         self._q = q
-        self._fd = fd
         self._off = offset
-        self._nbuckets = slots // BUCKET
+        self._nbuckets = nb = slots // BUCKET
+        self._nstripes = ns = min(nb, STRIPES)
+        self._locks = lk = _locks.stripe_locks(mm, fd, offset + nb * STRIDE, ns)
+        self._mutex = lk.handles
+        self._lock = lk.lock
+        self._unlock = lk.unlock
         self._hasher = blake2b(digest_size=16, key=secret)
         self._digest = digest           # tests inject a weak digest to force collisions
-        self._memo = _Idents(self._compute_ident)
+        self._slots = _Slots(self._compute_slot)
         self.slots = slots
+        self.buckets = nb
         self.inserted = 0               # new keys placed in an empty slot
         self.reclaimed = 0              # new keys placed in a stale slot
         self.evicted = 0                # new keys that pushed out a live one
 
-    def _ident(self, key: bytes) -> tuple[int, int, int, int, bytes]:
-        """(bucket offset, end of its tags, TAT cell base, lock byte, 16-byte tag) of
-        ``key``, memoized per process.  A tag found at byte ``pos`` (a multiple of 16)
-        has its TAT in cell ``base + pos // 16``."""
-        return self._memo[key]
+    def init_locks(self) -> None:
+        """The creator of the region, before fork: initialise the stripe locks."""
+        self._locks.init()
 
-    def _compute_ident(self, key: bytes) -> tuple[int, int, int, int, bytes]:
+    @property
+    def lock_kind(self) -> str:
+        """``robust-mutex`` or ``fcntl`` (``fastgw.shm.locks``)."""
+        return self._locks.kind
+
+    @property
+    def recovered(self) -> int:
+        """Stripe locks this process took over from a holder that died."""
+        return self._locks.recovered
+
+    def slot(self, key: bytes) -> Slot:
+        """Where ``key`` lives (memoised per process)."""
+        return self._slots[key]
+
+    def _compute_slot(self, key: bytes) -> Slot:
         if self._digest is None:
             h = self._hasher.copy()
             h.update(key)
@@ -180,7 +253,7 @@ class RateTable:
             tag = self._digest(key)
         b = int.from_bytes(tag[:8], "little") % self._nbuckets
         boff = self._off + b * STRIDE
-        return boff, boff + _TAGS, ((boff + _TAGS) >> 3) - (boff >> 4), self._off + b, tag
+        return Slot(boff, boff + _TAGS, ((boff + _TAGS) >> 3) - (boff >> 4), b % self._nstripes, tag)
 
     def _find(self, boff: int, end: int, base: int, tag: bytes) -> int:
         """Cell index of ``tag``'s TAT in its bucket, or -1."""
@@ -192,7 +265,7 @@ class RateTable:
     def _insert(self, boff: int, tag: bytes, now: int, tat: int, keep: Sequence[int] = ()) -> int:
         """Place ``tag`` in its bucket with ``tat``, in the slot with the smallest TAT:
         an empty one (0), else a stale one (in the past), else the oldest live one, which
-        is evicted.  Never a cell in ``keep``.  Caller holds the bucket lock."""
+        is evicted.  Never a cell in ``keep``.  Caller holds the stripe lock."""
         q = self._q
         t0 = (boff + _TAGS) >> 3
         tats = q[t0:t0 + BUCKET].tolist()
@@ -212,111 +285,61 @@ class RateTable:
         return t0 + j
 
     def peek(self, key: bytes) -> int:
-        """``key``'s TAT (0 if absent), without the bucket lock: a read writes nothing, an
+        """``key``'s TAT (0 if absent), without the lock: a read writes nothing, an
         aligned 8-byte TAT read is atomic on x86-64, and a read racing an insert can only
-        see the key as absent (a full budget), so it costs no syscall.
+        see the key as absent (a full budget).
         ``decide(peek(key), *spec(rate, burst), now_ns)`` is ``check(..., dry=True)``."""
-        boff, end, base, _, tag = self._memo[key]
+        boff, end, base, _, tag = self._slots[key]
         pos = self._mm.find(tag, boff, end)
         if pos < 0:
             return 0
         ti = base + (pos >> 4) if not pos & 15 else self._find(boff, end, base, tag)
         return self._q[ti] if ti >= 0 else 0
 
-    def check(self, key: bytes, rate: float, burst: int, now_ns: int, cost: int = 1,
-              dry: bool = False) -> Decision:
-        """One limit for one request: ``(allowed, remaining, reset_after_s, retry_after_s)``.
-
-        ``remaining``: requests of cost 1 still allowed right now (after this one, if it was
-        allowed); ``reset_after_s``: seconds until the bucket is full again;
-        ``retry_after_s``: 0.0 if allowed, else seconds until this request would pass.
-        ``dry=True`` answers the same without consuming (a peek), and without the bucket
-        lock (``peek``).  A denied request consumes nothing.  ``cost > burst`` is never
-        allowed.
-        """
-        T, tau = spec(rate, burst)
-        if dry:
-            return decide(self.peek(key), T, tau, now_ns, cost)
-        # Straight down: identify, lock the bucket, find the tag, read TAT, decide, write,
-        # unlock.  _find is inlined for the common case.
-        boff, end, base, lk, tag = self._memo[key]
-        fd = self._fd
-        try:                                # unlocking a byte not held is a no-op, so an
-            lockf(fd, LOCK_EX, 1, lk)       # exception anywhere after here cannot leak it
-            pos = self._mm.find(tag, boff, end)
-            if pos < 0:
-                ti, tat = -1, 0
-            elif pos & 15:
-                ti = self._find(boff, end, base, tag)
-                tat = self._q[ti] if ti >= 0 else 0
-            else:
-                ti = base + (pos >> 4)
-                tat = self._q[ti]
-            d = decide(tat, T, tau, now_ns, cost)
-            if d[0]:
-                new = (tat if tat > now_ns else now_ns) + cost * T
-                if ti >= 0:
-                    self._q[ti] = new
-                else:
-                    self._insert(boff, tag, now_ns, new)
-            return d
-        finally:
-            lockf(fd, LOCK_UN, 1, lk)
-
-    def check_all(self, limits: Sequence[tuple[bytes, float, int]], now_ns: int, cost: int = 1,
-                  dry: bool = False) -> tuple[bool, list[Decision]]:
-        """Several limits for one request, all or nothing: ``(allowed, decisions)``.
-
-        The request is allowed only if every limit allows it; then each limit consumes
-        ``cost``.  If any limit denies, nothing is consumed anywhere, and the decisions of
-        the limits that would have passed read as their ``dry`` answer.  Locking:
-        ``take_all``.
-        """
-        if not limits:
-            return True, []
-        specs = [spec(rate, burst) for _, rate, burst in limits]
-        ok, tats = self.take_all([k for k, _, _ in limits], specs, now_ns, cost, dry)
-        return ok, decisions(tats, specs, now_ns, cost)
-
     def take_all(self, keys: Sequence[bytes], specs: Sequence[Spec], now_ns: int, cost: int = 1,
                  dry: bool = False) -> tuple[bool, list[int]]:
-        """``check_all`` for callers with precomputed ``spec()``s that mostly need only the
-        verdict: ``(allowed, tats)``, ``tats[i]`` the TAT limit ``i`` was decided on, so
-        ``decisions(tats, specs, now_ns, cost)`` are ``check_all``'s decisions.
+        """One request against several limits (``keys[i]`` under ``specs[i]``), all or
+        nothing: ``(allowed, tats)``, ``tats[i]`` the TAT limit ``i`` was decided on, so
+        ``decisions(tats, specs, now_ns, cost)`` are the decisions to report.
 
-        One lock for the request: a single ``fcntl`` call tries (without waiting) the byte
-        range spanning every bucket the keys fall in, and one call releases it, so a check
-        costs two syscalls whatever the number of keys.  If a bucket of the span is held,
-        the buckets are taken one by one in ascending order, waiting (no deadlock: a
-        process waits only while holding lower buckets than the one it waits for, and a
-        span is only ever taken without waiting).
+        The request is allowed only if every limit allows it; then each consumes
+        ``cost``.  If any limit denies, nothing is consumed anywhere.  ``dry=True``
+        answers the same without consuming and without locks (``peek``).
 
-        Under the locks nobody else sees the table, so the hot loop writes each passing
-        key's new TAT at once and a refusal puts the old ones back (``_undo``): one pass,
-        no staging.  Keys not in the table yet are inserted after the pass, once all passed.
+        Locks: the stripes of the keys, in ascending order (no deadlock: a process waits
+        only while holding lower stripes than the one it waits for); uncontended, no
+        syscall.  Under the locks nobody else sees those buckets, so one pass writes each
+        passing key's new TAT at once and a refusal puts the old ones back.
         """
         # map over C callables: no Python frame per key on the usual memo hits
-        ids = list(map(self._memo.__getitem__, keys))
-        lo = min(ids)[3]                    # idents sort by bucket, so by lock byte
-        span = max(ids)[3] - lo + 1
-        fd = self._fd
-        try:                                # unlocking bytes not held is a no-op
-            if span == 1:
-                lockf(fd, LOCK_EX, 1, lo)
-            else:
-                try:
-                    lockf(fd, LOCK_EX | LOCK_NB, span, lo)
-                except (BlockingIOError, PermissionError):   # EAGAIN / EACCES: held
-                    for lk in sorted({i[3] for i in ids}):
-                        lockf(fd, LOCK_EX, 1, lk)
-            if dry:
-                return self._take_staged(ids, specs, now_ns, cost, True)
+        slots = list(map(self._slots.__getitem__, keys))
+        if dry:
+            return self._staged(slots, specs, now_ns, cost, True)
+        mutex = self._mutex
+        n = len(slots)
+        if n == 1:
+            held = (mutex[slots[0][3]],)        # [3]: Slot.stripe (a tuple index is cheapest)
+        elif n == 2:
+            a, b = slots[0][3], slots[1][3]
+            held = (mutex[a],) if a == b else (mutex[a], mutex[b]) if a < b else (mutex[b], mutex[a])
+        else:
+            held = [mutex[i] for i in sorted({s[3] for s in slots})]
+        lock = self._lock
+        try:                                # unlocking a lock not held is a no-op
+            for h in held:
+                rc = lock(h)
+                if rc:
+                    self._locks.repair(h, rc)
+            # One pass: each write is seen by a later limit on the same key; a refusal
+            # puts back what was written; a key that is new and appears twice goes to
+            # _staged.
             q = self._q
             find = self._mm.find
             tats: list[int] = []
+            wrote: list[tuple[int, int]] = []           # (cell, old TAT), to undo a refusal
             fresh: list[tuple[int, bytes, int]] = []    # (bucket, tag, new TAT) of new keys
             ok = True
-            for (boff, end, base, _, tag), (T, tau) in zip(ids, specs):
+            for (boff, end, base, _, tag), (T, tau) in zip(slots, specs):
                 pos = find(tag, boff, end)
                 if pos >= 0 and not pos & 15:
                     ti = base + (pos >> 4)
@@ -325,56 +348,51 @@ class RateTable:
                     ti = self._find(boff, end, base, tag) if pos >= 0 else -1
                     tat = q[ti] if ti >= 0 else 0
                 tats.append(tat)
-                new = (tat if tat > now_ns else now_ns) + cost * T
-                if new - now_ns > tau:
+                new = admit(tat, T, tau, now_ns, cost)
+                if not new:
                     ok = False
                 elif ti >= 0:
                     q[ti] = new
+                    if n > 1:
+                        wrote.append((ti, tat))
                 else:
                     fresh.append((boff, tag, new))
             if not ok:
-                self._undo(ids, specs, tats, now_ns, cost)
+                for ti, tat in reversed(wrote):
+                    q[ti] = tat
             elif fresh:
-                if len(set(keys)) < len(keys):      # a new key twice: decide it in order
-                    self._undo(ids, specs, tats, now_ns, cost)
-                    return self._take_staged(ids, specs, now_ns, cost, False)
-                self._insert_fresh(ids, fresh, now_ns)
+                if len(fresh) > 1 and len({t for _, t, _ in fresh}) < len(fresh):
+                    # a new key twice: undo, then decide it in order (each sees the previous)
+                    for ti, tat in reversed(wrote):
+                        q[ti] = tat
+                    return self._staged(slots, specs, now_ns, cost, False)
+                written = [ti for ti, _ in wrote]
+                for boff, tag, new in fresh:
+                    written.append(self._insert(boff, tag, now_ns, new, written))
             return ok, tats
         finally:
-            lockf(fd, LOCK_UN, span, lo)
+            unlock = self._unlock
+            for h in held:
+                unlock(h)
 
-    def _undo(self, ids, specs, tats: list[int], now_ns: int, cost: int) -> None:
-        """Put back the TATs ``take_all``'s pass wrote (caller holds the locks): each key
-        that was found and passed gets the TAT it was decided on, last first."""
-        q = self._q
-        for (boff, end, base, _, tag), (T, tau), tat in reversed(list(zip(ids, specs, tats))):
-            ti = self._find(boff, end, base, tag)
-            if ti >= 0 and (tat if tat > now_ns else now_ns) + cost * T - now_ns <= tau:
-                q[ti] = tat
-
-    def _insert_fresh(self, ids, fresh: list[tuple[int, bytes, int]], now_ns: int) -> None:
-        """Insert the new keys of an allowed request (caller holds the locks), never in a
-        cell written for this request."""
-        written = [ti for ti in (self._find(boff, end, base, tag) for boff, end, base, _, tag in ids) if ti >= 0]
-        for boff, tag, new in fresh:
-            written.append(self._insert(boff, tag, now_ns, new, written))
-
-    def _take_staged(self, ids, specs, now_ns: int, cost: int, dry: bool) -> tuple[bool, list[int]]:
-        """``take_all`` when a new key appears more than once, and for ``dry``: each limit
-        sees the TAT the previous ones on its key would leave (caller holds the locks)."""
+    def _staged(self, slots: list[Slot], specs: Sequence[Spec], now_ns: int, cost: int,
+                dry: bool) -> tuple[bool, list[int]]:
+        """``take_all`` when a key appears more than once (caller holds the locks), and
+        for ``dry`` (no locks): each limit sees the TAT the previous ones on its key would
+        leave."""
         q = self._q
         staged: dict[bytes, list[int]] = {}     # tag -> [new TAT, cell or -1, bucket offset]
         tats: list[int] = []
         ok = True
-        for (boff, end, base, _, tag), (T, tau) in zip(ids, specs):
+        for (boff, end, base, _, tag), (T, tau) in zip(slots, specs):
             st = staged.get(tag)
             if st is None:
                 ti = self._find(boff, end, base, tag)
                 st = staged[tag] = [q[ti] if ti >= 0 else 0, ti, boff]
             tat = st[0]
             tats.append(tat)
-            new = (tat if tat > now_ns else now_ns) + cost * T
-            if new - now_ns <= tau:
+            new = admit(tat, T, tau, now_ns, cost)
+            if new:
                 st[0] = new
             else:
                 ok = False
@@ -388,8 +406,36 @@ class RateTable:
                     written.append(self._insert(boff, tag, now_ns, new, written))
         return ok, tats
 
+    # -- conveniences over take_all (cold paths, tests) ------------------------------------
+    def check(self, key: bytes, rate: float, burst: int, now_ns: int, cost: int = 1,
+              dry: bool = False) -> Decision:
+        """One limit for one request: ``decide``'s answer after ``take_all``.  A denied
+        request consumes nothing; ``cost > burst`` is never allowed."""
+        s = spec(rate, burst)
+        _, tats = self.take_all((key,), (s,), now_ns, cost, dry)
+        return decide(tats[0], s.T, s.tau, now_ns, cost)
+
+    def check_all(self, limits: Sequence[tuple[bytes, float, int]], now_ns: int, cost: int = 1,
+                  dry: bool = False) -> tuple[bool, list[Decision]]:
+        """``take_all`` for ``(key, rate, burst)`` limits: ``(allowed, decisions)``."""
+        if not limits:
+            return True, []
+        specs = [spec(rate, burst) for _, rate, burst in limits]
+        ok, tats = self.take_all([k for k, _, _ in limits], specs, now_ns, cost, dry)
+        return ok, decisions(tats, specs, now_ns, cost)
+
+    # -- occupancy -----------------------------------------------------------------------
+    def live(self, now_ns: int, start: int = 0, step: int = 1, count: int | None = None) -> int:
+        """Slots holding a key that is still refilling (TAT in the future), among the
+        buckets ``start, start + step, ...`` (``count`` of them; default: to the end)."""
+        stride = STRIDE >> 3                # cells per bucket
+        if count is None:
+            count = (self._nbuckets - start + step - 1) // step
+        first = ((self._off + _TAGS) >> 3) + stride * start     # a bucket's TATs follow its tags
+        end = first + stride * step * count
+        q, cstep = self._q, stride * step
+        return sum(t > now_ns for j in range(BUCKET) for t in q[first + j:end:cstep].tolist())
+
     def occupancy(self, now_ns: int) -> int:
-        """Slots holding a key that is still refilling (TAT in the future)."""
-        q, t0, stride = self._q, (self._off + _TAGS) >> 3, STRIDE >> 3
-        end = (self._off + self._nbuckets * STRIDE) >> 3
-        return sum(t > now_ns for j in range(BUCKET) for t in q[t0 + j:end:stride].tolist())
+        """Slots holding a key that is still refilling (every bucket)."""
+        return self.live(now_ns)

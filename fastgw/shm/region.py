@@ -6,8 +6,8 @@ reopened after fork.  A single process (tests, ``fastgw`` without a supervisor) 
 same object.  ``Region.attach(fd)`` maps an existing region from its fd (e.g. one passed
 to an exec'd helper) and refuses a different layout version.
 
-The backing file is a memfd (Linux; an unlinked temporary file elsewhere), so that the
-rate-limit table can take ``fcntl`` byte-range locks on it; its size is sealed, so no
+The backing file is a memfd (Linux; an unlinked temporary file elsewhere, where the
+rate-limit table falls back to ``fcntl`` byte-range locks on it); its size is sealed, so no
 process can shrink it under the others' feet.  Nothing in the region is ever resized:
 memory is fixed at creation.
 
@@ -19,7 +19,7 @@ part           written by                            read by
 header         supervisor, once, before fork         everyone (``attach``)
 workers        worker i: slot i; supervisor: retire  supervisor, control
 metrics        area i: its owner; supervisor: fold   control (``snapshot`` at scrape time)
-ratelimit      any worker, under the bucket's lock   workers
+ratelimit      any worker, under the stripe's lock   workers
 health         control process                       workers
 broadcast      supervisor (config), control (purge)  workers, on their tick
 =============  ====================================  ===========================================
@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from fastgw.config.ratelimit_section import TABLE_SLOTS
 from fastgw.shm import broadcast, health, metrics, ratelimit, workers
 from fastgw.shm.layout import HEADER_SIZE, PARTS, Header, align
 
@@ -86,7 +87,7 @@ class Region:
         self.broadcast = broadcast.Broadcast(q, o["broadcast"])
 
     @classmethod
-    def create(cls, max_workers: int, metrics_series: int = 4096, table_slots: int = 65536,
+    def create(cls, max_workers: int, metrics_series: int = 4096, table_slots: int = TABLE_SLOTS,
                health_slots: int = 1024, *, name: str = "fastgw",
                digest: Callable[[bytes], bytes] | None = None) -> Region:
         """Supervisor, before fork: build a zeroed region.
@@ -128,7 +129,9 @@ class Region:
             raise
         header = Header(total, os.getpid(), time.time_ns(), params, offsets, os.urandom(16))
         header.write(mm)
-        return cls(fd, mm, header, digest)
+        region = cls(fd, mm, header, digest)
+        region.ratelimit.init_locks()
+        return region
 
     @classmethod
     def attach(cls, fd: int) -> Region:

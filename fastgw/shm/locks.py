@@ -1,0 +1,142 @@
+"""Stripe locks of the rate-limit table: robust process-shared mutexes in the region (L2).
+
+What it owns: ``n`` locks of ``SIZE`` bytes each at an offset of the shared region, their
+initialisation (once, by the process that creates the region, before fork) and the
+recovery of a lock whose holder died.  The rate-limit table (``fastgw.shm.ratelimit``)
+is the only user; its header says why this mechanism and what the others cost.
+
+Mechanism (``RobustMutexes``, the default on Linux): each lock is a glibc/musl
+``pthread_mutex_t`` initialised ``PTHREAD_PROCESS_SHARED``, ``PTHREAD_MUTEX_ROBUST`` and
+``PTHREAD_MUTEX_ERRORCHECK``, called through ``ctypes`` (``PyDLL``: the GIL stays held, so
+a call is a plain C call; the lock's argument is its address, an int converted by
+``argtypes``, which is cheaper than a ``c_void_p`` object).  Uncontended, lock and unlock are one atomic instruction each
+in user space, no syscall; a waiter sleeps in ``futex(2)`` and the unlocker wakes it.
+
+Rules it keeps:
+
+1. A holder that dies (``kill -9``, a crash, an exit inside the critical section) never
+   blocks the others: the kernel walks the dead thread's robust list, marks the lock
+   owner-died and wakes a waiter, whose ``lock`` returns ``EOWNERDEAD``; ``lock`` then
+   marks the lock consistent and the caller proceeds as its owner (``recovered`` counts
+   it).  What the dead holder half-wrote stays (see the table's header: every write
+   there is a whole 8-byte cell or 16-byte tag, each harmless alone).
+2. Error-checking: relocking a lock this thread holds raises (``EDEADLK``) instead of
+   hanging, and unlocking a lock it does not hold is a no-op (``EPERM``, ignored), so an
+   ``unlock`` in a ``finally`` can never release somebody else's lock.
+3. Locks belong to a thread: use them from the one thread that checks limits (the
+   worker's event loop).  A holder stopped by SIGSTOP blocks the waiters of its stripe
+   until it is continued or killed, as with any lock.
+4. Layout: ``SIZE`` (64) bytes per lock, one cache line; a ``pthread_mutex_t`` is 24 to
+   48 bytes on the Linux ABIs (40 on x86-64), so 64 holds it everywhere.  Nothing else in
+   the region is at these bytes.
+
+Elsewhere (no robust mutexes in the C library, or not Linux) ``RangeLocks`` keeps the
+same interface with ``fcntl`` byte-range locks on the region's file, one byte per lock:
+the kernel drops them when the holder dies; two syscalls per lock/unlock pair.
+``FASTGW_SHM_LOCKS=fcntl`` forces it (benchmarks compare the two with it).
+
+Interface (the table's hot path uses it unwrapped): ``handles[i]`` is lock ``i``'s
+argument, ``lock(h)`` returns 0 (or None) when taken, else an errno for ``repair(h, rc)``,
+``unlock(h)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sys
+from fcntl import LOCK_EX, LOCK_UN, lockf
+from functools import partial
+
+SIZE = 64                           # bytes per lock in the region
+_ERRORCHECK, _PSHARED, _ROBUST = 2, 1, 1    # PTHREAD_MUTEX_ERRORCHECK, _PROCESS_SHARED, _ROBUST (Linux)
+
+
+def _libc():
+    """The C library with robust mutexes, or None."""
+    if not sys.platform.startswith("linux") or os.environ.get("FASTGW_SHM_LOCKS") == "fcntl":
+        return None
+    try:
+        lib = ctypes.PyDLL(None)        # this handle's own function objects: argtypes set here only
+        for name in ("pthread_mutex_lock", "pthread_mutex_unlock", "pthread_mutex_consistent", "pthread_mutex_init"):
+            getattr(lib, name).argtypes = (ctypes.c_void_p,) * (2 if name == "pthread_mutex_init" else 1)
+        for name in ("pthread_mutexattr_setrobust", "pthread_mutexattr_setpshared", "pthread_mutexattr_settype"):
+            getattr(lib, name)
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+def _address(mm) -> int:
+    """The address of the mapping's first byte (no buffer export is kept, so the mapping
+    can still be closed)."""
+    c = ctypes.c_char.from_buffer(mm)
+    try:
+        return ctypes.addressof(c)
+    finally:
+        del c
+
+
+class RobustMutexes:
+    """``n`` robust process-shared mutexes at ``offset`` in the mapping ``mm``."""
+
+    kind = "robust-mutex"
+    __slots__ = ("handles", "lock", "unlock", "recovered", "_lib")
+
+    def __init__(self, lib, mm, offset: int, n: int) -> None:
+        base = _address(mm) + offset
+        self.handles = [base + i * SIZE for i in range(n)]      # addresses
+        self._lib = lib
+        self.lock = lib.pthread_mutex_lock
+        self.unlock = lib.pthread_mutex_unlock
+        self.recovered = 0                  # locks this process took over from a dead holder
+
+    def init(self) -> None:
+        """Initialise every lock (the creator of the region, before anyone uses them)."""
+        lib = self._lib
+        attr = ctypes.create_string_buffer(64)      # pthread_mutexattr_t is 4 bytes on Linux
+        rc = (lib.pthread_mutexattr_init(attr) or lib.pthread_mutexattr_settype(attr, _ERRORCHECK)
+              or lib.pthread_mutexattr_setpshared(attr, _PSHARED) or lib.pthread_mutexattr_setrobust(attr, _ROBUST))
+        if rc:
+            raise OSError(rc, f"pthread_mutexattr: {os.strerror(rc)}")
+        try:
+            for h in self.handles:
+                rc = lib.pthread_mutex_init(h, attr)
+                if rc:
+                    raise OSError(rc, f"pthread_mutex_init: {os.strerror(rc)}")
+        finally:
+            lib.pthread_mutexattr_destroy(attr)
+
+    def repair(self, h, rc: int) -> None:
+        """``lock(h)`` returned ``rc``: take over a lock whose holder died, else raise."""
+        if rc == errno.EOWNERDEAD:
+            self._lib.pthread_mutex_consistent(h)
+            self.recovered += 1
+            return
+        raise OSError(rc, f"rate-limit stripe lock: {os.strerror(rc)}")
+
+
+class RangeLocks:
+    """The fallback: ``n`` one-byte ``fcntl`` locks at ``offset`` of the region's file."""
+
+    kind = "fcntl"
+    __slots__ = ("handles", "lock", "unlock", "recovered")
+
+    def __init__(self, fd: int, offset: int, n: int) -> None:
+        self.handles = list(range(offset, offset + n * SIZE, SIZE))
+        self.lock = partial(lockf, fd, LOCK_EX, 1)      # returns None; raises on error
+        self.unlock = partial(lockf, fd, LOCK_UN, 1)    # unlocking a byte not held: no-op
+        self.recovered = 0                  # the kernel releases a dead holder's locks itself
+
+    def init(self) -> None:
+        return None
+
+    def repair(self, h, rc: int) -> None:   # never called: lock() returns None or raises
+        raise OSError(rc, "rate-limit stripe lock")
+
+
+def stripe_locks(mm, fd: int, offset: int, n: int) -> RobustMutexes | RangeLocks:
+    """The locks of this platform over the region's bytes ``offset .. offset + n*SIZE``."""
+    lib = _libc()
+    return RobustMutexes(lib, mm, offset, n) if lib is not None else RangeLocks(fd, offset, n)
