@@ -141,7 +141,7 @@ def test_dashboard_structure_and_queries_parse(tmp_path):
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     rows = {p["title"].split(":")[0].lower() for p in d["panels"] if p["type"] == "row"}
-    for want in ("traffic", "errors", "latency", "limits", "auth", "workers", "upstream health"):
+    for want in ("traffic", "errors", "latency", "limits", "auth", "workers", "upstream health", "tracing"):
         assert want in rows, f"dashboard has no {want!r} row"
     assert {v["name"] for v in d["templating"]["list"]} == {"datasource", "instance"}
     for p in d["panels"]:
@@ -192,6 +192,7 @@ rate_limit:
   redis: {url: "redis://127.0.0.1:{DEAD}/0", timeout: 50ms, on_error: open}
 monitoring:
   metrics_port: 0
+  tracing: {sample_ratio: 1, otlp_endpoint: "http://127.0.0.1:{DEAD}/v1/traces", export_interval: 200ms}
   logging:
     level: error
     access_log: {enabled: false}

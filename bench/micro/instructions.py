@@ -11,7 +11,9 @@ instructions one exchange costs, without start-up.
     python -m bench.micro.instructions --routes bare -k 4000
 
 Routes: ``bare`` (request id + access log + metrics, a request with User-Agent and
-Accept), ``wrk`` (the same route with the exchange of bench's small-50: wrk's request,
+Accept), ``tracing`` (bare with ``monitoring.tracing`` on at sample ratio 0: a new trace
+id per request, not sampled), ``traced`` (the same at ratio 1: every span recorded and
+queued for export), ``wrk`` (the same route with the exchange of bench's small-50: wrk's request,
 Host only, and nginx's 100 B answer), ``policy`` (JWT auth + per-user and per-IP rate
 limits + CORS + security headers, as bench's policy), ``newconn`` (bare, with a new
 client connection per request).  Kernel work
@@ -33,7 +35,8 @@ from pathlib import Path
 import uvloop
 import yaml
 
-ROUTES = ("bare", "wrk", "policy", "newconn")
+ROUTES = ("bare", "tracing", "traced", "wrk", "policy", "newconn")
+_TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 WRK_REQ = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
 NGINX_RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 14:26:03 GMT\r\n"
               b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
@@ -56,6 +59,8 @@ def _world(route: str):
                b"\r\nOrigin: " + fastgw_config.ORIGIN.encode() + b"\r\n\r\n")
     elif route == "wrk":
         text, req = CFG, WRK_REQ
+    elif route in ("tracing", "traced"):
+        text, req = CFG + _TRACING % (0 if route == "tracing" else 1), REQ
     else:
         text = CFG
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
@@ -99,7 +104,7 @@ def _count(valgrind: str, route: str, n: int) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.micro.instructions", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--routes", default=",".join(ROUTES), help="comma-separated: " + ", ".join(ROUTES))
+    ap.add_argument("--routes", default="bare,wrk,policy,newconn", help="comma-separated: " + ", ".join(ROUTES))
     ap.add_argument("-k", type=int, default=2000, help="exchanges counted (default 2000)")
     ap.add_argument("--valgrind", default=shutil.which("valgrind"), help="valgrind binary")
     ap.add_argument("--run", nargs=2, metavar=("ROUTE", "N"), help=argparse.SUPPRESS)

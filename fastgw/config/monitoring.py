@@ -8,7 +8,8 @@ log (auth and admin decisions, ``audit.output``).  An output is ``stdout``, ``st
 file path (reopened on USR1).
 
 Rules kept here: the level is one of debug/info/warning/error (case-insensitive, stored
-lower-case); the only format is ``json``.
+lower-case); the only format is ``json``.  ``tracing`` (off when absent) is in
+``config/tracing.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, Duration, PositiveDuration
+from fastgw.config.tracing import TracingConfig
 
 Output = Annotated[str, Check(v.non_empty)]  # "stdout" | "stderr" | a file path
 
@@ -53,3 +55,4 @@ class MonitoringConfig(Base):
     health_check_interval: PositiveDuration = Duration(30)
     circuit_breaker: CircuitBreakerConfig | None = None
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    tracing: TracingConfig | None = None  # W3C Trace Context + OTLP export (config/tracing.py)

@@ -20,8 +20,9 @@ from fastgw.pipeline.middleware import Middleware
 class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One access log line; the field order is the line's key order.
 
-    Only ``trace_id`` has a default, so it is the only key left out (when None):
-    ``omit_defaults`` never drops a field without a default.  ``gc=False``: a record holds
+    Only ``trace_id`` and ``span_id`` (set by the tracing middleware in ``ctx.notes``) have
+    a default, so they are the only keys left out (when None): ``omit_defaults`` never
+    drops a field without a default.  ``gc=False``: a record holds
     strings, numbers and a list of strings, never a cycle, so the collector need not track it.
     """
 
@@ -43,6 +44,7 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     user_agent: str | None
     response_flags: list[str] | tuple[str, ...]
     trace_id: str | None = None
+    span_id: str | None = None       # the gateway's span (the upstream's parent)
 
 
 _NO_FLAGS = ()  # encodes as [] like an empty list, and nothing can append to it later
@@ -71,13 +73,14 @@ class AccessLog(Middleware):
         else:
             flags = _NO_FLAGS
         ua = ctx.ua
+        notes = ctx.notes
         recs = self.recs
         recs.append(AccessRecord(
             wall(), ctx.request_id, ctx.client_ip, ctx.method, ctx.host, ctx.path, ctx.status,
             ctx.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
             ctx.upstream_status or None, ctx.upstream_duration,
             route.name if route is not None else None, ctx.user,
-            ua.decode("latin-1") if ua else None, flags, ctx.notes.get("trace_id")))
+            ua.decode("latin-1") if ua else None, flags, notes.get("trace_id"), notes.get("span_id")))
         if len(recs) >= self.max_recs:
             self.buf.flush()
 

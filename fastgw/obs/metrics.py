@@ -51,6 +51,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_ratelimit_table_occupied_slots": ("gauge", "Rate-limit table slots holding a key still refilling (estimated above 8192 slots).", ()),
     "fastgw_ratelimit_table_evictions_total": ("counter", "New rate-limit keys that pushed out a key still refilling.", ()),
     "fastgw_ratelimit_table_reclaims_total": ("counter", "New rate-limit keys placed in a stale slot.", ()),
+    "fastgw_tracing_spans_total": ("counter", "Sampled spans by result (exported, dropped_queue_full, dropped_export_failed).",
+                                   ("result",)),
 }
 
 
