@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from fastgw.config import ConfigError, load_config_text
 from fastgw.middleware.tracing import Tracing, parse_traceparent
 from fastgw.obs.metrics import LocalStore, Metrics
-from fastgw.obs.otlp import SpanExporter, encode
+from fastgw.obs.otlp import SpanExporter, encode, trace_ids
 from fastgw.pipeline.ctx import Ctx
 from tests.harness import EchoUpstream, Gateway
 from tests.supervisor_helpers import admin, get, wait_for
@@ -60,10 +60,13 @@ monitoring:
     return mw
 
 
-def _ctx(headers=(), trusted=True) -> Ctx:
+def _ctx(headers=(), trusted=True, captured=True) -> Ctx:
+    """A Ctx as the protocol leaves it (``captured``: trace headers flagged), or hand-made."""
     c = Ctx()
     c.headers = [(n.encode(), v.encode()) for n, v in headers]
     c.trusted_peer = trusted
+    c.captured = captured
+    c.trace_hdrs = captured and any(n.lower() in ("traceparent", "tracestate") for n, _v in headers)
     return c
 
 
@@ -76,7 +79,7 @@ def test_head_sampling_ratio_and_ids():
         c = _ctx()
         assert mw.request_filter(c) is None
         m = _TP.search(c.up_raw.decode())
-        assert m and m.group(1) == c.notes["trace_id"] and m.group(2) == c.notes["span_id"]
+        assert m and (m.group(1), m.group(2)) == trace_ids(c.notes)
         assert (m.group(3) == "01") == ("tracing" in c.notes)
         tids.add(m.group(1))
     sampled = 0
@@ -86,6 +89,9 @@ def test_head_sampling_ratio_and_ids():
         sampled += "tracing" in c.notes
     assert 0.21 * n < sampled < 0.29 * n          # binomial(4000, .25): sd ~27
     assert len(tids) == n                          # new trace ids are random
+    c = _ctx(captured=False)                       # a hand-made Ctx takes the general path
+    mw.request_filter(c)
+    assert _TP.search(c.up_raw.decode()).group(1) == trace_ids(c.notes)[0]
     for ratio, expect in ((0.0, 0), (1.0, n)):
         mw = _mw(ratio, got.append)
         hits = 0
@@ -105,7 +111,7 @@ def test_incoming_traceparent_trusted_untrusted_and_invalid():
     m = _TP.search(c.up_raw.decode())
     assert m.group(1) == TID and m.group(2) != PARENT and m.group(3) == "01"
     assert [n for n, _ in c.headers] == [b"tracestate", b"accept"]   # old traceparent not forwarded
-    assert c.notes["tracing"][2] == int(PARENT, 16)
+    assert c.notes["tracing"][2] == PARENT
     # the same header from an untrusted peer: a new trace, both headers dropped
     c = _ctx([("traceparent", tp), ("tracestate", "congo=t61rcWkgMzE")], trusted=False)
     mw.request_filter(c)
@@ -147,7 +153,8 @@ monitoring:
 """)
     m = Metrics(LocalStore())
     ex = SpanExporter(cfg.monitoring.tracing, metrics=m)   # no loop: no task, driven by hand
-    rec = (1, 2, 0, 0.0, 0.001, "GET", "/x", "http", 200, "r", "h", "127.0.0.1", "", "rid", None, None)
+    rec = ("%032x" % 1, "%016x" % 2, None, 0.0, 0.001, "GET", "/x", "http", 200, "r", "h", "127.0.0.1", "", "rid",
+           None, None)
     for _ in range(5):
         ex.offer(rec)
     assert len(ex.queue) == 3 and ex.dropped == 2

@@ -1,7 +1,7 @@
 """OTLP/HTTP export of the gateway's spans, off the request path (L4).
 
 The tracing middleware hands over each sampled request as a plain tuple (``SpanRecord``
-order below): no SDK object, no protobuf, no clock call beyond the monotonic one the
+order below; ids as hex strings, the parent None for a root span): no SDK object, no protobuf, no clock call beyond the monotonic one the
 request already has.  ``SpanExporter`` owns:
 
 - a bounded queue (a list) per worker: ``offer`` appends, or counts a drop when the queue
@@ -37,6 +37,16 @@ from urllib.parse import urlsplit
 
 M_SPANS = "fastgw_tracing_spans_total"
 
+
+def trace_ids(notes) -> tuple[str | None, str | None]:
+    """(trace_id, span_id) of a request as lower-case hex, from ``ctx.notes["trace"]``
+    (``(traceparent line sent upstream, trace_id, span_id)``, set by the tracing
+    middleware), or (None, None) when tracing is off."""
+    t = notes.get("trace")
+    if t is None:
+        return None, None
+    return t[1], t[2]
+
 # SpanRecord: the tuple the middleware queues, in this order
 (R_TRACE, R_SPAN, R_PARENT, R_START, R_END, R_METHOD, R_PATH, R_SCHEME, R_STATUS, R_ROUTE, R_HOST,
  R_CLIENT, R_UPSTREAM, R_RID, R_ERROR, R_TRACESTATE) = range(16)
@@ -56,10 +66,10 @@ def encode(records, service_name: str, mono_to_wall_ns) -> bytes:
     ss.scope.name = "fastgw"
     for r in records:
         sp = ss.spans.add()
-        sp.trace_id = r[R_TRACE].to_bytes(16, "big")
-        sp.span_id = r[R_SPAN].to_bytes(8, "big")
+        sp.trace_id = bytes.fromhex(r[R_TRACE])
+        sp.span_id = bytes.fromhex(r[R_SPAN])
         if r[R_PARENT]:
-            sp.parent_span_id = r[R_PARENT].to_bytes(8, "big")
+            sp.parent_span_id = bytes.fromhex(r[R_PARENT])
         if r[R_TRACESTATE]:
             sp.trace_state = r[R_TRACESTATE]
         route = r[R_ROUTE]
