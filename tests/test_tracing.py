@@ -294,3 +294,18 @@ def test_live_untrusted_peer_starts_a_new_trace_sampled_at_ratio_one():
         assert len({m.group(1) for m in sent}) == 3
         assert spans and {s.trace_id.hex() for _rs, s in spans} == {m.group(1) for m in sent}
         assert all(s.parent_span_id == b"" for _rs, s in spans)   # a root span: the client's parent ignored
+
+
+def test_otlp_endpoint_without_opentelemetry_proto_is_refused(monkeypatch):
+    import fastgw.config.tracing as tracing_cfg
+
+    real = tracing_cfg.importlib.util.find_spec
+    monkeypatch.setattr(tracing_cfg.importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("opentelemetry") else real(name, *a))
+    text = ("services:\n  a: {url: 'http://127.0.0.1:1', routes: [{path: /x}]}\n"
+            "monitoring:\n  tracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text)
+    assert e.value.errors == ["monitoring.tracing.otlp_endpoint: OTLP export needs the opentelemetry-proto package: "
+                              "pip install 'fastgw[otlp]'"]
+    load_config_text(text.replace("{otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}", "{sample_ratio: 0.5}"))
