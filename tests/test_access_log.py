@@ -41,9 +41,9 @@ def _reference_line(ctx, error, ts, now) -> bytes:
         "route": route.name if route is not None else None, "user": ctx.user,
         "user_agent": ua.decode("latin-1") if ua else None, "response_flags": flags,
     }
-    tp = ctx.notes.get("trace_id")
+    tp = ctx.notes.get("trace")  # the tracing middleware's (upstream line, trace id, span id)
     if tp is not None:
-        rec["trace_id"] = tp
+        rec["trace_id"], rec["span_id"] = tp[1], tp[2]
     return orjson.dumps(rec)
 
 
@@ -90,7 +90,8 @@ def test_line_is_byte_identical_to_the_dict_encoding(tmp_path, clock, case, erro
     for trace in (None, "4bf92f3577b34da6a3ce929d0e0e4736"):
         ctx = _ctx(**CASES[case])
         if trace is not None:
-            ctx.notes["trace_id"] = trace
+            ctx.notes["trace"] = (b"traceparent: 00-%s-00f067aa0ba902b7-01\r\n" % trace.encode(), trace,
+                                  "00f067aa0ba902b7")
         al.logging(ctx, error)
         expected.append(_reference_line(ctx, error, WALL, NOW))
     buf.close()

@@ -11,10 +11,12 @@ instructions one exchange costs, without start-up.
     python -m bench.micro.instructions --routes bare -k 4000
 
 Routes: ``bare`` (request id + access log + metrics, a request with User-Agent and
-Accept), ``wrk`` (the same route with the exchange of bench's small-50: wrk's request,
-Host only, and nginx's 100 B answer), ``mixed`` and ``cond`` (bare on a config that also
-has routes with ``match`` conditions, a request for a literal route and one for a
-conditional route; not run by default), ``policy`` (JWT auth + per-user and per-IP rate
+Accept), ``tracing`` (bare with ``monitoring.tracing`` on at sample ratio 0: a new trace
+id per request, not sampled), ``traced`` (the same at ratio 1: every span recorded and
+queued for export), ``wrk`` (the same route with the exchange of bench's small-50: wrk's
+request, Host only, and nginx's 100 B answer), ``mixed`` and ``cond`` (bare on a config
+that also has routes with ``match`` conditions, a request for a literal route and one for
+a conditional route), ``policy`` (JWT auth + per-user and per-IP rate
 limits + CORS + security headers, as bench's policy), ``newconn`` (bare, with a new
 client connection per request).  Kernel work
 (syscalls) is not counted: see ``python -m bench`` for the whole picture.
@@ -35,8 +37,9 @@ from pathlib import Path
 import uvloop
 import yaml
 
-ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond")
-DEFAULT_ROUTES = ROUTES[:4]
+ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced")
+DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
+_TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
 # header regex, a cookie, any/not, a version) on other paths: it must cost what bare costs
 # (the match cache keeps unconditional answers).  "cond": a request that one of them takes.
@@ -75,6 +78,8 @@ def _world(route: str):
         text = CFG.replace("gateway: {", "gateway: {versioning: {header: API-Version}, ")
         text = text.replace('        methods: ["GET", "HEAD", "POST"]\n', '        methods: ["GET", "HEAD", "POST"]\n' + MIXED_ROUTES)
         req = REQ if route == "mixed" else COND_REQ
+    elif route in ("tracing", "traced"):
+        text, req = CFG + _TRACING % (0 if route == "tracing" else 1), REQ
     else:
         text = CFG
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")

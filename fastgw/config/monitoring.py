@@ -12,6 +12,7 @@ path (reopened on USR1).
 
 Rules kept here: the level is one of debug/info/warning/error (case-insensitive, stored
 lower-case); an empty admin token (``${ADMIN_TOKEN:-}`` unset) means no token.
+``tracing`` (off when absent) is in ``config/tracing.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, Duration, PositiveDuration, Secret, Size
+from fastgw.config.tracing import TracingConfig
 
 Output = Annotated[str, Check(v.non_empty)]  # "stdout" | "stderr" | a file path
 
@@ -69,3 +71,4 @@ class MonitoringConfig(Base):
     circuit_breaker: CircuitBreakerConfig | None = None
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     admin: AdminConfig | None = None  # None = no admin API listener
+    tracing: TracingConfig | None = None  # W3C Trace Context + OTLP export (config/tracing.py)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import httptools
 
 from fastgw.errors import GatewayError
-from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_UA, H_UPGRADE,
-                                 H_XFF, H_XFP, METHODS, REPEATED, special_kind, valid_host)
+from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_TRACE, H_UA,
+                                 H_UPGRADE, H_XFF, H_XFP, METHODS, REPEATED, special_kind, valid_host)
 
 # reasons to pause reading (bit mask)
 PAUSE_BACKLOG = 1    # pipelined requests queued behind the one in flight
@@ -286,6 +286,8 @@ class DownstreamProtocol:
                     ctx.authz = value if ctx.authz is None else REPEATED
                 elif kind == H_ORIGIN:
                     self.p_ctx.origin = value  # (the last one, as ctx.header() answers)
+                elif kind == H_TRACE:
+                    self.p_ctx.trace_hdrs = True
                 else:
                     self.p_ctx.rid = value
             elif 95 in name:  # "_" (an int test is a memchr; ``b"_" in`` costs ~2k instructions)

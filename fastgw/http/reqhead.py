@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_RID, H_UA, H_AUTHZ, H_ORIGIN = range(1, 15)
+H_TRACE = 15  # traceparent/tracestate: forwarded, and flagged in ctx.trace_hdrs
 
 SPECIAL = {
     b"host": H_HOST,
@@ -35,6 +36,8 @@ SPECIAL = {
     b"user-agent": H_UA,
     b"authorization": H_AUTHZ,
     b"origin": H_ORIGIN,
+    b"traceparent": H_TRACE,  # (only flagged: the tracing middleware looks them up)
+    b"tracestate": H_TRACE,
 }
 special_kind = SPECIAL.get  # bound once: called for every header line
 

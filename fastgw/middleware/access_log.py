@@ -20,7 +20,8 @@ from fastgw.pipeline.middleware import Middleware
 class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One access log line; the field order is the line's key order.
 
-    Only ``trace_id`` and ``content_encoding`` have a default, so they are the only keys left out (when None):
+    Only ``trace_id``, ``span_id`` (from the tracing middleware's note) and
+    ``content_encoding`` have a default, so they are the only keys left out (when None):
     ``omit_defaults`` never drops a field without a default.  ``gc=False``: a record holds
     strings, numbers and a list of strings, never a cycle, so the collector need not track it.
     """
@@ -43,6 +44,7 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     user_agent: str | None
     response_flags: list[str] | tuple[str, ...]
     trace_id: str | None = None
+    span_id: str | None = None       # the gateway's span (the upstream's parent)
     content_encoding: str | None = None  # the response's coding when the gateway compressed it
 
 
@@ -81,14 +83,17 @@ class AccessLog(Middleware):
         else:
             flags = _NO_FLAGS
         ua = ctx.ua
+        # (traceparent line, trace_id, span_id) of the tracing middleware
+        # (fastgw.obs.otlp.trace_ids, inlined)
+        tp = ctx.notes.get("trace")
         recs = self.recs
         recs.append(AccessRecord(
             wall(), ctx.request_id, ctx.client_ip, ctx.method, ctx.host, ctx.path, ctx.status,
             ctx.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
             ctx.upstream_status or None, ctx.upstream_duration,
             route.name if route is not None else None, ctx.user,
-            ua.decode("latin-1") if ua else None, flags, ctx.notes.get("trace_id"),
-            ctx.notes.get("content_encoding")))
+            ua.decode("latin-1") if ua else None, flags, tp[1] if tp is not None else None,
+            tp[2] if tp is not None else None, ctx.notes.get("content_encoding")))
         if len(recs) >= self.max_recs:
             self.buf.flush()
 

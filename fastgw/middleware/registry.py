@@ -6,10 +6,10 @@ the middleware is not enabled for that route.  ``route_cfg``/``service_cfg`` are
 the global chain (replies with no route: 400/404/405).
 
 Order of request filters (response filters run in reverse):
-request_id -> access_log -> security_headers -> ip_filter -> cors -> deprecation -> ratelimit_ip ->
-auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> mirror -> compression
-(last, so its response filter runs first: DESIGN.md's "compression, then per-request
-decorations")
+tracing -> request_id -> access_log -> security_headers -> ip_filter -> cors -> deprecation ->
+ratelimit_ip -> auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> mirror ->
+compression (last, so its response filter runs first: DESIGN.md's "compression, then
+per-request decorations")
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 
 ORDER: tuple[tuple[str, str], ...] = (
+    ("tracing", "fastgw.middleware.tracing"),
     ("request_id", "fastgw.middleware.request_id"),
     ("access_log", "fastgw.middleware.access_log"),
     ("security_headers", "fastgw.middleware.security_headers"),

@@ -65,6 +65,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                          ("route", "version", "outcome", "client")),
     "fastgw_mirror_requests_total": ("counter", "Mirrored request copies by route and result (the shadow's status class, "
                                      "error, timeout, dropped, skipped).", ("route", "result")),
+    "fastgw_tracing_spans_total": ("counter", "Sampled spans by result (exported, dropped_queue_full, dropped_export_failed).",
+                                   ("result",)),
 }
 
 

@@ -64,7 +64,7 @@ class Ctx:
         "up",               # the bound upstream connection (engine-owned) or None
         "app",              # the config snapshot (runtime App) this request runs on
         # protocol/engine private (hot, so slots rather than notes)
-        "xff", "xfp", "rid", "ua", "authz", "origin", "captured", "method_b", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
+        "xff", "xfp", "rid", "ua", "authz", "origin", "trace_hdrs", "captured", "method_b", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
     )
 
     def __init__(self) -> None:
@@ -118,6 +118,7 @@ class Ctx:
         # readers fall back to header().
         self.authz = None
         self.origin = None
+        self.trace_hdrs = False  # traceparent or tracestate present (captured; the tracing middleware)
         self.captured = False
         self.method_b = b"GET"  # the method as bytes (forwarded as is)
         self.raw_host = None    # bytes: Host as received
