@@ -15,7 +15,8 @@ import pytest
 from fastgw.shm import Region
 from fastgw.shm.ratelimit import decisions, spec
 
-from .test_shm_procs import any_lock_region, children, held_elsewhere, region  # noqa: F401  (fixtures, shared)
+from .test_shm_procs import (  # noqa: F401  (fixtures and helpers, shared)
+    BURST, RATE, STALL_NS, any_lock_region, children, held_elsewhere, overflow_while_all_stalled, region)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
@@ -123,12 +124,18 @@ def test_kill_9_half_way_through_a_multi_limit_update(any_lock_region, children)
 
 def _hammer_pair(region: Region, keys: list[bytes], start_ns: int, end_ns: int) -> dict:
     t, clock = region.ratelimit, time.monotonic_ns
-    specs = [spec(2000.0, 100), spec(1.0, 10**6)]        # the first binds, the second counts
+    specs = [spec(RATE, BURST), spec(1.0, 10**6)]        # the first binds, the second counts
     while clock() < start_ns:
         time.sleep(0.0005)
     allowed = checks = 0
     first = last = 0
-    while (now := clock()) < end_ns:
+    stalls = []
+    while True:
+        now = clock()
+        if last and now - last >= STALL_NS:         # (a stall at the end counts too)
+            stalls.append((last, now))
+        if now >= end_ns:
+            break
         first = first or now
         ok, tats = t.take_all(keys, specs, now)
         if ok:
@@ -136,7 +143,7 @@ def _hammer_pair(region: Region, keys: list[bytes], start_ns: int, end_ns: int) 
             assert all(d[0] for d in decisions(tats, specs, now))
         checks += 1
         last = now
-    return {"allowed": allowed, "checks": checks, "first": first, "last": last}
+    return {"allowed": allowed, "checks": checks, "first": first, "last": last, "stalls": stalls}
 
 
 def test_four_processes_two_limits_all_or_nothing_within_the_bound(region, children):
@@ -149,8 +156,30 @@ def test_four_processes_two_limits_all_or_nothing_within_the_bound(region, child
     allowed = sum(x["allowed"] for x in res)
     assert all(x["checks"] > x["allowed"] for x in res)
     elapsed = max(x["last"] for x in res) - min(x["first"] for x in res)
-    want = 100 + 2000.0 * elapsed / 1e9
-    assert want - 1 - 2000.0 * 0.010 <= allowed <= want + 1
+    want = BURST + RATE * elapsed / 1e9
+    lost = overflow_while_all_stalled([x["stalls"] for x in res], max(x["last"] for x in res))
+    assert want - 1 - RATE * 0.010 - lost <= allowed <= want + 1
     # all or nothing: the generous limit was charged exactly once per allowed request
     now = time.monotonic_ns()
     assert 10**6 - allowed <= t.check(b, 1.0, 10**6, now, dry=True)[1] <= 10**6 - allowed + 2
+
+
+@pytest.mark.parametrize("creator", ["robust-mutex", "fcntl"])
+def test_every_process_uses_the_creators_kind_of_lock(creator, monkeypatch):
+    """The kind is recorded in the region's header: a process that maps it with another
+    environment still excludes the creator's processes (same lock, same bytes)."""
+    if creator == "fcntl":
+        monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl")
+    else:
+        monkeypatch.delenv("FASTGW_SHM_LOCKS", raising=False)
+    with Region.create(2, metrics_series=64, table_slots=1024, health_slots=8) as r:
+        assert r.ratelimit.lock_kind == creator
+        if creator == "fcntl":
+            monkeypatch.delenv("FASTGW_SHM_LOCKS")
+        else:
+            monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl")
+        with Region.attach(os.dup(r.fd)) as other:
+            assert other.ratelimit.lock_kind == creator
+            now = time.monotonic_ns()
+            assert other.ratelimit.check(b"k", 1.0, 2, now)[:2] == (True, 1)
+            assert r.ratelimit.check(b"k", 1.0, 2, now)[:2] == (True, 0)

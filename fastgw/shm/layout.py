@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 2                 # 2: the rate-limit part ends with its stripe locks
+VERSION = 2                 # 2: the rate-limit part ends with its stripe locks (table_locks)
 ALIGN = 64
 
 PARAMS = (
@@ -32,6 +32,7 @@ PARAMS = (
     "metrics_series",   # 64-bit cells (and directory entries) per metric area
     "table_slots",      # rate-limit table slots
     "health_slots",     # upstream instances in the health table
+    "table_locks",      # the rate-limit table's stripe locks: 0 robust mutexes, 1 fcntl (shm/locks.py)
 )
 PARTS = ("workers", "metrics", "ratelimit", "health", "broadcast")
 

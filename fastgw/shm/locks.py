@@ -33,7 +33,10 @@ Rules it keeps:
 Elsewhere (no robust mutexes in the C library, or not Linux) ``RangeLocks`` keeps the
 same interface with ``fcntl`` byte-range locks on the region's file, one byte per lock:
 the kernel drops them when the holder dies; two syscalls per lock/unlock pair.
-``FASTGW_SHM_LOCKS=fcntl`` forces it (benchmarks compare the two with it).
+``FASTGW_SHM_LOCKS=fcntl`` forces it (benchmarks compare the two with it).  The kind is
+chosen once, by the process that creates the region, and recorded in its header
+(``table_locks``): every process that maps the region uses that kind, whatever its own
+environment says.
 
 Interface (the table's hot path uses it unwrapped): ``handles[i]`` is lock ``i``'s
 argument, ``lock(h)`` returns 0 (or None) when taken, else an errno for ``repair(h, rc)``,
@@ -55,7 +58,7 @@ _ERRORCHECK, _PSHARED, _ROBUST = 2, 1, 1    # PTHREAD_MUTEX_ERRORCHECK, _PROCESS
 
 def _libc():
     """The C library with robust mutexes, or None."""
-    if not sys.platform.startswith("linux") or os.environ.get("FASTGW_SHM_LOCKS") == "fcntl":
+    if not sys.platform.startswith("linux"):
         return None
     try:
         lib = ctypes.PyDLL(None)        # this handle's own function objects: argtypes set here only
@@ -136,7 +139,22 @@ class RangeLocks:
         raise OSError(rc, "rate-limit stripe lock")
 
 
-def stripe_locks(mm, fd: int, offset: int, n: int) -> RobustMutexes | RangeLocks:
-    """The locks of this platform over the region's bytes ``offset .. offset + n*SIZE``."""
-    lib = _libc()
-    return RobustMutexes(lib, mm, offset, n) if lib is not None else RangeLocks(fd, offset, n)
+KINDS = (RobustMutexes.kind, RangeLocks.kind)     # by their code in the region's header
+
+
+def default_kind() -> int:
+    """The code of the locks a new region gets here: robust mutexes where the C library has
+    them, unless ``FASTGW_SHM_LOCKS=fcntl``."""
+    return 0 if os.environ.get("FASTGW_SHM_LOCKS") != "fcntl" and _libc() is not None else 1
+
+
+def stripe_locks(kind: int, mm, fd: int, offset: int, n: int) -> RobustMutexes | RangeLocks:
+    """The locks of kind ``kind`` (the region's, recorded by its creator so that every
+    process that maps it uses the same) over the region's bytes ``offset .. offset + n*SIZE``."""
+    if kind == 1:
+        return RangeLocks(fd, offset, n)
+    lib = _libc() if kind == 0 else None
+    if lib is None:
+        raise OSError(f"this region's rate-limit locks are {KINDS[kind] if kind < len(KINDS) else kind!r}, "
+                      "which this process cannot use")
+    return RobustMutexes(lib, mm, offset, n)

@@ -207,13 +207,13 @@ class RateTable:
                  "_hasher", "_digest", "_slots", "slots", "buckets", "inserted", "reclaimed", "evicted")
 
     def __init__(self, mm, q: memoryview, fd: int, offset: int, slots: int, secret: bytes,
-                 digest: Callable[[bytes], bytes] | None = None) -> None:
+                 digest: Callable[[bytes], bytes] | None = None, locks: int = 0) -> None:
         self._mm = mm
         self._q = q
         self._off = offset
         self._nbuckets = nb = slots // BUCKET
         self._nstripes = ns = min(nb, STRIPES)
-        self._locks = lk = _locks.stripe_locks(mm, fd, offset + nb * STRIDE, ns)
+        self._locks = lk = _locks.stripe_locks(locks, mm, fd, offset + nb * STRIDE, ns)
         self._mutex = lk.handles
         self._lock = lk.lock
         self._unlock = lk.unlock

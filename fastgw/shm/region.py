@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 
 from fastgw.config.ratelimit_section import TABLE_SLOTS
-from fastgw.shm import broadcast, health, metrics, ratelimit, workers
+from fastgw.shm import broadcast, health, locks, metrics, ratelimit, workers
 from fastgw.shm.layout import HEADER_SIZE, PARTS, Header, align
 
 EXTRA_METRIC_SLOTS = 2      # metric areas for the control process and the supervisor
@@ -82,7 +82,8 @@ class Region:
         p, o = header.params, header.offsets
         self.workers = workers.WorkerTable(q, o["workers"], p["max_workers"])
         self.metrics = metrics.MetricsStore(mm, q, o["metrics"], p["metric_slots"], p["metrics_series"])
-        self.ratelimit = ratelimit.RateTable(mm, q, fd, o["ratelimit"], p["table_slots"], header.secret, digest)
+        self.ratelimit = ratelimit.RateTable(mm, q, fd, o["ratelimit"], p["table_slots"], header.secret, digest,
+                                             p["table_locks"])
         self.health = health.HealthTable(mm, q, o["health"], p["health_slots"])
         self.broadcast = broadcast.Broadcast(q, o["broadcast"])
 
@@ -108,6 +109,7 @@ class Region:
             "metrics_series": metrics_series,
             "table_slots": table_slots,
             "health_slots": health_slots,
+            "table_locks": locks.default_kind(),
         }
         sizes = {
             "workers": workers.size(max_workers),
