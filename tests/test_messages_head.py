@@ -227,10 +227,11 @@ def _respond(block: bytes, version: str = "1.1"):
     ctx = Ctx()
     ctx.route = SimpleNamespace(chain=SimpleNamespace(response=()))
     ctx.keep_alive, ctx.version, ctx.method = True, version, "GET"
-    up = SimpleNamespace(down=SimpleNamespace(draining=False, cur_complete=True),
-                         rechunk=False, close_delimited=False)
-    head = response_head(ctx, up, 200, b"OK", block, False, None)
-    return head, up.rechunk, up.close_delimited, ctx.keep_alive
+    from fastgw.upstream.client import CLOSE_DELIMITED, RECHUNK
+
+    head, framing = response_head(ctx, SimpleNamespace(draining=False, cur_complete=True), 200, b"OK", block,
+                                  True, None)
+    return head, bool(framing & RECHUNK), bool(framing & CLOSE_DELIMITED), ctx.keep_alive
 
 
 @pytest.mark.parametrize("block", _blocks())

@@ -32,6 +32,7 @@ from collections import deque
 import httptools
 
 from fastgw.errors import GatewayError
+from fastgw.http.deadline import Deadline
 from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_UA, H_UPGRADE,
                                  H_XFF, H_XFP, METHODS, REPEATED, special_kind, valid_host)
 
@@ -70,7 +71,7 @@ class DownstreamProtocol:
     __slots__ = (
         # per-connection
         "handler", "info", "loop", "transport", "parser", "peer_ip", "peer_port", "closed",
-        "paused", "write_paused", "timer", "timer_at", "deadline", "deadline_kind",
+        "paused", "write_paused", "dl",
         "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel",
         # per-request (the request being parsed)
         "p_ctx", "p_size", "p_hosts", "p_cl", "p_te", "p_error", "host_ok", "host_str",
@@ -92,10 +93,7 @@ class DownstreamProtocol:
         self.closed = False
         self.paused = 0
         self.write_paused = False
-        self.timer = None
-        self.timer_at = 0.0
-        self.deadline = 0.0
-        self.deadline_kind = T_NONE
+        self.dl = Deadline(loop, self._expired, info.t_min)  # the one timer (rule 4)
         self.queue = deque()
         self.backlog = None
         self.n_requests = 0
@@ -128,13 +126,11 @@ class DownstreamProtocol:
             self.peer_ip, self.peer_port = peer[0], peer[1]
         self.parser = httptools.HttpRequestParser(self)
         self.handler.connection_made(self)
-        self._set_deadline(T_IDLE, self.info.t_head)
+        self.dl.set(T_IDLE, self.info.t_head)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.dl.cancel()
         cur = self.cur
         self.cur = None
         self.queue.clear()
@@ -156,7 +152,7 @@ class DownstreamProtocol:
             self.tunnel.pause_reading()
             return
         self.handler.downstream_paused(self, True)
-        self._set_deadline(T_SEND, self.info.t_send)
+        self.dl.set(T_SEND, self.info.t_send)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -164,8 +160,8 @@ class DownstreamProtocol:
             self.tunnel.resume_reading()
             return
         self.handler.downstream_paused(self, False)
-        if self.deadline_kind == T_SEND:
-            self.deadline_kind = T_NONE
+        if self.dl.kind == T_SEND:
+            self.dl.kind = T_NONE
 
     # ------------------------------------------------------------------ reading
     def data_received(self, data: bytes) -> None:
@@ -224,10 +220,10 @@ class DownstreamProtocol:
             if self.cur is None:
                 if self.queue:
                     self._next()
-                elif self.deadline_kind == T_IDLE and self.p_error is None and not self.closed:
+                elif self.dl.kind == T_IDLE and self.p_error is None and not self.closed:
                     # bytes of a head that is not complete yet: from now on the whole
                     # head must arrive within request_header (slowloris)
-                    self._set_deadline(T_HEAD, self.info.t_head)
+                    self.dl.set(T_HEAD, self.info.t_head)
 
     def _parse_failed(self, kind: str, detail: str) -> None:
         """The parser refused the input.  Requests are only dispatched once the bytes that
@@ -352,7 +348,7 @@ class DownstreamProtocol:
         mb = ctx.method_b = parser.get_method()
         ctx.method = METHODS.get(mb) or mb.decode("ascii")
         ctx.version = version
-        ctx.keep_alive = keep and not self.draining
+        ctx.keep_alive = keep  # what the client asked (the handler decides, draining included)
         if self.info.tls:
             ctx.tls = True
         ctx.peer_ip = self.peer_ip
@@ -379,8 +375,9 @@ class DownstreamProtocol:
         ctx = self.p_ctx
         ctx.bytes_received += len(body)
         if ctx is self.cur:
-            if self.deadline_kind == T_BODY:
-                self.deadline = self.loop.time() + self.info.t_body
+            dl = self.dl
+            if dl.kind == T_BODY:
+                dl.at = self.loop.time() + self.info.t_body
             self.handler.on_body(self, ctx, body)
         elif ctx.qbody is None:
             ctx.qbody = [body]
@@ -393,8 +390,8 @@ class DownstreamProtocol:
             return
         if ctx is self.cur:
             self.cur_complete = True
-            if self.deadline_kind in (T_BODY, T_HEAD):
-                self.deadline_kind = T_NONE
+            if self.dl.kind in (T_BODY, T_HEAD):
+                self.dl.kind = T_NONE
             self.handler.on_body_end(self, ctx)
         else:
             ctx.qcomplete = True
@@ -423,11 +420,11 @@ class DownstreamProtocol:
         if complete:
             # (the handler sees cur_complete and ends the body itself: no on_body_end
             # for a request that was whole before it started)
-            k = self.deadline_kind
+            k = self.dl.kind
             if k != T_NONE and k != T_SEND:
-                self.deadline_kind = T_NONE
+                self.dl.kind = T_NONE
         else:
-            self._set_deadline(T_BODY, self.info.t_body)
+            self.dl.set(T_BODY, self.info.t_body)
         self.handler.dispatch(self, nxt, body)
 
     def request_done(self, ctx, keep_alive: bool) -> None:
@@ -439,8 +436,10 @@ class DownstreamProtocol:
         if self.closed:
             return
         if not keep_alive or not ctx.keep_alive or not self.cur_complete:
-            # (an answer sent before the request body was read, e.g. 401 on an upload:
-            # the rest of the body cannot be told from the next request; close)
+            # ``keep_alive`` is the handler's decision (pipeline.heads.keep_client); the
+            # rest is this file's guard, whatever a handler says: a client that asked to
+            # close, or a request body not read to its end (its rest cannot be told from
+            # the next request), ends the connection
             self._close()
             return
         if not self.queue and self.p_error is None and self.backlog is None:
@@ -450,7 +449,7 @@ class DownstreamProtocol:
             if self.draining:
                 self._close()
                 return
-            self._set_deadline(T_IDLE, self.info.t_idle)
+            self.dl.set(T_IDLE, self.info.t_idle)
             return
         if self.queue:
             self._next()
@@ -467,7 +466,7 @@ class DownstreamProtocol:
             if self.draining:
                 self._close()
             else:
-                self._set_deadline(T_IDLE, self.info.t_idle)
+                self.dl.set(T_IDLE, self.info.t_idle)
 
     # ------------------------------------------------------------------ writing
     def write(self, data: bytes) -> None:
@@ -525,43 +524,17 @@ class DownstreamProtocol:
     def start_tunnel(self, upstream_transport) -> None:
         """Switch to a byte tunnel (after an upstream 101)."""
         self.tunnel = upstream_transport
-        self.deadline_kind = T_NONE
+        self.dl.kind = T_NONE
         if self.backlog:
             data, self.backlog = bytes(self.backlog), None
             upstream_transport.write(data)
         self._resume(PAUSE_BACKLOG | PAUSE_WAIT | PAUSE_UPSTREAM)
 
     # ------------------------------------------------------------------ timers
-    def _set_deadline(self, kind: int, seconds: float) -> None:
-        """Move the connection's deadline.  The timer is armed at most ``t_min`` (the
-        shortest timeout this connection ever sets) ahead, so a new deadline is never
-        earlier than the armed timer and moving it costs two stores, not a timer: the
-        timer re-arms itself when it fires before the deadline (rule 4)."""
-        now = self.loop.time()
-        at = now + seconds
-        self.deadline = at
-        self.deadline_kind = kind
-        if self.timer is None:
-            t = min(at, now + self.info.t_min)
-            self.timer = self.loop.call_at(t, self._on_timer)
-            self.timer_at = t
-        elif self.timer_at > at:  # only a timeout shorter than t_min gets here
-            self.timer.cancel()
-            self.timer = self.loop.call_at(at, self._on_timer)
-            self.timer_at = at
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.closed or self.deadline_kind == T_NONE:
+    def _expired(self, kind: int) -> None:
+        """The connection's deadline passed (``Deadline.fire``)."""
+        if self.closed:
             return
-        now = self.loop.time()
-        if now < self.deadline:
-            t = min(self.deadline, now + self.info.t_min)
-            self.timer = self.loop.call_at(t, self._on_timer)
-            self.timer_at = t
-            return
-        kind = self.deadline_kind
-        self.deadline_kind = T_NONE
         if kind == T_IDLE:
             self._close()
         elif kind == T_HEAD:

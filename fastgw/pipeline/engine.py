@@ -25,7 +25,7 @@ from fastgw.http.messages import Reply, error_reply
 from fastgw.http.netaddr import client_from_xff
 from fastgw.http.normalize import normalize_path, split_target
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
-from fastgw.pipeline.heads import request_head, response_head
+from fastgw.pipeline.heads import keep_client, request_head, response_head
 from fastgw.http.wire import CONTINUE_100, LAST_CHUNK, chunk, reply_bytes
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -74,10 +74,7 @@ class Engine:
             cancel = cur.notes.pop("_cancel", None)
             if cancel is not None:  # still waiting for a pooled connection: give the slot back
                 cancel()
-            up = cur.up
-            if up is not None:
-                cur.up = None
-                up.detach()
+            self._drop_upstream(cur)
             cur.flags.append("client_abort")
             if cur.status == 0:
                 cur.status = 499
@@ -152,7 +149,7 @@ class Engine:
                 raise GatewayError("body_too_large", f"request body exceeds {route.max_body} bytes")
         except GatewayError as err:
             ctx.error = err
-            self._reply_error(proto, ctx, err, app.global_chain, keep_alive=err.status < 500 and err.kind != "bad_path" and err.status != 413)
+            self._reply_error(proto, ctx, err, app.global_chain)
             return
         if ctx.upgrade is not None and (ctx.method != "GET" or ctx.upgrade.lower() != b"websocket"):
             # Only WebSocket is tunnelled; another Upgrade (h2c, ...) is not forwarded, and
@@ -244,7 +241,7 @@ class Engine:
         ctx.error = err
         ctx.app.log.exception("middleware failed: %s", e)
         if proto.cur is ctx and not proto.closed:
-            self._reply_error(proto, ctx, err, ctx.route.chain, keep_alive=False)
+            self._reply_error(proto, ctx, err, ctx.route.chain)
 
     def _after_request_chain(self, proto, ctx) -> None:
         route = ctx.route
@@ -275,10 +272,11 @@ class Engine:
         body = b'{"status":"ready"}' if ok else b'{"status":"not ready"}'
         ctx.status = 200 if ok else 503
         ctx.notes["_nolog"] = True
+        keep = keep_client(ctx, proto, self.draining)
         proto.write(reply_bytes(ctx.status, [(b"content-type", b"application/json"),
                                              (b"cache-control", b"no-store")], body,
-                                keep_alive=ctx.keep_alive, head_only=ctx.method == "HEAD"))
-        proto.request_done(ctx, True)
+                                keep_alive=keep, head_only=ctx.method == "HEAD"))
+        proto.request_done(ctx, keep)
 
     # ------------------------------------------------------------------ local replies
     def send_local(self, proto, ctx, reply: Reply, upto: int) -> None:
@@ -286,9 +284,11 @@ class Engine:
         for idx, fn in ctx.route.chain.response:
             if idx <= upto:
                 fn(ctx, reply)
-        self._write_reply(proto, ctx, reply, keep_alive=True)
+        self._write_reply(proto, ctx, reply, False)
 
-    def _reply_error(self, proto, ctx, err: GatewayError, chain, keep_alive: bool) -> None:
+    def _reply_error(self, proto, ctx, err: GatewayError, chain) -> None:
+        """Answer ``err`` (problem+json) through ``chain``'s response filters; the error
+        table's ``closes_connection`` column says whether the connection ends with it."""
         reply = error_reply(err, ctx.request_id)
         if chain is not None:
             if chain is self.app.global_chain and not ctx.request_id:
@@ -299,12 +299,10 @@ class Engine:
                 reply = error_reply(err, ctx.request_id)
             for _idx, fn in chain.response:
                 fn(ctx, reply)
-        self._write_reply(proto, ctx, reply, keep_alive)
+        self._write_reply(proto, ctx, reply, err.closes_connection)
 
-    def _write_reply(self, proto, ctx, reply: Reply, keep_alive: bool) -> None:
-        keep = keep_alive and ctx.keep_alive and not self.draining and not proto.draining
-        if not proto.cur_complete and (ctx.content_length or ctx.chunked):
-            keep = False  # unread request body: close rather than parse it as a request
+    def _write_reply(self, proto, ctx, reply: Reply, err_closes: bool) -> None:
+        keep = not err_closes and keep_client(ctx, proto, self.draining)
         extra = ctx.resp_headers
         if keep and ctx.version == "1.0":
             extra = extra + [(b"connection", b"keep-alive")]
@@ -346,13 +344,10 @@ class Engine:
         cancel = ctx.notes.pop("_cancel", None)
         if cancel is not None:
             cancel()
-        up = ctx.up
-        if up is not None:
-            ctx.up = None
-            up.detach()
+        self._drop_upstream(ctx)
         err = GatewayError("body_too_large", f"request body exceeds {ctx.route.max_body} bytes")
         ctx.error = err
-        self._reply_error(proto, ctx, err, ctx.route.chain, keep_alive=False)
+        self._reply_error(proto, ctx, err, ctx.route.chain)
 
     def on_body_end(self, proto, ctx) -> None:
         notes = ctx.notes
@@ -388,17 +383,14 @@ class Engine:
             notes["_body_done"] = True
 
     def body_timeout(self, proto, ctx) -> None:
-        up = ctx.up
-        if up is not None:
-            ctx.up = None
-            up.detach()
+        self._drop_upstream(ctx)
         err = GatewayError("request_timeout", "request body not received in time")
         ctx.error = err
         cancel = ctx.notes.pop("_cancel", None)
         if cancel is not None:
             cancel()
         if ctx.status == 0:
-            self._reply_error(proto, ctx, err, ctx.route.chain if ctx.route else None, keep_alive=False)
+            self._reply_error(proto, ctx, err, ctx.route.chain if ctx.route else None)
         else:
             proto.abort()
 
@@ -406,10 +398,7 @@ class Engine:
         ctx = proto.cur
         if ctx is not None:
             ctx.flags.append("bad_body")
-            up = ctx.up
-            if up is not None:
-                ctx.up = None
-                up.detach()
+            self._drop_upstream(ctx)
 
     def parse_error(self, proto, kind: str, detail: str) -> None:
         """A malformed or timed-out request head: answer and close, forward nothing."""
@@ -424,7 +413,7 @@ class Engine:
         proto.cur_complete = True
         ctx.keep_alive = False
         self.inflight += 1
-        self._reply_error(proto, ctx, err, self.app.global_chain, keep_alive=False)
+        self._reply_error(proto, ctx, err, self.app.global_chain)
 
     # ------------------------------------------------------------------ proxying
     def proxy(self, proto, ctx) -> None:
@@ -503,7 +492,16 @@ class Engine:
             ctx.error = err
         app = ctx.app
         app.metrics.upstream_error(route, err.kind)
-        self._reply_error(proto, ctx, err, route.chain, keep_alive=True)
+        self._reply_error(proto, ctx, err, route.chain)
+
+    @staticmethod
+    def _drop_upstream(ctx) -> None:
+        """The exchange ends without its response (client gone, body refused or late):
+        the bound upstream connection is released as not reusable."""
+        up = ctx.up
+        if up is not None:
+            ctx.up = None
+            up.pool.release(up, False)
 
     # ------------------------------------------------------------------ upstream events
     def upstream_head(self, up, status: int, reason: bytes, block: bytes, keep: bool) -> bytes:
@@ -511,7 +509,9 @@ class Engine:
         ctx = up.ctx
         ctx.upstream_status = status
         ctx.upstream_duration = monotonic() - ctx.upstream_start
-        return response_head(ctx, up, status, reason, block, self.draining, self.app.server_header)
+        down = up.down
+        return response_head(ctx, down, status, reason, block, keep_client(ctx, down, self.draining),
+                             self.app.server_header)
 
     def upstream_done(self, up, reusable: bool) -> None:
         ctx = up.ctx
@@ -556,7 +556,7 @@ class Engine:
         ctx = up.ctx
         up.handler = None
         up.tunnel = proto
-        up.deadline_kind = 0
+        up.dl.kind = 0
         ctx.up = None
         ctx.flags.append("upgraded")
         if rest:

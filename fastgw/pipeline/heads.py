@@ -13,6 +13,7 @@ import re
 
 from fastgw.http.messages import RequestHead, ResponseHead
 from fastgw.http.wire import CRLF, connection_tokens, cut_spans, header_lines, status_line
+from fastgw.upstream.client import CLOSE_DELIMITED, RECHUNK
 
 # Hop-by-hop and framing lines of a lower-cased, llhttp-validated response header block
 # with a "\n" prepended (llhttp refuses whitespace before a colon, so "\nname:" is exact).
@@ -103,8 +104,20 @@ def _ip_bytes(ip: str) -> bytes:
     return b
 
 
-def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: bool, server_header) -> bytes:
-    """The response head for the client, from the upstream's raw header block.
+def keep_client(ctx, down, draining: bool) -> bool:
+    """The one keep-alive decision for the client connection after this response: the
+    client asked for it, the gateway and this connection are not draining, and the
+    request was read to its end (an answer sent before the request body was read, e.g. a
+    401 on an upload, ends the connection: the rest of the body cannot be told from the
+    next request).  ``response_head`` then applies what the framing forces (an HTTP/1.0
+    client of a body without length: close; a 101: the tunnel)."""
+    return ctx.keep_alive and not draining and down is not None and not down.draining and down.cur_complete
+
+
+def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: bool, server_header):
+    """The response head for the client, from the upstream's raw header block, and the
+    framing of the body that follows: ``(head bytes, RECHUNK | CLOSE_DELIMITED bits)``.
+    ``keep`` is ``keep_client``'s decision; the final one is left in ``ctx.keep_alive``.
 
     The block is forwarded as bytes; only hop-by-hop and framing lines are cut.  The
     usual block (Content-Length and/or one plain Connection line) is recognised by the
@@ -141,10 +154,8 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
             fn(ctx, head)
         status = head.status
         block = head.block()
-    down = up.down
-    # (an answer before the request body was read: the connection ends with it)
-    keep_client = ctx.keep_alive and not draining and down is not None and \
-        not down.draining and down.cur_complete
+    keep_client = keep
+    framing = 0
     line = status_line(status, reason)
     if server_header:
         line += server_header
@@ -160,19 +171,19 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
             # No Content-Length: a chunked or read-until-close upstream body.  HTTP/1.1
             # clients get it chunked; HTTP/1.0 clients get it close-delimited.
             if ctx.version == "1.1":
-                up.rechunk = True
+                framing = RECHUNK
                 extra += b"transfer-encoding: chunked\r\n"
             else:
                 keep_client = False
             if not chunked:
-                up.close_delimited = True
+                framing |= CLOSE_DELIMITED
         if not keep_client:
             extra += b"connection: close\r\n"
         elif ctx.version == "1.0":
             extra += b"connection: keep-alive\r\n"
     ctx.keep_alive = keep_client
     ctx.status = status
-    return b"%s%s%s\r\n" % (line, block, extra)
+    return b"%s%s%s\r\n" % (line, block, extra), framing
 
 
 def _framing(low: bytes, block: bytes):
