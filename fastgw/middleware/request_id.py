@@ -52,6 +52,10 @@ class RequestId(Middleware):
         ctx.resp_raw += line
         return None
 
+    def error_filter(self, ctx) -> None:
+        """A reply made before any request filter ran still carries a request id."""
+        self.request_filter(ctx)
+
 def build(root_cfg, service_cfg, route_cfg, deps):
     # shared by every route and kept across reloads (its counter keeps ids unique), per
     # header name so a reload that renames the header takes effect

@@ -245,7 +245,7 @@ class Engine:
 
     def _after_request_chain(self, proto, ctx) -> None:
         route = ctx.route
-        if route.chain.body_check:
+        if route.chain.request_body:
             ctx.notes["_buffer_body"] = []
             ctx.notes["_buffer_size"] = 0
             self._maybe_continue(proto, ctx)
@@ -291,11 +291,10 @@ class Engine:
         table's ``closes_connection`` column says whether the connection ends with it."""
         reply = error_reply(err, ctx.request_id)
         if chain is not None:
-            if chain is self.app.global_chain and not ctx.request_id:
-                # the global chain's own request filters (request id) never ran for this reply
-                for idx, fn, is_async in chain.request:
-                    if not is_async and chain.names[idx] == "request_id":
-                        fn(ctx)
+            if chain is self.app.global_chain and not ctx.request_id and chain.error:
+                # no request filter ran for this reply: what it needs (the request id)
+                for fn in chain.error:
+                    fn(ctx)
                 reply = error_reply(err, ctx.request_id)
             for _idx, fn in chain.response:
                 fn(ctx, reply)
@@ -363,7 +362,7 @@ class Engine:
                 return
             body = b"".join(buf)
             notes.pop("_buffer_body")
-            for idx, fn in ctx.route.chain.body_check:
+            for idx, fn in ctx.route.chain.request_body:
                 r = fn(ctx, body)
                 if r is not None:
                     self.send_local(proto, ctx, r, idx)

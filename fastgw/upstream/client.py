@@ -140,7 +140,7 @@ class UpstreamProtocol:
         self.ctx = ctx
         self.head_only = ctx.method == "HEAD"
         self.t_read = route.t_read
-        self.body_filter = route.body_filter
+        self.body_filter = route.response_body_filter
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
         self.dl.set(T_HEAD, route.t_head)
