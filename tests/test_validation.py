@@ -10,6 +10,7 @@ import pytest
 from fastgw.config.security import ValidateConfig
 from fastgw.middleware import validation as val_mod
 from fastgw.middleware.validation import Validation
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 from fastgw.pipeline.middleware import Middleware
 
@@ -36,13 +37,11 @@ GOOD = {"order_id": "ABC-123456", "customer": {"email": "ann@example.com", "tier
 
 
 def ctx_for(method="POST", headers=(), body=b"", query=b"", chunked=False):
-    c = Ctx()
-    c.method = method
-    c.headers = list(headers)
-    c.query = query
+    req = Request.build(method, b"/" + (b"?" + query if query else b""), list(headers))
+    req.chunked = chunked
+    req.content_length = None if chunked or method in ("GET", "HEAD") and not body else len(body)
+    c = Ctx(req)
     c.request_id = "rid-v"
-    c.chunked = chunked
-    c.content_length = None if chunked or method in ("GET", "HEAD") and not body else len(body)
     return c
 
 

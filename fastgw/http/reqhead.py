@@ -2,7 +2,7 @@
 
 ``special_kind(lower_name)`` classifies a request header while it is parsed (one dict
 lookup per header line); a name it does not know is forwarded as is.  Kinds from
-``H_RID`` on are forwarded *and* captured into the Ctx, so that no middleware needs a
+``H_RID`` on are forwarded *and* captured into the Request (``http.request``), so that no middleware needs a
 header lookup for them (request id, access log, auth, CORS).
 """
 
@@ -38,7 +38,7 @@ SPECIAL = {
 }
 special_kind = SPECIAL.get  # bound once: called for every header line
 
-# ctx.authz when the request carried Authorization more than once (a token is ambiguous)
+# Request.authorization when the request carried Authorization more than once (a token is ambiguous)
 REPEATED = b"\0repeated"
 
 # the usual methods as interned str (no decode per request)

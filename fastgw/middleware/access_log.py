@@ -70,11 +70,12 @@ class AccessLog(Middleware):
             flags = flags.copy()
         else:
             flags = _NO_FLAGS
-        ua = ctx.ua
+        req = ctx.request
+        ua = req.user_agent
         recs = self.recs
         recs.append(AccessRecord(
-            wall(), ctx.request_id, ctx.client_ip, ctx.method, ctx.host, ctx.path, ctx.status,
-            ctx.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
+            wall(), ctx.request_id, ctx.client_ip, req.method, req.host, req.path, ctx.status,
+            req.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
             ctx.upstream_status or None, ctx.upstream_duration,
             route.name if route is not None else None, ctx.user,
             ua.decode("latin-1") if ua else None, flags, ctx.notes.get("trace_id")))

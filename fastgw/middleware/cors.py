@@ -7,7 +7,7 @@ the config has wildcard patterns, one anchored regex.
 Rules:
 
 1. A request without ``Origin`` costs one attribute read in ``request_filter`` (the
-   protocol captures ``Origin`` while parsing, ``ctx.origin``); its
+   protocol captures ``Origin`` while parsing, ``ctx.request.origin``); its
    response only gets ``Vary: Origin`` when the answer depends on the origin (Fetch
    §3.2.8 "CORS protocol and HTTP caches": a shared cache must not serve a response made
    for one origin to another, nor one made without ``Origin`` to a CORS request).
@@ -118,12 +118,12 @@ class Cors(Middleware):
 
     def request_filter(self, ctx):
         """Answer a preflight (204/403); note the CORS headers for the response; else None."""
-        # the protocol captured Origin while parsing (a hand-made Ctx has not: look it up)
-        origin = ctx.origin if ctx.captured else ctx.header(b"origin")
+        req = ctx.request
+        origin = req.origin  # (captured while parsing: no header lookup)
         if origin is None:
             return None
         allowed = self._allowed(origin)
-        if ctx.method == "OPTIONS" and self._preflights:
+        if req.method == "OPTIONS" and self._preflights:
             acrm = ctx.header(b"access-control-request-method")
             if acrm is not None:
                 ctx.notes["cors"] = _NOTHING  # the reply is complete; add nothing on the way out
@@ -138,7 +138,7 @@ class Cors(Middleware):
             if not self._preflights:
                 # global chain: the engine runs only its response filters on a 400/404/405,
                 # so the origin is looked at here (once, on an error path)
-                origin = ctx.origin if ctx.captured else ctx.header(b"origin")
+                origin = ctx.request.origin
                 add = self._no_origin if origin is None else (self._allowed(origin) or self._denied)
             else:
                 add = self._no_origin

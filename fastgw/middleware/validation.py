@@ -87,11 +87,11 @@ class Validation(Middleware):
             if val is None or not val.strip():
                 return self._missing(ctx, "header", [n for ln, n in self._headers if not _has_header(ctx, ln)])
         if self._query:
-            have = _query_names(ctx.query)
+            have = _query_names(ctx.request.query)
             missing = [name for raw, name in self._query if raw not in have]
             if missing:
                 return self._missing(ctx, "parameter", missing)
-        if not (ctx.chunked or ctx.content_length):
+        if not (ctx.request.chunked or ctx.request.content_length):
             if self._body_required:
                 return ctx.problem(400, "a request body is required", kind="bad_request",
                                    extra={"errors": [{"pointer": "#", "detail": "a request body is required"}]})

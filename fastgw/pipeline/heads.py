@@ -12,8 +12,7 @@ from __future__ import annotations
 import re
 
 from fastgw.http.messages import RequestHead, ResponseHead
-from fastgw.http.wire import CRLF, connection_tokens, cut_spans, header_lines, status_line
-from fastgw.upstream.client import CLOSE_DELIMITED, RECHUNK
+from fastgw.http.wire import CLOSE_DELIMITED, CRLF, RECHUNK, connection_tokens, cut_spans, header_lines, status_line
 
 # Hop-by-hop and framing lines of a lower-cased, llhttp-validated response header block
 # with a "\n" prepended (llhttp refuses whitespace before a colon, so "\nname:" is exact).
@@ -49,44 +48,47 @@ _PLAIN_CONN = frozenset({b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upg
 _NO_BODY = frozenset({204, 304})
 
 
-def request_head(ctx, route, peer) -> bytes:
-    """The request head for the upstream, as one bytes object (one ``%`` format: the
-    pieces are joined in C, and header lists are serialised with ``map`` over a C
-    join, no Python call per header)."""
-    target = peer.base_path + ctx.path.encode("latin-1")
-    if ctx.query:
-        target += b"?" + ctx.query
-    headers = ctx.headers
-    conn_hdr = ctx.conn_hdr
+def request_head(x, route, peer) -> bytes:
+    """The request head of one attempt, for the instance ``peer``, as one bytes object
+    (one ``%`` format: the pieces are joined in C, and header lists are serialised with
+    ``map`` over a C join, no Python call per header).  Every attempt calls it, so a
+    retry on another instance carries that instance's Host and base path; the
+    ``upstream_request_filter`` hooks run per attempt too."""
+    # the instance's address: the one place this module reads it
+    host_header, base_path = peer.host_header, peer.base_path
+    req = x.request
+    target = base_path + req.path.encode("latin-1")
+    if req.query:
+        target += b"?" + req.query
+    headers = x.fwd
+    conn_hdr = req.conn_hdr
     if conn_hdr is not None and conn_hdr not in _PLAIN_CONN:
         listed = connection_tokens(conn_hdr) - {b"close", b"keep-alive", b"upgrade"}
         if listed:
             headers = [h for h in headers if h[0].lower() not in listed]
     if route.chain.upstream_request:
-        head = RequestHead(ctx.method_b, target, list(headers))
+        head = RequestHead(req.method_b, target, list(headers))
         for fn in route.chain.upstream_request:
-            fn(ctx, head)
+            fn(x, head)
         target, headers = head.target, head.headers
     fwd = header_lines(headers) if headers else b""
-    if ctx.upstream_headers:
-        fwd += header_lines(ctx.upstream_headers)
-    peer_ip = _IP_BYTES.get(ctx.peer_ip) or _ip_bytes(ctx.peer_ip)
-    xff = ctx.xff
-    if xff is not None and ctx.trusted_peer:
+    peer_ip = _IP_BYTES.get(req.peer_ip) or _ip_bytes(req.peer_ip)
+    xff = req.xff
+    if xff is not None and x.trusted_peer:
         peer_ip = xff + b", " + peer_ip
     tail = b""
-    if ctx.upgrade is not None:
-        tail = b"connection: upgrade\r\nupgrade: " + ctx.upgrade + CRLF
-    if ctx.content_length is not None:
-        tail += b"content-length: %d\r\n" % ctx.content_length
-    elif ctx.chunked:
+    if x.upgrade is not None:
+        tail = b"connection: upgrade\r\nupgrade: " + x.upgrade + CRLF
+    if x.content_length is not None:
+        tail += b"content-length: %d\r\n" % x.content_length
+    elif x.chunked:
         tail += b"transfer-encoding: chunked\r\n"
-    raw_host = ctx.raw_host
+    raw_host = req.raw_host
     if raw_host:
-        return _HEAD_XFH % (ctx.method_b, target, raw_host if route.preserve_host else peer.host_header, fwd,
-                            ctx.up_raw, peer_ip, b"https" if ctx.scheme == "https" else b"http", raw_host, tail)
-    return _HEAD % (ctx.method_b, target, peer.host_header, fwd, ctx.up_raw, peer_ip,
-                    b"https" if ctx.scheme == "https" else b"http", tail)
+        return _HEAD_XFH % (req.method_b, target, raw_host if route.preserve_host else host_header, fwd,
+                            x.up_lines, peer_ip, b"https" if x.scheme == "https" else b"http", raw_host, tail)
+    return _HEAD % (req.method_b, target, host_header, fwd, x.up_lines, peer_ip,
+                    b"https" if x.scheme == "https" else b"http", tail)
 
 
 _HEAD = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%s\r\n"
@@ -146,9 +148,12 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
     if usual is None:
         block, has_cl, chunked, listed = _framing(low, block)
     route = ctx.route
-    if route.chain.response or listed:
+    drop = ctx.resp_drop
+    if route.chain.response or listed or drop:
         head = ResponseHead(status, reason, raw=block)
-        if listed:
+        if listed or drop:
+            if drop:
+                listed = drop if not listed else listed | drop
             head.headers = [h for h in head.headers if h[0].lower() not in listed]
         for _i, fn in route.chain.response:
             fn(ctx, head)
@@ -159,18 +164,16 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
     line = status_line(status, reason)
     if server_header:
         line += server_header
-    extra = ctx.resp_raw
-    rh = ctx.resp_headers
-    if rh:
-        extra += header_lines(rh)
+    extra = ctx.resp_lines
     if status == 101:
         keep_client = True
         extra += b"connection: upgrade\r\nupgrade: " + (ctx.upgrade or b"websocket") + CRLF
     else:
-        if not has_cl and status >= 200 and status not in _NO_BODY and ctx.method != "HEAD":
+        req = ctx.request
+        if not has_cl and status >= 200 and status not in _NO_BODY and req.method != "HEAD":
             # No Content-Length: a chunked or read-until-close upstream body.  HTTP/1.1
             # clients get it chunked; HTTP/1.0 clients get it close-delimited.
-            if ctx.version == "1.1":
+            if req.version == "1.1":
                 framing = RECHUNK
                 extra += b"transfer-encoding: chunked\r\n"
             else:
@@ -179,7 +182,7 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
                 framing |= CLOSE_DELIMITED
         if not keep_client:
             extra += b"connection: close\r\n"
-        elif ctx.version == "1.0":
+        elif req.version == "1.0":
             extra += b"connection: keep-alive\r\n"
     ctx.keep_alive = keep_client
     ctx.status = status

@@ -29,12 +29,9 @@ import httptools
 
 from fastgw.errors import GatewayError
 from fastgw.http.deadline import Deadline
-from fastgw.http.wire import LAST_CHUNK, STATUS_LINES
+from fastgw.http.wire import CLOSE_DELIMITED, LAST_CHUNK, RECHUNK, STATUS_LINES
 
 IDLE, BUSY, CLOSED = 0, 1, 2
-# the response framing the engine decides (``upstream_head`` returns it): the body is
-# re-chunked for the client, and/or it ends when the upstream closes
-RECHUNK, CLOSE_DELIMITED = 1, 2
 T_NONE, T_HEAD, T_READ, T_IDLE = 0, 1, 2, 3
 
 
@@ -138,7 +135,7 @@ class UpstreamProtocol:
         self.handler = handler
         self.down = down
         self.ctx = ctx
-        self.head_only = ctx.method == "HEAD"
+        self.head_only = ctx.request.method == "HEAD"
         self.t_read = route.t_read
         self.body_filter = route.response_body_filter
         if self.parser is None:
@@ -297,6 +294,13 @@ class UpstreamProtocol:
         self.close()
         if h is not None:
             h.upstream_error(self, err)
+
+    def start_tunnel(self, down) -> None:
+        """After a 101: relay bytes between this connection and the client's ``down``;
+        no handler and no deadline any more (the client side owns the tunnel's end)."""
+        self.handler = None
+        self.tunnel = down
+        self.dl.kind = T_NONE
 
     def drop(self) -> None:
         """Forget the exchange and close (``Pool.release`` of a connection that is not
