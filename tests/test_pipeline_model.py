@@ -16,7 +16,7 @@ from fastgw.http.messages import Reply, ResponseHead, parse_block
 from fastgw.http.request import Request
 from fastgw.pipeline.chain import Chain
 from fastgw.pipeline.ctx import Ctx
-from fastgw.pipeline.exchange import Attempt, Exchange
+from fastgw.pipeline.exchange import Exchange, new_attempt
 from fastgw.pipeline.heads import request_head, response_head
 from fastgw.pipeline.middleware import Middleware
 
@@ -53,8 +53,8 @@ monitoring: {{metrics_port: 0, logging: {{level: warning}}}}
 def test_attempts_are_linked_oldest_first():
     x = Exchange(Request.build("GET", b"/"), None)
     assert x.attempts() == []
-    a1 = x.attempt = Attempt("pool-a", b"head-a", 1.0)
-    a2 = x.attempt = Attempt("pool-b", b"head-b", 2.0, a1)
+    a1 = x.attempt = new_attempt("pool-a", b"head-a", 1.0, None)
+    a2 = x.attempt = new_attempt("pool-b", b"head-b", 2.0, a1)
     assert x.attempts() == [a1, a2] and a2.conn is None and a2.error is None
 
 

@@ -34,7 +34,7 @@ import httptools
 
 from fastgw.errors import GatewayError
 from fastgw.http.deadline import Deadline
-from fastgw.http.request import Request
+from fastgw.http.request import Request, fill_request
 from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_UA, H_UPGRADE,
                                  H_XFF, H_XFP, METHODS, REPEATED, special_kind, valid_host)
 
@@ -49,6 +49,7 @@ T_NONE, T_IDLE, T_HEAD, T_BODY, T_SEND = 0, 1, 2, 3, 4
 MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
 MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
+_new = object.__new__    # + fill_request: a Request without a class call (http/request.py)
 
 class ConnInfo:
     """Per-listener settings the protocol needs (built once per config)."""
@@ -260,7 +261,7 @@ class DownstreamProtocol:
     def on_url(self, url: bytes) -> None:
         req = self.p_req
         if req is None or req.method_b is not None:
-            req = self.p_req = Request()
+            req = self.p_req = fill_request(_new(Request))
             req.method_b = None  # (set when the head is complete: marks "head in progress")
             req.raw_target = url
         else:

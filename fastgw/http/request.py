@@ -63,34 +63,7 @@ class Request:
     )
 
     def __init__(self) -> None:
-        self.method = "GET"
-        self.method_b = b"GET"
-        self.raw_target = b"/"
-        self.version = "1.1"
-        self.path = "/"
-        self.query = b""
-        self.host = ""
-        self.raw_host = None
-        self.headers = []
-        self.keep_alive = True
-        self.conn_hdr = None
-        self.expect = None
-        self.upgrade = None
-        self.xff = None
-        self.xfp = None
-        self.authorization = None
-        self.origin = None
-        self.user_agent = None
-        self.x_request_id = None
-        self._hmap = None
-        self.content_length = None
-        self.chunked = False
-        self.bytes_received = 0
-        self.peer_ip = ""
-        self.tls = False
-        self.qbody = None
-        self.qcomplete = False
-        self.exchange = None
+        fill_request(self)
 
     def header(self, lname: bytes, default: bytes | None = None) -> bytes | None:
         """Value of forwardable request header ``lname`` (lower-case bytes) as the client
@@ -157,3 +130,37 @@ class Request:
             elif kind == H_XFP:
                 r.xfp = value
         return r
+
+
+def fill_request(self) -> "Request":
+    """Set every field to its start value (``Request()``; the protocol calls it on
+    ``object.__new__(Request)``: ~240 instructions less than a class call, callgrind)."""
+    self.method = "GET"
+    self.method_b = b"GET"
+    self.raw_target = b"/"
+    self.version = "1.1"
+    self.path = "/"
+    self.query = b""
+    self.host = ""
+    self.raw_host = None
+    self.headers = []
+    self.keep_alive = True
+    self.conn_hdr = None
+    self.expect = None
+    self.upgrade = None
+    self.xff = None
+    self.xfp = None
+    self.authorization = None
+    self.origin = None
+    self.user_agent = None
+    self.x_request_id = None
+    self._hmap = None
+    self.content_length = None
+    self.chunked = False
+    self.bytes_received = 0
+    self.peer_ip = ""
+    self.tls = False
+    self.qbody = None
+    self.qcomplete = False
+    self.exchange = None
+    return self

@@ -103,7 +103,7 @@ class Ctx:
 
     def add_request_header(self, name: bytes, value: bytes) -> None:
         """Send ``name: value`` upstream, after the client's headers."""
-        self.up_lines += b"%s: %s\r\n" % (name, value)
+        self.up_lines += name + b": " + value + b"\r\n"
 
     def set_request_header(self, name: bytes, value: bytes) -> None:
         """Send ``name: value`` upstream instead of any ``name`` the client (or a middleware) set."""
@@ -124,7 +124,7 @@ class Ctx:
     # ------------------------------------------------------------------ response headers
     def add_response_header(self, name: bytes, value: bytes) -> None:
         """Send ``name: value`` to the client with whatever answers this request."""
-        self.resp_lines += b"%s: %s\r\n" % (name, value)
+        self.resp_lines += name + b": " + value + b"\r\n"
 
     def set_response_header(self, name: bytes, value: bytes) -> None:
         """As ``add_response_header``, replacing any ``name`` of the response."""

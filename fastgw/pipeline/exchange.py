@@ -38,47 +38,7 @@ class Exchange(Ctx):
     )
 
     def __init__(self, request, app) -> None:
-        # Ctx's fields, stored here rather than through Ctx.__init__: one Python call
-        # less per request (callgrind); keep the two lists in step
-        self.request = request
-        self.client_ip = request.peer_ip
-        self.scheme = "https" if request.tls else "http"
-        self.trusted_peer = False
-        self.request_id = ""
-        self.user = None
-        self.roles = _NO_ROLES
-        self.claims = None
-        self.route = None
-        self.path_params = None
-        self.fwd = request.headers
-        self.up_lines = b""
-        self.resp_lines = b""
-        self.resp_drop = None
-        self.notes = {}
-        self.status = 0
-        self.bytes_sent = 0
-        self.upstream = ""
-        self.upstream_status = 0
-        self.upstream_duration = None
-        self.start = monotonic()
-        self.flags = []
-        self.error = None
-        # the engine's own
-        self.app = app
-        self.keep_alive = request.keep_alive
-        self.content_length = request.content_length
-        self.chunked = request.chunked
-        self.upgrade = request.upgrade
-        self.attempt = None
-        self.pending = None
-        self.pending_size = 0
-        self.buffer = None
-        self.body_done = False
-        self.resend = None
-        self.retried = False
-        self.nolog = False
-        self.cancel = None
-        request.exchange = self
+        fill_exchange(self, request, app)
 
     def attempts(self) -> list:
         """Every attempt, oldest first."""
@@ -91,7 +51,58 @@ class Exchange(Ctx):
         return out
 
 
+def fill_exchange(self, request, app) -> "Exchange":
+    """Set every field (``Exchange(request, app)``; the engine calls it on
+    ``object.__new__(Exchange)``: ~240 instructions less than a class call, callgrind)."""
+    # Ctx's fields, stored here rather than through Ctx.__init__: one Python call
+    # less per request (callgrind); keep the two lists in step
+    self.request = request
+    self.client_ip = request.peer_ip
+    self.scheme = "https" if request.tls else "http"
+    self.trusted_peer = False
+    self.request_id = ""
+    self.user = None
+    self.roles = _NO_ROLES
+    self.claims = None
+    self.route = None
+    self.path_params = None
+    self.fwd = request.headers
+    self.up_lines = b""
+    self.resp_lines = b""
+    self.resp_drop = None
+    self.notes = {}
+    self.status = 0
+    self.bytes_sent = 0
+    self.upstream = ""
+    self.upstream_status = 0
+    self.upstream_duration = None
+    self.start = monotonic()
+    self.flags = []
+    self.error = None
+    # the engine's own
+    self.app = app
+    self.keep_alive = request.keep_alive
+    self.content_length = request.content_length
+    self.chunked = request.chunked
+    self.upgrade = request.upgrade
+    self.attempt = None
+    self.pending = None
+    self.pending_size = 0
+    self.buffer = None
+    self.body_done = False
+    self.resend = None
+    self.retried = False
+    self.nolog = False
+    self.cancel = None
+    request.exchange = self
+    return self
+
+
 class Attempt:
+    """Built by ``new_attempt`` (no ``__init__``: ``object.__new__`` and the stores cost
+    ~660 instructions less than a class call, callgrind; ``Proxy.forward`` writes it out
+    for the first attempt of every request)."""
+
     __slots__ = (
         "pool",    # the instance's connection pool (its ``peer`` says where and how)
         "head",    # bytes: the request head built for this instance
@@ -102,11 +113,19 @@ class Attempt:
         "prev",    # Attempt | None: the attempt before this one
     )
 
-    def __init__(self, pool, head: bytes, start: float, prev=None) -> None:
-        self.pool = pool
-        self.head = head
-        self.conn = None
-        self.start = start
-        self.end = 0.0
-        self.error = None
-        self.prev = prev
+
+
+_new = object.__new__
+
+
+def new_attempt(pool, head: bytes, start: float, prev) -> Attempt:
+    """An attempt on ``pool``'s instance with the head built for it, started at ``start``."""
+    a = _new(Attempt)
+    a.pool = pool
+    a.head = head
+    a.conn = None
+    a.start = start
+    a.end = 0.0
+    a.error = None
+    a.prev = prev
+    return a

@@ -21,11 +21,12 @@ from fastgw.clock import monotonic
 from fastgw.errors import GatewayError
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
 from fastgw.http.wire import LAST_CHUNK, chunk
-from fastgw.pipeline.exchange import Attempt
+from fastgw.pipeline.exchange import Attempt, new_attempt
 from fastgw.pipeline.heads import keep_client, request_head, response_head
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RESEND_PIECES = 64  # a whole body in fewer pieces than this is kept for a retry
+_new = object.__new__
 
 
 class Proxy:
@@ -45,7 +46,15 @@ class Proxy:
             return
         # the first attempt (a retry is ``_retry``), with a head built for its instance
         x.upstream = pool.peer.label
-        a = x.attempt = Attempt(pool, request_head(x, route, pool.peer), monotonic(), None)
+        # (``new_attempt`` written out: the first attempt is made once per request)
+        a = x.attempt = _new(Attempt)
+        a.pool = pool
+        a.head = request_head(x, route, pool.peer)
+        a.conn = None
+        a.start = monotonic()
+        a.end = 0.0
+        a.error = None
+        a.prev = None
         conn = pool.acquire_idle()
         if conn is None:
             cancel = pool.acquire(lambda conn, err: self._on_conn(proto, x, a, conn, err))
@@ -65,7 +74,7 @@ class Proxy:
         """A new attempt on ``pool``'s instance, with a head built for it, on a fresh
         connection (a reused one just failed), within the pool's cap."""
         x.upstream = pool.peer.label
-        a = x.attempt = Attempt(pool, request_head(x, x.route, pool.peer), monotonic(), x.attempt)
+        a = x.attempt = new_attempt(pool, request_head(x, x.route, pool.peer), monotonic(), x.attempt)
         cancel = pool.connect_fresh(lambda conn, err: self._on_conn(proto, x, a, conn, err))
         if cancel is not None:
             x.cancel = cancel

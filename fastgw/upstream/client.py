@@ -65,10 +65,6 @@ class UpstreamProtocol:
         self.head_only = False
         self.body_filter = None
         self.t_read = 60.0
-        self._reset()
-
-    def _reset(self) -> None:
-        # (head_only, t_read and body_filter are set by send() for every exchange)
         self.down = None
         self.ctx = None
         self.got_bytes = False
@@ -135,6 +131,16 @@ class UpstreamProtocol:
         self.handler = handler
         self.down = down
         self.ctx = ctx
+        # the per-request state starts here (not in park: one call less per request)
+        self.got_bytes = False
+        self.head_sent = False
+        self.rechunk = False
+        self.close_delimited = False
+        self.status = 0
+        self.hbuf = b""
+        self.hoff = 0
+        self.out = None
+        self.keep = True
         self.head_only = ctx.request.method == "HEAD"
         self.t_read = route.t_read
         self.body_filter = route.response_body_filter
@@ -329,7 +335,8 @@ class UpstreamProtocol:
         resumed if a slow client had paused it, or the next response would never be read."""
         if self.read_paused:
             self.pause_reading(False)
-        self._reset()
+        self.down = None  # (send() resets the rest of the per-request state)
+        self.ctx = None
         self.state = IDLE
         self.reused = True
         # one clock read for idle_since and the idle deadline
