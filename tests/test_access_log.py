@@ -11,6 +11,7 @@ import pytest
 
 from fastgw.middleware import access_log
 from fastgw.obs.logbuf import PIPE_BUF, LogBuffer
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 
 WALL, NOW = 1795712266.9502966, 1000.0
@@ -31,11 +32,12 @@ def _reference_line(ctx, error, ts, now) -> bytes:
     flags = ctx.flags
     if error is not None and error.kind not in flags:
         flags = flags + [error.kind]
-    ua = ctx.ua
+    req = ctx.request
+    ua = req.user_agent
     rec = {
-        "ts": ts, "request_id": ctx.request_id, "client_ip": ctx.client_ip, "method": ctx.method,
-        "authority": ctx.host, "path": ctx.path, "status": ctx.status,
-        "bytes_received": ctx.bytes_received, "bytes_sent": ctx.bytes_sent,
+        "ts": ts, "request_id": ctx.request_id, "client_ip": ctx.client_ip, "method": req.method,
+        "authority": req.host, "path": req.path, "status": ctx.status,
+        "bytes_received": req.bytes_received, "bytes_sent": ctx.bytes_sent,
         "duration_s": now - ctx.start, "upstream": ctx.upstream,
         "upstream_status": ctx.upstream_status or None, "upstream_duration_s": ctx.upstream_duration,
         "route": route.name if route is not None else None, "user": ctx.user,
@@ -47,14 +49,23 @@ def _reference_line(ctx, error, ts, now) -> bytes:
     return orjson.dumps(rec)
 
 
+_REQUEST_FIELDS = {"method": "method", "path": "path", "host": "host", "bytes_received": "bytes_received",
+                   "ua": "user_agent"}
+
+
 def _ctx(**kw) -> Ctx:
-    ctx = Ctx()
-    ctx.route, ctx.method, ctx.status, ctx.path, ctx.host = _Route(), "GET", 200, "/x", "example.org:8080"
-    ctx.client_ip, ctx.request_id, ctx.bytes_received, ctx.bytes_sent = "10.0.0.1", "rid-1", 12, 197
+    ctx = Ctx(Request())
+    req = ctx.request
+    req.method, req.path, req.host, req.bytes_received, req.user_agent = "GET", "/x", "example.org:8080", 12, b"wrk"
+    ctx.route, ctx.status = _Route(), 200
+    ctx.client_ip, ctx.request_id, ctx.bytes_sent = "10.0.0.1", "rid-1", 197
     ctx.upstream, ctx.upstream_status, ctx.upstream_duration = "127.0.0.1:9", 200, 0.0004
-    ctx.ua, ctx.start = b"wrk", NOW - 0.00071
+    ctx.start = NOW - 0.00071
     for k, v in kw.items():
-        setattr(ctx, k, v)
+        if k in _REQUEST_FIELDS:
+            setattr(req, _REQUEST_FIELDS[k], v)
+        else:
+            setattr(ctx, k, v)
     return ctx
 
 

@@ -86,11 +86,51 @@ def test_module_imports_alone(import_results, mod):
     assert rc == 0, f"`import {mod}` in a fresh interpreter failed:\n{err}"
 
 
+def _lint_imports() -> str:
+    """``lint-imports`` of the interpreter running the tests (installed with the test
+    extra); missing is a failure, never a skip: the layer rules must be checked."""
+    exe = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+    assert os.access(exe, os.X_OK), f"lint-imports not found next to {sys.executable} (pip install -e '.[test]')"
+    return exe
+
+
 def test_import_linter_contracts():
-    exe = shutil.which("lint-imports")
-    if exe is None:
-        pytest.skip("lint-imports (import-linter) is not installed")
+    exe = _lint_imports()
     p = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")))
     assert p.returncode == 0, f"import-linter contracts broken:\n{p.stdout[-4000:]}\n{p.stderr[-2000:]}"
     assert "0 broken" in p.stdout, p.stdout[-2000:]
+
+
+def test_import_linter_contracts_name_only_existing_packages():
+    """A contract that names a package that does not exist checks nothing: every module
+    the contracts list (optional ones included) exists."""
+    import importlib.util
+    import re
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        contracts = tomllib.load(f)["tool"]["importlinter"]["contracts"]
+    names = set()
+    for c in contracts:
+        for key in ("layers", "modules", "source_modules", "forbidden_modules"):
+            for entry in c.get(key, ()):
+                names.update(n for n in re.split(r"[:|\s()]+", entry) if n and "*" not in n)
+    missing = sorted(n for n in names if importlib.util.find_spec(n) is None)
+    assert not missing, f"contracts name modules that do not exist: {missing}"
+    kinds = {c["type"] for c in contracts}
+    assert {"layers", "independence", "forbidden"} <= kinds
+
+
+def test_import_linter_refuses_a_middleware_importing_the_upstream_side(tmp_path):
+    """The forbidden contract bites: a copy of the tree whose middleware imports
+    ``fastgw.upstream.pool`` is refused (the same for the engine or the protocol)."""
+    shutil.copytree(os.path.join(ROOT, "fastgw"), tmp_path / "fastgw",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(ROOT, "pyproject.toml"), tmp_path / "pyproject.toml")
+    mw = tmp_path / "fastgw" / "middleware" / "security_headers.py"
+    mw.write_text(mw.read_text() + "\nimport fastgw.upstream.pool  # noqa: E402,F401\n")
+    p = subprocess.run([_lint_imports(), "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert p.returncode != 0, p.stdout[-2000:]
+    assert "security_headers -> fastgw.upstream.pool" in p.stdout, p.stdout[-3000:]

@@ -17,10 +17,10 @@ from fastgw.pipeline.deps import Deps
 from fastgw.pipeline.middleware import overrides
 
 try:
-    from tests.test_auth_support import (SECRET, Route, bearer, claims, ctx, deps, mint, mint_hs256,
+    from tests.test_auth_support import (SECRET, Route, bearer, claims, ctx, deps, mint, mint_hs256, upstream_headers,
                                          problem_of, root, www, Root)
 except ImportError:  # pragma: no cover
-    from test_auth_support import (SECRET, Route, bearer, claims, ctx, deps, mint, mint_hs256,  # type: ignore
+    from test_auth_support import (SECRET, Route, bearer, claims, ctx, deps, mint, mint_hs256, upstream_headers,  # type: ignore
                                    problem_of, root, www, Root)
 
 SEED_ROLES = ["admin", "editor", "viewer", "maintenance", "analyst", "auditor", "security", "monitor"]
@@ -127,9 +127,9 @@ def test_forged_identity_headers_stripped_on_auth_route():
     mw, _, _ = make(**cfg)
     r, c = run(mw, tok(roles=["viewer", "editor"], tenant="acme"), headers=FORGED)
     assert r is None
-    names = [n.lower() for n, _ in c.headers]
+    names = [n.lower() for n, _ in c.fwd]
     assert not {b"x-user-id", b"x-user-roles", b"x-tenant", b"x-extra-strip"} & set(names)
-    assert c.upstream_headers == [(b"X-User-Id", b"alice"), (b"X-User-Roles", b"editor,viewer"),
+    assert upstream_headers(c) == [(b"X-User-Id", b"alice"), (b"X-User-Roles", b"editor,viewer"),
                                   (b"X-Tenant", b"acme")]
 
 
@@ -137,7 +137,7 @@ def test_forged_identity_headers_stripped_on_denied_request():
     mw, _, _ = make()
     r, c = run(mw, None, headers=FORGED)
     assert r.status == 401
-    assert all(n.lower() not in (b"x-user-id", b"x-user-roles") for n, _ in c.headers)
+    assert all(n.lower() not in (b"x-user-id", b"x-user-roles") for n, _ in c.fwd)
 
 
 def test_forged_identity_headers_stripped_on_open_route():
@@ -147,8 +147,8 @@ def test_forged_identity_headers_stripped_on_open_route():
     assert isinstance(mw, StripIdentity)
     c = ctx([(b"Host", b"gw"), (b"X-Auth-User", b"root"), *FORGED[:3]])
     assert mw.request_filter(c) is None
-    assert c.headers == [(b"Host", b"gw")]
-    assert c.user is None and c.upstream_headers == []
+    assert c.fwd == []  # (Host is the Request's raw_host, never in the forwarded list)
+    assert c.user is None and upstream_headers(c) == []
 
 
 def test_open_route_without_auth_section_still_strips():
@@ -156,7 +156,7 @@ def test_open_route_without_auth_section_still_strips():
     mw = build(Root(None), None, Route("public"), d)
     c = ctx([(b"X-User-Id", b"root"), (b"A", b"b")])
     mw.request_filter(c)
-    assert c.headers == [(b"A", b"b")]
+    assert c.fwd == [(b"A", b"b")]
 
 
 def test_global_chain_gets_nothing():
@@ -170,14 +170,14 @@ def test_unsafe_roles_kept_out_of_roles_header():
     assert r.status == 403  # "viewer,admin" is not "admin"
     mw, _, _ = make(jwt_secret=SECRET)
     r, c = run(mw, tok(roles=["viewer,admin", "ok"]))
-    assert (b"X-User-Roles", b"ok") in c.upstream_headers
+    assert (b"X-User-Roles", b"ok") in upstream_headers(c)
 
 
 def test_identity_headers_can_be_disabled():
     mw, _, _ = make(jwt_secret=SECRET, identity_headers={"user": None, "roles": None})
     r, c = run(mw, tok(), headers=[(b"X-User-Id", b"root")])
-    assert r is None and c.upstream_headers == [] and c.user == "alice"
-    assert all(n.lower() != b"x-user-id" for n, _ in c.headers)   # always stripped
+    assert r is None and upstream_headers(c) == [] and c.user == "alice"
+    assert all(n.lower() != b"x-user-id" for n, _ in c.fwd)   # always stripped
 
 
 def test_claims_are_read_only_and_shared():
@@ -249,10 +249,10 @@ def test_cookie_and_custom_header_sources():
 def test_forward_token_false_drops_the_header():
     mw, _, _ = make(jwt_secret=SECRET, forward_token=False)
     r, c = run(mw, tok())
-    assert r is None and all(n.lower() != b"authorization" for n, _ in c.headers)
+    assert r is None and all(n.lower() != b"authorization" for n, _ in c.fwd)
     mw, _, _ = make()
     r, c = run(mw, tok())
-    assert any(n.lower() == b"authorization" for n, _ in c.headers)
+    assert any(n.lower() == b"authorization" for n, _ in c.fwd)
 
 
 # -- the verified-token cache ----------------------------------------------------------------------
@@ -526,12 +526,12 @@ def test_fast_path_with_and_without_the_header_map(prebuilt):
         return mw.request_filter(c), c
 
     r, c = go([(b"Host", b"gw"), (b"x-user-id", b"root"), bearer(t)])
-    assert r is None and [n for n, _ in c.headers] == [b"Host", b"Authorization"]
-    assert c.upstream_headers[0] == (b"X-User-Id", b"alice")
+    assert r is None and [n for n, _ in c.fwd] == [b"Authorization"]
+    assert upstream_headers(c)[0] == (b"X-User-Id", b"alice")
     r, c = go([(b"Host", b"gw"), bearer(t), (b"AUTHORIZATION", b"Bearer " + tok(sub="bob"))])
     assert r.status == 400
     r, c = go([(b"Accept", b"a"), (b"Accept", b"b"), (b"X-User-Roles", b"admin"), bearer(t)])
-    assert r is None and all(n != b"X-User-Roles" for n, _ in c.headers)
+    assert r is None and all(n != b"X-User-Roles" for n, _ in c.fwd)
     r, c = go([(b"Host", b"gw")])
     assert r.status == 401
     r, c = go([(b"Authorization", b"Basic eA==")])
@@ -549,20 +549,10 @@ def test_open_route_strip_with_and_without_the_header_map(prebuilt):
         if prebuilt:
             c.header(b"x-request-id")
         assert mw.request_filter(c) is None
-        assert [n for n, _ in c.headers] == left
+        assert [n for n, _ in c.fwd] == left
 
 
-# -- the protocol's captured Authorization (ctx.authz) -------------------------------------
-def _captured(c):
-    """``c`` as the downstream protocol leaves it: Authorization captured (still in
-    ``headers``), REPEATED when it came more than once."""
-    from fastgw.http.reqhead import REPEATED
-    vals = [v for n, v in c.headers if n.lower() == b"authorization"]
-    c.captured = True
-    c.authz = None if not vals else vals[0] if len(vals) == 1 else REPEATED
-    return c
-
-
+# -- Authorization as a Request field (captured while parsing) vs the header scan --------
 @pytest.mark.parametrize("headers", [
     [],
     [(b"Authorization", b"Basic dXNlcjpwYXNz")],
@@ -575,7 +565,8 @@ def _captured(c):
 ])
 @pytest.mark.parametrize("with_token", [True, False])
 def test_captured_authz_matches_header_lookup(headers, with_token):
-    """Same answer, same forwarded headers, same identity, with or without the capture."""
+    """Same answer, same forwarded headers, same identity, whether the token is read from
+    the Request's captured field or found by the header scan."""
     cfg = dict(SEED, identity_headers={"claims": {"tenant": "X-Tenant"}})
     out = []
     for capture in (True, False):
@@ -584,32 +575,32 @@ def test_captured_authz_matches_header_lookup(headers, with_token):
         if with_token:
             hs.append(bearer(tok(roles=["viewer"], tenant="t9")))
         c = ctx(hs)
-        if capture:
-            _captured(c)
+        if not capture:
+            mw.captured = False  # the scan a config with another token source takes
         r = mw.request_filter(c)
         out.append((None if r is None else (r.status, r.headers, problem_of(r)),
-                    c.headers, c.upstream_headers, c.user,
+                    c.fwd, upstream_headers(c), c.user,
                     [{k: v for k, v in a.items() if k != "ts"} for a in audit], m.counts))
     assert out[0] == out[1]
 
 
 def test_captured_strips_identity_headers_any_case():
     mw, _, _ = make()
-    c = _captured(ctx([(b"Host", b"gw"), (b"x-UsEr-Id", b"root"), bearer(tok(roles=["viewer"]))]))
+    c = (ctx([(b"Host", b"gw"), (b"x-UsEr-Id", b"root"), bearer(tok(roles=["viewer"]))]))
     assert mw.request_filter(c) is None
-    assert all(n.lower() != b"x-user-id" for n, _v in c.headers)
+    assert all(n.lower() != b"x-user-id" for n, _v in c.fwd)
     assert c.user is not None
 
 
 def test_strip_identity_route_captured():
     mw, _, _ = make(Route("open"))
     assert isinstance(mw, StripIdentity)
-    c = _captured(ctx([(b"Host", b"gw"), (b"X-User-Roles", b"admin"), (b"X-A", b"1")]))
+    c = (ctx([(b"Host", b"gw"), (b"X-User-Roles", b"admin"), (b"X-A", b"1")]))
     assert mw.request_filter(c) is None
-    assert c.headers == [(b"Host", b"gw"), (b"X-A", b"1")]
-    c = _captured(ctx([(b"Host", b"gw")]))
-    hs = c.headers
-    assert mw.request_filter(c) is None and c.headers is hs  # untouched: nothing to strip
+    assert c.fwd == [(b"X-A", b"1")]
+    c = (ctx([(b"Host", b"gw")]))
+    hs = c.fwd
+    assert mw.request_filter(c) is None and c.fwd is hs  # untouched: nothing to strip
 
 
 def test_hit_counters_with_the_real_registry_store():
@@ -621,7 +612,7 @@ def test_hit_counters_with_the_real_registry_store():
     snap0 = dict(reg.store.snapshot())
     assert not any("fastgw_jwt_cache_total" in k for k in snap0)  # nothing before first use
     for _ in range(3):
-        assert mw.request_filter(_captured(ctx([(b"Host", b"gw"), bearer(t)]))) is None
+        assert mw.request_filter((ctx([(b"Host", b"gw"), bearer(t)]))) is None
     snap = reg.store.snapshot()
     assert snap['fastgw_jwt_cache_total{result="miss"}'] == 1
     assert snap['fastgw_jwt_cache_total{result="hit"}'] == 2

@@ -29,6 +29,8 @@ from cryptography.x509.oid import NameOID
 
 from fastgw.config.auth import AuthConfig
 from fastgw.config.base import dec_hook
+from fastgw.http.messages import parse_block
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 from fastgw.pipeline.deps import Deps
 
@@ -185,13 +187,14 @@ def root(**kw) -> Root:
 
 
 def ctx(headers=(), method: str = "GET", path: str = "/api/v1/x") -> Ctx:
-    c = Ctx()
-    c.headers = list(headers)
-    c.method = method
-    c.path = path
-    c.client_ip = "198.51.100.7"
+    c = Ctx(Request.build(method, path.encode(), list(headers), peer_ip="198.51.100.7"))
     c.request_id = "req-1"
     return c
+
+
+def upstream_headers(c) -> list:
+    """The header pairs middlewares added to the upstream request."""
+    return parse_block(c.up_lines)
 
 
 def bearer(token: bytes) -> tuple[bytes, bytes]:

@@ -8,6 +8,7 @@ import pytest
 from fastgw.config.security import IpFilterConfig
 from fastgw.middleware import ip_filter as ipf_mod
 from fastgw.middleware.ip_filter import IpFilter, parse_ip
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 
 ALLOW_PRIVATE = IpFilterConfig(allow=["10.0.0.0/8", "192.168.0.0/16", "2001:db8::/32"], deny=["10.66.0.0/16",
@@ -44,7 +45,7 @@ CASES = [
 @pytest.mark.parametrize("cfg,ip,allowed", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_decision(cfg, ip, allowed):
     mw = IpFilter(cfg)
-    ctx = Ctx()
+    ctx = Ctx(Request())
     ctx.client_ip = ip
     ctx.request_id = "rid-7"
     reply = mw.request_filter(ctx)
@@ -58,7 +59,7 @@ def test_decision(cfg, ip, allowed):
         assert doc["status"] == 403 and doc["request_id"] == "rid-7" and doc["title"] == "Forbidden"
         assert "ip_denied" in ctx.flags
     # a second request from the same address takes the memoised decision
-    ctx2 = Ctx()
+    ctx2 = Ctx(Request())
     ctx2.client_ip = ip
     assert (mw.request_filter(ctx2) is None) is allowed
 
@@ -66,7 +67,7 @@ def test_decision(cfg, ip, allowed):
 def test_decision_cache_is_bounded():
     mw = IpFilter(DENY_ONLY)
     for i in range(ipf_mod._CACHE_MAX + 10):
-        ctx = Ctx()
+        ctx = Ctx(Request())
         ctx.client_ip = f"198.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         assert mw.request_filter(ctx) is None
     assert len(mw._cache) <= ipf_mod._CACHE_MAX

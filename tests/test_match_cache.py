@@ -149,13 +149,12 @@ def test_cache_stays_bounded():
     from bench.micro.test_micro_proxy import CFG, REQ, RESP, _Transport, gateway
     from fastgw.http.protocol import DownstreamProtocol
     from fastgw.pipeline import engine as engine_mod
-    from fastgw.pipeline.ctx import Ctx
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         app, engine, info, up, _ut = gateway(CFG, loop)
-        down = DownstreamProtocol(engine, info, loop, Ctx)
+        down = DownstreamProtocol(engine, info, loop)
         down.connection_made(_Transport())
         n = engine_mod.MATCH_CACHE_SIZE + 50
         for i in range(n):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,7 +47,8 @@ class _Route:
 
 class _Ctx:
     def __init__(self, route, method="GET", status=200, start=None, up=0.002):
-        self.route, self.method, self.status = route, method, status
+        self.route, self.status = route, status
+        self.request = SimpleNamespace(method=method)
         self.start = time.monotonic() - 0.003 if start is None else start
         self.upstream_duration = up
 

@@ -13,7 +13,7 @@ import pytest
 
 from fastgw.http.protocol import (MAX_BACKLOG, PAUSE_BACKLOG, PAUSE_UPSTREAM, ConnInfo,
                                   DownstreamProtocol)
-from fastgw.pipeline.ctx import Ctx
+
 
 
 class FakeTimer:
@@ -136,7 +136,7 @@ TIMEOUTS = SimpleNamespace(request_header=10.0, request_body=20.0, keepalive=75.
 def make():
     loop = FakeLoop()
     h = FakeHandler()
-    p = DownstreamProtocol(h, ConnInfo(LIMITS, TIMEOUTS), loop, Ctx)
+    p = DownstreamProtocol(h, ConnInfo(LIMITS, TIMEOUTS), loop)
     t = FakeTransport()
     p.connection_made(t)
     return p, h, t, loop
@@ -150,10 +150,8 @@ def respond(p, h, keep_alive=True) -> None:
 
 
 def _field(ctx, name):
-    """A parsed value the protocol hands over: a Ctx slot, or (older core) a ``_name`` note."""
-    if hasattr(type(ctx), name):
-        return getattr(ctx, name)
-    return ctx.notes.get("_" + name)
+    """A parsed value the protocol hands over (a Request slot)."""
+    return getattr(ctx, name)
 
 
 GET = b"GET /a?x=1 HTTP/1.1\r\nHost: Example.COM\r\nX-A: 1\r\nConnection: keep-alive\r\n\r\n"

@@ -34,6 +34,8 @@ from fastgw.middleware import auth as auth_mw
 from fastgw.middleware import ratelimit as rl_mw
 from fastgw.middleware import ratelimit_ip as rlip_mw
 from fastgw.obs.metrics import Metrics
+from fastgw.http.messages import parse_block
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 from fastgw.pipeline.deps import Deps
 
@@ -106,12 +108,11 @@ class Chain:
 
     def request(self, ip: str = "198.51.100.7", *, token: str | None = None, headers=(), user=None,
                 roles=()) -> Result:
-        ctx = Ctx()
-        ctx.client_ip = ctx.peer_ip = ip
-        ctx.request_id = "rid"
-        ctx.headers = [(b"host", b"gw")] + [(k.encode(), v.encode()) for k, v in headers]
+        hs = [(b"host", b"gw")] + [(k.encode(), v.encode()) for k, v in headers]
         if token is not None:
-            ctx.headers.append((b"authorization", b"Bearer " + token.encode()))
+            hs.append((b"authorization", b"Bearer " + token.encode()))
+        ctx = Ctx(Request.build("GET", b"/", hs, peer_ip=ip))
+        ctx.request_id = "rid"
         ran = []
         reply = None
         for m in self.mws:
@@ -129,11 +130,11 @@ class Chain:
         if reply is not None:
             for m in reversed(ran):
                 m.response_filter(ctx, reply)
-            return Result(reply.status, reply.headers + ctx.resp_headers, reply.body, ctx)
+            return Result(reply.status, reply.headers + parse_block(ctx.resp_lines), reply.body, ctx)
         head = ResponseHead(200, b"OK", [])
         for m in reversed(ran):
             m.response_filter(ctx, head)
-        return Result(200, head.headers + ctx.resp_headers, b"", ctx)
+        return Result(200, head.headers + parse_block(ctx.resp_lines), b"", ctx)
 
     def statuses(self, n: int, **kw) -> list[int]:
         return [self.request(**kw).status for _ in range(n)]

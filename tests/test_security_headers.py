@@ -8,6 +8,7 @@ from fastgw.config.security import HstsConfig, SecurityHeadersConfig
 from fastgw.http.messages import Reply, ResponseHead, problem
 from fastgw.middleware import security_headers as sh_mod
 from fastgw.middleware.security_headers import SecurityHeaders
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 
 DEFAULT = SecurityHeadersConfig()
@@ -25,12 +26,9 @@ HSTS = b"strict-transport-security"
 def ctx_for(tls=False, trusted=False, headers=()):
     """A Ctx as the engine leaves it: ``scheme`` is https over TLS, or when a trusted
     peer's X-Forwarded-Proto (its last element) says https."""
-    c = Ctx()
-    c.tls = tls
-    c.scheme = "https" if tls else "http"
+    c = Ctx(Request.build("GET", b"/", list(headers), tls=tls))
     c.trusted_peer = trusted
-    c.headers = list(headers)
-    xfp = c.header(b"x-forwarded-proto")
+    xfp = c.request.xfp
     if trusted and xfp is not None:
         c.scheme = "https" if xfp.rpartition(b",")[2].strip().lower() == b"https" else "http"
     return c

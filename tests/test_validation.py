@@ -10,6 +10,7 @@ import pytest
 from fastgw.config.security import ValidateConfig
 from fastgw.middleware import validation as val_mod
 from fastgw.middleware.validation import Validation
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 from fastgw.pipeline.middleware import Middleware
 
@@ -36,13 +37,11 @@ GOOD = {"order_id": "ABC-123456", "customer": {"email": "ann@example.com", "tier
 
 
 def ctx_for(method="POST", headers=(), body=b"", query=b"", chunked=False):
-    c = Ctx()
-    c.method = method
-    c.headers = list(headers)
-    c.query = query
+    req = Request.build(method, b"/" + (b"?" + query if query else b""), list(headers))
+    req.chunked = chunked
+    req.content_length = None if chunked or method in ("GET", "HEAD") and not body else len(body)
+    c = Ctx(req)
     c.request_id = "rid-v"
-    c.chunked = chunked
-    c.content_length = None if chunked or method in ("GET", "HEAD") and not body else len(body)
     return c
 
 
@@ -50,8 +49,8 @@ def run(mw, body=b"", headers=((b"Content-Type", b"application/json"),), **kw):
     """The engine's order: request_filter on the head, then body_filter with the whole body."""
     ctx = ctx_for(headers=headers, body=body, **kw)
     reply = mw.request_filter(ctx)
-    if reply is None and getattr(mw, "needs_body", False):
-        reply = mw.body_filter(ctx, body)
+    if reply is None and mw.needs_body():
+        reply = mw.request_body_filter(ctx, body)
     return reply
 
 
@@ -124,7 +123,7 @@ BAD_JSON = [
 def test_invalid_json_is_400_with_root_pointer(body):
     ctx = ctx_for(headers=[(b"content-type", b"application/json")], body=body or b"x")
     assert SCHEMA.request_filter(ctx) is None
-    reply = SCHEMA.body_filter(ctx, body)
+    reply = SCHEMA.request_body_filter(ctx, body)
     assert reply.status == 400
     assert problem_of(reply)["errors"][0]["pointer"] == "#"
 
@@ -213,7 +212,7 @@ def test_schema_skipped_for_other_allowed_types():
     mw = Validation(ValidateConfig(content_types=["application/json", "multipart/form-data"], schema=ORDER_SCHEMA))
     ctx = ctx_for(headers=[(b"content-type", b"multipart/form-data; boundary=x")], body=b"--x--")
     assert mw.request_filter(ctx) is None
-    assert mw.body_filter(ctx, b"--x--") is None
+    assert mw.request_body_filter(ctx, b"--x--") is None
 
 
 def test_unknown_encoding_refused_under_a_schema():
@@ -233,17 +232,16 @@ def test_body_required():
 def test_chunked_body_is_validated():
     ctx = ctx_for(headers=[(b"content-type", b"application/json")], chunked=True)
     assert SCHEMA.request_filter(ctx) is None
-    assert SCHEMA.body_filter(ctx, orjson.dumps(GOOD)) is None
-    assert SCHEMA.body_filter(ctx, b'{"order_id": 1}').status == 400
+    assert SCHEMA.request_body_filter(ctx, orjson.dumps(GOOD)) is None
+    assert SCHEMA.request_body_filter(ctx, b'{"order_id": 1}').status == 400
 
 
 # --------------------------------------------------------------------------- contract and config
 
 def test_needs_body_only_with_a_schema():
-    assert Validation.needs_body is True
-    assert SCHEMA.needs_body is True
-    assert HEADS.needs_body is False  # head checks only: the engine keeps streaming
-    assert val_mod.Validation.body_filter is not getattr(Middleware, "body_filter", None)
+    assert SCHEMA.needs_body() is True
+    assert HEADS.needs_body() is False  # head checks only: the engine keeps streaming
+    assert val_mod.Validation.request_body_filter is not Middleware.request_body_filter
 
 
 def test_build():

@@ -63,7 +63,6 @@ def _world(route: str):
     from bench import fastgw_config
     from bench.micro.test_micro_proxy import CFG, REQ, RESP, _Transport, gateway
     from fastgw.http.protocol import DownstreamProtocol
-    from fastgw.pipeline.ctx import Ctx
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -87,13 +86,13 @@ def _world(route: str):
     _app, engine, info, up, _ut = gateway(text, loop)
     if route == "newconn":
         def one():
-            down = DownstreamProtocol(engine, info, loop, Ctx)
+            down = DownstreamProtocol(engine, info, loop)
             down.connection_made(_Transport())
             down.data_received(req)
             up.data_received(resp)
             down.connection_lost(None)
         return one
-    down = DownstreamProtocol(engine, info, loop, Ctx)
+    down = DownstreamProtocol(engine, info, loop)
     dt = _Transport()
     down.connection_made(dt)
 

@@ -23,7 +23,8 @@ from fastgw.http.protocol import ConnInfo, DownstreamProtocol
 from fastgw.http.wire import reply_bytes
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.metrics import Metrics
-from fastgw.pipeline.ctx import Ctx
+from fastgw.http.request import Request
+from fastgw.pipeline.exchange import Exchange
 from fastgw.pipeline.deps import Deps
 from fastgw.pipeline.engine import Engine
 from fastgw.pipeline.heads import request_head, response_head
@@ -99,7 +100,7 @@ def world():
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     app, engine, info, up, ut = gateway(CFG, loop)
-    down = DownstreamProtocol(engine, info, loop, Ctx)
+    down = DownstreamProtocol(engine, info, loop)
     dt = _Transport()
     down.connection_made(dt)
     yield app, down, up, dt, ut
@@ -122,19 +123,17 @@ def test_exchange_bare_route(benchmark, world):
 def test_request_head(benchmark, world):
     app = world[0]
     route = app.routes[0]
-    ctx = Ctx()
-    ctx.headers = [(b"User-Agent", b"wrk"), (b"Accept", b"*/*")]
-    ctx.path, ctx.raw_host, ctx.peer_ip = "/x", b"127.0.0.1:18090", "127.0.0.1"
+    ctx = Exchange(Request.build("GET", b"/x", [(b"Host", b"127.0.0.1:18090"), (b"User-Agent", b"wrk"),
+                                                (b"Accept", b"*/*")]), app)
     out = benchmark(request_head, ctx, route, route.instances[0])
     assert out.startswith(b"GET /x HTTP/1.1\r\n")
 
 
 def test_response_head(benchmark, world):
     app, _down, up, _dt, _ut = world
-    ctx = Ctx()
+    ctx = Exchange(Request(), app)
     ctx.route = app.routes[0]
-    up.down = None
-    out = benchmark(response_head, ctx, up, 200, b"OK", BLOCK, False, None)
+    out = benchmark(response_head, ctx, None, 200, b"OK", BLOCK, False, None)[0]
     assert b"connection: keep-alive" not in out.lower() and b"Content-Length: 76" in out
 
 

@@ -31,6 +31,7 @@ from fastgw.config.loader import load_config_data
 from fastgw.middleware import ratelimit as rl_mw
 from fastgw.middleware import ratelimit_ip as rlip_mw
 from fastgw.obs.metrics import Metrics
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 from fastgw.pipeline.deps import Deps
 from fastgw.ratelimit.limiter import STATE_KEY
@@ -78,8 +79,7 @@ def _setup(on_allowed: bool = False):
 
 
 def _ctx(ip: str = "203.0.113.7", user: str | None = None) -> Ctx:
-    c = Ctx()
-    c.client_ip = c.peer_ip = ip
+    c = Ctx(Request.build("GET", b"/", peer_ip=ip))
     c.request_id = "rid"
     c.user = user
     return c
@@ -125,9 +125,9 @@ def test_ip_limit_headers(benchmark, env_headers):
     ctx = _ctx()
 
     def one():
-        ctx.resp_headers = []
+        ctx.resp_lines = b""
         return f(ctx)
-    assert one() is None and ctx.resp_headers
+    assert one() is None and ctx.resp_lines
     benchmark(one)
 
 

@@ -114,7 +114,7 @@ class Identity:
         self.user = user            # str | None
         self.roles = roles          # frozenset[str]
         self.claims = claims        # read-only mapping (shared by every request with this token)
-        self.headers = headers      # tuple[(bytes, bytes)] for ctx.upstream_headers
+        self.headers = headers      # tuple[(bytes, bytes)] sent upstream (ctx.add_request_header)
         self.exp_until = exp_until  # exp + leeway (inf without exp)
         self.nbf_from = nbf_from    # nbf - leeway (-inf without nbf)
         self.kid = kid

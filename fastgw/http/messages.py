@@ -279,5 +279,5 @@ def error_reply(err: GatewayError, request_id: str = "") -> Reply:
     return problem(err.status, err.detail, request_id, title=err.title, kind=err.kind, headers=hs)
 
 
-_TITLES: dict[int, str] = {st: t for st, t in KINDS.values()}
+_TITLES: dict[int, str] = {row[0]: row[1] for row in KINDS.values()}
 _TITLES.update({400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"})

@@ -5,13 +5,14 @@ and parsed by ``httptools.HttpRequestParser`` in strict mode (no leniency flag i
 set: framing ambiguity is a smuggling vector).  It owns the connection's and the
 current request's state (STYLE.md item 4) and does the I/O; what happens to a request
 (routing, middlewares, choosing an upstream) is the handler's business: the runtime
-passes a handler object (``pipeline.engine.Engine``) with ``dispatch(proto, ctx)``,
-``on_body(proto, ctx, data)``, ``on_body_end(proto, ctx)``, ``parse_error(proto, kind,
-detail)``, ``connection_lost(proto, ctx)`` and ``finish(proto, ctx)``.
+passes a handler (``pipeline.engine.Engine``; what it must offer is
+``pipeline.boundary.ClientHandler``).  Each request is a ``Request``
+(``http.request``), made on the first bytes of its target and filled in place while its
+head is parsed; the handler gets it in ``dispatch`` and in every later event.
 
 Rules this file keeps:
 1. One request is in flight at a time.  Pipelined requests that arrive meanwhile are
-   parsed into queued ``Ctx`` objects (bounded: reading pauses once the queue or the
+   parsed into queued ``Request`` objects (bounded: reading pauses once the queue or the
    raw backlog is over its limit), and dispatched in order when the previous response is
    complete.  A client that pipelines 10,000 requests without reading costs one socket
    buffer, not 10,000 contexts.
@@ -30,6 +31,8 @@ from __future__ import annotations
 import httptools
 
 from fastgw.errors import GatewayError
+from fastgw.http.deadline import Deadline
+from fastgw.http.request import Request, fill_request
 from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_TRACE, H_UA,
                                  H_UPGRADE, H_XFF, H_XFP, METHODS, REPEATED, special_kind, valid_host)
 
@@ -44,6 +47,7 @@ T_NONE, T_IDLE, T_HEAD, T_BODY, T_SEND = 0, 1, 2, 3, 4
 MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
 MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
+_new = object.__new__    # + fill_request: a Request without a class call (http/request.py)
 
 class ConnInfo:
     """Per-listener settings the protocol needs (built once per config)."""
@@ -68,21 +72,20 @@ class DownstreamProtocol:
     __slots__ = (
         # per-connection
         "handler", "info", "loop", "transport", "parser", "peer_ip", "peer_port", "closed",
-        "paused", "write_paused", "timer", "timer_at", "deadline", "deadline_kind",
-        "queue", "backlog", "n_requests", "draining", "ctx_factory", "tunnel",
+        "paused", "write_paused", "dl",
+        "queue", "backlog", "n_requests", "draining", "tunnel",
         # per-request (the request being parsed)
-        "p_ctx", "p_size", "p_hosts", "p_cl", "p_te", "p_error", "host_ok", "host_str",
+        "p_req", "p_size", "p_hosts", "p_cl", "p_te", "p_error", "host_ok", "host_str",
         "max_line", "max_head",
         # per-request (the request in flight)
         "cur", "cur_complete",
         "__weakref__",
     )
 
-    def __init__(self, handler, info: ConnInfo, loop, ctx_factory) -> None:
+    def __init__(self, handler, info: ConnInfo, loop) -> None:
         self.handler = handler
         self.info = info
         self.loop = loop
-        self.ctx_factory = ctx_factory
         self.transport = None
         self.parser = None
         self.peer_ip = ""
@@ -90,11 +93,8 @@ class DownstreamProtocol:
         self.closed = False
         self.paused = 0
         self.write_paused = False
-        self.timer = None
-        self.timer_at = 0.0
-        self.deadline = 0.0
-        self.deadline_kind = T_NONE
-        self.queue = []  # a list, not a deque: 88 B instead of 760 B per idle connection (#17)
+        self.dl = Deadline(loop, self._expired, info.t_min)  # the one timer (rule 4)
+        self.queue = []  # a list, not a deque: 88 B instead of 760 B per idle connection
         self.backlog = None
         self.n_requests = 0
         self.draining = False
@@ -102,10 +102,10 @@ class DownstreamProtocol:
         self.cur = None
         self.cur_complete = False
         self.p_error = None
-        # the request being parsed: its Ctx is made on the first bytes of its target
+        # the request being parsed: its Request is made on the first bytes of its target
         # (on_url) and filled in place by the header callbacks; the counters below are
         # reset when its head is complete
-        self.p_ctx = None
+        self.p_req = None
         self.p_size = 0
         self.p_hosts = 0
         self.p_cl = None
@@ -126,13 +126,11 @@ class DownstreamProtocol:
             self.peer_ip, self.peer_port = peer[0], peer[1]
         self.parser = httptools.HttpRequestParser(self)
         self.handler.connection_made(self)
-        self._set_deadline(T_IDLE, self.info.t_head)
+        self.dl.set(T_IDLE, self.info.t_head)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.dl.cancel()
         cur = self.cur
         self.cur = None
         self.queue.clear()
@@ -154,7 +152,7 @@ class DownstreamProtocol:
             self.tunnel.pause_reading()
             return
         self.handler.downstream_paused(self, True)
-        self._set_deadline(T_SEND, self.info.t_send)
+        self.dl.set(T_SEND, self.info.t_send)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -162,8 +160,8 @@ class DownstreamProtocol:
             self.tunnel.resume_reading()
             return
         self.handler.downstream_paused(self, False)
-        if self.deadline_kind == T_SEND:
-            self.deadline_kind = T_NONE
+        if self.dl.kind == T_SEND:
+            self.dl.kind = T_NONE
 
     # ------------------------------------------------------------------ reading
     def data_received(self, data: bytes) -> None:
@@ -222,10 +220,10 @@ class DownstreamProtocol:
             if self.cur is None:
                 if self.queue:
                     self._next()
-                elif self.deadline_kind == T_IDLE and self.p_error is None and not self.closed:
+                elif self.dl.kind == T_IDLE and self.p_error is None and not self.closed:
                     # bytes of a head that is not complete yet: from now on the whole
                     # head must arrive within request_header (slowloris)
-                    self._set_deadline(T_HEAD, self.info.t_head)
+                    self.dl.set(T_HEAD, self.info.t_head)
 
     def _parse_failed(self, kind: str, detail: str) -> None:
         """The parser refused the input.  Requests are only dispatched once the bytes that
@@ -257,16 +255,15 @@ class DownstreamProtocol:
 
     # httptools callbacks ------------------------------------------------------
     # (no on_message_begin: a request starts with its target, and the state it needs is
-    # a fresh Ctx; one callback less per request)
+    # a fresh Request; one callback less per request)
     def on_url(self, url: bytes) -> None:
-        ctx = self.p_ctx
-        if ctx is None or ctx.method_b is not None:
-            ctx = self.p_ctx = self.ctx_factory()
-            ctx.method_b = None  # (set when the head is complete: marks "head in progress")
-            ctx.captured = True  # rid, ua, authz, origin are filled by on_header
-            ctx.raw_target = url
+        req = self.p_req
+        if req is None or req.method_b is not None:
+            req = self.p_req = fill_request(_new(Request))
+            req.method_b = None  # (set when the head is complete: marks "head in progress")
+            req.raw_target = url
         else:
-            url = ctx.raw_target = ctx.raw_target + url
+            url = req.raw_target = req.raw_target + url
         if len(url) > self.info.max_request_line:
             raise GatewayError("uri_too_long", "request line too long")
 
@@ -280,53 +277,53 @@ class DownstreamProtocol:
             if kind is not None:
                 # forwarded, and captured so that no middleware needs a header lookup
                 if kind == H_UA:
-                    self.p_ctx.ua = value
+                    self.p_req.user_agent = value
                 elif kind == H_AUTHZ:
-                    ctx = self.p_ctx
-                    ctx.authz = value if ctx.authz is None else REPEATED
+                    req = self.p_req
+                    req.authorization = value if req.authorization is None else REPEATED
                 elif kind == H_ORIGIN:
-                    self.p_ctx.origin = value  # (the last one, as ctx.header() answers)
+                    self.p_req.origin = value  # (the last one, as header() answers)
                 elif kind == H_TRACE:
-                    self.p_ctx.trace_hdrs = True
+                    self.p_req.trace_hdrs = True
                 else:
-                    self.p_ctx.rid = value
+                    self.p_req.x_request_id = value
             elif 95 in name:  # "_" (an int test is a memchr; ``b"_" in`` costs ~2k instructions)
                 # Dropped, as nginx does by default: CGI-style upstreams map X_User_Id and
                 # X-User-Id to the same variable, so an underscore spelling could forge a
                 # header the gateway strips or sets (identity, forwarding).
                 return
-            fwd = self.p_ctx.headers
+            fwd = self.p_req.headers
             fwd.append((name, value))
             if len(fwd) > self.info.max_headers:
                 raise GatewayError("headers_too_large", "too many request header fields")
             return
-        ctx = self.p_ctx
+        req = self.p_req
         if kind == H_HOST:
-            ctx.raw_host = value
+            req.raw_host = value
             self.p_hosts += 1
         elif kind == H_CONN:
-            ctx.conn_hdr = value if ctx.conn_hdr is None else ctx.conn_hdr + b", " + value
+            req.conn_hdr = value if req.conn_hdr is None else req.conn_hdr + b", " + value
         elif kind == H_CL:
             self.p_cl = value
         elif kind == H_TE:
             self.p_te = value
         elif kind == H_UPGRADE:
-            ctx.upgrade = value
+            req.upgrade = value
         elif kind == H_EXPECT:
-            ctx.expect = value
+            req.expect = value
         elif kind == H_XFF:
-            ctx.xff = value if ctx.xff is None else ctx.xff + b", " + value
+            req.xff = value if req.xff is None else req.xff + b", " + value
         elif kind == H_XFP:
-            ctx.xfp = value
+            req.xfp = value
         # H_HOP, H_XFWD: dropped here; H_XFWD values are re-derived by the handler.
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        ctx = self.p_ctx
-        if ctx is None or ctx.method_b is not None:  # (llhttp always reports a target first)
+        req = self.p_req
+        if req is None or req.method_b is not None:  # (llhttp always reports a target first)
             raise GatewayError("bad_request", "missing request target")
         keep = parser.should_keep_alive()
-        if keep and ctx.conn_hdr is None:
+        if keep and req.conn_hdr is None:
             # llhttp accepts HTTP/0.9, 1.0, 1.1 and 2.0, and without a Connection header
             # only 1.1 keeps alive: no get_http_version(), which formats a new str per
             # call (~2.6k instructions, callgrind)
@@ -341,74 +338,75 @@ class DownstreamProtocol:
                 raise GatewayError("missing_host", "duplicate Host header")
         elif hosts != 1:
             raise GatewayError("missing_host", "missing Host header" if not hosts else "duplicate Host header")
-        host = ctx.raw_host
+        host = req.raw_host
         if host is not None:
             if host != self.host_ok:
                 if not valid_host(host):
                     raise GatewayError("bad_request", "invalid Host header")
                 self.host_ok = host
                 self.host_str = host.decode("latin-1").lower()
-            ctx.host = self.host_str
-        mb = ctx.method_b = parser.get_method()
-        ctx.method = METHODS.get(mb) or mb.decode("ascii")
-        ctx.version = version
-        ctx.keep_alive = keep and not self.draining
+            req.host = self.host_str
+        mb = req.method_b = parser.get_method()
+        req.method = METHODS.get(mb) or mb.decode("ascii")
+        req.version = version
+        req.keep_alive = keep  # what the client asked (the handler decides, draining included)
         if self.info.tls:
-            ctx.tls = True
-        ctx.peer_ip = self.peer_ip
+            req.tls = True
+        req.peer_ip = self.peer_ip
         if self.p_cl is not None:
-            ctx.content_length = int(self.p_cl)
+            req.content_length = int(self.p_cl)
             self.p_cl = None
         elif self.p_te is not None:
-            ctx.chunked = True  # llhttp only accepts a final "chunked" coding
+            req.chunked = True  # llhttp only accepts a final "chunked" coding
             self.p_te = None
         # an Upgrade only counts with "Connection: upgrade" (as llhttp decides it)
-        if ctx.upgrade is not None and (ctx.conn_hdr is None or b"upgrade" not in ctx.conn_hdr.lower()):
-            ctx.upgrade = None
+        if req.upgrade is not None and (req.conn_hdr is None or b"upgrade" not in req.conn_hdr.lower()):
+            req.upgrade = None
         self.p_size = 0
         self.p_hosts = 0
         self.n_requests += 1
         # Queued, not dispatched: a request starts only after the bytes that carried it
         # parsed cleanly (llhttp reports some framing errors after on_headers_complete).
         q = self.queue
-        q.append(ctx)
+        q.append(req)
         if len(q) >= MAX_QUEUED:
             self._pause(PAUSE_BACKLOG)
 
     def on_body(self, body: bytes) -> None:
-        ctx = self.p_ctx
-        ctx.bytes_received += len(body)
-        if ctx is self.cur:
-            if self.deadline_kind == T_BODY:
-                self.deadline = self.loop.time() + self.info.t_body
-            self.handler.on_body(self, ctx, body)
-        elif ctx.qbody is None:
-            ctx.qbody = [body]
+        req = self.p_req
+        req.bytes_received += len(body)
+        if req is self.cur:
+            dl = self.dl
+            if dl.kind == T_BODY:
+                dl.at = self.loop.time() + self.info.t_body
+            self.handler.on_body(self, req, body)
+        elif req.qbody is None:
+            req.qbody = [body]
         else:
-            ctx.qbody.append(body)
+            req.qbody.append(body)
 
     def on_message_complete(self) -> None:
-        ctx = self.p_ctx
-        if ctx is None:
+        req = self.p_req
+        if req is None:
             return
-        if ctx is self.cur:
+        if req is self.cur:
             self.cur_complete = True
-            if self.deadline_kind in (T_BODY, T_HEAD):
-                self.deadline_kind = T_NONE
-            self.handler.on_body_end(self, ctx)
+            if self.dl.kind in (T_BODY, T_HEAD):
+                self.dl.kind = T_NONE
+            self.handler.on_body_end(self, req)
         else:
-            ctx.qcomplete = True
+            req.qcomplete = True
 
     def _on_upgrade_request(self, rest: bytes) -> None:
         # httptools stops at the end of the head of an Upgrade request: that request is
         # complete (its body, if any, is not parsed) and the connection ends with it
         # unless the upstream switches protocols (WebSocket tunnel).  Bytes the client
         # sent behind the head are kept for the tunnel.
-        ctx = self.p_ctx
+        req = self.p_req
         if rest:
             self.backlog = bytearray(rest)
-        if ctx is not None and ctx is not self.cur:
-            ctx.qcomplete = True
+        if req is not None and req is not self.cur:
+            req.qcomplete = True
         self.p_error = ("bad_request", "no further requests after an Upgrade request")
         if self.cur is None and self.queue:
             self._next()
@@ -423,36 +421,38 @@ class DownstreamProtocol:
         if complete:
             # (the handler sees cur_complete and ends the body itself: no on_body_end
             # for a request that was whole before it started)
-            k = self.deadline_kind
+            k = self.dl.kind
             if k != T_NONE and k != T_SEND:
-                self.deadline_kind = T_NONE
+                self.dl.kind = T_NONE
         else:
-            self._set_deadline(T_BODY, self.info.t_body)
+            self.dl.set(T_BODY, self.info.t_body)
         self.handler.dispatch(self, nxt, body)
 
-    def request_done(self, ctx, keep_alive: bool) -> None:
-        """Called by the handler when the response to ``ctx`` is completely written."""
-        if ctx is not self.cur:
+    def request_done(self, req, keep_alive: bool) -> None:
+        """Called by the handler when the response to ``req`` is completely written."""
+        if req is not self.cur:
             return
-        self.handler.finish(self, ctx)
+        self.handler.finish(self, req)
         self.cur = None
         if self.closed:
             return
-        if not keep_alive or not ctx.keep_alive or not self.cur_complete:
-            # (an answer sent before the request body was read, e.g. 401 on an upload:
-            # the rest of the body cannot be told from the next request; close)
+        if not keep_alive or not req.keep_alive or not self.cur_complete:
+            # ``keep_alive`` is the handler's decision (pipeline.heads.keep_client); the
+            # rest is this file's guard, whatever a handler says: a client that asked to
+            # close, or a request body not read to its end (its rest cannot be told from
+            # the next request), ends the connection
             self._close()
             return
         if not self.queue and self.p_error is None and self.backlog is None:
             # the usual case: nothing pipelined behind this request
-            if self.p_ctx is ctx:
-                self.p_ctx = None   # an idle connection holds no finished request (#17: memory)
+            if self.p_req is req:
+                self.p_req = None   # an idle connection holds no finished request (memory)
             if self.paused & PAUSE_BACKLOG:
                 self._resume(PAUSE_BACKLOG)
             if self.draining:
                 self._close()
                 return
-            self._set_deadline(T_IDLE, self.info.t_idle)
+            self.dl.set(T_IDLE, self.info.t_idle)
             return
         if self.queue:
             self._next()
@@ -469,7 +469,7 @@ class DownstreamProtocol:
             if self.draining:
                 self._close()
             else:
-                self._set_deadline(T_IDLE, self.info.t_idle)
+                self.dl.set(T_IDLE, self.info.t_idle)
 
     # ------------------------------------------------------------------ writing
     def write(self, data: bytes) -> None:
@@ -527,43 +527,17 @@ class DownstreamProtocol:
     def start_tunnel(self, upstream_transport) -> None:
         """Switch to a byte tunnel (after an upstream 101)."""
         self.tunnel = upstream_transport
-        self.deadline_kind = T_NONE
+        self.dl.kind = T_NONE
         if self.backlog:
             data, self.backlog = bytes(self.backlog), None
             upstream_transport.write(data)
         self._resume(PAUSE_BACKLOG | PAUSE_WAIT | PAUSE_UPSTREAM)
 
     # ------------------------------------------------------------------ timers
-    def _set_deadline(self, kind: int, seconds: float) -> None:
-        """Move the connection's deadline.  The timer is armed at most ``t_min`` (the
-        shortest timeout this connection ever sets) ahead, so a new deadline is never
-        earlier than the armed timer and moving it costs two stores, not a timer: the
-        timer re-arms itself when it fires before the deadline (rule 4)."""
-        now = self.loop.time()
-        at = now + seconds
-        self.deadline = at
-        self.deadline_kind = kind
-        if self.timer is None:
-            t = min(at, now + self.info.t_min)
-            self.timer = self.loop.call_at(t, self._on_timer)
-            self.timer_at = t
-        elif self.timer_at > at:  # only a timeout shorter than t_min gets here
-            self.timer.cancel()
-            self.timer = self.loop.call_at(at, self._on_timer)
-            self.timer_at = at
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.closed or self.deadline_kind == T_NONE:
+    def _expired(self, kind: int) -> None:
+        """The connection's deadline passed (``Deadline.fire``)."""
+        if self.closed:
             return
-        now = self.loop.time()
-        if now < self.deadline:
-            t = min(self.deadline, now + self.info.t_min)
-            self.timer = self.loop.call_at(t, self._on_timer)
-            self.timer_at = t
-            return
-        kind = self.deadline_kind
-        self.deadline_kind = T_NONE
         if kind == T_IDLE:
             self._close()
         elif kind == T_HEAD:

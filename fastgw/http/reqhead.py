@@ -2,7 +2,7 @@
 
 ``special_kind(lower_name)`` classifies a request header while it is parsed (one dict
 lookup per header line); a name it does not know is forwarded as is.  Kinds from
-``H_RID`` on are forwarded *and* captured into the Ctx, so that no middleware needs a
+``H_RID`` on are forwarded *and* captured into the Request (``http.request``), so that no middleware needs a
 header lookup for them (request id, access log, auth, CORS).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_RID, H_UA, H_AUTHZ, H_ORIGIN = range(1, 15)
-H_TRACE = 15  # traceparent/tracestate: forwarded, and flagged in ctx.trace_hdrs
+H_TRACE = 15  # traceparent/tracestate: forwarded, and flagged in Request.trace_hdrs
 
 SPECIAL = {
     b"host": H_HOST,
@@ -41,7 +41,7 @@ SPECIAL = {
 }
 special_kind = SPECIAL.get  # bound once: called for every header line
 
-# ctx.authz when the request carried Authorization more than once (a token is ambiguous)
+# Request.authorization when the request carried Authorization more than once (a token is ambiguous)
 REPEATED = b"\0repeated"
 
 # the usual methods as interned str (no decode per request)

@@ -18,6 +18,11 @@ STATUS_LINES: dict[int, bytes] = {
 STATUS_LINES[413] = b"HTTP/1.1 413 Content Too Large\r\n"
 
 
+# The framing of a response body on its way to the client, as ``heads.response_head``
+# decides it and the upstream client applies it (bits): re-chunked for an HTTP/1.1
+# client (the upstream sent no length), and/or ended by the upstream's close.
+RECHUNK, CLOSE_DELIMITED = 1, 2
+
 def status_line(status: int, reason: bytes = b"") -> bytes:
     line = STATUS_LINES.get(status)
     if line is None:

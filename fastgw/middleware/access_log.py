@@ -82,14 +82,15 @@ class AccessLog(Middleware):
             flags = flags.copy()
         else:
             flags = _NO_FLAGS
-        ua = ctx.ua
+        req = ctx.request
+        ua = req.user_agent
         # (traceparent line, trace_id, span_id) of the tracing middleware
         # (fastgw.obs.otlp.trace_ids, inlined)
         tp = ctx.notes.get("trace")
         recs = self.recs
         recs.append(AccessRecord(
-            wall(), ctx.request_id, ctx.client_ip, ctx.method, ctx.host, ctx.path, ctx.status,
-            ctx.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
+            wall(), ctx.request_id, ctx.client_ip, req.method, req.host, req.path, ctx.status,
+            req.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
             ctx.upstream_status or None, ctx.upstream_duration,
             route.name if route is not None else None, ctx.user,
             ua.decode("latin-1") if ua else None, flags, tp[1] if tp is not None else None,
@@ -114,7 +115,7 @@ class AccessLogReplay(AccessLog):
         recs = self.recs
         rec = recs[-1]
         recs[-1] = ReplayRecord(*(getattr(rec, f) for f in rec.__struct_fields__),
-                                query=ctx.query.decode("latin-1") if self.with_query else None,
+                                query=ctx.request.query.decode("latin-1") if self.with_query else None,
                                 headers={n: _text(ctx.header(b)) for n, b in self.names} or None)
         if len(recs) >= self.flush_at:
             self.buf.flush()

@@ -8,7 +8,7 @@ identity handed upstream.  The token logic itself is ``fastgw.auth`` (pure, test
 Hook contract (``request_filter``):
 
 - returns None to continue, with ``ctx.user``/``ctx.roles``/``ctx.claims`` set and the
-  identity headers appended to ``ctx.upstream_headers``;
+  identity headers sent upstream (``ctx.add_request_header``);
 - returns a 401 (no token: ``WWW-Authenticate: Bearer``; bad token: ``Bearer
   error="invalid_token", error_description=...``, RFC 6750), a 400 (the token given more
   than once: ``invalid_request``) or a 403 (roles: ``insufficient_scope``), each with the
@@ -16,7 +16,7 @@ Hook contract (``request_filter``):
 
 Three classes, chosen by ``build`` so each route pays only for what it uses:
 
-- ``StripIdentity``   non-auth routes: one ``drop_headers`` call;
+- ``StripIdentity``   non-auth routes: one ``ctx.remove_request_headers`` call;
 - ``Auth``            synchronous; static keys (secret, PEM);
 - ``JwksAuth``        ``async def request_filter`` when a JWKS is configured: the only
   await is on a token whose ``kid`` no key has (a rate-limited, single-flight refetch);
@@ -32,12 +32,11 @@ releases its sources.
 Readiness: ``ready(deps)`` (module level) or ``mw.ready()`` is False until every JWKS in
 use has been fetched once; the runtime ANDs it into ``/readyz`` and ``gateway.health_path``.
 
-Hot path: the downstream protocol captures ``Authorization`` while parsing (``ctx.authz``,
+Hot path: the downstream protocol captures ``Authorization`` while parsing (``ctx.request.authorization``,
 ``REPEATED`` when it came more than once), so the usual config (one ``Authorization:
 Bearer`` source) needs no header lookup for the token, and forged identity headers are
 found with one C-level pass over the header names (``frozenset.isdisjoint`` over a
-``map``: no dict and no Python loop per header).  A hand-made Ctx (``captured`` False) or
-another token source falls back to the header map / one lower-casing scan.  A cache hit
+``map``: no dict and no Python loop per header).  Another token source falls back to the header map / one lower-casing scan.  A cache hit
 then costs one LRU lookup and two float compares, and its counters are written straight
 into the metrics store's cells.
 """
@@ -79,7 +78,7 @@ def _forged(strip: frozenset, ctx) -> bool:
     One C-level pass (``isdisjoint`` consuming a ``map``), cheaper than building the
     lower-case header map or a Python loop over the headers.  A request that forwards no
     header at all (only Host, as wrk and many API clients send) is not scanned."""
-    headers = ctx.headers
+    headers = ctx.request.headers
     return bool(headers) and not strip.isdisjoint(map(_lower, map(_name, headers)))
 
 
@@ -206,7 +205,7 @@ class StripIdentity(Middleware):
 
     def request_filter(self, ctx):
         if _forged(self.strip, ctx):
-            ctx.drop_headers(self.strip)
+            ctx.remove_request_headers(self.strip)
         return None
 
 
@@ -230,7 +229,7 @@ class Auth(Middleware):
         self.tname = self.sources[0][0]
         self.prefix = self.sources[0][1] if self.fast else None
         self.strip_t = tuple(self.strip)
-        # the protocol captures Authorization (ctx.authz): the usual config reads it there
+        # Authorization is a field of the Request: the usual config reads it there
         self.captured = self.fast and self.tname == b"authorization"
         self.drop_token = state.token_headers
         m = state.metrics
@@ -257,12 +256,12 @@ class Auth(Middleware):
 
     def _check(self, ctx):
         """None (allowed), a Reply, or (token, AuthFailure) when a key refetch may help."""
-        if ctx.captured and self.captured:
-            # The usual request: Authorization was captured by the protocol (it stays in
-            # ctx.headers and is forwarded), so there is no header lookup here.
-            token = ctx.authz
+        if self.captured:
+            # The usual config: Authorization is a field of the Request (it stays in
+            # its headers and is forwarded), so there is no header lookup here.
+            token = ctx.request.authorization
             if _forged(self.strip, ctx):
-                ctx.drop_headers(self.strip)
+                ctx.remove_request_headers(self.strip)
             if token is None:
                 return self._missing(ctx)
             if token is REPEATED:
@@ -306,15 +305,15 @@ class Auth(Middleware):
 
     def _find_token(self, ctx):
         """The token (prefix removed), _DUP or None, from the headers; drops forged identity
-        headers.  For a hand-made Ctx or a config other than one Authorization source."""
+        headers.  For a config other than one Authorization source."""
         dirty = False
         if self.fast:
             # the lazy header map.  When no header name repeats (map size == list size),
             # one lookup finds the token and a few membership tests find forged identity
             # headers; otherwise the full scan also detects a repeated token header.
-            token = ctx.header(self.tname)
-            m = ctx._hmap
-            if len(m) == len(ctx.headers):
+            m = ctx.request.header_map()
+            token = m.get(self.tname)
+            if len(m) == len(ctx.request.headers):
                 for n in self.strip_t:
                     if n in m:
                         dirty = True
@@ -333,7 +332,7 @@ class Auth(Middleware):
         else:
             want = self.want
             found = None
-            for n, v in ctx.headers:
+            for n, v in ctx.request.headers:
                 k = want.get(n.lower())
                 if k is None:
                     continue
@@ -345,7 +344,7 @@ class Auth(Middleware):
                     found.setdefault(k, []).append(v)
             token = self._token(found) if found is not None else None
         if dirty:
-            ctx.drop_headers(self.strip)
+            ctx.remove_request_headers(self.strip)
         return token
 
     def _scan_single(self, ctx):
@@ -353,7 +352,7 @@ class Auth(Middleware):
         want = self.want
         token = None
         dirty = False
-        for n, v in ctx.headers:
+        for n, v in ctx.request.headers:
             k = want.get(n.lower())
             if k is None:
                 continue
@@ -366,15 +365,16 @@ class Auth(Middleware):
         return token, dirty
 
     def _admit(self, ctx, ident):
-        if not self.policy.allows(ctx.method, ident.roles):
+        if not self.policy.allows(ctx.request.method, ident.roles):
             return self._forbidden(ctx, ident)
         ctx.user = ident.user
         ctx.roles = ident.roles
         ctx.claims = ident.claims
         if ident.headers:
-            ctx.upstream_headers.extend(ident.headers)
+            for n, v in ident.headers:
+                ctx.add_request_header(n, v)
         if self.drop_token:
-            ctx.drop_headers(self.drop_token)
+            ctx.remove_request_headers(self.drop_token)
         if self._store is not None:
             c = self._c_ok
             if c is None:
@@ -436,8 +436,8 @@ class Auth(Middleware):
         if audit is None:
             return
         rec = {"ts": wall(), "event": "auth", "decision": decision, "status": status,
-               "result": result, "reason": reason, "route": self.route, "method": ctx.method,
-               "path": ctx.path, "client_ip": ctx.client_ip, "request_id": ctx.request_id,
+               "result": result, "reason": reason, "route": self.route, "method": ctx.request.method,
+               "path": ctx.request.path, "client_ip": ctx.client_ip, "request_id": ctx.request_id,
                "user": user}
         if kid is not None:
             rec["kid"] = kid

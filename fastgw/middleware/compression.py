@@ -101,7 +101,7 @@ class Compression(Middleware):
 
     def _decide(self, ctx, head) -> str | None:
         """Set the response up for compression, or return why not."""
-        if ctx.method == "HEAD":
+        if ctx.request.method == "HEAD":
             return "head"
         status = head.status
         if status < 200 or status in _SKIP_STATUS:

@@ -7,7 +7,7 @@ the config has wildcard patterns, one anchored regex.
 Rules:
 
 1. A request without ``Origin`` costs one attribute read in ``request_filter`` (the
-   protocol captures ``Origin`` while parsing, ``ctx.origin``); its
+   protocol captures ``Origin`` while parsing, ``ctx.request.origin``); its
    response only gets ``Vary: Origin`` when the answer depends on the origin (Fetch
    §3.2.8 "CORS protocol and HTTP caches": a shared cache must not serve a response made
    for one origin to another, nor one made without ``Origin`` to a CORS request).
@@ -53,7 +53,7 @@ class Cors(Middleware):
 
     def __init__(self, cfg: CorsConfig, deps=None, *, route_methods=None, answer_preflights: bool = True) -> None:
         super().__init__(cfg, deps)
-        self.answer_preflights = answer_preflights
+        self._preflights = answer_preflights
         creds = cfg.allow_credentials
         exact: list[bytes] = []
         patterns: list[str] = []
@@ -112,14 +112,18 @@ class Cors(Middleware):
 
     # -- hooks ----------------------------------------------------------------------
 
+    def answers_preflight(self) -> bool:
+        """A route's CORS answers preflights; the global chain's only decorates errors."""
+        return self._preflights
+
     def request_filter(self, ctx):
         """Answer a preflight (204/403); note the CORS headers for the response; else None."""
-        # the protocol captured Origin while parsing (a hand-made Ctx has not: look it up)
-        origin = ctx.origin if ctx.captured else ctx.header(b"origin")
+        req = ctx.request
+        origin = req.origin  # (captured while parsing: no header lookup)
         if origin is None:
             return None
         allowed = self._allowed(origin)
-        if ctx.method == "OPTIONS" and self.answer_preflights:
+        if req.method == "OPTIONS" and self._preflights:
             acrm = ctx.header(b"access-control-request-method")
             if acrm is not None:
                 ctx.notes["cors"] = _NOTHING  # the reply is complete; add nothing on the way out
@@ -131,10 +135,10 @@ class Cors(Middleware):
         """Add the headers decided in ``request_filter`` (``Vary: Origin`` when there was no Origin)."""
         add = ctx.notes.get("cors")
         if add is None:
-            if not self.answer_preflights:
+            if not self._preflights:
                 # global chain: the engine runs only its response filters on a 400/404/405,
                 # so the origin is looked at here (once, on an error path)
-                origin = ctx.origin if ctx.captured else ctx.header(b"origin")
+                origin = ctx.request.origin
                 add = self._no_origin if origin is None else (self._allowed(origin) or self._denied)
             else:
                 add = self._no_origin

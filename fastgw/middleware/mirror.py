@@ -15,7 +15,7 @@ Rules:
   headers minus hop-by-hop ones, ``Host``, ``Content-Length`` and (unless
   ``keep_credentials``) ``Authorization`` and ``Cookie``; ``Host`` is the shadow's;
   ``X-Forwarded-For`` gets the client address; ``Connection: close``;
-- a body is copied when the whole body arrived with the head (``ctx.pending``) and is at
+- a body is copied when the whole body arrived with the head (the exchange's ``pending`` body) and is at
   most ``max_body_size``; a longer or streamed body skips the copy (``skipped``);
 - results only in ``fastgw_mirror_requests_total{route, result}``: ``2xx``..``5xx`` by the
   shadow's status class, ``error`` (connect/reset/bad answer), ``timeout``, ``dropped``,
@@ -74,7 +74,7 @@ class Mirror(Middleware):
 
     def request_filter(self, ctx):
         """Maybe start a copy (module doc); always None."""
-        if ctx.method not in self.methods or (self.fraction < 1.0 and random.random() >= self.fraction):
+        if ctx.request.method not in self.methods or (self.fraction < 1.0 and random.random() >= self.fraction):
             return None
         loop = self.deps.loop if self.deps is not None else None
         if loop is None:
@@ -95,25 +95,25 @@ class Mirror(Middleware):
     def _copy(self, ctx) -> bytes | None:
         """The copy's bytes, or None when its body is not all at hand or too long."""
         body = b""
-        if ctx.chunked:
+        if ctx.request.chunked:
             return None
-        n = ctx.content_length or 0
+        n = ctx.request.content_length or 0
         if n:
             if n > self.max_body or not ctx.pending:
                 return None
             body = b"".join(ctx.pending)
             if len(body) != n:
                 return None
-        target = (self.base + ctx.path).encode("latin-1")
-        if ctx.query:
-            target += b"?" + ctx.query
+        target = (self.base + ctx.request.path).encode("latin-1")
+        if ctx.request.query:
+            target += b"?" + ctx.request.query
         drop = self._drop
-        lines = [ctx.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n", self._host_line]
-        for name, value in ctx.headers:
+        lines = [ctx.request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n", self._host_line]
+        for name, value in ctx.request.headers:
             if name.lower() not in drop:
                 lines += (name, b": ", value, b"\r\n")
         lines += (b"x-forwarded-for: ", ctx.client_ip.encode("ascii", "replace"), b"\r\nconnection: close\r\n")
-        if body or ctx.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        if body or ctx.request.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             lines.append(b"content-length: %d\r\n" % len(body))
         lines += (b"\r\n", body)
         return b"".join(lines)

@@ -1,7 +1,7 @@
 """Request id middleware: ``X-Request-ID`` accepted from trusted proxies, else generated.
 
-The id is echoed in the response (through ``ctx.resp_headers``, so it costs no response
-hook), sent upstream, and used in logs and problem bodies.  Generated ids are a random
+The id is echoed in the response (``ctx.add_response_header``, so it costs no response
+hook), sent upstream (``ctx.add_request_header``), and used in logs and problem bodies.  Generated ids are a random
 per-worker prefix plus a counter: unique across workers and restarts without a syscall
 or a uuid per request.  An incoming id from an untrusted peer is dropped (it could be
 used to forge log correlation) and replaced.
@@ -30,29 +30,29 @@ class RequestId(Middleware):
         self.counter = 0
         # written lower-case like every header name the gateway itself writes (the
         # config's spelling only says which header; names are case-insensitive)
-        fmt = self.lheader.replace(b"%", b"%%")  # (a token may contain "%")
-        self.line = fmt + b": %s\r\n"
-        self.gen_line = fmt + b": " + self.prefix + b"%x\r\n"
-        self.id_start = len(hdr) + 2
-        # the default header is captured by the protocol (ctx.rid): no header lookup
+        self.header = self.lheader
+        self.gen = self.prefix + b"%x"
+        # the default header is a field of the Request (x_request_id): no header lookup
         self.captured = self.lheader == b"x-request-id"
 
     def request_filter(self, ctx):
-        rid = ctx.rid if self.captured else ctx.header(self.lheader)
+        rid = ctx.request.x_request_id if self.captured else ctx.header(self.lheader)
         if rid is not None:
             if ctx.trusted_peer and _VALID(rid):
                 ctx.request_id = rid.decode("ascii")
-                ctx.resp_raw += self.line % rid
+                ctx.add_response_header(self.header, rid)
                 return None
-            ctx.drop_headers(self.drop)
-        # the header line is pre-serialised into ctx.up_raw/ctx.resp_raw: the heads
-        # copy it, no per-request tuple or list to format
+            ctx.remove_request_headers(self.drop)
         self.counter += 1
-        line = self.gen_line % self.counter
-        ctx.request_id = line[self.id_start:-2].decode("ascii")
-        ctx.up_raw += line
-        ctx.resp_raw += line
+        rid = self.gen % self.counter
+        ctx.request_id = rid.decode("ascii")
+        ctx.add_request_header(self.header, rid)
+        ctx.add_response_header(self.header, rid)
         return None
+
+    def error_filter(self, ctx) -> None:
+        """A reply made before any request filter ran still carries a request id."""
+        self.request_filter(ctx)
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     # shared by every route and kept across reloads (its counter keeps ids unique), per

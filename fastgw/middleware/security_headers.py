@@ -68,7 +68,7 @@ class SecurityHeaders(Middleware):
         seen = head.sweep(self._names)
         # ctx.scheme is "https" only over TLS or when a trusted proxy's X-Forwarded-Proto
         # says so (the engine resolves it)
-        hsts = self._hsts is not None and (ctx.tls or ctx.scheme == "https")
+        hsts = self._hsts is not None and (ctx.request.tls or ctx.scheme == "https")
         if not seen:
             head.add_lines(self._add_hsts if hsts else self._add)
             return

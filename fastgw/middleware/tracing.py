@@ -24,14 +24,14 @@ Cost on the request path when the request has no trace header and is not sampled
 ``list.pop`` of a ready-made trace, one note and one line appended to the upstream head.
 New traces are made 1024 at a time (one ``os.urandom`` read; the hex, the header lines
 and the id strings cut by C code: ``bytes.hex``, one ``re.sub``, one ``re.findall``),
-and the protocol flags trace headers while parsing (``ctx.trace_hdrs``), so the usual
+and the protocol flags trace headers while parsing (``Request.trace_hdrs``), so the usual
 request needs no header lookup.  Measured: ``docs/operations.md``, "Tracing".
 
-Ctx surface used: ``trace_hdrs`` and ``captured`` (set by the protocol), ``header()``,
-``drop_headers()``, ``headers`` (only to see a repeated ``traceparent``), ``trusted_peer``,
-``up_raw`` (append one line), ``notes``; in the
-logging phase ``start``, ``method``, ``path``, ``scheme``, ``status``, ``route.name``,
-``host``, ``client_ip``, ``upstream``, ``request_id``.
+Ctx surface used: ``request`` (``trace_hdrs``, set by the protocol; ``headers``, only to
+see a repeated ``traceparent``; ``method``, ``path``, ``host``), ``header()``,
+``remove_request_headers()``, ``add_request_lines()`` (one prebuilt line),
+``trusted_peer``, ``notes``; in the logging phase ``start``, ``scheme``, ``status``,
+``route.name``, ``client_ip``, ``upstream``, ``request_id``.
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ class Tracing(Middleware):
 
     def request_filter(self, ctx):
         # The usual request carries no trace header (the protocol flags one in
-        # ctx.trace_hdrs: no header lookup here) and takes a ready-made trace from the
+        # Request.trace_hdrs: no header lookup here) and takes a ready-made trace from the
         # pool: its upstream line and its ids as the access log writes them.
-        if ctx.trace_hdrs or not ctx.captured:
+        if ctx.request.trace_hdrs:
             return self._incoming(ctx)
         try:
             t = self.pool.pop()
@@ -106,7 +106,7 @@ class Tracing(Middleware):
             if self.offer is not None:
                 ctx.notes["tracing"] = (t[1], t[2], None, None)
         ctx.notes["trace"] = t
-        ctx.up_raw += t[0]
+        ctx.add_request_lines(t[0])
         return None
 
     def _refill(self):
@@ -128,20 +128,20 @@ class Tracing(Middleware):
             sampled = flags & 1
             state = ctx.header(b"tracestate")
             if state is not None and len(state) > MAX_TRACESTATE:
-                ctx.drop_headers(_DROP_BOTH)
+                ctx.remove_request_headers(_DROP_BOTH)
                 state = None
             else:
-                ctx.drop_headers(_DROP_PARENT)
+                ctx.remove_request_headers(_DROP_PARENT)
         else:
             if tp is not None or ctx.header(b"tracestate") is not None:
-                ctx.drop_headers(_DROP_BOTH)
+                ctx.remove_request_headers(_DROP_BOTH)
             tid = getrandbits(128) or 1
             parent = 0
             ratio = self.ratio
             sampled = 1 if ratio and random() < ratio else 0
         t = (_LINE[sampled] % (tid, sid), "%032x" % tid, "%016x" % sid)
         ctx.notes["trace"] = t
-        ctx.up_raw += t[0]
+        ctx.add_request_lines(t[0])
         if sampled and self.offer is not None:
             ctx.notes["tracing"] = (t[1], t[2], "%016x" % parent if parent else None, state)
         return None
@@ -162,8 +162,8 @@ class TracingExport(Tracing):
             return
         route = ctx.route
         state = t[3]
-        self.offer((t[0], t[1], t[2], ctx.start, monotonic(), ctx.method, ctx.path, ctx.scheme, ctx.status,
-                    route.name if route is not None else None, ctx.host, ctx.client_ip, ctx.upstream,
+        self.offer((t[0], t[1], t[2], ctx.start, monotonic(), ctx.request.method, ctx.request.path, ctx.scheme, ctx.status,
+                    route.name if route is not None else None, ctx.request.host, ctx.client_ip, ctx.upstream,
                     ctx.request_id, error.kind if error is not None else None,
                     state.decode("latin-1") if state else None))
 
@@ -171,7 +171,7 @@ class TracingExport(Tracing):
 def _once(ctx) -> bool:
     """True when the request has one ``traceparent`` header (W3C: several are invalid)."""
     n = 0
-    for name, _v in ctx.headers:
+    for name, _v in ctx.request.headers:
         if len(name) == 11 and name.lower() == b"traceparent":
             n += 1
     return n == 1

@@ -13,7 +13,7 @@ Two phases:
    br or zstd (or a list of codings) -> 415 with ``Accept-Encoding: gzip, br, zstd``; a
    missing body when ``body_required`` -> 400.  It marks the request for phase 2 only
    when a schema applies to it (noting the coding to decode).
-2. ``body_filter(ctx, body)`` (the engine contract below): decode the whole body and
+2. ``request_body_filter(ctx, body)`` (the engine contract below): decode the whole body and
    validate it.  Invalid JSON, a nesting too deep to decode, or a schema failure -> 400.
    An encoded body (issue 22) is decoded first, for the check only (the upstream gets
    the bytes as received), with the route's ``max_body_size`` applied to the *decoded*
@@ -21,15 +21,15 @@ Two phases:
    limit, so a decompression bomb costs at most that many bytes and the time to make
    them (``fastgw.compress.codecs.decode``).  A corrupt or truncated stream -> 400.
 
-Engine contract relied on (``needs_body``/``body_filter``):
+Engine contract relied on (``needs_body()``/``request_body_filter``):
 
-- ``needs_body`` is read on the *instance* when the chain is compiled; it is True only
+- ``needs_body()`` is asked of the *instance* when the chain is compiled; it is True only
   when the block has a ``schema``.  Then the engine buffers the request body, within the
   route's ``max_body_size`` (413 past it, before it is read whole), and calls
-  ``body_filter(ctx, body)`` once with all of it (``b""`` for none) before opening the
+  ``request_body_filter(ctx, body)`` once with all of it (``b""`` for none) before opening the
   upstream request.  None = forward the (buffered) body; a Reply = answer locally, which
   then passes the response filters of the middlewares that ran.  Chains whose
-  middlewares all have ``needs_body`` False stream bodies as before.
+  middlewares all answer ``needs_body()`` False stream bodies as before.
 
 Choices, measured on this machine (docs/security.md#measurements):
 
@@ -68,13 +68,11 @@ _NOTE = "validation"
 
 class Validation(Middleware):
     name = "validation"
-    needs_body = True  # per instance: True only when a schema needs the body (see the module doc)
 
     def __init__(self, cfg: ValidateConfig, deps=None) -> None:
         super().__init__(cfg, deps)
         self._validator = (compile_schema(cfg.schema, validate_formats=cfg.validate_formats)
                            if cfg.schema is not None else None)
-        self.needs_body = self._validator is not None
         self._max_errors = cfg.max_errors
         self._body_required = cfg.body_required
         self._headers = tuple((h.lower().encode("ascii"), h) for h in cfg.required_headers)
@@ -88,18 +86,22 @@ class Validation(Middleware):
 
     # -- hooks ----------------------------------------------------------------------
 
+    def needs_body(self) -> bool:
+        """Only a schema needs the body (head checks alone keep the body streaming)."""
+        return self._validator is not None
+
     def request_filter(self, ctx):
-        """Head checks (400/415); marks the request for ``body_filter`` when a schema applies."""
+        """Head checks (400/415); marks the request for ``request_body_filter`` when a schema applies."""
         for lname, name in self._headers:
             val = ctx.header(lname)
             if val is None or not val.strip():
                 return self._missing(ctx, "header", [n for ln, n in self._headers if not _has_header(ctx, ln)])
         if self._query:
-            have = _query_names(ctx.query)
+            have = _query_names(ctx.request.query)
             missing = [name for raw, name in self._query if raw not in have]
             if missing:
                 return self._missing(ctx, "parameter", missing)
-        if not (ctx.chunked or ctx.content_length):
+        if not (ctx.request.chunked or ctx.request.content_length):
             if self._body_required:
                 return ctx.problem(400, "a request body is required", kind="bad_request",
                                    extra={"errors": [{"pointer": "#", "detail": "a request body is required"}]})
@@ -133,7 +135,7 @@ class Validation(Middleware):
             ctx.notes[_NOTE] = coding
         return None
 
-    def body_filter(self, ctx, body: bytes):
+    def request_body_filter(self, ctx, body: bytes):
         """Validate the whole JSON body against the schema: None when valid, else a 400 reply."""
         coding = ctx.notes.get(_NOTE)
         if not coding:

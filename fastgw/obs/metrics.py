@@ -182,9 +182,9 @@ class Metrics:
         # building, hashing and comparing a key tuple (callgrind).  The module docstring
         # says why there is no _count write.
         try:
-            cells = self._req[ctx.route][ctx.status][ctx.method]
+            cells = self._req[ctx.route][ctx.status][ctx.request.method]
         except KeyError:
-            cells = self._request_cells(ctx.route, ctx.method, ctx.status)
+            cells = self._request_cells(ctx.route, ctx.request.method, ctx.status)
         req, buckets, dsum, ubuckets, usum = cells
         iv = self._acc_i
         fv = self._acc_f

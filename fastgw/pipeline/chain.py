@@ -15,13 +15,12 @@ from fastgw.pipeline.middleware import overrides
 
 
 class Chain:
-    __slots__ = ("mws", "request", "upstream_request", "response", "body", "logging",
-                 "body_check", "names", "request_sync", "direct")
+    __slots__ = ("mws", "request", "upstream_request", "response", "response_body", "logging",
+                 "request_body", "error", "request_sync", "direct")
 
     def __init__(self, mws) -> None:
         mws = tuple(mws)
         self.mws = mws
-        self.names = tuple(m.name for m in mws)
         self.request = tuple(
             (i, m.request_filter, inspect.iscoroutinefunction(m.request_filter))
             for i, m in enumerate(mws) if overrides(m, "request_filter"))
@@ -33,13 +32,15 @@ class Chain:
                                       if overrides(m, "upstream_request_filter"))
         self.response = tuple((i, m.response_filter) for i, m in reversed(list(enumerate(mws)))
                               if overrides(m, "response_filter"))
-        self.body = tuple(m.response_body_filter for m in mws if overrides(m, "response_body_filter"))
+        self.response_body = tuple(m.response_body_filter for m in mws if overrides(m, "response_body_filter"))
         self.logging = tuple(m.logging for m in mws if overrides(m, "logging"))
-        # optional hook: body_filter(ctx, body) -> Reply | None on the whole request body
-        self.body_check = tuple((i, m.body_filter) for i, m in enumerate(mws)
-                                if getattr(m, "needs_body", False) and hasattr(m, "body_filter"))
+        # ``(index, hook)`` on the whole request body, of the middlewares that need it
+        self.request_body = tuple((i, m.request_body_filter) for i, m in enumerate(mws)
+                                  if m.needs_body() and overrides(m, "request_body_filter"))
+        # before a reply made when no request filter ran (only the global chain's matter)
+        self.error = tuple(m.error_filter for m in mws if overrides(m, "error_filter"))
         # after the request hooks the request goes straight to proxy() (no body check)
-        self.direct = not self.body_check
+        self.direct = not self.request_body
 
     def close(self) -> None:
         for m in self.mws:
@@ -48,9 +49,9 @@ class Chain:
             except Exception:
                 pass
 
-    def body_filter(self):
+    def response_body_filter(self):
         """One callable applying every response body filter in order, or None."""
-        fs = self.body
+        fs = self.response_body
         if not fs:
             return None
         if len(fs) == 1:

@@ -1,11 +1,34 @@
-"""The per-request context (L4).
+"""``Ctx``: what a middleware sees of one request (L4).
 
-One ``Ctx`` per request, with ``__slots__``; it is the only way middlewares share state
-(DESIGN.md).  The downstream protocol fills the request fields, the engine fills the
-routing and upstream fields, middlewares fill identity and their own notes.
+The surface is small and has one way to do each thing (DESIGN.md, "one request through
+a worker"):
 
-Header values stay bytes as received; ``header()`` looks one up case-insensitively,
-building a small dict on first use so that a chain that never asks pays nothing.
+- ``ctx.request``: what the client sent (``http.request.Request``: method, target,
+  normalised ``path``, ``query``, ``headers``, the captured ``authorization``,
+  ``origin``, ``user_agent``, ``x_request_id``, body framing).  Read only.
+  ``ctx.header(lname)`` reads one request header as the client sent it.
+- who: ``client_ip`` (trusted X-Forwarded-For applied), ``scheme``, ``trusted_peer``;
+  identity set by middlewares: ``request_id``, ``user``, ``roles``, ``claims``.
+- where: ``route`` (the compiled route, None for the global chain), ``path_params``.
+- request headers sent upstream: ``set_request_header``, ``add_request_header``
+  (``add_request_lines`` for prebuilt lines), ``remove_request_headers``.  They apply to every attempt (each attempt builds its
+  own head from them, ``pipeline.heads.request_head``).
+- response headers sent to the client: ``set_response_header``,
+  ``add_response_header``, ``remove_response_headers``.  They apply to whatever
+  answers the request: the upstream's response, a local reply, an error, a future cache
+  hit (the heads are built from them, so a replay gets them too).
+  ``response_filter(ctx, head)`` is for what depends on the response itself (reading
+  its status or headers); it edits that ``head`` in place.
+- ``problem(...)``: an RFC 9457 reply carrying the request id.
+- ``notes``: data between middlewares, keyed by the middleware's name.
+- after the fact (the logging phase): ``status``, ``bytes_sent``, ``upstream``,
+  ``upstream_status``, ``upstream_duration``, ``start``, ``flags``, ``error``.
+
+Header names are bytes in any case; lookups and removals take lower-case names.  Added
+lines are kept serialised (``name: value\\r\\n``), so a head copies them in one piece.
+The object a middleware gets is the engine's ``Exchange`` (``pipeline.exchange``), a
+subclass that adds the engine's own slots: one allocation per request, and nothing on
+this surface that a middleware should not touch.
 """
 
 from __future__ import annotations
@@ -13,141 +36,124 @@ from __future__ import annotations
 from fastgw.clock import monotonic
 from fastgw.http.messages import Reply, problem
 
-
 _NO_ROLES: frozenset = frozenset()
 
 
 class Ctx:
     __slots__ = (
-        # connection
-        "peer_ip",          # str: socket peer (or PROXY-protocol source) address
-        "client_ip",        # str: resolved client address (trusted X-Forwarded-For applied)
-        "trusted_peer",     # bool: the peer is in gateway.trusted_proxies
-        "tls",              # bool: client connection is TLS
+        "request",          # Request: what the client sent
+        # who
+        "client_ip",        # str: resolved client address
         "scheme",           # str: "http"/"https" as the client sees it
-        # request head
-        "method",           # str, e.g. "GET"
-        "raw_target",       # bytes: request-target as received
-        "path",             # str: normalised path (what routing matched, what upstream gets)
-        "query",            # bytes: query string without '?', b"" if none
-        "version",          # str: "1.1" or "1.0"
-        "headers",          # list[tuple[bytes, bytes]]: request headers as received
-        "host",             # str: Host header value (lower-case, port kept)
-        "keep_alive",       # bool: client wants keep-alive
-        "content_length",   # int | None
-        "chunked",          # bool: request body is chunked
-        "_hmap",            # dict | None: lazy lower-name -> value
-        # routing
-        "route",            # compiled route or None (global chain)
-        "path_params",      # dict[str, str] | None
-        # identity (auth middleware)
+        "trusted_peer",     # bool: the peer is in gateway.trusted_proxies
         "request_id",       # str
         "user",             # str | None: 'sub' of a verified token
         "roles",            # frozenset[str]
         "claims",           # dict | None
-        # response side
+        # where
+        "route",            # compiled route or None (global chain)
+        "path_params",      # dict[str, str] | None
+        # header operations (read by the head builders; change them through the methods)
+        "fwd",              # list[(bytes, bytes)]: client headers still forwarded (request.headers until a removal)
+        "up_lines",         # bytes: header lines added to the upstream request
+        "resp_lines",       # bytes: header lines added to the response
+        "resp_drop",        # frozenset[bytes] | None: lower-case names removed from the response
+        # between middlewares
+        "notes",            # dict
+        # outcome (the logging phase reads these)
         "status",           # int: status sent to the client (0 until sent)
-        "resp_headers",     # list: headers every response to this request gets (e.g. RateLimit)
-        "upstream_headers", # list: headers to add to the upstream request
-        "resp_raw",         # bytes: header lines ("name: value\r\n" each) every response gets
-        "up_raw",           # bytes: header lines to add to the upstream request
-        "bytes_received",   # int: request body bytes
-        "bytes_sent",       # int: response bytes written to the client
-        "upstream",         # str: "host:port" of the instance used, "" if none
+        "bytes_sent",       # int: response body bytes written to the client
+        "upstream",         # str: "host:port" of the last instance tried, "" if none
         "upstream_status",  # int
-        "upstream_start",   # float
         "upstream_duration",  # float | None
-        "start",            # float: monotonic time the head was complete
+        "start",            # float: monotonic time the request was dispatched
         "flags",            # list[str]: response flags for the access log (e.g. "client_abort")
         "error",            # GatewayError | None
-        "notes",            # dict: free-form per-middleware state, keyed by middleware name
-        "up",               # the bound upstream connection (engine-owned) or None
-        "app",              # the config snapshot (runtime App) this request runs on
-        # protocol/engine private (hot, so slots rather than notes)
-        "xff", "xfp", "rid", "ua", "authz", "origin", "trace_hdrs", "captured", "method_b", "raw_host", "conn_hdr", "expect", "upgrade", "qbody", "qcomplete", "pending", "head",
     )
 
-    def __init__(self) -> None:
-        self.peer_ip = ""
-        self.client_ip = ""
+    def __init__(self, request) -> None:
+        self.request = request
+        self.client_ip = request.peer_ip
+        self.scheme = "https" if request.tls else "http"
         self.trusted_peer = False
-        self.tls = False
-        self.scheme = "http"
-        self.method = "GET"
-        self.raw_target = b"/"
-        self.path = "/"
-        self.query = b""
-        self.version = "1.1"
-        self.headers = []
-        self.host = ""
-        self.keep_alive = True
-        self.content_length = None
-        self.chunked = False
-        self._hmap = None
-        self.route = None
-        self.path_params = None
         self.request_id = ""
         self.user = None
         self.roles = _NO_ROLES
         self.claims = None
+        self.route = None
+        self.path_params = None
+        self.fwd = request.headers
+        self.up_lines = b""
+        self.resp_lines = b""
+        self.resp_drop = None
+        self.notes = {}
         self.status = 0
-        self.resp_headers = []
-        self.upstream_headers = []
-        self.resp_raw = b""
-        self.up_raw = b""
-        self.bytes_received = 0
         self.bytes_sent = 0
         self.upstream = ""
         self.upstream_status = 0
-        self.upstream_start = 0.0
         self.upstream_duration = None
         self.start = monotonic()
         self.flags = []
         self.error = None
-        self.notes = {}
-        self.up = None
-        self.app = None
-        self.xff = None         # bytes: incoming X-Forwarded-For (joined)
-        self.xfp = None         # bytes: incoming X-Forwarded-Proto (believed from trusted peers)
-        self.rid = None         # bytes: incoming X-Request-ID (captured by the protocol)
-        self.ua = None          # bytes: User-Agent (captured by the protocol, for the access log)
-        # captured by the protocol (still forwarded): Authorization (fastgw.http.reqhead
-        # .REPEATED if sent more than once) and Origin (the last one); None if absent.
-        # ``captured`` is True when the protocol parsed this request (so these fields are
-        # authoritative); a hand-made Ctx (tests, internal replies) has it False and its
-        # readers fall back to header().
-        self.authz = None
-        self.origin = None
-        self.trace_hdrs = False  # traceparent or tracestate present (captured; the tracing middleware)
-        self.captured = False
-        self.method_b = b"GET"  # the method as bytes (forwarded as is)
-        self.raw_host = None    # bytes: Host as received
-        self.conn_hdr = None    # bytes: Connection header value
-        self.expect = None      # bytes: Expect header value
-        self.upgrade = None     # bytes: Upgrade header value (WebSocket only is tunnelled)
-        self.qbody = None       # list[bytes]: body parsed while the request was queued
-        self.qcomplete = False  # the whole request was parsed while queued
-        self.pending = None     # list[bytes]: body waiting for the upstream connection
-        self.head = b""         # the upstream request head being sent
 
+    # ------------------------------------------------------------------ request headers
     def header(self, lname: bytes, default: bytes | None = None) -> bytes | None:
-        """Value of request header ``lname`` (lower-case bytes); the last one if repeated."""
-        m = self._hmap
-        if m is None:
-            m = self._hmap = {n.lower(): v for n, v in self.headers}
-        return m.get(lname, default)
+        """Request header ``lname`` (lower-case) as the client sent it; the last if repeated."""
+        return self.request.header(lname, default)
 
-    def drop_headers(self, lnames: frozenset[bytes] | set[bytes]) -> None:
-        """Remove request headers by lower-case name before they are forwarded."""
-        hs = self.headers
+    def add_request_header(self, name: bytes, value: bytes) -> None:
+        """Send ``name: value`` upstream, after the client's headers."""
+        self.up_lines += name + b": " + value + b"\r\n"
+
+    def add_request_lines(self, lines: bytes) -> None:
+        """Send prebuilt header lines (``name: value\r\n`` each, built at config time or
+        in bulk, e.g. the tracing middleware's pool of ``traceparent`` lines) upstream,
+        after the client's headers: ``add_request_header`` without the concatenation."""
+        self.up_lines += lines
+
+    def set_request_header(self, name: bytes, value: bytes) -> None:
+        """Send ``name: value`` upstream instead of any ``name`` the client (or a middleware) set."""
+        self.remove_request_headers(frozenset((name.lower(),)))
+        self.up_lines += b"%s: %s\r\n" % (name, value)
+
+    def remove_request_headers(self, lnames: frozenset) -> None:
+        """Forward none of the headers named in ``lnames`` (lower-case; a frozenset built
+        once, at config time)."""
+        hs = self.fwd
         for n, _v in hs:
             if n.lower() in lnames:
-                self.headers = [h for h in hs if h[0].lower() not in lnames]
-                self._hmap = None
-                return
+                self.fwd = [h for h in hs if h[0].lower() not in lnames]
+                break
+        if self.up_lines:
+            self.up_lines = _without(self.up_lines, lnames)
 
+    # ------------------------------------------------------------------ response headers
+    def add_response_header(self, name: bytes, value: bytes) -> None:
+        """Send ``name: value`` to the client with whatever answers this request."""
+        self.resp_lines += name + b": " + value + b"\r\n"
+
+    def set_response_header(self, name: bytes, value: bytes) -> None:
+        """As ``add_response_header``, replacing any ``name`` of the response."""
+        self.remove_response_headers(frozenset((name.lower(),)))
+        self.resp_lines += b"%s: %s\r\n" % (name, value)
+
+    def remove_response_headers(self, lnames: frozenset) -> None:
+        """Send the client none of the response headers named in ``lnames`` (lower-case),
+        whoever set them (the upstream, a local reply, an earlier middleware)."""
+        drop = self.resp_drop
+        self.resp_drop = lnames if drop is None else drop | lnames
+        if self.resp_lines:
+            self.resp_lines = _without(self.resp_lines, lnames)
+
+    # ------------------------------------------------------------------ replies
     def problem(self, status: int, detail: str, *, title: str | None = None, type: str = "about:blank",
                 kind: str = "", headers: list | None = None, extra: dict | None = None) -> Reply:
         """An RFC 9457 reply carrying this request's id."""
         return problem(status, detail, self.request_id, title=title, type=type, kind=kind,
                        headers=headers, extra=extra)
+
+
+def _without(lines: bytes, lnames: frozenset) -> bytes:
+    """Serialised header ``lines`` without those named in ``lnames``."""
+    keep = [ln for ln in lines.split(b"\r\n") if ln and ln.partition(b":")[0].lower() not in lnames]
+    return b"".join(ln + b"\r\n" for ln in keep)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from fastgw.http.messages import RequestHead, ResponseHead
-from fastgw.http.wire import CRLF, connection_tokens, cut_spans, header_lines, status_line
+from fastgw.http.wire import CLOSE_DELIMITED, CRLF, RECHUNK, connection_tokens, cut_spans, header_lines, status_line
 
 # Hop-by-hop and framing lines of a lower-cased, llhttp-validated response header block
 # with a "\n" prepended (llhttp refuses whitespace before a colon, so "\nname:" is exact).
@@ -48,44 +48,48 @@ _PLAIN_CONN = frozenset({b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upg
 _NO_BODY = frozenset({204, 304})
 
 
-def request_head(ctx, route, peer) -> bytes:
-    """The request head for the upstream, as one bytes object (one ``%`` format: the
-    pieces are joined in C, and header lists are serialised with ``map`` over a C
-    join, no Python call per header)."""
-    target = peer.base_path + ctx.path.encode("latin-1")
-    if ctx.query:
-        target += b"?" + ctx.query
-    headers = ctx.headers
-    conn_hdr = ctx.conn_hdr
+def request_head(x, route, peer) -> bytes:
+    """The request head of one attempt, for the instance ``peer`` (an
+    ``upstream.peer.Instance``: its ``host_header`` and ``base_path``), as one bytes object
+    (one ``%`` format: the pieces are joined in C, and header lists are serialised with
+    ``map`` over a C join, no Python call per header).  Every attempt calls it, so a
+    retry on another instance carries that instance's Host and base path; the
+    ``upstream_request_filter`` hooks run per attempt too."""
+    # the instance's address: the one place this module reads it
+    host_header, base_path = peer.host_header, peer.base_path
+    req = x.request
+    target = base_path + req.path.encode("latin-1")
+    if req.query:
+        target += b"?" + req.query
+    headers = x.fwd
+    conn_hdr = req.conn_hdr
     if conn_hdr is not None and conn_hdr not in _PLAIN_CONN:
         listed = connection_tokens(conn_hdr) - {b"close", b"keep-alive", b"upgrade"}
         if listed:
             headers = [h for h in headers if h[0].lower() not in listed]
     if route.chain.upstream_request:
-        head = RequestHead(ctx.method_b, target, list(headers))
+        head = RequestHead(req.method_b, target, list(headers))
         for fn in route.chain.upstream_request:
-            fn(ctx, head)
+            fn(x, head)
         target, headers = head.target, head.headers
     fwd = header_lines(headers) if headers else b""
-    if ctx.upstream_headers:
-        fwd += header_lines(ctx.upstream_headers)
-    peer_ip = _IP_BYTES.get(ctx.peer_ip) or _ip_bytes(ctx.peer_ip)
-    xff = ctx.xff
-    if xff is not None and ctx.trusted_peer:
+    peer_ip = _IP_BYTES.get(req.peer_ip) or _ip_bytes(req.peer_ip)
+    xff = req.xff
+    if xff is not None and x.trusted_peer:
         peer_ip = xff + b", " + peer_ip
     tail = b""
-    if ctx.upgrade is not None:
-        tail = b"connection: upgrade\r\nupgrade: " + ctx.upgrade + CRLF
-    if ctx.content_length is not None:
-        tail += b"content-length: %d\r\n" % ctx.content_length
-    elif ctx.chunked:
+    if x.upgrade is not None:
+        tail = b"connection: upgrade\r\nupgrade: " + x.upgrade + CRLF
+    if x.content_length is not None:
+        tail += b"content-length: %d\r\n" % x.content_length
+    elif x.chunked:
         tail += b"transfer-encoding: chunked\r\n"
-    raw_host = ctx.raw_host
+    raw_host = req.raw_host
     if raw_host:
-        return _HEAD_XFH % (ctx.method_b, target, raw_host if route.preserve_host else peer.host_header, fwd,
-                            ctx.up_raw, peer_ip, b"https" if ctx.scheme == "https" else b"http", raw_host, tail)
-    return _HEAD % (ctx.method_b, target, peer.host_header, fwd, ctx.up_raw, peer_ip,
-                    b"https" if ctx.scheme == "https" else b"http", tail)
+        return _HEAD_XFH % (req.method_b, target, raw_host if route.preserve_host else host_header, fwd,
+                            x.up_lines, peer_ip, b"https" if x.scheme == "https" else b"http", raw_host, tail)
+    return _HEAD % (req.method_b, target, host_header, fwd, x.up_lines, peer_ip,
+                    b"https" if x.scheme == "https" else b"http", tail)
 
 
 _HEAD = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%s\r\n"
@@ -103,8 +107,20 @@ def _ip_bytes(ip: str) -> bytes:
     return b
 
 
-def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: bool, server_header) -> bytes:
-    """The response head for the client, from the upstream's raw header block.
+def keep_client(ctx, down, draining: bool) -> bool:
+    """The one keep-alive decision for the client connection after this response: the
+    client asked for it, the gateway and this connection are not draining, and the
+    request was read to its end (an answer sent before the request body was read, e.g. a
+    401 on an upload, ends the connection: the rest of the body cannot be told from the
+    next request).  ``response_head`` then applies what the framing forces (an HTTP/1.0
+    client of a body without length: close; a 101: the tunnel)."""
+    return ctx.keep_alive and not draining and down is not None and not down.draining and down.cur_complete
+
+
+def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: bool, server_header):
+    """The response head for the client, from the upstream's raw header block, and the
+    framing of the body that follows: ``(head bytes, RECHUNK | CLOSE_DELIMITED bits)``.
+    ``keep`` is ``keep_client``'s decision; the final one is left in ``ctx.keep_alive``.
 
     The block is forwarded as bytes; only hop-by-hop and framing lines are cut.  The
     usual block (Content-Length and/or one plain Connection line) is recognised by the
@@ -134,9 +150,12 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
         block, has_cl, chunked, listed = _framing(low, block)
     up_len = False  # the upstream body has a Content-Length that the client will not see
     route = ctx.route
-    if route.chain.response or listed:
+    drop = ctx.resp_drop
+    if route.chain.response or listed or drop:
         head = ResponseHead(status, reason, raw=block)
-        if listed:
+        if listed or drop:
+            if drop:
+                listed = drop if not listed else listed | drop
             head.headers = [h for h in head.headers if h[0].lower() not in listed]
         for _i, fn in route.chain.response:
             fn(ctx, head)
@@ -147,38 +166,34 @@ def response_head(ctx, up, status: int, reason: bytes, block: bytes, draining: b
             # anew below, while the upstream side still reads it by its length
             has_cl = False
             up_len = True
-    down = up.down
-    # (an answer before the request body was read: the connection ends with it)
-    keep_client = ctx.keep_alive and not draining and down is not None and \
-        not down.draining and down.cur_complete
+    keep_client = keep
+    framing = 0
     line = status_line(status, reason)
     if server_header:
         line += server_header
-    extra = ctx.resp_raw
-    rh = ctx.resp_headers
-    if rh:
-        extra += header_lines(rh)
+    extra = ctx.resp_lines
     if status == 101:
         keep_client = True
         extra += b"connection: upgrade\r\nupgrade: " + (ctx.upgrade or b"websocket") + CRLF
     else:
-        if not has_cl and status >= 200 and status not in _NO_BODY and ctx.method != "HEAD":
+        req = ctx.request
+        if not has_cl and status >= 200 and status not in _NO_BODY and req.method != "HEAD":
             # No Content-Length: a chunked or read-until-close upstream body.  HTTP/1.1
             # clients get it chunked; HTTP/1.0 clients get it close-delimited.
-            if ctx.version == "1.1":
-                up.rechunk = True
+            if req.version == "1.1":
+                framing = RECHUNK
                 extra += b"transfer-encoding: chunked\r\n"
             else:
                 keep_client = False
             if not chunked and not up_len:
-                up.close_delimited = True
+                framing |= CLOSE_DELIMITED
         if not keep_client:
             extra += b"connection: close\r\n"
-        elif ctx.version == "1.0":
+        elif req.version == "1.0":
             extra += b"connection: keep-alive\r\n"
     ctx.keep_alive = keep_client
     ctx.status = status
-    return b"%s%s%s\r\n" % (line, block, extra)
+    return b"%s%s%s\r\n" % (line, block, extra), framing
 
 
 def _framing(low: bytes, block: bytes):

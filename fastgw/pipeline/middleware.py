@@ -1,28 +1,51 @@
 """The middleware contract (L4).
 
-A middleware is one class in ``fastgw/middleware/``, built once per config and route:
+A middleware is one class in ``fastgw/middleware/``, built once per config and route.
+Every hook and capability is a method here with a default; a subclass overrides what it
+uses, and only the hooks it overrides end up in a route's compiled chain
+(``pipeline.chain``), so an unused hook costs nothing per request.  The engine never
+probes a middleware with ``getattr`` and never names one.
 
-    __init__(cfg, deps)                    precompute everything here (bytes, sets, regexes)
+Hooks, in the order a request meets them:
+
     request_filter(ctx)                    None = continue; a Reply = answer locally.
                                            May be ``async def`` when it must await.
-    upstream_request_filter(ctx, head)     edit the RequestHead sent upstream (in place)
-    response_filter(ctx, head)             edit the ResponseHead or a local Reply (in place);
-                                           runs in reverse chain order
-    response_body_filter(ctx, chunk, end)  return the bytes to send; only if it transforms bodies
+    request_body_filter(ctx, body)         the whole request body (only when
+                                           ``needs_body()``); None = forward it, a Reply
+                                           = answer locally
+    upstream_request_filter(ctx, head)     edit the RequestHead of one attempt (in place);
+                                           runs once per attempt, for that instance
+    response_filter(ctx, head)             edit the ResponseHead or a local Reply (in
+                                           place); runs in reverse chain order
+    response_body_filter(ctx, chunk, end)  return the bytes to send; only if the
+                                           middleware really transforms bodies
     logging(ctx, error)                    always runs once per request, errors included
+    error_filter(ctx)                      a reply the gateway makes before any request
+                                           filter ran (malformed request, no route):
+                                           set what that reply needs (the request id)
 
-Only the hooks a subclass overrides end up in a route's compiled chain (``overrides``),
-so an unused hook costs nothing per request.  The order of middlewares is the gateway's
-(``middleware/registry``), never the config file's.  Middlewares share state only
-through ``ctx`` (``ctx.notes[self.name]`` for private notes).
+Capabilities (read once, when a chain or a config snapshot is built):
 
-A local reply passes through the ``response_filter`` of every middleware that already
-ran (including the one that answered), so CORS and security headers decorate 401/429s.
+    needs_body() -> bool          buffer the request body for ``request_body_filter``
+    answers_preflight() -> bool   this route answers CORS preflights (an OPTIONS
+                                  request then matches on its path alone)
+    ready() -> bool               readiness contribution (e.g. the first JWKS fetch);
+                                  asked on every readiness probe, only of middlewares
+                                  that override it
+    close()                       release background resources when a config is retired
+
+The order of middlewares is the gateway's (``middleware/registry``), never the config
+file's.  Middlewares share state only through ``ctx`` (``pipeline.ctx``; private notes
+in ``ctx.notes[self.name]``).  A local reply passes through the ``response_filter`` of
+every middleware that already ran (including the one that answered), so CORS and
+security headers decorate 401/429s.  A middleware imports neither the engine, the
+client protocol nor ``upstream/`` (an import-linter contract).
 """
 
 from __future__ import annotations
 
-HOOKS = ("request_filter", "upstream_request_filter", "response_filter", "response_body_filter", "logging")
+HOOKS = ("request_filter", "request_body_filter", "upstream_request_filter", "response_filter",
+         "response_body_filter", "logging", "error_filter")
 
 
 class Middleware:
@@ -32,7 +55,11 @@ class Middleware:
         self.cfg = cfg
         self.deps = deps
 
+    # ------------------------------------------------------------------ hooks
     def request_filter(self, ctx):
+        return None
+
+    def request_body_filter(self, ctx, body: bytes):
         return None
 
     def upstream_request_filter(self, ctx, head) -> None:
@@ -47,11 +74,24 @@ class Middleware:
     def logging(self, ctx, error) -> None:
         return None
 
+    def error_filter(self, ctx) -> None:
+        return None
+
+    # ------------------------------------------------------------------ capabilities
+    def needs_body(self) -> bool:
+        return False
+
+    def answers_preflight(self) -> bool:
+        return False
+
+    def ready(self) -> bool:
+        return True
+
     def close(self) -> None:
         """Release background resources (tasks, connections) when a config is retired."""
         return None
 
 
 def overrides(mw: Middleware, hook: str) -> bool:
-    """True when ``mw``'s class defines ``hook`` itself rather than inheriting the no-op."""
+    """True when ``mw``'s class defines ``hook`` itself rather than inheriting the default."""
     return getattr(type(mw), hook) is not getattr(Middleware, hook)

@@ -287,7 +287,8 @@ class Enforcer:
             for c in ls.allowed_cells or ls.allowed_cells_now():
                 add(c)
             if self.on_allowed:
-                ctx.resp_headers.extend(self.fields.build(ls, decisions(tats, ls.specs, now)))
+                for n, v in self.fields.build(ls, decisions(tats, ls.specs, now)):
+                    ctx.add_response_header(n, v)
             return None
         return self.refused(ctx, ls, decisions(tats, ls.specs, now))
 
@@ -296,7 +297,8 @@ class Enforcer:
         for c in ls.allowed_cells or ls.allowed_cells_now():
             add(c)
         if self.on_allowed:
-            ctx.resp_headers.extend(self.fields.build(ls, ds))
+            for n, v in self.fields.build(ls, ds):
+                ctx.add_response_header(n, v)
 
     def refused(self, ctx, ls: LimitSet, ds):
         """Count a refusal; the 429 reply, or None in dry run."""
@@ -313,7 +315,8 @@ class Enforcer:
         if self.dry_run:
             ctx.flags.append("ratelimit_dry_run")
             if self.on_allowed:
-                ctx.resp_headers.extend(self.fields.build(ls, ds))
+                for n, v in self.fields.build(ls, ds):
+                    ctx.add_response_header(n, v)
             return None
         return H.too_many(ctx, ls, ds, self.fields)
 

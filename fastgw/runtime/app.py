@@ -17,6 +17,7 @@ from __future__ import annotations
 from fastgw.http.netaddr import TrustedNets
 from fastgw.middleware.registry import builders
 from fastgw.pipeline.chain import Chain
+from fastgw.pipeline.middleware import overrides
 from fastgw.routing import Router
 from fastgw.routing.split import Splitter
 from fastgw.upstream.peer import Instance, make_peer, peer_key
@@ -27,7 +28,7 @@ class Route:
     """A compiled route: what the engine reads per request (all precomputed)."""
 
     __slots__ = ("name", "service", "cfg", "chain", "instances", "max_body", "allow_encoded_slash",
-                 "t_head", "t_read", "preserve_host", "body_filter", "answers_preflight", "_rr")
+                 "t_head", "t_read", "preserve_host", "response_body_filter", "answers_preflight", "_rr")
 
     def __init__(self, name, service, cfg, chain, instances, max_body, allow_encoded_slash,
                  t_head, t_read, preserve_host) -> None:
@@ -41,9 +42,9 @@ class Route:
         self.t_head = t_head
         self.t_read = t_read
         self.preserve_host = preserve_host
-        self.body_filter = chain.body_filter()
+        self.response_body_filter = chain.response_body_filter()
         # a CORS middleware on this route answers preflights (else OPTIONS needs the method)
-        self.answers_preflight = any(getattr(m, "answer_preflights", False) for m in chain.mws)
+        self.answers_preflight = any(m.answers_preflight() for m in chain.mws)
         self._rr = 0
 
     def pick(self, ctx):
@@ -134,7 +135,7 @@ class App:
         self.match_cache = {} if self.router.cacheable else None
         # readiness contributed by middlewares (e.g. the first JWKS fetch)
         self.ready_checks = tuple({id(m): m.ready for m in self.middlewares().values()
-                                   if callable(getattr(m, "ready", None))}.values())
+                                   if overrides(m, "ready")}.values())
 
     def _mws(self, blds, svc, rc):
         out = []

@@ -38,7 +38,6 @@ from fastgw.http.proxyproto import ProxyProtocolGate
 from fastgw.obs import oplog
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.metrics import Metrics
-from fastgw.pipeline.ctx import Ctx
 from fastgw.pipeline.deps import Deps
 from fastgw.pipeline.engine import Engine
 from fastgw.runtime.app import App
@@ -178,7 +177,7 @@ class Worker:
         loop = self.loop
 
         def http_factory():
-            return DownstreamProtocol(engine, self.conn_info, loop, Ctx)
+            return DownstreamProtocol(engine, self.conn_info, loop)
 
         factory, server_ssl = http_factory, self.ssl_ctx
         if cfg.gateway.proxy_protocol.enabled:

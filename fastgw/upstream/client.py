@@ -4,8 +4,9 @@ One ``UpstreamProtocol`` per upstream TCP connection, kept in its peer's ``Pool`
 requests.  It sends one request at a time (no upstream pipelining), parses the response
 with ``httptools.HttpResponseParser`` and hands events to a handler (the engine):
 
-    handler.upstream_head(up, status, reason, headers, keep_alive) -> bytes | None
-        the bytes to send downstream for the head (None: nothing yet, e.g. 1xx)
+    handler.upstream_head(up, status, reason, block, keep_alive) -> (bytes, framing)
+        the bytes to send downstream for the head and the body framing (RECHUNK,
+        CLOSE_DELIMITED bits)
     handler.upstream_done(up, reusable)      the response is complete and flushed
     handler.upstream_error(up, err)          failure (GatewayError), before or after the head
     handler.upstream_paused(up, paused)      back-pressure from the upstream socket
@@ -27,7 +28,8 @@ from __future__ import annotations
 import httptools
 
 from fastgw.errors import GatewayError
-from fastgw.http.wire import LAST_CHUNK, STATUS_LINES
+from fastgw.http.deadline import Deadline
+from fastgw.http.wire import CLOSE_DELIMITED, LAST_CHUNK, RECHUNK, STATUS_LINES
 
 IDLE, BUSY, CLOSED = 0, 1, 2
 T_NONE, T_HEAD, T_READ, T_IDLE = 0, 1, 2, 3
@@ -36,8 +38,8 @@ T_NONE, T_HEAD, T_READ, T_IDLE = 0, 1, 2, 3
 class UpstreamProtocol:
     __slots__ = (
         # per-connection
-        "pool", "loop", "transport", "parser", "state", "reused", "handler", "timer", "timer_at",
-        "deadline", "deadline_kind", "idle_since", "max_head", "write_paused", "read_paused",
+        "pool", "loop", "transport", "parser", "state", "reused", "handler", "dl",
+        "idle_since", "max_head", "write_paused", "read_paused",
         # per-request
         "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
         "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep",
@@ -52,10 +54,9 @@ class UpstreamProtocol:
         self.state = IDLE
         self.reused = False
         self.handler = None
-        self.timer = None
-        self.timer_at = 0.0
-        self.deadline = 0.0
-        self.deadline_kind = T_NONE
+        # the one timer; armed at most pool.tmin ahead (the shortest timeout any route
+        # sets on this pool when the connection is made; a later, shorter one re-arms it)
+        self.dl = Deadline(loop, self._expired, pool.tmin)
         self.idle_since = 0.0
         self.max_head = 64 * 1024
         self.write_paused = False
@@ -64,10 +65,6 @@ class UpstreamProtocol:
         self.head_only = False
         self.body_filter = None
         self.t_read = 60.0
-        self._reset()
-
-    def _reset(self) -> None:
-        # (head_only, t_read and body_filter are set by send() for every exchange)
         self.down = None
         self.ctx = None
         self.got_bytes = False
@@ -87,9 +84,7 @@ class UpstreamProtocol:
     def connection_lost(self, exc) -> None:
         prev = self.state
         self.state = CLOSED
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.dl.cancel()
         self.pool.forget(self)
         if self.tunnel is not None:
             d, self.tunnel = self.tunnel, None
@@ -136,12 +131,22 @@ class UpstreamProtocol:
         self.handler = handler
         self.down = down
         self.ctx = ctx
-        self.head_only = ctx.method == "HEAD"
+        # the per-request state starts here (not in park: one call less per request)
+        self.got_bytes = False
+        self.head_sent = False
+        self.rechunk = False
+        self.close_delimited = False
+        self.status = 0
+        self.hbuf = b""
+        self.hoff = 0
+        self.out = None
+        self.keep = True
+        self.head_only = ctx.request.method == "HEAD"
         self.t_read = route.t_read
-        self.body_filter = route.body_filter
+        self.body_filter = route.response_body_filter
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
-        self._set_deadline(T_HEAD, route.t_head)
+        self.dl.set(T_HEAD, route.t_head)
         self.transport.write(data)
 
     def write(self, data: bytes) -> None:
@@ -190,10 +195,11 @@ class UpstreamProtocol:
                 self._fail(GatewayError("upstream_bad_response", "upstream response head too large"))
             return
         # the body is still due: the read (idle-gap) deadline runs from now
-        if self.deadline_kind == T_READ:
-            self.deadline = self.loop.time() + self.t_read
+        dl = self.dl
+        if dl.kind == T_READ:
+            dl.at = self.loop.time() + self.t_read
         else:
-            self._set_deadline(T_READ, self.t_read)
+            self.dl.set(T_READ, self.t_read)
 
     def _flush(self) -> None:
         out, self.out = self.out, None
@@ -221,7 +227,11 @@ class UpstreamProtocol:
         self.hbuf = b""
         self.hoff = 0
         keep = self.keep = p.should_keep_alive()
-        head = self.handler.upstream_head(self, status, reason, block, keep)
+        head, framing = self.handler.upstream_head(self, status, reason, block, keep)
+        if framing:
+            # how the body goes to the client (the engine's decision, ``pipeline.heads``)
+            self.rechunk = bool(framing & RECHUNK)
+            self.close_delimited = bool(framing & CLOSE_DELIMITED)
         self.head_sent = True
         # (the read deadline is set after the parser returns, if the body is still due)
         if head is not None:
@@ -274,7 +284,7 @@ class UpstreamProtocol:
             down = self.down
             if down is not None:
                 down.write(out[0] if len(out) == 1 else b"".join(out))
-        self.deadline_kind = T_NONE
+        self.dl.kind = T_NONE
         h = self.handler
         self.handler = None
         if self.state == BUSY:
@@ -291,11 +301,23 @@ class UpstreamProtocol:
         if h is not None:
             h.upstream_error(self, err)
 
-    def detach(self) -> None:
-        """Forget the exchange (the client went away): the connection is closed."""
+    def start_tunnel(self, down) -> None:
+        """After a 101: relay bytes between this connection and the client's ``down``;
+        no handler and no deadline any more (the client side owns the tunnel's end)."""
+        self.handler = None
+        self.tunnel = down
+        self.dl.kind = T_NONE
+
+    def drop(self) -> None:
+        """Forget the exchange and close (``Pool.release`` of a connection that is not
+        reusable): aborted if a request or response was in progress, since the bytes in
+        flight are not at a message boundary."""
         self.handler = None
         self.down = None
-        self.abort()
+        if self.state == BUSY:
+            self.abort()
+        else:
+            self.close()
 
     def pause_reading(self, paused: bool) -> None:
         """Back-pressure from the client: stop (or resume) reading the response."""
@@ -313,12 +335,13 @@ class UpstreamProtocol:
         resumed if a slow client had paused it, or the next response would never be read."""
         if self.read_paused:
             self.pause_reading(False)
-        self._reset()
+        self.down = None  # (send() resets the rest of the per-request state)
+        self.ctx = None
         self.state = IDLE
         self.reused = True
         # one clock read for idle_since and the idle deadline
         self.idle_since = now = self.loop.time()
-        self._set_deadline(T_IDLE, self.pool.idle_timeout, now)
+        self.dl.set(T_IDLE, self.pool.idle_timeout, now)
 
     def close(self) -> None:
         if self.state != CLOSED:
@@ -335,36 +358,10 @@ class UpstreamProtocol:
                 self.transport.abort()
 
     # ------------------------------------------------------------------ timers
-    def _set_deadline(self, kind: int, seconds: float, now: float | None = None) -> None:
-        """As in the downstream protocol: the timer is armed at most ``pool.tmin`` ahead
-        (the shortest timeout any route sets on this pool), so moving the deadline for
-        each request costs two stores, not a timer."""
-        if now is None:
-            now = self.loop.time()
-        at = now + seconds
-        self.deadline = at
-        self.deadline_kind = kind
-        if self.timer is None:
-            t = min(at, now + self.pool.tmin)
-            self.timer = self.loop.call_at(t, self._on_timer)
-            self.timer_at = t
-        elif self.timer_at > at:  # only a timeout shorter than pool.tmin gets here
-            self.timer.cancel()
-            self.timer = self.loop.call_at(at, self._on_timer)
-            self.timer_at = at
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.state == CLOSED or self.deadline_kind == T_NONE:
+    def _expired(self, kind: int) -> None:
+        """The connection's deadline passed (``Deadline.fire``)."""
+        if self.state == CLOSED:
             return
-        now = self.loop.time()
-        if now < self.deadline:
-            t = min(self.deadline, now + self.pool.tmin)
-            self.timer = self.loop.call_at(t, self._on_timer)
-            self.timer_at = t
-            return
-        kind = self.deadline_kind
-        self.deadline_kind = T_NONE
         if kind == T_IDLE:
             self.close()
         elif kind == T_HEAD:

@@ -167,11 +167,12 @@ class Pool:
 
     # ------------------------------------------------------------------ release
     def release(self, conn: UpstreamProtocol, reusable: bool) -> None:
-        """Return a connection after a complete exchange (or drop it)."""
+        """The one way a connection leaves an exchange: parked (or handed to a waiter)
+        when ``reusable``, else dropped (aborted if a response was in progress)."""
         # (state 0 is IDLE: not closed meanwhile; a transport that is closing is caught
         # by acquire_idle, which checks it anyway)
         if not reusable or self.closed or conn.state != 0 or conn.transport is None:
-            conn.close()
+            conn.drop()
             self._wake_waiter_for_slot()
             return
         conn.park()

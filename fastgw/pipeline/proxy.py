@@ -1,0 +1,205 @@
+"""The engine's upstream half (L5): attempts against upstream instances.
+
+``Proxy`` is what ``UpstreamProtocol`` reports to (``pipeline.boundary.UpstreamHandler``)
+and what the engine asks to forward a request once its request phases passed:
+
+    forward(x)   -> pick an instance -> Attempt: head built for that instance
+                 -> pool.acquire (idle first) -> one write: head + body at hand
+    fail(x, err) -> a new Attempt on another instance (once: idempotent, retryable error,
+                    nothing sent, body at hand) or the error reply
+    upstream_head -> timing, response filters (reverse) -> head bytes + body framing
+    upstream_done -> Pool.release -> proto.request_done -> logging phase
+
+Every connection leaves an attempt through ``Pool.release`` (parked when reusable,
+else dropped); ``drop(x)`` is the one place an exchange gives its connection (or its
+wait for one) back early.
+"""
+
+from __future__ import annotations
+
+from fastgw.clock import monotonic
+from fastgw.errors import GatewayError
+from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
+from fastgw.http.wire import LAST_CHUNK, chunk
+from fastgw.pipeline.exchange import Attempt, new_attempt
+from fastgw.pipeline.heads import keep_client, request_head, response_head
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+RESEND_PIECES = 64  # a whole body in fewer pieces than this is kept for a retry
+_new = object.__new__
+
+
+class Proxy:
+    __slots__ = ("engine",)
+
+    def __init__(self, engine) -> None:
+        self.engine = engine  # for the error reply and the draining flag
+
+    # ------------------------------------------------------------------ attempts
+    def forward(self, proto, x) -> None:
+        """The request phases passed: the first attempt."""
+        route = x.route
+        insts = route.instances
+        inst = insts[0] if len(insts) == 1 else route.pick(x)
+        if inst is None:
+            self.fail(proto, x, GatewayError("no_upstream", f"no healthy instance for service {route.service}"))
+            return
+        # the first attempt (a retry is ``_retry``), with a head built for its instance
+        x.upstream = inst.label
+        pool = inst.pool
+        # (``new_attempt`` written out: the first attempt is made once per request)
+        a = x.attempt = _new(Attempt)
+        a.instance = inst
+        a.pool = pool
+        a.head = request_head(x, route, inst)
+        a.conn = None
+        a.start = monotonic()
+        a.end = 0.0
+        a.error = None
+        a.prev = None
+        conn = pool.acquire_idle()
+        if conn is None:
+            cancel = pool.acquire(lambda conn, err: self._on_conn(proto, x, a, conn, err))
+            if cancel is not None:
+                x.cancel = cancel
+        elif x.pending is None and not x.chunked:
+            # fast path: a warm keep-alive connection and nothing but the head to send
+            # (a body, if any, follows through Engine.on_body)
+            a.conn = conn
+            conn.send(self, proto, x, a.head, route)
+            if proto.write_paused:
+                conn.pause_reading(True)
+        else:
+            self._on_conn(proto, x, a, conn, None)
+
+    def _retry(self, proto, x, inst) -> None:
+        """A new attempt on the instance ``inst``, with a head built for it, on a fresh
+        connection (a reused one just failed), within its pool's cap."""
+        x.upstream = inst.label
+        pool = inst.pool
+        a = x.attempt = new_attempt(inst, request_head(x, x.route, inst), monotonic(), x.attempt)
+        cancel = pool.connect_fresh(lambda conn, err: self._on_conn(proto, x, a, conn, err))
+        if cancel is not None:
+            x.cancel = cancel
+
+    def _on_conn(self, proto, x, a, conn, err) -> None:
+        x.cancel = None
+        if proto.closed or proto.cur is not x.request or x.attempt is not a:
+            if conn is not None:
+                conn.pool.release(conn, True)
+            return
+        if err is not None:
+            self.fail(proto, x, err)
+            return
+        data = a.head
+        pend, x.pending = x.pending, None
+        if pend:
+            if x.chunked:
+                data += b"".join([chunk(b) for b in pend])
+            else:
+                data += b"".join(pend)
+            x.resend = pend if (proto.cur_complete and len(pend) < RESEND_PIECES) else None
+            proto.resume_for(PAUSE_WAIT)
+        if x.chunked and (x.body_done or proto.cur_complete):
+            data += LAST_CHUNK
+        a.conn = conn
+        conn.send(self, proto, x, data, x.route)
+        if proto.write_paused:
+            conn.pause_reading(True)
+
+    def fail(self, proto, x, err: GatewayError) -> None:
+        """An upstream-side failure before the response head: retry or answer 502/503/504."""
+        x.error = err
+        a = x.attempt
+        if a is not None:
+            a.error = err
+            a.end = monotonic()
+        route = x.route
+        if (err.retryable and x.request.method in IDEMPOTENT and not x.retried
+                and not x.chunked and (not x.content_length or x.resend)):
+            x.retried = True
+            x.flags.append("retried")
+            if x.resend:
+                x.pending, x.resend = x.resend, None
+            inst = route.pick(x)
+            if inst is not None:
+                x.error = None
+                self._retry(proto, x, inst)
+                return
+        x.app.metrics.upstream_error(route, err.kind)
+        self.engine.reply_error(proto, x, err, route.chain)
+
+    @staticmethod
+    def drop(x) -> None:
+        """The exchange ends without its response (client gone, body refused or late):
+        a wait for a connection is given back, a bound connection released as not
+        reusable."""
+        cancel = x.cancel
+        if cancel is not None:
+            x.cancel = None
+            cancel()
+        a = x.attempt
+        if a is not None:
+            up = a.conn
+            if up is not None:
+                a.conn = None
+                up.pool.release(up, False)
+
+    # ------------------------------------------------------------------ upstream events
+    def upstream_head(self, up, status: int, reason: bytes, block: bytes, keep: bool):
+        """The upstream's response head arrived: timing, then the client's head bytes and
+        the body framing."""
+        x = up.ctx
+        x.upstream_status = status
+        x.upstream_duration = monotonic() - x.attempt.start
+        down = up.down
+        return response_head(x, down, status, reason, block, keep_client(x, down, self.engine.draining),
+                             x.app.server_header)
+
+    def upstream_done(self, up, reusable: bool) -> None:
+        x = up.ctx
+        proto = up.down
+        x.attempt.conn = None
+        req = x.request
+        # An upstream that answered before the whole request body was sent still expects
+        # the rest of it: that connection must not carry another request.
+        if proto is None or proto.cur is not req or not proto.cur_complete:
+            reusable = False
+        up.pool.release(up, reusable)
+        if proto is not None and proto.cur is req:
+            proto.request_done(req, x.keep_alive)
+
+    def upstream_error(self, up, err: GatewayError) -> None:
+        x = up.ctx
+        proto = up.down
+        x.attempt.conn = None
+        if proto is None or proto.cur is not x.request:
+            return
+        if not up.head_sent:
+            self.fail(proto, x, err)
+            return
+        # The head is out: the only honest signal left is an aborted connection, never a
+        # truncated response that looks complete.
+        x.error = err
+        x.flags.append("upstream_abort")
+        x.app.metrics.upstream_error(x.route, err.kind)
+        proto.abort()
+
+    def upstream_paused(self, up, paused: bool) -> None:
+        proto = up.down
+        if proto is not None:
+            if paused:
+                proto.pause_for(PAUSE_UPSTREAM)
+            else:
+                proto.resume_for(PAUSE_UPSTREAM)
+
+    def upstream_upgraded(self, up, rest: bytes) -> None:
+        """The upstream answered 101: both connections become one byte tunnel."""
+        proto = up.down
+        x = up.ctx
+        up.start_tunnel(proto)
+        x.attempt.conn = None
+        x.flags.append("upgraded")
+        if rest:
+            proto.write(rest)
+        proto.start_tunnel(up.transport)
