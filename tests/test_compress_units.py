@@ -18,6 +18,7 @@ from fastgw.config import load_config_data
 from fastgw.config.compression import CompressionConfig, effective_compression
 from fastgw.http.messages import Reply, ResponseHead
 from fastgw.middleware.compression import Compression
+from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 from tests.test_config import BASE, P0, R0, SVC, edit, errors_of
 
@@ -161,9 +162,7 @@ class _Deps:
 def _run(headers, *, status=200, ae=b"gzip", method="GET", cfg=None, chunks=(TEXT,)):
     deps = _Deps()
     mw = Compression(cfg or CompressionConfig(), deps)
-    ctx = Ctx()
-    ctx.method = method
-    ctx.headers = [(b"accept-encoding", ae)] if ae is not None else []
+    ctx = Ctx(Request.build(method, b"/", [(b"accept-encoding", ae)] if ae is not None else []))
     head = ResponseHead(status, b"OK", headers=[(n, v) for n, v in headers])
     mw.response_filter(ctx, head)
     out = b"".join(mw.response_body_filter(ctx, c, False) for c in chunks) + mw.response_body_filter(ctx, b"", True)
@@ -216,8 +215,7 @@ def test_skip_reasons(headers, kw, reason):
 def test_event_stream_flushes_each_piece_when_enabled():
     deps = _Deps()
     mw = Compression(CompressionConfig(event_stream=True), deps)
-    ctx = Ctx()
-    ctx.headers = [(b"accept-encoding", b"gzip")]
+    ctx = Ctx(Request.build("GET", b"/", [(b"accept-encoding", b"gzip")]))
     head = ResponseHead(200, b"OK", headers=[(b"content-type", b"text/event-stream")])
     mw.response_filter(ctx, head)
     d = zlib.decompressobj(31)
@@ -228,8 +226,7 @@ def test_event_stream_flushes_each_piece_when_enabled():
 
 def test_local_replies_are_left_alone():
     mw = Compression(CompressionConfig(), _Deps())
-    ctx = Ctx()
-    ctx.headers = [(b"accept-encoding", b"gzip")]
+    ctx = Ctx(Request.build("GET", b"/", [(b"accept-encoding", b"gzip")]))
     reply = Reply(401, [(b"content-type", b"application/json")], b"x" * 5000)
     mw.response_filter(ctx, reply)
     assert reply.get(b"content-encoding") is None and reply.body == b"x" * 5000
