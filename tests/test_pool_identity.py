@@ -200,7 +200,8 @@ def test_hup_changing_tls_verify_and_ca_file_applies_under_load(tmp_path):
             hup(gw)
             assert wait_for(lambda: series(metrics_text(gw), "fastgw_config_reloads_total")
                             .get('{result="failed"}') == 1)
-            assert any(f"services.secure.tls: cannot load {missing}" in x for x in gw.stderr_lines)
+            # (the log line reaches the harness's reader thread a moment after the counter)
+            assert wait_for(lambda: any(f"services.secure.tls: cannot load {missing}" in x for x in gw.stderr_lines))
             assert generation_everywhere(gw, 3, 2)
     finally:
         srv.stop()
