@@ -316,11 +316,12 @@ def _seconds(d) -> float:
 def test_k8s_deployment_matches_the_gateway_config():
     docs = {d["kind"]: d for _, d in _manifests()}
     cm_text = docs["ConfigMap"]["data"]["gateway.yaml"]
-    env = {"JWT_SECRET": "k" * 40, "REDIS_URL": "redis://r:6379/0", "POD_IP": "10.1.2.3"}
+    env = {"JWT_SECRET": "k" * 40, "REDIS_URL": "redis://r:6379/0", "POD_IP": "10.1.2.3", "ADMIN_TOKEN": "t" * 32}
     cfg, _ = load_config_text(cm_text, source="configmap", env=env)
     assert cfg.monitoring.metrics_host == "10.1.2.3"         # the pod's address, not loopback
     raw = yaml.safe_load(cm_text)
     assert raw["monitoring"]["metrics_host"] == "${POD_IP}"
+    assert cfg.monitoring.admin.host == "127.0.0.1"           # the admin API stays on loopback
     spec = docs["Deployment"]["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -333,7 +334,7 @@ def test_k8s_deployment_matches_the_gateway_config():
     envs = {e["name"]: e.get("valueFrom", {}) for e in c["env"]}
     assert envs["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     secret = docs["Secret"]
-    for name in ("JWT_SECRET", "REDIS_URL"):
+    for name in ("JWT_SECRET", "REDIS_URL", "ADMIN_TOKEN"):
         ref = envs[name]["secretKeyRef"]
         assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
         assert "${%s}" % name in cm_text
