@@ -55,6 +55,7 @@ from fastgw.obs.audit import AuditLog
 from fastgw.shm import Region
 from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
+from fastgw.supervisor.children import Child, Slot, describe_exit, heartbeat_timeout
 from fastgw.supervisor.limits import per_worker, raise_nofile
 from fastgw.supervisor.reload import Reloader, attempt, table_slots
 from fastgw.supervisor.sockets import BindError, Listeners, bind_listener
@@ -69,49 +70,6 @@ DRAIN_GRACE = 5.0       # TERM: on top of drain.delay + drain.timeout
 YOUNG = 5.0             # a child that dies younger than this counts toward backoff
 MAX_BOOT_FAILURES = 5
 METRICS_SERIES = 8192
-
-
-def heartbeat_timeout() -> float:
-    """``FASTGW_HEARTBEAT_TIMEOUT`` (seconds, default 10): testing and tuning only."""
-    try:
-        return max(0.5, float(os.environ.get("FASTGW_HEARTBEAT_TIMEOUT", "10")))
-    except ValueError:
-        return 10.0
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
-
-
-class _Child:
-    __slots__ = ("kind", "slot", "pid", "chan", "started", "ready", "last_beat", "boot_error", "killed")
-
-    def __init__(self, kind: str, slot: int, pid: int, chan: ipc.Channel) -> None:
-        self.kind = kind            # "worker" | "control"
-        self.slot = slot
-        self.pid = pid
-        self.chan = chan
-        self.started = time.monotonic()
-        self.ready = False
-        self.last_beat = self.started
-        self.boot_error = ""
-        self.killed = ""            # why the supervisor killed or replaced it, if it did
-
-
-class _Slot:
-    __slots__ = ("pid", "fails", "respawn_at", "boot_failures", "retiring")
-
-    def __init__(self) -> None:
-        self.pid = 0
-        self.fails = 0
-        self.respawn_at = 0.0
-        self.boot_failures = 0
-        self.retiring = False
 
 
 class Arbiter:
@@ -135,8 +93,8 @@ class Arbiter:
         self.region = None
         self.admin_sock = None
         self.wake_r = self.wake_w = -1
-        self.children: dict[int, _Child] = {}
-        self.slots: dict[int, _Slot] = {}
+        self.children: dict[int, Child] = {}
+        self.slots: dict[int, Slot] = {}
         self.control_fails = 0
         self.control_respawn_at = 0.0
         self.control_pid = 0
@@ -193,7 +151,7 @@ class Arbiter:
                   w.counter("fastgw_config_apply_failures_total"))
         for slot in range(self.desired):
             self.listeners.open_slot(slot)
-            self.slots[slot] = _Slot()
+            self.slots[slot] = Slot()
         mon = cfg.monitoring
         try:
             self.admin_sock = bind_listener(mon.metrics_host, mon.metrics_port, reuse_port=False, backlog=128)
@@ -253,7 +211,7 @@ class Arbiter:
         self._murder()
         self._manage()
 
-    def _read(self, c: _Child) -> None:
+    def _read(self, c: Child) -> None:
         try:
             msgs = c.chan.receive()
         except Exception as e:
@@ -267,7 +225,7 @@ class Arbiter:
             fn(c, msg)
 
     # ------------------------------------------------------------------ messages from children
-    def on_ready(self, c: _Child, msg: ipc.Ready) -> None:
+    def on_ready(self, c: Child, msg: ipc.Ready) -> None:
         c.ready = True
         if c.kind == "control":
             if not self.control_announced:
@@ -282,25 +240,25 @@ class Arbiter:
             st.boot_failures = 0
         log.info("worker %d ready (pid %d)", c.slot, c.pid)
 
-    def on_bootfailed(self, c: _Child, msg: ipc.BootFailed) -> None:
+    def on_bootfailed(self, c: Child, msg: ipc.BootFailed) -> None:
         c.boot_error = msg.reason
 
-    def on_applied(self, c: _Child, msg: ipc.Applied) -> None:
+    def on_applied(self, c: Child, msg: ipc.Applied) -> None:
         log.debug("%s %d on config generation %d", c.kind, c.pid, msg.generation)
 
-    def on_applyfailed(self, c: _Child, msg: ipc.ApplyFailed) -> None:
+    def on_applyfailed(self, c: Child, msg: ipc.ApplyFailed) -> None:
         log.error("worker %d (pid %d) could not apply config generation %d: %s; replacing it",
                   c.slot, c.pid, msg.generation, msg.error)
         self.m[0].inc(self.m[4])
         c.killed = f"replaced: could not apply config generation {msg.generation}"
         c.chan.send(ipc.Drain(0.0, float(self.cfg.gateway.drain.timeout)))
 
-    def on_drained(self, c: _Child, msg: ipc.Drained) -> None:
+    def on_drained(self, c: Child, msg: ipc.Drained) -> None:
         self.drained[0] += 1
         self.drained[1] += msg.drained
         self.drained[2] += msg.aborted
 
-    def on_beat(self, c: _Child, msg: ipc.Beat) -> None:
+    def on_beat(self, c: Child, msg: ipc.Beat) -> None:
         c.last_beat = time.monotonic()
 
     # ------------------------------------------------------------------ children
@@ -320,7 +278,7 @@ class Arbiter:
             if s is not None and id(s) not in keep_ids:
                 s.close()
 
-    def _fork(self, kind: str, slot: int, keep: list, main) -> _Child:
+    def _fork(self, kind: str, slot: int, keep: list, main) -> Child:
         sup_end, child_end = ipc.Channel.pair()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -341,7 +299,7 @@ class Arbiter:
                 finally:
                     os._exit(code)
         child_end.close()
-        c = self.children[pid] = _Child(kind, slot, pid, sup_end)
+        c = self.children[pid] = Child(kind, slot, pid, sup_end)
         return c
 
     def _spawn_worker(self, slot: int) -> None:
@@ -366,7 +324,7 @@ class Arbiter:
         if c is not None:
             c.chan.send(ipc.Workers(self.desired, bool(self.stopping), self.generation))
 
-    def _workers(self) -> list[_Child]:
+    def _workers(self) -> list[Child]:
         return [c for c in self.children.values() if c.kind == "worker"]
 
     # ------------------------------------------------------------------ reaping
@@ -392,11 +350,11 @@ class Arbiter:
     def _backoff(self, fails: int) -> float:
         return 0.0 if fails <= 1 else min(0.25 * 2 ** (fails - 2), 15.0)
 
-    def _worker_exited(self, c: _Child, code: int) -> None:
+    def _worker_exited(self, c: Child, code: int) -> None:
         slot = c.slot
         self.region.fold_dead(slot)     # counters to the retired area, slot zeroed for the next one
         st = self.slots.get(slot)
-        how = c.killed or _describe_exit(code)
+        how = c.killed or describe_exit(code)
         if st is not None:
             st.pid = 0
         if self.stopping:
@@ -422,13 +380,13 @@ class Arbiter:
         w, restarts = self.m[0], self.m[1]
         w.inc(restarts)
 
-    def _control_exited(self, c: _Child, code: int) -> None:
+    def _control_exited(self, c: Child, code: int) -> None:
         metrics = self.region.metrics
         metrics.fold_dead(metrics.control_slot)
         self.control_pid = 0
         if self.stopping:
             return
-        how = c.killed or _describe_exit(code)
+        how = c.killed or describe_exit(code)
         if code == childmod.BOOT_ERROR and not c.ready:
             self._fatal(f"the control process (admin listener) could not boot: {c.boot_error or how}")
             return
@@ -461,7 +419,7 @@ class Arbiter:
             elif c.ready and now - c.last_beat > self.hb_timeout:
                 self._kill(c, f"no heartbeat for {now - c.last_beat:.1f}s")
 
-    def _kill(self, c: _Child, why: str) -> None:
+    def _kill(self, c: Child, why: str) -> None:
         log.error("%s %d (pid %d): %s: killing it", c.kind, c.slot, c.pid, why)
         c.killed = f"killed by the supervisor ({why})"
         try:
@@ -562,7 +520,7 @@ class Arbiter:
         """Reload: validate the config file once; every child switches to that snapshot, or nothing changes."""
         self.reload("signal")
 
-    def on_reloadrequest(self, c: _Child, msg: ipc.ReloadRequest) -> None:
+    def on_reloadrequest(self, c: Child, msg: ipc.ReloadRequest) -> None:
         c.chan.send(ipc.ReloadResult(msg.id, self.reload("admin", msg.client)))
 
     def reload(self, source: str, client: str = "") -> dict:
@@ -590,7 +548,7 @@ class Arbiter:
         except BindError as e:
             log.error("TTIN refused: %s", e)
             return
-        self.slots[slot] = _Slot()
+        self.slots[slot] = Slot()
         self.desired += 1
         self._to_control()
         self._spawn_worker(slot)
