@@ -4,7 +4,7 @@
 upstream; prints the outcomes (the goal: 5,000 x 200, 0 x 503) and the time it took.
 
 Run: ``.venv/bin/python scripts/storm.py [--connections 5000] [--workers 2] [--max-connections 4000]``.
-The suite runs the same storm at 1,500 connections (tests/test_storm.py).
+The suite runs the same storm at 1,500 connections (tests/runtime/test_storm.py).
 """
 
 from __future__ import annotations

@@ -205,6 +205,7 @@ def test_outage_keeps_last_good_keys():
     arun(main())
 
 
+@pytest.mark.timing
 def test_slow_jwks_server_stalls_no_other_request():
     async def main():
         srv = await JwksServer([jwk_of(K1, "k1")]).start()
@@ -456,6 +457,7 @@ def test_fetch_rejects(answer, err):
     arun(main())
 
 
+@pytest.mark.timing
 def test_fetch_timeout_and_refused():
     async def main():
         s, url = await raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", delay=3)

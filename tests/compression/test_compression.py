@@ -479,6 +479,7 @@ def test_other_routes_pass_encoded_bodies_untouched(env):
     assert st == 200
 
 
+@pytest.mark.timing
 def test_decompression_bomb_refused_quickly(env):
     up, gw = env
     with open(os.path.join(DATA, "bomb-1g.br"), "rb") as f:

@@ -4,7 +4,7 @@ Keep-alive and pipelining, message framing both ways (Content-Length, chunked,
 read-until-close, HEAD/204/304/1xx, Expect), hop-by-hop and forwarding headers from an
 untrusted peer, request ids, problem+json errors, body limits, upstream failures, client
 aborts, and Upgrade tunnelling.  Every exchange has a timeout; the gateway and the
-upstream are shared per module (tests/conftest.py).
+upstream are shared per module (fixtures in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -311,6 +311,7 @@ def test_upstream_refused_502(core_gw):
     assert st == 502 and problem_of(body)["status"] == 502
 
 
+@pytest.mark.timing
 def test_upstream_timeout_504(core_gw):
     t = time.monotonic()
     st, hd, body = fetch(core_gw, get(b"/slowsvc/delay/2000"))
@@ -413,6 +414,7 @@ def test_gateway_still_serves_after_all_of_this(core_gw):
     assert core_gw.proc.poll() is None
 
 
+@pytest.mark.timing
 def test_upstream_connection_reusable_after_slow_client_download(core_gw, raw_up):
     """A response that ends while the client is not reading leaves the client side
     write-paused, which pauses reading from the upstream; the upstream connection must

@@ -46,6 +46,7 @@ def gw(up):
         yield g
 
 
+@pytest.mark.timing
 def test_slowloris_head_gets_408_and_close(gw, up):
     snap = up.snapshot()
     pieces = [b"GET /api/slow HTTP/1.1\r\n" + H] + [b"X-A%d: b\r\n" % i for i in range(12)]

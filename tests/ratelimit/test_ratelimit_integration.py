@@ -15,14 +15,11 @@ import time
 
 import pytest
 
-try:
-    from tests.support.gateway import Gateway
-    from tests.support.upstream import EchoUpstream
-    from tests.support.procs import metrics_text, series
-    from tests.support.waiting import wait_for
-    from tests.support.ratelimit import AUTH_BLOCK, token
-except ImportError:  # pragma: no cover
-    pytest.skip("harness not available", allow_module_level=True)
+from tests.support.gateway import Gateway
+from tests.support.procs import metrics_text, series
+from tests.support.ratelimit import AUTH_BLOCK, token
+from tests.support.upstream import EchoUpstream
+from tests.support.waiting import wait_for
 
 CONFIG = """
 gateway:

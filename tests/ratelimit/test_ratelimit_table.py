@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import resource
 
+import pytest
+
 from fastgw.obs.metrics import Metrics
 from fastgw.pipeline.deps import Deps
 
@@ -47,6 +49,7 @@ def _ip(i: int) -> str:
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
+@pytest.mark.timing
 def test_million_distinct_keys_fixed_memory_exact_for_active_keys():
     clock = FakeClock()
     ch = Chain(CONFIG, "all", deps=Deps(None, metrics=Metrics()), clock=clock)

@@ -2,7 +2,7 @@
 
 The real middlewares of a route (``ratelimit_ip``, ``auth``, ``ratelimit``) are built from
 a YAML config through the loader and driven like the engine drives them
-(``tests/test_ratelimit_support.Chain``); the limiter's clock is a ``FakeClock``.  So the
+(``tests.support.ratelimit.Chain``); the limiter's clock is a ``FakeClock``.  So the
 counts are exact: a burst, then exactly ``rate x elapsed`` more, whatever the mix of limits,
 keys and identities.
 """

@@ -27,14 +27,13 @@ import time
 
 import pytest
 
-try:
-    from tests.support.gateway import Gateway
-    from tests.support.procs import ready_workers, workers
-    from tests.support.upstream import EchoUpstream
-    from tests.support.waiting import wait_for
-    from tests.support.ratelimit import hammer
-except ImportError:  # pragma: no cover
-    pytest.skip("harness not available", allow_module_level=True)
+from tests.support.gateway import Gateway
+from tests.support.procs import ready_workers, workers
+from tests.support.ratelimit import hammer
+from tests.support.upstream import EchoUpstream
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timing  # asserts latencies and counts in time windows
 
 BOUND = 3           # requests; the table's measured bound (fastgw/shm/ratelimit.py)
 RATE, BURST = 50.0, 20

@@ -19,7 +19,7 @@ from fastgw.shm.workers import READY
 from tests.support.shm import (  # noqa: F401  (fixtures and helpers)
     BEAT_BIT, BURST, RATE, STALL_BIT, any_lock_region, bound, children, hammer, held_elsewhere, overflow_while_all_stalled, region)
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+pytestmark = [pytest.mark.timing, pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")]
 
 
 def test_four_processes_share_one_limit_within_the_bound(region, children):

@@ -18,7 +18,7 @@ from fastgw.shm.ratelimit import decisions, spec
 from tests.support.shm import (  # noqa: F401  (fixtures and helpers)
     BURST, RATE, STALL_NS, any_lock_region, children, held_elsewhere, overflow_while_all_stalled, region)
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+pytestmark = [pytest.mark.timing, pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")]
 
 S = 1_000_000_000
 

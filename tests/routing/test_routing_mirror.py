@@ -18,6 +18,8 @@ from tests.support.gateway import Gateway
 from tests.support.upstream import EchoUpstream
 from tests.support.procs import metrics_text, series
 
+pytestmark = pytest.mark.timing  # asserts latencies and counts in time windows
+
 CONFIG = """
 gateway: {host: 127.0.0.1, port: 0}
 services:

@@ -16,7 +16,7 @@ from tests.support.procs import admin, config, get, ready_workers
 from tests.support.upstream import EchoUpstream
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timing, pytest.mark.timeout(60)]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from tests.support.procs import config, ready_workers
 from tests.support.upstream import EchoUpstream
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timing, pytest.mark.timeout(60)]
 
 
 def test_a_killed_worker_is_replaced_and_serving_quickly():

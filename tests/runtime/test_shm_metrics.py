@@ -117,6 +117,7 @@ def test_fold_dead_keeps_totals_monotonic(ops):
             prev = shown
 
 
+@pytest.mark.timing
 def test_snapshot_does_not_hang_on_a_fold_that_never_finished(region):
     w = region.metrics.writer(0)
     w.inc(w.counter(REQ), 5)

@@ -22,7 +22,7 @@ from tests.support.gateway import Gateway
 from tests.support.procs import metrics_text, ready_workers, series
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timing, pytest.mark.timeout(90)]
 
 STORM = """
 gateway: {host: 127.0.0.1, port: 0, trusted_proxies: [], max_connections: 2000}

@@ -56,6 +56,7 @@ def test_start_two_workers_admin_and_pid_file(up, tmp_path):
     assert not pid_file.exists()
 
 
+@pytest.mark.timing
 def test_kill9_under_load_only_that_workers_connections_fail(up):
     with Gateway(config(up), workers=2) as gw:
         before = wait_for(lambda: (r := ready_workers(gw)) and len(r) == 2 and r)
@@ -85,6 +86,7 @@ def test_kill9_under_load_only_that_workers_connections_fail(up):
         assert any("worker 0" in x and "killed by SIGKILL" in x for x in gw.stderr_lines)
 
 
+@pytest.mark.timing
 def test_sigstopped_worker_is_killed_and_replaced(up):
     with Gateway(config(up), workers=2, env={"FASTGW_HEARTBEAT_TIMEOUT": "1.5"}) as gw:
         before = wait_for(lambda: (r := ready_workers(gw)) and len(r) == 2 and r)
@@ -214,6 +216,7 @@ def test_usr1_reopens_the_access_log(up, tmp_path):
         assert "/two" not in open(gw.access_log + ".1").read()
 
 
+@pytest.mark.timing
 def test_int_is_a_fast_stop(up):
     with Gateway(config(up, delay="5s", timeout="30s"), workers=2) as gw:
         import threading
@@ -235,6 +238,7 @@ def _try_get(port, path):
         return repr(e)
 
 
+@pytest.mark.timing
 def test_replacements_that_cannot_boot_stop_the_gateway_after_backoff(up, tmp_path):
     from tests.support.certs import self_signed
     cp, kp, _ = self_signed(tmp_path)

@@ -4,7 +4,7 @@
 small 200 (after ``delay_ms``, to play a slower service) on keep-alive connections (the threaded echo upstream cannot take a thousand
 connections from the gateway's pools at once).  ``storm`` opens ``n`` connections at
 once from one asyncio loop, sends one request on each and counts the answers by status
-(or by the error that ended the connection).  Used by tests/test_storm.py at reduced
+(or by the error that ended the connection).  Used by tests/runtime/test_storm.py at reduced
 scale and by scripts/storm.py at full scale.
 """
 
