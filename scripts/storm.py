@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A connection storm at full scale (issue #17): 5,000 connections opened at once against
+"""A connection storm at full scale: 5,000 connections opened at once against
 2 workers with ``gateway.max_connections: 4000``, each sending one request to a healthy
 upstream; prints the outcomes (the goal: 5,000 x 200, 0 x 503) and the time it took.
 

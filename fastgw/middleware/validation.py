@@ -15,7 +15,7 @@ Two phases:
    when a schema applies to it (noting the coding to decode).
 2. ``request_body_filter(ctx, body)`` (the engine contract below): decode the whole body and
    validate it.  Invalid JSON, a nesting too deep to decode, or a schema failure -> 400.
-   An encoded body (issue 22) is decoded first, for the check only (the upstream gets
+   An encoded body (Content-Encoding) is decoded first, for the check only (the upstream gets
    the bytes as received), with the route's ``max_body_size`` applied to the *decoded*
    size: the decoder stops and the answer is 413 as soon as its output would pass the
    limit, so a decompression bomb costs at most that many bytes and the time to make

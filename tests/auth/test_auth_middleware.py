@@ -9,7 +9,7 @@ import time
 import msgspec
 import pytest
 
-from fastgw.config.auth import AuthConfig, check_files, route_errors
+from fastgw.config.auth import AuthConfig, check_files
 from fastgw.config.base import dec_hook
 from fastgw.middleware import auth as auth_mw
 from fastgw.middleware.auth import Auth, JwksAuth, StripIdentity, build
@@ -91,19 +91,6 @@ def test_roles_from_scope_and_nested_claims():
     r, c = run(mw, tok(roles=None, scope=["files.write"], realm_access="admin"))  # list scope
     assert r is None and c.roles == {"files.write"}
     assert run(mw, tok(roles=None, scope=None))[0].status == 403
-
-
-def test_undeclared_route_role_is_a_config_error():
-    with pytest.raises(ValueError, match="'admn' is not declared"):
-        make(Route("x", auth=True, roles=["admn"]))
-    assert route_errors(AuthConfig(), "x", True, None) == [
-        "route 'x' requires auth but 'auth' has no jwt_secret, keys or jwks"]
-
-
-def test_auth_route_without_keys_is_a_config_error():
-    d, _, _ = deps()
-    with pytest.raises(ValueError, match="has no jwt_secret"):
-        build(Root(None), None, Route("x", auth=True), d)
 
 
 def test_seed_roles_work_out_of_the_box():
@@ -440,11 +427,6 @@ def test_check_files(tmp_path):
              jwks=[{"url": "https://idp/j", "ca_file": str(tmp_path / "ca.pem")}])
     errs = check_files(c)
     assert len(errs) == 2 and "auth.keys[0].file" in errs[0] and "auth.jwks[0].ca_file" in errs[1]
-
-
-def test_route_errors_method_keys():
-    errs = route_errors(conv(**SEED), "r", True, {"GETT!": ["admin"]})
-    assert errs and "not an HTTP method" in errs[0]
 
 
 def test_malformed_claim_values_from_hand_built_token():
