@@ -12,86 +12,34 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
 
 from fastgw.http.netaddr import TrustedNets
 from tests.support.gateway import MINIMAL, Gateway, raw_exchange
-from tests.support.upstream import EchoUpstream
-
-
-class EarlyAnswerUpstream:
-    """Answers every request head at once without reading its body; records all bytes."""
-
-    def __init__(self) -> None:
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.port = self.srv.getsockname()[1]
-        self.received: list[tuple[int, bytes]] = []
-        self.conns = 0
-        self.stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        self.srv.settimeout(0.2)
-        while not self.stop:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                continue
-            self.conns += 1
-            threading.Thread(target=self._serve, args=(c, self.conns), daemon=True).start()
-
-    def _serve(self, c, n) -> None:
-        buf = b""
-        c.settimeout(5)
-        while True:
-            try:
-                d = c.recv(65536)
-            except OSError:
-                break
-            if not d:
-                break
-            self.received.append((n, d))
-            buf += d
-            while b"\r\n\r\n" in buf:
-                _head, _, buf = buf.partition(b"\r\n\r\n")
-                c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        c.close()
-
-    def close(self) -> None:
-        self.stop = True
-        self.srv.close()
+from tests.support.upstream import EchoUpstream, RawUpstream
 
 
 def test_early_upstream_answer_does_not_pool_the_connection():
-    up = EarlyAnswerUpstream()
-    try:
-        with Gateway(MINIMAL.replace("{UP}", f"127.0.0.1:{up.port}")) as gw:
-            s = socket.create_connection((gw.host, gw.port), timeout=5)
-            s.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-            first = s.recv(4096)
-            assert first.startswith(b"HTTP/1.1 200")
-            # the client's own body is unread: the gateway says it closes
-            assert b"connection: close" in first.lower()
-            s.close()
-            time.sleep(0.2)
-            r = raw_exchange(gw.host, gw.port, b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                             timeout=5)
-            assert r.startswith(b"HTTP/1.1 200")
-            time.sleep(0.2)
-            # GET /second arrived at the start of a connection of its own, never as body bytes
-            by_conn: dict[int, bytes] = {}
-            for n, d in up.received:
-                by_conn[n] = by_conn.get(n, b"") + d
-            second = [n for n, d in by_conn.items() if b"GET /second" in d]
-            assert len(second) == 1 and by_conn[second[0]].startswith(b"GET /second")
-    finally:
-        up.close()
+    with RawUpstream() as up, Gateway(MINIMAL.replace("{UP}", up.addr)) as gw:
+        s = socket.create_connection((gw.host, gw.port), timeout=5)
+        s.sendall(b"POST /early/a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200")
+        # the client's own body is unread: the gateway says it closes
+        assert b"connection: close" in first.lower()
+        s.close()
+        time.sleep(0.2)
+        r = raw_exchange(gw.host, gw.port, b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                         timeout=5)
+        assert r.startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)
+        # GET /second arrived at the start of a connection of its own, never after body bytes
+        reqs = up.since((0, 0, 0))
+        second = [q for q in reqs if "/second" in q.target]
+        assert len(second) == 1 and second[0].raw_head.startswith(b"GET /second")
+        assert [q for q in reqs if q.conn_id == second[0].conn_id][0] is second[0]
 
 
 CORS_LESS = """

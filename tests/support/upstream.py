@@ -13,7 +13,8 @@ reach it): ``/x/big/N`` (N bytes, Content-Length, sent as fast as possible),
 ``/x/sink`` (read the body at ``x-rate`` bytes/s, discard it, answer its size), ``/x/ws``
 (101 then echo bytes), ``/x/close/N`` (read-until-close body), ``/x/chunked/N``,
 ``/x/status/NNN``, ``/x/delay/MS``, ``/x/hop``, ``/x/garbage``, ``/x/truncate/N``,
-``/x/conflict-cl``, ``/x/bighead``, ``/x/interim`` (a 100 before the 200), ``/x/fixed``.
+``/x/conflict-cl``, ``/x/bighead``, ``/x/interim`` (a 100 before the 200), ``/x/fixed``,
+``/x/early`` (200 at once, the request body left unread).
 Anything else: a JSON echo of the request.
 
 Every socket has a timeout and every thread is a daemon; ``stop()`` closes the listener
@@ -322,6 +323,9 @@ class RawUpstream:
             s.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                       % (len(body), body))
             return req.complete
+        if kw == "early":  # answer at once, the request body still unread
+            s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            return True
         if not self._read_body(r, req):
             return False
         if kw == "fixed":
@@ -413,5 +417,5 @@ class RawUpstream:
         return True
 
 
-_KEYWORDS = frozenset({"sink", "fixed", "big", "ws", "close", "chunked", "status", "delay", "hop", "garbage",
+_KEYWORDS = frozenset({"sink", "early", "fixed", "big", "ws", "close", "chunked", "status", "delay", "hop", "garbage",
                        "truncate", "conflict-cl", "bighead", "interim"})
