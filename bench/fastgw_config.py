@@ -1,7 +1,7 @@
 """fastgw config rendering for the bench: the bare route and the policy chain.
 
 Rules:
-  1. The bare route is what issue 4 calls "bare": one service, one ``/*`` route, request
+  1. The bare route ("bare"): one service, one ``/*`` route, request
      id, access log (to a file, so its cost is in the figures) and metrics on.  The
      upstream pool is sized for the concurrency, as nginx's ``keepalive`` is, and the
      client connection cap matches nginx's ``worker_connections`` (fastgw's default of

@@ -104,7 +104,7 @@ class Fastgw:
     def check(self, scenario: Scenario, workers: int = 1) -> str | None:
         """Rule 4: None when fastgw accepts the scenario's config, else the reason."""
         if workers > 1 and not self.has_workers_flag():
-            return "fastgw has no --workers flag yet (the multi-process runtime, issue 3)"
+            return "fastgw has no --workers flag yet (the multi-process runtime)"
         kind = scenario.fastgw_config
         if kind not in self._checked:
             self._checked[kind] = self._check_kind(kind)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Memory per idle client connection of a worker (issue #17), as PSS.
+"""Memory per idle client connection of a worker, as PSS.
 
 Method (docs/bench.md, "Memory per idle connection"): one worker in front of a fast
 upstream; after a warm-up of 50 requests, read the worker's PSS

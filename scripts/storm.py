@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""A connection storm at full scale (issue #17): 5,000 connections opened at once against
+"""A connection storm at full scale: 5,000 connections opened at once against
 2 workers with ``gateway.max_connections: 4000``, each sending one request to a healthy
 upstream; prints the outcomes (the goal: 5,000 x 200, 0 x 503) and the time it took.
 
 Run: ``.venv/bin/python scripts/storm.py [--connections 5000] [--workers 2] [--max-connections 4000]``.
-The suite runs the same storm at 1,500 connections (tests/test_storm.py).
+The suite runs the same storm at 1,500 connections (tests/runtime/test_storm.py).
 """
 
 from __future__ import annotations

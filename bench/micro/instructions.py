@@ -61,7 +61,7 @@ NGINX_RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 202
 def _world(route: str):
     """(one-exchange callable) on a fresh in-process gateway."""
     from bench import fastgw_config
-    from bench.micro.test_micro_proxy import CFG, REQ, RESP, _Transport, gateway
+    from bench.micro.inproc import CFG, REQ, RESP, Transport, gateway
     from fastgw.http.protocol import DownstreamProtocol
 
     loop = uvloop.new_event_loop()
@@ -87,13 +87,13 @@ def _world(route: str):
     if route == "newconn":
         def one():
             down = DownstreamProtocol(engine, info, loop)
-            down.connection_made(_Transport())
+            down.connection_made(Transport())
             down.data_received(req)
             up.data_received(resp)
             down.connection_lost(None)
         return one
     down = DownstreamProtocol(engine, info, loop)
-    dt = _Transport()
+    dt = Transport()
     down.connection_made(dt)
 
     def one():

@@ -1,4 +1,4 @@
-"""Micro-benchmarks of authentication on the request path (issue 5).
+"""Micro-benchmarks of authentication on the request path.
 
 Run separately: ``python -m pytest bench/micro/test_micro_auth.py -p no:xdist``.
 

@@ -1,6 +1,6 @@
 """Micro-benchmarks of the per-request routing work: path normalisation and route match.
 
-Run separately: ``python -m pytest bench/micro -p no:xdist``.  Targets (issue 2):
+Run separately: ``python -m pytest bench/micro -p no:xdist``.  Targets:
 ``normalize_path`` on a clean path well under 1 us, ``Router.match`` for an exact path
 or a typical prefix route over ~20 routes about 1 us.  No assertion on timings.
 """

@@ -1,4 +1,4 @@
-"""Schema of the ``auth`` section (L1; owned by the auth work, issue 5).
+"""Schema of the ``auth`` section (L1).
 
 What it owns: every knob of JWT validation, role-based access and the identity handed
 upstream.  The seed's four keys (``jwt_secret``, ``token_expiry``,
@@ -19,8 +19,8 @@ with the rest of the config):
    the only URLs fetched are the ones written here.
 
 Key material in files is read when the middleware is built, not here (L1 reads no files);
-``check_files()`` lets the loader report unreadable key files with the other errors, and
-``route_errors()`` checks a route's ``roles`` against the declared role list.
+``check_files()`` lets the loader report unreadable key files with the other errors.
+A route's ``auth``/``roles`` against this section: fastgw/config/semantics.py.
 """
 
 from __future__ import annotations
@@ -191,28 +191,6 @@ class AuthConfig(Base):
 
     def has_keys(self) -> bool:
         return bool(self.jwt_secret is not None or self.keys or self.jwks)
-
-
-def route_errors(auth: AuthConfig | None, route_name: str, auth_on: object, roles) -> list[str]:
-    """Problems with one route's ``auth``/``roles`` against the ``auth`` section."""
-    errs: list[str] = []
-    if not auth_on and not roles:
-        return errs
-    if auth is None or not auth.has_keys():
-        errs.append(f"route {route_name!r} requires auth but 'auth' has no jwt_secret, keys or jwks")
-        return errs
-    known = set(auth.roles)
-    if roles and known:
-        named = roles.values() if isinstance(roles, dict) else [roles]
-        for lst in named:
-            for r in lst:
-                if r not in known:
-                    errs.append(f"route {route_name!r}: role {r!r} is not declared in auth.roles")
-    if isinstance(roles, dict):
-        for m in roles:
-            if m != "*" and not m.isalpha():
-                errs.append(f"route {route_name!r}: roles key {m!r} is not an HTTP method or '*'")
-    return errs
 
 
 def check_files(auth: AuthConfig) -> list[str]:

@@ -1,4 +1,4 @@
-"""Schema of ``compression`` (issue 22): response compression, gateway-wide, per service
+"""Schema of ``compression``: response compression, gateway-wide, per service
 and per route (L1).
 
 The top-level section is the gateway default; ``services.<name>.compression`` and a

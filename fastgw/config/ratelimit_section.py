@@ -63,3 +63,9 @@ class RateLimitSection(Base):
                     yield f"{tier}.{f.encode_name}", (
                         "not allowed in a tier: a tier sets only requests_per_second and burst"
                     )
+
+
+def table_slots(section: RateLimitSection | None) -> int:
+    """The shared rate-limit table's size: ``rate_limit.table_slots``, or its default
+    when there is no ``rate_limit`` section."""
+    return section.table_slots if section is not None else TABLE_SLOTS

@@ -1,4 +1,4 @@
-"""Schemas of the edge security middlewares (issue 7): ``cors``, ``security_headers``,
+"""Schemas of the edge security middlewares: ``cors``, ``security_headers``,
 ``ip_filter`` and a route's ``validate`` block (L1).
 
 Each of the first three is set globally (``cors:`` at the top of the file) and per route.

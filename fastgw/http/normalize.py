@@ -34,8 +34,8 @@ interpretation for the gateway and the upstream to disagree about.
 Hot path (STYLE.md item 9): the overwhelmingly common clean path (only ``[A-Za-z0-9_~./-]``,
 no empty segment, no segment starting with a dot) is recognised by one
 ``bytes.translate`` and two substring tests and returned as ``raw.decode("ascii")``
-untouched; everything else takes the general path.  (A precompiled regex
-``fullmatch`` measured 2-3x slower here: the regex engine pays per character.)
+untouched; everything else takes the general path.  (Not a precompiled regex
+``fullmatch``: the regex engine pays per character.)
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ class DownstreamProtocol:
                     self.p_req.trace_hdrs = True
                 else:
                     self.p_req.x_request_id = value
-            elif 95 in name:  # "_" (an int test is a memchr; ``b"_" in`` costs ~2k instructions)
+            elif 95 in name:  # "_" (an int test is a memchr; ``b"_" in`` goes through the buffer protocol)
                 # Dropped, as nginx does by default: CGI-style upstreams map X_User_Id and
                 # X-User-Id to the same variable, so an underscore spelling could forge a
                 # header the gateway strips or sets (identity, forwarding).
@@ -326,7 +326,7 @@ class DownstreamProtocol:
         if keep and req.conn_hdr is None:
             # llhttp accepts HTTP/0.9, 1.0, 1.1 and 2.0, and without a Connection header
             # only 1.1 keeps alive: no get_http_version(), which formats a new str per
-            # call (~2.6k instructions, callgrind)
+            # call
             version = "1.1"
         else:
             version = parser.get_http_version()

@@ -8,7 +8,7 @@ client's first byte.  This module owns reading that header:
   while the header is incomplete, ``(header, consumed)`` when it is complete, and raises
   ``ProxyProtocolError`` as soon as the bytes cannot be the start of a valid header.  It
   never reads past the header: ``buf[consumed:]`` is the client's own data, forwarded
-  intact.  It is fuzzed with hypothesis (tests/test_proxyproto*.py).
+  intact.  It is fuzzed with hypothesis (tests/http/test_proxyproto.py).
 - ``ProxyProtocolGate`` is an ``asyncio.Protocol`` put in front of the HTTP protocol on
   the listener.  It reads the header, then hands the transport to the real protocol
   (``transport.set_protocol``), replays the bytes that followed the header, and sets the

@@ -1,4 +1,4 @@
-"""Response compression: gzip, br and zstd, negotiated and streamed (L6, issue 22).
+"""Response compression: gzip, br and zstd, negotiated and streamed (L6).
 
 What it owns: choosing, per response, whether and how to compress the upstream's body,
 and compressing it as it streams, with memory bounded by the codec's window (never the

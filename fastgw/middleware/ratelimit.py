@@ -1,4 +1,4 @@
-"""Rate limits decided after authentication (issue 6): ``ratelimit``.
+"""Rate limits decided after authentication: ``ratelimit``.
 
 Runs after ``auth`` on routes that require a token, so ``ctx.user``/``ctx.roles`` are the
 verified identity.  It picks the request's limit set (``fastgw/ratelimit/plan.py``, rules

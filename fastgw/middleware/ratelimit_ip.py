@@ -1,4 +1,4 @@
-"""Rate limits decided before authentication (issue 6): ``ratelimit_ip``.
+"""Rate limits decided before authentication: ``ratelimit_ip``.
 
 Runs after ``ip_filter``/``cors`` and before ``auth``, on ``ctx.client_ip`` (resolved by
 the core through PROXY protocol and trusted ``X-Forwarded-For``; a header from an

@@ -126,8 +126,8 @@ class Metrics:
         self._pool: dict = {}
         # request_done's counts and sums, accumulated in plain lists and added to the
         # store by ``publish`` (the worker tick): a list item += costs less than half a
-        # shared-memory memoryview item += (callgrind: ~2.4k instructions per request
-        # for the five writes).  _acc_i/_acc_f[j] belongs to store cell _cell_i/_cell_f[j].
+        # shared-memory memoryview item +=, and these are written on every request.
+        # _acc_i/_acc_f[j] belongs to store cell _cell_i/_cell_f[j].
         self._acc_i: list[int] = []
         self._acc_f: list[float] = []
         self._cell_i: list[int] = []

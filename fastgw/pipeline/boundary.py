@@ -10,7 +10,7 @@ what the engine may ask of a protocol, and nothing else:
     pipeline/proxy, pipeline/engine  --UpstreamSide---> UpstreamProtocol
 
 The runtime checks nothing here (no ``isinstance`` on the hot path);
-``tests/test_pipeline_boundary.py`` checks that the real classes offer every member.
+``tests/proxy/test_pipeline_boundary.py`` checks that the real classes offer every member.
 """
 
 from __future__ import annotations

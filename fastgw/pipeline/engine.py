@@ -116,7 +116,7 @@ class Engine:
                 hit = cache.get(key)
             if hit is not None:
                 # the same target seen before on this config: split, normalised and matched
-                # then (callgrind: ~10k instructions less per request); the health path and
+                # then, so that work is not repeated per request; the health path and
                 # errors are never cached
                 req.query, req.path, route, params = hit
                 if route is None:  # conditional candidates (Router.cache_entry): match them per request
@@ -425,8 +425,8 @@ class Engine:
         self.inflight -= 1
         x = req.exchange
         # the Request and its Exchange refer to each other: break the cycle here, so both
-        # are freed by reference counting, not by the cycle collector (callgrind: the
-        # cycle cost ~20k instructions per request in collections)
+        # are freed by reference counting, not by the cycle collector (whose
+        # collections, triggered by per-request garbage, would walk every live object)
         req.exchange = None
         if x.nolog:
             # the health path: not logged, not counted (a load balancer probes it every few

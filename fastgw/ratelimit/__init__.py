@@ -1,4 +1,4 @@
-"""Rate limiting (issue 6): the logic behind the ``ratelimit_ip`` and ``ratelimit`` middlewares.
+"""Rate limiting: the logic behind the ``ratelimit_ip`` and ``ratelimit`` middlewares.
 
 One concept per module:
 

@@ -27,7 +27,7 @@ shared by the two middlewares of every route, ``ratelimit_ip`` (before auth) and
 from __future__ import annotations
 
 from fastgw.config.ratelimit import key_parts
-from fastgw.config.ratelimit_section import TABLE_SLOTS
+from fastgw.config.ratelimit_section import RateLimitSection, table_slots
 from fastgw.ratelimit.headers import Fields
 from fastgw.ratelimit.keys import IpParts, key_fn
 from fastgw.ratelimit.limiter import Enforcer, Limit, LimitSet, limiter
@@ -38,7 +38,7 @@ AUTH_FAILURES = "auth_failures"
 
 
 def _route_has_auth(route_cfg) -> bool:
-    return bool(getattr(route_cfg, "auth", False) or getattr(route_cfg, "roles", None))
+    return bool(route_cfg.auth or route_cfg.roles)
 
 
 class RoutePlan:
@@ -90,11 +90,11 @@ class Plan:
     """Every limit of one config, and the enforcer (options) they run under."""
 
     def __init__(self, root_cfg, deps) -> None:
-        sect = getattr(root_cfg, "rate_limit", None)
+        sect = root_cfg.rate_limit
         self.cfg = root_cfg
         self.section = sect
-        self.lim = lim = limiter(deps, sect.table_slots if sect is not None else TABLE_SLOTS)
-        self.ips = IpParts(sect.ipv6_prefix if sect is not None else 64)
+        self.lim = lim = limiter(deps, table_slots(sect))
+        self.ips = IpParts((sect if sect is not None else RateLimitSection()).ipv6_prefix)
         rcfg = sect.redis if sect is not None else None
         self.backend = lim.backend(str(rcfg.url), float(rcfg.timeout)) if rcfg is not None and rcfg.url else None
         hc = sect.headers if sect is not None else None
@@ -139,17 +139,17 @@ class Plan:
                            rule.backend == "redis")
 
     def route(self, service_name: str, service_cfg, route_cfg) -> RoutePlan:
-        rname = getattr(route_cfg, "name", None) or ""
+        rname = route_cfg.name or ""
         rp = self._routes.get(rname)
         if rp is not None:
             return rp
         rules = []
-        srule = getattr(service_cfg, "rate_limit", None) if service_cfg is not None else None
+        srule = service_cfg.rate_limit if service_cfg is not None else None
         if srule is not None:
             if service_name not in self._services:
                 self._services[service_name] = self._rule("service", service_name, srule)
             rules.append(self._services[service_name])
-        rrule = getattr(route_cfg, "rate_limit", None)
+        rrule = route_cfg.rate_limit
         if rrule is not None:
             rules.append(self._rule("route", rname, rrule))
         rp = self._routes[rname] = RoutePlan(self, rname, _route_has_auth(route_cfg), rules)
@@ -169,10 +169,10 @@ def route_plan(root_cfg, service_cfg, route_cfg, deps) -> RoutePlan | None:
     """The route's plan, or None when no limit can apply to it (or for the global chain)."""
     if route_cfg is None:
         return None
-    if getattr(root_cfg, "rate_limit", None) is None and getattr(route_cfg, "rate_limit", None) is None \
-            and getattr(service_cfg, "rate_limit", None) is None:
+    if root_cfg.rate_limit is None and route_cfg.rate_limit is None \
+            and (service_cfg is None or service_cfg.rate_limit is None):
         return None
-    svc = getattr(route_cfg, "service", None) or ""
+    svc = route_cfg.service or ""
     return plan(root_cfg, deps).route(svc, service_cfg, route_cfg)
 
 

@@ -4,7 +4,7 @@ Owns the choice of side (the schema and its rules are in ``fastgw.config.split``
 ``Splitter(cfg, pools_by_service)`` is built once per config snapshot; ``side(ctx)``
 returns the index of the side for one request, ``pick(ctx)`` the pool to use on it
 (round-robin over that side's pools, as ``runtime.app.Route.pick`` does for a route
-without split, until the balancing issue brings real balancers).
+without split).
 
 Order of decision: the override (header or cookie set: the canary) first, then the hash
 of ``hash_key`` if configured (a stable hash, BLAKE2b of the key: the same side in every

@@ -48,7 +48,7 @@ class Route:
         self._rr = 0
 
     def pick(self, ctx):
-        """The ``Instance`` to use (round-robin until the balancer issue)."""
+        """The ``Instance`` to use (round-robin)."""
         insts = self.instances
         if not insts:
             return None
@@ -88,7 +88,7 @@ class App:
         svc_insts: dict[str, tuple] = {}
         for sname, svc in config.services.items():
             # instances with weight 0 get no traffic; a weight repeats the instance in the
-            # round-robin cycle (a smooth weighted balancer comes with the balancing issue)
+            # round-robin cycle
             weighted = [(svc.url, 1)] if svc.url else [(i.url, min(int(i.weight), 100)) for i in svc.instances]
             insts = []
             pc = svc.pool

@@ -148,8 +148,8 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             # Everything built so far (modules, config, app, uvloop) lives as long as the
             # worker: move it out of the cyclic collector's sight, so the collections
-            # that per-connection garbage triggers do not walk it again and again
-            # (callgrind: -8.5k instructions per request on new connections).  Only at
+            # that per-connection garbage triggers do not walk it again and again (a cost
+            # paid on every new connection; docs/bench.md has the figures).  Only at
             # start: a reload's old snapshot must stay collectable.
             gc.freeze()
         self._tick()

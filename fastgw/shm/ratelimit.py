@@ -88,7 +88,7 @@ The upper side is exact whatever the interleaving (a request whose ``now_ns`` is
 than the last one applied only sees a stricter test).  On the lower side, ``d`` is the
 delay between reading the clock and taking the lock: a few microseconds, up to a
 scheduler slice when a worker is preempted right there; the capacity lost is what became
-available during that delay at the end of the window.  tests/test_shm_procs.py measures
+available during that delay at the end of the window.  tests/ratelimit/test_shm_procs.py measures
 it with 4 processes on 2 cores, including a kill -9 mid-run: within 0-3 requests of
 ``burst + rate*E``.  ``T`` is rounded to the ns, so the effective rate is off by at most
 0.5 ns / T relative (5e-7 at 1000/s).

@@ -50,6 +50,7 @@ import signal
 import sys
 import time
 
+from fastgw.config.ratelimit_section import table_slots
 from fastgw.obs import oplog
 from fastgw.obs.audit import AuditLog
 from fastgw.shm import Region
@@ -57,7 +58,7 @@ from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
 from fastgw.supervisor.children import Child, Slot, describe_exit, heartbeat_timeout
 from fastgw.supervisor.limits import per_worker, raise_nofile
-from fastgw.supervisor.reload import Reloader, attempt, table_slots
+from fastgw.supervisor.reload import Reloader, attempt
 from fastgw.supervisor.sockets import BindError, Listeners, bind_listener
 
 log = logging.getLogger("fastgw")
@@ -143,7 +144,7 @@ class Arbiter:
             log.warning("%s", line)
         log.info("open files: soft limit %d (%d needed per worker)", nofile, per_worker(cfg))
         self.region = Region.create(self.max_slots, metrics_series=METRICS_SERIES,
-                                    table_slots=table_slots(cfg), health_slots=1024)
+                                    table_slots=table_slots(cfg.rate_limit), health_slots=1024)
         w = self.region.metrics.writer(self.region.metrics.supervisor_slot)
         self.m = (w, w.counter("fastgw_worker_restarts_total"),
                   w.counter('fastgw_config_reloads_total{result="ok"}'),

@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import logging
 
+from fastgw.config.ratelimit_section import table_slots
 from fastgw.obs import oplog
 from fastgw.supervisor import ipc
 
 log = logging.getLogger("fastgw")
-
-DEFAULT_TABLE_SLOTS = 65536
-
-
-def table_slots(cfg) -> int:
-    rl = cfg.rate_limit
-    return rl.table_slots if rl is not None else DEFAULT_TABLE_SLOTS
-
 
 # (path, getter, why it needs a restart)
 RESTART_ONLY = (
@@ -46,7 +39,7 @@ RESTART_ONLY = (
     ("monitoring.metrics_port", lambda c: c.monitoring.metrics_port, "the admin socket is bound at start"),
     ("monitoring.admin", lambda c: c.monitoring.admin and (c.monitoring.admin.host, c.monitoring.admin.port),
      "the admin API socket is bound at start (its token reloads)"),
-    ("rate_limit.table_slots", table_slots, "the shared-memory region is sized at start"),
+    ("rate_limit.table_slots", lambda c: table_slots(c.rate_limit), "the shared-memory region is sized at start"),
 )
 
 

@@ -1,0 +1,234 @@
+"""The per-request model (issue 14): Request / Exchange / Attempt, the Ctx header
+operations, the middleware capabilities, the error table's columns.
+
+The attempt test runs a real gateway against two instances; the rest are unit tests of
+pure parts (no sockets).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from fastgw.errors import KINDS, GatewayError
+from fastgw.http.messages import Reply, ResponseHead, parse_block
+from fastgw.http.request import Request
+from fastgw.pipeline.chain import Chain
+from fastgw.pipeline.ctx import Ctx
+from fastgw.pipeline.exchange import Exchange, new_attempt
+from fastgw.pipeline.heads import request_head, response_head
+from fastgw.pipeline.middleware import Middleware
+
+from tests.support.gateway import Gateway
+from tests.support.upstream import EchoUpstream
+from tests.support.wire import closed_port
+
+
+# ---------------------------------------------------------------------- attempts
+def test_retry_attempt_builds_its_own_head_for_its_instance():
+    """Two instances with different base paths, the first refusing connections: the
+    retried request reaches the second with that instance's Host and base path (the head
+    is built per attempt, not once per request)."""
+    dead = closed_port()
+    with EchoUpstream("good") as good:
+        cfg = f"""
+gateway: {{host: 127.0.0.1, port: 0}}
+services:
+  two:
+    instances:
+      - {{url: "http://127.0.0.1:{dead}/dead-base"}}
+      - {{url: "http://{good.addr}/good-base"}}
+    routes:
+      - path: "/*"
+monitoring: {{metrics_port: 0, logging: {{level: warning}}}}
+"""
+        with Gateway(cfg) as gw:
+            # round-robin: of two requests, one tries the refusing instance first
+            for i in range(2):
+                assert gw.request("GET", f"/r/{i}?q=1")[0] == 200
+        assert [r["target"] for r in good.requests] == ["/good-base/r/0?q=1", "/good-base/r/1?q=1"]
+        assert {r["headers"]["host"] for r in good.requests} == {good.addr}
+
+
+def test_attempts_are_linked_oldest_first():
+    x = Exchange(Request.build("GET", b"/"), None)
+    assert x.attempts() == []
+    ia, ib = SimpleNamespace(pool="pool-a"), SimpleNamespace(pool="pool-b")
+    a1 = x.attempt = new_attempt(ia, b"head-a", 1.0, None)
+    a2 = x.attempt = new_attempt(ib, b"head-b", 2.0, a1)
+    assert x.attempts() == [a1, a2] and a2.conn is None and a2.error is None
+    assert (a1.instance, a1.pool, a2.instance, a2.pool) == (ia, "pool-a", ib, "pool-b")
+
+
+def test_request_head_per_instance_and_filters_per_attempt():
+    """request_head reads the instance's Host and base path; upstream_request_filter runs
+    for each attempt with that attempt's head."""
+    seen = []
+
+    class Tag(Middleware):
+        name = "tag"
+
+        def upstream_request_filter(self, ctx, head):
+            seen.append(head.target)
+            head.set(b"X-Attempt", b"%d" % len(seen))
+
+    x = Exchange(Request.build("GET", b"/p?a=1", [(b"Host", b"gw")]), None)
+    route = SimpleNamespace(chain=Chain([Tag(None, None)]), preserve_host=False)
+    one = request_head(x, route, SimpleNamespace(host_header=b"a:1", base_path=b"/a"))
+    two = request_head(x, route, SimpleNamespace(host_header=b"b:2", base_path=b""))
+    assert one.startswith(b"GET /a/p?a=1 HTTP/1.1\r\nhost: a:1\r\n") and b"X-Attempt: 1\r\n" in one
+    assert two.startswith(b"GET /p?a=1 HTTP/1.1\r\nhost: b:2\r\n") and b"X-Attempt: 2\r\n" in two
+    assert seen == [b"/a/p?a=1", b"/p?a=1"]
+
+
+# ---------------------------------------------------------------------- Request
+def test_request_build_classifies_like_the_protocol():
+    r = Request.build("POST", b"/x?y=2", [
+        (b"Host", b"Gw.Example"), (b"Authorization", b"Bearer a"), (b"authorization", b"Bearer b"),
+        (b"Origin", b"https://o"), (b"User-Agent", b"ua"), (b"X-Request-ID", b"r1"),
+        (b"Content-Length", b"3"), (b"X-Forwarded-For", b"1.1.1.1"), (b"Keep-Alive", b"5"), (b"X-A", b"1")])
+    from fastgw.http.reqhead import REPEATED
+    assert r.method == "POST" and r.path == "/x" and r.query == b"y=2" and r.host == "gw.example"
+    assert r.authorization is REPEATED and r.origin == b"https://o" and r.user_agent == b"ua"
+    assert r.x_request_id == b"r1" and r.content_length == 3 and r.xff == b"1.1.1.1"
+    # captured values stay forwarded; Host, framing, hop-by-hop and X-Forwarded-* do not
+    assert [n for n, _ in r.headers] == [b"Authorization", b"authorization", b"Origin", b"User-Agent",
+                                         b"X-Request-ID", b"X-A"]
+    assert r.header(b"x-a") == b"1" and r.header(b"host") is None
+
+
+# ---------------------------------------------------------------------- Ctx header operations
+def test_request_header_operations_reach_every_attempt_head():
+    x = Exchange(Request.build("GET", b"/", [(b"Host", b"gw"), (b"X-Drop", b"1"), (b"X-Keep", b"2")]), None)
+    x.add_request_header(b"X-Added", b"a")
+    x.set_request_header(b"X-Keep", b"3")
+    x.remove_request_headers(frozenset({b"x-drop"}))
+    assert x.header(b"x-drop") == b"1"  # what the client sent is unchanged
+    route = SimpleNamespace(chain=Chain([]), preserve_host=False)
+    head = request_head(x, route, SimpleNamespace(host_header=b"u", base_path=b""))
+    hs = parse_block(head.split(b"\r\n", 1)[1])
+    assert (b"X-Added", b"a") in hs and (b"X-Keep", b"3") in hs
+    assert all(n.lower() != b"x-drop" for n, _ in hs) and [n for n, _ in hs].count(b"X-Keep") == 1
+
+
+def test_response_header_operations_apply_to_upstream_and_local_answers():
+    x = Exchange(Request.build("GET", b"/", [(b"Host", b"gw")]), None)
+    x.route = SimpleNamespace(chain=Chain([]))
+    x.add_response_header(b"X-One", b"1")
+    x.set_response_header(b"Server-Timing", b"gw;dur=1")
+    x.remove_response_headers(frozenset({b"x-powered-by"}))
+    down = SimpleNamespace(draining=False, cur_complete=True)
+    head, _framing = response_head(x, down, 200, b"OK",
+                                   b"X-Powered-By: php\r\nServer-Timing: up\r\nContent-Length: 0\r\n", True, None)
+    hs = parse_block(head.split(b"\r\n", 1)[1])
+    assert (b"X-One", b"1") in hs and (b"Server-Timing", b"gw;dur=1") in hs
+    assert all(n.lower() not in (b"x-powered-by",) for n, _ in hs)
+    assert [n.lower() for n, _ in hs].count(b"server-timing") == 1
+
+
+def test_local_reply_gets_response_header_operations():
+    from fastgw.pipeline.engine import Engine
+
+    written = []
+    x = Exchange(Request.build("GET", b"/", [(b"Host", b"gw")]), None)
+    x.add_response_header(b"X-Rid", b"r")
+    x.remove_response_headers(frozenset({b"x-secret"}))
+    eng = Engine(SimpleNamespace(server_header=None))
+    proto = SimpleNamespace(draining=False, cur_complete=True, write=written.append,
+                            request_done=lambda req, keep: written.append(keep))
+    eng._write_reply(proto, x, Reply(200, [(b"X-Secret", b"s"), (b"X-Ok", b"1")], b"hi"), False)
+    data = written[0]
+    assert b"X-Rid: r\r\n" in data and b"X-Ok: 1\r\n" in data and b"X-Secret" not in data
+    assert written[1] is True
+
+
+# ---------------------------------------------------------------------- middleware capabilities
+class _Plain(Middleware):
+    name = "plain"
+
+
+class _Body(Middleware):
+    name = "body"
+
+    def __init__(self, need: bool) -> None:
+        super().__init__(None, None)
+        self.need = need
+
+    def needs_body(self) -> bool:
+        return self.need
+
+    def request_body_filter(self, ctx, body):
+        return None
+
+    def error_filter(self, ctx) -> None:
+        ctx.request_id = "from-error-filter"
+
+
+def test_chain_compiles_only_overridden_hooks_and_capabilities():
+    plain = _Plain(None, None)
+    assert not plain.needs_body() and not plain.answers_preflight() and plain.ready()
+    ch = Chain([plain, _Body(True), _Body(False)])
+    assert ch.request == () and ch.response == () and ch.logging == () and ch.response_body == ()
+    assert [i for i, _f in ch.request_body] == [1] and not ch.direct
+    assert len(ch.error) == 2 and ch.response_body_filter() is None
+    assert Chain([plain]).direct
+
+
+def test_error_filter_runs_for_a_reply_before_any_request_filter():
+    """The engine names no middleware: a reply made before the request filters ran (no
+    route) gets what the global chain's error filters set (the request id)."""
+    from fastgw.pipeline.engine import Engine
+
+    chain = Chain([_Body(False)])
+    app = SimpleNamespace(global_chain=chain, server_header=None)
+    eng = Engine(app)
+    x = Exchange(Request.build("GET", b"/"), app)
+    out = []
+    proto = SimpleNamespace(draining=False, cur_complete=True, write=out.append,
+                            request_done=lambda req, keep: out.append(keep))
+    eng.reply_error(proto, x, GatewayError("no_route"), chain)
+    assert x.request_id == "from-error-filter" and b'"request_id":"from-error-filter"' in out[0]
+    assert out[1] is True  # a 404 keeps the connection (closes_connection False)
+
+
+# ---------------------------------------------------------------------- the error table
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_error_table_columns(kind):
+    status, title, source, closes, retryable = KINDS[kind]
+    e = GatewayError(kind)
+    assert (e.status, e.title, e.source, e.closes_connection, e.retryable) == (status, title, source, closes,
+                                                                               retryable)
+    assert source in ("downstream", "upstream", "internal")
+    # a retry elsewhere is only ever safe for an upstream failure; an upstream failure
+    # never ends the client connection
+    assert not retryable or source == "upstream"
+    assert not (source == "upstream" and closes)
+
+
+def test_error_retryable_override_for_a_reused_connection():
+    assert GatewayError("upstream_reset").retryable is False
+    assert GatewayError("upstream_reset", retryable=True).retryable is True
+    assert GatewayError("upstream_refused").retryable is True
+
+
+def test_response_head_returns_the_framing():
+    from fastgw.http.wire import CLOSE_DELIMITED, RECHUNK
+
+    x = Exchange(Request.build("GET", b"/", [(b"Host", b"gw")]), None)
+    x.route = SimpleNamespace(chain=Chain([]))
+    down = SimpleNamespace(draining=False, cur_complete=True)
+    _h, framing = response_head(x, down, 200, b"OK", b"Transfer-Encoding: chunked\r\n", True, None)
+    assert framing == RECHUNK
+    _h, framing = response_head(x, down, 200, b"OK", b"X-A: 1\r\n", True, None)
+    assert framing == RECHUNK | CLOSE_DELIMITED
+    _h, framing = response_head(x, down, 200, b"OK", b"Content-Length: 1\r\n", True, None)
+    assert framing == 0
+
+
+def test_ctx_surface_is_small():
+    """Ctx is the middleware's surface; the engine's state lives on Exchange only."""
+    engine_only = {"pending", "buffer", "attempt", "cancel", "resend", "retried", "nolog", "body_done", "app"}
+    assert not engine_only & set(Ctx.__slots__)
+    assert engine_only <= set(Exchange.__slots__)
+    assert isinstance(Exchange(Request(), None), Ctx) and ResponseHead  # (imported for the surface)

@@ -1,0 +1,205 @@
+"""Rate-limit table, one process, hand-advanced clock: GCRA exactness, all-or-nothing,
+fingerprints, reclaim and eviction, a million keys in fixed memory."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastgw.shm import Region
+from fastgw.shm.ratelimit import BUCKET
+
+S = 1_000_000_000          # ns per second
+T0 = 1_000 * S             # a clock far from 0 (0 marks an empty slot)
+
+
+@pytest.fixture
+def region():
+    r = Region.create(2, metrics_series=64, table_slots=1024, health_slots=8)
+    yield r
+    r.close()
+
+
+def drain(table, key, rate, burst, now):
+    n = 0
+    while table.check(key, rate, burst, now)[0]:
+        n += 1
+    return n
+
+
+def test_burst_then_refill_exact(region):
+    t = region.ratelimit
+    # 10/s, burst 5: five at once, the sixth waits 100 ms
+    got = [t.check(b"k", 10, 5, T0) for _ in range(6)]
+    assert [g[0] for g in got] == [True] * 5 + [False]
+    assert [g[1] for g in got] == [4, 3, 2, 1, 0, 0]
+    assert got[0][2] == pytest.approx(0.1) and got[4][2] == pytest.approx(0.5)
+    assert got[5][3] == pytest.approx(0.1)
+    # 99.999999 ms later: still nothing; at 100 ms: exactly one
+    assert not t.check(b"k", 10, 5, T0 + S // 10 - 1)[0]
+    assert drain(t, b"k", 10, 5, T0 + S // 10) == 1
+    # 1 s later: exactly rate * 1 s = 10 more... capped at the burst of 5
+    assert drain(t, b"k", 10, 5, T0 + S // 10 + S) == 5
+    # steady: one per 100 ms for 3 s
+    now, allowed = T0 + S // 10 + S, 0
+    for _ in range(30):
+        now += S // 10
+        allowed += drain(t, b"k", 10, 5, now)
+    assert allowed == 30
+
+
+def test_denied_consumes_nothing_and_dry_is_a_peek(region):
+    t = region.ratelimit
+    assert t.check(b"k", 1, 3, T0, cost=2)[:2] == (True, 1)
+    assert t.check(b"k", 1, 3, T0, cost=2)[:2] == (False, 1)      # needs 2, has 1
+    assert t.check(b"k", 1, 3, T0, dry=True)[:2] == (True, 0)     # peek: would pass
+    assert t.check(b"k", 1, 3, T0)[:2] == (True, 0)               # still there
+    assert t.check(b"new", 1, 3, T0, dry=True)[:2] == (True, 2)
+    assert t.occupancy(T0) == 1                                    # dry did not insert
+    assert t.check(b"big", 100, 3, T0, cost=4)[0] is False         # cost > burst: never
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rate=st.sampled_from([1, 2, 4, 5, 10, 20, 50, 100, 1000]),     # 1e9 / rate is exact
+    burst=st.integers(1, 20),
+    ops=st.lists(st.tuples(st.integers(0, 1500), st.integers(1, 3)), min_size=1, max_size=60),
+)
+def test_gcra_equals_token_bucket(rate, burst, ops):
+    """Exact to the request: the table agrees with a token bucket in exact arithmetic."""
+    with Region.create(1, metrics_series=8, table_slots=8, health_slots=1) as r:
+        t, now = r.ratelimit, T0
+        tokens, last = Fraction(burst), now
+        for dt_ms, cost in ops:
+            now += dt_ms * 1_000_000
+            tokens = min(Fraction(burst), tokens + Fraction(now - last, S) * rate)
+            last = now
+            ok, remaining, reset_after, retry_after = t.check(b"k", rate, burst, now, cost)
+            assert ok == (tokens >= cost)
+            if ok:
+                tokens -= cost
+                assert retry_after == 0.0
+            else:
+                assert retry_after == pytest.approx(float((cost - tokens) / rate))
+            assert remaining == int(tokens)
+            assert reset_after == pytest.approx(float((burst - tokens) / rate))
+
+
+def test_check_all_is_all_or_nothing(region):
+    t = region.ratelimit
+    limits = [(b"ip:1", 10, 10), (b"user:1", 10, 2), (b"route:a", 10, 10)]
+    assert t.check_all(limits, T0)[0] and t.check_all(limits, T0)[0]
+    ok, ds = t.check_all(limits, T0)
+    assert not ok and [d[0] for d in ds] == [True, False, True]
+    assert ds[1][3] == pytest.approx(0.1)
+    # the denied set consumed nothing from the limits that would have passed
+    assert t.check(b"ip:1", 10, 10, T0, dry=True)[1] == 7
+    assert t.check(b"route:a", 10, 10, T0, dry=True)[1] == 7
+    # 100 ms later user:1 has one token again: the set passes once
+    assert t.check_all(limits, T0 + S // 10)[0]
+    assert not t.check_all(limits, T0 + S // 10)[0]
+    assert t.check(b"ip:1", 10, 10, T0 + S // 10, dry=True)[1] == 7  # 8 - 1 (refilled one)
+    # the same key twice in one set sees its own first consumption
+    ok, ds = t.check_all([(b"dup", 1, 1), (b"dup", 1, 1)], T0)
+    assert not ok and t.check(b"dup", 1, 1, T0, dry=True)[0]
+    assert t.check_all([(b"dup2", 1, 2), (b"dup2", 1, 2)], T0)[0]
+    assert not t.check(b"dup2", 1, 2, T0)[0]
+    assert t.check_all([], T0) == (True, [])
+
+
+def _same_hash(key: bytes) -> bytes:
+    """Every key has the same 64-bit hash; only the fingerprint differs."""
+    return b"\x07" * 8 + key.rjust(8, b"#")[-8:]
+
+
+def test_fingerprint_tells_colliding_keys_apart():
+    with Region.create(1, metrics_series=8, table_slots=64, health_slots=1, digest=_same_hash) as r:
+        t = r.ratelimit
+        assert drain(t, b"alice", 1, 3, T0) == 3
+        assert drain(t, b"bob", 1, 3, T0) == 3           # same hash, own state
+        assert drain(t, b"alice", 1, 3, T0) == 0
+        # fill the bucket with live keys: k0 has the oldest TAT of the eight
+        for i in range(BUCKET - 2):
+            assert t.check(b"k%d" % i, 1, 3, T0 + 1 + i)[1] == 2
+        assert t.evicted == 0
+        assert t.check(b"mallory", 1, 3, T0 + 100)[0]        # the ninth: evicts k0, counted
+        assert t.evicted == 1
+        assert t.check(b"k0", 1, 3, T0 + 100, dry=True)[1] == 2      # restarted full
+        assert t.check(b"k1", 1, 3, T0 + 100, dry=True)[1] == 1      # kept its state
+        assert drain(t, b"alice", 1, 3, T0 + 100) == 0
+        assert drain(t, b"bob", 1, 3, T0 + 100) == 0
+
+
+def test_a_new_key_never_takes_the_cell_of_a_key_of_its_own_request():
+    with Region.create(1, metrics_series=8, table_slots=BUCKET, health_slots=1) as r:
+        t = r.ratelimit                                 # one bucket, full of live keys
+        for i in range(BUCKET):
+            assert t.check(b"k%d" % i, 1, 3, T0 + i)[1] == 2
+        # k0 is the oldest, but this request charges it: the new key evicts k1 instead
+        ok, ds = t.check_all([(b"new", 1, 3), (b"k0", 1, 3)], T0 + 100)
+        assert ok and [d[1] for d in ds] == [2, 1] and t.evicted == 1
+        assert t.check(b"k0", 1, 3, T0 + 100, dry=True)[:2] == (True, 0)   # a peek: after one more
+        assert t.check(b"new", 1, 3, T0 + 100, dry=True)[:2] == (True, 1)
+        assert t.check(b"k1", 1, 3, T0 + 100, dry=True)[:2] == (True, 2)   # restarted full
+        # refused by its second limit: the first one's new TAT is put back
+        assert t.check_all([(b"k0", 1, 3)], T0 + 100)[0]                    # k0 now empty
+        ok, ds = t.check_all([(b"k3", 1, 3), (b"k0", 1, 3)], T0 + 100)
+        assert not ok and [d[0] for d in ds] == [True, False]
+        assert t.check(b"k3", 1, 3, T0 + 100, dry=True)[:2] == (True, 1)
+        assert t.check(b"k0", 1, 3, T0 + 100, dry=True)[0] is False
+
+
+def test_stale_entries_are_reclaimed_not_evicted():
+    with Region.create(1, metrics_series=8, table_slots=BUCKET, health_slots=1) as r:
+        t = r.ratelimit                                 # one bucket
+        for i in range(BUCKET):
+            assert t.check(b"k%d" % i, 10, 1, T0)[0]
+        assert t.inserted == BUCKET and t.occupancy(T0) == BUCKET
+        later = T0 + S // 10                            # every bucket full again
+        assert t.occupancy(later) == 0
+        assert t.check(b"new", 10, 1, later)[0]
+        assert (t.reclaimed, t.evicted) == (1, 0)
+
+
+def test_a_match_across_two_tags_is_not_a_match():
+    tags = {b"a": b"h" * 8 + b"ABCDEFGH", b"b": b"IJKLMNOP" + b"q" * 8, b"x": b"ABCDEFGH" + b"IJKLMNOP"}
+    with Region.create(1, metrics_series=8, table_slots=BUCKET, health_slots=1, digest=tags.__getitem__) as r:
+        t = r.ratelimit
+        assert drain(t, b"a", 1, 2, T0) == 2
+        assert drain(t, b"b", 1, 2, T0) == 2                 # b lands right after a
+        assert drain(t, b"x", 1, 2, T0) == 2                 # x straddles a|b but is new
+
+
+@pytest.mark.timing
+def test_a_million_keys_fixed_memory_active_keys_exact():
+    """Flood 1,000,000 distinct keys through a 65,536-slot table while four real users
+    stay limited: the table never grows, old keys are evicted, the users stay exact."""
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    with Region.create(1, metrics_series=8, table_slots=65536, health_slots=1) as r:
+        t, size = r.ratelimit, r.size
+        victims = [b"user:%d" % i for i in range(4)]
+        v_rate, v_burst = 10, 20                        # drained: TAT ~ now + 2 s
+        f_rate, f_burst = 10, 5                         # one hit: TAT = now + 100 ms
+        got = dict.fromkeys(victims, 0)
+        now, check = T0, t.check
+        rss0 = rss()
+        for i in range(1_000_000):
+            now += 1_000                                # 1 us per new key: 100k refilling
+            check(b"ip:%d" % i, f_rate, f_burst, now)
+            if i % 1000 == 999:                         # every simulated ms
+                for v in victims:
+                    got[v] += drain(t, v, v_rate, v_burst, now)
+        elapsed = (now - T0 - 999_000) / S              # first to last victim check
+        assert r.size == size
+        assert rss() - rss0 < 32 << 20
+        assert t.evicted > 100_000 and t.occupancy(now) <= 65536
+        # exact: the burst plus one token per 100 ms, for each of the four users
+        want = v_burst + int(elapsed * v_rate)
+        assert list(got.values()) == [want] * 4, (got, want, elapsed)
