@@ -107,6 +107,7 @@ services:
         transform: {request: {path: {regex: "^/esc/(.*)$", replacement: "/safe/../../\\\\1"}}}
       - path: "/wrap/*"
         name: wrap
+        compression: true
         transform: {response: {body: {wrap: "/result"}}}
 auth:
   jwt_secret: "%(secret)s"
@@ -213,6 +214,10 @@ def test_json_bodies(gw, up):
     assert json.loads(b) == DOC["data"]                    # response unwrap
     s, _h, b = call(gw, "GET", "/wrap/x")
     assert s == 200 and json.loads(b) == {"result": DOC}
+    # the edited body is what compression encodes (transform runs first)
+    s, h, b = call(gw, "GET", "/wrap/x", {"Accept-Encoding": "gzip"})
+    assert s == 200 and values(h, "content-encoding") == ["gzip"]
+    assert json.loads(gzip.decompress(b)) == {"result": DOC}
 
 
 def test_pass_through(gw, up):

@@ -46,10 +46,9 @@ import os
 import re
 from urllib.parse import quote
 
-import orjson
-
 from fastgw.config.transform import TEMPLATE_RE
 from fastgw.errors import GatewayError
+from fastgw.http.jsonbody import BodyPlan
 from fastgw.http.messages import ResponseHead
 from fastgw.http.normalize import normalize_path
 from fastgw.pipeline.middleware import Middleware
@@ -196,105 +195,6 @@ def _merge_headers(levels: list) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- JSON Pointer
-def _tokens(pointer: str) -> list[str]:
-    return [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
-
-
-def _parent(doc, tokens: list[str], create: bool):
-    cur = doc
-    for t in tokens[:-1]:
-        if cur.__class__ is dict:
-            nxt = cur.get(t)
-            if nxt is None:
-                if not create:
-                    return None
-                nxt = cur[t] = {}
-            cur = nxt
-        elif cur.__class__ is list and t.isdigit() and int(t) < len(cur):
-            cur = cur[int(t)]
-        else:
-            return None
-    return cur
-
-
-_MISSING = object()
-
-
-def _pop(doc, tokens: list[str]):
-    p = _parent(doc, tokens, False)
-    t = tokens[-1]
-    if p.__class__ is dict:
-        return p.pop(t, _MISSING)
-    if p.__class__ is list and t.isdigit() and int(t) < len(p):
-        return p.pop(int(t))
-    return _MISSING
-
-
-def _put(doc, tokens: list[str], value) -> None:
-    p = _parent(doc, tokens, True)
-    t = tokens[-1]
-    if p.__class__ is dict:
-        p[t] = value
-    elif p.__class__ is list:
-        if t == "-":
-            p.append(value)
-        elif t.isdigit() and int(t) < len(p):
-            p[int(t)] = value
-
-
-def _get(doc, tokens: list[str]):
-    cur = doc
-    for t in tokens:
-        if cur.__class__ is dict:
-            cur = cur.get(t, _MISSING)
-        elif cur.__class__ is list and t.isdigit() and int(t) < len(cur):
-            cur = cur[int(t)]
-        else:
-            return _MISSING
-        if cur is _MISSING:
-            return _MISSING
-    return cur
-
-
-class BodyPlan:
-    """One side's JSON edits: applied in the order remove, rename, set, unwrap, wrap."""
-
-    __slots__ = ("remove", "rename", "set", "unwrap", "wrap", "max_size")
-
-    def __init__(self, cfg) -> None:
-        self.remove = tuple(_tokens(p) for p in cfg.remove)
-        self.rename = tuple((_tokens(a), _tokens(b)) for a, b in cfg.rename.items())
-        self.set = tuple((_tokens(p), v) for p, v in cfg.set.items())
-        self.unwrap = _tokens(cfg.unwrap) if cfg.unwrap is not None else None
-        self.wrap = _tokens(cfg.wrap) if cfg.wrap is not None else None
-        self.max_size = int(cfg.max_size)
-
-    def apply(self, body: bytes) -> bytes | None:
-        """The edited body, or None when it is not JSON (or ``unwrap`` finds nothing)."""
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        for t in self.remove:
-            _pop(doc, t)
-        for a, b in self.rename:
-            v = _pop(doc, a)
-            if v is not _MISSING:
-                _put(doc, b, v)
-        for t, v in self.set:
-            _put(doc, t, v)
-        if self.unwrap is not None:
-            doc = _get(doc, self.unwrap)
-            if doc is _MISSING:
-                return None
-        if self.wrap is not None:
-            out: dict = {}
-            _put(out, self.wrap, doc)
-            doc = out
-        return orjson.dumps(doc)
-
-
 def _json_type(ct: bytes | None) -> bool:
     if ct is None:
         return False
@@ -311,184 +211,218 @@ class _BodyState:
         self.passing = False
 
 
+# ---------------------------------------------------------------- the hooks
+# Module functions taking ``self``, shared by the three classes below.
+def _init(self, plan: dict, deps) -> None:
+    Middleware.__init__(self, plan, deps)
+    m = getattr(deps, "metrics", None)
+    self._inc = m.inc if m is not None else None
+    self.log = getattr(deps, "log", None)
+    self.route = plan["route"]
+    self.path_fn = plan["path"]
+    self.q_drop = plan["q_drop"]
+    self.q_add = plan["q_add"]
+    self.req_h: HeaderPlan = plan["req_headers"]
+    self.resp_h: HeaderPlan = plan["resp_headers"]
+    self.req_body: BodyPlan | None = plan["req_body"]
+    self.resp_body: BodyPlan | None = plan["resp_body"]
+    self._route_labels = (("route", self.route),)
+
+
+def _count(self, metric: str, labels: tuple) -> None:
+    if self._inc is not None:
+        self._inc(metric, labels)
+
+
+def _request_filter(self, ctx):
+    h = self.req_h
+    if h:
+        lines = h.lines
+        if h.renames:
+            for n, val in ctx.fwd:
+                ln = n.lower()
+                for src, dst in h.renames:
+                    if ln == src:
+                        lines += dst + b": " + val + b"\r\n"
+        if h.drop:
+            ctx.remove_request_headers(h.drop)
+        for name, lname, parts in h.dynamic:
+            val = render(ctx, parts)
+            if val is None:
+                ctx.remove_request_headers(lname)
+                _count(self, _M_DROP, (("direction", "request"),))
+            else:
+                lines += name + b": " + val + b"\r\n"
+        if lines:
+            ctx.add_request_lines(lines)
+    if self.path_fn is not None or self.q_drop is not None:
+        return _rewrite(self, ctx)
+    return None
+
+
+def _rewrite(self, ctx):
+    req = ctx.request
+    path = req.path
+    if self.path_fn is not None:
+        new = self.path_fn(ctx, path)
+        if new != path:
+            if _DOT_SEG(new) is not None:
+                return _refuse(self, ctx, path, new, "a dot segment ('.' or '..')")
+            try:
+                new, _slash = normalize_path(new.encode())
+            except (GatewayError, UnicodeEncodeError) as e:
+                return _refuse(self, ctx, path, new, getattr(e, "detail", None) or str(e))
+        path = new
+    query = req.query
+    if self.q_drop is not None:
+        kept = [p for p in query.split(b"&") if p and p.partition(b"=")[0] not in self.q_drop] \
+            if query else []
+        kept.extend(self.q_add)
+        query = b"&".join(kept)
+    target = path.encode()
+    if query:
+        target += b"?" + query
+    ctx.up_target = target
+    return None
+
+
+def _refuse(self, ctx, old: str, new: str, why: str):
+    _count(self, _M_PATH, self._route_labels)
+    if self.log is not None:
+        self.log.error("transform: route %s rewrote %r to %r: refused (%s), not forwarded",
+                       self.route, old, new[:200], why)
+    return ctx.problem(500, "The route's path rewrite produced an invalid path", kind="internal")
+
+
+def _response_filter(self, ctx, head) -> None:
+    h = self.resp_h
+    if h:
+        add = list(h.pairs)
+        if h.renames:
+            for n, val in head.headers:
+                ln = n.lower()
+                for src, dst in h.renames:
+                    if ln == src:
+                        add.append((dst, val))
+        if h.drop:
+            hs = head.headers
+            hs[:] = [p for p in hs if p[0].lower() not in h.drop]
+            if ctx.resp_lines:
+                ctx.remove_response_headers(h.drop)
+        for name, lname, parts in h.dynamic:
+            val = render(ctx, parts)
+            if val is None:
+                head.remove(next(iter(lname)))
+                _count(self, _M_DROP, (("direction", "response"),))
+            else:
+                add.append((name, val))
+        if add:
+            head.extend(add)
+    if self.resp_body is not None and head.__class__ is ResponseHead:
+        _body_decide(self, ctx, head)
+
+
+def _body_decide(self, ctx, head) -> None:
+    if ctx.request.method == "HEAD" or head.status in _NO_BODY or head.status < 200:
+        return
+    reason = None
+    if not _json_type(head.get(b"content-type")):
+        reason = "not_json"
+    elif head.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+        reason = "compressed"
+    else:
+        cl = head.get(b"content-length")
+        if cl is not None and cl.strip().isdigit() and int(cl) > self.resp_body.max_size:
+            reason = "too_large"
+    if reason is not None:
+        _count(self, _M_SKIP, (("direction", "response"), ("reason", reason)))
+        return
+    head.drop_length()
+    ctx.notes[NOTE] = _BodyState()
+
+
+def _needs_body(self) -> bool:
+    return self.req_body is not None
+
+
+def _request_body_filter(self, ctx, body: bytes):
+    plan = self.req_body
+    if plan is None or not body:
+        return None
+    reason = None
+    if not _json_type(ctx.header(b"content-type")):
+        reason = "not_json"
+    elif ctx.header(b"content-encoding", b"identity").strip().lower() != b"identity":
+        reason = "compressed"
+    elif len(body) > plan.max_size:
+        reason = "too_large"
+    else:
+        out = plan.apply(body)
+        if out is not None:
+            return out
+        reason = "not_json"
+    _count(self, _M_SKIP, (("direction", "request"), ("reason", reason)))
+    return None
+
+
+def _response_body_filter(self, ctx, chunk: bytes, end: bool) -> bytes:
+    notes = ctx.notes
+    st = notes.get(NOTE) if notes else None
+    if st is None or st.passing:
+        return chunk
+    if chunk:
+        st.buf.append(chunk)
+        st.size += len(chunk)
+        if st.size > self.resp_body.max_size:
+            # grew past max_size without a Content-Length: the rest streams untouched
+            st.passing = True
+            _count(self, _M_SKIP, (("direction", "response"), ("reason", "too_large")))
+            out = b"".join(st.buf)
+            st.buf = None
+            return out
+    if not end:
+        return b""
+    body = b"".join(st.buf)
+    st.passing = True
+    out = self.resp_body.apply(body)
+    if out is None:
+        _count(self, _M_SKIP, (("direction", "response"), ("reason", "not_json")))
+        return body
+    return out
+
+
 # ---------------------------------------------------------------- the middleware
-class Transform(Middleware):
-    """Request-side transforms only: path, query, request headers (no response hooks, so
-    a route that rewrites only requests keeps the unparsed response path)."""
+# The three shapes a route's transform takes, each a direct Middleware subclass whose
+# hooks are the functions above: only the hooks a route needs are in its chain, so a
+# route that only rewrites requests keeps the unparsed response path, and only routes
+# with a ``body`` block get a body filter (STYLE.md item 10).
+class TransformRequest(Middleware):
+    """Path, query and request headers."""
 
     name = "transform"
-
-    def __init__(self, plan: dict, deps) -> None:
-        super().__init__(plan, deps)
-        m = getattr(deps, "metrics", None)
-        self._inc = m.inc if m is not None else None
-        self.log = getattr(deps, "log", None)
-        self.route = plan["route"]
-        self.path_fn = plan["path"]
-        self.q_drop = plan["q_drop"]
-        self.q_add = plan["q_add"]
-        self.req_h: HeaderPlan = plan["req_headers"]
-        self.resp_h: HeaderPlan = plan["resp_headers"]
-        self.req_body: BodyPlan | None = plan["req_body"]
-        self.resp_body: BodyPlan | None = plan["resp_body"]
-        self._route_labels = (("route", self.route),)
-
-    def _count(self, metric: str, labels: tuple) -> None:
-        if self._inc is not None:
-            self._inc(metric, labels)
-
-    def request_filter(self, ctx):
-        h = self.req_h
-        if h:
-            lines = h.lines
-            if h.renames:
-                for n, val in ctx.fwd:
-                    ln = n.lower()
-                    for src, dst in h.renames:
-                        if ln == src:
-                            lines += dst + b": " + val + b"\r\n"
-            if h.drop:
-                ctx.remove_request_headers(h.drop)
-            for name, lname, parts in h.dynamic:
-                val = render(ctx, parts)
-                if val is None:
-                    ctx.remove_request_headers(lname)
-                    self._count(_M_DROP, (("direction", "request"),))
-                else:
-                    lines += name + b": " + val + b"\r\n"
-            if lines:
-                ctx.add_request_lines(lines)
-        if self.path_fn is not None or self.q_drop is not None:
-            return self._rewrite(ctx)
-        return None
-
-    def _rewrite(self, ctx):
-        req = ctx.request
-        path = req.path
-        if self.path_fn is not None:
-            new = self.path_fn(ctx, path)
-            if new != path:
-                if _DOT_SEG(new) is not None:
-                    return self._refuse(ctx, path, new, "a dot segment ('.' or '..')")
-                try:
-                    new, _slash = normalize_path(new.encode())
-                except (GatewayError, UnicodeEncodeError) as e:
-                    return self._refuse(ctx, path, new, getattr(e, "detail", None) or str(e))
-            path = new
-        query = req.query
-        if self.q_drop is not None:
-            kept = [p for p in query.split(b"&") if p and p.partition(b"=")[0] not in self.q_drop] \
-                if query else []
-            kept.extend(self.q_add)
-            query = b"&".join(kept)
-        target = path.encode()
-        if query:
-            target += b"?" + query
-        ctx.up_target = target
-        return None
-
-    def _refuse(self, ctx, old: str, new: str, why: str):
-        self._count(_M_PATH, self._route_labels)
-        if self.log is not None:
-            self.log.error("transform: route %s rewrote %r to %r: refused (%s), not forwarded",
-                           self.route, old, new[:200], why)
-        return ctx.problem(500, "The route's path rewrite produced an invalid path", kind="internal")
+    __init__ = _init
+    request_filter = _request_filter
 
 
-class TransformBoth(Transform):
-    """``Transform`` plus the response hooks and the JSON body hooks."""
+class TransformResponse(Middleware):
+    """``TransformRequest`` plus response headers."""
 
-    def response_filter(self, ctx, head) -> None:
-        h = self.resp_h
-        if h:
-            add = list(h.pairs)
-            if h.renames:
-                for n, val in head.headers:
-                    ln = n.lower()
-                    for src, dst in h.renames:
-                        if ln == src:
-                            add.append((dst, val))
-            if h.drop:
-                hs = head.headers
-                hs[:] = [p for p in hs if p[0].lower() not in h.drop]
-                if ctx.resp_lines:
-                    ctx.remove_response_headers(h.drop)
-            for name, lname, parts in h.dynamic:
-                val = render(ctx, parts)
-                if val is None:
-                    head.remove(next(iter(lname)))
-                    self._count(_M_DROP, (("direction", "response"),))
-                else:
-                    add.append((name, val))
-            if add:
-                head.extend(add)
-        if self.resp_body is not None and head.__class__ is ResponseHead:
-            self._body_decide(ctx, head)
+    name = "transform"
+    __init__ = _init
+    request_filter = _request_filter
+    response_filter = _response_filter
 
-    def _body_decide(self, ctx, head) -> None:
-        if ctx.request.method == "HEAD" or head.status in _NO_BODY or head.status < 200:
-            return
-        reason = None
-        if not _json_type(head.get(b"content-type")):
-            reason = "not_json"
-        elif head.get(b"content-encoding", b"identity").strip().lower() != b"identity":
-            reason = "compressed"
-        else:
-            cl = head.get(b"content-length")
-            if cl is not None and cl.strip().isdigit() and int(cl) > self.resp_body.max_size:
-                reason = "too_large"
-        if reason is not None:
-            self._count(_M_SKIP, (("direction", "response"), ("reason", reason)))
-            return
-        head.drop_length()
-        ctx.notes[NOTE] = _BodyState()
 
-    def needs_body(self) -> bool:
-        return self.req_body is not None
+class TransformBodies(Middleware):
+    """``TransformResponse`` plus the JSON body hooks."""
 
-    def request_body_filter(self, ctx, body: bytes):
-        plan = self.req_body
-        if plan is None or not body:
-            return None
-        reason = None
-        if not _json_type(ctx.header(b"content-type")):
-            reason = "not_json"
-        elif ctx.header(b"content-encoding", b"identity").strip().lower() != b"identity":
-            reason = "compressed"
-        elif len(body) > plan.max_size:
-            reason = "too_large"
-        else:
-            out = plan.apply(body)
-            if out is not None:
-                return out
-            reason = "not_json"
-        self._count(_M_SKIP, (("direction", "request"), ("reason", reason)))
-        return None
-
-    def response_body_filter(self, ctx, chunk: bytes, end: bool) -> bytes:
-        notes = ctx.notes
-        st = notes.get(NOTE) if notes else None
-        if st is None or st.passing:
-            return chunk
-        if chunk:
-            st.buf.append(chunk)
-            st.size += len(chunk)
-            if st.size > self.resp_body.max_size:
-                # grew past max_size without a Content-Length: the rest streams untouched
-                st.passing = True
-                self._count(_M_SKIP, (("direction", "response"), ("reason", "too_large")))
-                out = b"".join(st.buf)
-                st.buf = None
-                return out
-        if not end:
-            return b""
-        body = b"".join(st.buf)
-        st.passing = True
-        out = self.resp_body.apply(body)
-        if out is None:
-            self._count(_M_SKIP, (("direction", "response"), ("reason", "not_json")))
-            return body
-        return out
+    name = "transform"
+    __init__ = _init
+    request_filter = _request_filter
+    response_filter = _response_filter
+    needs_body = _needs_body
+    request_body_filter = _request_body_filter
+    response_body_filter = _response_body_filter
 
 
 # ---------------------------------------------------------------- build
@@ -580,5 +514,8 @@ def build(root_cfg, service_cfg, route_cfg, deps):
     if not (plan["path"] or has_query or plan["req_headers"] or plan["resp_headers"]
             or plan["req_body"] or plan["resp_body"]):
         return None
-    cls = TransformBoth if plan["req_body"] or plan["resp_body"] or plan["resp_headers"] else Transform
+    if plan["req_body"] or plan["resp_body"]:
+        cls = TransformBodies
+    else:
+        cls = TransformResponse if plan["resp_headers"] else TransformRequest
     return cls(plan, deps)
