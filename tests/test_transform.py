@@ -160,6 +160,7 @@ def test_path_forms(gw, up):
     s, h, b = call(gw, "GET", "/esc/etc/passwd")
     assert s == 500 and values(h, "content-type")[0].startswith("application/problem+json")
     assert len(up.seen) == n, "a refused rewrite must never be forwarded"
+    assert values(h, "x-served-by"), "per-request response headers decorate local replies too"
     deadline = time.monotonic() + 5
     while not any("refused" in ln and "/esc/etc/passwd" in ln for ln in gw.stderr_lines + gw.stdout_lines):
         assert time.monotonic() < deadline, "no log line for the refused rewrite"

@@ -15,6 +15,11 @@ What it owns, per route, compiled once when the config is built (``build``):
   that is absent or holds a control character removes the header instead of writing it
   (``fastgw_transform_headers_dropped_total``).  Identity headers, hop-by-hop and framing
   names were refused at load (``config.transform``, ``config.semantics`` rule 7).
+  Response header values with per-request variables (all but ``$upstream_addr``) are
+  decorations: the request filter writes them to ``ctx.resp_lines``, so they are on
+  whatever answers after it (a local reply, a future cache hit) and never part of the
+  upstream head a cache would store; constants, removals, renames and ``$upstream_addr``
+  edit the upstream's head in the response filter, before compression.
 - **path**: the rewritten ``path?query`` goes to ``ctx.up_target``, which every attempt's
   head reads (``pipeline.heads.request_head``; the instance's base path is still put in
   front).  The new path is checked and normalised again (``http.normalize``): a dot
@@ -141,14 +146,15 @@ def render(ctx, parts: tuple) -> bytes | None:
 class HeaderPlan:
     """One side's header operations, compiled (see the module doc)."""
 
-    __slots__ = ("drop", "renames", "lines", "pairs", "dynamic")
+    __slots__ = ("drop", "renames", "lines", "pairs", "dynamic", "late", "any")
 
-    def __init__(self, ops: dict, consts: dict) -> None:
+    def __init__(self, ops: dict, consts: dict, late_ok: bool = False) -> None:
         drop: set[bytes] = set()
         renames = []
         lines = b""
         pairs = []
         dynamic = []
+        late = []
         for lname, items in ops.items():
             for op, name, arg in items:
                 if op == "remove":
@@ -164,6 +170,13 @@ class HeaderPlan:
                     if len(parts) == 1 and parts[0].__class__ is bytes:
                         lines += name.encode() + b": " + parts[0] + b"\r\n"
                         pairs.append((name.encode(), parts[0]))
+                    elif late_ok and _GETTERS["upstream_addr"] not in parts:
+                        # a per-request response value: a decoration (ctx.resp_lines)
+                        # written by the request filter, so it is on whatever answers
+                        # (a local reply after this filter, a future cache hit) and
+                        # not part of what a cache would store
+                        drop.discard(lname.encode())
+                        late.append((name.encode(), frozenset((lname.encode(),)), parts, op == "set"))
                     else:
                         dynamic.append((name.encode(), frozenset((lname.encode(),)), parts))
         self.drop = frozenset(drop)
@@ -171,9 +184,9 @@ class HeaderPlan:
         self.lines = lines
         self.pairs = tuple(pairs)
         self.dynamic = tuple(dynamic)
-
-    def __bool__(self) -> bool:
-        return bool(self.drop or self.lines or self.dynamic)
+        self.late = tuple(late)
+        # anything for the head filter to do
+        self.any = bool(self.drop or self.lines or self.dynamic)
 
 
 def _merge_headers(levels: list) -> dict:
@@ -236,7 +249,7 @@ def _count(self, metric: str, labels: tuple) -> None:
 
 def _request_filter(self, ctx):
     h = self.req_h
-    if h:
+    if h.any:
         lines = h.lines
         if h.renames:
             for n, val in ctx.fwd:
@@ -255,9 +268,25 @@ def _request_filter(self, ctx):
                 lines += name + b": " + val + b"\r\n"
         if lines:
             ctx.add_request_lines(lines)
+    if self.resp_h.late:
+        _decorate(self, ctx)
     if self.path_fn is not None or self.q_drop is not None:
         return _rewrite(self, ctx)
     return None
+
+
+def _decorate(self, ctx) -> None:
+    """The response headers whose values are per request (variables other than
+    ``$upstream_addr``), as ``ctx`` response decorations."""
+    for name, lname, parts, is_set in self.resp_h.late:
+        val = render(ctx, parts)
+        if val is None:
+            ctx.remove_response_headers(lname)
+            _count(self, _M_DROP, (("direction", "response"),))
+            continue
+        if is_set:
+            ctx.remove_response_headers(lname)
+        ctx.resp_lines += name + b": " + val + b"\r\n"
 
 
 def _rewrite(self, ctx):
@@ -296,7 +325,7 @@ def _refuse(self, ctx, old: str, new: str, why: str):
 
 def _response_filter(self, ctx, head) -> None:
     h = self.resp_h
-    if h:
+    if h.any:
         add = list(h.pairs)
         if h.renames:
             for n, val in head.headers:
@@ -503,7 +532,7 @@ def build(root_cfg, service_cfg, route_cfg, deps):
         "q_drop": frozenset(quote(k, safe="").encode() for k in (*q_remove, *q_set)) if has_query else None,
         "q_add": [quote(k, safe="").encode() + b"=" + quote(v, safe="").encode() for k, v in q_set.items()],
         "req_headers": HeaderPlan(_merge_headers([r.headers if r else None for r in req]), consts),
-        "resp_headers": HeaderPlan(_merge_headers([r.headers if r else None for r in resp]), consts),
+        "resp_headers": HeaderPlan(_merge_headers([r.headers if r else None for r in resp]), consts, True),
         "req_body": None,
         "resp_body": None,
     }
@@ -511,11 +540,11 @@ def build(root_cfg, service_cfg, route_cfg, deps):
         for r in side:
             if r is not None and r.body is not None:
                 plan[key] = BodyPlan(r.body)
-    if not (plan["path"] or has_query or plan["req_headers"] or plan["resp_headers"]
-            or plan["req_body"] or plan["resp_body"]):
+    if not (plan["path"] or has_query or plan["req_headers"].any or plan["resp_headers"].any
+            or plan["resp_headers"].late or plan["req_body"] or plan["resp_body"]):
         return None
     if plan["req_body"] or plan["resp_body"]:
         cls = TransformBodies
     else:
-        cls = TransformResponse if plan["resp_headers"] else TransformRequest
+        cls = TransformResponse if plan["resp_headers"].any else TransformRequest
     return cls(plan, deps)
