@@ -18,7 +18,8 @@ request, Host only, and nginx's 100 B answer), ``mixed`` and ``cond`` (bare on a
 that also has routes with ``match`` conditions, a request for a literal route and one for
 a conditional route), ``policy`` (JWT auth + per-user and per-IP rate
 limits + CORS + security headers, as bench's policy), ``newconn`` (bare, with a new
-client connection per request).  Kernel work
+client connection per request), ``transform`` (bare on a route that strips its prefix
+and sets two request headers, one with ``$request_id``).  Kernel work
 (syscalls) is not counted: see ``python -m bench`` for the whole picture.
 Needs valgrind (Debian: ``apt-get install valgrind``).
 """
@@ -37,7 +38,7 @@ from pathlib import Path
 import uvloop
 import yaml
 
-ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced")
+ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform")
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -52,6 +53,12 @@ MIXED_ROUTES = """
 """
 COND_REQ = (b"GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
             b"X-Version: 2.1\r\nCookie: beta=1\r\n\r\n")
+# "transform": the bare exchange on a route that strips its prefix and sets two request
+# headers (one constant, one variable): what a transform costs over bare
+TRANSFORM_ROUTE = """      - path: "/api/*"
+        transform: {request: {strip_prefix: true, headers: {set: {X-Gateway: fastgw, X-Req: "$request_id"}}}}
+"""
+TRANSFORM_REQ = b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 WRK_REQ = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
 NGINX_RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 14:26:03 GMT\r\n"
               b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
@@ -77,6 +84,9 @@ def _world(route: str):
         text = CFG.replace("gateway: {", "gateway: {versioning: {header: API-Version}, ")
         text = text.replace('        methods: ["GET", "HEAD", "POST"]\n', '        methods: ["GET", "HEAD", "POST"]\n' + MIXED_ROUTES)
         req = REQ if route == "mixed" else COND_REQ
+    elif route == "transform":
+        text = CFG.replace("    routes:\n", "    routes:\n" + TRANSFORM_ROUTE)
+        req = TRANSFORM_REQ
     elif route in ("tracing", "traced"):
         text, req = CFG + _TRACING % (0 if route == "tracing" else 1), REQ
     else:

@@ -19,6 +19,7 @@ import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, Duration, PositiveDuration, Size
+from fastgw.config.transform import TransformConfig
 from fastgw.config.versioning import VersioningConfig
 
 Cidr = Annotated[str, Check(v.cidr)]
@@ -94,6 +95,7 @@ class GatewayConfig(Base):
     request_id_header: Annotated[str, Check(v.header_name)] = "X-Request-ID"
     server_header: Annotated[str, Check(v.header_value)] | None = None  # None = no Server header
     versioning: VersioningConfig | None = None  # how a request names its API version (config.versioning)
+    transform: TransformConfig | None = None  # every route's defaults, merged per item (config.transform)
 
     def _check(self) -> Iterator[tuple[str, str]]:
         pp = self.proxy_protocol

@@ -33,8 +33,6 @@ NOT_ENFORCED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("services.*.instances", lambda xs: len(xs) > 1,
      "partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), "
      "without health checks, least-connections or smooth weighting yet"),
-    ("services.*.routes[].transform", _is_set,
-     "parsed but not enforced yet: requests and responses are not transformed"),
     ("monitoring.circuit_breaker", _is_set,
      "parsed but not enforced yet: no circuit breaker trips"),
     ("monitoring.health_check_interval", _always,

@@ -20,7 +20,8 @@ Rules kept here (cross-route and cross-section rules live in ``crosscheck``):
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Iterator
+import re
+from typing import Annotated, Iterator
 
 import msgspec
 
@@ -32,6 +33,7 @@ from fastgw.config.ratelimit import RateLimitRule
 from fastgw.config.security import CorsConfig, IpFilterConfig, SecurityHeadersConfig, ValidateConfig
 from fastgw.config.mirror import MirrorConfig
 from fastgw.config.split import SplitConfig
+from fastgw.config.transform import TransformConfig
 from fastgw.config.versioning import DeprecationConfig
 
 Method = Annotated[str, Check(v.http_method)]
@@ -58,7 +60,7 @@ class RouteConfig(Base):
     rate_limit: RateLimitRule | None = None
     max_body_size: Size | None = None  # None = gateway.limits.max_body_size
     allow_encoded_slash: bool = False
-    transform: dict[str, Any] | None = None  # parsed, not enforced yet
+    transform: TransformConfig | None = None  # config.transform: path, query, headers, JSON bodies
     timeout: PositiveDuration | None = None  # None = the service's timeout
     cors: CorsConfig | bool | None = None
     security_headers: SecurityHeadersConfig | bool | None = None
@@ -82,12 +84,26 @@ class RouteConfig(Base):
                 yield f"methods[{i}]", f"duplicate method {m!r}"
             seen.add(m)
         yield from self._check_roles()
+        yield from self._check_transform()
         for key in OVERRIDABLE:
             if getattr(self, key) is True:
                 yield key, (
                     "'true' is not allowed: omit the key to inherit the global section, "
                     "give an object to replace it, or 'false' to disable it on this route"
                 )
+
+    def _check_transform(self) -> Iterator[tuple[str, str]]:
+        req = self.transform.request if self.transform is not None else None
+        if req is None:
+            return
+        wild = isinstance(self.path, str) and self.path.endswith("/*")
+        if req.strip_prefix and not wild:
+            yield "transform.request.strip_prefix", "needs a wildcard route path ending in '/*'"
+        if isinstance(req.path, str):
+            have = set(re.findall(r"\{([^}]*)\}", self.path)) if isinstance(self.path, str) else set()
+            for name in re.findall(r"\{([^}]*)\}", req.path):
+                if name not in have:
+                    yield "transform.request.path", f"{{{name}}} is not a parameter of the route's path"
 
     def _check_roles(self) -> Iterator[tuple[str, str]]:
         roles = self.roles

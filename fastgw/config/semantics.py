@@ -11,7 +11,8 @@ have errors, so one run reports everything.  Rules:
    by ``rate_limit.exempt_roles`` is one of them;
 5. two routes with the same host, path shape, match conditions and a common method are
    ambiguous; a route on ``gateway.health_path`` would never be reached;
-6. the admin listener and the data listener do not share a port.
+6. the admin listener and the data listener do not share a port;
+7. no ``transform`` header operation names an identity header (``_check_transform_identity``).
 
 ``finalize`` runs only on a valid config: it fills each route's ``name`` and ``service``
 and sets ``auth: true`` on routes that list ``roles``.
@@ -27,6 +28,7 @@ import msgspec
 from fastgw.config.ratelimit_section import BUILTIN_TIERS
 from fastgw.config.root import Config
 from fastgw.config.routes import RouteConfig
+from fastgw.config.transform import identity_conflicts
 from fastgw.config.paths import Path, render
 
 # Fields of AuthConfig any of which, when set, gives the gateway a key to verify tokens
@@ -103,6 +105,7 @@ def crosscheck(
                               "(a mirror does not speak TLS yet)")
     _check_rate_limit(rl, auth, error, warn)
     _check_redis_rules(rl, services, routes, error)
+    _check_transform_identity(gw, auth, services, routes, error)
     per_route = getattr(auth, "routes", None) if auth not in (None, BROKEN) else None
     if isinstance(per_route, dict) and routes_complete:
         for rname in per_route:
@@ -137,6 +140,26 @@ def _check_route_auth(path: Path, route: RouteConfig, auth: Any, error: Report) 
             if role not in known:
                 p = path + ("roles",) + ((method,) if method else ()) + (i,)
                 error(p, f"unknown role {role!r} (not in auth.roles)")
+
+
+def _check_transform_identity(gw: Any, auth: Any, services: list, routes: list, error: Report) -> None:
+    """Rule 7: no ``transform`` header operation names an identity header: the ones the
+    auth middleware sets or strips (always ``X-User-Id``/``X-User-Roles``, plus the
+    configured ``identity_headers`` and ``strip_headers``) and the request id header."""
+    names = {"x-user-id", "x-user-roles"}
+    if auth not in (None, BROKEN):
+        ih = auth.identity_headers
+        names.update(n.lower() for n in (ih.user, ih.roles, *ih.claims.values(), *auth.strip_headers) if n)
+    if gw not in (None, BROKEN):
+        names.add(gw.request_id_header.lower())
+    else:
+        names.add("x-request-id")
+    identity = frozenset(names)
+    found = [(("gateway",), gw)] if gw not in (None, BROKEN) else []
+    found += [*services, *routes]
+    for path, section in found:
+        for rel, msg in identity_conflicts(getattr(section, "transform", None), identity):
+            error(path + ("transform",) + rel, msg)
 
 
 def _check_redis_rules(rl: Any, services: list, routes: list, error: Report) -> None:

@@ -171,9 +171,15 @@ class Compression(Middleware):
         if st.done:
             return b""
         if end:
+            # the end call may carry the last bytes: a body filter before this one
+            # (transform) hands over the whole edited body only when it has it all
             st.done = True
+            st.n_in += len(chunk)
             enc = st.enc
-            out = enc.finish() if enc is not None else one_shot(st.coding, st.level, b"")
+            if enc is None:
+                out = one_shot(st.coding, st.level, chunk)
+            else:
+                out = (enc.compress(chunk) if chunk else b"") + enc.finish()
             st.n_out += len(out)
             self._count(st)
             return out

@@ -8,8 +8,10 @@ the global chain (replies with no route: 400/404/405).
 Order of request filters (response filters run in reverse):
 tracing -> request_id -> access_log -> security_headers -> ip_filter -> cors -> deprecation ->
 ratelimit_ip -> auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> mirror ->
-compression (last, so its response filter runs first: DESIGN.md's "compression, then
-per-request decorations")
+compression (its response filter runs first of the policy ones: DESIGN.md's "compression,
+then per-request decorations") -> transform (after compression, so its response and body
+filters run before compression's: the upstream's JSON is edited, then compressed; its
+request filter runs after auth, so ``$jwt.*`` is known)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("validation", "fastgw.middleware.validation"),
     ("mirror", "fastgw.middleware.mirror"),
     ("compression", "fastgw.middleware.compression"),
+    ("transform", "fastgw.middleware.transform"),
 )
 
 

@@ -65,6 +65,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                          ("route", "version", "outcome", "client")),
     "fastgw_mirror_requests_total": ("counter", "Mirrored request copies by route and result (the shadow's status class, "
                                      "error, timeout, dropped, skipped).", ("route", "result")),
+    "fastgw_transform_skipped_total": ("counter", "JSON bodies passed through untransformed, by direction (request, "
+                                       "response) and reason (not_json, compressed, too_large).", ("direction", "reason")),
+    "fastgw_transform_headers_dropped_total": ("counter", "Transform headers removed because a variable was absent or "
+                                               "held a control character, by direction.", ("direction",)),
+    "fastgw_transform_path_refused_total": ("counter", "Requests refused (500) because a path rewrite produced an "
+                                            "invalid path or a dot segment, by route.", ("route",)),
     "fastgw_tracing_spans_total": ("counter", "Sampled spans by result (exported, dropped_queue_full, dropped_export_failed).",
                                    ("result",)),
 }

@@ -32,7 +32,12 @@ class Chain:
                                       if overrides(m, "upstream_request_filter"))
         self.response = tuple((i, m.response_filter) for i, m in reversed(list(enumerate(mws)))
                               if overrides(m, "response_filter"))
-        self.response_body = tuple(m.response_body_filter for m in mws if overrides(m, "response_body_filter"))
+        # body filters run in the order of ``response`` (reverse chain order), so a
+        # middleware sees the body in the same place it saw the head: one after
+        # compression in the registry (transform) edits the head and then the body
+        # before compression encodes them
+        self.response_body = tuple(m.response_body_filter for m in reversed(mws)
+                                   if overrides(m, "response_body_filter"))
         self.logging = tuple(m.logging for m in mws if overrides(m, "logging"))
         # ``(index, hook)`` on the whole request body, of the middlewares that need it
         self.request_body = tuple((i, m.request_body_filter) for i, m in enumerate(mws)

@@ -372,6 +372,9 @@ class Engine:
             for idx, fn in x.route.chain.request_body:
                 r = fn(x, body)
                 if r is not None:
+                    if r.__class__ is bytes:  # the filter rewrote the body (transform)
+                        body = r
+                        continue
                     self.send_local(proto, x, r, idx)
                     return
             # forward as a Content-Length body now that it is whole

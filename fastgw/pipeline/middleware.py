@@ -11,8 +11,8 @@ Hooks, in the order a request meets them:
     request_filter(ctx)                    None = continue; a Reply = answer locally.
                                            May be ``async def`` when it must await.
     request_body_filter(ctx, body)         the whole request body (only when
-                                           ``needs_body()``); None = forward it, a Reply
-                                           = answer locally
+                                           ``needs_body()``); None = forward it, bytes =
+                                           forward these instead, a Reply = answer locally
     upstream_request_filter(ctx, head)     edit the RequestHead of one attempt (in place);
                                            runs once per attempt, for that instance
     response_filter(ctx, head)             edit the ResponseHead or a local Reply (in

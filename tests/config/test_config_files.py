@@ -122,8 +122,7 @@ def test_warning_table_rows_are_well_formed():
     ("services.svg-parser.retries", 2, "services.svg-parser.retries: parsed but not enforced yet: failed requests are not retried"),
     ("services.svg-parser.retries", 0, None),
     ("services.svg-parser.health", "/health", "services.svg-parser.health: parsed but not enforced yet: no active health checks are made"),
-    (f"{R0}.transform", {"add_headers": {"X-A": "1"}},
-     "services.svg-parser.routes[0].transform: parsed but not enforced yet: requests and responses are not transformed"),
+    (f"{R0}.transform", {"request": {"headers": {"set": {"X-A": "1"}}}}, None),  # enforced (issue 25)
     ("services.cmms-service", {"instances": [{"url": "http://a:1"}, {"url": "http://b:1"}]},
      "services.cmms-service.instances: partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), without health checks, least-connections or smooth weighting yet"),
     ("services.cmms-service", {"instances": [{"url": "http://a:1"}]}, None),

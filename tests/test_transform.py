@@ -1,0 +1,280 @@
+"""Transformations (issue 25): a real gateway (2 workers) in front of a recording upstream
+that answers chosen JSON, text and gzip bodies; config refusals through the loader."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+
+from fastgw.config.errors import ConfigError
+from fastgw.config.loader import load_config_text
+from tests.harness import Gateway
+
+SECRET = "transform-test-secret-0123456789abcdef"
+DOC = {"data": {"id": 7, "name": "x"}, "meta": {"page": 1}}
+BIG = json.dumps({"items": ["y" * 100] * 400}).encode()  # ~41 KB, over the 8k max_size
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *a):
+        pass
+
+    def _any(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        self.server.seen.append({"path": self.path, "headers": list(self.headers.items()), "body": body})
+        p = self.path.split("?")[0]
+        extra = []
+        if p.endswith("/gz"):
+            out, ctype, extra = gzip.compress(json.dumps(DOC).encode()), "application/json", [("Content-Encoding", "gzip")]
+        elif p.endswith("/text"):
+            out, ctype = b"plain words", "text/plain"
+        elif p.endswith("/big"):
+            out, ctype = BIG, "application/json"
+        else:
+            out, ctype = json.dumps(DOC).encode(), "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(out)))
+        self.send_header("Server", "recorder")
+        self.send_header("X-Up-Old", "moved")
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = _any
+
+
+@pytest.fixture(scope="module")
+def up():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    srv.daemon_threads = True
+    srv.seen = []
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+CONFIG = """
+gateway:
+  host: 127.0.0.1
+  port: 0
+  transform: {response: {headers: {set: {X-Served-By: "$worker_pid"}}}}
+services:
+  items:
+    url: "http://127.0.0.1:%(port)d/base"
+    transform:
+      request: {headers: {set: {X-Svc: "$service", X-Level: service}}}
+    routes:
+      - path: "/api/items/*"
+        name: items
+        methods: [GET, POST]
+        auth: true
+        transform:
+          request:
+            strip_prefix: true
+            query: {set: {src: gw}, remove: [debug]}
+            headers:
+              set: {X-User: "$jwt.sub", X-Level: route, X-Team: "$jwt.team", X-Const: "a $$5 b"}
+              add: {X-Via: "$scheme://$host ($route)"}
+              remove: [X-Debug]
+              rename: {X-Old: X-New}
+            body: {set: {"/source": "gateway"}, remove: ["/internal"], rename: {"/a": "/b"}, max_size: 8k}
+          response:
+            headers: {remove: [Server], rename: {X-Up-Old: X-Up-New}, add: {X-Up: "$upstream_addr"}}
+            body: {unwrap: "/data", max_size: 8k}
+      - path: "/v1/things/{id}"
+        name: things
+        transform: {request: {path: "/v2/items/{id}"}}
+      - path: {regex: "^/re/(\\\\w+)/(\\\\w+)$"}
+        name: re
+        transform: {request: {path: {regex: "^/re/(\\\\w+)/(\\\\w+)$", replacement: "/swapped/\\\\2/\\\\1"}}}
+      - path: "/esc/*"
+        name: esc
+        transform: {request: {path: {regex: "^/esc/(.*)$", replacement: "/safe/../../\\\\1"}}}
+      - path: "/wrap/*"
+        name: wrap
+        compression: true
+        transform: {response: {body: {wrap: "/result"}}}
+auth:
+  jwt_secret: "%(secret)s"
+monitoring:
+  metrics_port: 0
+  logging:
+    level: warning
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(up):
+    g = Gateway(CONFIG % {"port": up.server_address[1], "secret": SECRET}, workers=2)
+    with g:
+        yield g
+
+
+def tok(**claims) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": "alice", "iat": now, "exp": now + 300, **claims}, SECRET, algorithm="HS256")
+
+
+def call(gw, method, path, headers=None, body=None):
+    """(status, [(name, value)] as sent, body) on a fresh connection."""
+    c = http.client.HTTPConnection(gw.host, gw.port, timeout=10)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.getheaders(), r.read()
+    finally:
+        c.close()
+
+
+def values(pairs, name):
+    return [v for k, v in pairs if k.lower() == name.lower()]
+
+
+def test_path_forms(gw, up):
+    auth = {"Authorization": "Bearer " + tok()}
+    up.seen.clear()
+    s, _h, _b = call(gw, "GET", "/api/items/42?x=1&debug=1", auth)
+    assert s == 200
+    # prefix stripped, base path kept in front; debug removed, src set
+    assert up.seen[-1]["path"] == "/base/42?x=1&src=gw"
+    s, _h, _b = call(gw, "GET", "/v1/things/abc")
+    assert s == 200 and up.seen[-1]["path"] == "/base/v2/items/abc"
+    s, _h, _b = call(gw, "GET", "/re/one/two")
+    assert s == 200 and up.seen[-1]["path"] == "/base/swapped/two/one"
+    n = len(up.seen)
+    s, h, b = call(gw, "GET", "/esc/etc/passwd")
+    assert s == 500 and values(h, "content-type")[0].startswith("application/problem+json")
+    assert len(up.seen) == n, "a refused rewrite must never be forwarded"
+    assert values(h, "x-served-by"), "per-request response headers decorate local replies too"
+    deadline = time.monotonic() + 5
+    while not any("refused" in ln and "/esc/etc/passwd" in ln for ln in gw.stderr_lines + gw.stdout_lines):
+        assert time.monotonic() < deadline, "no log line for the refused rewrite"
+        time.sleep(0.05)
+
+
+def test_request_headers_and_variables(gw, up):
+    t = tok(team="core\r\nX-Injected: 1")
+    up.seen.clear()
+    s, _h, _b = call(gw, "GET", "/api/items/1", {
+        "Authorization": "Bearer " + t, "X-Debug": "1", "X-Old": "admin", "X-New": "forged",
+        "X-User": "mallory", "X-Team": "client-copy", "Host": "shop.example"})
+    assert s == 200
+    got = up.seen[-1]["headers"]
+    assert values(got, "x-user") == ["alice"]            # $jwt.sub, the client's copy gone
+    assert values(got, "x-team") == []                     # a claim with CR/LF: dropped, no client copy
+    assert values(got, "x-injected") == []
+    assert values(got, "x-debug") == []                    # remove
+    assert values(got, "x-old") == [] and values(got, "x-new") == ["admin"]  # rename, forged target gone
+    assert values(got, "x-level") == ["route"]             # route over service for the same name
+    assert values(got, "x-svc") == ["items"]               # service level, constant variable
+    assert values(got, "x-const") == ["a $5 b"]
+    assert values(got, "x-via") == ["http://shop.example (items)"]
+
+
+def test_response_headers_and_worker_pid(gw, up):
+    auth = {"Authorization": "Bearer " + tok()}
+    pids = set()
+    for _ in range(40):
+        s, h, _b = call(gw, "GET", "/api/items/1", auth)
+        assert s == 200
+        assert values(h, "server") == []                   # removed
+        assert values(h, "x-up-new") == ["moved"] and values(h, "x-up-old") == []
+        assert values(h, "x-up") == ["127.0.0.1:%d" % up.server_address[1]]
+        pids.update(values(h, "x-served-by"))
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2 and all(p.isdigit() for p in pids), pids
+    # gateway level reaches a route with no transform of its own
+    s, h, _b = call(gw, "GET", "/v1/things/9")
+    assert s == 200 and values(h, "x-served-by")
+
+
+def test_json_bodies(gw, up):
+    auth = {"Authorization": "Bearer " + tok(), "Content-Type": "application/json"}
+    up.seen.clear()
+    s, h, b = call(gw, "POST", "/api/items/1", auth, json.dumps({"a": 1, "internal": 2, "keep": 3}).encode())
+    assert s == 200
+    sent = up.seen[-1]
+    assert json.loads(sent["body"]) == {"b": 1, "keep": 3, "source": "gateway"}
+    assert int(values(sent["headers"], "content-length")[0]) == len(sent["body"])
+    assert json.loads(b) == DOC["data"]                    # response unwrap
+    s, _h, b = call(gw, "GET", "/wrap/x")
+    assert s == 200 and json.loads(b) == {"result": DOC}
+    # the edited body is what compression encodes (transform runs first)
+    s, h, b = call(gw, "GET", "/wrap/x", {"Accept-Encoding": "gzip"})
+    assert s == 200 and values(h, "content-encoding") == ["gzip"]
+    assert json.loads(gzip.decompress(b)) == {"result": DOC}
+
+
+def test_pass_through(gw, up):
+    auth = {"Authorization": "Bearer " + tok()}
+    # request: not JSON, and too large
+    up.seen.clear()
+    call(gw, "POST", "/api/items/1", dict(auth, **{"Content-Type": "text/plain"}), b'{"internal": 1}')
+    assert up.seen[-1]["body"] == b'{"internal": 1}'
+    big = json.dumps({"internal": "z" * 9000}).encode()
+    call(gw, "POST", "/api/items/1", dict(auth, **{"Content-Type": "application/json"}), big)
+    assert up.seen[-1]["body"] == big
+    # response: too large, not JSON, compressed
+    s, _h, b = call(gw, "GET", "/api/items/big", auth)
+    assert s == 200 and b == BIG
+    s, _h, b = call(gw, "GET", "/api/items/text", auth)
+    assert s == 200 and b == b"plain words"
+    s, h, b = call(gw, "GET", "/api/items/gz", auth)
+    assert s == 200 and values(h, "content-encoding") == ["gzip"] and json.loads(gzip.decompress(b)) == DOC
+
+
+BASE = """
+services:
+  s:
+    url: "http://127.0.0.1:9"
+    routes:
+      - path: "/a/*"
+        transform: %s
+auth:
+  jwt_secret: "%s"
+  strip_headers: [X-Tenant]
+"""
+
+
+@pytest.mark.parametrize("transform, where, says", [
+    ('{request: {headers: {rename: {X-Old: X-User-Id}}}}', "transform.request.headers.rename.X-Old", "identity"),
+    ('{request: {headers: {set: {X-Tenant: "t"}}}}', "transform.request.headers.set.X-Tenant", "identity"),
+    ('{request: {headers: {remove: [Host]}}}', "transform.request.headers.remove[0]", "managed by the gateway"),
+    ('{response: {headers: {set: {Transfer-Encoding: x}}}}', "transform.response.headers.set.Transfer-Encoding",
+     "managed"),
+    ('{request: {headers: {set: {X-A: "a\\r\\nB: c"}}}}', "transform.request.headers.set.X-A", "control"),
+    ('{request: {headers: {set: {X-A: "$nope"}}}}', "transform.request.headers.set.X-A", "unknown variable"),
+    ('{request: {headers: {set: {X-A: "$upstream_addr"}}}}', "transform.request.headers.set.X-A", "response"),
+    ('{request: {path: {regex: "(", replacement: x}}}', "transform.request.path.regex", "RE2"),
+    ('{request: {body: {unwrap: "/d"}}}', "transform.request.body", "response"),
+    ('{request: {path: "/v2/{id}"}}', "transform.request.path", "not a parameter"),
+])
+def test_refused_at_load(transform, where, says):
+    with pytest.raises(ConfigError) as e:
+        load_config_text(BASE % (transform, SECRET))
+    text = str(e.value)
+    assert where in text and says in text, text
+
+
+def test_strip_prefix_needs_wildcard_and_no_warning_left():
+    with pytest.raises(ConfigError) as e:
+        load_config_text((BASE % ("{request: {strip_prefix: true}}", SECRET)).replace('"/a/*"', '"/a"'))
+    assert "strip_prefix" in str(e.value) and "wildcard" in str(e.value)
+    _cfg, warnings = load_config_text(BASE % ("{request: {strip_prefix: true}}", SECRET))
+    assert not [w for w in warnings if "transform" in w]
