@@ -20,6 +20,7 @@ import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, Duration, PositiveDuration
+from fastgw.config.cache import CacheRouteConfig
 from fastgw.config.compression import CompressionConfig
 from fastgw.config.ratelimit import RateLimitRule
 from fastgw.config.routes import RouteConfig
@@ -72,6 +73,7 @@ class ServiceConfig(Base):
     tls: UpstreamTlsConfig = msgspec.field(default_factory=UpstreamTlsConfig)
     rate_limit: RateLimitRule | None = None
     compression: CompressionConfig | bool | None = None  # None = the top-level compression
+    cache: CacheRouteConfig | bool | None = None  # response cache (config.cache); None = the service's / off
     routes: list[RouteConfig] = []
 
     def upstreams(self) -> list[InstanceConfig]:

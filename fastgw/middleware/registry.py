@@ -8,7 +8,8 @@ the global chain (replies with no route: 400/404/405).
 Order of request filters (response filters run in reverse):
 tracing -> request_id -> access_log -> security_headers -> ip_filter -> cors -> deprecation ->
 ratelimit_ip -> auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> mirror ->
-compression (last, so its response filter runs first: DESIGN.md's "compression, then
+cache (after every check and request change: a hit is served only to whom the route admits,
+and Vary reads the request as sent upstream) -> compression (last, so its response filter runs first: DESIGN.md's "compression, then
 per-request decorations")
 """
 
@@ -29,6 +30,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("ratelimit", "fastgw.middleware.ratelimit"),
     ("validation", "fastgw.middleware.validation"),
     ("mirror", "fastgw.middleware.mirror"),
+    ("cache", "fastgw.middleware.cache"),
     ("compression", "fastgw.middleware.compression"),
 )
 

@@ -3,7 +3,8 @@
 Built once per config and route (STYLE.md item 10).  ``request`` holds
 ``(index, bound_method, is_async)`` in chain order; ``response`` holds
 ``(index, bound_method)`` in reverse order, so a local reply made by the middleware at
-index i runs only the response filters of middlewares 0..i.  Hooks a middleware does not
+index i runs only the response filters of middlewares 0..i; ``response_body`` is in
+reverse order too.  Hooks a middleware does not
 override are absent, so they cost nothing per request.
 """
 
@@ -32,7 +33,11 @@ class Chain:
                                       if overrides(m, "upstream_request_filter"))
         self.response = tuple((i, m.response_filter) for i, m in reversed(list(enumerate(mws)))
                               if overrides(m, "response_filter"))
-        self.response_body = tuple(m.response_body_filter for m in mws if overrides(m, "response_body_filter"))
+        # body filters run in the response filters' order (reverse): a middleware's body
+        # filter sees the bytes that match the head its response filter saw (the cache
+        # stores what compression produced)
+        self.response_body = tuple(m.response_body_filter for m in reversed(mws)
+                                   if overrides(m, "response_body_filter"))
         self.logging = tuple(m.logging for m in mws if overrides(m, "logging"))
         # ``(index, hook)`` on the whole request body, of the middlewares that need it
         self.request_body = tuple((i, m.request_body_filter) for i, m in enumerate(mws)
