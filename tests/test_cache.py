@@ -544,3 +544,21 @@ def test_coalescing_purge_and_warming_two_workers():
             assert len(series(text, "fastgw_cache_objects")) == 2
         finally:
             gw.stop()
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize("snippet,where", [
+    ("cache: {key: {headers: [Authorization]}}", "services.up.routes[0].cache.key.headers[0]"),
+    ("cache: {key: {query: some}}", "services.up.routes[0].cache.key.query"),
+    ("cache: {default_ttl: soon}", "services.up.routes[0].cache.default_ttl"),
+])
+def test_bad_cache_config_names_the_field(snippet, where):
+    from fastgw.config.errors import ConfigError
+    from fastgw.config.loader import load_config_text
+    text = "services:\n  up:\n    url: http://127.0.0.1:1\n    routes:\n      - path: /a/*\n        %s\n" % snippet
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text)
+    assert where in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config_text("cache: {memory: 1m, max_object_size: 2m}\n" + text.replace(snippet, "cache: true"))
+    assert "cache.max_object_size" in str(e.value)

@@ -176,8 +176,7 @@ class Cache(Middleware):
                     over = -left
                     if rcc.max_stale is not None and over <= rcc.max_stale:
                         return self._hit(ctx, st, e, age, left, "stale", b"")
-                    if over <= e.swr and rcc.max_age is None and rcc.min_fresh == 0:
-                        self._refresh(ctx, key, e)
+                    if over <= e.swr and rcc.max_age is None and rcc.min_fresh == 0 and self._refresh(ctx, key):
                         return self._hit(ctx, st, e, age, left, "stale", b"; detail=stale-while-revalidate")
             st.stale = e
             st.result = "expired" if left <= 0 else "miss"
@@ -404,24 +403,31 @@ class Cache(Middleware):
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
-    def _refresh(self, ctx, key, e: Entry) -> None:
-        """stale-while-revalidate: one background fetch per entry."""
-        if self.upstream is None or key in self.inflight:
-            return
+    def _refresh(self, ctx, key) -> bool:
+        """stale-while-revalidate: one background fetch per entry; False when none can
+        be made (a TLS upstream): then the request goes upstream itself."""
+        if self.upstream is None:
+            return False
+        if key in self.inflight:
+            return True  # a refresh (or a miss) is under way: serve stale meanwhile
         self.inflight[key] = []
         req = ctx.request
         target = req.path.encode("latin-1") + (b"?" + req.query if req.query else b"")
         lines = header_lines([h for h in ctx.fwd if h[0].lower() not in _HOP]) + ctx.up_lines
         self._spawn(asyncio.get_running_loop(), self._background(ctx, key, target, lines))
+        return True
 
     async def _background(self, ctx, key, target: bytes, lines: bytes) -> None:
+        e = None
         try:
             got = await _fetch(self.upstream, target, lines)
             if got is not None:
-                self._store_fetched(key[0], got, lambda names: K.secondary(ctx, names, self.negotiate),
-                                    ctx.request.host, ctx.request.path)
+                e = self._store_fetched(key[0], got, lambda names: K.secondary(ctx, names, self.negotiate),
+                                        ctx.request.host, ctx.request.path)
         finally:
-            self.inflight.pop(key, None)
+            for w in self.inflight.pop(key, None) or ():  # misses that joined meanwhile
+                if not w.done():
+                    w.set_result(e)
 
     async def _warm(self, url: str) -> None:
         u = urlsplit(url)
@@ -441,17 +447,18 @@ class Cache(Middleware):
                                      for n in names))
             self._store_fetched(prim, got, secondary, host, path)
 
-    def _store_fetched(self, prim, got, secondary, host: str, path: str) -> None:
+    def _store_fetched(self, prim, got, secondary, host: str, path: str) -> Entry | None:
         status, hs, body, t0 = got
         cc = parse_cc(headers_get(hs, b"cache-control"))
         ttl = lifetime(cc, hs, self.default_ttl)
         if why_not_stored(status, hs, cc, False, self.store_set_cookie, ttl) is not None or len(body) > self.max_object:
-            return
+            return None
         names = vary_names(hs)
         stored = [(n, v) for n, v in hs if n.lower() not in _SKIP_STORE and n.lower() != b"set-cookie"]
         e = _entry(status, stored, body, cc, ttl or 0.0, initial_age(hs, _wall_now(), t0), self.swr, self.sie,
                    host, path)
         self.store.put((prim, secondary(names)), e)
+        return e
 
     def close(self) -> None:
         for t in list(self.tasks):
