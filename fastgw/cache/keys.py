@@ -2,8 +2,10 @@
 
 A key is ``(primary, secondary)``:
 
-- ``primary``: method class (GET and HEAD share entries: a HEAD is answered from a GET's
-  entry), scheme, host, the router's normalised path, the configured query part
+- ``primary``: the route (two routes on one path, told apart by ``match`` conditions or
+  methods, never share entries), method class (GET and HEAD share entries: a HEAD is
+  answered from a GET's entry), scheme, host, the router's normalised path, the
+  configured query part
   (``all``: every parameter, sorted; ``none``; or the listed names, sorted) and the
   configured request headers.
 - ``secondary``: ``()`` or ``(vary names, their values)``, read from the request *as it
@@ -71,10 +73,10 @@ def sent_value(ctx, lname: bytes) -> bytes | None:
     return vals[0] if len(vals) == 1 else b", ".join(vals)
 
 
-def primary(ctx, query_mode, headers: tuple) -> tuple:
+def primary(ctx, route: str, query_mode, headers: tuple) -> tuple:
     req = ctx.request
     hv = tuple(sent_value(ctx, h) for h in headers) if headers else ()
-    return (METHOD_CLASS.get(req.method, req.method), ctx.scheme, req.host, req.path,
+    return (route, METHOD_CLASS.get(req.method, req.method), ctx.scheme, req.host, req.path,
             query_part(req.query or b"", query_mode), hv)
 
 

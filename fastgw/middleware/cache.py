@@ -131,6 +131,7 @@ class Cache(Middleware):
         shm = getattr(deps, "shm", None)
         self.purge = getattr(shm, "purge", None) if shm is not None else None
         self.upstream = _first_instance(service_cfg)
+        self.route = getattr(route_cfg, "name", None) or ""
         self.tasks: set = set()
         loop = getattr(deps, "loop", None)
         if loop is not None and warm and self.upstream is not None and route_cfg is not None:
@@ -153,7 +154,7 @@ class Cache(Middleware):
         rcc = RequestCC(ctx.header(b"cache-control"), ctx.header(b"pragma"))
         if self.strip:
             ctx.remove_request_headers(self.strip)
-        prim = K.primary(ctx, self.query, self.key_headers)
+        prim = K.primary(ctx, self.route, self.query, self.key_headers)
         key = (prim, K.secondary(ctx, store.vary_of.get(prim, ()), self.negotiate))
         st.key = key
         st.primary = prim
@@ -434,7 +435,7 @@ class Cache(Middleware):
         path, _enc = normalize_path(u.path.encode("latin-1") or b"/")
         query = u.query.encode("latin-1")
         host = u.netloc.lower()
-        prim = ("G", u.scheme, host, path, K.query_part(query, self.query), (None,) * len(self.key_headers))
+        prim = (self.route, "G", u.scheme, host, path, K.query_part(query, self.query), (None,) * len(self.key_headers))
         target = path.encode("latin-1") + (b"?" + query if query else b"")
         got = await _fetch(self.upstream, target, b"")
         if got is not None:
