@@ -1,1 +1,1 @@
-"""The response cache's store and RFC 9111 rules (L2): no I/O, no event loop."""
+"""The response cache (L2): RFC 9111 rules, keys, the per-worker store, and the cache's own fetches (warming, background refresh)."""

@@ -38,19 +38,19 @@ Purges (``POST /admin/cache/purge``) arrive through the shared-memory purge log
 memory load) and applies the new records, so once the admin call returned no worker
 serves a purged entry.  Background fetches (``stale-while-revalidate``, ``cache.warm``)
 go straight to the service's first instance over a plain HTTP/1.1 connection
-(``_fetch``).
+(``fastgw.cache.fetch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from urllib.parse import urlsplit
-
-import httptools
 
 from fastgw.cache import keys as K
 from fastgw.cache.rules import RequestCC, headers_get, http_date, initial_age, lifetime, parse_cc, vary_names, \
     why_not_stored
+from fastgw.cache.fetch import fetch as _fetch, first_instance as _first_instance, route_has as _route_has
 from fastgw.cache.store import Entry, Store
 from fastgw.clock import monotonic
 from fastgw.compress.negotiate import Negotiator
@@ -78,6 +78,7 @@ _M_STORED_B = "fastgw_cache_stored_bytes_total"
 _M_EVICTED = "fastgw_cache_evicted_total"
 _M_EVICTED_B = "fastgw_cache_evicted_bytes_total"
 _STATE = "cache.store"  # deps.state key: the worker's store, kept across reloads
+_PLAIN_RCC = RequestCC(None, None)  # a request without Cache-Control or Pragma (read only)
 
 
 class _St:
@@ -151,7 +152,9 @@ class Cache(Middleware):
             st.fwd = b"method"
             ctx.notes[RESULT_NOTE] = "bypass"
             return None
-        rcc = RequestCC(ctx.header(b"cache-control"), ctx.header(b"pragma"))
+        cc_hdr = ctx.header(b"cache-control")
+        pragma = ctx.header(b"pragma")
+        rcc = _PLAIN_RCC if cc_hdr is None and pragma is None else RequestCC(cc_hdr, pragma)
         if self.strip:
             ctx.remove_request_headers(self.strip)
         prim = K.primary(ctx, self.route, self.query, self.key_headers)
@@ -471,9 +474,7 @@ def _give_up(w) -> None:
         w.set_result(None)
 
 
-def _wall_now() -> float:
-    import time
-    return time.time()
+_wall_now = time.time
 
 
 def _entry(status, headers, body, cc, ttl, age0, swr, sie, host, path) -> Entry:
@@ -512,82 +513,6 @@ def _not_modified(ctx, e: Entry) -> bool:
         a, b = http_date(ims), http_date(e.last_modified)
         return a is not None and b is not None and b <= a
     return False
-
-
-def _first_instance(service_cfg):
-    """(host, port, base path, Host header) of the service's first instance, for the
-    cache's own fetches; None for a TLS upstream or no instance."""
-    if service_cfg is None:
-        return None
-    try:
-        ups = service_cfg.upstreams()
-    except Exception:
-        return None
-    if not ups:
-        return None
-    u = urlsplit(str(ups[0].url))
-    if u.scheme != "http":
-        return None
-    return (u.hostname, u.port or 80, u.path.rstrip("/").encode("latin-1"), u.netloc.encode("latin-1"))
-
-
-def _route_has(route_cfg, url: str) -> bool:
-    """Whether ``url``'s path falls under the route's path pattern (a plain path, a
-    ``/prefix/*`` pattern or ``{param}`` segments; regex routes are not warmed)."""
-    pat = route_cfg.path
-    if not isinstance(pat, str):
-        return False
-    path = urlsplit(url).path or "/"
-    if pat.endswith("/*"):
-        base = pat[:-2]
-        return path == base or path.startswith(base + "/")
-    ps, us = pat.strip("/").split("/"), path.strip("/").split("/")
-    return len(ps) == len(us) and all(p == u or (p.startswith("{") and p.endswith("}")) for p, u in zip(ps, us))
-
-
-class _Collect:
-    """httptools callbacks gathering one response."""
-
-    def __init__(self) -> None:
-        self.headers: list = []
-        self.body: list = []
-        self.done = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((bytes(name), bytes(value)))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(bytes(body))
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-
-async def _fetch(up, target: bytes, lines: bytes, timeout: float = 10.0):
-    """GET ``target`` from instance ``up`` (``_first_instance``) on a new connection:
-    ``(status, headers, body, wall time sent)`` or None on any failure."""
-    host, port, base, host_hdr = up
-    t0 = _wall_now()
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return None
-    try:
-        writer.write(b"GET %s HTTP/1.1\r\nhost: %s\r\n%sconnection: close\r\n\r\n" % (base + target, host_hdr, lines))
-        c = _Collect()
-        p = httptools.HttpResponseParser(c)
-        while not c.done:
-            data = await asyncio.wait_for(reader.read(65536), timeout)
-            if not data:
-                break
-            p.feed_data(data)
-        if not c.done:
-            return None
-        return p.get_status_code(), c.headers, b"".join(c.body), t0
-    except (OSError, asyncio.TimeoutError, httptools.HttpParserError):
-        return None
-    finally:
-        writer.close()
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):
