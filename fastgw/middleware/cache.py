@@ -78,6 +78,7 @@ _M_STORED_B = "fastgw_cache_stored_bytes_total"
 _M_EVICTED = "fastgw_cache_evicted_total"
 _M_EVICTED_B = "fastgw_cache_evicted_bytes_total"
 _STATE = "cache.store"  # deps.state key: the worker's store, kept across reloads
+_RESULT_LABELS = {r: (("result", r),) for r in ("hit", "miss", "stale", "revalidated", "bypass", "expired")}
 _PLAIN_RCC = RequestCC(None, None)  # a request without Cache-Control or Pragma (read only)
 
 
@@ -155,7 +156,7 @@ class Cache(Middleware):
         cc_hdr = ctx.header(b"cache-control")
         pragma = ctx.header(b"pragma")
         rcc = _PLAIN_RCC if cc_hdr is None and pragma is None else RequestCC(cc_hdr, pragma)
-        if self.strip:
+        if not self.strip.isdisjoint(req.header_map()):  # (one C set operation when none was sent)
             ctx.remove_request_headers(self.strip)
         prim = K.primary(ctx, self.route, self.query, self.key_headers)
         key = (prim, K.secondary(ctx, store.vary_of.get(prim, ()), self.negotiate))
@@ -379,7 +380,7 @@ class Cache(Middleware):
         self._release(st, None)
         m = self.metrics
         if m is not None:
-            m.inc(_M_LOOKUP, (("result", st.result),))
+            m.inc(_M_LOOKUP, _RESULT_LABELS.get(st.result) or (("result", st.result),))
             self._publish()
 
     def _publish(self) -> None:
