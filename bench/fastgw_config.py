@@ -15,6 +15,9 @@ Rules:
   3. Configs are rendered with PyYAML from plain dicts, never by string pasting.
   4. The gzip config is the bare route with ``compression`` on at nginx's level
      (``scenarios.GZIP_LEVEL``); the client asks for gzip only, so gzip is chosen.
+  5. The cache config is the bare route with the response cache on (``cache: true``);
+     the upstream's ``/cached`` says ``max-age=3600``, so after the warm-up every
+     request is a hit (nginx: ``proxy_cache`` on tmpfs).
 """
 
 from __future__ import annotations
@@ -73,7 +76,15 @@ def gzip(upstream_port: int, access_log: Path, connections: int) -> dict:
     return cfg
 
 
-RENDERERS = {"bare": bare, "policy": policy, "gzip": gzip}
+def cache(upstream_port: int, access_log: Path, connections: int) -> dict:
+    """Rule 5."""
+    cfg = _base(upstream_port, access_log, connections)
+    cfg["cache"] = {"memory": "64m"}
+    cfg["services"]["bench"]["routes"][0]["cache"] = True
+    return cfg
+
+
+RENDERERS = {"bare": bare, "policy": policy, "gzip": gzip, "cache": cache}
 
 
 def write(kind: str, path: Path, upstream_port: int, access_log: Path, connections: int) -> Path:

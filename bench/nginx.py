@@ -105,6 +105,7 @@ http {{
         listen 127.0.0.1:{port} backlog=4096;
         root {prefix}/static;
         location = /small {{ return 200 "{body}\\n"; }}
+        location = /cached {{ add_header Cache-Control "max-age=3600"; return 200 "{body}\\n"; }}
         location = /slow {{ {slow} }}
         location = /16k {{ }}
         location = /1m {{ }}
@@ -124,7 +125,7 @@ http {{
 
 
 def proxy_conf(prefix: Path, port: int, upstream_port: int, workers: int, connections: int,
-               gzip_level: int = 0) -> str:
+               gzip_level: int = 0, cache: bool = False) -> str:
     """The reference reverse proxy (rules 3-4); ``gzip_level`` > 0 turns on ``gzip`` for
     JSON responses at that ``gzip_comp_level`` (the gzip-json scenario), configured as
     fastgw's compression is: proxied responses too, 1 KiB minimum, ``Vary`` added."""
@@ -132,6 +133,12 @@ def proxy_conf(prefix: Path, port: int, upstream_port: int, workers: int, connec
     gz = (f"    gzip on;\n    gzip_comp_level {gzip_level};\n    gzip_types application/json;\n"
           f"    gzip_proxied any;\n    gzip_min_length 1024;\n    gzip_vary on;\n") if gzip_level else ""
     reuse = " reuseport" if workers > 1 else ""
+    # the cache-hit scenario: proxy_cache with its files on tmpfs (/dev/shm), so a hit
+    # costs nginx no disk I/O, as fastgw's in-memory hits cost none
+    pc = (f"    proxy_cache_path /dev/shm/fastgw-bench-nginx-cache-{os.getpid()} levels=1:2 "
+          f"keys_zone=bench:10m max_size=256m inactive=1h use_temp_path=off;\n") if cache else ""
+    pcl = ("            proxy_cache bench;\n            proxy_cache_lock on;\n"
+           "            add_header X-Cache-Status $upstream_cache_status always;\n") if cache else ""
     return f"""{_prelude(prefix, workers, connections)}
 http {{
 {_http_common(prefix)}    log_format bench escape=json '{{"ts":"$time_iso8601","request_id":"$request_id",'
@@ -139,7 +146,7 @@ http {{
         '"bytes_sent":$bytes_sent,"duration_s":$request_time,"upstream":"$upstream_addr",'
         '"upstream_status":"$upstream_status","upstream_duration_s":"$upstream_response_time"}}';
     access_log {prefix}/access.log bench buffer=64k flush=1s;
-{gz}    upstream bench {{
+{gz}{pc}    upstream bench {{
         server 127.0.0.1:{upstream_port};
         keepalive {pool};
         keepalive_requests 1000000;
@@ -160,7 +167,7 @@ http {{
             proxy_request_buffering off;
             proxy_buffering on;
             proxy_max_temp_file_size 0;
-        }}
+{pcl}        }}
     }}
 }}
 """

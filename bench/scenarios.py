@@ -96,6 +96,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         expect_encoding="gzip", gzip_level=GZIP_LEVEL, configs=("nginx", "fastgw"),
     ),
     Scenario(
+        "cache-hit", "100 B responses served from the proxy's response cache (nginx proxy_cache on tmpfs), "
+        "50 connections", "/cached", 50, fastgw_config="cache", expect_bytes=100, configs=("nginx", "fastgw"),
+    ),
+    Scenario(
         "small-50-nw", "100 B responses, 50 connections, proxies with N workers (reported, not enforced)",
         "/small", 50, workers=0, expect_bytes=100, enforced=False,
     ),

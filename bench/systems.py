@@ -70,7 +70,7 @@ class Nginx:
         port = procs.free_port()
         conf = workdir / "nginx-proxy.conf"
         conf.write_text(nginx.proxy_conf(workdir, port, upstream_port, workers, scenario.connections,
-                                         gzip_level=scenario.gzip_level))
+                                         gzip_level=scenario.gzip_level, cache=scenario.fastgw_config == "cache"))
         proc = procs.start(layout.prefix("proxy") + nginx.command(workdir, conf), workdir, "nginx-proxy")
         try:
             procs.wait_port(proc, port)

@@ -19,7 +19,10 @@ that also has routes with ``match`` conditions, a request for a literal route an
 a conditional route), ``policy`` (JWT auth + per-user and per-IP rate
 limits + CORS + security headers, as bench's policy), ``newconn`` (bare, with a new
 client connection per request), ``transform`` (bare on a route that strips its prefix
-and sets two request headers, one with ``$request_id``).  Kernel work
+and sets two request headers, one with ``$request_id``), ``cachehit`` (bare with ``cache:
+true``, every exchange a hit of the response cache: no upstream bytes), ``cachemiss`` (the
+same route, a response that says ``no-store``: the cost of a caching route's lookup and
+decision on a miss).  Kernel work
 (syscalls) is not counted: see ``python -m bench`` for the whole picture.
 Needs valgrind (Debian: ``apt-get install valgrind``).
 """
@@ -38,7 +41,7 @@ from pathlib import Path
 import uvloop
 import yaml
 
-ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform")
+ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform", "cachehit", "cachemiss")
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -89,11 +92,26 @@ def _world(route: str):
         req = TRANSFORM_REQ
     elif route in ("tracing", "traced"):
         text, req = CFG + _TRACING % (0 if route == "tracing" else 1), REQ
+    elif route in ("cachehit", "cachemiss"):
+        text = CFG.replace('        methods: ["GET", "HEAD", "POST"]\n', '        methods: ["GET", "HEAD", "POST"]\n        cache: true\n')
+        req = REQ
     else:
         text = CFG
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
     resp = NGINX_RESP if route == "wrk" else RESP
+    if route in ("cachehit", "cachemiss"):
+        cc = b"max-age=31536000" if route == "cachehit" else b"no-store"  # (the Date is in the past)
+        resp = RESP.replace(b"Connection: keep-alive\r\n", b"Cache-Control: " + cc + b"\r\nConnection: keep-alive\r\n")
     _app, engine, info, up, _ut = gateway(text, loop)
+    if route == "cachehit":
+        down = DownstreamProtocol(engine, info, loop)
+        down.connection_made(_Transport())
+        down.data_received(req)  # the miss that stores
+        up.data_received(resp)
+
+        def hit():
+            down.data_received(req)
+        return hit
     if route == "newconn":
         def one():
             down = DownstreamProtocol(engine, info, loop)

@@ -12,6 +12,9 @@ process: config, shared memory, the supervisor's channel) and the ``AdminRequest
 ``/admin/workers``  GET     per worker slot: pid, state, uptime, generation, requests
 ``/admin/reload``   POST    reload as on HUP; 200 with the change summary (``result``:
                             reloaded / unchanged), or 422 problem+json with ``errors``
+``/admin/cache/     POST    ``{"url": ...}``, ``{"prefix": ...}`` or ``{"tag": ...}``: drop
+purge``                     matching response-cache entries in every worker (shm purge log;
+                            applied before any worker's next lookup)
 ==================  ======  =============================================================
 
 Audit: every ``/admin/*`` call is one ``admin_request`` record (client, method, path,
@@ -66,6 +69,22 @@ async def post_reload(api: "AdminApi", req: AdminRequest):
     return 200, res
 
 
+def post_cache_purge(api: "AdminApi", req: AdminRequest):
+    body = req.json
+    if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in ("url", "prefix", "tag"):
+        raise Problem(400, 'expected exactly one of {"url": ...}, {"prefix": ...}, {"tag": ...}')
+    kind, value = next(iter(body.items()))
+    if not isinstance(value, str) or not value:
+        raise Problem(400, f"{kind}: expected a non-empty string")
+    if kind != "tag" and not (value.startswith("/") or value.startswith(("http://", "https://"))):
+        raise Problem(400, f"{kind}: expected an absolute URL or a path starting with '/', got {value!r}")
+    try:
+        gen = api.control.region.purge.publish(kind, value)
+    except ValueError as e:
+        raise Problem(400, f"{kind}: {e}") from None
+    return 200, {"purged": {kind: value}, "generation": gen}
+
+
 ENDPOINTS = [
     Endpoint("GET", "/admin", get_index, doc="this list"),
     Endpoint("GET", "/admin/config", get_config, doc="effective config (YAML, secrets redacted)"),
@@ -73,6 +92,8 @@ ENDPOINTS = [
     Endpoint("GET", "/admin/workers", get_workers, doc="worker slots: pid, state, generation, requests"),
     Endpoint("POST", "/admin/reload", post_reload, write=True,
              doc="reload the config file (as HUP): the change summary, or the errors with their paths"),
+    Endpoint("POST", "/admin/cache/purge", post_cache_purge, write=True,
+             doc="drop response-cache entries by url, prefix or tag, in every worker"),
 ]
 
 

@@ -15,6 +15,7 @@ import msgspec
 from fastgw.config import validators as v
 from fastgw.config.auth import AuthConfig
 from fastgw.config.base import Base, Check
+from fastgw.config.cache import CacheConfig
 from fastgw.config.compression import CompressionConfig
 from fastgw.config.gateway import GatewayConfig
 from fastgw.config.monitoring import MonitoringConfig
@@ -35,3 +36,4 @@ class Config(Base, kw_only=True):
     security_headers: SecurityHeadersConfig | None = None
     ip_filter: IpFilterConfig | None = None
     compression: CompressionConfig | bool | None = None  # the gateway default (services/routes override)
+    cache: CacheConfig | None = None  # response cache: per-worker memory, warming, route defaults

@@ -27,6 +27,7 @@ import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, PositiveDuration, Size
+from fastgw.config.cache import CacheRouteConfig
 from fastgw.config.compression import CompressionConfig
 from fastgw.config.match import MatchConfig, PathRegex, VersionLabel
 from fastgw.config.ratelimit import RateLimitRule
@@ -67,6 +68,7 @@ class RouteConfig(Base):
     ip_filter: IpFilterConfig | bool | None = None
     validate: ValidateConfig | None = None
     compression: CompressionConfig | bool | None = None  # None = the service's, else the top-level
+    cache: CacheRouteConfig | bool | None = None  # response cache (config.cache); None = the service's / off
     version: VersionLabel | None = None  # the API version this route serves (config.versioning)
     deprecation: DeprecationConfig | None = None
     mirror: MirrorConfig | None = None  # fire-and-forget copies to a shadow service (config.mirror)

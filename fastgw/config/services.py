@@ -20,6 +20,7 @@ import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, Duration, PositiveDuration
+from fastgw.config.cache import CacheRouteConfig
 from fastgw.config.compression import CompressionConfig
 from fastgw.config.transform import TransformConfig
 from fastgw.config.ratelimit import RateLimitRule
@@ -74,6 +75,7 @@ class ServiceConfig(Base):
     rate_limit: RateLimitRule | None = None
     compression: CompressionConfig | bool | None = None  # None = the top-level compression
     transform: TransformConfig | None = None  # its routes' defaults, merged per item (config.transform)
+    cache: CacheRouteConfig | bool | None = None  # response cache (config.cache); None = the service's / off
     routes: list[RouteConfig] = []
 
     def upstreams(self) -> list[InstanceConfig]:

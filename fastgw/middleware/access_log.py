@@ -21,7 +21,7 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One access log line; the field order is the line's key order.
 
     Only ``trace_id``, ``span_id`` (from the tracing middleware's note) and
-    ``content_encoding`` have a default, so they are the only keys left out (when None):
+    ``content_encoding`` and ``cache`` have a default, so they are the only keys left out (when None):
     ``omit_defaults`` never drops a field without a default.  ``gc=False``: a record holds
     strings, numbers and a list of strings, never a cycle, so the collector need not track it.
     """
@@ -46,6 +46,7 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     trace_id: str | None = None
     span_id: str | None = None       # the gateway's span (the upstream's parent)
     content_encoding: str | None = None  # the response's coding when the gateway compressed it
+    cache: str | None = None         # the response cache's result on a caching route (hit, miss, ...)
 
 
 class ReplayRecord(AccessRecord, omit_defaults=True, gc=False):
@@ -94,7 +95,7 @@ class AccessLog(Middleware):
             ctx.upstream_status or None, ctx.upstream_duration,
             route.name if route is not None else None, ctx.user,
             ua.decode("latin-1") if ua else None, flags, tp[1] if tp is not None else None,
-            tp[2] if tp is not None else None, ctx.notes.get("content_encoding")))
+            tp[2] if tp is not None else None, ctx.notes.get("content_encoding"), ctx.notes.get("cache_result")))
         if len(recs) >= self.max_recs:
             self.buf.flush()
 

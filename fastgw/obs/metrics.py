@@ -73,6 +73,14 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                             "invalid path or a dot segment, by route.", ("route",)),
     "fastgw_tracing_spans_total": ("counter", "Sampled spans by result (exported, dropped_queue_full, dropped_export_failed).",
                                    ("result",)),
+    "fastgw_cache_lookups_total": ("counter", "Response-cache lookups by result (hit, miss, stale, revalidated, bypass, "
+                                   "expired).", ("result",)),
+    "fastgw_cache_objects": ("gauge", "Responses held in a worker's cache.", ("worker",)),
+    "fastgw_cache_bytes": ("gauge", "Bytes held in a worker's cache (bodies, heads and per-entry overhead).", ("worker",)),
+    "fastgw_cache_stored_total": ("counter", "Responses stored in a worker's cache.", ("worker",)),
+    "fastgw_cache_stored_bytes_total": ("counter", "Bytes stored in a worker's cache.", ("worker",)),
+    "fastgw_cache_evicted_total": ("counter", "Responses evicted from a worker's cache to make room.", ("worker",)),
+    "fastgw_cache_evicted_bytes_total": ("counter", "Bytes evicted from a worker's cache to make room.", ("worker",)),
 }
 
 

@@ -3,7 +3,8 @@
 Built once per config and route (STYLE.md item 10).  ``request`` holds
 ``(index, bound_method, is_async)`` in chain order; ``response`` holds
 ``(index, bound_method)`` in reverse order, so a local reply made by the middleware at
-index i runs only the response filters of middlewares 0..i.  Hooks a middleware does not
+index i runs only the response filters of middlewares 0..i; ``response_body`` is in
+reverse order too.  Hooks a middleware does not
 override are absent, so they cost nothing per request.
 """
 
@@ -32,10 +33,10 @@ class Chain:
                                       if overrides(m, "upstream_request_filter"))
         self.response = tuple((i, m.response_filter) for i, m in reversed(list(enumerate(mws)))
                               if overrides(m, "response_filter"))
-        # body filters run in the order of ``response`` (reverse chain order), so a
-        # middleware sees the body in the same place it saw the head: one after
-        # compression in the registry (transform) edits the head and then the body
-        # before compression encodes them
+        # body filters run in the response filters' order (reverse chain order), so a
+        # middleware's body filter sees the bytes that match the head its response filter
+        # saw: transform edits the upstream's body before compression encodes it, and the
+        # cache stores what compression produced
         self.response_body = tuple(m.response_body_filter for m in reversed(mws)
                                    if overrides(m, "response_body_filter"))
         self.logging = tuple(m.logging for m in mws if overrides(m, "logging"))

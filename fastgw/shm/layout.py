@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 2                 # 2: the rate-limit part ends with its stripe locks (table_locks)
+VERSION = 3                 # 3: the cache purge log (purge); 2: the rate-limit stripe locks
 ALIGN = 64
 
 PARAMS = (
@@ -34,7 +34,7 @@ PARAMS = (
     "health_slots",     # upstream instances in the health table
     "table_locks",      # the rate-limit table's stripe locks: 0 robust mutexes, 1 fcntl (shm/locks.py)
 )
-PARTS = ("workers", "metrics", "ratelimit", "health", "broadcast")
+PARTS = ("workers", "metrics", "ratelimit", "health", "broadcast", "purge")
 
 _FMT = struct.Struct("<8s" + "Q" * (5 + len(PARAMS) + len(PARTS)) + "16s")
 HEADER_SIZE = (_FMT.size + ALIGN - 1) // ALIGN * ALIGN

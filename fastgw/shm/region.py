@@ -22,6 +22,7 @@ metrics        area i: its owner; supervisor: fold   control (``snapshot`` at sc
 ratelimit      any worker, under the stripe's lock   workers
 health         control process                       workers
 broadcast      supervisor (config), control (purge)  workers, on their tick
+purge          control (admin cache purges)          workers, on every cache lookup
 =============  ====================================  ===========================================
 
 Ownership of a worker's slot passes to the supervisor when it reaps the worker:
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable
 
 from fastgw.config.ratelimit_section import TABLE_SLOTS
-from fastgw.shm import broadcast, health, locks, metrics, ratelimit, workers
+from fastgw.shm import broadcast, health, locks, metrics, purge, ratelimit, workers
 from fastgw.shm.layout import HEADER_SIZE, PARTS, Header, align
 
 EXTRA_METRIC_SLOTS = 2      # metric areas for the control process and the supervisor
@@ -67,10 +68,10 @@ def _backing_file(name: str, size: int) -> int:
 
 class Region:
     """The mapped region and its parts: ``workers``, ``metrics``, ``ratelimit``,
-    ``health``, ``broadcast``."""
+    ``health``, ``broadcast``, ``purge``."""
 
     __slots__ = ("fd", "size", "header", "_mm", "_q", "workers", "metrics", "ratelimit",
-                 "health", "broadcast")
+                 "health", "broadcast", "purge")
 
     def __init__(self, fd: int, mm: mmap.mmap, header: Header,
                  digest: Callable[[bytes], bytes] | None = None) -> None:
@@ -86,6 +87,7 @@ class Region:
                                              p["table_locks"])
         self.health = health.HealthTable(mm, q, o["health"], p["health_slots"])
         self.broadcast = broadcast.Broadcast(q, o["broadcast"])
+        self.purge = purge.PurgeLog(mm, q, o["purge"])
 
     @classmethod
     def create(cls, max_workers: int, metrics_series: int = 4096, table_slots: int = TABLE_SLOTS,
@@ -117,6 +119,7 @@ class Region:
             "ratelimit": ratelimit.size(table_slots),
             "health": health.size(health_slots),
             "broadcast": broadcast.size(),
+            "purge": purge.size(),
         }
         offsets, off = {}, HEADER_SIZE
         for part in PARTS:

@@ -1,0 +1,145 @@
+"""RFC 9111 rules of a shared cache (L2): what may be stored, for how long, what a
+request's Cache-Control asks.  Pure functions over header lists; no I/O.
+
+Rules (the RFC sections in brackets):
+1. Stored only: GET responses with a status that is cacheable by default or made
+   cacheable by explicit freshness [3, 4.2.2]; never ``no-store`` or ``private``
+   [5.2.2.3, 5.2.2.7], never ``Vary: *`` [4.1], never ``Set-Cookie`` unless the route
+   stores without it, never over ``max_object_size``.
+2. A request carrying credentials (any token source the gateway authenticated, or an
+   ``Authorization`` header) is stored only when the response says ``public``,
+   ``s-maxage`` or ``must-revalidate`` [3.5].
+3. Freshness lifetime: ``s-maxage``, else ``max-age``, else ``Expires - Date``, else the
+   route's ``default_ttl`` (heuristic freshness is off unless configured) [4.2.1].
+4. Age = max(0, now - Date) combined with the Age received, plus the time resident
+   [4.2.3]; an entry is fresh while its current age is below its lifetime.
+5. ``no-cache`` and ``must-revalidate``/``proxy-revalidate`` in the response forbid
+   serving it stale; ``stale-while-revalidate``/``stale-if-error`` (RFC 5861) extend
+   how long it may be served stale in those two cases.
+"""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+
+# cacheable by default (RFC 9110 15.1)
+HEURISTIC_STATUS = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+STORE_STATUS = HEURISTIC_STATUS | frozenset({302, 303, 307, 403})
+
+
+def parse_cc(value: bytes | None) -> dict:
+    """``Cache-Control`` directives: name (lower-case str) -> value str or None."""
+    out: dict = {}
+    if not value:
+        return out
+    for part in value.split(b","):
+        name, eq, arg = part.partition(b"=")
+        name = name.strip().lower()
+        if not name:
+            continue
+        out[name.decode("latin-1")] = arg.strip().strip(b'"').decode("latin-1") if eq else None
+    return out
+
+
+def seconds(v) -> int | None:
+    """A delta-seconds argument, None if absent or malformed."""
+    if v is None:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+def http_date(v: bytes | None) -> float | None:
+    if not v:
+        return None
+    try:
+        return parsedate_to_datetime(v.decode("latin-1")).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def headers_get(headers: list, lname: bytes) -> bytes | None:
+    """All values of ``lname`` joined with ", " (the list form of a field), or None."""
+    vals = [v for n, v in headers if n.lower() == lname]
+    if not vals:
+        return None
+    return vals[0] if len(vals) == 1 else b", ".join(vals)
+
+
+def lifetime(cc: dict, headers: list, default_ttl: float | None) -> float | None:
+    """The freshness lifetime in seconds (rule 3), or None when there is none."""
+    n = seconds(cc.get("s-maxage"))
+    if n is not None:
+        return float(n)
+    n = seconds(cc.get("max-age"))
+    if n is not None:
+        return float(n)
+    exp = headers_get(headers, b"expires")
+    if exp is not None:
+        e = http_date(exp)
+        if e is None:
+            return 0.0  # an invalid Expires means already expired [5.3]
+        d = http_date(headers_get(headers, b"date"))
+        return max(0.0, e - d) if d is not None else 0.0
+    return default_ttl
+
+
+def why_not_stored(status: int, headers: list, cc: dict, authed: bool, store_set_cookie: bool,
+                   ttl: float | None) -> str | None:
+    """None when the response may be stored (rules 1, 2), else the reason (for the
+    ``Cache-Status`` ``detail`` and the bypass metric)."""
+    if "no-store" in cc:
+        return "no-store"
+    if "private" in cc:
+        return "private"
+    if authed and not ("public" in cc or "s-maxage" in cc or "must-revalidate" in cc):
+        return "authorization"
+    vary = headers_get(headers, b"vary")
+    if vary is not None and b"*" in [t.strip() for t in vary.split(b",")]:
+        return "vary-star"
+    if not store_set_cookie and headers_get(headers, b"set-cookie") is not None:
+        return "set-cookie"
+    if status not in STORE_STATUS:
+        return "status"
+    if ttl is None and "public" not in cc:
+        return "no-freshness"
+    if status not in HEURISTIC_STATUS and ttl is None:
+        return "no-freshness"
+    return None
+
+
+def vary_names(headers: list) -> tuple:
+    """The lower-case header names ``Vary`` lists, sorted, as bytes."""
+    vary = headers_get(headers, b"vary")
+    if vary is None:
+        return ()
+    return tuple(sorted({t.strip().lower() for t in vary.split(b",") if t.strip()}))
+
+
+def initial_age(headers: list, now: float, request_time: float) -> float:
+    """The corrected initial age at receipt (RFC 9111 4.2.3)."""
+    age = seconds((headers_get(headers, b"age") or b"").decode("latin-1") or None) or 0
+    d = http_date(headers_get(headers, b"date"))
+    apparent = max(0.0, now - d) if d is not None else 0.0
+    return max(apparent, age + (now - request_time))
+
+
+class RequestCC:
+    """What a request's Cache-Control asks of the cache (RFC 9111 5.2.1)."""
+
+    __slots__ = ("no_store", "no_cache", "max_age", "min_fresh", "max_stale", "only_if_cached")
+
+    def __init__(self, value: bytes | None, pragma: bytes | None) -> None:
+        cc = parse_cc(value)
+        self.no_store = "no-store" in cc
+        self.no_cache = "no-cache" in cc or (value is None and pragma is not None
+                                              and b"no-cache" in pragma.lower())
+        self.max_age = seconds(cc.get("max-age"))
+        self.min_fresh = seconds(cc.get("min-fresh")) or 0
+        ms = cc.get("max-stale", False)
+        # max-stale without a value: any staleness is accepted
+        self.max_stale = None if ms is False else (float("inf") if ms is None else (seconds(ms) or 0))
+        self.only_if_cached = "only-if-cached" in cc

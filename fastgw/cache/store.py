@@ -1,0 +1,123 @@
+"""The per-worker response store (L2): a byte-accounted LRU of ``Entry`` objects.
+
+Why our own and not ``cachetools.LRUCache``: the size function of cachetools is called
+on every insert only, while an entry's size is fixed here, and its ``popitem`` does not
+tell us what was evicted in bytes for the metrics; an ``OrderedDict`` with
+``move_to_end`` is what cachetools itself uses underneath, with one Python call less
+per hit.
+
+Keys: ``(primary, vary values)``.  ``primary`` is the route's key (method class,
+scheme, host, normalised path, configured query and headers); the ``Vary`` names of the
+last response stored under a primary key are kept in ``vary_of`` so that a lookup knows
+which request headers make the secondary part before it finds an entry.
+
+Purges: ``purge_url`` (host + path, any query), ``purge_prefix`` (path prefix on any
+host, or ``host/prefix``) and ``purge_tag`` walk the entries: they are rare, admin-driven
+writes, so lookups carry no index for them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+ENTRY_OVERHEAD = 512  # bytes counted per entry besides its head and body (objects, key)
+
+
+class Entry:
+    __slots__ = ("status", "headers", "body", "stored", "age0", "ttl", "swr", "sie", "no_stale",
+                 "etag", "last_modified", "tags", "host", "path", "size")
+
+    def __init__(self, status: int, headers: list, body: bytes, stored: float, age0: float, ttl: float,
+                 swr: float, sie: float, no_stale: bool, etag, last_modified, tags: frozenset,
+                 host: str, path: str) -> None:
+        self.status = status
+        self.headers = headers  # the stored head, without Age, framing and hop-by-hop
+        self.body = body
+        self.stored = stored    # monotonic time of storage
+        self.age0 = age0        # corrected initial age (seconds) at storage
+        self.ttl = ttl          # freshness lifetime
+        self.swr = swr
+        self.sie = sie
+        self.no_stale = no_stale  # must-revalidate / proxy-revalidate / no-cache
+        self.etag = etag
+        self.last_modified = last_modified
+        self.tags = tags
+        self.host = host
+        self.path = path
+        self.size = ENTRY_OVERHEAD + len(body) + sum(len(n) + len(v) + 4 for n, v in headers)
+
+    def age(self, now: float) -> float:
+        return self.age0 + (now - self.stored)
+
+
+def _host_is(have: str, want: str | None) -> bool:
+    """``want`` None: any host; a host without a port matches it on any port."""
+    return want is None or have == want or (":" not in want and have.rpartition(":")[0] == want)
+
+
+class Store:
+    """LRU over entries, bounded by ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self.entries: OrderedDict = OrderedDict()
+        self.vary_of: dict = {}
+        self.evicted = 0
+        self.evicted_bytes = 0
+        self.stored = 0
+        self.stored_bytes = 0
+        self.purge_seen = -1  # the purge log's generation applied (shm.purge), -1: not yet
+        self.inflight: dict = {}  # key -> waiters of the fetch in progress (coalescing)
+        self.published = None  # the figures last published as metrics
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key):
+        e = self.entries.get(key)
+        if e is not None:
+            self.entries.move_to_end(key)
+        return e
+
+    def put(self, key, entry: Entry) -> None:
+        if entry.size > self.limit:
+            return
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        self.entries[key] = entry
+        self.bytes += entry.size
+        self.vary_of[key[0]] = key[1][0] if key[1] else ()
+        self.stored += 1
+        self.stored_bytes += entry.size
+        while self.bytes > self.limit:
+            _k, e = self.entries.popitem(last=False)
+            self.bytes -= e.size
+            self.evicted += 1
+            self.evicted_bytes += e.size
+
+    def remove(self, key) -> None:
+        e = self.entries.pop(key, None)
+        if e is not None:
+            self.bytes -= e.size
+
+    def _drop(self, pred) -> int:
+        gone = [k for k, e in self.entries.items() if pred(e)]
+        for k in gone:
+            self.remove(k)
+        return len(gone)
+
+    def purge_url(self, host: str | None, path: str) -> int:
+        return self._drop(lambda e: e.path == path and _host_is(e.host, host))
+
+    def purge_prefix(self, host: str | None, prefix: str) -> int:
+        return self._drop(lambda e: e.path.startswith(prefix) and _host_is(e.host, host))
+
+    def purge_tag(self, tag: str) -> int:
+        return self._drop(lambda e: tag in e.tags)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.vary_of.clear()
+        self.bytes = 0

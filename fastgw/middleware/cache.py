@@ -1,0 +1,531 @@
+"""The response cache (L6, issue 21): RFC 9111 shared-cache behaviour on the routes that
+enable it, over a per-worker byte-accounted LRU (``fastgw.cache.store``).
+
+Where it sits (``middleware/registry``): after auth, RBAC, rate limits, validation and
+request transforms, just before compression.  So a hit is never served to a client the
+route would refuse, hits count against limits, and the key's ``Vary`` part is read on
+the request as it goes upstream (``fastgw.cache.keys``).  Compression comes after it in
+the request order, so on the way back compression's response filter and body filter run
+*before* the cache's (response filters and body filters both run in reverse chain
+order, ``pipeline.chain``): what is stored is the variant the client got, compressed or
+not, keyed by the coding compression negotiates; a hit, a local reply made here, passes
+only through the filters of the middlewares before this one, so it is not compressed
+twice.  Per-request decorations (request id, CORS, security and rate-limit headers, the
+Ctx's header operations, ``Cache-Status``) are applied after this filter, on hits as on
+misses, and never stored.
+
+Hooks:
+
+1. ``request_filter`` (async only to wait for a coalesced fetch): key, request
+   Cache-Control, lookup.  A fresh entry (or a stale one the request or
+   ``stale-while-revalidate`` allows) is answered as a ``Reply`` with ``Age`` and
+   ``Cache-Status``; a conditional request matching it gets a 304.  ``only-if-cached``
+   without an entry gets a 504.  A stale entry with validators is revalidated
+   (``If-None-Match``/``If-Modified-Since`` upstream).  Concurrent misses of one key wait
+   for the first one's response (``coalesce_wait``), then go upstream themselves if it
+   was not stored.
+2. ``response_filter``: decides whether the upstream's response may be stored
+   (``fastgw.cache.rules``), snapshots its head, adds ``Cache-Status``; a 304 to a
+   revalidation refreshes the entry and answers with it; an upstream failure is answered
+   with a stale entry within ``stale-if-error``; a successful unsafe method invalidates
+   the URL (RFC 9111 4.4).
+3. ``response_body_filter``: collects the body of a storable response (up to
+   ``max_object_size``; past it, the collection stops and the rest streams through).
+4. ``logging``: releases coalesced waiters, counts the lookup result.
+
+Purges (``POST /admin/cache/purge``) arrive through the shared-memory purge log
+(``fastgw.shm.purge``): every lookup first compares the purge generation (one shared
+memory load) and applies the new records, so once the admin call returned no worker
+serves a purged entry.  Background fetches (``stale-while-revalidate``, ``cache.warm``)
+go straight to the service's first instance over a plain HTTP/1.1 connection
+(``fastgw.cache.fetch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import urlsplit
+
+from fastgw.cache import keys as K
+from fastgw.cache.rules import RequestCC, headers_get, http_date, initial_age, lifetime, parse_cc, vary_names, \
+    why_not_stored
+from fastgw.cache.fetch import fetch as _fetch, first_instance as _first_instance, route_has as _route_has
+from fastgw.cache.store import Entry, Store
+from fastgw.clock import monotonic
+from fastgw.compress.negotiate import Negotiator
+from fastgw.config.cache import effective_cache
+from fastgw.config.compression import effective_compression
+from fastgw.http.messages import Reply, ResponseHead
+from fastgw.http.normalize import normalize_path
+from fastgw.http.wire import header_lines
+from fastgw.pipeline.middleware import Middleware
+
+NOTE = "cache"
+RESULT_NOTE = "cache_result"  # read by the access log
+_SKIP_STORE = frozenset({b"age", b"date", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+                         b"cache-status", b"proxy-connection", b"trailer", b"upgrade", b"te"})
+_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+                  b"proxy-connection", b"host", b"content-length"})
+# a 304 carries these from the stored response (RFC 9110 15.4.5)
+_IN_304 = frozenset({b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
+                     b"last-modified"})
+_M_LOOKUP = "fastgw_cache_lookups_total"
+_M_OBJECTS = "fastgw_cache_objects"
+_M_BYTES = "fastgw_cache_bytes"
+_M_STORED = "fastgw_cache_stored_total"
+_M_STORED_B = "fastgw_cache_stored_bytes_total"
+_M_EVICTED = "fastgw_cache_evicted_total"
+_M_EVICTED_B = "fastgw_cache_evicted_bytes_total"
+_STATE = "cache.store"  # deps.state key: the worker's store, kept across reloads
+_RESULT_LABELS = {r: (("result", r),) for r in ("hit", "miss", "stale", "revalidated", "bypass", "expired")}
+_PLAIN_RCC = RequestCC(None, None)  # a request without Cache-Control or Pragma (read only)
+
+
+class _St:
+    """One request's cache state (``ctx.notes["cache"]``)."""
+
+    __slots__ = ("key", "primary", "result", "fwd", "hit", "stale", "reval", "nostore", "authed",
+                 "waiters", "buf", "size", "meta", "t_req", "body304")
+
+    def __init__(self) -> None:
+        self.key = None
+        self.primary = None
+        self.result = "bypass"
+        self.fwd = b"bypass"
+        self.hit = False
+        self.stale = None     # a stale entry (stale-if-error, revalidation)
+        self.reval = False    # validators were sent upstream
+        self.nostore = False  # the request said no-store
+        self.authed = False
+        self.waiters = None   # list of futures when this request owns a coalesced fetch
+        self.buf = None       # body pieces of a storable response
+        self.size = 0
+        self.meta = None      # (status, headers, cc, ttl, names) of the response being stored
+        self.t_req = 0.0
+        self.body304 = None   # the stored body sent after a revalidating 304
+
+
+class Cache(Middleware):
+    name = "cache"
+
+    def __init__(self, eff, deps, negotiate, service_cfg=None, route_cfg=None, warm=()) -> None:
+        super().__init__(eff, deps)
+        state = deps.state if deps is not None else {}
+        store = state.get(_STATE)
+        if store is None:
+            store = state[_STATE] = Store(eff.memory)
+        store.limit = eff.memory
+        self.store = store
+        self.inflight = store.inflight
+        self.query = eff.query
+        self.key_headers = tuple(h.encode("latin-1") for h in eff.headers)
+        self.strip = K.UNKEYED_OVERRIDES - frozenset(self.key_headers)
+        self.negotiate = negotiate
+        self.max_object = eff.max_object_size
+        self.default_ttl = eff.default_ttl
+        self.swr = eff.swr
+        self.sie = eff.sie
+        self.store_set_cookie = eff.store_set_cookie
+        self.wait = eff.coalesce_wait
+        self.metrics = getattr(deps, "metrics", None)
+        self.worker = (("worker", str(getattr(deps, "worker_id", 0))),)
+        shm = getattr(deps, "shm", None)
+        self.purge = getattr(shm, "purge", None) if shm is not None else None
+        self.upstream = _first_instance(service_cfg)
+        self.route = getattr(route_cfg, "name", None) or ""
+        self.tasks: set = set()
+        loop = getattr(deps, "loop", None)
+        if loop is not None and warm and self.upstream is not None and route_cfg is not None:
+            for url in warm:
+                if _route_has(route_cfg, url):
+                    self._spawn(loop, self._warm(url))
+
+    # ------------------------------------------------------------------ lookup
+    async def request_filter(self, ctx):
+        req = ctx.request
+        store = self.store
+        if self.purge is not None:
+            self.purge.apply(store)
+        st = _St()
+        ctx.notes[NOTE] = st
+        if req.method != "GET" and req.method != "HEAD":
+            st.fwd = b"method"
+            ctx.notes[RESULT_NOTE] = "bypass"
+            return None
+        cc_hdr = ctx.header(b"cache-control")
+        pragma = ctx.header(b"pragma")
+        rcc = _PLAIN_RCC if cc_hdr is None and pragma is None else RequestCC(cc_hdr, pragma)
+        if not self.strip.isdisjoint(req.header_map()):  # (one C set operation when none was sent)
+            ctx.remove_request_headers(self.strip)
+        prim = K.primary(ctx, self.route, self.query, self.key_headers)
+        key = (prim, K.secondary(ctx, store.vary_of.get(prim, ()), self.negotiate))
+        st.key = key
+        st.primary = prim
+        st.authed = ctx.user is not None or req.authorization is not None
+        st.t_req = monotonic()
+        if rcc.no_store:
+            st.nostore = True
+            st.fwd = b"request"
+            ctx.notes[RESULT_NOTE] = "bypass"
+            return None
+        e = store.get(key)
+        if e is not None:
+            now = st.t_req
+            age = e.age(now)
+            left = e.ttl - age
+            if not rcc.no_cache:
+                if left > rcc.min_fresh and (rcc.max_age is None or age <= rcc.max_age):
+                    return self._hit(ctx, st, e, age, left, "hit", b"")
+                if left <= 0 and not e.no_stale:
+                    over = -left
+                    if rcc.max_stale is not None and over <= rcc.max_stale:
+                        return self._hit(ctx, st, e, age, left, "stale", b"")
+                    if over <= e.swr and rcc.max_age is None and rcc.min_fresh == 0 and self._refresh(ctx, key):
+                        return self._hit(ctx, st, e, age, left, "stale", b"; detail=stale-while-revalidate")
+            st.stale = e
+            st.result = "expired" if left <= 0 else "miss"
+            st.fwd = b"request" if rcc.no_cache else b"stale"
+            if (e.etag is not None or e.last_modified is not None) and req.method == "GET" \
+                    and ctx.header(b"if-none-match") is None and ctx.header(b"if-modified-since") is None:
+                st.reval = True
+                if e.etag is not None:
+                    ctx.set_request_header(b"If-None-Match", e.etag)
+                else:
+                    ctx.set_request_header(b"If-Modified-Since", e.last_modified)
+        else:
+            st.result = "miss"
+            st.fwd = b"vary-miss" if key[1] else b"miss"
+            if rcc.only_if_cached:
+                ctx.notes[RESULT_NOTE] = "miss"
+                return ctx.problem(504, "the response is not in the cache (only-if-cached)", kind="cache_miss")
+        ctx.notes[RESULT_NOTE] = st.result
+        if st.reval or rcc.no_cache:
+            return None
+        # coalescing: the first miss of a key fetches, the others wait for it
+        waiters = self.inflight.get(key)
+        if waiters is None:
+            self.inflight[key] = st.waiters = []
+            return None
+        loop = asyncio.get_running_loop()
+        w = loop.create_future()
+        waiters.append(w)
+        h = loop.call_later(self.wait, _give_up, w)
+        got = await w
+        h.cancel()
+        if got is not None:
+            e = store.get((prim, K.secondary(ctx, store.vary_of.get(prim, ()), self.negotiate)))
+            if e is got:
+                now = monotonic()
+                age = e.age(now)
+                return self._hit(ctx, st, e, age, e.ttl - age, "hit", b"; detail=coalesced")
+        st.fwd = b"miss"
+        return None
+
+    def _hit(self, ctx, st, e: Entry, age: float, left: float, result: str, detail: bytes) -> Reply:
+        st.hit = True
+        st.result = result
+        ctx.notes[RESULT_NOTE] = result
+        cs = b"fastgw; hit; ttl=%d%s" % (int(left), detail)
+        if _not_modified(ctx, e):
+            hs = [(n, v) for n, v in e.headers if n.lower() in _IN_304]
+            hs.append((b"Age", b"%d" % int(age)))
+            hs.append((b"Cache-Status", cs))
+            return Reply(304, hs)
+        hs = e.headers.copy()
+        hs.append((b"Age", b"%d" % int(age)))
+        hs.append((b"Cache-Status", cs))
+        return Reply(e.status, hs, e.body)
+
+    # ------------------------------------------------------------------ response
+    def response_filter(self, ctx, head) -> None:
+        st = ctx.notes.get(NOTE)
+        if st is None or st.hit:
+            return
+        req = ctx.request
+        if head.__class__ is not ResponseHead:
+            # a local reply: our 504, or an error in place of the upstream's answer
+            e = st.stale
+            err = ctx.error
+            if e is not None and err is not None and err.source == "upstream" and self._may_serve_stale(e):
+                age = e.age(monotonic())
+                head.status = e.status
+                head.headers = e.headers.copy()
+                head.headers.append((b"Age", b"%d" % int(age)))
+                head.headers.append((b"Cache-Status", b"fastgw; hit; ttl=%d; detail=stale-if-error"
+                                     % int(e.ttl - age)))
+                head.body = e.body
+                head.kind = ""
+                st.result = "stale"
+                ctx.notes[RESULT_NOTE] = "stale"
+            else:
+                head.headers.append((b"Cache-Status", b"fastgw; fwd=%s" % st.fwd))
+            self._release(st, None)
+            return
+        status = head.status
+        if req.method != "GET" and req.method != "HEAD":
+            if status < 400:
+                self.store.purge_url(req.host, req.path)  # RFC 9111 4.4
+            head.add(b"Cache-Status", b"fastgw; fwd=method")
+            return
+        hs = head.headers
+        if st.reval and status == 304:
+            self._revalidated(ctx, st, head)
+            return
+        cc = parse_cc(headers_get(hs, b"cache-control"))
+        ttl = lifetime(cc, hs, self.default_ttl)
+        why = "request-no-store" if st.nostore else why_not_stored(
+            status, hs, cc, st.authed, self.store_set_cookie, ttl)
+        if why is None and req.method == "HEAD":
+            why = "head"
+        if why is None:
+            cl = headers_get(hs, b"content-length")
+            if cl is not None and cl.isdigit() and int(cl) > self.max_object:
+                why = "too-large"
+        fwd = st.fwd
+        if why is None:
+            names = vary_names(hs)
+            if b"accept-encoding" in names and self.negotiate is not None and ctx.notes.get("content_encoding") is None:
+                ce = headers_get(hs, b"content-encoding")
+                if ce is not None and ce.strip().lower() not in (b"", b"identity"):
+                    names = tuple(sorted(K.AE_RAW if n == b"accept-encoding" else n for n in names))
+            stored = [(n, v) for n, v in hs if n.lower() not in _SKIP_STORE
+                      and not (n.lower() == b"set-cookie")]
+            st.meta = (status, stored, cc, ttl if ttl is not None else 0.0, names, initial_age(
+                hs, _wall_now(), _wall_now() - (monotonic() - st.t_req)))
+            st.buf = []
+            head.add(b"Cache-Status", b"fastgw; fwd=%s; fwd-status=%d; stored" % (fwd, status))
+        else:
+            if st.result == "expired" or st.result == "miss":
+                st.result = "bypass" if why in ("request-no-store", "authorization", "private", "no-store") \
+                    else st.result
+            ctx.notes[RESULT_NOTE] = st.result
+            head.add(b"Cache-Status", b"fastgw; fwd=%s; fwd-status=%d; detail=%s" % (fwd, status, why.encode()))
+            self._release(st, None)
+
+    def _revalidated(self, ctx, st, head) -> None:
+        """A 304 to our validators: refresh the stored entry with the 304's fields and
+        answer the client with it (RFC 9111 4.3.4)."""
+        e = st.stale
+        fresh = {n.lower(): v for n, v in head.headers if n.lower() not in _SKIP_STORE}
+        merged = [(n, fresh.pop(n.lower(), v)) for n, v in e.headers]
+        merged.extend((n, v) for n, v in head.headers if n.lower() in fresh)
+        cc = parse_cc(headers_get(merged, b"cache-control"))
+        ttl = lifetime(cc, merged, self.default_ttl) or 0.0
+        ne = _entry(e.status, merged, e.body, cc, ttl, initial_age(head.headers, _wall_now(), _wall_now()),
+                    self.swr, self.sie, e.host, e.path)
+        self.store.put(st.key, ne)
+        st.result = "revalidated"
+        ctx.notes[RESULT_NOTE] = "revalidated"
+        head.status = 200
+        head.headers = merged + [(b"Age", b"0"), (b"Cache-Status", b"fastgw; fwd=stale; fwd-status=304")]
+        st.body304 = e.body
+        self._release(st, ne)
+
+    def response_body_filter(self, ctx, chunk: bytes, end: bool) -> bytes:
+        st = ctx.notes.get(NOTE)
+        if st is None:
+            return chunk
+        if st.body304 is not None:
+            if end:
+                body, st.body304 = st.body304, None
+                return body if ctx.request.method != "HEAD" else b""
+            return chunk
+        buf = st.buf
+        if buf is None:
+            return chunk
+        if chunk:
+            st.size += len(chunk)
+            if st.size > self.max_object:
+                st.buf = None
+                self._release(st, None)
+                return chunk
+            buf.append(chunk)
+        if end:
+            st.buf = None
+            e = self._store(ctx, st, b"".join(buf))
+            self._release(st, e)
+        return chunk
+
+    def _store(self, ctx, st, body: bytes) -> Entry | None:
+        status, headers, cc, ttl, names, age0 = st.meta
+        req = ctx.request
+        e = _entry(status, headers, body, cc, ttl, age0, self.swr, self.sie, req.host, req.path)
+        key = (st.primary, K.secondary(ctx, names, self.negotiate))
+        self.store.put(key, e)
+        if key != st.key:
+            self.store.remove(st.key)
+        return e
+
+    def _may_serve_stale(self, e: Entry) -> bool:
+        over = e.age(monotonic()) - e.ttl
+        return not e.no_stale and over <= e.sie
+
+    def _release(self, st, entry) -> None:
+        waiters = st.waiters
+        if waiters is None:
+            return
+        st.waiters = None
+        if self.inflight.get(st.key) is waiters:
+            del self.inflight[st.key]
+        for w in waiters:
+            if not w.done():
+                w.set_result(entry)
+
+    # ------------------------------------------------------------------ logging
+    def logging(self, ctx, error) -> None:
+        st = ctx.notes.get(NOTE)
+        if st is None:
+            return
+        self._release(st, None)
+        m = self.metrics
+        if m is not None:
+            m.inc(_M_LOOKUP, _RESULT_LABELS.get(st.result) or (("result", st.result),))
+            self._publish()
+
+    def _publish(self) -> None:
+        m = self.metrics
+        s = self.store
+        seen = s.published
+        now = (s.stored, s.evicted, len(s), s.bytes)
+        if seen == now:
+            return
+        prev = seen or (0, 0, 0, 0)
+        wl = self.worker
+        m.set(_M_OBJECTS, wl, len(s))
+        m.set(_M_BYTES, wl, s.bytes)
+        if s.stored != prev[0]:
+            m.set(_M_STORED, wl, s.stored)
+            m.set(_M_STORED_B, wl, s.stored_bytes)
+        if s.evicted != prev[1]:
+            m.set(_M_EVICTED, wl, s.evicted)
+            m.set(_M_EVICTED_B, wl, s.evicted_bytes)
+        s.published = now
+
+    # ------------------------------------------------------------------ background fetches
+    def _spawn(self, loop, coro) -> None:
+        t = loop.create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    def _refresh(self, ctx, key) -> bool:
+        """stale-while-revalidate: one background fetch per entry; False when none can
+        be made (a TLS upstream): then the request goes upstream itself."""
+        if self.upstream is None:
+            return False
+        if key in self.inflight:
+            return True  # a refresh (or a miss) is under way: serve stale meanwhile
+        self.inflight[key] = []
+        req = ctx.request
+        target = req.path.encode("latin-1") + (b"?" + req.query if req.query else b"")
+        lines = header_lines([h for h in ctx.fwd if h[0].lower() not in _HOP]) + ctx.up_lines
+        self._spawn(asyncio.get_running_loop(), self._background(ctx, key, target, lines))
+        return True
+
+    async def _background(self, ctx, key, target: bytes, lines: bytes) -> None:
+        e = None
+        try:
+            got = await _fetch(self.upstream, target, lines)
+            if got is not None:
+                e = self._store_fetched(key[0], got, lambda names: K.secondary(ctx, names, self.negotiate),
+                                        ctx.request.host, ctx.request.path)
+        finally:
+            for w in self.inflight.pop(key, None) or ():  # misses that joined meanwhile
+                if not w.done():
+                    w.set_result(e)
+
+    async def _warm(self, url: str) -> None:
+        u = urlsplit(url)
+        path, _enc = normalize_path(u.path.encode("latin-1") or b"/")
+        query = u.query.encode("latin-1")
+        host = u.netloc.lower()
+        prim = (self.route, "G", u.scheme, host, path, K.query_part(query, self.query), (None,) * len(self.key_headers))
+        target = path.encode("latin-1") + (b"?" + query if query else b"")
+        got = await _fetch(self.upstream, target, b"")
+        if got is not None:
+            neg = self.negotiate
+
+            def secondary(names):
+                if not names:
+                    return ()
+                return (names, tuple(("identity" if neg is not None else None) if n == b"accept-encoding" else None
+                                     for n in names))
+            self._store_fetched(prim, got, secondary, host, path)
+
+    def _store_fetched(self, prim, got, secondary, host: str, path: str) -> Entry | None:
+        status, hs, body, t0 = got
+        cc = parse_cc(headers_get(hs, b"cache-control"))
+        ttl = lifetime(cc, hs, self.default_ttl)
+        if why_not_stored(status, hs, cc, False, self.store_set_cookie, ttl) is not None or len(body) > self.max_object:
+            return None
+        names = vary_names(hs)
+        stored = [(n, v) for n, v in hs if n.lower() not in _SKIP_STORE and n.lower() != b"set-cookie"]
+        e = _entry(status, stored, body, cc, ttl or 0.0, initial_age(hs, _wall_now(), t0), self.swr, self.sie,
+                   host, path)
+        self.store.put((prim, secondary(names)), e)
+        return e
+
+    def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+
+
+def _give_up(w) -> None:
+    if not w.done():
+        w.set_result(None)
+
+
+_wall_now = time.time
+
+
+def _entry(status, headers, body, cc, ttl, age0, swr, sie, host, path) -> Entry:
+    swr_d = _secs(cc.get("stale-while-revalidate"))
+    sie_d = _secs(cc.get("stale-if-error"))
+    tags = set()
+    for n, v in headers:
+        ln = n.lower()
+        if ln == b"cache-tag" or ln == b"surrogate-key":
+            tags.update(t.strip().decode("latin-1") for t in v.replace(b",", b" ").split() if t.strip())
+    return Entry(status, headers, body, monotonic(), age0, ttl,
+                 max(swr, swr_d), max(sie, sie_d),
+                 "no-cache" in cc or "must-revalidate" in cc or "proxy-revalidate" in cc,
+                 headers_get(headers, b"etag"), headers_get(headers, b"last-modified"), frozenset(tags), host, path)
+
+
+def _secs(v) -> float:
+    try:
+        return float(int(v)) if v is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _not_modified(ctx, e: Entry) -> bool:
+    """The request's validators match the entry (RFC 9110 13.1.2, 13.1.3)."""
+    inm = ctx.header(b"if-none-match")
+    if inm is not None:
+        if e.etag is None:
+            return False
+        if inm.strip() == b"*":
+            return True
+        want = e.etag.strip().removeprefix(b"W/")
+        return any(t.strip().removeprefix(b"W/") == want for t in inm.split(b","))
+    ims = ctx.header(b"if-modified-since")
+    if ims is not None and e.last_modified is not None:
+        a, b = http_date(ims), http_date(e.last_modified)
+        return a is not None and b is not None and b <= a
+    return False
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    """The route's cache middleware, or None when the route does not cache."""
+    if route_cfg is None:
+        return None
+    eff = effective_cache(getattr(root_cfg, "cache", None), getattr(service_cfg, "cache", None),
+                          getattr(route_cfg, "cache", None))
+    if eff is None:
+        return None
+    comp = effective_compression(getattr(root_cfg, "compression", None), getattr(service_cfg, "compression", None),
+                                 getattr(route_cfg, "compression", None))
+    negotiate = Negotiator(comp.algorithms).choose if comp is not None else None
+    top = getattr(root_cfg, "cache", None)
+    return Cache(eff, deps, negotiate, service_cfg, route_cfg, tuple(top.warm) if top is not None else ())
