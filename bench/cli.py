@@ -42,6 +42,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="cap on the automatic fixed rate; the Python open-loop generator shares the load CPU")
     ap.add_argument("--keep", action="store_true",
                     help="keep each run's work directory (configs, server output, logs) in OUT/work")
+    ap.add_argument("--docs", action="store_true",
+                    help="record this run in docs/bench.md (Last full run), the one record of figures")
     ap.add_argument("--targets", type=Path, default=goals.TARGETS_FILE,
                     help="targets file (default bench/targets.yaml)")
     args = ap.parse_args(argv)
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(args.out / "results.json", doc)
     md = report.markdown(doc)
     (args.out / "results.md").write_text(md)
+    if args.docs:
+        report.record(md)
     why_not = chart.write(args.out / "results.png", agg)
     print()
     print(md)

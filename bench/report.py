@@ -158,3 +158,17 @@ def markdown(doc: dict) -> str:
         lines += ["", f"Noisy neighbours: in {len(noisy)} run(s) other processes took more than 5 % of the proxy's"
                   " CPU; trust CPU per request over requests/s there."]
     return "\n".join(lines) + "\n"
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "bench.md"
+DOCS_START = "<!-- bench:last-run:start (written by python -m bench --docs) -->"
+DOCS_END = "<!-- bench:last-run:end -->"
+
+
+def record(md: str, path: Path = DOCS) -> None:
+    """Put a run's report (without its title) between the markers of docs/bench.md's
+    "Last full run": the one record of the figures."""
+    text = path.read_text()
+    a, b = text.index(DOCS_START) + len(DOCS_START), text.index(DOCS_END)
+    body = md.split("\n", 1)[1] if md.startswith("# ") else md
+    path.write_text(text[:a] + "\n" + body.strip() + "\n" + text[b:])

@@ -1,7 +1,7 @@
 """Fixtures only: what they build lives in ``tests/support``.
 
-``_timing_alone`` (every test): a ``timing``-marked test runs alone under xdist
-(tests/support/serial.py).
+``pytest_runtest_protocol`` (from tests/support/serial.py): a ``timing``-marked test runs
+alone under xdist.
 ``raw_up`` is a module-wide RawUpstream (tests/support/upstream.py); ``core_gw`` a gateway
 on the proxy-core config over it (tests/support/config.py).
 """
@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.config import core_config
 from tests.support.gateway import Gateway
-from tests.support.serial import guard
+from tests.support.serial import pytest_runtest_protocol  # noqa: F401  (the timing guard)
 from tests.support.upstream import RawUpstream
 
 
@@ -26,9 +26,3 @@ def raw_up():
 def core_gw(raw_up):
     with Gateway(core_config(raw_up)) as gw:
         yield gw
-
-
-@pytest.fixture(autouse=True)
-def _timing_alone(request):
-    with guard(request.node.get_closest_marker("timing") is not None):
-        yield

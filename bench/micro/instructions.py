@@ -9,6 +9,11 @@ instructions one exchange costs, without start-up.
 
     python -m bench.micro.instructions                    # bare, policy and newconn
     python -m bench.micro.instructions --routes bare -k 4000
+    python -m bench.micro.instructions --update-baseline  # after an intended change
+
+Each count is compared with ``bench/micro/instructions-baseline.json`` for the running
+interpreter build (``bench.micro.baseline``): more than the file's tolerance above it is
+a missed target, and the command exits 1 naming it.
 
 Routes: ``bare`` (request id + access log + metrics, a request with User-Agent and
 Accept), ``tracing`` (bare with ``monitoring.tracing`` on at sample ratio 0: a new trace
@@ -153,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--routes", default=",".join(DEFAULT_ROUTES), help="comma-separated: " + ", ".join(ROUTES))
     ap.add_argument("-k", type=int, default=2000, help="exchanges counted (default 2000)")
     ap.add_argument("--valgrind", default=shutil.which("valgrind"), help="valgrind binary")
+    ap.add_argument("--update-baseline", action="store_true",
+                    help="record these counts as this interpreter build's baseline (bench/micro/instructions-baseline.json)")
     ap.add_argument("--run", nargs=2, metavar=("ROUTE", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.run:
@@ -161,13 +168,29 @@ def main(argv=None) -> int:
     if not a.valgrind:
         print("valgrind not found (apt-get install valgrind)", file=sys.stderr)
         return 2
+    from bench.micro import baseline
+
+    key = baseline.build_key()
+    doc = baseline.load()
+    print(f"interpreter build: {key}")
+    counts, missed = {}, []
     for route in a.routes.split(","):
         if route not in ROUTES:
             ap.error(f"unknown route {route!r}")
         base = _count(a.valgrind, route, 1)
         more = _count(a.valgrind, route, 1 + a.k)
-        print(f"{route:8s} {(more - base) / a.k:10,.0f} instructions per exchange")
-    return 0
+        counts[route] = per = (more - base) / a.k
+        line, miss = baseline.verdict(route, per, doc, key)
+        print(f"{route:8s} {per:10,.0f} instructions per exchange; {line}", flush=True)
+        if miss:
+            missed.append(route)
+    if a.update_baseline:
+        baseline.update(counts, key)
+        print(f"baseline updated for {key}: {baseline.FILE}")
+        return 0
+    for route in missed:
+        print(f"missed target: {route} costs more instructions per exchange than its baseline allows")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ def _hook(t: type) -> dict[str, Any]:
 def json_schema() -> dict[str, Any]:
     # msgspec encodes field defaults with a bare to_builtins, which refuses the Duration
     # and Size subclasses; lend it the printer's encoder while the schema is built.
+    # msgspec (0.23) has no public way: json.schema() takes a schema_hook for
+    # types but no enc_hook for default values.
     orig = _js.to_builtins
     _js.to_builtins = lambda obj, **kw: orig(obj, enc_hook=encode_value, **kw)
     try:

@@ -233,9 +233,9 @@ def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's compression middleware, or None when compression is off for it."""
     if route_cfg is None:
         return None  # the global chain: the gateway's own replies
-    cfg = effective_compression(getattr(root_cfg, "compression", None),
-                                getattr(service_cfg, "compression", None),
-                                getattr(route_cfg, "compression", None))
+    cfg = effective_compression(root_cfg.compression,
+                                service_cfg.compression if service_cfg is not None else None,
+                                route_cfg.compression if route_cfg is not None else None)
     if cfg is None:
         return None
     return Compression(cfg, deps)

@@ -198,8 +198,8 @@ class Cors(Middleware):
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's CORS middleware, or None when CORS is off for it."""
-    cfg = effective(getattr(root_cfg, "cors", None), getattr(route_cfg, "cors", None) if route_cfg else None)
+    cfg = effective(root_cfg.cors, route_cfg.cors if route_cfg is not None else None)
     if cfg is None:
         return None
-    return Cors(cfg, deps, route_methods=getattr(route_cfg, "methods", None),
+    return Cors(cfg, deps, route_methods=route_cfg.methods if route_cfg is not None else None,
                 answer_preflights=route_cfg is not None)

@@ -100,7 +100,7 @@ class Deprecation(Middleware):
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's deprecation middleware, or None when the route has no ``deprecation``."""
-    cfg = getattr(route_cfg, "deprecation", None) if route_cfg is not None else None
+    cfg = route_cfg.deprecation if route_cfg is not None else None
     if cfg is None:
         return None
     return Deprecation(cfg, deps, route_cfg.name or "-", route_cfg.served_version())

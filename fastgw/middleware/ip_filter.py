@@ -105,7 +105,7 @@ class IpFilter(Middleware):
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's IP filter, or None when it is off (or has no rule) for it."""
-    cfg = effective(getattr(root_cfg, "ip_filter", None), getattr(route_cfg, "ip_filter", None) if route_cfg else None)
+    cfg = effective(root_cfg.ip_filter, route_cfg.ip_filter if route_cfg is not None else None)
     if cfg is None or not (cfg.allow or cfg.deny):
         return None
     return IpFilter(cfg, deps)

@@ -141,7 +141,7 @@ class Mirror(Middleware):
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's mirror, or None when the route has no ``mirror``."""
-    cfg = getattr(route_cfg, "mirror", None) if route_cfg is not None else None
+    cfg = route_cfg.mirror if route_cfg is not None else None
     if cfg is None:
         return None
     url = root_cfg.services[cfg.service].upstreams()[0].url  # (semantics: exists, http://)

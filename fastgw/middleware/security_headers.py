@@ -81,8 +81,7 @@ class SecurityHeaders(Middleware):
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's security-header middleware, or None when it is off for it."""
-    cfg = effective(getattr(root_cfg, "security_headers", None),
-                    getattr(route_cfg, "security_headers", None) if route_cfg else None)
+    cfg = effective(root_cfg.security_headers, route_cfg.security_headers if route_cfg is not None else None)
     if cfg is None:
         return None
     return SecurityHeaders(cfg, deps)

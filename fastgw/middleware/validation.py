@@ -236,7 +236,7 @@ def _short(msg: str) -> str:
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's validation middleware, or None when it has no ``validate`` block."""
-    cfg = getattr(route_cfg, "validate", None) if route_cfg is not None else None
+    cfg = route_cfg.validate if route_cfg is not None else None
     if cfg is None or not (cfg.content_types or cfg.required_headers or cfg.required_query
                            or cfg.schema is not None or cfg.body_required):
         return None

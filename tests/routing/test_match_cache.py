@@ -147,7 +147,7 @@ def test_cache_entry_keeps_unconditional_answers_and_marks_conditional_ones():
 
 
 def test_cache_stays_bounded():
-    from bench.micro.test_micro_proxy import CFG, REQ, RESP, _Transport, gateway
+    from bench.micro.inproc import CFG, REQ, RESP, Transport, gateway
     from fastgw.http.protocol import DownstreamProtocol
     from fastgw.pipeline import engine as engine_mod
 
@@ -156,7 +156,7 @@ def test_cache_stays_bounded():
     try:
         app, engine, info, up, _ut = gateway(CFG, loop)
         down = DownstreamProtocol(engine, info, loop)
-        down.connection_made(_Transport())
+        down.connection_made(Transport())
         n = engine_mod.MATCH_CACHE_SIZE + 50
         for i in range(n):
             down.data_received(REQ.replace(b"GET /x ", b"GET /x/%d " % i))

@@ -17,6 +17,10 @@ import sys
 import pytest
 
 from tests.support import ROOT  # noqa: E402
+
+# the import probe runs ~140 fresh imports under a 60 s bound: alone, not beside another test
+pytestmark = pytest.mark.timing
+
 PKG = os.path.join(ROOT, "fastgw")
 
 

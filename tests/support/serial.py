@@ -8,7 +8,9 @@ it exclusive (it waits until the other worker's current test ends, and the other
 waits until it ends).  A turnstile lock in front gives the timing test priority: once it
 waits, no new ordinary test starts.
 
-Without xdist (``-p no:xdist`` or no ``-n``) the guard does nothing.
+The lock is taken around the whole test protocol (setup with its module-wide fixtures,
+call, teardown), outside pytest-timeout's clock: waiting for the other worker is not the
+test's time.  Without xdist (``-p no:xdist`` or no ``-n``) the guard does nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import contextlib
 import fcntl
 import os
 import tempfile
+
+import pytest
 
 
 @contextlib.contextmanager
@@ -40,3 +44,9 @@ def guard(exclusive: bool):
             fcntl.flock(main, fcntl.LOCK_UN)
             if exclusive:
                 fcntl.flock(turn, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    with guard(item.get_closest_marker("timing") is not None):
+        yield
