@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jwt
 import pytest
 
+from tests.conftest import flushed_access_lines
 from tests.harness import Gateway
 from tests.supervisor_helpers import admin, metrics_text, series
 
@@ -170,6 +171,9 @@ monitoring:
   admin: {port: 0}
   logging:
     level: warning
+    access_log:
+      enabled: true
+      output: "{ACCESS_LOG}"
 """ % SECRET
 
 
@@ -448,6 +452,16 @@ def test_route_without_cache_has_no_cache_status(env):
     gw, up = env
     s, h, b = get(gw, "/nocache/x")
     assert s == 200 and "cache-status" not in h
+
+
+def test_access_log_has_the_cache_result(env):
+    gw, up = env
+    get(gw, "/c/logged")
+    get(gw, "/c/logged")
+    get(gw, "/nocache/logged")
+    lines = flushed_access_lines(gw, lambda ls: sum(1 for r in ls if r["path"].endswith("/logged")) >= 3)
+    got = [(r["path"], r.get("cache")) for r in lines if r["path"].endswith("/logged")]
+    assert got == [("/c/logged", "miss"), ("/c/logged", "hit"), ("/nocache/logged", None)]
 
 
 # ----------------------------------------------------------------------------- stale serving

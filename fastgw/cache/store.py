@@ -69,7 +69,8 @@ class Store:
         self.stored_bytes = 0
         self.purge_seen = -1  # the purge log's generation applied (shm.purge), -1: not yet
         self.inflight: dict = {}  # key -> waiters of the fetch in progress (coalescing)
-        self.published = None  # the figures last published as metrics
+        self.version = 0  # bumped by every change (the metrics publish only after one)
+        self.published = -1  # the version last published as metrics
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -87,6 +88,7 @@ class Store:
         if old is not None:
             self.bytes -= old.size
         self.entries[key] = entry
+        self.version += 1
         self.bytes += entry.size
         self.vary_of[key[0]] = key[1][0] if key[1] else ()
         self.stored += 1
@@ -101,6 +103,7 @@ class Store:
         e = self.entries.pop(key, None)
         if e is not None:
             self.bytes -= e.size
+            self.version += 1
 
     def _drop(self, pred) -> int:
         gone = [k for k, e in self.entries.items() if pred(e)]
@@ -121,3 +124,4 @@ class Store:
         self.entries.clear()
         self.vary_of.clear()
         self.bytes = 0
+        self.version += 1

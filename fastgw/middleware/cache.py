@@ -384,23 +384,18 @@ class Cache(Middleware):
             self._publish()
 
     def _publish(self) -> None:
-        m = self.metrics
         s = self.store
-        seen = s.published
-        now = (s.stored, s.evicted, len(s), s.bytes)
-        if seen == now:
+        if s.version == s.published:
             return
-        prev = seen or (0, 0, 0, 0)
+        s.published = s.version
+        m = self.metrics
         wl = self.worker
         m.set(_M_OBJECTS, wl, len(s))
         m.set(_M_BYTES, wl, s.bytes)
-        if s.stored != prev[0]:
-            m.set(_M_STORED, wl, s.stored)
-            m.set(_M_STORED_B, wl, s.stored_bytes)
-        if s.evicted != prev[1]:
-            m.set(_M_EVICTED, wl, s.evicted)
-            m.set(_M_EVICTED_B, wl, s.evicted_bytes)
-        s.published = now
+        m.set(_M_STORED, wl, s.stored)
+        m.set(_M_STORED_B, wl, s.stored_bytes)
+        m.set(_M_EVICTED, wl, s.evicted)
+        m.set(_M_EVICTED_B, wl, s.evicted_bytes)
 
     # ------------------------------------------------------------------ background fetches
     def _spawn(self, loop, coro) -> None:
