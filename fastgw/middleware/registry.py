@@ -8,6 +8,7 @@ the global chain (replies with no route: 400/404/405).
 Order of request filters (response filters run in reverse):
 tracing -> request_id -> access_log -> security_headers -> ip_filter -> cors -> deprecation ->
 ratelimit_ip -> auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> mirror ->
+redirect_rewrite (services with preserve_host: false) ->
 compression (last, so its response filter runs first: DESIGN.md's "compression, then
 per-request decorations")
 """
@@ -29,6 +30,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("ratelimit", "fastgw.middleware.ratelimit"),
     ("validation", "fastgw.middleware.validation"),
     ("mirror", "fastgw.middleware.mirror"),
+    ("redirect_rewrite", "fastgw.middleware.redirect"),
     ("compression", "fastgw.middleware.compression"),
 )
 

@@ -399,6 +399,14 @@ class Engine:
         else:
             proto.abort()
 
+    def linger_start(self, proto) -> None:
+        self.app.metrics.inc("fastgw_downstream_lingering_connections", (), 1)
+
+    def linger_done(self, proto, end: str) -> None:
+        m = self.app.metrics
+        m.inc("fastgw_downstream_lingering_connections", (), -1)
+        m.inc("fastgw_downstream_lingering_closes_total", (("end", end),))
+
     def abort_current(self, proto, kind: str) -> None:
         req = proto.cur
         if req is not None:
