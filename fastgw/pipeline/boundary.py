@@ -132,6 +132,9 @@ class UpstreamSide(Protocol):
     def write(self, data: bytes) -> None:
         """More request body."""
 
+    def request_sent(self) -> None:
+        """The request body ended: the upstream ``timeout`` starts now."""
+
     def pause_reading(self, paused: bool) -> None:
         """Back-pressure from the client."""
 

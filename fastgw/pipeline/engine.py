@@ -386,6 +386,7 @@ class Engine:
         if up is not None and up.handler is not None:
             if x.chunked:
                 up.write(LAST_CHUNK)
+            up.request_sent()  # the upstream timeout starts when the whole request is sent
         else:
             x.body_done = True
 
