@@ -76,8 +76,9 @@ class ServiceConfig(Base):
     retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0
     preserve_host: bool = True  # forward the client's Host (False: the instance's host[:port])
     # with preserve_host false: Location/Content-Location/Refresh pointing at the instance's
-    # origin are rewritten to the client's ("auto"), not at all ("off"), or by these prefixes
-    redirect_rewrite: Literal["auto", "off"] | list[RedirectRewrite] = "auto"
+    # origin are rewritten to the client's ("auto"), not at all ("off"), or by these prefixes;
+    # (YAML 1.1 reads a bare off as false: false means "off", true "auto")
+    redirect_rewrite: Literal["auto", "off"] | bool | list[RedirectRewrite] = "auto"
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     tls: UpstreamTlsConfig = msgspec.field(default_factory=UpstreamTlsConfig)
     rate_limit: RateLimitRule | None = None

@@ -49,7 +49,7 @@ class RedirectRewrite(Middleware):
 
     def __init__(self, cfg, deps, urls: list[str]) -> None:
         super().__init__(cfg, deps)
-        if cfg == "auto":
+        if cfg == "auto" or cfg is True:
             prefixes = []
             for url in urls:
                 prefixes.extend(_origins(url))
@@ -105,6 +105,7 @@ def _client_origin(ctx) -> bytes:
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's redirect rewriter, or None (preserve_host true, redirect_rewrite off, or
     the global chain)."""
-    if service_cfg is None or service_cfg.preserve_host or service_cfg.redirect_rewrite == "off":
+    rr = service_cfg.redirect_rewrite if service_cfg is not None else "off"
+    if service_cfg is None or service_cfg.preserve_host or rr == "off" or rr is False:
         return None
     return RedirectRewrite(service_cfg.redirect_rewrite, deps, [u.url for u in service_cfg.upstreams()])
