@@ -143,3 +143,37 @@ def test_x_forwarded_host_trusted_only_with_flag_and_trusted_peer(gw, up):
     with Gateway(CONFIG.replace("{UP}", up).replace("{TRUST}", "false")) as g2:
         _, _, body = _get(g2, raw)
         assert json.loads(body)["xfh"] == ["lb.internal"]  # peer trusted, flag off: the Host received
+
+
+@pytest.mark.parametrize("text, path", [
+    ("gateway: {default_host: 'a b'}", "gateway.default_host"),
+    ("gateway: {timeouts: {request_body_min_rate: 0}}", "gateway.timeouts.request_body_min_rate"),
+    ("gateway: {timeouts: {lingering_time: 0s}}", "gateway.timeouts.lingering_time"),
+    ("services: {a: {url: 'http://h', redirect_rewrite: maybe, routes: [{path: /}]}}", "services.a.redirect_rewrite"),
+    ("services: {a: {url: 'http://h', redirect_rewrite: [{from: '', to: /}], routes: [{path: /}]}}",
+     "services.a.redirect_rewrite[0].from"),
+])
+def test_bad_settings_are_refused_with_their_path(text, path):
+    from fastgw.config.errors import ConfigError
+    from fastgw.config.loader import load_config_text
+
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text + "\n" + ("services: {a: {url: 'http://h', routes: [{path: /}]}}"
+                                        if "services" not in text else ""))
+    assert path in str(e.value), str(e.value)
+
+
+def test_redirect_rewrite_unit():
+    """The rewriter alone: boundary rule, default port written or not, Refresh's url=."""
+    from types import SimpleNamespace
+
+    from fastgw.http.messages import Reply
+    from fastgw.middleware.redirect import RedirectRewrite
+
+    mw = RedirectRewrite("auto", None, ["http://10.0.0.5:80/app"])
+    ctx = SimpleNamespace(scheme="https", request=SimpleNamespace(raw_host=b"gw.example"))
+    r = Reply(302, [(b"Location", b"http://10.0.0.5/app/x"), (b"content-location", b"http://10.0.0.5:80/app"),
+                    (b"Refresh", b"3; URL=http://10.0.0.5/app?q"), (b"location", b"http://10.0.0.5/apple")])
+    mw.response_filter(ctx, r)
+    assert r.headers == [(b"Location", b"https://gw.example/x"), (b"content-location", b"https://gw.example/"),
+                         (b"Refresh", b"3; URL=https://gw.example?q"), (b"location", b"http://10.0.0.5/apple")]
