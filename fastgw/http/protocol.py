@@ -78,7 +78,9 @@ class ConnInfo:
         self.body_grace = float(getattr(timeouts, "request_body_min_rate_grace", 10.0))
         self.t_linger = float(getattr(timeouts, "lingering_time", 5.0))
         self.linger_size = int(getattr(timeouts, "lingering_size", 8 * 1024 * 1024))
-        self.t_min = min(self.t_head, self.t_body, self.t_idle, self.t_send, self.t_linger)
+        # (the lingering deadline is not in the horizon: Deadline.set re-arms for a shorter
+        # one, and a 5 s horizon would wake every idle connection every 5 s)
+        self.t_min = min(self.t_head, self.t_body, self.t_idle, self.t_send, self.body_total)
         self.tls = tls
 
 
