@@ -45,6 +45,12 @@ class LimitsConfig(Base):
                 yield f, f"must be at least 256 bytes, got {getattr(self, f)}"
 
 
+def _positive_size(v: int) -> int:
+    if v <= 0:
+        raise ValueError("must be above 0 (or null: off)")
+    return v
+
+
 class TimeoutsConfig(Base):
     """Downstream (client side) timeouts."""
 
@@ -52,6 +58,15 @@ class TimeoutsConfig(Base):
     request_body: PositiveDuration = Duration(60)  # idle gap while reading a body
     keepalive: PositiveDuration = Duration(75)  # idle keep-alive; above a cloud LB's 60 s
     send: PositiveDuration = Duration(60)  # client not reading our response
+    # a request body's whole time, and its least average rate (bytes/s) once
+    # request_body_min_rate_grace has passed; None = off.  Either one -> 408, upstream aborted
+    request_body_total: PositiveDuration | None = Duration(300)
+    request_body_min_rate: Annotated[Size, Check(_positive_size)] | None = Size(1024)
+    request_body_min_rate_grace: PositiveDuration = Duration(10)
+    # lingering close after an early answer (the request not read to its end): read and
+    # discard for at most this long and this many bytes, so the client can read the answer
+    lingering_time: PositiveDuration = Duration(5)
+    lingering_size: Size = Size(8 * 1024 * 1024)
 
 
 class DrainConfig(Base):
@@ -96,6 +111,11 @@ class GatewayConfig(Base):
     server_header: Annotated[str, Check(v.header_value)] | None = None  # None = no Server header
     versioning: VersioningConfig | None = None  # how a request names its API version (config.versioning)
     transform: TransformConfig | None = None  # every route's defaults, merged per item (config.transform)
+    # Host sent upstream for an HTTP/1.0 request without Host; None = the local address the
+    # client connected to (host:port)
+    default_host: Annotated[str, Check(v.host_port)] | None = None
+    # believe an incoming X-Forwarded-Host, and only from a gateway.trusted_proxies peer
+    trust_forwarded_host: bool = False
 
     def _check(self) -> Iterator[tuple[str, str]]:
         pp = self.proxy_protocol

@@ -14,7 +14,7 @@ Rules kept here:
 
 from __future__ import annotations
 
-from typing import Annotated, Iterator
+from typing import Annotated, Iterator, Literal
 
 import msgspec
 
@@ -60,6 +60,13 @@ class UpstreamTlsConfig(Base):
             yield "key_file", "set cert_file too: a client key without its certificate is unused"
 
 
+class RedirectRewrite(Base):
+    """One ``redirect_rewrite`` rule: a value starting with ``from`` gets ``to`` instead."""
+
+    from_: Annotated[str, Check(v.non_empty)] = msgspec.field(name="from")
+    to: str
+
+
 class ServiceConfig(Base):
     name: str | None = None  # display name only; the key under ``services`` is the id
     url: Url | None = None
@@ -69,7 +76,11 @@ class ServiceConfig(Base):
     connect_timeout: PositiveDuration = Duration(5)
     read_timeout: PositiveDuration = Duration(60)
     retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0
-    preserve_host: bool = False
+    preserve_host: bool = True  # forward the client's Host (False: the instance's host[:port])
+    # with preserve_host false: Location/Content-Location/Refresh pointing at the instance's
+    # origin are rewritten to the client's ("auto"), not at all ("off"), or by these prefixes;
+    # (YAML 1.1 reads a bare off as false: false means "off", true "auto")
+    redirect_rewrite: Literal["auto", "off"] | bool | list[RedirectRewrite] = "auto"
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     tls: UpstreamTlsConfig = msgspec.field(default_factory=UpstreamTlsConfig)
     rate_limit: RateLimitRule | None = None

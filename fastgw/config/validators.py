@@ -217,6 +217,24 @@ def hostname(v: str) -> str:
     return h
 
 
+def host_port(v: str) -> str:
+    """A Host header value: a host name, IPv4 or bracketed IPv6 address, optional ``:port``."""
+    h, sep, port = v.rpartition(":") if not v.endswith("]") else (v, "", "")
+    if not sep or "]" in port:
+        h, port = v, ""
+    elif not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid port in {v!r}")
+    if h.startswith("[") and h.endswith("]"):
+        import ipaddress
+        try:
+            ipaddress.IPv6Address(h[1:-1])
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address in {v!r}") from None
+        return v
+    hostname(h)
+    return v
+
+
 def log_level(v: str) -> str:
     lv = v.lower()
     if lv not in ("debug", "info", "warning", "error"):

@@ -10,7 +10,9 @@ interpretation for the gateway and the upstream to disagree about.
     caller must then use ``authority`` instead of the Host header).  Userinfo
     (``user@host``), asterisk-form (``OPTIONS *``) and authority-form (``CONNECT h:443``)
     are ``bad_path`` (400): the gateway routes resources, it answers no server-wide
-    OPTIONS and tunnels no CONNECT, as nginx does.
+    OPTIONS and tunnels no CONNECT, as nginx does.  A ``#`` in the query is
+    ``bad_path`` too (RFC 9112's request-target has no fragment; the path's ``#`` is
+    rule 2), so ``/a?x=1#frag`` is never forwarded.
 
 ``normalize_path(raw) -> (path, has_encoded_slash)``  (raw: the path, no query)
     Rule 1: it starts with ``/``.
@@ -88,6 +90,8 @@ def split_target(target: bytes) -> tuple[bytes, bytes, bytes | None]:
         i = target.find(63)  # "?"
         if i < 0:
             return target, b"", None
+        if target.find(35, i) >= 0:  # "#" in the query: origin-form has no fragment (RFC 9112 3.2.1)
+            raise _bad("fragment ('#') in the request-target")
         return target[:i], target[i + 1 :], None
     return _split_absolute(target)
 
@@ -122,6 +126,8 @@ def _split_absolute(target: bytes) -> tuple[bytes, bytes, bytes | None]:
     i = pathq.find(b"?")
     if i < 0:
         return pathq, b"", authority
+    if pathq.find(35, i) >= 0:
+        raise _bad("fragment ('#') in the request-target")
     return pathq[:i], pathq[i + 1 :], authority
 
 

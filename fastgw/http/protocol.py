@@ -24,6 +24,12 @@ Rules this file keeps:
 4. One timer per connection, rescheduled by deadline (STYLE.md item 8).
 5. ``connection_lost`` releases everything: the handler is told, so the upstream
    connection bound to this request is aborted, never pooled.
+6. An answer sent before the request was read to its end (413, 401 on an upload, 408,
+   a parse error) ends with a lingering close: the write side is shut down after the
+   answer, then input is read and discarded for at most ``timeouts.lingering_time`` and
+   ``lingering_size`` bytes, then the connection closes.  Closing with unread input
+   would make the kernel answer with RST, and a client still writing its body would
+   lose the answer.  A lingering connection stays in the engine's connection count.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from fastgw.errors import GatewayError
 from fastgw.http.deadline import Deadline
 from fastgw.http.request import Request, fill_request
 from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_TRACE, H_UA,
-                                 H_UPGRADE, H_XFF, H_XFP, METHODS, REPEATED, special_kind, valid_host)
+                                 H_UPGRADE, H_XFF, H_XFH, H_XFP, METHODS, REPEATED, special_kind, valid_host)
 
 # reasons to pause reading (bit mask)
 PAUSE_BACKLOG = 1    # pipelined requests queued behind the one in flight
@@ -42,7 +48,7 @@ PAUSE_UPSTREAM = 2   # upstream is not accepting the request body fast enough
 PAUSE_WAIT = 4       # body arriving before the upstream connection is ready
 
 # deadline kinds
-T_NONE, T_IDLE, T_HEAD, T_BODY, T_SEND = 0, 1, 2, 3, 4
+T_NONE, T_IDLE, T_HEAD, T_BODY, T_SEND, T_LINGER = 0, 1, 2, 3, 4, 5
 
 MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
 MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
@@ -53,7 +59,8 @@ class ConnInfo:
     """Per-listener settings the protocol needs (built once per config)."""
 
     __slots__ = ("max_request_line", "max_header_size", "max_headers_size", "max_headers",
-                 "t_head", "t_body", "t_idle", "t_send", "t_min", "tls")
+                 "t_head", "t_body", "t_idle", "t_send", "t_min", "tls",
+                 "body_total", "body_rate", "body_grace", "t_linger", "linger_size")
 
     def __init__(self, limits, timeouts, tls: bool = False) -> None:
         self.max_request_line = int(limits.max_request_line)
@@ -64,7 +71,16 @@ class ConnInfo:
         self.t_body = float(timeouts.request_body)
         self.t_idle = float(timeouts.keepalive)
         self.t_send = float(getattr(timeouts, "send", 60.0))
-        self.t_min = min(self.t_head, self.t_body, self.t_idle, self.t_send)
+        total = getattr(timeouts, "request_body_total", None)
+        self.body_total = float(total) if total is not None else float("inf")
+        rate = getattr(timeouts, "request_body_min_rate", None)
+        self.body_rate = float(rate) if rate else 0.0  # bytes/s; 0 = off
+        self.body_grace = float(getattr(timeouts, "request_body_min_rate_grace", 10.0))
+        self.t_linger = float(getattr(timeouts, "lingering_time", 5.0))
+        self.linger_size = int(getattr(timeouts, "lingering_size", 8 * 1024 * 1024))
+        # (the lingering deadline is not in the horizon: Deadline.set re-arms for a shorter
+        # one, and a 5 s horizon would wake every idle connection every 5 s)
+        self.t_min = min(self.t_head, self.t_body, self.t_idle, self.t_send, self.body_total)
         self.tls = tls
 
 
@@ -73,12 +89,12 @@ class DownstreamProtocol:
         # per-connection
         "handler", "info", "loop", "transport", "parser", "peer_ip", "peer_port", "closed",
         "paused", "write_paused", "dl",
-        "queue", "backlog", "n_requests", "draining", "tunnel",
+        "queue", "backlog", "n_requests", "draining", "tunnel", "unread",
         # per-request (the request being parsed)
         "p_req", "p_size", "p_hosts", "p_cl", "p_te", "p_error", "host_ok", "host_str",
         "max_line", "max_head",
         # per-request (the request in flight)
-        "cur", "cur_complete",
+        "cur", "cur_complete", "body_start", "body_end",
         "__weakref__",
     )
 
@@ -99,8 +115,11 @@ class DownstreamProtocol:
         self.n_requests = 0
         self.draining = False
         self.tunnel = None
+        self.unread = False  # input left unparsed (a parse error): the close lingers
         self.cur = None
         self.cur_complete = False
+        self.body_start = 0.0  # when the body of the request in flight started
+        self.body_end = 0.0  # its deadline (request_body_total; inf: off)
         self.p_error = None
         # the request being parsed: its Request is made on the first bytes of its target
         # (on_url) and filled in place by the header callbacks; the counters below are
@@ -126,7 +145,9 @@ class DownstreamProtocol:
             self.peer_ip, self.peer_port = peer[0], peer[1]
         self.parser = httptools.HttpRequestParser(self)
         self.handler.connection_made(self)
-        self.dl.set(T_IDLE, self.info.t_head)
+        # a new connection's first head must be complete request_header after accept
+        # (a later one's: after its first byte, _feed; before that the keep-alive timeout)
+        self.dl.set(T_HEAD, self.info.t_head)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -142,6 +163,9 @@ class DownstreamProtocol:
 
     def eof_received(self):
         # A half-close from the client: finish the response in flight, then close.
+        if type(self.tunnel) is _Linger:
+            self.tunnel.end("client")
+            return True
         if self.cur is None:
             self._close()
         return True  # keep the transport open for writing the response in flight
@@ -191,6 +215,14 @@ class DownstreamProtocol:
             self._feed(data[off:end])
             off = end
 
+    def _local_host(self) -> bytes:
+        """``host:port`` of the local end of this connection (IPv6 in brackets)."""
+        sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        if not sock:
+            return b"localhost"
+        h = sock[0]
+        return (f"[{h}]:{sock[1]}" if ":" in h else f"{h}:{sock[1]}").encode("ascii")
+
     def _hold(self, data) -> None:
         """Keep bytes raw until the request in flight is answered (rule 1)."""
         if self.backlog is None:
@@ -231,6 +263,7 @@ class DownstreamProtocol:
         if self.closed:
             return
         self._pause(PAUSE_BACKLOG)
+        self.unread = True
         if self.cur is not None and not self.cur_complete and not self.queue:
             # The body of the request in flight is malformed (bad chunk): the upstream
             # exchange cannot finish cleanly.  Abort both sides.
@@ -315,6 +348,8 @@ class DownstreamProtocol:
             req.xff = value if req.xff is None else req.xff + b", " + value
         elif kind == H_XFP:
             req.xfp = value
+        elif kind == H_XFH:
+            req.xfh = value  # (believed only from a trusted peer with gateway.trust_forwarded_host)
         # H_HOP, H_XFWD: dropped here; H_XFWD values are re-derived by the handler.
 
     def on_headers_complete(self) -> None:
@@ -346,6 +381,10 @@ class DownstreamProtocol:
                 self.host_ok = host
                 self.host_str = host.decode("latin-1").lower()
             req.host = self.host_str
+        else:
+            # HTTP/1.0 without Host: the upstream gets gateway.default_host, by default the
+            # local address the client connected to (pipeline.heads.request_head)
+            req.local_host = self._local_host()
         mb = req.method_b = parser.get_method()
         req.method = METHODS.get(mb) or mb.decode("ascii")
         req.version = version
@@ -378,12 +417,27 @@ class DownstreamProtocol:
         if req is self.cur:
             dl = self.dl
             if dl.kind == T_BODY:
-                dl.at = self.loop.time() + self.info.t_body
+                now = self.loop.time()
+                at = now + self.info.t_body
+                if at > self.body_end:
+                    at = self.body_end  # request_body_total
+                dl.at = at
+                rate = self.info.body_rate
+                if rate and not self.paused:  # (reading paused by us: not the client's rate)
+                    self._check_rate(req, now, rate)
             self.handler.on_body(self, req, body)
         elif req.qbody is None:
             req.qbody = [body]
         else:
             req.qbody.append(body)
+
+    def _check_rate(self, req, now: float, rate: float) -> None:
+        """request_body_min_rate: past the grace period, the body's average rate since it
+        started must be at least ``rate`` bytes/s; else 408 (the handler aborts upstream)."""
+        took = now - self.body_start
+        if took > self.info.body_grace and req.bytes_received < rate * took:
+            self.dl.kind = T_NONE
+            self.handler.body_timeout(self, req)
 
     def on_message_complete(self) -> None:
         req = self.p_req
@@ -425,7 +479,11 @@ class DownstreamProtocol:
             if k != T_NONE and k != T_SEND:
                 self.dl.kind = T_NONE
         else:
-            self.dl.set(T_BODY, self.info.t_body)
+            info = self.info
+            now = self.loop.time()
+            self.body_start = now
+            self.body_end = now + info.body_total
+            self.dl.set(T_BODY, info.t_body if info.t_body < info.body_total else info.body_total, now)
         self.handler.dispatch(self, nxt, body)
 
     def request_done(self, req, keep_alive: bool) -> None:
@@ -440,8 +498,11 @@ class DownstreamProtocol:
             # ``keep_alive`` is the handler's decision (pipeline.heads.keep_client); the
             # rest is this file's guard, whatever a handler says: a client that asked to
             # close, or a request body not read to its end (its rest cannot be told from
-            # the next request), ends the connection
-            self._close()
+            # the next request), ends the connection; with unread input, by a lingering close
+            if not self.cur_complete or self.unread:
+                self._linger()
+            else:
+                self._close()
             return
         if not self.queue and self.p_error is None and self.backlog is None:
             # the usual case: nothing pipelined behind this request
@@ -483,6 +544,31 @@ class DownstreamProtocol:
 
     def close(self) -> None:
         self._close()
+
+    def _linger(self) -> None:
+        """Lingering close (rule 6): the answer is written; shut down the write side, then
+        read and discard until the client closes, ``lingering_time`` passes or
+        ``lingering_size`` bytes were discarded."""
+        t = self.transport
+        if t is None or self.closed:
+            return
+        self.closed = True  # nothing more is parsed or written
+        self.queue.clear()
+        self.backlog = None
+        if not t.can_write_eof():  # (TLS: no half-close; a plain close, as before)
+            t.close()
+            return
+        try:
+            t.write_eof()  # after the answer still buffered
+        except (OSError, RuntimeError):
+            t.close()
+            return
+        self.tunnel = _Linger(self, self.info.linger_size)  # data_received feeds it
+        self.dl.set(T_LINGER, self.info.t_linger)
+        self.handler.linger_start(self)
+        if self.paused:
+            self.paused = 0
+            t.resume_reading()
 
     def _abort(self) -> None:
         if self.transport is not None:
@@ -536,11 +622,18 @@ class DownstreamProtocol:
     # ------------------------------------------------------------------ timers
     def _expired(self, kind: int) -> None:
         """The connection's deadline passed (``Deadline.fire``)."""
+        if kind == T_LINGER:
+            if type(self.tunnel) is _Linger:
+                self.tunnel.end("time")
+            return
         if self.closed:
             return
         if kind == T_IDLE:
             self._close()
         elif kind == T_HEAD:
+            if self.p_req is None and self.backlog is None and self.n_requests == 0:
+                self._close()  # a new connection that sent no request target: nothing to answer
+                return
             self.handler.parse_error(self, "request_timeout", "request head not received in time")
         elif kind == T_BODY:
             if self.cur is not None and not self.cur_complete:
@@ -548,3 +641,49 @@ class DownstreamProtocol:
         elif kind == T_SEND:
             self._abort()
 
+
+
+class _Linger:
+    """The discarding reader of a lingering close (rule 6), in the protocol's ``tunnel``
+    slot, so ``data_received`` needs no extra test: ``write`` counts and drops the bytes."""
+
+    __slots__ = ("proto", "left", "done")
+
+    def __init__(self, proto, size: int) -> None:
+        self.proto = proto
+        self.left = size
+        self.done = False
+
+    def write(self, data) -> None:
+        self.left -= len(data)
+        if self.left < 0:
+            self.end("size")
+
+    def end(self, why: str) -> None:
+        """The lingering close ends: ``why`` is client (it closed), time or size."""
+        if self.done:
+            return
+        self.done = True
+        p = self.proto
+        p.dl.kind = T_NONE
+        t = p.transport
+        if t is not None:
+            # after the client's own close a plain close; past a bound, abort: the client
+            # had lingering_time to read the answer
+            if why == "client":
+                t.close()
+            else:
+                t.abort()
+        p.handler.linger_done(p, why)
+
+    # (the rest of the tunnel interface the protocol calls)
+    def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            self.proto.handler.linger_done(self.proto, "client")
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None

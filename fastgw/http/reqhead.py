@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_RID, H_UA, H_AUTHZ, H_ORIGIN = range(1, 15)
-H_TRACE = 15  # traceparent/tracestate: forwarded, and flagged in Request.trace_hdrs
+(H_HOST, H_CONN, H_CL, H_TE, H_HOP, H_UPGRADE, H_EXPECT, H_XFF, H_XFWD, H_XFP, H_XFH,
+ H_RID, H_UA, H_AUTHZ, H_ORIGIN) = range(1, 16)
+H_TRACE = 16  # traceparent/tracestate: forwarded, and flagged in Request.trace_hdrs
 
 SPECIAL = {
     b"host": H_HOST,
@@ -27,7 +28,7 @@ SPECIAL = {
     b"expect": H_EXPECT,
     b"x-forwarded-for": H_XFF,
     b"x-forwarded-proto": H_XFP,
-    b"x-forwarded-host": H_XFWD,
+    b"x-forwarded-host": H_XFH,  # dropped; kept in Request.xfh (gateway.trust_forwarded_host)
     b"x-forwarded-port": H_XFWD,
     b"forwarded": H_XFWD,
     b"x-real-ip": H_XFWD,

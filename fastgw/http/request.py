@@ -21,6 +21,7 @@ building a small dict on first use.
 from __future__ import annotations
 
 from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_TRACE, H_UA,
+                                 H_XFH,
                                  H_UPGRADE, H_XFF, H_XFP, METHODS, REPEATED, special_kind)
 
 
@@ -43,6 +44,9 @@ class Request:
         "upgrade",         # bytes | None: Upgrade value (counted only with "Connection: upgrade")
         "xff",             # bytes | None: incoming X-Forwarded-For (joined)
         "xfp",             # bytes | None: incoming X-Forwarded-Proto
+        "xfh",             # bytes | None: incoming X-Forwarded-Host (the last one; not forwarded)
+        "local_host",      # bytes: the local address the client connected to ("host:port"); set only
+                           # for a request without Host (HTTP/1.0), unset otherwise (read with getattr)
         "authorization",   # bytes | None | REPEATED
         "origin",          # bytes | None: the last Origin
         "user_agent",      # bytes | None
@@ -132,6 +136,8 @@ class Request:
                 r.xff = value if r.xff is None else r.xff + b", " + value
             elif kind == H_XFP:
                 r.xfp = value
+            elif kind == H_XFH:
+                r.xfh = value
         return r
 
 
@@ -153,6 +159,7 @@ def fill_request(self) -> "Request":
     self.upgrade = None
     self.xff = None
     self.xfp = None
+    self.xfh = None
     self.authorization = None
     self.origin = None
     self.user_agent = None

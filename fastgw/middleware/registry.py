@@ -8,11 +8,13 @@ the global chain (replies with no route: 400/404/405).
 Order of request filters (response filters run in reverse):
 tracing -> request_id -> access_log -> security_headers -> ip_filter -> cors -> deprecation ->
 ratelimit_ip -> auth (JWT + RBAC) -> ratelimit (user/route/service) -> validation -> mirror ->
-cache (after every check and request change: a hit is served only to whom the route admits)
--> compression (its response filter runs first of the policy ones: DESIGN.md's "compression,
-then per-request decorations") -> transform (after compression, so its response and body
-filters run before compression's: the upstream's JSON is edited, then compressed; its
-request filter runs after auth, so ``$jwt.*`` is known)
+redirect_rewrite (services with preserve_host: false; before cache, so its response filter
+runs after the store: the rewrite depends on this request's Host) -> cache (after every check
+and request change: a hit is served only to whom the route admits) -> compression (its
+response filter runs first of the policy ones: DESIGN.md's "compression, then per-request
+decorations") -> transform (after compression, so its response and body filters run before
+compression's: the upstream's JSON is edited, then compressed; its request filter runs after
+auth, so ``$jwt.*`` is known)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("ratelimit", "fastgw.middleware.ratelimit"),
     ("validation", "fastgw.middleware.validation"),
     ("mirror", "fastgw.middleware.mirror"),
+    ("redirect_rewrite", "fastgw.middleware.redirect"),
     ("cache", "fastgw.middleware.cache"),
     ("compression", "fastgw.middleware.compression"),
     ("transform", "fastgw.middleware.transform"),

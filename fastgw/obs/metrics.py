@@ -38,6 +38,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                                  ("service",)),
     "fastgw_http_requests_in_flight": ("gauge", "Requests being processed (each worker publishes its count on its 1 s tick).", ()),
     "fastgw_downstream_connections_open": ("gauge", "Open client connections.", ()),
+    "fastgw_downstream_lingering_connections": ("gauge", "Client connections in a lingering close (counted in the open ones too).", ()),
+    "fastgw_downstream_lingering_closes_total": ("counter", "Lingering closes after an early answer, by how they ended (client, time, size).", ("end",)),
     "fastgw_upstream_connections_total": ("counter", "Upstream connection events (created, reused, closed).", ("event",)),
     "fastgw_upstream_errors_total": ("counter", "Upstream failures by service and kind.", ("service", "kind")),
     "fastgw_upstream_pool_exhausted_total": ("counter", "503s because an upstream pool was full: its wait queue "

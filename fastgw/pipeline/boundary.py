@@ -38,6 +38,12 @@ class ClientHandler(Protocol):
     def on_body_end(self, proto: "ClientSide", req) -> None:
         """The body of the request in flight is complete."""
 
+    def linger_start(self, proto: "ClientSide") -> None:
+        """A lingering close starts (the connection still counts as open)."""
+
+    def linger_done(self, proto: "ClientSide", end: str) -> None:
+        """A lingering close ended: ``end`` is client, time or size."""
+
     def body_timeout(self, proto: "ClientSide", req) -> None:
         """The body did not arrive within ``timeouts.request_body``."""
 
@@ -125,6 +131,9 @@ class UpstreamSide(Protocol):
 
     def write(self, data: bytes) -> None:
         """More request body."""
+
+    def request_sent(self) -> None:
+        """The request body ended: the upstream ``timeout`` starts now."""
 
     def pause_reading(self, paused: bool) -> None:
         """Back-pressure from the client."""

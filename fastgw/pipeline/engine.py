@@ -389,6 +389,7 @@ class Engine:
         if up is not None and up.handler is not None:
             if x.chunked:
                 up.write(LAST_CHUNK)
+            up.request_sent()  # the upstream timeout starts when the whole request is sent
         else:
             x.body_done = True
 
@@ -401,6 +402,14 @@ class Engine:
             self.reply_error(proto, x, err, x.route.chain if x.route else None)
         else:
             proto.abort()
+
+    def linger_start(self, proto) -> None:
+        self.app.metrics.inc("fastgw_downstream_lingering_connections", (), 1)
+
+    def linger_done(self, proto, end: str) -> None:
+        m = self.app.metrics
+        m.inc("fastgw_downstream_lingering_connections", (), -1)
+        m.inc("fastgw_downstream_lingering_closes_total", (("end", end),))
 
     def abort_current(self, proto, kind: str) -> None:
         req = proto.cur

@@ -92,8 +92,15 @@ def request_head(x, route, peer) -> bytes:
         tail += b"transfer-encoding: chunked\r\n"
     raw_host = req.raw_host
     if raw_host:
+        xfh = req.xfh
+        if xfh is None or not x.trusted_peer or not x.app.trust_forwarded_host:
+            xfh = raw_host  # the Host fastgw received (an incoming value is dropped)
         return _HEAD_XFH % (req.method_b, target, raw_host if route.preserve_host else host_header, fwd,
-                            x.up_lines, peer_ip, b"https" if x.scheme == "https" else b"http", raw_host, tail)
+                            x.up_lines, peer_ip, b"https" if x.scheme == "https" else b"http", xfh, tail)
+    if route.preserve_host:
+        # HTTP/1.0 without Host: gateway.default_host, else the local address the client
+        # connected to; never the upstream's address
+        host_header = x.app.default_host or getattr(req, "local_host", None) or b"localhost"
     return _HEAD % (req.method_b, target, host_header, fwd, x.up_lines, peer_ip,
                     b"https" if x.scheme == "https" else b"http", tail)
 

@@ -80,6 +80,9 @@ class App:
         self.health_path = gw.health_path
         self.max_connections = gw.max_connections
         self.server_header = (b"server: " + gw.server_header.encode("latin-1") + b"\r\n") if gw.server_header else None
+        # Host for HTTP/1.0 requests without one (None: the local address; pipeline.heads)
+        self.default_host = gw.default_host.encode("latin-1") if gw.default_host else None
+        self.trust_forwarded_host = gw.trust_forwarded_host
         self.pools: dict = {}
         old_pools = old.pools if old is not None else {}
         blds = builders()

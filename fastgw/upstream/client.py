@@ -42,7 +42,7 @@ class UpstreamProtocol:
         "idle_since", "max_head", "write_paused", "read_paused",
         # per-request
         "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
-        "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep",
+        "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep", "t_head",
         "tunnel",
     )
 
@@ -65,6 +65,7 @@ class UpstreamProtocol:
         self.head_only = False
         self.body_filter = None
         self.t_read = 60.0
+        self.t_head = 30.0
         self.down = None
         self.ctx = None
         self.got_bytes = False
@@ -146,8 +147,20 @@ class UpstreamProtocol:
         self.body_filter = route.response_body_filter
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
-        self.dl.set(T_HEAD, route.t_head)
+        # the response timeout counts from the end of the request: now if the body is
+        # whole (or there is none), else from ``request_sent``, when the engine has
+        # written its end (the client's body timers bound the upload meanwhile)
+        self.t_head = route.t_head
+        if down is None or down.cur_complete:
+            self.dl.set(T_HEAD, route.t_head)
+        else:
+            self.dl.kind = T_NONE
         self.transport.write(data)
+
+    def request_sent(self) -> None:
+        """The request body's end was written: arm the response timeout."""
+        if self.state == BUSY and self.status == 0 and self.dl.kind == T_NONE:
+            self.dl.set(T_HEAD, self.t_head)
 
     def write(self, data: bytes) -> None:
         if self.state == BUSY:

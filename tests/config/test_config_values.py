@@ -174,7 +174,7 @@ def test_defaults():
     svc = cfg.services["a"]
     assert (svc.name, svc.instances, svc.health, svc.timeout, svc.connect_timeout, svc.read_timeout) == (
         None, [], None, None, 5, 60)
-    assert (svc.retries, svc.preserve_host, svc.rate_limit) == (0, False, None)
+    assert (svc.retries, svc.preserve_host, svc.rate_limit) == (0, True, None)
     assert svc.pool == PoolConfig() and (svc.pool.max_idle, svc.pool.max_connections, svc.pool.idle_timeout,
                                          svc.pool.max_waiters, svc.pool.wait_timeout) == (64, 1024, 60, None, 5)
     assert svc.tls == UpstreamTlsConfig() and (svc.tls.verify, svc.tls.ca_file, svc.tls.server_name) == (True, None, None)

@@ -264,11 +264,15 @@ def test_request_head_host_and_forwarding_lines(raw_host, preserve):
     ctx = Exchange(Request.build("GET", b"/x", [(b"Host", raw_host)] if raw_host else [], peer_ip="10.9.8.7"),
                    None)
     ctx.add_request_header(b"x-request-id", b"r-1")
+    # HTTP/1.0 without Host, preserve_host: the local address the client connected to
+    ctx.request.local_host = b"10.0.0.1:8080"
+    ctx.app = SimpleNamespace(default_host=None, trust_forwarded_host=False)
     route = SimpleNamespace(chain=SimpleNamespace(upstream_request=()), preserve_host=preserve)
     peer = SimpleNamespace(base_path=b"/base", host_header=b"up:80")
     for _ in range(2):  # (the second call finds the address remembered)
         head = request_head(ctx, route, peer)
-        want = (b"GET /base/x HTTP/1.1\r\nhost: " + (raw_host if raw_host and preserve else b"up:80") +
+        want = (b"GET /base/x HTTP/1.1\r\nhost: " +
+                (raw_host or b"10.0.0.1:8080" if preserve else b"up:80") +
                 b"\r\nx-request-id: r-1\r\nx-forwarded-for: 10.9.8.7\r\nx-forwarded-proto: http\r\n" +
                 (b"x-forwarded-host: " + raw_host + b"\r\n" if raw_host else b"") + b"\r\n")
         assert head == want

@@ -56,6 +56,7 @@ class FakeTransport:
         self.reading = True
         self.closed = False
         self.aborted = False
+        self.eof = False
 
     def get_extra_info(self, name, default=None):
         return ("10.1.2.3", 5555) if name == "peername" else default
@@ -78,6 +79,12 @@ class FakeTransport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
 
 class FakeHandler:
@@ -127,6 +134,12 @@ class FakeHandler:
 
     def downstream_paused(self, proto, paused) -> None:
         self.calls.append(("paused", paused))
+
+    def linger_start(self, proto) -> None:
+        self.calls.append(("linger",))
+
+    def linger_done(self, proto, end) -> None:
+        self.calls.append(("linger_done", end))
 
 
 LIMITS = SimpleNamespace(max_request_line=1024, max_header_size=512, max_headers_size=2048, max_headers=20)
@@ -371,7 +384,14 @@ def test_answered_before_body_read_closes():
     p, h, t, _ = make()
     p.data_received(b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123")
     respond(p, h, keep_alive=True)
-    assert t.closed
+    # a lingering close: write side shut, the rest of the body read and discarded
+    assert t.eof and not t.closed
+    n = len(h.bodies[id(h.dispatched[0])])
+    p.data_received(b"x" * 96)
+    assert len(h.bodies[id(h.dispatched[0])]) == n, "a discarded body reached the handler"
+    p.eof_received()
+    assert t.closed and not t.aborted
+    assert ("linger_done", "client") in h.calls
 
 
 def test_local_reply_during_dispatch_keeps_connection():

@@ -36,6 +36,7 @@ def test_retry_attempt_builds_its_own_head_for_its_instance():
 gateway: {{host: 127.0.0.1, port: 0}}
 services:
   two:
+    preserve_host: false
     instances:
       - {{url: "http://127.0.0.1:{dead}/dead-base"}}
       - {{url: "http://{good.addr}/good-base"}}

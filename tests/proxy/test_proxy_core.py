@@ -221,8 +221,8 @@ def test_forwarding_headers_from_untrusted_peer(core_gw, raw_up):
     assert r.header_all("x-forwarded-proto") == ["http"]
     assert r.header_all("x-forwarded-host") == ["public.example:8443"]
     assert r.header("forwarded") is None and r.header("x-real-ip") is None and r.header("x-forwarded-port") is None
-    # preserve_host is off: the upstream gets its own authority
-    assert r.header_all("host") == [raw_up.addr]
+    # preserve_host is on by default: the upstream gets the client's Host
+    assert r.header_all("host") == ["public.example:8443"]
 
 
 def test_request_id_generated_and_untrusted_one_replaced(core_gw, raw_up):

@@ -1,0 +1,111 @@
+"""Redirect rewriting for services that do not see the client's Host (L6).
+
+With ``preserve_host: false`` an upstream builds absolute URLs from its own address, so
+a ``Location: http://10.0.0.5:8080/app/login`` would send the client past the gateway.
+This middleware rewrites the values of ``Location``, ``Content-Location`` and the URL of
+``Refresh`` (``5; url=...``), like nginx's default ``proxy_redirect``:
+
+- ``redirect_rewrite: auto`` (the default): a value that starts with an instance's
+  origin plus base path (``scheme://host[:port]/base``, the port written or implied),
+  followed by ``/``, ``?``, ``#`` or nothing, gets the client's origin instead
+  (``<scheme the client used>://<Host the client sent>``; a request without Host gets
+  the path alone, a relative reference);
+- a list of ``{from, to}``: the first ``from`` the value starts with is replaced by
+  its ``to`` (as written; no boundary rule);
+- ``off``, or ``preserve_host: true`` (the upstream already sees the client's Host):
+  the middleware is not built, so the route pays nothing.
+
+Only upstream responses and local replies that carry one of the three headers pay for
+it: one ``ResponseHead.headers`` parse on a route that has it.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from fastgw.pipeline.middleware import Middleware
+
+_NAMES = frozenset({b"location", b"content-location", b"refresh"})
+
+
+def _origins(url: str) -> list[bytes]:
+    """The prefixes an instance's own URLs start with: with and without its default port."""
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    default = 443 if scheme == "https" else 80
+    port = u.port or default
+    host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    base = (u.path or "").rstrip("/")
+    out = [f"{scheme}://{host}:{port}{base}"]
+    if port == default:
+        out.append(f"{scheme}://{host}{base}")
+    return [o.encode("ascii") for o in out]
+
+
+class RedirectRewrite(Middleware):
+    name = "redirect_rewrite"
+
+    def __init__(self, cfg, deps, urls: list[str]) -> None:
+        super().__init__(cfg, deps)
+        if cfg == "auto" or cfg is True:
+            prefixes = []
+            for url in urls:
+                prefixes.extend(_origins(url))
+            # longest first: "http://h:80/app" before "http://h:80"
+            self.rules = tuple((p.lower(), None) for p in sorted(set(prefixes), key=len, reverse=True))
+        else:
+            self.rules = tuple((r.from_.encode("latin-1"), r.to.encode("latin-1")) for r in cfg)
+
+    def response_filter(self, ctx, head) -> None:
+        hs = head.headers
+        for i, (name, value) in enumerate(hs):
+            low = name.lower()
+            if low not in _NAMES:
+                continue
+            if low == b"refresh":
+                j = value.lower().find(b"url=")
+                if j < 0:
+                    continue
+                new = self._rewrite(ctx, value[j + 4:])
+                if new is not None:
+                    hs[i] = (name, value[:j + 4] + new)
+                continue
+            new = self._rewrite(ctx, value)
+            if new is not None:
+                hs[i] = (name, new)
+        head.headers = hs
+
+    def _rewrite(self, ctx, value: bytes):
+        low = None
+        for frm, to in self.rules:
+            if to is None:  # auto: an instance origin, then a boundary
+                if low is None:
+                    low = value.lower()
+                if not low.startswith(frm):
+                    continue
+                rest = value[len(frm):]
+                if rest and rest[0] not in b"/?#":
+                    continue
+                return _client_origin(ctx) + (rest or b"/")
+            if value.startswith(frm):
+                return to + value[len(frm):]
+        return None
+
+
+def _client_origin(ctx) -> bytes:
+    req = ctx.request
+    host = req.raw_host
+    if not host:
+        return b""  # no Host: a relative reference (RFC 9110 10.2.2)
+    return (b"https://" if ctx.scheme == "https" else b"http://") + host
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    """The route's redirect rewriter, or None (preserve_host true, redirect_rewrite off, or
+    the global chain)."""
+    rr = service_cfg.redirect_rewrite if service_cfg is not None else "off"
+    if service_cfg is None or service_cfg.preserve_host or rr == "off" or rr is False:
+        return None
+    return RedirectRewrite(service_cfg.redirect_rewrite, deps, [u.url for u in service_cfg.upstreams()])
