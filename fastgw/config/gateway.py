@@ -93,6 +93,8 @@ class GatewayConfig(Base):
     tls: ListenerTlsConfig | None = None
     request_id_header: Annotated[str, Check(v.header_name)] = "X-Request-ID"
     server_header: Annotated[str, Check(v.header_value)] | None = None  # None = no Server header
+    # upstream instance slots in shared memory (health and ejection state); restart-only
+    max_upstream_instances: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 1024
     versioning: VersioningConfig | None = None  # how a request names its API version (config.versioning)
 
     def _check(self) -> Iterator[tuple[str, str]]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 2                 # 2: the rate-limit part ends with its stripe locks (table_locks)
+VERSION = 3                 # 3: the health part holds ejections and per-worker failure rows
 ALIGN = 64
 
 PARAMS = (

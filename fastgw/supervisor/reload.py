@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 
 from fastgw.obs import oplog
+from fastgw.resilience.identity import assign_slots
 from fastgw.supervisor import ipc
 
 log = logging.getLogger("fastgw")
@@ -47,6 +48,8 @@ RESTART_ONLY = (
     ("monitoring.admin", lambda c: c.monitoring.admin and (c.monitoring.admin.host, c.monitoring.admin.port),
      "the admin API socket is bound at start (its token reloads)"),
     ("rate_limit.table_slots", table_slots, "the shared-memory region is sized at start"),
+    ("gateway.max_upstream_instances", lambda c: c.gateway.max_upstream_instances,
+     "the shared-memory region is sized at start"),
 )
 
 
@@ -198,6 +201,7 @@ def attempt(arb, source: str, client: str = "") -> dict:
         log.info("reload: no changes (config generation %d)", arb.generation)
     else:
         arb.generation += 1
+        assign_slots(arb.region.health, out.cfg)  # instance slots, before any child builds the config
         frame = ipc.encode(ipc.Reload(arb.generation, out.cfg))
         for c in arb.children.values():
             c.chan.send_raw(frame)          # a child still booting reads it once it serves
