@@ -53,7 +53,10 @@ class H(BaseHTTPRequestHandler):
         else:
             with lock:
                 stats["requests"] += 1
-            self._send(name.encode())
+            if mode == "503":
+                self._send(b"busy " + name.encode(), 503)
+            else:
+                self._send(name.encode())
     def do_POST(self):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n)

@@ -8,7 +8,8 @@ when an attempt failed (``pipeline/proxy.py``):
 - ``allow(now)``: does the budget allow one more retry now?
 
 The budget is Envoy's idea over a one-second window per worker: retries in the window at
-most ``budget_percent`` of the requests in the window, but always at least
+most ``budget_percent`` of the requests (of this window, or of the one before when that is
+more: the first requests of a window are not a fair base), but always at least
 ``min_retries_per_second``; past it, a failed attempt is answered as it is (and counted
 in ``fastgw_upstream_retry_budget_exhausted_total``).  One budget per service per worker,
 shared by the service's routes.
@@ -31,20 +32,23 @@ CONNECT_FAILURE = "connect-failure"
 
 
 class Budget:
-    __slots__ = ("percent", "floor", "window", "requests", "retries")
+    __slots__ = ("percent", "floor", "window", "requests", "prev", "retries")
 
     def __init__(self, percent: float, floor: int) -> None:
         self.percent = percent
         self.floor = floor
         self.window = 0      # int(now): the current one-second window
-        self.requests = 0    # requests (first attempts) counted in it
-        self.retries = 0     # retries granted in it
+        self.requests = 0    # requests (first attempts) counted since the window began
+        self.prev = 0        # requests of the window before (the hot path counts without a clock)
+        self.retries = 0     # retries granted in the window
 
     def allow(self, now: float) -> bool:
         w = int(now)
         if w != self.window:
+            self.prev = self.requests if w == self.window + 1 else 0
             self.window, self.requests, self.retries = w, 0, 0
-        if self.retries < self.floor or self.retries < self.requests * self.percent / 100.0:
+        base = self.requests if self.requests > self.prev else self.prev
+        if self.retries < self.floor or self.retries < base * self.percent / 100.0:
             self.retries += 1
             return True
         return False
