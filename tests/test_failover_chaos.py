@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 from tests.supervisor_helpers import Gateway, KeepAliveLoad, admin, metrics_text, series, wait_for
+from tests.test_metrics import promtool_check
 
 UPSTREAM = r'''
 import json, os, socket, sys, threading
@@ -182,6 +183,9 @@ def test_kill_an_instance_under_load_with_retries_costs_no_client_error():
     assert sum(retried.values()) > 0, retried
     fails = series(text, "fastgw_upstream_instance_failures_total")
     assert sum(v for k, v in fails.items() if str(ups[1].port) in k) > 0, fails
+    assert series(text, "fastgw_upstream_instance_healthy")[
+        f'{{service="app",instance="127.0.0.1:{ups[1].port}"}}'] == 0
+    promtool_check(text)
     row = doc["services"]["app"]["instances"][1]
     assert row["health"] == "unhealthy" and not row["usable"], row
 
