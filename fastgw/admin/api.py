@@ -10,6 +10,8 @@ process: config, shared memory, the supervisor's channel) and the ``AdminRequest
 ``/admin/config``   GET     the effective config as YAML, secrets ``"***"``
 ``/admin/routes``   GET     every route: service, name, path, methods, auth, roles, limit
 ``/admin/workers``  GET     per worker slot: pid, state, uptime, generation, requests
+``/admin/upstreams``  GET   every service and instance: health, last check, ejection,
+                            failures by kind, weight, source (docs/resilience.md)
 ``/admin/reload``   POST    reload as on HUP; 200 with the change summary (``result``:
                             reloaded / unchanged), or 422 problem+json with ``errors``
 ``/admin/cache/     POST    ``{"url": ...}``, ``{"prefix": ...}`` or ``{"tag": ...}``: drop
@@ -60,6 +62,10 @@ def get_workers(api: "AdminApi", req: AdminRequest):
     return 200, api.control.workers_doc()
 
 
+def get_upstreams(api: "AdminApi", req: AdminRequest):
+    return 200, api.control.upstreams_doc()
+
+
 async def post_reload(api: "AdminApi", req: AdminRequest):
     res = await api.control.request_reload(req.client)
     if res.get("result") == "refused":
@@ -90,6 +96,8 @@ ENDPOINTS = [
     Endpoint("GET", "/admin/config", get_config, doc="effective config (YAML, secrets redacted)"),
     Endpoint("GET", "/admin/routes", get_routes, doc="routes with their service, methods, auth and limit"),
     Endpoint("GET", "/admin/workers", get_workers, doc="worker slots: pid, state, generation, requests"),
+    Endpoint("GET", "/admin/upstreams", get_upstreams,
+             doc="services and instances: health, last check, ejection, failures, weight, source"),
     Endpoint("POST", "/admin/reload", post_reload, write=True,
              doc="reload the config file (as HUP): the change summary, or the errors with their paths"),
     Endpoint("POST", "/admin/cache/purge", post_cache_purge, write=True,

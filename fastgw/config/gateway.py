@@ -109,6 +109,8 @@ class GatewayConfig(Base):
     tls: ListenerTlsConfig | None = None
     request_id_header: Annotated[str, Check(v.header_name)] = "X-Request-ID"
     server_header: Annotated[str, Check(v.header_value)] | None = None  # None = no Server header
+    # upstream instance slots in shared memory (health and ejection state); restart-only
+    max_upstream_instances: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 1024
     versioning: VersioningConfig | None = None  # how a request names its API version (config.versioning)
     transform: TransformConfig | None = None  # every route's defaults, merged per item (config.transform)
     # Host sent upstream for an HTTP/1.0 request without Host; None = the local address the

@@ -26,17 +26,11 @@ def _always(v: Any) -> bool:
 
 
 NOT_ENFORCED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("services.*.retries", lambda n: n > 0,
-     "parsed but not enforced yet: failed requests are not retried"),
-    ("services.*.health", _is_set,
-     "parsed but not enforced yet: no active health checks are made"),
     ("services.*.instances", lambda xs: len(xs) > 1,
      "partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), "
-     "without health checks, least-connections or smooth weighting yet"),
+     "skipping unhealthy and ejected ones, without least-connections or smooth weighting yet"),
     ("monitoring.circuit_breaker", _is_set,
      "parsed but not enforced yet: no circuit breaker trips"),
-    ("monitoring.health_check_interval", _always,
-     "parsed but not enforced yet: no active health checks are made"),
     ("auth.refresh_token_expiry", _is_set,
      "parsed but not enforced yet: the gateway does not issue or check refresh tokens"),
 )

@@ -72,6 +72,7 @@ class RouteConfig(Base):
     version: VersionLabel | None = None  # the API version this route serves (config.versioning)
     deprecation: DeprecationConfig | None = None
     mirror: MirrorConfig | None = None  # fire-and-forget copies to a shadow service (config.mirror)
+    retry_non_idempotent: bool = False  # POST/PATCH retried too, only when the connect failed
     split: SplitConfig | None = None  # sides by weight (config.split); the route's service is then only its home
 
     def _check(self) -> Iterator[tuple[str, str]]:

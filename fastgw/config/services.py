@@ -24,6 +24,7 @@ from fastgw.config.cache import CacheRouteConfig
 from fastgw.config.compression import CompressionConfig
 from fastgw.config.transform import TransformConfig
 from fastgw.config.ratelimit import RateLimitRule
+from fastgw.config.resilience import HealthCheckConfig, OutlierConfig, Percent, RetryConfig
 from fastgw.config.routes import RouteConfig
 
 Url = Annotated[str, Check(v.http_url)]
@@ -75,7 +76,11 @@ class ServiceConfig(Base):
     timeout: PositiveDuration | None = None  # until the response head; None = gateway.timeout
     connect_timeout: PositiveDuration = Duration(5)
     read_timeout: PositiveDuration = Duration(60)
-    retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0
+    health_check: HealthCheckConfig = msgspec.field(default_factory=HealthCheckConfig)  # with ``health``
+    outlier_detection: OutlierConfig = msgspec.field(default_factory=OutlierConfig)
+    panic_threshold: Percent = 50  # below this share of usable instances, use them all
+    retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0  # extra attempts (config.resilience, docs/resilience.md)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     preserve_host: bool = True  # forward the client's Host (False: the instance's host[:port])
     # with preserve_host false: Location/Content-Location/Refresh pointing at the instance's
     # origin are rewritten to the client's ("auto"), not at all ("off"), or by these prefixes;

@@ -42,6 +42,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_downstream_lingering_closes_total": ("counter", "Lingering closes after an early answer, by how they ended (client, time, size).", ("end",)),
     "fastgw_upstream_connections_total": ("counter", "Upstream connection events (created, reused, closed).", ("event",)),
     "fastgw_upstream_errors_total": ("counter", "Upstream failures by service and kind.", ("service", "kind")),
+    "fastgw_upstream_retries_total": (
+        "counter", "Retries of a failed attempt on another instance, by service and reason.", ("service", "reason")),
+    "fastgw_upstream_retry_budget_exhausted_total": (
+        "counter", "Retries refused because the service's retry budget was spent.", ("service",)),
+    "fastgw_upstream_panic_total": (
+        "counter", "Picks made in panic mode (too few usable instances: all of them used).", ("service",)),
     "fastgw_upstream_pool_exhausted_total": ("counter", "503s because an upstream pool was full: its wait queue "
                                              "(reason=queue_full) or the wait (reason=wait_timeout).",
                                              ("upstream", "reason")),
@@ -262,6 +268,15 @@ class Metrics:
 
     def upstream_error(self, route, kind: str) -> None:
         self.inc("fastgw_upstream_errors_total", (("service", route.service if route else "-"), ("kind", kind)))
+
+    def upstream_retry(self, service: str, reason: str) -> None:
+        self.inc("fastgw_upstream_retries_total", (("service", service), ("reason", reason)))
+
+    def retry_budget_exhausted(self, service: str) -> None:
+        self.inc("fastgw_upstream_retry_budget_exhausted_total", (("service", service),))
+
+    def upstream_panic(self, route) -> None:
+        self.inc("fastgw_upstream_panic_total", (("service", route.service),))
 
     def publish_pools(self, pools) -> None:
         """Tick: add the pools' connection reuses (counted as plain ints on the hot path)."""

@@ -44,6 +44,18 @@ EXTRA_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Connections from trusted sources closed for a missing or invalid PROXY header.", ()),
     "fastgw_metrics_overflow_total": (
         "counter", "Increments of series that did not fit in a shared-memory metric area.", ()),
+    "fastgw_upstream_instance_healthy": (
+        "gauge", "Active health check verdict per instance (1 healthy, 0 unhealthy, -1 unknown).",
+        ("service", "instance")),
+    "fastgw_upstream_instance_ejected": (
+        "gauge", "1 while the instance is ejected by outlier detection.", ("service", "instance")),
+    "fastgw_upstream_instance_ejections_total": (
+        "counter", "Outlier ejections of the instance.", ("service", "instance")),
+    "fastgw_upstream_instance_failures_total": (
+        "counter", "Failures real requests saw on the instance, by kind (connect, reset, timeout, status_5xx).",
+        ("service", "instance", "kind")),
+    "fastgw_health_checks_total": (
+        "counter", "Active health probes sent by this gateway host.", ()),
     "fastgw_metrics_dropped_series_total": (
         "counter", "Series refused because a shared-memory metric area was full.", ()),
 }

@@ -100,7 +100,9 @@ class UpstreamHandler(Protocol):
     def upstream_head(self, up: "UpstreamSide", status: int, reason: bytes, block: bytes,
                       keep_alive: bool) -> tuple:
         """The response head: ``(head bytes for the client, framing)``, framing being the
-        ``RECHUNK`` / ``CLOSE_DELIMITED`` bits of ``http.wire``."""
+        ``RECHUNK`` / ``CLOSE_DELIMITED`` bits of ``http.wire``.  A handler that drops
+        the response instead (a 5xx retried elsewhere) releases the connection as not
+        reusable first; the client sees itself closed and forwards nothing."""
 
     def upstream_done(self, up: "UpstreamSide", reusable: bool) -> None:
         """The response is complete and flushed; ``reusable``: the connection may be pooled."""

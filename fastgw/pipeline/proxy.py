@@ -23,6 +23,38 @@ from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
 from fastgw.http.wire import LAST_CHUNK, chunk
 from fastgw.pipeline.exchange import Attempt, new_attempt
 from fastgw.pipeline.heads import keep_client, request_head, response_head
+from fastgw.resilience.retry import CONNECT_FAILURE
+from fastgw.shm.health import KIND_OF
+
+STATUS_5XX = 3  # shm.health FAIL_KINDS index
+
+def failed(inst, kind: int) -> None:
+    """An attempt on ``inst`` failed (an upstream failure, never a gateway-made answer):
+    this worker's consecutive count and its row in the health table (outlier detection)."""
+    if kind < 0:
+        return
+    inst.fails += 1
+    row = inst.row
+    if row is not None:
+        row.failed(inst.slot, kind, inst.fails, 0)
+
+
+def succeeded(inst) -> None:
+    """The first good head after failures: the consecutive count starts again."""
+    inst.fails = 0
+    row = inst.row
+    if row is not None:
+        row.succeeded(inst.slot, 0)
+
+
+def _tried(x) -> tuple:
+    out = []
+    a = x.attempt
+    while a is not None:
+        out.append(a.instance)
+        a = a.prev
+    return tuple(out)
+
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RESEND_PIECES = 64  # a whole body in fewer pieces than this is kept for a retry
@@ -46,6 +78,8 @@ class Proxy:
             return
         # the first attempt (a retry is ``_retry``), with a head built for its instance
         x.upstream = inst.label
+        if route.retry is not None:
+            route.retry.budget.requests += 1
         pool = inst.pool
         # (``new_attempt`` written out: the first attempt is made once per request)
         a = x.attempt = _new(Attempt)
@@ -72,13 +106,24 @@ class Proxy:
         else:
             self._on_conn(proto, x, a, conn, None)
 
-    def _retry(self, proto, x, inst) -> None:
+    def _retry(self, proto, x, inst, fresh: bool = True) -> None:
         """A new attempt on the instance ``inst``, with a head built for it, on a fresh
-        connection (a reused one just failed), within its pool's cap."""
-        x.upstream = inst.label
+        connection (a reused one just failed), within its pool's cap; ``fresh=False``
+        (a policy retry on another instance) takes an idle connection first."""
+        x.cancel = None
+        if proto.closed or proto.cur is not x.request:
+            return
+        x.upstream = x.upstream + ", " + inst.label if x.upstream else inst.label
         pool = inst.pool
         a = x.attempt = new_attempt(inst, request_head(x, x.route, inst), monotonic(), x.attempt)
-        cancel = pool.connect_fresh(lambda conn, err: self._on_conn(proto, x, a, conn, err))
+        if not fresh:
+            conn = pool.acquire_idle()
+            if conn is not None:
+                self._on_conn(proto, x, a, conn, None)
+                return
+            cancel = pool.acquire(lambda conn, err: self._on_conn(proto, x, a, conn, err))
+        else:
+            cancel = pool.connect_fresh(lambda conn, err: self._on_conn(proto, x, a, conn, err))
         if cancel is not None:
             x.cancel = cancel
 
@@ -115,19 +160,68 @@ class Proxy:
             a.error = err
             a.end = monotonic()
         route = x.route
+        if a is not None and err.source == "upstream":
+            failed(a.instance, KIND_OF.get(err.kind, -1))
+        pol = route.retry
+        if pol is not None and a is not None:
+            cond = pol.condition(err.kind)
+            if cond is not None and self._policy_retry(proto, x, pol, cond):
+                return
+        # the one-shot retry (of a reused connection that died before any byte, or of a
+        # refused connect), independent of ``retries``
         if (err.retryable and x.request.method in IDEMPOTENT and not x.retried
                 and not x.chunked and (not x.content_length or x.resend)):
             x.retried = True
             x.flags.append("retried")
             if x.resend:
                 x.pending, x.resend = x.resend, None
-            inst = route.pick(x)
+            inst = route.pick(x) if route.retry is None else route.pick_other(_tried(x))
             if inst is not None:
                 x.error = None
                 self._retry(proto, x, inst)
                 return
         x.app.metrics.upstream_error(route, err.kind)
         self.engine.reply_error(proto, x, err, route.chain)
+
+    def _policy_retry(self, proto, x, pol, reason: str, status: bool = False) -> bool:
+        """``retries``: another attempt, on another instance when one exists, after a
+        jittered backoff, if the request allows it and the budget does (resilience.retry).
+        Idempotent methods on any ``retry.on`` condition; an opted-in other method only
+        on a connect failure (nothing reached the upstream)."""
+        req = x.request
+        if req.method not in IDEMPOTENT and not (pol.non_idempotent and reason == CONNECT_FAILURE):
+            return False
+        if proto.closed or proto.cur is not req or x.chunked or not proto.cur_complete:
+            return False
+        if status:
+            body = None if not x.content_length else x.resend
+        else:
+            body = x.pending if x.pending is not None else x.resend
+        if x.content_length and (body is None or sum(map(len, body)) > pol.max_body):
+            return False
+        tried = _tried(x)
+        if len(tried) > pol.retries:
+            return False
+        route = x.route
+        if not pol.budget.allow(monotonic()):
+            x.app.metrics.retry_budget_exhausted(route.service)
+            x.flags.append("retry_budget_exhausted")
+            return False
+        inst = route.pick_other(tried)
+        if inst is None:
+            return False
+        x.app.metrics.upstream_retry(route.service, reason)
+        x.flags.append("retried")
+        x.error = None
+        if body is not None and x.pending is None:
+            x.pending, x.resend = body, None
+        delay = pol.backoff(len(tried))
+        if delay > 0.0:
+            h = x.app.loop.call_later(delay, self._retry, proto, x, inst, False)
+            x.cancel = h.cancel
+        else:
+            self._retry(proto, x, inst, False)
+        return True
 
     @staticmethod
     def drop(x) -> None:
@@ -151,10 +245,36 @@ class Proxy:
         the body framing."""
         x = up.ctx
         x.upstream_status = status
-        x.upstream_duration = monotonic() - x.attempt.start
+        a = x.attempt
+        x.upstream_duration = monotonic() - a.start
+        if status > 499:
+            if self._bad_status(up, x, a, status):
+                return None, 0   # not forwarded: a retry is under way (client.py stops here)
+        elif a.instance.fails:
+            succeeded(a.instance)
         down = up.down
         return response_head(x, down, status, reason, block, keep_client(x, down, self.engine.draining),
                              x.app.server_header)
+
+    def _bad_status(self, up, x, a, status: int) -> bool:
+        """A 5xx head: counted against the instance; retried (the head not forwarded, the
+        connection dropped) when ``retry.on`` lists the status and the request allows it."""
+        failed(a.instance, STATUS_5XX)
+        pol = x.route.retry
+        if pol is None or status not in pol.statuses:
+            return False
+        proto = up.down
+        if proto is None or x.request.method not in IDEMPOTENT:
+            return False
+        # decided first: the 5xx is forwarded as it is unless a retry really starts
+        a.end = monotonic()
+        a.conn = None
+        if not self._policy_retry(proto, x, pol, str(status), status=True):
+            a.conn = up
+            a.end = 0.0
+            return False
+        up.pool.release(up, False)
+        return True
 
     def upstream_done(self, up, reusable: bool) -> None:
         x = up.ctx

@@ -18,6 +18,8 @@ from fastgw.http.netaddr import TrustedNets
 from fastgw.middleware.registry import builders
 from fastgw.pipeline.chain import Chain
 from fastgw.pipeline.middleware import overrides
+from fastgw.resilience.identity import instance_key
+from fastgw.resilience.retry import Budget, RetryPolicy
 from fastgw.routing import Router
 from fastgw.routing.split import Splitter
 from fastgw.upstream.peer import Instance, make_peer, peer_key
@@ -28,7 +30,10 @@ class Route:
     """A compiled route: what the engine reads per request (all precomputed)."""
 
     __slots__ = ("name", "service", "cfg", "chain", "instances", "max_body", "allow_encoded_slash",
-                 "t_head", "t_read", "preserve_host", "response_body_filter", "answers_preflight", "_rr")
+                 "t_head", "t_read", "preserve_host", "response_body_filter", "answers_preflight", "_rr",
+                 # failover: the health table's ``down`` bytes, the distinct instances, the
+                 # panic threshold (percent) and the retry policy (None: ``retries: 0``)
+                 "down", "distinct", "panic", "retry", "on_panic")
 
     def __init__(self, name, service, cfg, chain, instances, max_body, allow_encoded_slash,
                  t_head, t_read, preserve_host) -> None:
@@ -46,16 +51,54 @@ class Route:
         # a CORS middleware on this route answers preflights (else OPTIONS needs the method)
         self.answers_preflight = any(m.answers_preflight() for m in chain.mws)
         self._rr = 0
+        self.down = _NEVER_DOWN
+        self.distinct = tuple(dict.fromkeys(instances))
+        self.panic = 50.0
+        self.retry = None
+        self.on_panic = None
 
     def pick(self, ctx):
-        """The ``Instance`` to use (round-robin)."""
+        """The ``Instance`` to use: round-robin over the usable ones; an unhealthy or
+        ejected instance is skipped (``_usable``)."""
         insts = self.instances
         if not insts:
             return None
         if len(insts) == 1:
             return insts[0]
-        self._rr = (self._rr + 1) % len(insts)
-        return insts[self._rr]
+        rr = self._rr = (self._rr + 1) % len(insts)
+        inst = insts[rr]
+        if self.down[inst.slot]:   # one byte load from shared memory (shm.health)
+            return self._usable(rr, ())
+        return inst
+
+    def pick_other(self, tried):
+        """An instance for a retry: a usable one not in ``tried`` when one exists."""
+        insts = self.instances
+        if len(insts) < 2:
+            return insts[0] if insts else None
+        rr = self._rr = (self._rr + 1) % len(insts)
+        return self._usable(rr, tried)
+
+    def _usable(self, rr: int, tried):
+        """The next instance from ``rr`` in the cycle that is up and not in ``tried``;
+        in panic (fewer than ``panic`` percent of the instances up) down ones count as up."""
+        insts, down, n = self.instances, self.down, len(self.instances)
+        up = sum(1 for i in self.distinct if not down[i.slot])
+        panic = up * 100 < self.panic * len(self.distinct)
+        if panic and self.on_panic is not None:
+            self.on_panic(self)
+        for k in range(n):
+            inst = insts[(rr + k) % n]
+            if (panic or not down[inst.slot]) and inst not in tried:
+                return inst
+        for k in range(n):   # every usable one was tried: any other one, else the same
+            inst = insts[(rr + k) % n]
+            if inst not in tried:
+                return inst
+        return insts[rr]
+
+
+_NEVER_DOWN = bytes(1)  # ``down`` without a health table: slot -1 reads the one 0 byte
 
 
 class SplitRoute(Route):
@@ -89,6 +132,7 @@ class App:
         self.global_chain = Chain(self._mws(blds, None, None))
         entries = []
         svc_insts: dict[str, tuple] = {}
+        all_insts = []
         for sname, svc in config.services.items():
             # instances with weight 0 get no traffic; a weight repeats the instance in the
             # round-robin cycle
@@ -110,8 +154,12 @@ class App:
                                 stats=metrics.pool_event if metrics is not None else None,
                                 exhausted=metrics.pool_exhausted if metrics is not None else None)
                 self.pools[pk] = pool
-                insts.extend([Instance(pool, url, weight)] * weight)
+                inst = Instance(pool, url, weight)
+                inst.service = sname
+                insts.extend([inst] * weight)
+                all_insts.append(inst)
             svc_insts[sname] = tuple(insts)
+            budget = Budget(float(svc.retry.budget_percent), svc.retry.min_retries_per_second)
             t_head = float(svc.timeout if svc.timeout is not None else gw.timeout)
             for rc in svc.routes:
                 chain = Chain(self._mws(blds, svc, rc))
@@ -120,6 +168,11 @@ class App:
                     rc.name, sname, rc, chain, tuple(insts), max_body, rc.allow_encoded_slash,
                     float(rc.timeout) if rc.timeout is not None else t_head,
                     float(svc.read_timeout), svc.preserve_host)
+                route.panic = float(svc.panic_threshold)
+                if svc.retries > 0:
+                    pol = route.retry = RetryPolicy(svc, rc, budget)
+                    if pol.per_try is not None:   # each attempt's wait for the head
+                        route.t_head = min(route.t_head, pol.per_try)
                 entries.append((rc, route))
                 for inst in insts:  # connection timers are armed at most this far ahead
                     inst.pool.tmin = min(inst.pool.tmin, route.t_head, route.t_read)
@@ -131,6 +184,12 @@ class App:
                 route.instances = tuple(i for side in rc.split.to for i in svc_insts[side.service])
                 for inst in route.instances:
                     inst.pool.tmin = min(inst.pool.tmin, route.t_head, route.t_read)
+        down = self._health_slots(all_insts, deps)
+        for _, route in entries:
+            route.down = down
+            route.distinct = tuple(dict.fromkeys(route.instances))
+            if metrics is not None:
+                route.on_panic = metrics.upstream_panic
         self.router = Router(entries, gw.versioning)
         self.routes = [r for _, r in entries]
         # (host, method, raw target) -> (query, path, route, params) for routers whose
@@ -139,6 +198,29 @@ class App:
         # readiness contributed by middlewares (e.g. the first JWKS fetch)
         self.ready_checks = tuple({id(m): m.ready for m in self.middlewares().values()
                                    if overrides(m, "ready")}.values())
+
+    def _health_slots(self, insts, deps):
+        """Each instance's slot in the shared health table (``shm.health``) and this
+        worker's failure row; the ``down`` bytes routes read.  Without a table (or with
+        an instance that found no slot: the table is full), no instance is ever down."""
+        region = getattr(deps, "shm", None)
+        table = getattr(region, "health", None)
+        if table is None or not insts:
+            return _NEVER_DOWN
+        slots = table.assign([instance_key(i.service, i.url) for i in insts])  # found, or claimed
+        row = table.row(getattr(deps, "worker_id", 0))
+        for i in insts:
+            i.slot = slots.get(instance_key(i.service, i.url), -1)
+            i.row = row
+        if any(i.slot < 0 for i in insts):
+            self.log.warning("gateway.max_upstream_instances (%d) is too small for %d instances: "
+                             "health checks and outlier ejection are off", table.slots, len(insts))
+            for i in insts:
+                i.slot = -1
+            return _NEVER_DOWN
+        for i in insts:
+            i.fails = row.consecutive(i.slot)
+        return table.down
 
     def _mws(self, blds, svc, rc):
         out = []

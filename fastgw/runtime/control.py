@@ -43,6 +43,9 @@ from fastgw.admin.server import HttpServerProtocol
 from fastgw.obs import oplog
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.prom import CONTENT_TYPE, render
+from fastgw.resilience.checker import Monitor
+from fastgw.resilience.identity import config_instances
+from fastgw.shm.health import FAIL_KINDS, STATE_NAMES as HEALTH_NAMES, UNHEALTHY, UNKNOWN
 from fastgw.shm.workers import READY, STATE_NAMES
 
 log = logging.getLogger("fastgw")
@@ -75,6 +78,7 @@ class Control:
         self.tick_hooks = []
         self.started = time.monotonic()
         self.audit = None  # LogBuffer of monitoring.logging.audit.output, opened in run()
+        self.monitor = None  # active health checks and outlier ejection (fastgw.resilience)
 
     # ------------------------------------------------------------------ life
     def run(self) -> int:
@@ -96,12 +100,17 @@ class Control:
             for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup"),
                               (signal.SIGUSR1, "usr1")):
                 loop.add_signal_handler(sig, self._on_signal, name)
+        if self.config is not None and getattr(self.region, "health", None) is not None:
+            self.monitor = Monitor(self.region.health, loop)
+            self.monitor.apply(self.config)
         for hook in self.start_hooks:
             hook(self)
         self._tick()
         try:
             return loop.run_until_complete(self.stopping)
         finally:
+            if self.monitor is not None:
+                self.monitor.stop()
             self.server.close()
             if self.api_server is not None:
                 self.api_server.close()
@@ -176,6 +185,8 @@ class Control:
     def apply_config(self, cfg, generation: int) -> bool:
         self.config = cfg
         self.generation = generation
+        if self.monitor is not None:
+            self.monitor.apply(cfg)
         return True
 
     # ------------------------------------------------------------------ endpoints
@@ -207,7 +218,66 @@ class Control:
                  ("fastgw_workers_desired", self.desired),
                  ("fastgw_config_generation", self.generation)]
         extra += [(f'fastgw_workers{{state="{s}"}}', n) for s, n in states.items()]
+        extra += self.upstream_series()
         return render(snap, extra)
+
+    # ------------------------------------------------------------------ upstreams
+    def _instances(self):
+        """(service, url, slot, weight) of every configured instance with a slot."""
+        table = self.region.health
+        out = []
+        for sname, url, key in config_instances(self.config) if self.config is not None else ():
+            svc = self.config.services[sname]
+            weight = next((i.weight for i in svc.upstreams() if i.url == url), 1)
+            out.append((sname, url, table.find(key), weight))
+        return out
+
+    def upstream_series(self) -> list:
+        table = getattr(self.region, "health", None)
+        if table is None:
+            return []
+        out = []
+        now = time.monotonic_ns()
+        for sname, url, slot, _w in self._instances():
+            if slot < 0:
+                continue
+            lab = f'service="{sname}",instance="{_label(url)}"'
+            st = table.state(slot)
+            out.append((f"fastgw_upstream_instance_healthy{{{lab}}}", -1 if st == UNKNOWN else int(st != UNHEALTHY)))
+            out.append((f"fastgw_upstream_instance_ejected{{{lab}}}", int(table.ejected_until(slot) > now)))
+            out.append((f"fastgw_upstream_instance_ejections_total{{{lab}}}", table.ejections(slot)))
+            _req, _con, kinds = table.sums(slot)
+            for k, n in zip(FAIL_KINDS, kinds):
+                out.append((f'fastgw_upstream_instance_failures_total{{{lab},kind="{k}"}}', n))
+        out.append(("fastgw_health_checks_total", self.monitor.probes if self.monitor is not None else 0))
+        return out
+
+    def upstreams_doc(self) -> dict:
+        """``GET /admin/upstreams``: every service's instances as this host sees them."""
+        table = self.region.health
+        now, wall = time.monotonic_ns(), time.time_ns()
+        services: dict = {}
+        for sname, url, slot, weight in self._instances():
+            svc = self.config.services[sname]
+            row = {"url": url, "source": "file", "weight": weight, "slot": slot}
+            if slot >= 0:
+                until = table.ejected_until(slot)
+                req, con, kinds = table.sums(slot)
+                chk = table.last_check(slot)
+                row.update({
+                    "health": HEALTH_NAMES[table.state(slot)] if svc.health else "not checked",
+                    "last_check_age_s": round((wall - chk) / 1e9, 3) if chk else None,
+                    "ejected": until > now,
+                    "ejected_for_s": round((until - now) / 1e9, 3) if until > now else 0,
+                    "times_ejected": table.ejections(slot),
+                    "usable": not table.down[slot],
+                    "consecutive_failures": con,
+                    "failures": dict(zip(FAIL_KINDS, kinds)),
+                })
+            d = services.setdefault(sname, {"health": svc.health, "retries": svc.retries,
+                                            "panic_threshold": float(svc.panic_threshold), "instances": []})
+            d["instances"].append(row)
+        return {"generation": self.generation, "services": services}
 
     def workers_doc(self) -> dict:
         now_ns, wall_ns = time.monotonic_ns(), time.time_ns()
@@ -235,3 +305,11 @@ class Control:
         if path == "/metrics":
             return 200, [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE], self.metrics_text().encode()
         return problem_reply(404, f"no endpoint {path} on this listener (/livez, /readyz, /metrics)", "")
+
+
+def _label(url: str) -> str:
+    """An instance's metric label: its host:port (as the access log's ``upstream``)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return u.netloc.rsplit("@", 1)[-1] or url

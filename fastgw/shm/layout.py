@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 3                 # 3: the cache purge log (purge); 2: the rate-limit stripe locks
+VERSION = 4                 # 4: the health part's ejection and per-worker failure rows; 3: the cache purge log; 2: the rate-limit stripe locks
 ALIGN = 64
 
 PARAMS = (

@@ -85,7 +85,7 @@ class Region:
         self.metrics = metrics.MetricsStore(mm, q, o["metrics"], p["metric_slots"], p["metrics_series"])
         self.ratelimit = ratelimit.RateTable(mm, q, fd, o["ratelimit"], p["table_slots"], header.secret, digest,
                                              p["table_locks"])
-        self.health = health.HealthTable(mm, q, o["health"], p["health_slots"])
+        self.health = health.HealthTable(mm, q, o["health"], p["health_slots"], p["max_workers"])
         self.broadcast = broadcast.Broadcast(q, o["broadcast"])
         self.purge = purge.PurgeLog(mm, q, o["purge"])
 
@@ -117,7 +117,7 @@ class Region:
             "workers": workers.size(max_workers),
             "metrics": metrics.size(params["metric_slots"], metrics_series),
             "ratelimit": ratelimit.size(table_slots),
-            "health": health.size(health_slots),
+            "health": health.size(health_slots, max_workers),
             "broadcast": broadcast.size(),
             "purge": purge.size(),
         }

@@ -53,6 +53,7 @@ import time
 from fastgw.config.ratelimit_section import table_slots
 from fastgw.obs import oplog
 from fastgw.obs.audit import AuditLog
+from fastgw.resilience.identity import assign_slots
 from fastgw.shm import Region
 from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
@@ -144,7 +145,9 @@ class Arbiter:
             log.warning("%s", line)
         log.info("open files: soft limit %d (%d needed per worker)", nofile, per_worker(cfg))
         self.region = Region.create(self.max_slots, metrics_series=METRICS_SERIES,
-                                    table_slots=table_slots(cfg.rate_limit), health_slots=1024)
+                                    table_slots=table_slots(cfg.rate_limit),
+                                    health_slots=cfg.gateway.max_upstream_instances)
+        assign_slots(self.region.health, cfg)  # instance slots, before any child builds its App
         w = self.region.metrics.writer(self.region.metrics.supervisor_slot)
         self.m = (w, w.counter("fastgw_worker_restarts_total"),
                   w.counter('fastgw_config_reloads_total{result="ok"}'),

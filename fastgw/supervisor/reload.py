@@ -23,6 +23,7 @@ import logging
 
 from fastgw.config.ratelimit_section import table_slots
 from fastgw.obs import oplog
+from fastgw.resilience.identity import assign_slots
 from fastgw.supervisor import ipc
 
 log = logging.getLogger("fastgw")
@@ -40,6 +41,8 @@ RESTART_ONLY = (
     ("monitoring.admin", lambda c: c.monitoring.admin and (c.monitoring.admin.host, c.monitoring.admin.port),
      "the admin API socket is bound at start (its token reloads)"),
     ("rate_limit.table_slots", lambda c: table_slots(c.rate_limit), "the shared-memory region is sized at start"),
+    ("gateway.max_upstream_instances", lambda c: c.gateway.max_upstream_instances,
+     "the shared-memory region is sized at start"),
 )
 
 
@@ -191,6 +194,7 @@ def attempt(arb, source: str, client: str = "") -> dict:
         log.info("reload: no changes (config generation %d)", arb.generation)
     else:
         arb.generation += 1
+        assign_slots(arb.region.health, out.cfg)  # instance slots, before any child builds the config
         frame = ipc.encode(ipc.Reload(arb.generation, out.cfg))
         for c in arb.children.values():
             c.chan.send_raw(frame)          # a child still booting reads it once it serves

@@ -241,6 +241,8 @@ class UpstreamProtocol:
         self.hoff = 0
         keep = self.keep = p.should_keep_alive()
         head, framing = self.handler.upstream_head(self, status, reason, block, keep)
+        if self.state == CLOSED:
+            return  # the handler dropped this response (a retry elsewhere): nothing is forwarded
         if framing:
             # how the body goes to the client (the engine's decision, ``pipeline.heads``)
             self.rechunk = bool(framing & RECHUNK)

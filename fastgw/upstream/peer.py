@@ -89,7 +89,10 @@ def make_peer(url: str, tls_cfg, key: tuple | None = None) -> Peer:
 class Instance:
     """One service's instance: its pool and how requests to it are addressed."""
 
-    __slots__ = ("pool", "base_path", "host_header", "label", "weight")
+    __slots__ = ("pool", "base_path", "host_header", "label", "weight",
+                 # failover (fastgw.resilience): the health-table slot (-1: none), this
+                 # worker's consecutive failures and its shm row, the service's name
+                 "slot", "fails", "row", "service", "url")
 
     def __init__(self, pool, url: str, weight: int = 1) -> None:
         u = urlsplit(url)
@@ -101,3 +104,8 @@ class Instance:
         self.host_header = (hh if peer.port == default_port else f"{hh}:{peer.port}").encode("ascii")
         self.label = peer.label
         self.weight = weight
+        self.slot = -1
+        self.fails = 0
+        self.row = None
+        self.service = ""
+        self.url = url

@@ -54,8 +54,20 @@ def test_bundled_config_check_groups_warnings():
     assert p.stdout.strip() == f"fastgw: config/gateway.yaml: config OK ({len(warnings)} warnings)"
     msgs = [w.split(": ", 2)[-1] for w in warnings]
     assert len(msgs) == len(set(msgs)) and len(warnings) <= 4     # one line per kind, not one per service
-    assert any(w.startswith("warning: services.svg-parser.retries, services.cmms-service.retries, ")
-               for w in warnings)
+    # retries, health and health_check_interval are enforced (#19): no warning for them
+    assert not any(".retries" in w or ".health" in w or "health_check_interval" in w for w in warnings), warnings
+
+
+def test_check_groups_one_warning_over_its_paths(tmp_path):
+    src = tmp_path / "gw.yaml"
+    src.write_text("""
+services:
+  a: {instances: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}], routes: [{path: /a}]}
+  b: {instances: [{url: "http://127.0.0.1:3"}, {url: "http://127.0.0.1:4"}], routes: [{path: /b}]}
+""")
+    p = fastgw("--check", "-c", str(src))
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines()[0].startswith("warning: services.a.instances, services.b.instances: partly enforced")
 
 
 def test_print_config_round_trips_through_check(tmp_path):

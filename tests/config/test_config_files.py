@@ -32,14 +32,7 @@ GATEWAY_YAML = ROOT / "config" / "gateway.yaml"
 SECRET = "0123456789abcdef0123456789abcdef"
 
 SEED_WARNINGS = [
-    "services.svg-parser.health: parsed but not enforced yet: no active health checks are made",
-    "services.svg-parser.retries: parsed but not enforced yet: failed requests are not retried",
-    "services.cmms-service.health: parsed but not enforced yet: no active health checks are made",
-    "services.cmms-service.retries: parsed but not enforced yet: failed requests are not retried",
-    "services.database-infra.health: parsed but not enforced yet: no active health checks are made",
-    "services.database-infra.retries: parsed but not enforced yet: failed requests are not retried",
     "auth.refresh_token_expiry: parsed but not enforced yet: the gateway does not issue or check refresh tokens",
-    "monitoring.health_check_interval: parsed but not enforced yet: no active health checks are made",
     "monitoring.circuit_breaker: parsed but not enforced yet: no circuit breaker trips",
 ]
 
@@ -119,17 +112,16 @@ def test_warning_table_rows_are_well_formed():
 
 
 @pytest.mark.parametrize("path,value,warning", [
-    ("services.svg-parser.retries", 2, "services.svg-parser.retries: parsed but not enforced yet: failed requests are not retried"),
+    ("services.svg-parser.retries", 2, None),
     ("services.svg-parser.retries", 0, None),
-    ("services.svg-parser.health", "/health", "services.svg-parser.health: parsed but not enforced yet: no active health checks are made"),
-    (f"{R0}.transform", {"request": {"headers": {"set": {"X-A": "1"}}}}, None),  # enforced (issue 25)
+    ("services.svg-parser.health", "/health", None),
+    (f"{R0}.transform", {"request": {"headers": {"set": {"X-A": "1"}}}}, None),  # enforced
     ("services.cmms-service", {"instances": [{"url": "http://a:1"}, {"url": "http://b:1"}]},
-     "services.cmms-service.instances: partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), without health checks, least-connections or smooth weighting yet"),
+     "services.cmms-service.instances: partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), skipping unhealthy and ejected ones, without least-connections or smooth weighting yet"),
     ("services.cmms-service", {"instances": [{"url": "http://a:1"}]}, None),
     ("monitoring.circuit_breaker", {"failure_threshold": 3, "timeout": "10s"},
      "monitoring.circuit_breaker: parsed but not enforced yet: no circuit breaker trips"),
-    ("monitoring.health_check_interval", "10s",
-     "monitoring.health_check_interval: parsed but not enforced yet: no active health checks are made"),
+    ("monitoring.health_check_interval", "10s", None),
     ("auth", {"refresh_token_expiry": "7d"},
      "auth.refresh_token_expiry: parsed but not enforced yet: the gateway does not issue or check refresh tokens"),
     ("services.svg-parser.tls", {"verify": False},
