@@ -19,7 +19,7 @@ import httpx
 import pytest
 import requests
 
-from tests.harness import Gateway
+from tests.support.gateway import Gateway
 
 BIG = b"x" * (5 * 1000 * 1000)  # 5 MB against a 1 MiB limit
 

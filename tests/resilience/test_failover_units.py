@@ -21,9 +21,9 @@ from fastgw.resilience.retry import Budget
 from fastgw.runtime.app import App
 from fastgw.shm import Region
 from fastgw.shm.health import HEALTHY, UNHEALTHY
-from tests.test_config import BASE, edit
-from tests.test_failover_chaos import Upstream, gw_config
-from tests.supervisor_helpers import Gateway
+from tests.support.config import BASE, edit
+from tests.support.failover import Upstream, gw_config
+from tests.support.gateway import Gateway
 
 SVC = "services.svg-parser"
 

@@ -15,7 +15,7 @@ import pytest
 
 from fastgw.config.errors import ConfigError
 from fastgw.config.loader import load_config_text
-from tests.harness import Gateway
+from tests.support.gateway import Gateway
 
 SECRET = "transform-test-secret-0123456789abcdef"
 DOC = {"data": {"id": 7, "name": "x"}, "meta": {"page": 1}}

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.harness import Gateway
+from tests.support.gateway import Gateway
 
 
 class _Handler(BaseHTTPRequestHandler):

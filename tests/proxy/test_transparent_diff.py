@@ -32,7 +32,7 @@ import aiohttp
 import pytest
 import requests
 
-from tests.harness import Gateway
+from tests.support.gateway import Gateway
 
 ADDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
 HOP = {"connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection"}  # not forwarded (RFC 9110 7.6.1)

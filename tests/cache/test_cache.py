@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import jwt
 import pytest
 
-from tests.conftest import flushed_access_lines
-from tests.harness import Gateway
-from tests.supervisor_helpers import admin, metrics_text, series
+from tests.support.gateway import flushed_access_lines
+from tests.support.gateway import Gateway
+from tests.support.procs import admin, metrics_text, series
 
 SECRET = "cache-test-secret-0123456789abcdef0123"
 
