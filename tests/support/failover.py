@@ -11,7 +11,6 @@ import subprocess
 import sys
 import urllib.request
 
-from tests.support.procs import admin
 
 UPSTREAM = r'''
 import json, os, socket, sys, threading
