@@ -421,36 +421,46 @@ def _response_body_filter(self, ctx, chunk: bytes, end: bool) -> bytes:
 
 
 # ---------------------------------------------------------------- the middleware
-# The three shapes a route's transform takes, each a direct Middleware subclass whose
-# hooks are the functions above: only the hooks a route needs are in its chain, so a
-# route that only rewrites requests keeps the unparsed response path, and only routes
-# with a ``body`` block get a body filter (STYLE.md item 10).
+# A route's transform is two middlewares at two places of the gateway's order
+# (middleware/registry.py): the request side (path, query, request headers, per-request
+# response decorations, the request body) runs before the cache lookup, so a Vary on a
+# header a transform sets separates users; the response side (response headers that do
+# not depend on the request, the response body) comes after compression in the order, so
+# its hooks run before compression's and before the cache stores.  Each is a direct
+# Middleware subclass whose hooks are the functions above: only the hooks a route needs
+# are in its chain (STYLE.md item 10).
 class TransformRequest(Middleware):
-    """Path, query and request headers."""
+    """Path, query, request headers and per-request response decorations."""
 
     name = "transform"
     __init__ = _init
     request_filter = _request_filter
+
+
+class TransformRequestBody(Middleware):
+    """``TransformRequest`` plus the JSON request body."""
+
+    name = "transform"
+    __init__ = _init
+    request_filter = _request_filter
+    needs_body = _needs_body
+    request_body_filter = _request_body_filter
 
 
 class TransformResponse(Middleware):
-    """``TransformRequest`` plus response headers."""
+    """Response headers (constants and ``$upstream_addr``)."""
 
-    name = "transform"
+    name = "transform_response"
     __init__ = _init
-    request_filter = _request_filter
     response_filter = _response_filter
 
 
-class TransformBodies(Middleware):
-    """``TransformResponse`` plus the JSON body hooks."""
+class TransformResponseBody(Middleware):
+    """``TransformResponse`` plus the JSON response body."""
 
-    name = "transform"
+    name = "transform_response"
     __init__ = _init
-    request_filter = _request_filter
     response_filter = _response_filter
-    needs_body = _needs_body
-    request_body_filter = _request_body_filter
     response_body_filter = _response_body_filter
 
 
@@ -500,8 +510,9 @@ def _path_fn(req_levels: list, route_cfg):
     return sub
 
 
-def build(root_cfg, service_cfg, route_cfg, deps):
-    """The route's transform middleware, or None when no level transforms anything."""
+def _plan(root_cfg, service_cfg, route_cfg):
+    """The route's compiled transform (a dict of parts), or None when no level transforms
+    anything."""
     if route_cfg is None:
         return None
     gw = getattr(root_cfg, "gateway", None)
@@ -543,8 +554,21 @@ def build(root_cfg, service_cfg, route_cfg, deps):
     if not (plan["path"] or has_query or plan["req_headers"].any or plan["resp_headers"].any
             or plan["resp_headers"].late or plan["req_body"] or plan["resp_body"]):
         return None
-    if plan["req_body"] or plan["resp_body"]:
-        cls = TransformBodies
-    else:
-        cls = TransformResponse if plan["resp_headers"].any else TransformRequest
-    return cls(plan, deps)
+    return plan
+
+
+def build(root_cfg, service_cfg, route_cfg, deps):
+    """The request side of the route's transform, or None when it has nothing to do."""
+    plan = _plan(root_cfg, service_cfg, route_cfg)
+    if plan is None or not (plan["path"] or plan["q_drop"] is not None or plan["req_headers"].any
+                            or plan["resp_headers"].late or plan["req_body"]):
+        return None
+    return (TransformRequestBody if plan["req_body"] else TransformRequest)(plan, deps)
+
+
+def build_response(root_cfg, service_cfg, route_cfg, deps):
+    """The response side of the route's transform, or None when it has nothing to do."""
+    plan = _plan(root_cfg, service_cfg, route_cfg)
+    if plan is None or not (plan["resp_headers"].any or plan["resp_body"]):
+        return None
+    return (TransformResponseBody if plan["resp_body"] else TransformResponse)(plan, deps)

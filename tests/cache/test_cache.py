@@ -158,6 +158,11 @@ services:
         name: z
         cache: true
         compression: {min_size: 10}
+      - path: "/tx/*"
+        name: tx
+        auth: true
+        cache: true
+        transform: {request: {headers: {set: {X-User: "$jwt.sub"}}}}
       - path: "/nocache/*"
         name: nocache
 auth:
@@ -389,6 +394,21 @@ def test_vary_on_identity_header_separates_users(env):
     b = get(gw, p, {"Authorization": "Bearer " + token("bob"), "X-User-Id": "alice"})[2]
     assert json.loads(a)["headers"]["x-user-id"] == "alice"
     assert json.loads(b)["headers"]["x-user-id"] == "bob"
+    assert get(gw, p, {"Authorization": "Bearer " + token("alice")})[2] == a
+    assert up.count(p) == 2
+
+
+def test_vary_on_a_header_a_transform_sets_separates_users(env):
+    """The cache lookup runs after the request transforms (the transform's request side is
+    before the cache in the gateway's order): a Vary on the header a transform sets from
+    the verified token keys on the value sent upstream, not on the client's own copy."""
+    gw, up = env
+    p = "/tx/me"
+    up.script[p] = {"headers": [("cache-control", "public, max-age=60"), ("vary", "X-User")]}
+    a = get(gw, p, {"Authorization": "Bearer " + token("alice")})[2]
+    b = get(gw, p, {"Authorization": "Bearer " + token("bob"), "X-User": "alice"})[2]
+    assert json.loads(a)["headers"]["x-user"] == "alice"
+    assert json.loads(b)["headers"]["x-user"] == "bob"
     assert get(gw, p, {"Authorization": "Bearer " + token("alice")})[2] == a
     assert up.count(p) == 2
 
