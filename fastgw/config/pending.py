@@ -39,8 +39,6 @@ NOT_ENFORCED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
      "parsed but not enforced yet: no circuit breaker trips"),
     ("monitoring.health_check_interval", _always,
      "parsed but not enforced yet: no active health checks are made"),
-    ("auth.refresh_token_expiry", _is_set,
-     "parsed but not enforced yet: the gateway does not issue or check refresh tokens"),
 )
 
 WATCHED = frozenset(row[0] for row in NOT_ENFORCED)

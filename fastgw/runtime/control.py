@@ -145,6 +145,15 @@ class Control:
         if self.audit is not None:
             self.audit.write(orjson.dumps(rec))
 
+    def revoke(self, kind: str, key: str, expiry: float, before: float = 0.0) -> bool:
+        """Record a revocation (admin API) in shared memory, and in Redis when
+        ``auth.revocation.backend`` is redis; False when the table is full."""
+        ok = self.region.revocation.revoke(kind, key, expiry, before)
+        sync = getattr(self, "revocation_sync", None)
+        if sync is not None:
+            sync.publish(kind, key, expiry, before)
+        return ok
+
     # ------------------------------------------------------------------ reload over the admin API
     def request_reload(self, client: str) -> asyncio.Future:
         """Ask the supervisor to reload (as HUP); the future gets its outcome document."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 2                 # 2: the rate-limit part ends with its stripe locks (table_locks)
+VERSION = 3                 # 2: the rate-limit part ends with its stripe locks (table_locks); 3: revocation
 ALIGN = 64
 
 PARAMS = (
@@ -33,8 +33,9 @@ PARAMS = (
     "table_slots",      # rate-limit table slots
     "health_slots",     # upstream instances in the health table
     "table_locks",      # the rate-limit table's stripe locks: 0 robust mutexes, 1 fcntl (shm/locks.py)
+    "revocation_slots", # revocation table slots (auth.revocation.max_entries)
 )
-PARTS = ("workers", "metrics", "ratelimit", "health", "broadcast")
+PARTS = ("workers", "metrics", "ratelimit", "health", "broadcast", "revocation")
 
 _FMT = struct.Struct("<8s" + "Q" * (5 + len(PARAMS) + len(PARTS)) + "16s")
 HEADER_SIZE = (_FMT.size + ALIGN - 1) // ALIGN * ALIGN

@@ -56,7 +56,7 @@ from fastgw.shm import Region
 from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
 from fastgw.supervisor.limits import per_worker, raise_nofile
-from fastgw.supervisor.reload import Reloader, attempt, table_slots
+from fastgw.supervisor.reload import Reloader, attempt, revocation_slots, table_slots
 from fastgw.supervisor.sockets import BindError, Listeners, bind_listener
 
 log = logging.getLogger("fastgw")
@@ -185,7 +185,8 @@ class Arbiter:
             log.warning("%s", line)
         log.info("open files: soft limit %d (%d needed per worker)", nofile, per_worker(cfg))
         self.region = Region.create(self.max_slots, metrics_series=METRICS_SERIES,
-                                    table_slots=table_slots(cfg), health_slots=1024)
+                                    table_slots=table_slots(cfg), health_slots=1024,
+                                    revocation_slots=revocation_slots(cfg))
         w = self.region.metrics.writer(self.region.metrics.supervisor_slot)
         self.m = (w, w.counter("fastgw_worker_restarts_total"),
                   w.counter('fastgw_config_reloads_total{result="ok"}'),

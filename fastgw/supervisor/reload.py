@@ -34,6 +34,11 @@ def table_slots(cfg) -> int:
     return rl.table_slots if rl is not None else DEFAULT_TABLE_SLOTS
 
 
+def revocation_slots(cfg) -> int:
+    a = cfg.auth
+    return a.revocation.max_entries if a is not None else 1024
+
+
 # (path, getter, why it needs a restart)
 RESTART_ONLY = (
     ("gateway.host", lambda c: c.gateway.host, "the listening sockets are bound at start"),
@@ -47,6 +52,7 @@ RESTART_ONLY = (
     ("monitoring.admin", lambda c: c.monitoring.admin and (c.monitoring.admin.host, c.monitoring.admin.port),
      "the admin API socket is bound at start (its token reloads)"),
     ("rate_limit.table_slots", table_slots, "the shared-memory region is sized at start"),
+    ("auth.revocation.max_entries", revocation_slots, "the shared-memory region is sized at start"),
 )
 
 
