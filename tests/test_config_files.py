@@ -37,7 +37,6 @@ SEED_WARNINGS = [
     "services.cmms-service.retries: parsed but not enforced yet: failed requests are not retried",
     "services.database-infra.health: parsed but not enforced yet: no active health checks are made",
     "services.database-infra.retries: parsed but not enforced yet: failed requests are not retried",
-    "auth.refresh_token_expiry: parsed but not enforced yet: the gateway does not issue or check refresh tokens",
     "monitoring.health_check_interval: parsed but not enforced yet: no active health checks are made",
     "monitoring.circuit_breaker: parsed but not enforced yet: no circuit breaker trips",
 ]
@@ -130,8 +129,6 @@ def test_warning_table_rows_are_well_formed():
      "monitoring.circuit_breaker: parsed but not enforced yet: no circuit breaker trips"),
     ("monitoring.health_check_interval", "10s",
      "monitoring.health_check_interval: parsed but not enforced yet: no active health checks are made"),
-    ("auth", {"refresh_token_expiry": "7d"},
-     "auth.refresh_token_expiry: parsed but not enforced yet: the gateway does not issue or check refresh tokens"),
     ("services.svg-parser.tls", {"verify": False},
      "services.svg-parser.tls: ignored: the service's URLs are http://, tls applies to https:// only"),
     ("rate_limit", {"authenticated": {"requests_per_second": 1, "burst": 1}},
