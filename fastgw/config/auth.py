@@ -245,8 +245,13 @@ class AuthConfig(Base):
         return bool(self.jwt_secret is not None or self.keys or self.jwks)
 
 
-def session_errors(auth: AuthConfig | None) -> list[str]:
-    """``--check`` errors of the session endpoints: refresh needs a key to sign with."""
+def session_errors(auth: AuthConfig | None, rate_limit=None) -> list[str]:
+    """``--check`` errors of the session endpoints: refresh needs a key to sign with;
+    the Redis revocation backend needs a server."""
+    if auth is not None and auth.revocation.backend == "redis" and not auth.revocation.redis_url:
+        red = getattr(rate_limit, "redis", None)
+        if getattr(red, "url", None) is None:
+            return ["auth.revocation.backend: redis needs auth.revocation.redis_url or rate_limit.redis.url"]
     if auth is None or (auth.refresh is None and auth.logout is None):
         return []
     if auth.refresh is not None and auth.jwt_secret is None:

@@ -43,6 +43,7 @@ from fastgw.admin.server import HttpServerProtocol
 from fastgw.obs import oplog
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.prom import CONTENT_TYPE, render
+from fastgw.runtime.revocation_sync import RevocationSync, redis_url
 from fastgw.shm.workers import READY, STATE_NAMES
 
 log = logging.getLogger("fastgw")
@@ -75,6 +76,8 @@ class Control:
         self.tick_hooks = []
         self.started = time.monotonic()
         self.audit = None  # LogBuffer of monitoring.logging.audit.output, opened in run()
+        self.metrics = None  # obs.metrics.Metrics over the control process's area (set by the supervisor)
+        self.revocation_sync = None  # revocation_sync.RevocationSync with auth.revocation.backend: redis
 
     # ------------------------------------------------------------------ life
     def run(self) -> int:
@@ -98,10 +101,18 @@ class Control:
                 loop.add_signal_handler(sig, self._on_signal, name)
         for hook in self.start_hooks:
             hook(self)
+        url = redis_url(self.config) if self.config is not None and self.region is not None else None
+        if url:
+            rv = self.config.auth.revocation
+            self.revocation_sync = RevocationSync(self.region.revocation, url, timeout=float(rv.timeout),
+                                                  resync_interval=float(rv.resync_interval), metrics=self.metrics)
+            self.revocation_sync.start(loop)
         self._tick()
         try:
             return loop.run_until_complete(self.stopping)
         finally:
+            if self.revocation_sync is not None:
+                self.revocation_sync.stop()
             self.server.close()
             if self.api_server is not None:
                 self.api_server.close()
@@ -149,9 +160,8 @@ class Control:
         """Record a revocation (admin API) in shared memory, and in Redis when
         ``auth.revocation.backend`` is redis; False when the table is full."""
         ok = self.region.revocation.revoke(kind, key, expiry, before)
-        sync = getattr(self, "revocation_sync", None)
-        if sync is not None:
-            sync.publish(kind, key, expiry, before)
+        if self.revocation_sync is not None:
+            self.revocation_sync.publish(kind, key, expiry, before)
         return ok
 
     # ------------------------------------------------------------------ reload over the admin API

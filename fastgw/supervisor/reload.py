@@ -53,6 +53,8 @@ RESTART_ONLY = (
      "the admin API socket is bound at start (its token reloads)"),
     ("rate_limit.table_slots", table_slots, "the shared-memory region is sized at start"),
     ("auth.revocation.max_entries", revocation_slots, "the shared-memory region is sized at start"),
+    ("auth.revocation.backend", lambda c: c.auth is not None and c.auth.revocation.backend,
+     "the control process starts the Redis sync at start"),
 )
 
 
