@@ -213,3 +213,38 @@ def test_check_refuses_refresh_without_signing_key_and_warns_on_fallback(tmp_pat
     _cfg, warnings = load_config(str(p))
     assert any(w.startswith("auth.refresh.key") for w in warnings)
     assert not any("refresh_token_expiry" in w for w in warnings)
+
+
+def test_demo_shows_a_refresh_and_a_logout():
+    import os
+    import subprocess
+    import sys
+
+    def port():
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        return str(p)
+
+    env = dict(os.environ, FASTGW_PORT=port(), FASTGW_METRICS_PORT=port(), FASTGW_ADMIN_PORT=port(),
+               SVG_PARSER_PORT=port(), CMMS_PORT=port(), DATABASE_INFRA_PORT=port())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-m", "fastgw.demo.run", "--workers", "1"], cwd=root, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 20
+        for line in p.stdout:
+            lines.append(line)
+            if "Access log lines appear" in line or time.monotonic() > deadline:
+                break
+    finally:
+        p.terminate()
+        p.wait(15)
+    text = "".join(lines)
+    assert "POST /auth/refresh with the login service's refresh token -> 200" in text, text
+    assert "GET /api/v1/cmms/work-orders with it -> 200" in text
+    assert "within reuse_grace -> 200" in text
+    assert "POST /auth/logout with the access token -> 204; the access token now -> 401, the refresh token -> 401" in text
