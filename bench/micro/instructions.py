@@ -18,7 +18,10 @@ request, Host only, and nginx's 100 B answer), ``mixed`` and ``cond`` (bare on a
 that also has routes with ``match`` conditions, a request for a literal route and one for
 a conditional route), ``policy`` (JWT auth + per-user and per-IP rate
 limits + CORS + security headers, as bench's policy), ``newconn`` (bare, with a new
-client connection per request).  Kernel work
+client connection per request), ``sessions`` (policy with a session token: ``jti``,
+``sid``), ``sessions-rev`` (the same with the shared revocation table on, empty) and
+``sessions-rev100k`` (with 100,000 revocations in it, none of them this token's: issue
+27's bound is <= 2 % over ``sessions``).  Kernel work
 (syscalls) is not counted: see ``python -m bench`` for the whole picture.
 Needs valgrind (Debian: ``apt-get install valgrind``).
 """
@@ -37,7 +40,8 @@ from pathlib import Path
 import uvloop
 import yaml
 
-ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced")
+ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced",
+          "sessions", "sessions-rev", "sessions-rev100k")
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -66,10 +70,11 @@ def _world(route: str):
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    if route == "policy":
+    if route == "policy" or route.startswith("sessions"):
         text = yaml.safe_dump(fastgw_config.policy(9, Path("/dev/null"), 50))
+        tok = fastgw_config.token() if route == "policy" else _session_token()
         req = (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\n"
-               b"Authorization: Bearer " + fastgw_config.token().encode() +
+               b"Authorization: Bearer " + tok.encode() +
                b"\r\nOrigin: " + fastgw_config.ORIGIN.encode() + b"\r\n\r\n")
     elif route == "wrk":
         text, req = CFG, WRK_REQ
@@ -84,6 +89,8 @@ def _world(route: str):
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
     resp = NGINX_RESP if route == "wrk" else RESP
     _app, engine, info, up, _ut = gateway(text, loop)
+    if route in ("sessions-rev", "sessions-rev100k"):
+        _revocations(_app, 100_000 if route.endswith("100k") else 0)
     if route == "newconn":
         def one():
             down = DownstreamProtocol(engine, info, loop)
@@ -100,6 +107,44 @@ def _world(route: str):
         down.data_received(req)
         up.data_received(resp)
     return one
+
+
+def _session_token() -> str:
+    import time
+
+    import jwt
+
+    from bench import fastgw_config
+
+    now = int(time.time())
+    claims = {"sub": "bench-user", "roles": ["viewer"], "iat": now, "exp": now + 86400,
+              "jti": "0b5f7c1e-2d3a-4c8b-9e6f-1a2b3c4d5e6f", "sid": "sess-4f3e2d1c0b9a"}
+    return jwt.encode(claims, fastgw_config.JWT_SECRET, algorithm="HS256")
+
+
+_KEEP = []
+
+
+def _revocations(app, n: int) -> None:
+    """Turn the shared revocation table on for the app's auth middlewares, with ``n``
+    revocations (jti, sid and sub, none matching the bench token) in it."""
+    import time
+
+    from fastgw.shm import Region
+    from fastgw.shm.revocation import Mirror
+
+    region = Region.create(1, metrics_series=8, table_slots=64, health_slots=1,
+                           revocation_slots=max(1024, n * 2 + n // 2), name="bench-revocation")
+    _KEEP.append(region)
+    t, exp = region.revocation, time.time() + 86400
+    for i in range(n):
+        t.revoke(("jti", "sid", "sub")[i % 3], "revoked-%d" % i, exp, time.time())
+    mirror = Mirror(t)
+    mirror.sync()
+    for r in app.routes:
+        for mw in r.chain.mws:
+            if hasattr(mw, "_revoked"):
+                mw._revoked = mirror.revoked
 
 
 def _run(route: str, n: int) -> None:
