@@ -204,16 +204,20 @@ class RevocationTable:
 
 class Mirror:
     """One process's copy of the live revocations, followed through the log: what the
-    request path reads (dict lookups, no lock, no syscall)."""
+    request path reads (dict lookups, no lock, no syscall).  Values are floats only (no
+    tuples), so the garbage collector has nothing to walk however many entries there are."""
 
-    __slots__ = ("table", "seen", "jti", "sid", "sub", "any")
+    __slots__ = ("table", "q", "at", "seen", "jti", "sid", "sub", "sub_exp", "any")
 
     def __init__(self, table: RevocationTable) -> None:
         self.table = table
+        self.q = table.q
+        self.at = table.base + _C_SEQ     # the sequence cell, read once per request
         self.seen = 0
-        self.jti: dict[bytes, float] = {}
+        self.jti: dict[bytes, float] = {}       # key -> expiry
         self.sid: dict[bytes, float] = {}
-        self.sub: dict[bytes, tuple[float, float]] = {}
+        self.sub: dict[bytes, float] = {}       # key -> "issued before" cut-off
+        self.sub_exp: dict[bytes, float] = {}
         self.any = False
 
     def _add(self, kind, key, exp, at) -> None:
@@ -222,13 +226,14 @@ class Mirror:
         elif kind == 2:
             self.sid[key] = exp
         elif kind == 3:
-            self.sub[key] = (at, exp)
+            self.sub[key] = at
+            self.sub_exp[key] = exp
 
     def sync(self) -> None:
         t = self.table
         seq = t.seq
         if seq - self.seen > LOG:
-            self.jti, self.sid, self.sub = {}, {}, {}
+            self.jti, self.sid, self.sub, self.sub_exp = {}, {}, {}, {}
             for kind, key, exp, at, _c in t.scan():
                 self._add(kind, key, exp, at)
         else:
@@ -240,7 +245,7 @@ class Mirror:
 
     def revoked(self, rev, now: float) -> bool:
         """True if the token with revocation keys ``rev`` = (jti, sid, sub, iat) is revoked."""
-        if self.table.q[self.table.base] != self.seen:
+        if self.q[self.at] != self.seen:
             self.sync()
         if not self.any:
             return False
@@ -255,7 +260,7 @@ class Mirror:
                 return True
         if sub is not None:
             e = self.sub.get(sub)
-            if e is not None and e[1] > now and (iat is None or iat < e[0]):
+            if e is not None and self.sub_exp[sub] > now and (iat is None or iat < e):
                 return True
         return False
 
