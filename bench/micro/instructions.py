@@ -27,7 +27,10 @@ client connection per request), ``transform`` (bare on a route that strips its p
 and sets two request headers, one with ``$request_id``), ``cachehit`` (bare with ``cache:
 true``, every exchange a hit of the response cache: no upstream bytes), ``cachemiss`` (the
 same route, a response that says ``no-store``: the cost of a caching route's lookup and
-decision on a miss).  Kernel work
+decision on a miss), ``sessions`` (policy with a session token: ``jti``,
+``sid``), ``sessions-rev`` (the same with the shared revocation table on, empty) and
+``sessions-rev100k`` (with 100,000 revocations in it, none of them this token's: issue
+27's bound is <= 2 % over ``sessions``).  Kernel work
 (syscalls) is not counted: see ``python -m bench`` for the whole picture.
 Needs valgrind (Debian: ``apt-get install valgrind``).
 """
@@ -46,7 +49,8 @@ from pathlib import Path
 import uvloop
 import yaml
 
-ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform", "cachehit", "cachemiss")
+ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform",
+          "cachehit", "cachemiss", "sessions", "sessions-rev", "sessions-rev100k")
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -81,10 +85,11 @@ def _world(route: str):
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    if route == "policy":
+    if route == "policy" or route.startswith("sessions"):
         text = yaml.safe_dump(fastgw_config.policy(9, Path("/dev/null"), 50))
+        tok = fastgw_config.token() if route == "policy" else _session_token()
         req = (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\n"
-               b"Authorization: Bearer " + fastgw_config.token().encode() +
+               b"Authorization: Bearer " + tok.encode() +
                b"\r\nOrigin: " + fastgw_config.ORIGIN.encode() + b"\r\n\r\n")
     elif route == "wrk":
         text, req = CFG, WRK_REQ
@@ -117,6 +122,8 @@ def _world(route: str):
         def hit():
             down.data_received(req)
         return hit
+    if route in ("sessions-rev", "sessions-rev100k"):
+        _revocations(_app, 100_000 if route.endswith("100k") else 0)
     if route == "newconn":
         def one():
             down = DownstreamProtocol(engine, info, loop)
@@ -133,6 +140,48 @@ def _world(route: str):
         down.data_received(req)
         up.data_received(resp)
     return one
+
+
+def _session_token() -> str:
+    import time
+
+    import jwt
+
+    from bench import fastgw_config
+
+    now = int(time.time())
+    claims = {"sub": "bench-user", "roles": ["viewer"], "iat": now, "exp": now + 86400,
+              "jti": "0b5f7c1e-2d3a-4c8b-9e6f-1a2b3c4d5e6f", "sid": "sess-4f3e2d1c0b9a"}
+    return jwt.encode(claims, fastgw_config.JWT_SECRET, algorithm="HS256")
+
+
+_KEEP = []
+
+
+def _revocations(app, n: int) -> None:
+    """Turn the shared revocation table on for the app's auth middlewares, with ``n``
+    revocations (jti, sid and sub, none matching the bench token).  The request path reads
+    only the worker's mirror (and the table's sequence cell), so the entries go straight
+    into the mirror: 100,000 table inserts under callgrind would take minutes and change
+    nothing per exchange."""
+    import time
+
+    from fastgw.shm import Region
+    from fastgw.shm.revocation import Mirror
+
+    region = Region.create(1, metrics_series=8, table_slots=64, health_slots=1,
+                           revocation_slots=1024, name="bench-revocation")
+    _KEEP.append(region)
+    t, exp, now = region.revocation, time.time() + 86400, time.time()
+    mirror = Mirror(t)
+    mirror.sync()
+    for i in range(n):
+        mirror._add(i % 3 + 1, b"revoked-%d" % i, exp, now)
+    mirror.any = n > 0
+    for r in app.routes:
+        for mw in r.chain.mws:
+            if hasattr(mw, "_revoked"):
+                mw._revoked = mirror.revoked
 
 
 def _run(route: str, n: int) -> None:

@@ -17,6 +17,10 @@ process: config, shared memory, the supervisor's channel) and the ``AdminRequest
 ``/admin/cache/     POST    ``{"url": ...}``, ``{"prefix": ...}`` or ``{"tag": ...}``: drop
 purge``                     matching response-cache entries in every worker (shm purge log;
                             applied before any worker's next lookup)
+``/admin/sessions/  POST    revoke ``{"jti"}``, ``{"sid"}`` or ``{"sub", "before"}`` (optional
+revoke``                    ``exp``: when the entry may go; default auth.revocation.retention)
+``/admin/sessions/  GET     revocation table counts and the newest entries (``?limit=``)
+revocations``
 ==================  ======  =============================================================
 
 Audit: every ``/admin/*`` call is one ``admin_request`` record (client, method, path,
@@ -89,6 +93,45 @@ def post_cache_purge(api: "AdminApi", req: AdminRequest):
     except ValueError as e:
         raise Problem(400, f"{kind}: {e}") from None
     return 200, {"purged": {kind: value}, "generation": gen}
+def post_sessions_revoke(api: "AdminApi", req: AdminRequest):
+    body = req.json
+    if not isinstance(body, dict):
+        raise Problem(400, 'body: a JSON object {"jti"}, {"sid"} or {"sub", "before"}')
+    kinds = [k for k in ("jti", "sid", "sub") if k in body]
+    if len(kinds) != 1 or not isinstance(body[kinds[0]], str) or not body[kinds[0]]:
+        raise Problem(400, 'body: exactly one of "jti", "sid" or "sub", a non-empty string')
+    kind = kinds[0]
+    now = time.time()
+    before = body.get("before", now if kind == "sub" else 0)
+    exp = body.get("exp")
+    for name, v in (("before", before), ("exp", exp)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise Problem(400, f"{name}: unix seconds (a number)")
+    if kind != "sub" and "before" in body:
+        raise Problem(400, 'before: only with "sub"')
+    cfg = api.control.config
+    retention = float(cfg.auth.revocation.retention) if cfg is not None and cfg.auth is not None else 30 * 86400.0
+    expiry = float(exp) if exp is not None else now + retention
+    if not api.control.revoke(kind, body[kind], expiry, float(before or 0)):
+        raise Problem(507, "the revocation table is full of live revocations (auth.revocation.max_entries)")
+    return 200, {"revoked": {kind: body[kind], "before": before if kind == "sub" else None, "expiry": expiry}}
+
+
+def get_sessions_revocations(api: "AdminApi", req: AdminRequest):
+    table = api.control.region.revocation
+    limit = 50
+    for part in req.query.split("&"):
+        k, _, v = part.partition("=")
+        if k == "limit" and v.isdigit():
+            limit = min(int(v), 1000)
+    now = time.time()
+    live = [e for e in table.scan() if e[2] > now] if table.slots else []
+    live.sort(key=lambda e: e[4], reverse=True)
+    from fastgw.shm.revocation import NAMES
+    newest = [{"kind": NAMES[k], "key": key.decode(errors="replace"), "expiry": exp,
+               "before": at if k == 3 else None, "created": created}
+              for k, key, exp, at, created in live[:limit]]
+    return 200, {**table.counts(), "live": len(live), "newest": newest}
 
 
 ENDPOINTS = [
@@ -102,6 +145,10 @@ ENDPOINTS = [
              doc="reload the config file (as HUP): the change summary, or the errors with their paths"),
     Endpoint("POST", "/admin/cache/purge", post_cache_purge, write=True,
              doc="drop response-cache entries by url, prefix or tag, in every worker"),
+    Endpoint("POST", "/admin/sessions/revoke", post_sessions_revoke, write=True,
+             doc='revoke {"jti"}, {"sid"} or {"sub", "before"} on every worker (and host, with Redis)'),
+    Endpoint("GET", "/admin/sessions/revocations", get_sessions_revocations,
+             doc="revocation table counts and the newest live entries"),
 ]
 
 

@@ -27,6 +27,7 @@ source) and on reload (a new config builds a new cache).
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from types import MappingProxyType
 
@@ -55,6 +56,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "lifetime": ("claims", "The access token lifetime exceeds the allowed maximum"),
     "claim_missing": ("claims", "The access token lacks a required claim"),
     "claim_invalid": ("claims", "The access token has an invalid claim"),
+    "revoked": ("revoked", "The access token was revoked"),
 }
 
 
@@ -108,9 +110,9 @@ class Rules:
 class Identity:
     """A verified token, ready for the request path."""
 
-    __slots__ = ("user", "roles", "claims", "headers", "exp_until", "nbf_from", "kid", "alg")
+    __slots__ = ("user", "roles", "claims", "headers", "exp_until", "nbf_from", "kid", "alg", "rev")
 
-    def __init__(self, user, roles, claims, headers, exp_until, nbf_from, kid, alg) -> None:
+    def __init__(self, user, roles, claims, headers, exp_until, nbf_from, kid, alg, rev=None) -> None:
         self.user = user            # str | None
         self.roles = roles          # frozenset[str]
         self.claims = claims        # read-only mapping (shared by every request with this token)
@@ -119,6 +121,20 @@ class Identity:
         self.nbf_from = nbf_from    # nbf - leeway (-inf without nbf)
         self.kid = kid
         self.alg = alg
+        self.rev = rev              # (jti, sid, sub, iat) as revocation keys (rev_key), once
+
+
+REFRESH_TYP = "refresh+jwt"
+
+
+def rev_key(v) -> bytes | None:
+    """A claim as a revocation-table key (``fastgw.shm.revocation.norm_key``'s rule)."""
+    if v is None:
+        return None
+    b = (v if isinstance(v, str) else str(v)).encode()
+    if len(b) <= 96:
+        return b
+    return b"#" + hashlib.blake2b(b, digest_size=40).hexdigest().encode()
 
 
 def _b64(seg: bytes) -> bytes:
@@ -215,10 +231,13 @@ class Verifier:
             raise AuthFailure("alg", f"alg {alg[:16]!r} not pinned", kid=kid, alg=alg[:16])
         if "crit" in header or ("b64" in header and header["b64"] is not True):
             raise AuthFailure("header", "crit/b64 not supported", kid=kid, alg=alg)
+        t = header.get("typ")
+        t = t.lower() if isinstance(t, str) else ""
+        if t == REFRESH_TYP or t == "application/" + REFRESH_TYP:
+            # a refresh token is never an access token, whatever auth.typ says (issue 27)
+            raise AuthFailure("header", "refresh token", kid=kid, alg=alg)
         typ = self.rules.typ
         if typ is not None:
-            t = header.get("typ")
-            t = t.lower() if isinstance(t, str) else ""
             if t != typ and t != "application/" + typ:
                 raise AuthFailure("header", "typ", kid=kid, alg=alg)
         try:
@@ -305,4 +324,6 @@ class Verifier:
             v = _header_value(payload.get(claim))
             if v is not None:
                 hs.append((hname, v))
-        return Identity(user, roles, MappingProxyType(payload), tuple(hs), exp_until, nbf_from, kid, alg)
+        sub = payload.get("sub")
+        rev = (rev_key(payload.get("jti")), rev_key(payload.get("sid")), rev_key(sub), iat)
+        return Identity(user, roles, MappingProxyType(payload), tuple(hs), exp_until, nbf_from, kid, alg, rev)

@@ -146,11 +146,57 @@ class RouteAuth(Base):
     audience: str | list[str] | None = None
 
 
+class EndpointLimit(Base):
+    """The refresh endpoint's own rate limit (per client IP by default)."""
+
+    requests_per_second: Annotated[float, Meta(gt=0)] = 1.0
+    burst: Annotated[int, Meta(ge=1)] = 5
+    key: Literal["ip"] = "ip"
+
+
+class RefreshConfig(Base):
+    """``auth.refresh``: the gateway's refresh endpoint (rotation, reuse detection)."""
+
+    path: Annotated[str, Meta(pattern=r"^/")] = "/auth/refresh"
+    key: Secret | None = None                 # HS256 key of refresh tokens; None = jwt_secret (warned)
+    audience: _NonEmpty = "fastgw-refresh"    # ``aud`` of refresh tokens (never an access audience)
+    cookie: bool = False                      # answer with HttpOnly cookies and read the refresh cookie
+    cookie_names: tuple[str, str] = ("fastgw_access", "fastgw_refresh")
+    reuse_grace: Duration = Duration(5)       # a duplicate within this gets the same new pair
+    session_max_lifetime: Duration = Duration(30 * 86400)  # absolute: rotation never extends it
+    rate_limit: EndpointLimit | None = msgspec.field(default_factory=EndpointLimit)
+
+    def __post_init__(self) -> None:
+        if self.reuse_grace > 60:
+            raise ValueError("reuse_grace: at most 60s (a long grace hides token theft), got %gs"
+                             % self.reuse_grace)
+        if self.key is not None:
+            _check_secret("key", self.key, ["HS256"])
+
+
+class LogoutConfig(Base):
+    """``auth.logout``: POST with an access or refresh token revokes its session."""
+
+    path: Annotated[str, Meta(pattern=r"^/")] = "/auth/logout"
+
+
+class RevocationConfig(Base):
+    """``auth.revocation``: the shared revocation set (shared memory, optionally Redis)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    max_entries: Annotated[int, Meta(ge=64, le=16_000_000)] = 1_000_000  # restart-only
+    retention: Duration = Duration(30 * 86400)    # expiry of an entry whose token's is unknown
+    reserved: Annotated[float, Meta(ge=0.1, le=0.9)] = 0.5   # share only revocations may use
+    redis_url: _NonEmpty | None = None            # default: rate_limit.redis_url
+    resync_interval: Duration = Duration(30)      # full resync from Redis (pub/sub drops on disconnect)
+    timeout: Duration = Duration(1)
+
+
 class AuthConfig(Base):
     # --- the seed's keys -------------------------------------------------------------
     jwt_secret: Secret | None = None          # HMAC shared secret (``${JWT_SECRET}``)
     token_expiry: Duration | None = None      # caps an accepted token's lifetime (exp - iat)
-    refresh_token_expiry: Duration | None = None  # for the token issuer; the gateway ignores it
+    refresh_token_expiry: Duration | None = None  # lifetime of refresh tokens the refresh endpoint issues
     roles: list[_NonEmpty] = []               # known roles: routes may only name these
     # --- keys --------------------------------------------------------------------------
     algorithms: Annotated[list[Algorithm], Meta(min_length=1)] = msgspec.field(
@@ -177,6 +223,10 @@ class AuthConfig(Base):
     # --- operations --------------------------------------------------------------------
     cache_size: Annotated[int, Meta(ge=0)] = 10_000   # verified tokens per worker; 0 = off
     audit_allow: bool = False                 # also audit-log successful authentications
+    # --- sessions (issue 27) -----------------------------------------------------------
+    refresh: RefreshConfig | None = None      # the refresh endpoint (off when absent)
+    logout: LogoutConfig | None = None        # the logout endpoint (off when absent)
+    revocation: RevocationConfig = msgspec.field(default_factory=RevocationConfig)
 
     def __post_init__(self) -> None:
         if self.leeway > 300:
@@ -185,12 +235,38 @@ class AuthConfig(Base):
             if [a for a in self.algorithms if a not in HMAC_ALGS]:
                 raise ValueError("algorithms: pins jwt_secret, so only HS256/HS384/HS512 apply")
             _check_secret("jwt_secret", self.jwt_secret, self.algorithms)
+        if self.refresh is not None and self.logout is not None and self.refresh.path == self.logout.path:
+            raise ValueError("logout.path: must differ from refresh.path")
         names = [s.name for s in self.jwks]
         if len(set(names)) != len(names) and None not in names:
             raise ValueError("jwks: names must be unique")
 
     def has_keys(self) -> bool:
         return bool(self.jwt_secret is not None or self.keys or self.jwks)
+
+
+def session_errors(auth: AuthConfig | None, rate_limit=None) -> list[str]:
+    """``--check`` errors of the session endpoints: refresh needs a key to sign with;
+    the Redis revocation backend needs a server."""
+    if auth is not None and auth.revocation.backend == "redis" and not auth.revocation.redis_url:
+        red = getattr(rate_limit, "redis", None)
+        if getattr(red, "url", None) is None:
+            return ["auth.revocation.backend: redis needs auth.revocation.redis_url or rate_limit.redis.url"]
+    if auth is None or (auth.refresh is None and auth.logout is None):
+        return []
+    if auth.refresh is not None and auth.jwt_secret is None:
+        return ["auth.refresh: the gateway signs new access tokens with auth.jwt_secret, "
+                "which is not set (no signing key)"]
+    if not auth.has_keys():
+        return ["auth.logout: needs auth.jwt_secret, keys or jwks to verify tokens"]
+    return []
+
+
+def session_warnings(auth: AuthConfig | None) -> list[str]:
+    if auth is not None and auth.refresh is not None and auth.refresh.key is None:
+        return ["auth.refresh.key: not set, refresh tokens are signed with auth.jwt_secret "
+                "(a leaked access key then also mints refresh tokens): set a separate key"]
+    return []
 
 
 def check_files(auth: AuthConfig) -> list[str]:

@@ -142,6 +142,8 @@ def _load(
     check_files = getattr(auth_schema, "check_files", None)
     if auth not in (None, semantics.BROKEN) and check_files is not None:
         errors.extend(check_files(auth))
+        errors.extend(auth_schema.session_errors(auth, sections.get("rate_limit")))
+        warnings.extend(auth_schema.session_warnings(auth))
     if errors or config is INVALID:
         raise ConfigError(errors, source=source)
     return semantics.finalize(config), pending.warnings_for(walker.recorded) + warnings

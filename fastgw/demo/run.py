@@ -28,6 +28,52 @@ def mint(secret: str, sub: str, roles: list[str], ttl: int = 3600) -> str:
     return jwt.encode({"sub": sub, "roles": roles, "iat": now, "exp": now + ttl}, secret, algorithm="HS256")
 
 
+def show_sessions(base: str, refresh_key: str) -> list[str]:
+    """A refresh and a logout against the running gateway: the lines to print."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from fastgw.auth.sessions import issue_refresh
+
+    def post(path, body=None, bearer=None):
+        req = urllib.request.Request(base + path, method="POST", data=json.dumps(body).encode() if body else b"",
+                                     headers={"Content-Type": "application/json"})
+        if bearer:
+            req.add_header("Authorization", "Bearer " + bearer)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def get(path, bearer):
+        req = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + bearer})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    first = issue_refresh(refresh_key, sub="carol", sid="demo-" + os.urandom(4).hex(),
+                          jti=os.urandom(8).hex(), ttl=7 * 86400, now=time.time(), roles=["viewer"])
+    st, body = post("/auth/refresh", {"refresh_token": first})
+    if st != 200:
+        return [f"  sessions: refresh answered {st} {body[:200]!r}"]
+    pair = json.loads(body)
+    access = pair["access_token"]
+    out = [f"  POST /auth/refresh with the login service's refresh token -> {st}, a new pair "
+           f"(expires_in {pair['expires_in']}); GET /api/v1/cmms/work-orders with it -> "
+           f"{get('/api/v1/cmms/work-orders', access)}"]
+    st2, _ = post("/auth/refresh", {"refresh_token": first})
+    out.append(f"  the same refresh token again within reuse_grace -> {st2} (the same pair)")
+    st3, _ = post("/auth/logout", bearer=access)
+    out.append(f"  POST /auth/logout with the access token -> {st3}; the access token now -> "
+               f"{get('/api/v1/cmms/work-orders', access)}, the refresh token -> "
+               f"{post('/auth/refresh', {'refresh_token': pair['refresh_token']})[0]}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run the fastgw demo")
     ap.add_argument("-c", "--config", default="config/gateway.yaml")
@@ -57,6 +103,8 @@ def main(argv=None) -> int:
             print("fastgw did not start", file=sys.stderr)
             return 1
         secret = env["JWT_SECRET"]
+        env.setdefault("REFRESH_KEY", "dev-refresh-key-change-me-not-for-production")
+        sessions = show_sessions(f"http://127.0.0.1:{gw_port}", env["REFRESH_KEY"])
         ttl = 3600
         admin = mint(secret, "alice", ["admin"], ttl)
         viewer = mint(secret, "bob", ["viewer"], ttl)
@@ -84,6 +132,8 @@ fastgw is running on {base} (metrics: http://127.0.0.1:{env['FASTGW_METRICS_PORT
   curl -si -H "Authorization: Bearer $VIEWER_JWT" {base}/api/v1/database/tables | head -12   # 429 with Retry-After and RateLimit fields
   # unknown path: 404 problem+json
   curl -s {base}/nope
+  # sessions (docs/auth.md): a refresh and a logout, just made against the gateway:
+{chr(10).join(sessions)}
   # the admin API (loopback and read-only until ADMIN_TOKEN is set; docs/operations.md)
   curl -s http://127.0.0.1:{env.get('FASTGW_ADMIN_PORT', '9091')}/admin/workers
 

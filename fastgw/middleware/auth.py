@@ -56,6 +56,7 @@ from fastgw.config.auth import AuthConfig, RouteAuth
 from fastgw.http.reqhead import REPEATED
 from fastgw.obs.metrics import series_key
 from fastgw.pipeline.middleware import Middleware
+from fastgw.shm.revocation import mirror_for
 
 # names and label sets as declared in fastgw.obs.metrics.METRICS; labels are precomputed
 # tuples of pairs (the registry's cell key as is: no per-call conversion)
@@ -110,6 +111,7 @@ class _State:
         self.audit = getattr(deps, "audit", None)
         self.log = getattr(deps, "log", None)
         self.cache = LRUCache(cfg.cache_size) if cfg.cache_size else None
+        self.revocations = mirror_for(deps)   # None: no shared table here
         self.refs = 0
         self.ring: KeyRing | None = None
         self.sources: list = []
@@ -244,6 +246,8 @@ class Auth(Middleware):
         self._store = store if store is not None and hasattr(store, "ints") else None
         self._c_hit = self._c_ok = None
         self._audit_allow = state.cfg.audit_allow and state.audit is not None
+        mirror = state.revocations
+        self._revoked = mirror.revoked if mirror is not None else None
         self._closed = False
         state.acquire()
 
@@ -301,6 +305,8 @@ class Auth(Middleware):
             if f.refetch:
                 return (token, f)
             return self._unauthorized(ctx, f)
+        if self._revoked is not None and self._revoked(ident.rev, now):
+            return self._unauthorized(ctx, AuthFailure("revoked", user=ident.user, kid=ident.kid, alg=ident.alg))
         return self._admit(ctx, ident)
 
     def _find_token(self, ctx):
@@ -475,10 +481,13 @@ class JwksAuth(Auth):
             return self._unauthorized(ctx, f)
         for w in waits:
             await w
+        now = wall()
         try:
-            ident = self.verifier.verify(token, wall())
+            ident = self.verifier.verify(token, now)
         except AuthFailure as f2:
             return self._unauthorized(ctx, f2)
+        if self._revoked is not None and self._revoked(ident.rev, now):
+            return self._unauthorized(ctx, AuthFailure("revoked", user=ident.user, kid=ident.kid, alg=ident.alg))
         return self._admit(ctx, ident)
 
 

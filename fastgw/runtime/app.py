@@ -15,6 +15,7 @@ busy one when its exchange ends.
 from __future__ import annotations
 
 from fastgw.http.netaddr import TrustedNets
+from fastgw.middleware import sessions
 from fastgw.middleware.registry import builders
 from fastgw.pipeline.chain import Chain
 from fastgw.pipeline.middleware import overrides
@@ -131,6 +132,10 @@ class App:
         blds = builders()
         self.global_chain = Chain(self._mws(blds, None, None))
         entries = []
+        for rc in sessions.routes(config):  # auth.refresh/logout: answered locally (issue 27)
+            chain = Chain(self._mws(blds, None, None) + [sessions.build(config, None, rc, deps)])
+            entries.append((rc, Route(rc.name, "", rc, chain, (), 64 * 1024, False, float(gw.timeout),
+                                      float(gw.timeout), False)))
         svc_insts: dict[str, tuple] = {}
         all_insts = []
         for sname, svc in config.services.items():

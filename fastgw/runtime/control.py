@@ -46,6 +46,7 @@ from fastgw.obs.prom import CONTENT_TYPE, render
 from fastgw.resilience.checker import Monitor
 from fastgw.resilience.identity import config_instances
 from fastgw.shm.health import FAIL_KINDS, STATE_NAMES as HEALTH_NAMES, UNHEALTHY, UNKNOWN
+from fastgw.runtime.revocation_sync import RevocationSync, redis_url
 from fastgw.shm.workers import READY, STATE_NAMES
 
 log = logging.getLogger("fastgw")
@@ -79,6 +80,8 @@ class Control:
         self.started = time.monotonic()
         self.audit = None  # LogBuffer of monitoring.logging.audit.output, opened in run()
         self.monitor = None  # active health checks and outlier ejection (fastgw.resilience)
+        self.metrics = None  # obs.metrics.Metrics over the control process's area (set by the supervisor)
+        self.revocation_sync = None  # revocation_sync.RevocationSync with auth.revocation.backend: redis
 
     # ------------------------------------------------------------------ life
     def run(self) -> int:
@@ -105,12 +108,20 @@ class Control:
             self.monitor.apply(self.config)
         for hook in self.start_hooks:
             hook(self)
+        url = redis_url(self.config) if self.config is not None and self.region is not None else None
+        if url:
+            rv = self.config.auth.revocation
+            self.revocation_sync = RevocationSync(self.region.revocation, url, timeout=float(rv.timeout),
+                                                  resync_interval=float(rv.resync_interval), metrics=self.metrics)
+            self.revocation_sync.start(loop)
         self._tick()
         try:
             return loop.run_until_complete(self.stopping)
         finally:
             if self.monitor is not None:
                 self.monitor.stop()
+            if self.revocation_sync is not None:
+                self.revocation_sync.stop()
             self.server.close()
             if self.api_server is not None:
                 self.api_server.close()
@@ -153,6 +164,14 @@ class Control:
         """One audit line (the admin API's calls and writes)."""
         if self.audit is not None:
             self.audit.write(orjson.dumps(rec))
+
+    def revoke(self, kind: str, key: str, expiry: float, before: float = 0.0) -> bool:
+        """Record a revocation (admin API) in shared memory, and in Redis when
+        ``auth.revocation.backend`` is redis; False when the table is full."""
+        ok = self.region.revocation.revoke(kind, key, expiry, before)
+        if self.revocation_sync is not None:
+            self.revocation_sync.publish(kind, key, expiry, before)
+        return ok
 
     # ------------------------------------------------------------------ reload over the admin API
     def request_reload(self, client: str) -> asyncio.Future:

@@ -23,6 +23,7 @@ ratelimit      any worker, under the stripe's lock   workers
 health         control process                       workers
 broadcast      supervisor (config), control (purge)  workers, on their tick
 purge          control (admin cache purges)          workers, on every cache lookup
+revocation     anyone, under the table's lock        workers (their mirror), control (admin)
 =============  ====================================  ===========================================
 
 Ownership of a worker's slot passes to the supervisor when it reaps the worker:
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable
 
 from fastgw.config.ratelimit_section import TABLE_SLOTS
-from fastgw.shm import broadcast, health, locks, metrics, purge, ratelimit, workers
+from fastgw.shm import broadcast, health, locks, metrics, purge, ratelimit, revocation, workers
 from fastgw.shm.layout import HEADER_SIZE, PARTS, Header, align
 
 EXTRA_METRIC_SLOTS = 2      # metric areas for the control process and the supervisor
@@ -71,7 +72,7 @@ class Region:
     ``health``, ``broadcast``, ``purge``."""
 
     __slots__ = ("fd", "size", "header", "_mm", "_q", "workers", "metrics", "ratelimit",
-                 "health", "broadcast", "purge")
+                 "health", "broadcast", "purge", "revocation")
 
     def __init__(self, fd: int, mm: mmap.mmap, header: Header,
                  digest: Callable[[bytes], bytes] | None = None) -> None:
@@ -88,10 +89,12 @@ class Region:
         self.health = health.HealthTable(mm, q, o["health"], p["health_slots"], p["max_workers"])
         self.broadcast = broadcast.Broadcast(q, o["broadcast"])
         self.purge = purge.PurgeLog(mm, q, o["purge"])
+        self.revocation = revocation.RevocationTable(mm, q, o["revocation"], p.get("revocation_slots", 0),
+                                                     p["table_locks"], fd)
 
     @classmethod
     def create(cls, max_workers: int, metrics_series: int = 4096, table_slots: int = TABLE_SLOTS,
-               health_slots: int = 1024, *, name: str = "fastgw",
+               health_slots: int = 1024, revocation_slots: int = 1024, *, name: str = "fastgw",
                digest: Callable[[bytes], bytes] | None = None) -> Region:
         """Supervisor, before fork: build a zeroed region.
 
@@ -112,6 +115,7 @@ class Region:
             "table_slots": table_slots,
             "health_slots": health_slots,
             "table_locks": locks.default_kind(),
+            "revocation_slots": revocation_slots,
         }
         sizes = {
             "workers": workers.size(max_workers),
@@ -120,6 +124,7 @@ class Region:
             "health": health.size(health_slots, max_workers),
             "broadcast": broadcast.size(),
             "purge": purge.size(),
+            "revocation": revocation.size(revocation_slots),
         }
         offsets, off = {}, HEADER_SIZE
         for part in PARTS:
@@ -136,6 +141,7 @@ class Region:
         header.write(mm)
         region = cls(fd, mm, header, digest)
         region.ratelimit.init_locks()
+        region.revocation.init_locks()
         return region
 
     @classmethod

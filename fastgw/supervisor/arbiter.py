@@ -59,7 +59,7 @@ from fastgw.supervisor import child as childmod
 from fastgw.supervisor import ipc
 from fastgw.supervisor.children import Child, Slot, describe_exit, heartbeat_timeout
 from fastgw.supervisor.limits import per_worker, raise_nofile
-from fastgw.supervisor.reload import Reloader, attempt
+from fastgw.supervisor.reload import Reloader, attempt, revocation_slots
 from fastgw.supervisor.sockets import BindError, Listeners, bind_listener
 
 log = logging.getLogger("fastgw")
@@ -146,7 +146,8 @@ class Arbiter:
         log.info("open files: soft limit %d (%d needed per worker)", nofile, per_worker(cfg))
         self.region = Region.create(self.max_slots, metrics_series=METRICS_SERIES,
                                     table_slots=table_slots(cfg.rate_limit),
-                                    health_slots=cfg.gateway.max_upstream_instances)
+                                    health_slots=cfg.gateway.max_upstream_instances,
+                                    revocation_slots=revocation_slots(cfg))
         assign_slots(self.region.health, cfg)  # instance slots, before any child builds its App
         w = self.region.metrics.writer(self.region.metrics.supervisor_slot)
         self.m = (w, w.counter("fastgw_worker_restarts_total"),

@@ -189,6 +189,11 @@ def control_main(cfg, sock, region, chan: ipc.Channel, desired: int, generation:
         from fastgw.runtime.control import Control
 
         c = Control(cfg, sock, region, desired=desired, generation=generation, api_sock=api_sock)
+        if region is not None:  # the control process's metric area (revocation sync errors)
+            from fastgw.obs.metrics import Metrics
+            from fastgw.supervisor.metrics_store import ShmStore
+
+            c.metrics = Metrics(ShmStore(region.metrics.writer(region.metrics.control_slot)))
         c.to_supervisor = lambda rid, client: chan.send(ipc.ReloadRequest(rid, client))
 
         def on_reload(m: ipc.Reload) -> None:

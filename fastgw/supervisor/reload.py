@@ -28,6 +28,11 @@ from fastgw.supervisor import ipc
 
 log = logging.getLogger("fastgw")
 
+def revocation_slots(cfg) -> int:
+    a = cfg.auth
+    return a.revocation.max_entries if a is not None else 1024
+
+
 # (path, getter, why it needs a restart)
 RESTART_ONLY = (
     ("gateway.host", lambda c: c.gateway.host, "the listening sockets are bound at start"),
@@ -43,6 +48,9 @@ RESTART_ONLY = (
     ("rate_limit.table_slots", lambda c: table_slots(c.rate_limit), "the shared-memory region is sized at start"),
     ("gateway.max_upstream_instances", lambda c: c.gateway.max_upstream_instances,
      "the shared-memory region is sized at start"),
+    ("auth.revocation.max_entries", revocation_slots, "the shared-memory region is sized at start"),
+    ("auth.revocation.backend", lambda c: c.auth is not None and c.auth.revocation.backend,
+     "the control process starts the Redis sync at start"),
 )
 
 

@@ -32,7 +32,6 @@ GATEWAY_YAML = ROOT / "config" / "gateway.yaml"
 SECRET = "0123456789abcdef0123456789abcdef"
 
 SEED_WARNINGS = [
-    "auth.refresh_token_expiry: parsed but not enforced yet: the gateway does not issue or check refresh tokens",
     "monitoring.circuit_breaker: parsed but not enforced yet: no circuit breaker trips",
 ]
 
@@ -122,8 +121,7 @@ def test_warning_table_rows_are_well_formed():
     ("monitoring.circuit_breaker", {"failure_threshold": 3, "timeout": "10s"},
      "monitoring.circuit_breaker: parsed but not enforced yet: no circuit breaker trips"),
     ("monitoring.health_check_interval", "10s", None),
-    ("auth", {"refresh_token_expiry": "7d"},
-     "auth.refresh_token_expiry: parsed but not enforced yet: the gateway does not issue or check refresh tokens"),
+    ("auth", {"refresh_token_expiry": "7d"}, None),
     ("services.svg-parser.tls", {"verify": False},
      "services.svg-parser.tls: ignored: the service's URLs are http://, tls applies to https:// only"),
     ("rate_limit", {"authenticated": {"requests_per_second": 1, "burst": 1}},

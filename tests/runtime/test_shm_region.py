@@ -31,7 +31,8 @@ def test_header_is_versioned_and_attach_checks_it(region):
     h = region.header
     assert h.version == VERSION and h.total_size == region.size == os.fstat(region.fd).st_size
     assert h.params == {"max_workers": 4, "metric_slots": 6, "metrics_series": 128,
-                        "table_slots": 256, "health_slots": 32, "table_locks": locks.default_kind()}
+                        "table_slots": 256, "health_slots": 32, "table_locks": locks.default_kind(),
+                        "revocation_slots": 1024}
     offs = [h.offsets[p] for p in PARTS]
     assert offs == sorted(offs) and offs[0] >= HEADER_SIZE and all(o % 64 == 0 for o in offs)
     # a second mapping of the same memfd sees the same bytes and the same table secret
