@@ -18,8 +18,9 @@ import pytest
 
 from fastgw.auth.sessions import issue_refresh
 
-harness = pytest.importorskip("tests.harness")
-Gateway, EchoUpstream = harness.Gateway, harness.EchoUpstream
+from tests.support.gateway import Gateway
+from tests.support.upstream import EchoUpstream
+Gateway, EchoUpstream = Gateway, EchoUpstream
 
 SECRET = "sessions-access-" + "a" * 40
 RKEY = "sessions-refresh-" + "r" * 40

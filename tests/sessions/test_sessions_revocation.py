@@ -13,8 +13,9 @@ import time
 import jwt
 import pytest
 
-harness = pytest.importorskip("tests.harness")
-Gateway, EchoUpstream = harness.Gateway, harness.EchoUpstream
+from tests.support.gateway import Gateway
+from tests.support.upstream import EchoUpstream
+Gateway, EchoUpstream = Gateway, EchoUpstream
 
 SECRET = "sessions-secret-" + "s" * 40
 ADMIN_TOKEN = "admin-token-" + "a" * 20
