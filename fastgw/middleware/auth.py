@@ -45,12 +45,10 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from cachetools import LRUCache
-
 from fastgw.auth.jwks import SourcePool, all_ready
 from fastgw.auth.keys import KeyIndex, KeyRing, load_static, secret_key
 from fastgw.auth.rbac import Policy
-from fastgw.auth.token import REASONS, AuthFailure, Rules, Verifier
+from fastgw.auth.token import REASONS, AuthFailure, Rules, TokenCache, Verifier
 from fastgw.clock import wall
 from fastgw.config.auth import AuthConfig, RouteAuth, route_errors
 from fastgw.http.reqhead import REPEATED
@@ -109,7 +107,7 @@ class _State:
         self.metrics = getattr(deps, "metrics", None)
         self.audit = getattr(deps, "audit", None)
         self.log = getattr(deps, "log", None)
-        self.cache = LRUCache(cfg.cache_size) if cfg.cache_size else None
+        self.cache = TokenCache(cfg.cache_size) if cfg.cache_size else None
         self.refs = 0
         self.ring: KeyRing | None = None
         self.sources: list = []
@@ -372,9 +370,8 @@ class Auth(Middleware):
         ctx.user = ident.user
         ctx.roles = ident.roles
         ctx.claims = ident.claims
-        if ident.headers:
-            for n, v in ident.headers:
-                ctx.add_request_header(n, v)
+        if ident.lines:  # the identity headers, serialised once per verified token
+            ctx.add_request_lines(ident.lines)
         if self.drop_token:
             ctx.remove_request_headers(self.drop_token)
         if self._store is not None:
