@@ -29,7 +29,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="short smoke run (small-50 only unless --scenarios, 1 round of 1 s); enforces nothing")
     ap.add_argument("--scenarios", help="comma-separated scenario names (default: all; --quick: small-50)")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 3; --quick 1)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 5, the fewest a target is judged on; --quick 1)")
     ap.add_argument("--duration", type=int, help="seconds per measured run (default 5; --quick 1)")
     ap.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 1; --quick 0)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2,
@@ -47,7 +47,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--targets", type=Path, default=goals.TARGETS_FILE,
                     help="targets file (default bench/targets.yaml)")
     args = ap.parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else goals.MIN_ROUNDS)
     args.duration = args.duration or (1 if args.quick else 5)
     args.warmup = args.warmup if args.warmup is not None else (0.0 if args.quick else 1.0)
     if args.rounds < 1 or args.duration < 1 or args.workers < 1:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     print(f"bench: wrote {args.out / 'results.md'}, results.json" + (f"; {why_not}" if why_not else ", results.png"))
 
-    failures = [f"target missed: {t['name']}: {t['detail']}" for t in verdicts if t["status"] == "missed"]
+    failures = [f"target {t['status']}: {t['name']}: {t['detail']}" for t in verdicts if t["status"] in goals.FAILING]
     failures += [
         f"invalid: {scenario}/{config}: {'; '.join(cell['problems'])}"
         for scenario, cells in agg.items() for config, cell in cells.items() if not cell["valid"]

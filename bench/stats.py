@@ -85,15 +85,21 @@ def aggregate(records: list[dict]) -> dict:
     return dict(out)
 
 
-def paired(records: list[dict], scenario: str, config: str, ref: str, metric: str, kind: str) -> list[float]:
-    """Per-round ratio (kind 'ratio') or difference ('diff') of config against ref (rule 2)."""
+def paired(records: list[dict], scenario: str, config: str, ref: str, metric: str, kind: str,
+           ref_scenario: str | None = None) -> list[float]:
+    """Per-round ratio (kind 'ratio') or difference ('diff') of config against ref (rule 2);
+    with ``ref_scenario``, ref's run of that scenario in the same round is the reference."""
     rounds: dict[int, dict[str, dict]] = defaultdict(dict)
+    refs: dict[int, dict] = {}
     for rec in records:
-        if rec["scenario"] == scenario and rec["valid"]:
-            rounds[rec["round"]][rec["config"]] = rec
+        if rec["valid"]:
+            if rec["scenario"] == scenario:
+                rounds[rec["round"]][rec["config"]] = rec
+            if ref_scenario is not None and rec["scenario"] == ref_scenario and rec["config"] == ref:
+                refs[rec["round"]] = rec
     values = []
-    for runs in rounds.values():
-        a, b = runs.get(config), runs.get(ref)
+    for rnd, runs in rounds.items():
+        a, b = runs.get(config), (runs.get(ref) if ref_scenario is None else refs.get(rnd))
         va, vb = (value(a, metric) if a else None), (value(b, metric) if b else None)
         if va is None or vb is None:
             continue

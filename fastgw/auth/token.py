@@ -17,9 +17,9 @@ share it.  ``Verifier.verify`` is the cache-miss path and reads straight down li
    refused where no audience is configured (RFC 7519 §4.1.3); required claims present.
 
 The result is an ``Identity`` holding everything the request path needs, precomputed
-(user, roles, read-only claims, the identity header pairs), cached under
-``(verifier, raw token bytes)``.  ``Verifier.cached`` is the hit path: one LRU lookup and
-two float comparisons (``exp``/``nbf`` re-checked against the current clock); no parsing
+(user, roles, read-only claims, the identity header pairs and their serialised lines),
+cached under ``(verifier, raw token bytes)`` in a ``TokenCache``.  ``Verifier.cached`` is
+the hit path: one dict lookup and two float comparisons (``exp``/``nbf`` re-checked against the current clock); no parsing
 and no crypto.  Entries are dropped when the key set changes (``clear`` from the JWKS
 source) and on reload (a new config builds a new cache).
 """
@@ -107,16 +107,37 @@ class Rules:
                     self.claim_headers)
 
 
+class TokenCache(dict):
+    """The verified-token cache: a dict of at most ``maxsize`` entries; a new token past
+    that evicts the oldest one stored.  A hit is a plain dict subscript, with no recency
+    update (cachetools' ``LRUCache`` cost three Python calls per hit, callgrind): a token
+    in use is verified again at most once per ``maxsize`` new tokens."""
+
+    __slots__ = ("maxsize",)
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.maxsize and key not in self:
+            del self[next(iter(self))]
+        dict.__setitem__(self, key, value)
+
+
 class Identity:
     """A verified token, ready for the request path."""
 
-    __slots__ = ("user", "roles", "claims", "headers", "exp_until", "nbf_from", "kid", "alg", "rev")
+    __slots__ = ("user", "roles", "claims", "headers", "lines", "exp_until", "nbf_from", "kid", "alg", "rev")
 
     def __init__(self, user, roles, claims, headers, exp_until, nbf_from, kid, alg, rev=None) -> None:
         self.user = user            # str | None
         self.roles = roles          # frozenset[str]
         self.claims = claims        # read-only mapping (shared by every request with this token)
-        self.headers = headers      # tuple[(bytes, bytes)] sent upstream (ctx.add_request_header)
+        self.headers = headers      # tuple[(bytes, bytes)] sent upstream
+        # the same, serialised once per verified token (``name: value\r\n`` each): a cached
+        # token's request adds them in one ``ctx.add_request_lines`` (issue 23)
+        self.lines = b"".join([n + b": " + v + b"\r\n" for n, v in headers])
         self.exp_until = exp_until  # exp + leeway (inf without exp)
         self.nbf_from = nbf_from    # nbf - leeway (-inf without nbf)
         self.kid = kid
@@ -186,7 +207,7 @@ class Verifier:
     def __init__(self, ring, rules: Rules, cache) -> None:
         self.ring = ring      # keys.KeyRing-like: candidates(kid, alg), algs, knows_kid(kid), has_jwks
         self.rules = rules
-        self.cache = cache    # cachetools.LRUCache keyed (verifier, token) or None
+        self.cache = cache    # TokenCache keyed (verifier, token) or None
 
     # -- hit path --------------------------------------------------------------------
     def cached(self, token: bytes, now: float) -> Identity | None:

@@ -85,17 +85,29 @@ class AccessLog(Middleware):
             flags = _NO_FLAGS
         req = ctx.request
         ua = req.user_agent
-        # (traceparent line, trace_id, span_id) of the tracing middleware
-        # (fastgw.obs.otlp.trace_ids, inlined)
-        tp = ctx.notes.get("trace")
         recs = self.recs
-        recs.append(AccessRecord(
-            wall(), ctx.request_id, ctx.client_ip, req.method, req.host, req.path, ctx.status,
-            req.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
-            ctx.upstream_status or None, ctx.upstream_duration,
-            route.name if route is not None else None, ctx.user,
-            ua.decode("latin-1") if ua else None, flags, tp[1] if tp is not None else None,
-            tp[2] if tp is not None else None, ctx.notes.get("content_encoding"), ctx.notes.get("cache_result")))
+        notes = ctx.notes
+        if notes:
+            # (traceparent line, trace_id, span_id) of the tracing middleware
+            # (fastgw.obs.otlp.trace_ids, inlined), the compression middleware's coding, the
+            # cache middleware's result
+            tp = notes.get("trace")
+            recs.append(AccessRecord(
+                wall(), ctx.request_id, ctx.client_ip, req.method, req.host, req.path, ctx.status,
+                req.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
+                ctx.upstream_status or None, ctx.upstream_duration,
+                route.name if route is not None else None, ctx.user,
+                ua.decode("latin-1") if ua else None, flags, tp[1] if tp is not None else None,
+                tp[2] if tp is not None else None, notes.get("content_encoding"), notes.get("cache_result")))
+        else:
+            # the bare route: no note to read (two dict lookups less), the optional keys
+            # keep their defaults
+            recs.append(AccessRecord(
+                wall(), ctx.request_id, ctx.client_ip, req.method, req.host, req.path, ctx.status,
+                req.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,
+                ctx.upstream_status or None, ctx.upstream_duration,
+                route.name if route is not None else None, ctx.user,
+                ua.decode("latin-1") if ua else None, flags))
         if len(recs) >= self.max_recs:
             self.buf.flush()
 

@@ -122,7 +122,10 @@ class Cors(Middleware):
         origin = req.origin  # (captured while parsing: no header lookup)
         if origin is None:
             return None
-        allowed = self._allowed(origin)
+        # an origin of the list: its response headers, prebuilt (one dict lookup)
+        allowed = self._exact.get(origin)
+        if allowed is None:
+            allowed = self._allowed(origin)
         if req.method == "OPTIONS" and self._preflights:
             acrm = ctx.header(b"access-control-request-method")
             if acrm is not None:

@@ -32,6 +32,10 @@ class RequestId(Middleware):
         # config's spelling only says which header; names are case-insensitive)
         self.header = self.lheader
         self.gen = self.prefix + b"%x"
+        # a generated id as its whole header line, one ``%`` per request: the id is the
+        # slice [start:-2] of it (a line ``name: prefix-hex\r\n``)
+        self.gen_line = self.header + b": " + self.prefix + b"%x\r\n"
+        self.id_start = len(self.header) + 2
         # the default header is a field of the Request (x_request_id): no header lookup
         self.captured = self.lheader == b"x-request-id"
 
@@ -43,11 +47,10 @@ class RequestId(Middleware):
                 ctx.add_response_header(self.header, rid)
                 return None
             ctx.remove_request_headers(self.drop)
-        self.counter += 1
-        rid = self.gen % self.counter
-        ctx.request_id = rid.decode("ascii")
-        ctx.add_request_header(self.header, rid)
-        ctx.add_response_header(self.header, rid)
+        n = self.counter = self.counter + 1
+        line = self.gen_line % n
+        ctx.request_id = line[self.id_start:-2].decode("ascii")
+        ctx.add_request_and_response_lines(line)
         return None
 
     def error_filter(self, ctx) -> None:

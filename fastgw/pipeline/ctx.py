@@ -11,7 +11,8 @@ a worker"):
   identity set by middlewares: ``request_id``, ``user``, ``roles``, ``claims``.
 - where: ``route`` (the compiled route, None for the global chain), ``path_params``.
 - request headers sent upstream: ``set_request_header``, ``add_request_header``
-  (``add_request_lines`` for prebuilt lines), ``remove_request_headers``.  They apply to every attempt (each attempt builds its
+  (``add_request_lines`` for prebuilt lines; ``add_request_and_response_lines`` for lines
+  sent both ways), ``remove_request_headers``.  They apply to every attempt (each attempt builds its
   own head from them, ``pipeline.heads.request_head``).
 - the upstream target: ``up_target`` (``path?query`` as bytes, before the instance's base
   path) replaces the client's path and query in every attempt's head when set (the
@@ -115,6 +116,13 @@ class Ctx:
         in bulk, e.g. the tracing middleware's pool of ``traceparent`` lines) upstream,
         after the client's headers: ``add_request_header`` without the concatenation."""
         self.up_lines += lines
+
+    def add_request_and_response_lines(self, lines: bytes) -> None:
+        """The same prebuilt header lines sent upstream and to the client (an id echoed
+        both ways, e.g. the request id): ``add_request_lines`` and the response side in
+        one call (callgrind: a Python call less per request on every route)."""
+        self.up_lines += lines
+        self.resp_lines += lines
 
     def set_request_header(self, name: bytes, value: bytes) -> None:
         """Send ``name: value`` upstream instead of any ``name`` the client (or a middleware) set."""
