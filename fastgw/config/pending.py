@@ -31,8 +31,6 @@ NOT_ENFORCED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
      "skipping unhealthy and ejected ones, without least-connections or smooth weighting yet"),
     ("monitoring.circuit_breaker", _is_set,
      "parsed but not enforced yet: no circuit breaker trips"),
-    ("auth.refresh_token_expiry", _is_set,
-     "parsed but not enforced yet: the gateway does not issue or check refresh tokens"),
 )
 
 WATCHED = frozenset(row[0] for row in NOT_ENFORCED)

@@ -118,7 +118,11 @@ def test_percent_samples_copies(env):
     assert [st for st, _h, _b in parse_responses(data)] == [200] * 400
     assert wait_for(lambda: (len(shadow.requests) - n) > 0 and
                     _mirror_counts(gw).get('{route="main-3",result="2xx"}', 0) == len(shadow.requests) - n, timeout=10)
-    assert 0.35 <= (len(shadow.requests) - n) / 400 <= 0.65
+    # sampled = copies sent + copies dropped at max_in_flight (400 pipelined requests can
+    # outrun the shadow on a busy machine: a dropped copy was still sampled)
+    c = _mirror_counts(gw)
+    sampled = c.get('{route="main-3",result="2xx"}', 0) + c.get('{route="main-3",result="dropped"}', 0)
+    assert 0.35 <= sampled / 400 <= 0.65, c
 
 
 def _timed(gw, path: str, n: int) -> list[tuple[int, float]]:

@@ -18,6 +18,7 @@ import pytest
 
 from fastgw.auth.sessions import issue_refresh
 
+from tests.support import ROOT
 from tests.support.gateway import Gateway
 from tests.support.upstream import EchoUpstream
 Gateway, EchoUpstream = Gateway, EchoUpstream
@@ -231,7 +232,7 @@ def test_demo_shows_a_refresh_and_a_logout():
 
     env = dict(os.environ, FASTGW_PORT=port(), FASTGW_METRICS_PORT=port(), FASTGW_ADMIN_PORT=port(),
                SVG_PARSER_PORT=port(), CMMS_PORT=port(), DATABASE_INFRA_PORT=port())
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(ROOT)
     p = subprocess.Popen([sys.executable, "-m", "fastgw.demo.run", "--workers", "1"], cwd=root, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines = []
