@@ -19,28 +19,15 @@ import jwt
 import pytest
 
 from tests.support.gateway import Gateway
+from tests.support.sessions import API_ROUTE
 from tests.support.upstream import EchoUpstream
-Gateway, EchoUpstream = Gateway, EchoUpstream
 
 SECRET = "sessions-redis-" + "q" * 40
 ADMIN_TOKEN = "admin-token-" + "c" * 20
 BOUND = 4.0
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
-CONFIG = """
-gateway:
-  host: "127.0.0.1"
-  port: 0
-  trusted_proxies: []
-services:
-  api:
-    url: "http://{UP}"
-    routes:
-      - path: "/api/*"
-        name: api
-        methods: ["GET"]
-        auth: true
-auth:
+CONFIG = API_ROUTE + """auth:
   jwt_secret: "%s"
   revocation:
     backend: redis

@@ -20,27 +20,14 @@ from fastgw.auth.sessions import issue_refresh
 
 from tests.support import ROOT
 from tests.support.gateway import Gateway
+from tests.support.sessions import API_ROUTE
 from tests.support.upstream import EchoUpstream
-Gateway, EchoUpstream = Gateway, EchoUpstream
 
 SECRET = "sessions-access-" + "a" * 40
 RKEY = "sessions-refresh-" + "r" * 40
 ADMIN_TOKEN = "admin-token-" + "b" * 20
 
-CONFIG = """
-gateway:
-  host: "127.0.0.1"
-  port: 0
-  trusted_proxies: []
-services:
-  api:
-    url: "http://{UP}"
-    routes:
-      - path: "/api/*"
-        name: api
-        methods: ["GET"]
-        auth: true
-auth:
+CONFIG = API_ROUTE + """auth:
   jwt_secret: "%s"
   token_expiry: 10m
   refresh_token_expiry: 1h

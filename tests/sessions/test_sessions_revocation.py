@@ -14,26 +14,13 @@ import jwt
 import pytest
 
 from tests.support.gateway import Gateway
+from tests.support.sessions import API_ROUTE
 from tests.support.upstream import EchoUpstream
-Gateway, EchoUpstream = Gateway, EchoUpstream
 
 SECRET = "sessions-secret-" + "s" * 40
 ADMIN_TOKEN = "admin-token-" + "a" * 20
 
-CONFIG = """
-gateway:
-  host: "127.0.0.1"
-  port: 0
-  trusted_proxies: []
-services:
-  api:
-    url: "http://{UP}"
-    routes:
-      - path: "/api/*"
-        name: api
-        methods: ["GET"]
-        auth: true
-auth:
+CONFIG = API_ROUTE + """auth:
   jwt_secret: "%s"
   token_expiry: 1h
   refresh_token_expiry: 1h

@@ -1,0 +1,18 @@
+"""Shared by the session tests: the gateway and service part of their configs (one
+authenticated route in front of an echo upstream at ``{UP}``); each test file appends
+its own ``auth:`` and ``monitoring:`` sections."""
+
+API_ROUTE = """
+gateway:
+  host: "127.0.0.1"
+  port: 0
+  trusted_proxies: []
+services:
+  api:
+    url: "http://{UP}"
+    routes:
+      - path: "/api/*"
+        name: api
+        methods: ["GET"]
+        auth: true
+"""
