@@ -539,6 +539,12 @@ def test_coalescing_purge_and_warming_two_workers():
             while up.count("/w/one") < 2 and time.time() < deadline:
                 time.sleep(0.05)
             assert up.count("/w/one") == 2
+            # the upstream counts a warm fetch when it answers; the worker stores it a moment
+            # later (and publishes the count on its 1 s tick): wait for both stores
+            deadline = time.time() + 5
+            while sum(series(metrics_text(gw), "fastgw_cache_stored_total").values()) < 2 \
+                    and time.time() < deadline:
+                time.sleep(0.1)
             for _ in range(6):
                 s, h, b = get(gw, "/w/one", {"Host": "warm.test"})
                 assert "hit" in h["cache-status"]
