@@ -92,7 +92,8 @@ def claims(t):
 
 def test_rotation_grace_reuse_expiry_lifetime_logout():
     with EchoUpstream() as up, Gateway(config(up), workers=2) as gw:
-        st, r, doc = refresh(gw, login())
+        first = login()   # the login service's token; its duplicates below are this very token
+        st, r, doc = refresh(gw, first)
         assert st == 200, doc
         assert doc["token_type"] == "Bearer" and doc["expires_in"] == 600
         assert r.getheader("cache-control") == "no-store"
@@ -105,14 +106,14 @@ def test_rotation_grace_reuse_expiry_lifetime_logout():
         assert api(gw, r1) == 401                       # a refresh token is no access token
         # a duplicate within reuse_grace: the very same pair (another worker may answer)
         for _ in range(4):
-            st, _r, doc2 = refresh(gw, login())
+            st, _r, doc2 = refresh(gw, first)
             assert st == 200 and (doc2["access_token"], doc2["refresh_token"]) == (a1, r1)
         # the new refresh token rotates in turn
         st, _r, doc3 = refresh(gw, r1)
         assert st == 200 and doc3["refresh_token"] != r1 and claims(doc3["refresh_token"])["sid"] == "s1"
         # reuse outside the grace window: 401 and the whole session is revoked
         time.sleep(1.3)
-        st, _r, doc4 = refresh(gw, login())
+        st, _r, doc4 = refresh(gw, first)
         assert st == 401 and doc4["error"] == "invalid_grant"
         assert api(gw, a1) == 401 and api(gw, doc3["access_token"]) == 401
         assert refresh(gw, doc3["refresh_token"])[0] == 401
