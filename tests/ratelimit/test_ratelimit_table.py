@@ -96,6 +96,9 @@ def test_million_distinct_keys_fixed_memory_exact_for_active_keys():
     evicted, reclaimed = table.evicted, table.reclaimed
     for i in range(20_000):
         check(prefix + b"i=172.16.%d.%d" % (i >> 8, i & 255), rate, burst, clock.ns)
-    pushed = table.evicted - evicted    # only among the new keys themselves, in a bucket that got 9+
-    assert pushed <= 20 and table.reclaimed - reclaimed >= 19_000
+    # only among the new keys themselves, in a bucket that got 9+ of them: the placement is
+    # keyed by the region's random secret, so this count is random: Poisson(20,000 / 8,192
+    # buckets) gives 10.3 pushed keys on average, sd ~4; 40 is ~7 sd out (20 was hit in CI)
+    pushed = table.evicted - evicted
+    assert pushed <= 40 and table.reclaimed - reclaimed >= 19_000
     assert table.occupancy(clock.ns) == 20_000 - pushed
