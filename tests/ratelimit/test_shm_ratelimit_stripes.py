@@ -168,16 +168,10 @@ def test_four_processes_two_limits_all_or_nothing_within_the_bound(region, child
 def test_every_process_uses_the_creators_kind_of_lock(creator, monkeypatch):
     """The kind is recorded in the region's header: a process that maps it with another
     environment still excludes the creator's processes (same lock, same bytes)."""
-    if creator == "fcntl":
-        monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl")
-    else:
-        monkeypatch.delenv("FASTGW_SHM_LOCKS", raising=False)
+    monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl" if creator == "fcntl" else "mutex")
     with Region.create(2, metrics_series=64, table_slots=1024, health_slots=8) as r:
         assert r.ratelimit.lock_kind == creator
-        if creator == "fcntl":
-            monkeypatch.delenv("FASTGW_SHM_LOCKS")
-        else:
-            monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl")
+        monkeypatch.setenv("FASTGW_SHM_LOCKS", "mutex" if creator == "fcntl" else "fcntl")
         with Region.attach(os.dup(r.fd)) as other:
             assert other.ratelimit.lock_kind == creator
             now = time.monotonic_ns()

@@ -179,8 +179,7 @@ def h_fd(table) -> int:
 @pytest.fixture(params=["robust-mutex", "fcntl"])
 def any_lock_region(request, monkeypatch):
     """A region with each kind of stripe lock (``fastgw.shm.locks``)."""
-    if request.param == "fcntl":
-        monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl")
+    monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl" if request.param == "fcntl" else "mutex")
     r = Region.create(4, metrics_series=256, table_slots=4096, health_slots=16)
     assert r.ratelimit.lock_kind == request.param
     yield r
