@@ -37,52 +37,19 @@ from __future__ import annotations
 import httptools
 
 from fastgw.errors import GatewayError
+from fastgw.http.conninfo import (PAUSE_BACKLOG, PAUSE_UPSTREAM, PAUSE_WAIT, T_BODY, T_HEAD,  # noqa: F401
+                                  T_IDLE, T_LINGER, T_NONE, T_SEND, ConnInfo)
 from fastgw.http.deadline import Deadline
+from fastgw.http.linger import Linger
+from fastgw.http.linger import start as start_linger
 from fastgw.http.request import Request, fill_request
 from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_TRACE, H_UA,
                                  H_UPGRADE, H_XFF, H_XFH, H_XFP, METHODS, REPEATED, special_kind, valid_host)
-
-# reasons to pause reading (bit mask)
-PAUSE_BACKLOG = 1    # pipelined requests queued behind the one in flight
-PAUSE_UPSTREAM = 2   # upstream is not accepting the request body fast enough
-PAUSE_WAIT = 4       # body arriving before the upstream connection is ready
-
-# deadline kinds
-T_NONE, T_IDLE, T_HEAD, T_BODY, T_SEND, T_LINGER = 0, 1, 2, 3, 4, 5
 
 MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
 MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
 _new = object.__new__    # + fill_request: a Request without a class call (http/request.py)
-
-class ConnInfo:
-    """Per-listener settings the protocol needs (built once per config)."""
-
-    __slots__ = ("max_request_line", "max_header_size", "max_headers_size", "max_headers",
-                 "t_head", "t_body", "t_idle", "t_send", "t_min", "tls",
-                 "body_total", "body_rate", "body_grace", "t_linger", "linger_size")
-
-    def __init__(self, limits, timeouts, tls: bool = False) -> None:
-        self.max_request_line = int(limits.max_request_line)
-        self.max_header_size = int(limits.max_header_size)
-        self.max_headers_size = int(limits.max_headers_size)
-        self.max_headers = int(limits.max_headers)
-        self.t_head = float(timeouts.request_header)
-        self.t_body = float(timeouts.request_body)
-        self.t_idle = float(timeouts.keepalive)
-        self.t_send = float(getattr(timeouts, "send", 60.0))
-        total = getattr(timeouts, "request_body_total", None)
-        self.body_total = float(total) if total is not None else float("inf")
-        rate = getattr(timeouts, "request_body_min_rate", None)
-        self.body_rate = float(rate) if rate else 0.0  # bytes/s; 0 = off
-        self.body_grace = float(getattr(timeouts, "request_body_min_rate_grace", 10.0))
-        self.t_linger = float(getattr(timeouts, "lingering_time", 5.0))
-        self.linger_size = int(getattr(timeouts, "lingering_size", 8 * 1024 * 1024))
-        # (the lingering deadline is not in the horizon: Deadline.set re-arms for a shorter
-        # one, and a 5 s horizon would wake every idle connection every 5 s)
-        self.t_min = min(self.t_head, self.t_body, self.t_idle, self.t_send, self.body_total)
-        self.tls = tls
-
 
 class DownstreamProtocol:
     __slots__ = (
@@ -163,7 +130,7 @@ class DownstreamProtocol:
 
     def eof_received(self):
         # A half-close from the client: finish the response in flight, then close.
-        if type(self.tunnel) is _Linger:
+        if type(self.tunnel) is Linger:
             self.tunnel.end("client")
             return True
         if self.cur is None:
@@ -546,29 +513,8 @@ class DownstreamProtocol:
         self._close()
 
     def _linger(self) -> None:
-        """Lingering close (rule 6): the answer is written; shut down the write side, then
-        read and discard until the client closes, ``lingering_time`` passes or
-        ``lingering_size`` bytes were discarded."""
-        t = self.transport
-        if t is None or self.closed:
-            return
-        self.closed = True  # nothing more is parsed or written
-        self.queue.clear()
-        self.backlog = None
-        if not t.can_write_eof():  # (TLS: no half-close; a plain close, as before)
-            t.close()
-            return
-        try:
-            t.write_eof()  # after the answer still buffered
-        except (OSError, RuntimeError):
-            t.close()
-            return
-        self.tunnel = _Linger(self, self.info.linger_size)  # data_received feeds it
-        self.dl.set(T_LINGER, self.info.t_linger)
-        self.handler.linger_start(self)
-        if self.paused:
-            self.paused = 0
-            t.resume_reading()
+        """Lingering close (rule 6): ``http.linger.start``."""
+        start_linger(self)
 
     def _abort(self) -> None:
         if self.transport is not None:
@@ -623,7 +569,7 @@ class DownstreamProtocol:
     def _expired(self, kind: int) -> None:
         """The connection's deadline passed (``Deadline.fire``)."""
         if kind == T_LINGER:
-            if type(self.tunnel) is _Linger:
+            if type(self.tunnel) is Linger:
                 self.tunnel.end("time")
             return
         if self.closed:
@@ -640,50 +586,3 @@ class DownstreamProtocol:
                 self.handler.body_timeout(self, self.cur)
         elif kind == T_SEND:
             self._abort()
-
-
-
-class _Linger:
-    """The discarding reader of a lingering close (rule 6), in the protocol's ``tunnel``
-    slot, so ``data_received`` needs no extra test: ``write`` counts and drops the bytes."""
-
-    __slots__ = ("proto", "left", "done")
-
-    def __init__(self, proto, size: int) -> None:
-        self.proto = proto
-        self.left = size
-        self.done = False
-
-    def write(self, data) -> None:
-        self.left -= len(data)
-        if self.left < 0:
-            self.end("size")
-
-    def end(self, why: str) -> None:
-        """The lingering close ends: ``why`` is client (it closed), time or size."""
-        if self.done:
-            return
-        self.done = True
-        p = self.proto
-        p.dl.kind = T_NONE
-        t = p.transport
-        if t is not None:
-            # after the client's own close a plain close; past a bound, abort: the client
-            # had lingering_time to read the answer
-            if why == "client":
-                t.close()
-            else:
-                t.abort()
-        p.handler.linger_done(p, why)
-
-    # (the rest of the tunnel interface the protocol calls)
-    def abort(self) -> None:
-        if not self.done:
-            self.done = True
-            self.proto.handler.linger_done(self.proto, "client")
-
-    def pause_reading(self) -> None:
-        return None
-
-    def resume_reading(self) -> None:
-        return None
