@@ -12,7 +12,8 @@ path (reopened on USR1).
 
 Rules kept here: the level is one of debug/info/warning/error (case-insensitive, stored
 lower-case); an empty admin token (``${ADMIN_TOKEN:-}`` unset) means no token.
-``tracing`` (off when absent) is in ``config/tracing.py``.
+``tracing`` (off when absent) is in ``config/tracing.py``.  ``circuit_breaker`` is the
+default breaker of every service (``circuit_breaker_of`` applies a service's own).
 """
 
 from __future__ import annotations
@@ -29,8 +30,24 @@ Output = Annotated[str, Check(v.non_empty)]  # "stdout" | "stderr" | a file path
 
 
 class CircuitBreakerConfig(Base):
-    failure_threshold: Annotated[int, msgspec.Meta(ge=1)]  # consecutive failures that open it
-    timeout: PositiveDuration  # how long it stays open before a trial request
+    """A service's circuit breaker (``monitoring.circuit_breaker``: every service's
+    default; ``services.<name>.circuit_breaker`` overrides it, ``false`` turns it off).
+    Semantics in docs/resilience.md; the state is shared by the workers (``shm.breaker``)."""
+
+    failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]  # consecutive failed exchanges that open it
+    timeout: PositiveDuration  # how long it stays open before trial requests (and each trial window)
+    half_open_requests: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1  # trials per window, all workers together
+
+
+def circuit_breaker_of(monitoring, service) -> CircuitBreakerConfig | None:
+    """The breaker in effect for ``service`` (a ServiceConfig): its own, none when it
+    says ``false``, else the ``monitoring`` default (None: no breaker)."""
+    own = getattr(service, "circuit_breaker", None)
+    if own is False:
+        return None
+    if isinstance(own, CircuitBreakerConfig):
+        return own
+    return monitoring.circuit_breaker
 
 
 class AccessLogConfig(Base):

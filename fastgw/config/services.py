@@ -9,7 +9,8 @@ kept per instance; ``tls`` applies to ``https://`` instances only.
 Rules kept here:
 - URLs are ``http://`` or ``https://`` host[:port][/base-path], no credentials, query or
   fragment; one scheme per service;
-- at least one instance has a weight above 0.
+- at least one instance has a weight above 0;
+- ``circuit_breaker`` is an object or ``false`` (``true`` would say nothing).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, Duration, PositiveDuration
 from fastgw.config.cache import CacheRouteConfig
 from fastgw.config.compression import CompressionConfig
+from fastgw.config.monitoring import CircuitBreakerConfig
 from fastgw.config.transform import TransformConfig
 from fastgw.config.ratelimit import RateLimitRule
 from fastgw.config.resilience import HealthCheckConfig, OutlierConfig, Percent, RetryConfig
@@ -89,6 +91,8 @@ class ServiceConfig(Base):
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     tls: UpstreamTlsConfig = msgspec.field(default_factory=UpstreamTlsConfig)
     rate_limit: RateLimitRule | None = None
+    # None = monitoring.circuit_breaker; false = no breaker for this service (config.monitoring)
+    circuit_breaker: CircuitBreakerConfig | bool | None = None
     compression: CompressionConfig | bool | None = None  # None = the top-level compression
     transform: TransformConfig | None = None  # its routes' defaults, merged per item (config.transform)
     cache: CacheRouteConfig | bool | None = None  # response cache (config.cache); None = the service's / off
@@ -107,6 +111,9 @@ class ServiceConfig(Base):
             yield "url", "missing: set url, or instances with at least one url"
         elif self.instances and not any(i.weight > 0 for i in self.instances):
             yield "instances", "every instance has weight 0: nothing could receive traffic"
+        if self.circuit_breaker is True:
+            yield "circuit_breaker", ("true is not a breaker: give {failure_threshold, timeout} (or leave it out "
+                                      "for monitoring.circuit_breaker), or false to turn it off")
         schemes = {u.url.split(":", 1)[0].lower() for u in self.upstreams()}
         if len(schemes) > 1:
             yield "instances", "mixes http:// and https:// instances; use one scheme per service"

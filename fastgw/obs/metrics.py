@@ -48,6 +48,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Retries refused because the service's retry budget was spent.", ("service",)),
     "fastgw_upstream_panic_total": (
         "counter", "Picks made in panic mode (too few usable instances: all of them used).", ("service",)),
+    "fastgw_circuit_breaker_transitions_total": (
+        "counter", "Circuit-breaker transitions by service and the state entered (open, half_open, closed).",
+        ("service", "to")),
     "fastgw_upstream_pool_exhausted_total": ("counter", "503s because an upstream pool was full: its wait queue "
                                              "(reason=queue_full) or the wait (reason=wait_timeout).",
                                              ("upstream", "reason")),

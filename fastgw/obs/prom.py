@@ -54,6 +54,8 @@ EXTRA_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_upstream_instance_failures_total": (
         "counter", "Failures real requests saw on the instance, by kind (connect, reset, timeout, status_5xx).",
         ("service", "instance", "kind")),
+    "fastgw_circuit_breaker_state": (
+        "gauge", "Circuit-breaker state per service with a breaker (0 closed, 1 open, 2 half-open).", ("service",)),
     "fastgw_health_checks_total": (
         "counter", "Active health probes sent by this gateway host.", ()),
     "fastgw_metrics_dropped_series_total": (

@@ -45,6 +45,8 @@ from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.prom import CONTENT_TYPE, render
 from fastgw.resilience.checker import Monitor
 from fastgw.resilience.identity import config_instances
+from fastgw.config.monitoring import circuit_breaker_of
+from fastgw.shm.breaker import key_for as breaker_key, view as breaker_view
 from fastgw.shm.health import FAIL_KINDS, STATE_NAMES as HEALTH_NAMES, UNHEALTHY, UNKNOWN
 from fastgw.runtime.revocation_sync import RevocationSync, redis_url
 from fastgw.shm.workers import READY, STATE_NAMES
@@ -269,6 +271,19 @@ class Control:
             for k, n in zip(FAIL_KINDS, kinds):
                 out.append((f'fastgw_upstream_instance_failures_total{{{lab},kind="{k}"}}', n))
         out.append(("fastgw_health_checks_total", self.monitor.probes if self.monitor is not None else 0))
+        out += [(f'fastgw_circuit_breaker_state{{service="{s}"}}', d["state_code"]) for s, d in self._breakers()]
+        return out
+
+    def _breakers(self):
+        """(service, its breaker as ``/admin/upstreams`` shows it) of every service with one."""
+        table = getattr(self.region, "breaker", None)
+        if table is None or self.config is None:
+            return []
+        out, now = [], time.monotonic_ns()
+        for sname, svc in self.config.services.items():
+            cb = circuit_breaker_of(self.config.monitoring, svc)
+            if cb is not None:
+                out.append((sname, breaker_view(table, table.find(breaker_key(sname)), cb, now)))
         return out
 
     def upstreams_doc(self) -> dict:
@@ -296,6 +311,9 @@ class Control:
             d = services.setdefault(sname, {"health": svc.health, "retries": svc.retries,
                                             "panic_threshold": float(svc.panic_threshold), "instances": []})
             d["instances"].append(row)
+        breakers = dict(self._breakers())
+        for sname, d in services.items():   # the service's circuit breaker (None: none)
+            d["circuit_breaker"] = breakers.get(sname)
         return {"generation": self.generation, "services": services}
 
     def workers_doc(self) -> dict:

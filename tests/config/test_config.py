@@ -116,6 +116,21 @@ CASES = [
     ("monitoring.logging.output", "", "monitoring.logging.output: must not be empty"),
     ("monitoring.logging.access_log", {"enabled": 1}, "monitoring.logging.access_log.enabled: expected true or false, got 1"),
     ("monitoring.circuit_breaker", {"failure_threshold": 5}, "monitoring.circuit_breaker.timeout: missing required field"),
+    ("monitoring.circuit_breaker", {"failure_threshold": 0, "timeout": "1s"},
+     "monitoring.circuit_breaker.failure_threshold: must be between 1 and 1000000, got 0"),
+    ("monitoring.circuit_breaker", {"failure_threshold": 5, "timeout": "1s", "half_open_requests": 0},
+     "monitoring.circuit_breaker.half_open_requests: must be between 1 and 1000, got 0"),
+    ("monitoring.circuit_breaker", {"failure_threshold": 5, "timeout": "0s"},
+     "monitoring.circuit_breaker.timeout: must be greater than 0, got 0s"),
+    ("monitoring.circuit_breaker", {"failure_threshold": 5, "timeout": "1s", "half_open": 2},
+     "monitoring.circuit_breaker.half_open: unknown field"),
+    ("services.svg-parser.circuit_breaker", True,
+     "services.svg-parser.circuit_breaker: true is not a breaker: give {failure_threshold, timeout} (or leave it "
+     "out for monitoring.circuit_breaker), or false to turn it off"),
+    ("services.svg-parser.circuit_breaker", "off",
+     "services.svg-parser.circuit_breaker: expected an object, true or false or null, got 'off'"),
+    ("services.svg-parser.circuit_breaker", {"timeout": "5s"},
+     "services.svg-parser.circuit_breaker.failure_threshold: missing required field"),
     ("monitoring.health_check_interval", "often",
      "monitoring.health_check_interval: expected a duration like '30s', got 'often'"),
     # root
@@ -309,7 +324,8 @@ def test_yaml_dates_are_explained():
 # out: those are reported only once the values they compare are themselves valid.
 _DEPENDENT = ("ambiguous", "duplicate route name", "needs an 'auth'", "same port", "health_path",
               "must be 'svg-parser'", "must list at least one", "duplicate method", "'true' is not allowed",
-              "nobody could", "is larger than", "PROXY protocol", "missing: set url", "either url")
+              "nobody could", "is larger than", "PROXY protocol", "missing: set url", "either url",
+              "true is not a breaker")
 INDEPENDENT = [
     c for c in CASES
     if c[1] is not DELETE and not any(d in c[2] for d in _DEPENDENT)

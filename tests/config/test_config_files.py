@@ -31,9 +31,7 @@ SEED = ROOT / "tests" / "data" / "seed-example.yaml"
 GATEWAY_YAML = ROOT / "config" / "gateway.yaml"
 SECRET = "0123456789abcdef0123456789abcdef"
 
-SEED_WARNINGS = [
-    "monitoring.circuit_breaker: parsed but not enforced yet: no circuit breaker trips",
-]
+SEED_WARNINGS: list[str] = []   # (monitoring.circuit_breaker is enforced since #20)
 
 
 def test_seed_copy_is_verbatim():
@@ -118,8 +116,7 @@ def test_warning_table_rows_are_well_formed():
     ("services.cmms-service", {"instances": [{"url": "http://a:1"}, {"url": "http://b:1"}]},
      "services.cmms-service.instances: partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), skipping unhealthy and ejected ones, without least-connections or smooth weighting yet"),
     ("services.cmms-service", {"instances": [{"url": "http://a:1"}]}, None),
-    ("monitoring.circuit_breaker", {"failure_threshold": 3, "timeout": "10s"},
-     "monitoring.circuit_breaker: parsed but not enforced yet: no circuit breaker trips"),
+    ("monitoring.circuit_breaker", {"failure_threshold": 3, "timeout": "10s"}, None),  # enforced
     ("monitoring.health_check_interval", "10s", None),
     ("auth", {"refresh_token_expiry": "7d"}, None),
     ("services.svg-parser.tls", {"verify": False},
