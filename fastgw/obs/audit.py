@@ -1,4 +1,5 @@
-"""Audit records written by the supervisor and the admin API (L4).
+"""Audit records written by the supervisor and the admin API (L4); the workers write theirs
+(auth decisions, circuit-breaker transitions) through ``deps.audit``.
 
 The audit log (``monitoring.logging.audit``) is one stream of JSON lines: auth decisions
 (written by the workers), admin API calls and writes (the control process), signals and
@@ -11,6 +12,9 @@ depends on the event:
                     unchanged, refused), ``generation``, ``changes`` or ``errors``
 ``admin_request``   ``client_ip``, ``method``, ``path``, ``status``
 ``admin_write``     the same plus ``body`` (the decoded request body) and ``result``
+``circuit_breaker`` ``service``, ``from``, ``to``, ``worker``, ``request_id`` (the
+                    request that made the transition), ``open_for_s`` (written by
+                    the worker, ``middleware.breaker``)
 ==================  ===============================================================
 
 ``AuditLog.write`` flushes at once: the supervisor has no tick, and these records are

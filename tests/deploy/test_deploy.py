@@ -196,6 +196,7 @@ rate_limit:
 monitoring:
   metrics_port: 0
   tracing: {sample_ratio: 1, otlp_endpoint: "http://127.0.0.1:{DEAD}/v1/traces", export_interval: 200ms}
+  circuit_breaker: {failure_threshold: 100, timeout: 30s}
   logging:
     level: error
     access_log: {enabled: false}

@@ -9,7 +9,9 @@ request it gets), clients on several keep-alive connections.
   closes the breaker;
 - gateway-made answers (401 from auth) never count, neither as failures nor as successes;
 - a service's own breaker overrides the default, ``false`` turns it off;
-- the state is in ``/admin/upstreams`` and ``/metrics``.
+- the state is in ``/admin/upstreams`` and ``/metrics``;
+- with the response cache's ``stale_if_error``, an expired entry answers instead of the
+  open circuit's 503.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 
 from tests.support.breaker import SwitchUpstream, burst
 from tests.support.gateway import Gateway
-from tests.support.procs import admin, metrics_text, promtool_check, series
+from tests.support.procs import admin, generation_everywhere, hup, metrics_text, promtool_check, rewrite, series
 from tests.support.waiting import wait_for
 
 SECRET = "breaker-test-secret-" + "x" * 44
@@ -43,6 +45,11 @@ services:
     url: "URL_TIGHT"
     circuit_breaker: {failure_threshold: 1, timeout: 30s}
     routes: [{path: "/tight/*", name: tight}]
+  cached:
+    url: "URL_CACHED"
+    cache: {stale_if_error: 60s}
+    circuit_breaker: {failure_threshold: 2, timeout: 30s}
+    routes: [{path: "/cached/*", name: cached}]
   plain:
     url: "URL_PLAIN"
     circuit_breaker: false
@@ -57,7 +64,7 @@ monitoring:
 
 @pytest.fixture(scope="module")
 def world():
-    ups = {k: SwitchUpstream(503) for k in ("app", "gated", "tight", "plain")}
+    ups = {k: SwitchUpstream(503) for k in ("app", "gated", "tight", "cached", "plain")}
     ups["app"].delay = 0.05     # trials of one window overlap at the upstream
     for u in ups.values():
         u.__enter__()
@@ -66,6 +73,7 @@ def world():
         text = text.replace(f"URL_{k.upper()}", u.url)
     try:
         with Gateway(text, workers=2) as gw:
+            gw.text = text
             yield gw, ups
     finally:
         for u in ups.values():
@@ -80,6 +88,13 @@ def breaker_doc(gw, service: str):
 
 def get(gw, path: str, headers=None):
     return gw.request("GET", path, headers=headers)
+
+
+def _json(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return {}
 
 
 def clusters(times: list[float], gap: float) -> list[list[float]]:
@@ -99,7 +114,9 @@ def test_opens_refuses_fast_admits_exact_trials_per_window_and_closes(world):
     # three failures, each on a new connection (the kernel spreads them over both workers)
     for _ in range(3):
         assert get(gw, "/app/x")[0] == 503
-    t_open = time.monotonic()
+    t_open = time.monotonic()   # about when it opened: in the third exchange's logging phase,
+    # just after its answer left (so wait for it before the next request)
+    assert wait_for(lambda: breaker_doc(gw, "app")["state"] == "open", 2.0)
     assert up.hits == 3
     st, hd, body = get(gw, "/app/x")
     doc = json.loads(body)
@@ -113,7 +130,7 @@ def test_opens_refuses_fast_admits_exact_trials_per_window_and_closes(world):
     trials = [t for t in up.times if t > t_open]
     assert all(s == 503 for s, _ in answers) and len(answers) > 100, len(answers)
     assert all(h.get("retry-after") in ("1",) for s, h in answers if h.get("content-type") == "application/problem+json")
-    assert not [t for t in trials if t < t_open + TIMEOUT], "a request reached the upstream while open"
+    assert not [t for t in trials if t < t_open + TIMEOUT - 0.1], "a request reached the upstream while open"
     windows = clusters(trials, gap=0.2)
     # each window: exactly half_open_requests (2) trials over both workers, the next window
     # one timeout after the trials failed
@@ -131,7 +148,8 @@ def test_opens_refuses_fast_admits_exact_trials_per_window_and_closes(world):
     assert moves['{service="app",to="closed"}'] == 1 and moves['{service="app",to="open"}'] == 1 + len(windows) \
         and moves['{service="app",to="half_open"}'] >= len(windows), moves
     promtool_check(text)
-    logs = [json.loads(x) for x in gw.stdout_lines if '"circuit_breaker"' in x]
+    logs = sorted((r for r in map(_json, gw.stdout_lines) if r.get("event") == "circuit_breaker"),
+                  key=lambda r: r["ts"])      # the audit log (stdout), each worker's flushed on its tick
     assert [r["to"] for r in logs][:3] == ["open", "half_open", "open"] and {r["worker"] for r in logs} <= {0, 1}
     assert any("closed -> open (3 consecutive failures" in x for x in gw.stderr_lines)
 
@@ -144,16 +162,52 @@ def test_gateway_made_answers_never_count(world):
     cb = breaker_doc(gw, "gated")
     assert (cb["state"], cb["consecutive_failures"]) == ("closed", 2), cb   # neither a failure nor a success
     assert get(gw, "/gated/x", tok)[0] == 503 and ups["gated"].hits == 3
+    assert wait_for(lambda: breaker_doc(gw, "gated")["state"] == "open", 2.0)
     st, hd, _ = get(gw, "/gated/x", tok)
     assert st == 503 and hd["retry-after"] == "30" and ups["gated"].hits == 3
     assert breaker_doc(gw, "gated")["state"] == "open"
 
 
-def test_a_service_override_and_false(world):
+def test_a_service_override_and_false_and_a_reload_keeps_the_state(world):
     gw, ups = world
     assert get(gw, "/tight/x")[0] == 503                                    # failure_threshold 1
+    assert wait_for(lambda: breaker_doc(gw, "tight")["state"] == "open", 2.0)
     st, hd, _ = get(gw, "/tight/x")
     assert st == 503 and "retry-after" in hd and ups["tight"].hits == 1
+    # a reload that changes the breaker's settings keeps its state (the slot is the service's)
+    rewrite(gw, gw.text.replace("failure_threshold: 1, timeout: 30s", "failure_threshold: 1, timeout: 20s"))
+    hup(gw)
+    assert wait_for(lambda: generation_everywhere(gw, 1, 2), 10.0)
+    cb = breaker_doc(gw, "tight")
+    assert (cb["state"], cb["timeout_s"], cb["times_opened"]) == ("open", 20.0, 1), cb
+    st, hd, _ = get(gw, "/tight/x")
+    assert st == 503 and 20 < int(hd["retry-after"]) <= 30 and ups["tight"].hits == 1
     assert [get(gw, "/plain/x")[0] for _ in range(8)] == [503] * 8 and ups["plain"].hits == 8
     assert breaker_doc(gw, "plain") is None and breaker_doc(gw, "tight")["failure_threshold"] == 1
     assert '{service="plain"}' not in series(metrics_text(gw), "fastgw_circuit_breaker_state")
+
+
+def test_an_open_circuit_lets_the_cache_serve_stale_if_error(world):
+    gw, ups = world
+    up = ups["cached"]
+    c = gw.conn()     # one keep-alive connection: one worker, whose cache holds the entry
+
+    def on_conn(path):
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+
+    up.status, up.headers = 200, {"Cache-Control": "max-age=1"}
+    st, hd, _ = on_conn("/cached/page")
+    assert st == 200 and "stored" in hd["cache-status"], hd
+    stored = time.monotonic()
+    up.status, up.headers = 503, {}
+    assert [on_conn("/cached/other")[0] for _ in range(2)] == [503, 503]
+    assert wait_for(lambda: breaker_doc(gw, "cached")["state"] == "open", 2.0)
+    st, hd, body = on_conn("/cached/other")
+    assert st == 503 and hd["content-type"] == "application/problem+json"      # open, nothing cached
+    time.sleep(max(0.0, stored + 1.1 - time.monotonic()))                    # the entry expired
+    st, hd, body = on_conn("/cached/page")
+    c.close()
+    assert (st, body) == (200, b"status 200") and "stale-if-error" in hd["cache-status"], (st, hd)
+    assert up.hits == 3 and breaker_doc(gw, "cached")["state"] == "open"

@@ -19,6 +19,7 @@ class SwitchUpstream:
     def __init__(self, status: int = 200, delay: float = 0.0) -> None:
         self.status = status
         self.delay = delay
+        self.headers: dict[str, str] = {}     # extra response headers (e.g. Cache-Control)
         self.times: list[float] = []
         self.lock = threading.Lock()
         outer = self
@@ -32,12 +33,14 @@ class SwitchUpstream:
             def do_GET(self):
                 with outer.lock:
                     outer.times.append(time.monotonic())
-                    st, delay = outer.status, outer.delay
+                    st, delay, extra = outer.status, outer.delay, dict(outer.headers)
                 if delay:
                     time.sleep(delay)
                 body = b"status %d" % st
                 self.send_response(st)
                 self.send_header("Content-Length", str(len(body)))
+                for k, v in extra.items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
 
