@@ -70,7 +70,7 @@ def _backing_file(name: str, size: int) -> int:
 
 class Region:
     """The mapped region and its parts: ``workers``, ``metrics``, ``ratelimit``,
-    ``health``, ``broadcast``, ``purge``."""
+    ``health``, ``broadcast``, ``purge``, ``revocation``, ``breaker``."""
 
     __slots__ = ("fd", "size", "header", "_mm", "_q", "workers", "metrics", "ratelimit",
                  "health", "broadcast", "purge", "revocation", "breaker")
