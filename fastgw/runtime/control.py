@@ -44,8 +44,9 @@ from fastgw.obs import oplog
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.prom import CONTENT_TYPE, render
 from fastgw.resilience.checker import Monitor
+from fastgw.resilience.discovery import Discovery
 from fastgw.resilience.identity import config_instances
-from fastgw.shm.health import FAIL_KINDS, STATE_NAMES as HEALTH_NAMES, UNHEALTHY, UNKNOWN
+from fastgw.shm.health import DRAINED, FAIL_KINDS, STATE_NAMES as HEALTH_NAMES, UNHEALTHY, UNKNOWN
 from fastgw.runtime.revocation_sync import RevocationSync, redis_url
 from fastgw.shm.workers import READY, STATE_NAMES
 
@@ -80,6 +81,7 @@ class Control:
         self.started = time.monotonic()
         self.audit = None  # LogBuffer of monitoring.logging.audit.output, opened in run()
         self.monitor = None  # active health checks and outlier ejection (fastgw.resilience)
+        self.discovery = None  # DNS discovery (fastgw.resilience.discovery)
         self.metrics = None  # obs.metrics.Metrics over the control process's area (set by the supervisor)
         self.revocation_sync = None  # revocation_sync.RevocationSync with auth.revocation.backend: redis
 
@@ -106,6 +108,8 @@ class Control:
         if self.config is not None and getattr(self.region, "health", None) is not None:
             self.monitor = Monitor(self.region.health, loop)
             self.monitor.apply(self.config)
+            self.discovery = Discovery(self.region, loop, self.monitor, self.metrics)
+            self.discovery.apply(self.config)
         for hook in self.start_hooks:
             hook(self)
         url = redis_url(self.config) if self.config is not None and self.region is not None else None
@@ -120,6 +124,8 @@ class Control:
         finally:
             if self.monitor is not None:
                 self.monitor.stop()
+            if self.discovery is not None:
+                self.discovery.stop()
             if self.revocation_sync is not None:
                 self.revocation_sync.stop()
             self.server.close()
@@ -206,6 +212,8 @@ class Control:
         self.generation = generation
         if self.monitor is not None:
             self.monitor.apply(cfg)
+        if self.discovery is not None:
+            self.discovery.apply(cfg)
         return True
 
     # ------------------------------------------------------------------ endpoints
@@ -242,14 +250,33 @@ class Control:
 
     # ------------------------------------------------------------------ upstreams
     def _instances(self):
-        """(service, url, slot, weight) of every configured instance with a slot."""
+        """(service, url, slot, weight, source) of every configured or discovered instance."""
         table = self.region.health
         out = []
         for sname, url, key in config_instances(self.config) if self.config is not None else ():
             svc = self.config.services[sname]
             weight = next((i.weight for i in svc.upstreams() if i.url == url), 1)
-            out.append((sname, url, table.find(key), weight))
+            out.append((sname, url, table.find(key), weight, "file"))
+        if self.discovery is not None:
+            out += [(s, u, slot, w, "dns") for s, u, slot, w in self.discovery.instances()]
         return out
+
+    def drain(self, service: str, instance: str, on: bool) -> dict:
+        """Drain (``on``) or undrain an instance, named by its URL as ``/admin/upstreams``
+        shows it or by its slot; raises LookupError naming what exists."""
+        rows = [r for r in self._instances() if r[0] == service]
+        if self.config is None or service not in self.config.services:
+            raise LookupError(f"no service {service!r}")
+        hit = [r for r in rows if r[1] == instance or (instance.isdigit() and r[2] == int(instance))]
+        if not hit:
+            raise LookupError(f"service {service!r} has no instance {instance!r} "
+                              f"(its instances: {', '.join(r[1] for r in rows) or 'none yet'})")
+        _s, url, slot, _w, _src = hit[0]
+        if slot < 0 or self.monitor is None or not self.monitor.drain(slot, on):
+            raise LookupError(f"instance {url} of {service!r} has no health-table slot "
+                              "(gateway.max_upstream_instances is full): it cannot be drained")
+        log.warning("upstream %s %s %s by the admin API", service, url, "drained" if on else "undrained")
+        return {"service": service, "instance": url, "slot": slot, "drained": on}
 
     def upstream_series(self) -> list:
         table = getattr(self.region, "health", None)
@@ -257,7 +284,7 @@ class Control:
             return []
         out = []
         now = time.monotonic_ns()
-        for sname, url, slot, _w in self._instances():
+        for sname, url, slot, _w, _src in self._instances():
             if slot < 0:
                 continue
             lab = f'service="{sname}",instance="{_label(url)}"'
@@ -276,9 +303,9 @@ class Control:
         table = self.region.health
         now, wall = time.monotonic_ns(), time.time_ns()
         services: dict = {}
-        for sname, url, slot, weight in self._instances():
+        for sname, url, slot, weight, source in self._instances():
             svc = self.config.services[sname]
-            row = {"url": url, "source": "file", "weight": weight, "slot": slot}
+            row = {"url": url, "source": source, "weight": weight, "slot": slot}
             if slot >= 0:
                 until = table.ejected_until(slot)
                 req, con, kinds = table.sums(slot)
@@ -290,12 +317,20 @@ class Control:
                     "ejected_for_s": round((until - now) / 1e9, 3) if until > now else 0,
                     "times_ejected": table.ejections(slot),
                     "usable": not table.down[slot],
+                    "drained": table.down[slot] == DRAINED,
                     "consecutive_failures": con,
                     "failures": dict(zip(FAIL_KINDS, kinds)),
                 })
             d = services.setdefault(sname, {"health": svc.health, "retries": svc.retries,
                                             "panic_threshold": float(svc.panic_threshold), "instances": []})
             d["instances"].append(row)
+        for sname, f in (self.discovery.found.items() if self.discovery is not None else ()):
+            svc = self.config.services[sname]
+            d = services.setdefault(sname, {"health": svc.health, "retries": svc.retries,
+                                            "panic_threshold": float(svc.panic_threshold), "instances": []})
+            d["discovery"] = {"type": f.dcfg.type, "name": f.dcfg.name, "resolved": bool(f.resolved_at),
+                              "last_resolved_age_s": round(time.time() - f.resolved_at, 3) if f.resolved_at else None,
+                              "failures": f.failures, "last_error": f.last_error or None}
         return {"generation": self.generation, "services": services}
 
     def workers_doc(self) -> dict:

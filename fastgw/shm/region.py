@@ -24,6 +24,7 @@ health         control process                       workers
 broadcast      supervisor (config), control (purge)  workers, on their tick
 purge          control (admin cache purges)          workers, on every cache lookup
 revocation     anyone, under the table's lock        workers (their mirror), control (admin)
+discovery      control (DNS discovery)               workers, on their tick; supervisor (reload)
 =============  ====================================  ===========================================
 
 Ownership of a worker's slot passes to the supervisor when it reaps the worker:
@@ -40,7 +41,7 @@ import time
 from collections.abc import Callable
 
 from fastgw.config.ratelimit_section import TABLE_SLOTS
-from fastgw.shm import broadcast, health, locks, metrics, purge, ratelimit, revocation, workers
+from fastgw.shm import broadcast, discovery, health, locks, metrics, purge, ratelimit, revocation, workers
 from fastgw.shm.layout import HEADER_SIZE, PARTS, Header, align
 
 EXTRA_METRIC_SLOTS = 2      # metric areas for the control process and the supervisor
@@ -72,7 +73,8 @@ class Region:
     ``health``, ``broadcast``, ``purge``."""
 
     __slots__ = ("fd", "size", "header", "_mm", "_q", "workers", "metrics", "ratelimit",
-                 "health", "broadcast", "purge", "revocation")
+                 "health", "broadcast", "purge", "revocation",
+                 "discovery")
 
     def __init__(self, fd: int, mm: mmap.mmap, header: Header,
                  digest: Callable[[bytes], bytes] | None = None) -> None:
@@ -91,6 +93,13 @@ class Region:
         self.purge = purge.PurgeLog(mm, q, o["purge"])
         self.revocation = revocation.RevocationTable(mm, q, o["revocation"], p.get("revocation_slots", 0),
                                                      p["table_locks"], fd)
+        self.discovery = discovery.DiscoveryTable(q, o["discovery"])
+        # slot claims by the supervisor and the control process exclude each other (shm.health)
+        self.health.lock = (fd, o["health"])
+        self.health.pinned = self._discovered_keys
+
+    def _discovered_keys(self) -> set[int]:
+        return {self.health.key(i) for i in self.discovery.slots() if 0 <= i < self.health.slots}
 
     @classmethod
     def create(cls, max_workers: int, metrics_series: int = 4096, table_slots: int = TABLE_SLOTS,
@@ -125,6 +134,7 @@ class Region:
             "broadcast": broadcast.size(),
             "purge": purge.size(),
             "revocation": revocation.size(revocation_slots),
+            "discovery": discovery.size(),
         }
         offsets, off = {}, HEADER_SIZE
         for part in PARTS:
