@@ -123,6 +123,8 @@ def crosscheck(
               "table's rows)")
     for path, svc in services:
         schemes = {u.url.split(":", 1)[0].lower() for u in svc.upstreams()}
+        if svc.discovery is not None:
+            schemes.add(svc.discovery.scheme)
         if "https" not in schemes and svc.tls != type(svc.tls)():
             warn(path + ("tls",), "ignored: the service's URLs are http://, tls applies to https:// only")
     if gw not in (None, BROKEN) and mon not in (None, BROKEN):

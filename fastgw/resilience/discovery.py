@@ -18,9 +18,11 @@ only (N workers must not multiply DNS traffic), with dnspython's asyncio resolve
 
 A changed set gets health-table slots (``HealthTable.assign``: under its claim lock, the
 supervisor may be claiming for a reload at the same moment), is published in the
-discovery table (``shm.discovery``; only instances that found a slot: the table is
-``gateway.max_upstream_instances`` big) and handed to the ``Monitor`` (health checks,
-ejection, drain of the new instances).  Workers pick it up on their next tick, without
+discovery table (``shm.discovery``) and handed to the ``Monitor`` (health checks,
+ejection, drain of the new instances).  When ``gateway.max_upstream_instances`` is full,
+an instance without a slot is published with ``NO_SLOT`` and the service then runs
+without health, ejection and drain (as ``App`` does for configured instances), with a
+warning.  Workers pick it up on their next tick, without
 a reload.  A respawned control process starts from what the table holds.
 """
 
@@ -43,6 +45,7 @@ log = logging.getLogger("fastgw")
 
 MAX_WEIGHT = 10_000
 M_FAILURES = "fastgw_discovery_failures_total"
+NO_SLOT = (1 << 32) - 1   # a published instance that found no health-table slot
 
 
 class LookupError_(Exception):
@@ -202,7 +205,8 @@ class Discovery:
 
     def _remember(self, f: Found, entries) -> None:
         f.entries = list(entries)
-        f.urls = {instance_url(f.dcfg.scheme, a, p): (slot, w) for a, p, w, slot in entries}
+        f.urls = {instance_url(f.dcfg.scheme, a, p): (slot if slot < self.health.slots else -1, w)
+                  for a, p, w, slot in entries}
         if self.monitor is not None:
             self.monitor.set_discovered(f.service, list(f.urls))
 
@@ -243,10 +247,11 @@ class Discovery:
         for other in self.found.values():
             keep |= {instance_key(other.service, u) for u in other.urls}
         slots = self.health.assign(keys, keep)
-        entries = [(a, p, w, slots[k]) for (a, p, w), k in zip(found, keys) if k in slots]
-        if len(entries) < len(found):
-            log.warning("discovery %s: gateway.max_upstream_instances (%d) is full: %d of %d instances left out",
-                        f.service, self.health.slots, len(found) - len(entries), len(found))
+        entries = [(a, p, w, slots.get(k, NO_SLOT)) for (a, p, w), k in zip(found, keys)]
+        if len(slots) < len(found):
+            log.warning("discovery %s: gateway.max_upstream_instances (%d) is full: %d of %d instances have no "
+                        "slot, so the service's health checks, ejection and drain are off",
+                        f.service, self.health.slots, len(found) - len(slots), len(found))
         r = self.table.find(f.service)
         if entries == f.entries and r >= 0 and self.table.seq(r):
             return False

@@ -263,7 +263,8 @@ class Control:
 
     def drain(self, service: str, instance: str, on: bool) -> dict:
         """Drain (``on``) or undrain an instance, named by its URL as ``/admin/upstreams``
-        shows it or by its slot; raises LookupError naming what exists."""
+        shows it or by its slot; raises LookupError naming what exists, ValueError for the
+        only instance of a service."""
         rows = [r for r in self._instances() if r[0] == service]
         if self.config is None or service not in self.config.services:
             raise LookupError(f"no service {service!r}")
@@ -272,6 +273,9 @@ class Control:
             raise LookupError(f"service {service!r} has no instance {instance!r} "
                               f"(its instances: {', '.join(r[1] for r in rows) or 'none yet'})")
         _s, url, slot, _w, _src = hit[0]
+        if on and len(rows) < 2:
+            raise ValueError(f"{url} is the only instance of {service!r}: a single-instance route reads no "
+                             "health, so a drain would not stop its traffic")
         if slot < 0 or self.monitor is None or not self.monitor.drain(slot, on):
             raise LookupError(f"instance {url} of {service!r} has no health-table slot "
                               "(gateway.max_upstream_instances is full): it cannot be drained")

@@ -38,6 +38,8 @@ from fastgw.upstream.pool import Pool
 
 log = logging.getLogger("fastgw")
 
+NEVER_DOWN = bytes(1)   # ``down`` when an instance has no slot: slot -1 reads this 0 byte
+
 
 class Watch:
     """One discovered service in one App: its row, the sequence word built from."""
@@ -75,17 +77,20 @@ def poll(app) -> None:
             if w.row < 0:
                 continue
         if table.seq(w.row) != w.seq:
-            _refresh(app, w)
+            try:
+                _refresh(app, w)
+            except Exception as e:  # the old set stays until the next publication
+                w.seq = table.seq(w.row)
+                log.exception("discovery %s: cannot build the published instances: %s", w.service, e)
 
 
 def _refresh(app, w: Watch) -> None:
     table = app.discovery_table
     if table is None:
         return
+    w.row = table.find(w.service)   # again: a row whose service left is reused by another
     if w.row < 0:
-        w.row = table.find(w.service)
-        if w.row < 0:
-            return
+        return
     got = table.read(w.row)
     if got is None:         # being written: next tick
         return
@@ -128,7 +133,7 @@ def build(app, w: Watch, entries) -> list:
         inst = Instance(pool, url, int(weight))
         inst.service = w.service
         default = 443 if svc.discovery.scheme == "https" else 80
-        inst.host_header = (w.host if port == default else f"{w.host}:{port}").encode("idna")
+        inst.host_header = (w.host if port == default else f"{w.host}:{port}").encode("ascii")
         if health is not None and 0 <= slot < health.slots:
             inst.slot = slot
             inst.row = row
@@ -142,17 +147,18 @@ def replace_instances(app, service: str, insts: list) -> None:
     weighted = tuple(i for i in insts for _ in range(min(max(i.weight, 1), 100)))  # as App: at most 100
     distinct = tuple(insts)
     health = app.health_table
-    usable_down = health.down if health is not None and all(i.slot >= 0 for i in insts) else None
+    if health is not None and all(i.slot >= 0 for i in insts):
+        down = health.down
+    else:           # an instance without a slot: nothing is ever down (as App does)
+        down = NEVER_DOWN
+        for i in insts:
+            i.slot = -1
     for route in app.routes:
         if route.service != service or getattr(route, "split", None) is not None:
             continue
         route.instances = weighted
         route.distinct = distinct
-        if usable_down is not None:
-            route.down = usable_down
-        else:       # an instance without a slot: nothing is ever down (as App does)
-            for i in insts:
-                i.slot = -1
+        route.down = down
         lb = getattr(route, "lb", None)
         if lb is not None:
             lb.update(distinct)

@@ -16,7 +16,7 @@ from fastgw.demo.echo import EchoServer
 
 from tests.support.dns import DnsServer
 from tests.support.gateway import Gateway
-from tests.support.procs import admin, metrics_text, series
+from tests.support.procs import admin, generation_everywhere, hup, metrics_text, rewrite, series
 from tests.support.waiting import wait_for
 
 CONFIG = """
@@ -149,6 +149,12 @@ def test_srv_records_ports_weights_and_priority():
                 # the lower priority's records go away: the backup's port takes over
                 dns.srv["_http._tcp.svc.test"] = [(20, 50, backup, "a.test")]
                 assert wait_for(lambda: set(_names(gw, 6)) == {"backup"}, 5)
+                # a reload builds the service from the published set (no 503 gap)
+                rewrite(gw, _config(disc).replace("name: main", "name: main\n        timeout: 9s"))
+                dns.mode = "drop"       # and does not need DNS to answer
+                hup(gw)
+                assert wait_for(lambda: generation_everywhere(gw, 1, 2), 8)
+                assert set(_names(gw, 6)) == {"backup"}
     finally:
         for u in ups:
             u.stop()
