@@ -19,6 +19,11 @@ on the same ports):
 - ``monitoring.admin.host:port`` when ``monitoring.admin`` is set: the admin API
   (``/admin/*``, bearer token; endpoints and rules in ``fastgw.admin``).
 
+It also runs the active health checks and outlier ejection (``resilience.checker.Monitor``,
+which owns the health table's ``down`` bytes, drains included) and DNS discovery
+(``resilience.discovery.Discovery``, which publishes each discovered service's instances
+in the discovery table that workers poll on their tick).
+
 The control process reads shared memory and never writes a worker's cells; what it
 cannot read there (desired worker count, draining, config generation) the supervisor
 tells it with ``Workers`` messages (``set_workers``).  ``POST /admin/reload`` asks the
