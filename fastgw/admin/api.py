@@ -2,7 +2,8 @@
 
 ``ENDPOINTS`` is the table: adding an endpoint is one handler function here and one row
 there (``write=True`` for anything that changes state: it then needs a token and is
-audited with its body).  Handlers get the ``AdminApi`` (``api.control`` is the control
+audited with its body).  A path may hold ``{name}`` segments (one segment each; the
+handler reads them percent-decoded in ``req.params``).  Handlers get the ``AdminApi`` (``api.control`` is the control
 process: config, shared memory, the supervisor's channel) and the ``AdminRequest``.
 
 ==================  ======  =============================================================
@@ -12,6 +13,11 @@ process: config, shared memory, the supervisor's channel) and the ``AdminRequest
 ``/admin/workers``  GET     per worker slot: pid, state, uptime, generation, requests
 ``/admin/upstreams``  GET   every service and instance: health, last check, ejection,
                             failures by kind, weight, source (docs/resilience.md)
+``/admin/upstreams/  POST    ``{instance}`` = its ``url`` as ``/admin/upstreams`` shows it,
+{service}/{instance}        percent-encoded, or its ``slot``: no new requests go to it (not
+/drain``, ``/undrain``      even in panic mode), in-flight ones finish; ``undrain`` ends it.
+                            Kept across reloads (shm, by identity), not across a restart;
+                            404 unknown instance, 409 a service's only instance
 ``/admin/reload``   POST    reload as on HUP; 200 with the change summary (``result``:
                             reloaded / unchanged), or 422 problem+json with ``errors``
 ``/admin/cache/     POST    ``{"url": ...}``, ``{"prefix": ...}`` or ``{"tag": ...}``: drop
@@ -68,6 +74,23 @@ def get_workers(api: "AdminApi", req: AdminRequest):
 
 def get_upstreams(api: "AdminApi", req: AdminRequest):
     return 200, api.control.upstreams_doc()
+
+
+def _drain(api: "AdminApi", req: AdminRequest, on: bool):
+    try:
+        return 200, api.control.drain(req.params["service"], req.params["instance"], on)
+    except LookupError as e:
+        raise Problem(404, str(e)) from None
+    except ValueError as e:
+        raise Problem(409, str(e)) from None
+
+
+def post_upstream_drain(api: "AdminApi", req: AdminRequest):
+    return _drain(api, req, True)
+
+
+def post_upstream_undrain(api: "AdminApi", req: AdminRequest):
+    return _drain(api, req, False)
 
 
 async def post_reload(api: "AdminApi", req: AdminRequest):
@@ -141,6 +164,10 @@ ENDPOINTS = [
     Endpoint("GET", "/admin/workers", get_workers, doc="worker slots: pid, state, generation, requests"),
     Endpoint("GET", "/admin/upstreams", get_upstreams,
              doc="services and instances: health, last check, ejection, failures, weight, source"),
+    Endpoint("POST", "/admin/upstreams/{service}/{instance}/drain", post_upstream_drain, write=True,
+             doc="no new requests to the instance (its URL, percent-encoded, or its slot); in-flight ones finish"),
+    Endpoint("POST", "/admin/upstreams/{service}/{instance}/undrain", post_upstream_undrain, write=True,
+             doc="the drained instance takes new requests again"),
     Endpoint("POST", "/admin/reload", post_reload, write=True,
              doc="reload the config file (as HUP): the change summary, or the errors with their paths"),
     Endpoint("POST", "/admin/cache/purge", post_cache_purge, write=True,

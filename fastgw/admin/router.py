@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import os
 from typing import Any, Awaitable, Callable, Union
+from urllib.parse import unquote
 
 import orjson
 
@@ -50,7 +51,7 @@ class Problem(Exception):
 
 
 class AdminRequest:
-    __slots__ = ("method", "path", "query", "headers", "body", "client", "request_id", "json")
+    __slots__ = ("method", "path", "query", "headers", "body", "client", "request_id", "json", "params")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
                  client: str) -> None:
@@ -62,6 +63,7 @@ class AdminRequest:
         self.client = client
         self.request_id = os.urandom(8).hex()
         self.json: Any = None           # the decoded body of a write (None when empty)
+        self.params: dict[str, str] = {}  # ``{name}`` segments of a templated path, percent-decoded
 
 
 Result = Union[tuple, Awaitable[tuple]]
@@ -106,6 +108,8 @@ class Router:
         self.methods: dict[str, list[str]] = {}
         for e in self.endpoints:
             self.methods.setdefault(e.path, []).append(e.method)
+        # paths with ``{name}`` segments (one segment each), tried after the exact paths
+        self.templates = [(e, e.path.split("/")) for e in self.endpoints if "{" in e.path]
         self.token = token_getter
 
     def authorize(self, req: AdminRequest, write: bool) -> None:
@@ -123,14 +127,41 @@ class Router:
             raise Problem(403, "no monitoring.admin.token is set: the admin API is read-only until one is")
 
     def find(self, req: AdminRequest) -> Endpoint:
-        e = self.by_key.get((req.method if req.method != "HEAD" else "GET", req.path))
+        method = req.method if req.method != "HEAD" else "GET"
+        e = self.by_key.get((method, req.path))
         if e is not None:
             return e
         allowed = self.methods.get(req.path)
+        if allowed is None and self.templates:
+            e, allowed = self._template(req, method)
+            if e is not None:
+                return e
         if allowed is None:
             raise Problem(404, f"no admin endpoint {req.path} (GET /admin lists them)")
         raise Problem(405, f"{req.path} answers {', '.join(allowed)}",
                       headers=[(b"allow", ", ".join(allowed).encode())])
+
+    def _template(self, req: AdminRequest, method: str):
+        """(endpoint, None) of a templated path that matches, or (None, its methods)."""
+        segs = req.path.split("/")
+        allowed = None
+        for e, tsegs in self.templates:
+            if len(tsegs) != len(segs):
+                continue
+            params = {}
+            for t, v in zip(tsegs, segs):
+                if t.startswith("{") and t.endswith("}"):
+                    if not v:
+                        break
+                    params[t[1:-1]] = unquote(v)
+                elif t != v:
+                    break
+            else:
+                if e.method == method:
+                    req.params = params
+                    return e, None
+                allowed = (allowed or []) + [e.method]
+        return None, allowed
 
     @staticmethod
     def decode_body(req: AdminRequest) -> None:

@@ -12,7 +12,9 @@ have errors, so one run reports everything.  Rules:
 5. two routes with the same host, path shape, match conditions and a common method are
    ambiguous; a route on ``gateway.health_path`` would never be reached;
 6. the admin listener and the data listener do not share a port;
-7. no ``transform`` header operation names an identity header (``_check_transform_identity``).
+7. no ``transform`` header operation names an identity header (``_check_transform_identity``);
+8. a split does not go to a service with ``discovery``; at most ``config.discovery.MAX_SERVICES``
+   services use discovery.
 
 ``finalize`` runs only on a valid config: it fills each route's ``name`` and ``service``
 and sets ``auth: true`` on routes that list ``roles``.
@@ -25,6 +27,7 @@ from typing import Any, Callable
 
 import msgspec
 
+from fastgw.config.discovery import MAX_SERVICES as MAX_DISCOVERED
 from fastgw.config.ratelimit_section import BUILTIN_TIERS
 from fastgw.config.root import Config
 from fastgw.config.routes import RouteConfig
@@ -92,6 +95,9 @@ def crosscheck(
             for i, side in enumerate(route.split.to if route.split is not None else ()):
                 if side.service not in known:
                     error(path + ("split", "to", i, "service"), f"no service named {side.service!r}")
+                elif any(p[1] == side.service and s.discovery is not None for p, s in services):
+                    error(path + ("split", "to", i, "service"),
+                          f"{side.service!r} finds its instances by discovery: a split needs url or instances")
             mirror = route.mirror
             if mirror is not None:
                 if mirror.service not in known:
@@ -111,8 +117,14 @@ def crosscheck(
         for rname in per_route:
             if rname not in names:
                 error(("auth", "routes", rname), f"no route is named {rname!r}")
+    discovered = [path for path, svc in services if svc.discovery is not None]
+    for path in discovered[MAX_DISCOVERED:]:
+        error(path + ("discovery",), f"more than {MAX_DISCOVERED} services use discovery (the shared-memory "
+              "table's rows)")
     for path, svc in services:
         schemes = {u.url.split(":", 1)[0].lower() for u in svc.upstreams()}
+        if svc.discovery is not None:
+            schemes.add(svc.discovery.scheme)
         if "https" not in schemes and svc.tls != type(svc.tls)():
             warn(path + ("tls",), "ignored: the service's URLs are http://, tls applies to https:// only")
     if gw not in (None, BROKEN) and mon not in (None, BROKEN):

@@ -1,7 +1,7 @@
 """Schema of ``services.<name>``: an upstream service and its routes (L1).
 
-A service is reached at one ``url`` or at a list of weighted ``instances`` (exactly one
-of the two).  ``timeout`` is the time until the response head arrives (None: the
+A service is reached at one ``url``, at a list of weighted ``instances``, or at the
+instances DNS ``discovery`` finds (exactly one of the three; ``config.discovery``).  ``timeout`` is the time until the response head arrives (None: the
 gateway's ``timeout``); ``read_timeout`` bounds each idle gap while the body streams;
 ``connect_timeout`` bounds the TCP (and TLS) connect.  ``pool`` sizes the keep-alive pool
 kept per instance; ``tls`` applies to ``https://`` instances only.
@@ -24,6 +24,7 @@ from fastgw.config.base import Base, Check, Duration, PositiveDuration
 from fastgw.config.cache import CacheRouteConfig
 from fastgw.config.compression import CompressionConfig
 from fastgw.config.monitoring import CircuitBreakerConfig
+from fastgw.config.discovery import DiscoveryConfig
 from fastgw.config.transform import TransformConfig
 from fastgw.config.ratelimit import RateLimitRule
 from fastgw.config.resilience import HealthCheckConfig, OutlierConfig, Percent, RetryConfig
@@ -74,6 +75,7 @@ class ServiceConfig(Base):
     name: str | None = None  # display name only; the key under ``services`` is the id
     url: Url | None = None
     instances: list[InstanceConfig] = []
+    discovery: DiscoveryConfig | None = None  # instances from DNS, resolved by the control process
     health: Annotated[str, Check(v.url_or_path)] | None = None  # URL, or path on each instance
     timeout: PositiveDuration | None = None  # until the response head; None = gateway.timeout
     connect_timeout: PositiveDuration = Duration(5)
@@ -99,16 +101,21 @@ class ServiceConfig(Base):
     routes: list[RouteConfig] = []
 
     def upstreams(self) -> list[InstanceConfig]:
-        """The instances to send to: ``instances``, or ``url`` as a single instance."""
+        """The instances to send to: ``instances``, or ``url`` as a single instance (none
+        with ``discovery``: those are found at run time)."""
         if self.instances:
             return self.instances
         return [InstanceConfig(url=self.url)] if self.url else []
 
     def _check(self) -> Iterator[tuple[str, str]]:
+        if self.discovery is not None:
+            if self.url is not None or self.instances:
+                yield "discovery", "set exactly one of url, instances or discovery"
+            return
         if self.url is not None and self.instances:
             yield "url", "set either url or instances, not both"
         elif self.url is None and not self.instances:
-            yield "url", "missing: set url, or instances with at least one url"
+            yield "url", "missing: set url, instances with at least one url, or discovery"
         elif self.instances and not any(i.weight > 0 for i in self.instances):
             yield "instances", "every instance has weight 0: nothing could receive traffic"
         if self.circuit_breaker is True:

@@ -46,6 +46,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Retries of a failed attempt on another instance, by service and reason.", ("service", "reason")),
     "fastgw_upstream_retry_budget_exhausted_total": (
         "counter", "Retries refused because the service's retry budget was spent.", ("service",)),
+    "fastgw_discovery_failures_total": (
+        "counter", "DNS discovery lookups that failed (the last good instance set is kept), by service.", ("service",)),
     "fastgw_upstream_panic_total": (
         "counter", "Picks made in panic mode (too few usable instances: all of them used).", ("service",)),
     "fastgw_circuit_breaker_transitions_total": (

@@ -16,7 +16,15 @@
   ``max_ejection_percent`` of the service's instances.  It returns when the time is up
   (or when an active check sees it recover).
 
-``down[i]`` = unhealthy or ejected is what workers read.
+- **Drain** (admin API): a drained instance's ``down`` byte is ``DRAINED`` (2) whatever
+  its probes and ejections say, until undrained; workers never pick it, not even in
+  panic mode, and its requests in flight finish.  The drained set lives in the health
+  table (by identity), so it survives a reload and a respawn of the control process, not
+  a restart of the gateway (a new region).
+
+Targets are the config's instances plus those DNS discovery found (``set_discovered``).
+
+``down[i]`` = 1 unhealthy or ejected, 2 drained, is what workers read.
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ from urllib.parse import urlsplit
 import h11
 
 from fastgw.config.resilience import parse_status_ranges
-from fastgw.resilience.identity import config_instances
-from fastgw.shm.health import HEALTHY, UNHEALTHY
+from fastgw.resilience.identity import config_instances, instance_key
+from fastgw.shm.health import DRAINED, HEALTHY, UNHEALTHY
 
 log = logging.getLogger("fastgw")
 
@@ -109,6 +117,22 @@ class Monitor:
         self.probes = 0  # probes sent (tests, metrics)
         self.tick_handle = None
         self.cfg = None
+        self.discovered: dict[str, list[str]] = {}  # service -> URLs DNS discovery found
+        self.drained: set[int] = set()               # slots drained by the admin API
+
+    def set_discovered(self, service: str, urls: list[str]) -> None:
+        """DNS discovery found these instances of ``service`` (their slots are assigned)."""
+        self.discovered[service] = list(urls)
+        if self.cfg is not None:
+            self.apply(self.cfg)
+
+    def drain(self, slot: int, on: bool = True) -> bool:
+        """Drain (or undrain) instance ``slot``; False if it is no target."""
+        if slot not in self.targets:
+            return False
+        (self.drained.add if on else self.drained.discard)(slot)
+        self._recompute_down()
+        return True
 
     def apply(self, cfg) -> None:
         """(Re)build the targets of ``cfg``: probes of removed instances stop, kept ones go on."""
@@ -116,10 +140,14 @@ class Monitor:
         old = self.targets
         new: dict[int, Target] = {}
         by_service: dict[str, list[Target]] = {}
-        for sname, url, key in config_instances(cfg):
+        found = [(s, u, instance_key(s, u)) for s, urls in self.discovered.items()
+                 if s in cfg.services and cfg.services[s].discovery is not None for u in urls]
+        for sname, url, key in config_instances(cfg) + found:
             slot = self.table.find(key)
             if slot < 0:
                 continue
+            if self.table.down[slot] == DRAINED:   # a respawned control process keeps the drains
+                self.drained.add(slot)
             svc = cfg.services[sname]
             t = old.pop(slot, None)
             if t is None or t.svc is not svc:
@@ -143,6 +171,7 @@ class Monitor:
                 t.task.cancel()
         self.targets = new
         self.by_service = by_service
+        self.drained &= set(new)
         self._recompute_down()
         if self.tick_handle is None:
             self.tick_handle = self.loop.call_later(TICK, self._tick)
@@ -238,7 +267,10 @@ class Monitor:
         now = time.monotonic_ns() if now_ns is None else now_ns
         table = self.table
         for t in self.targets.values():
-            table.set_down(t.slot, table.state(t.slot) == UNHEALTHY or table.ejected_until(t.slot) > now)
+            if t.slot in self.drained:
+                table.set_down(t.slot, DRAINED)
+            else:
+                table.set_down(t.slot, table.state(t.slot) == UNHEALTHY or table.ejected_until(t.slot) > now)
 
 
 def _tls_context(tls_cfg):

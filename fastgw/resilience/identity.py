@@ -15,6 +15,11 @@ def instance_key(service: str, url: str) -> int:
     return (int.from_bytes(h, "little") >> 1) or 1
 
 
+def instance_url(scheme: str, addr: str, port: int) -> str:
+    """The URL (and so the identity) of an instance DNS discovery found."""
+    return f"{scheme}://{f'[{addr}]' if ':' in addr else addr}:{port}"
+
+
 def config_instances(cfg) -> list[tuple[str, str, int]]:
     """(service, url, key) of every configured instance, in file order."""
     out = []

@@ -23,6 +23,7 @@ from fastgw.resilience.identity import instance_key
 from fastgw.resilience.retry import Budget, RetryPolicy
 from fastgw.routing import Router
 from fastgw.routing.split import Splitter
+from fastgw.runtime import discovered
 from fastgw.upstream.peer import Instance, make_peer, peer_key
 from fastgw.upstream.pool import Pool
 
@@ -90,13 +91,13 @@ class Route:
             self.on_panic(self)
         for k in range(n):
             inst = insts[(rr + k) % n]
-            if (panic or not down[inst.slot]) and inst not in tried:
+            if (not down[inst.slot] or panic and down[inst.slot] != 2) and inst not in tried:  # 2: drained
                 return inst
         for k in range(n):   # every usable one was tried: any other one, else the same
             inst = insts[(rr + k) % n]
-            if inst not in tried:
+            if inst not in tried and down[inst.slot] != 2:
                 return inst
-        return insts[rr]
+        return insts[rr] if down[insts[rr].slot] != 2 else None
 
 
 _NEVER_DOWN = bytes(1)  # ``down`` without a health table: slot -1 reads the one 0 byte
@@ -197,6 +198,7 @@ class App:
                 route.on_panic = metrics.upstream_panic
         self.router = Router(entries, gw.versioning)
         self.routes = [r for _, r in entries]
+        discovered.install(self, old)  # services with DNS discovery: the set published so far
         # (host, method, raw target) -> (query, path, route, params) for routers whose
         # answer depends on nothing else; filled and bounded by Engine.dispatch
         self.match_cache = {} if self.router.cacheable else None

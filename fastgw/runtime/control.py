@@ -19,6 +19,11 @@ on the same ports):
 - ``monitoring.admin.host:port`` when ``monitoring.admin`` is set: the admin API
   (``/admin/*``, bearer token; endpoints and rules in ``fastgw.admin``).
 
+It also runs the active health checks and outlier ejection (``resilience.checker.Monitor``,
+which owns the health table's ``down`` bytes, drains included) and DNS discovery
+(``resilience.discovery.Discovery``, which publishes each discovered service's instances
+in the discovery table that workers poll on their tick).
+
 The control process reads shared memory and never writes a worker's cells; what it
 cannot read there (desired worker count, draining, config generation) the supervisor
 tells it with ``Workers`` messages (``set_workers``).  ``POST /admin/reload`` asks the
@@ -44,10 +49,11 @@ from fastgw.obs import oplog
 from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.prom import CONTENT_TYPE, render
 from fastgw.resilience.checker import Monitor
+from fastgw.resilience.discovery import Discovery
 from fastgw.resilience.identity import config_instances
 from fastgw.config.monitoring import circuit_breaker_of
 from fastgw.shm.breaker import key_for as breaker_key, view as breaker_view
-from fastgw.shm.health import FAIL_KINDS, STATE_NAMES as HEALTH_NAMES, UNHEALTHY, UNKNOWN
+from fastgw.shm.health import DRAINED, FAIL_KINDS, STATE_NAMES as HEALTH_NAMES, UNHEALTHY, UNKNOWN
 from fastgw.runtime.revocation_sync import RevocationSync, redis_url
 from fastgw.shm.workers import READY, STATE_NAMES
 
@@ -82,6 +88,7 @@ class Control:
         self.started = time.monotonic()
         self.audit = None  # LogBuffer of monitoring.logging.audit.output, opened in run()
         self.monitor = None  # active health checks and outlier ejection (fastgw.resilience)
+        self.discovery = None  # DNS discovery (fastgw.resilience.discovery)
         self.metrics = None  # obs.metrics.Metrics over the control process's area (set by the supervisor)
         self.revocation_sync = None  # revocation_sync.RevocationSync with auth.revocation.backend: redis
 
@@ -108,6 +115,8 @@ class Control:
         if self.config is not None and getattr(self.region, "health", None) is not None:
             self.monitor = Monitor(self.region.health, loop)
             self.monitor.apply(self.config)
+            self.discovery = Discovery(self.region, loop, self.monitor, self.metrics)
+            self.discovery.apply(self.config)
         for hook in self.start_hooks:
             hook(self)
         url = redis_url(self.config) if self.config is not None and self.region is not None else None
@@ -122,6 +131,8 @@ class Control:
         finally:
             if self.monitor is not None:
                 self.monitor.stop()
+            if self.discovery is not None:
+                self.discovery.stop()
             if self.revocation_sync is not None:
                 self.revocation_sync.stop()
             self.server.close()
@@ -208,6 +219,8 @@ class Control:
         self.generation = generation
         if self.monitor is not None:
             self.monitor.apply(cfg)
+        if self.discovery is not None:
+            self.discovery.apply(cfg)
         return True
 
     # ------------------------------------------------------------------ endpoints
@@ -244,14 +257,37 @@ class Control:
 
     # ------------------------------------------------------------------ upstreams
     def _instances(self):
-        """(service, url, slot, weight) of every configured instance with a slot."""
+        """(service, url, slot, weight, source) of every configured or discovered instance."""
         table = self.region.health
         out = []
         for sname, url, key in config_instances(self.config) if self.config is not None else ():
             svc = self.config.services[sname]
             weight = next((i.weight for i in svc.upstreams() if i.url == url), 1)
-            out.append((sname, url, table.find(key), weight))
+            out.append((sname, url, table.find(key), weight, "file"))
+        if self.discovery is not None:
+            out += [(s, u, slot, w, "dns") for s, u, slot, w in self.discovery.instances()]
         return out
+
+    def drain(self, service: str, instance: str, on: bool) -> dict:
+        """Drain (``on``) or undrain an instance, named by its URL as ``/admin/upstreams``
+        shows it or by its slot; raises LookupError naming what exists, ValueError for the
+        only instance of a service."""
+        rows = [r for r in self._instances() if r[0] == service]
+        if self.config is None or service not in self.config.services:
+            raise LookupError(f"no service {service!r}")
+        hit = [r for r in rows if r[1] == instance or (instance.isdigit() and r[2] == int(instance))]
+        if not hit:
+            raise LookupError(f"service {service!r} has no instance {instance!r} "
+                              f"(its instances: {', '.join(r[1] for r in rows) or 'none yet'})")
+        _s, url, slot, _w, _src = hit[0]
+        if on and len(rows) < 2:
+            raise ValueError(f"{url} is the only instance of {service!r}: a single-instance route reads no "
+                             "health, so a drain would not stop its traffic")
+        if slot < 0 or self.monitor is None or not self.monitor.drain(slot, on):
+            raise LookupError(f"instance {url} of {service!r} has no health-table slot "
+                              "(gateway.max_upstream_instances is full): it cannot be drained")
+        log.warning("upstream %s %s %s by the admin API", service, url, "drained" if on else "undrained")
+        return {"service": service, "instance": url, "slot": slot, "drained": on}
 
     def upstream_series(self) -> list:
         table = getattr(self.region, "health", None)
@@ -259,7 +295,7 @@ class Control:
             return []
         out = []
         now = time.monotonic_ns()
-        for sname, url, slot, _w in self._instances():
+        for sname, url, slot, _w, _src in self._instances():
             if slot < 0:
                 continue
             lab = f'service="{sname}",instance="{_label(url)}"'
@@ -291,9 +327,9 @@ class Control:
         table = self.region.health
         now, wall = time.monotonic_ns(), time.time_ns()
         services: dict = {}
-        for sname, url, slot, weight in self._instances():
+        for sname, url, slot, weight, source in self._instances():
             svc = self.config.services[sname]
-            row = {"url": url, "source": "file", "weight": weight, "slot": slot}
+            row = {"url": url, "source": source, "weight": weight, "slot": slot}
             if slot >= 0:
                 until = table.ejected_until(slot)
                 req, con, kinds = table.sums(slot)
@@ -305,12 +341,20 @@ class Control:
                     "ejected_for_s": round((until - now) / 1e9, 3) if until > now else 0,
                     "times_ejected": table.ejections(slot),
                     "usable": not table.down[slot],
+                    "drained": table.down[slot] == DRAINED,
                     "consecutive_failures": con,
                     "failures": dict(zip(FAIL_KINDS, kinds)),
                 })
             d = services.setdefault(sname, {"health": svc.health, "retries": svc.retries,
                                             "panic_threshold": float(svc.panic_threshold), "instances": []})
             d["instances"].append(row)
+        for sname, f in (self.discovery.found.items() if self.discovery is not None else ()):
+            svc = self.config.services[sname]
+            d = services.setdefault(sname, {"health": svc.health, "retries": svc.retries,
+                                            "panic_threshold": float(svc.panic_threshold), "instances": []})
+            d["discovery"] = {"type": f.dcfg.type, "name": f.dcfg.name, "resolved": bool(f.resolved_at),
+                              "last_resolved_age_s": round(time.time() - f.resolved_at, 3) if f.resolved_at else None,
+                              "failures": f.failures, "last_error": f.last_error or None}
         breakers = dict(self._breakers())
         for sname, d in services.items():   # the service's circuit breaker (None: none)
             d["circuit_breaker"] = breakers.get(sname)

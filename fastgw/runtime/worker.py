@@ -40,6 +40,7 @@ from fastgw.obs.logbuf import LogBuffer
 from fastgw.obs.metrics import Metrics
 from fastgw.pipeline.deps import Deps
 from fastgw.pipeline.engine import Engine
+from fastgw.runtime import discovered
 from fastgw.runtime.app import App
 
 log = logging.getLogger("fastgw")
@@ -215,6 +216,8 @@ class Worker:
         if self.audit_buf is not None:
             self.audit_buf.flush()
         if self.engine is not None:
+            if self.engine.app.discovered:  # DNS discovery published a new set: swap it in
+                discovered.poll(self.engine.app)
             self.metrics.publish_pools(self.engine.app.pools.values())
             self.metrics.set_inflight(self.engine.inflight)
         self.metrics.publish()

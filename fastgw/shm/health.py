@@ -13,14 +13,27 @@ cells             writer                                       readers
 ================  ===========================================  ==========================
 ``keys``          the supervisor (``assign``, before fork and  everyone (``find``)
                   before a reload's config reaches workers);
+                  the control process (``assign``, the
+                  instances DNS discovery finds, at any time);
                   a process without supervisor assigns its own
 ``states``        control process: active health checks        control, admin API
-``down``          control process: 1 = unhealthy or ejected    workers, in ``Route.pick``
+``down``          control process: 1 = unhealthy or ejected,   workers, in ``Route.pick``
+                  2 = drained (admin API; never picked)
 ``ejected_until`` control process (monotonic ns), ejections    control, admin API
 ``last_check``    control process (wall ns of the last probe)  admin API
 worker cells      worker w: its row (requests, consecutive     control (sums the rows)
                   failures, failures by kind)
 ================  ===========================================  ==========================
+
+Claims at run time: the supervisor (a reload) and the control process (discovery) may
+claim slots at the same moment, so ``assign`` claims under an exclusive ``fcntl`` lock on
+one byte of the region's file at this part's offset (``lock``, set by the region; the
+kernel drops it if its holder dies) and finds again under it; ``find`` needs no lock
+(a key cell is written once, whole, before anyone is told its slot).  When the table is
+full, a claim may reuse a slot whose key is neither being assigned nor ``pinned`` (the
+slots the discovery table publishes), so a reload never takes a discovered instance's
+slot and discovery never takes a configured one's.  Workers only ``find`` the slots of
+discovered instances (the discovery table names them).
 
 Hot path: a worker reads ``down[i]`` (one byte load from a memoryview) when a route has
 more than one instance; nothing else.  A worker writes its row only when something
@@ -34,11 +47,14 @@ in program order; each cell is written with one aligned store).
 
 from __future__ import annotations
 
+import os
 import time
+from fcntl import LOCK_EX, LOCK_UN, lockf
 
 from fastgw.shm.layout import ALIGN, align
 
 UNKNOWN, HEALTHY, UNHEALTHY = 0, 1, 2
+DRAINED = 2  # a ``down`` byte: drained by an operator (1 is unhealthy or ejected)
 STATE_NAMES = ("unknown", "healthy", "unhealthy")
 
 # failure kinds counted per instance (index into a worker row's kind cells)
@@ -61,7 +77,7 @@ def size(slots: int, workers: int = 1) -> int:
 
 class HealthTable:
     __slots__ = ("_q", "_gen", "_keys", "_ts", "_chk", "_until", "_nej", "_rows", "states", "down",
-                 "slots", "workers")
+                 "slots", "workers", "lock", "pinned")
 
     def __init__(self, mm, q: memoryview, offset: int, slots: int, workers: int = 1) -> None:
         self._q = q
@@ -81,6 +97,8 @@ class HealthTable:
         self._rows = [(rb + w * align(8 * ROW * slots)) // 8 for w in range(workers)]
         self.slots = slots
         self.workers = workers
+        self.lock = None     # (fd, byte offset) of the claim lock (set by the region)
+        self.pinned = None   # () -> keys a claim must not take over (set by the region)
 
     # ------------------------------------------------------------------ slots
     def find(self, key: int) -> int:
@@ -101,15 +119,32 @@ class HealthTable:
         when the table is full, slots whose key is not in ``keep`` (default: ``keys``)
         are reused, their cells reset.  Returns {key: slot}; a key that found no slot
         is left out (the instance is then always usable, never checked)."""
-        q, k = self._q, self._keys
-        live = set(keep if keep is not None else keys)
         out = {}
+        missing = []
         for key in keys:
             i = self.find(key)
-            if i < 0:
-                i = self._claim(key, live)
             if i >= 0:
                 out[key] = i
+            else:
+                missing.append(key)
+        if not missing:
+            return out
+        live = set(keep if keep is not None else keys)
+        lock = self.lock
+        if lock is not None:
+            lockf(lock[0], LOCK_EX, 1, lock[1], os.SEEK_SET)
+        try:
+            if self.pinned is not None:
+                live |= self.pinned()
+            for key in missing:
+                i = self.find(key)   # another process may have claimed it meanwhile
+                if i < 0:
+                    i = self._claim(key, live)
+                if i >= 0:
+                    out[key] = i
+        finally:
+            if lock is not None:
+                lockf(lock[0], LOCK_UN, 1, lock[1], os.SEEK_SET)
         return out
 
     def _claim(self, key: int, live: set) -> int:
@@ -163,9 +198,12 @@ class HealthTable:
     def uneject(self, i: int) -> None:
         self._q[self._until + i] = 0
 
-    def set_down(self, i: int, down: bool) -> None:
-        if self.down[i] != down:
-            self.down[i] = 1 if down else 0
+    def set_down(self, i: int, down: int) -> None:
+        """``down[i]``: 0 usable, 1 unhealthy or ejected (panic mode may still use it),
+        ``DRAINED`` (2: never picked, by an operator's drain)."""
+        v = int(down)
+        if self.down[i] != v:
+            self.down[i] = v
             self._q[self._gen] += 1
 
     # ------------------------------------------------------------------ readers

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 6                 # 6: circuit breakers; 5: revocation; 4: the health part's ejection and per-worker failure rows; 3: the cache purge log; 2: the rate-limit stripe locks
+VERSION = 7                 # 7: discovery; 6: circuit breakers; 5: revocation; 4: the health part's ejection and per-worker failure rows; 3: the cache purge log; 2: the rate-limit stripe locks
 ALIGN = 64
 
 PARAMS = (
@@ -35,7 +35,7 @@ PARAMS = (
     "table_locks",      # the rate-limit table's stripe locks: 0 robust mutexes, 1 fcntl (shm/locks.py)
     "revocation_slots", # revocation table slots (auth.revocation.max_entries)
 )
-PARTS = ("workers", "metrics", "ratelimit", "health", "broadcast", "purge", "revocation", "breaker")
+PARTS = ("workers", "metrics", "ratelimit", "health", "broadcast", "purge", "revocation", "breaker", "discovery")
 
 _FMT = struct.Struct("<8s" + "Q" * (5 + len(PARAMS) + len(PARTS)) + "16s")
 HEADER_SIZE = (_FMT.size + ALIGN - 1) // ALIGN * ALIGN

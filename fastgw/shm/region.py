@@ -25,6 +25,7 @@ broadcast      supervisor (config), control (purge)  workers, on their tick
 purge          control (admin cache purges)          workers, on every cache lookup
 revocation     anyone, under the table's lock        workers (their mirror), control (admin)
 breaker        workers, under the table's lock       workers (one load per request), control
+discovery      control (DNS discovery)               workers, on their tick; supervisor (reload)
 =============  ====================================  ===========================================
 
 Ownership of a worker's slot passes to the supervisor when it reaps the worker:
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable
 
 from fastgw.config.ratelimit_section import TABLE_SLOTS
-from fastgw.shm import breaker, broadcast, health, locks, metrics, purge, ratelimit, revocation, workers
+from fastgw.shm import breaker, broadcast, discovery, health, locks, metrics, purge, ratelimit, revocation, workers
 from fastgw.shm.layout import HEADER_SIZE, PARTS, Header, align
 
 EXTRA_METRIC_SLOTS = 2      # metric areas for the control process and the supervisor
@@ -70,10 +71,10 @@ def _backing_file(name: str, size: int) -> int:
 
 class Region:
     """The mapped region and its parts: ``workers``, ``metrics``, ``ratelimit``,
-    ``health``, ``broadcast``, ``purge``, ``revocation``, ``breaker``."""
+    ``health``, ``broadcast``, ``purge``, ``revocation``, ``breaker``, ``discovery``."""
 
     __slots__ = ("fd", "size", "header", "_mm", "_q", "workers", "metrics", "ratelimit",
-                 "health", "broadcast", "purge", "revocation", "breaker")
+                 "health", "broadcast", "purge", "revocation", "breaker", "discovery")
 
     def __init__(self, fd: int, mm: mmap.mmap, header: Header,
                  digest: Callable[[bytes], bytes] | None = None) -> None:
@@ -94,6 +95,13 @@ class Region:
                                                      p["table_locks"], fd)
         # one circuit breaker per service: as many slots as instance slots
         self.breaker = breaker.BreakerTable(q, o["breaker"], p["health_slots"], p["table_locks"], mm, fd)
+        self.discovery = discovery.DiscoveryTable(q, o["discovery"])
+        # slot claims by the supervisor and the control process exclude each other (shm.health)
+        self.health.lock = (fd, o["health"])
+        self.health.pinned = self._discovered_keys
+
+    def _discovered_keys(self) -> set[int]:
+        return {self.health.key(i) for i in self.discovery.slots() if 0 <= i < self.health.slots}
 
     @classmethod
     def create(cls, max_workers: int, metrics_series: int = 4096, table_slots: int = TABLE_SLOTS,
@@ -129,6 +137,7 @@ class Region:
             "purge": purge.size(),
             "revocation": revocation.size(revocation_slots),
             "breaker": breaker.size(health_slots),
+            "discovery": discovery.size(),
         }
         offsets, off = {}, HEADER_SIZE
         for part in PARTS:

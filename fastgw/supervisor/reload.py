@@ -231,6 +231,8 @@ def check_upstream_tls(cfg) -> list[str]:
     out = []
     for name, svc in cfg.services.items():
         urls = [svc.url] if svc.url else [i.url for i in svc.instances]
+        if svc.discovery is not None and svc.discovery.scheme == "https":
+            urls = ["https://"]   # discovered instances use the same TLS settings
         if not any(u.lower().startswith("https://") for u in urls):
             continue
         try:

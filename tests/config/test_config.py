@@ -54,7 +54,7 @@ CASES = [
     (f"{SVC}.url", "http://h:99999", "services.svg-parser.url: invalid URL 'http://h:99999': Port out of range 0-65535"),
     (f"{SVC}.url", "http://u:p@h", "services.svg-parser.url: invalid URL: credentials in the URL are not supported"),
     (f"{SVC}.url", "http://h/a?x=1", "services.svg-parser.url: invalid URL 'http://h/a?x=1': a query or fragment is not allowed"),
-    (f"{SVC}.url", DELETE, "services.svg-parser.url: missing: set url, or instances with at least one url"),
+    (f"{SVC}.url", DELETE, "services.svg-parser.url: missing: set url, instances with at least one url, or discovery"),
     (f"{SVC}.instances", [{"url": "http://a:1"}], "services.svg-parser.url: set either url or instances, not both"),
     (f"{SVC}.instances", [{"url": "http://a:1", "weight": -1}],
      "services.svg-parser.instances[0].weight: must be between 0 and 10000, got -1"),
