@@ -20,8 +20,9 @@ from fastgw.pipeline.middleware import Middleware
 class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One access log line; the field order is the line's key order.
 
-    Only ``trace_id``, ``span_id`` (from the tracing middleware's note) and
-    ``content_encoding`` and ``cache`` have a default, so they are the only keys left out (when None):
+    Only ``trace_id``, ``span_id`` (from the tracing middleware's note),
+    ``content_encoding``, ``cache``, ``attempts`` and ``tries`` have a default, so they are
+    the only keys left out (when None):
     ``omit_defaults`` never drops a field without a default.  ``gc=False``: a record holds
     strings, numbers and a list of strings, never a cycle, so the collector need not track it.
     """
@@ -47,6 +48,10 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     span_id: str | None = None       # the gateway's span (the upstream's parent)
     content_encoding: str | None = None  # the response's coding when the gateway compressed it
     cache: str | None = None         # the response cache's result on a caching route (hit, miss, ...)
+    # only when an attempt failed or there were several: how many, and each one as
+    # "instance outcome" (``Exchange.tries``: "127.0.0.1:9001 refused", "127.0.0.1:9002 200")
+    attempts: int | None = None
+    tries: list[str] | None = None
 
 
 class ReplayRecord(AccessRecord, omit_defaults=True, gc=False):
@@ -108,6 +113,12 @@ class AccessLog(Middleware):
                 ctx.upstream_status or None, ctx.upstream_duration,
                 route.name if route is not None else None, ctx.user,
                 ua.decode("latin-1") if ua else None, flags))
+        a = ctx.attempt
+        if a is not None and (a.prev is not None or a.error is not None):
+            # failover: every attempt's instance and outcome (a retried or failed request)
+            rec = recs[-1]
+            rec.tries = t = ctx.tries()
+            rec.attempts = len(t)
         if len(recs) >= self.max_recs:
             self.buf.flush()
 

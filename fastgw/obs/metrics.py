@@ -46,6 +46,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Retries of a failed attempt on another instance, by service and reason.", ("service", "reason")),
     "fastgw_upstream_retry_budget_exhausted_total": (
         "counter", "Retries refused because the service's retry budget was spent.", ("service",)),
+    "fastgw_upstream_instance_requests_total": (
+        "counter", "Attempts sent to the instance (first attempts and retries; each worker adds its count on its 1 s tick).",
+        ("service", "instance")),
     "fastgw_upstream_panic_total": (
         "counter", "Picks made in panic mode (too few usable instances: all of them used).", ("service",)),
     "fastgw_upstream_pool_exhausted_total": ("counter", "503s because an upstream pool was full: its wait queue "
@@ -289,6 +292,15 @@ class Metrics:
             n += pool.take_reused()
         if n:
             self.pool_event("reused", n)
+
+    def publish_instances(self, instances) -> None:
+        """Tick: add each instance's attempts (counted as plain ints on the hot path)."""
+        for inst in instances:
+            n = inst.requests
+            if n:
+                inst.requests = 0
+                self.inc("fastgw_upstream_instance_requests_total",
+                         (("service", inst.service), ("instance", inst.label)), n)
 
     def pool_exhausted(self, upstream: str, reason: str) -> None:
         """A pool answered 503 (queue full or wait timed out)."""

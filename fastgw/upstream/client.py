@@ -21,6 +21,11 @@ Rules:
    timeout, a client that went away) closes it.
 4. One timer per connection: response-head timeout, then read (idle-gap) timeout, then
    the pool's idle timeout while parked.
+5. A route with retries (``route.t_total`` > 0) bounds the wait for the response head
+   across all attempts: the first attempt's head timer start (the end of the request)
+   sets ``ctx.deadline`` (loop time) = then + ``t_total``, and each attempt's head timer
+   is min(``route.t_head`` (the per-try timeout), time left to ``ctx.deadline``).  The
+   proxy starts no retry past it (``pipeline.proxy``).  Other routes read one attribute.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class UpstreamProtocol:
         # per-request
         "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
         "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep", "t_head",
-        "tunnel",
+        "tunnel", "t_total",
     )
 
     def __init__(self, pool, loop) -> None:
@@ -66,6 +71,7 @@ class UpstreamProtocol:
         self.body_filter = None
         self.t_read = 60.0
         self.t_head = 30.0
+        self.t_total = 0.0
         self.down = None
         self.ctx = None
         self.got_bytes = False
@@ -144,15 +150,17 @@ class UpstreamProtocol:
         self.keep = True
         self.head_only = ctx.request.method == "HEAD"
         self.t_read = route.t_read
+        self.t_total = route.t_total
         self.body_filter = route.response_body_filter
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
         # the response timeout counts from the end of the request: now if the body is
         # whole (or there is none), else from ``request_sent``, when the engine has
         # written its end (the client's body timers bound the upload meanwhile)
-        self.t_head = route.t_head
+        t = self.t_head = route.t_head
         if down is None or down.cur_complete:
-            self.dl.set(T_HEAD, route.t_head)
+            # (a route with retries: rule 5)
+            self.dl.set(T_HEAD, self._head_left(t) if route.t_total else t)
         else:
             self.dl.kind = T_NONE
         self.transport.write(data)
@@ -160,7 +168,19 @@ class UpstreamProtocol:
     def request_sent(self) -> None:
         """The request body's end was written: arm the response timeout."""
         if self.state == BUSY and self.status == 0 and self.dl.kind == T_NONE:
-            self.dl.set(T_HEAD, self.t_head)
+            self.dl.set(T_HEAD, self._head_left(self.t_head) if self.t_total else self.t_head)
+
+    def _head_left(self, t: float) -> float:
+        """This attempt's head timeout on a route with retries (rule 5): ``t`` (per try),
+        at most the time left overall; the first attempt starts the overall deadline."""
+        x = self.ctx
+        now = self.loop.time()
+        end = x.deadline
+        if not end:
+            x.deadline = now + self.t_total
+            return t if t < self.t_total else self.t_total
+        left = end - now
+        return t if t < left else (left if left > 0.0 else 0.0)
 
     def write(self, data: bytes) -> None:
         if self.state == BUSY:
