@@ -113,12 +113,14 @@ class AccessLog(Middleware):
                 ctx.upstream_status or None, ctx.upstream_duration,
                 route.name if route is not None else None, ctx.user,
                 ua.decode("latin-1") if ua else None, flags))
-        a = ctx.attempt
-        if a is not None and (a.prev is not None or a.error is not None):
-            # failover: every attempt's instance and outcome (a retried or failed request)
-            rec = recs[-1]
-            rec.tries = t = ctx.tries()
-            rec.attempts = len(t)
+        if flags is not _NO_FLAGS:
+            # (a retried or failed request has a flag or an error) failover: every
+            # attempt's instance and outcome, when one failed or there were several
+            a = ctx.attempt
+            if a is not None and (a.prev is not None or a.error is not None):
+                rec = recs[-1]
+                rec.tries = t = ctx.tries()
+                rec.attempts = len(t)
         if len(recs) >= self.max_recs:
             self.buf.flush()
 

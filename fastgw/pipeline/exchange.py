@@ -35,9 +35,11 @@ class Exchange(Ctx):
         "retried",        # bool: the one retry was used
         "nolog",          # bool: not logged nor counted (the health path)
         "cancel",         # callable | None: gives back a pool wait or connect in progress
-        # failover (routes with ``retries``; resilience.retry): the overall deadline for the
+        # failover, on routes with ``retries`` only (set by ``Proxy.forward`` there, never
+        # read elsewhere: the bare path pays no store): the overall deadline for the
         # response head (loop time; 0.0 until the first attempt's head timer starts,
-        # upstream.client) and whether a policy retry of this exchange counts in the budget
+        # upstream.client rule 5) and whether this exchange holds a place among the
+        # retries in flight (resilience.retry)
         "deadline",
         "retrying",
     )
@@ -121,8 +123,6 @@ def fill_exchange(self, request, app) -> "Exchange":
     self.retried = False
     self.nolog = False
     self.cancel = None
-    self.deadline = 0.0
-    self.retrying = False
     request.exchange = self
     return self
 

@@ -6,7 +6,10 @@ and what the engine asks to forward a request once its request phases passed:
     forward(x)   -> pick an instance -> Attempt: head built for that instance
                  -> pool.acquire (idle first) -> one write: head + body at hand
     fail(x, err) -> a new Attempt on another instance (once: idempotent, retryable error,
-                    nothing sent, body at hand) or the error reply
+                    nothing sent, body at hand) or the error reply; with ``retries``
+                    (``_policy_retry``): up to ``retries`` more, within the retry budget
+                    and the service's timeout counted over all attempts (``x.deadline``,
+                    set by the first attempt's head timer, ``upstream.client`` rule 5)
     upstream_head -> timing, response filters (reverse) -> head bytes + body framing
     upstream_done -> Pool.release -> proto.request_done -> logging phase
 
@@ -81,6 +84,8 @@ class Proxy:
         inst.requests += 1
         if route.retry is not None:
             route.retry.budget.active += 1   # until Engine.finish (resilience.retry)
+            x.deadline = 0.0
+            x.retrying = False
         pool = inst.pool
         # (``new_attempt`` written out: the first attempt is made once per request)
         a = x.attempt = _new(Attempt)
@@ -174,7 +179,8 @@ class Proxy:
         # refused connect), independent of ``retries``
         if (err.retryable and x.request.method in IDEMPOTENT and not x.retried
                 and not x.chunked and (not x.content_length or x.resend)
-                and not (x.deadline and x.app.loop.time() >= x.deadline)):
+                and not (pol is not None and a is not None and x.deadline
+                         and x.app.loop.time() >= x.deadline)):
             x.retried = True
             x.flags.append("retried")
             if x.resend:

@@ -48,7 +48,7 @@ class UpstreamProtocol:
         # per-request
         "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
         "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep", "t_head",
-        "tunnel", "t_total",
+        "tunnel",
     )
 
     def __init__(self, pool, loop) -> None:
@@ -71,7 +71,6 @@ class UpstreamProtocol:
         self.body_filter = None
         self.t_read = 60.0
         self.t_head = 30.0
-        self.t_total = 0.0
         self.down = None
         self.ctx = None
         self.got_bytes = False
@@ -150,7 +149,6 @@ class UpstreamProtocol:
         self.keep = True
         self.head_only = ctx.request.method == "HEAD"
         self.t_read = route.t_read
-        self.t_total = route.t_total
         self.body_filter = route.response_body_filter
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
@@ -168,17 +166,19 @@ class UpstreamProtocol:
     def request_sent(self) -> None:
         """The request body's end was written: arm the response timeout."""
         if self.state == BUSY and self.status == 0 and self.dl.kind == T_NONE:
-            self.dl.set(T_HEAD, self._head_left(self.t_head) if self.t_total else self.t_head)
+            t = self.t_head
+            self.dl.set(T_HEAD, self._head_left(t) if self.ctx.route.t_total else t)
 
     def _head_left(self, t: float) -> float:
         """This attempt's head timeout on a route with retries (rule 5): ``t`` (per try),
         at most the time left overall; the first attempt starts the overall deadline."""
         x = self.ctx
+        total = x.route.t_total
         now = self.loop.time()
         end = x.deadline
         if not end:
-            x.deadline = now + self.t_total
-            return t if t < self.t_total else self.t_total
+            x.deadline = now + total
+            return t if t < total else total
         left = end - now
         return t if t < left else (left if left > 0.0 else 0.0)
 
