@@ -20,9 +20,8 @@ from fastgw.pipeline.middleware import Middleware
 class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One access log line; the field order is the line's key order.
 
-    Only ``trace_id``, ``span_id`` (from the tracing middleware's note),
-    ``content_encoding``, ``cache``, ``attempts`` and ``tries`` have a default, so they are
-    the only keys left out (when None):
+    Only ``trace_id``, ``span_id`` (from the tracing middleware's note) and
+    ``content_encoding`` and ``cache`` have a default, so they are the only keys left out (when None):
     ``omit_defaults`` never drops a field without a default.  ``gc=False``: a record holds
     strings, numbers and a list of strings, never a cycle, so the collector need not track it.
     """
@@ -48,14 +47,20 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     span_id: str | None = None       # the gateway's span (the upstream's parent)
     content_encoding: str | None = None  # the response's coding when the gateway compressed it
     cache: str | None = None         # the response cache's result on a caching route (hit, miss, ...)
-    # only when an attempt failed or there were several: how many, and each one as
-    # "instance outcome" (``Exchange.tries``: "127.0.0.1:9001 refused", "127.0.0.1:9002 200")
+
+
+class TriedRecord(AccessRecord, omit_defaults=True, gc=False):
+    """An ``AccessRecord`` of a request where an attempt failed or there were several:
+    ``attempts`` and ``tries``, each attempt as "instance outcome" (``Exchange.tries``:
+    "127.0.0.1:9001 refused", "127.0.0.1:9002 200").  A subclass, made only then: the
+    usual record neither carries nor encodes two more defaults."""
+
     attempts: int | None = None
     tries: list[str] | None = None
 
 
-class ReplayRecord(AccessRecord, omit_defaults=True, gc=False):
-    """An ``AccessRecord`` with the opt-in fields ``fastgw replay`` routes on
+class ReplayRecord(TriedRecord, omit_defaults=True, gc=False):
+    """An ``AccessRecord`` (or ``TriedRecord``) with the opt-in fields ``fastgw replay`` routes on
     (``access_log.query``, ``access_log.headers``): ``query`` (raw, without ``?``) and
     ``headers`` (every configured name, null when the request had none)."""
 
@@ -119,8 +124,8 @@ class AccessLog(Middleware):
             a = ctx.attempt
             if a is not None and (a.prev is not None or a.error is not None):
                 rec = recs[-1]
-                rec.tries = t = ctx.tries()
-                rec.attempts = len(t)
+                t = ctx.tries()
+                recs[-1] = TriedRecord(*(getattr(rec, f) for f in rec.__struct_fields__), len(t), t)
         if len(recs) >= self.max_recs:
             self.buf.flush()
 
@@ -140,7 +145,7 @@ class AccessLogReplay(AccessLog):
         super().logging(ctx, error)
         recs = self.recs
         rec = recs[-1]
-        recs[-1] = ReplayRecord(*(getattr(rec, f) for f in rec.__struct_fields__),
+        recs[-1] = ReplayRecord(*(getattr(rec, f, None) for f in TriedRecord.__struct_fields__),
                                 query=ctx.request.query.decode("latin-1") if self.with_query else None,
                                 headers={n: _text(ctx.header(b)) for n, b in self.names} or None)
         if len(recs) >= self.flush_at:
