@@ -4,13 +4,13 @@
 ``.retry`` (and the route's ``retry_non_idempotent``); the proxy asks it two questions
 when an attempt failed (``pipeline/proxy.py``):
 
-- ``on_error(kind)`` / ``on_status(status)``: does ``retry.on`` cover this failure?
+- ``condition(kind)`` / ``statuses``: does ``retry.on`` cover this failure?
 - ``budget.allow(x, now)``: does the budget allow exchange ``x`` one more retry now?
 
 The budget is Envoy's: retries in flight at most ``budget_percent`` of the service's
 *active* requests, with a floor: while fewer than ``min_retries_per_second`` retries were
-granted in the current second, a retry is allowed whatever the ratio (a quiet service
-with one request in flight could otherwise never retry).  Past it, a failed attempt is
+granted in the current second, a retry is allowed whatever the ratio (with few requests
+in flight, 20 % of them would allow hardly one retry at a time).  Past it, a failed attempt is
 answered as it is (and counted in ``fastgw_upstream_retry_budget_exhausted_total``).
 
 Counted per worker, one budget per service shared by its routes (and per config
