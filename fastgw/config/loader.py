@@ -88,10 +88,21 @@ def _parse(text: str | bytes, source: str) -> tuple[Any, list[tuple[Path, str]],
         raise ConfigError([f"{source}: invalid YAML: {e}"], source=source) from None
     dups = _duplicate_keys(node, ()) if node is not None else []
     try:
-        return msgspec.yaml.decode(data), dups, node
+        return _bool_keys(msgspec.yaml.decode(data)), dups, node
     except msgspec.DecodeError as e:
         msg = str(e).replace("<byte string>", source)
         raise ConfigError([f"{source}: invalid YAML: {msg}"], source=source) from None
+
+
+def _bool_keys(data: Any) -> Any:
+    """YAML 1.1 reads a plain ``on`` (``off``, ``yes``, ``no``) as a boolean, keys too: no
+    config key is a boolean, and ``retry.on`` is a documented one, so a boolean key is
+    given back as the word it must have been (True -> "on", False -> "off")."""
+    if isinstance(data, dict):
+        return {("on" if k else "off") if isinstance(k, bool) else k: _bool_keys(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_bool_keys(v) for v in data]
+    return data
 
 
 def _load(

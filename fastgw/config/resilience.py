@@ -59,7 +59,9 @@ def percent(x) -> float:
     return float(x)
 
 
-def _retry_on(x: str) -> str:
+def _retry_on(x: str | int) -> str:
+    if isinstance(x, int) and not isinstance(x, bool):
+        x = str(x)   # YAML reads the documented `on: [..., 502, 503, 504]` as numbers
     if x not in RETRY_ON:
         raise ValueError(f"unknown retry condition {x!r}: use {', '.join(RETRY_ON)}")
     return x
@@ -97,7 +99,7 @@ class BackoffConfig(Base):
 class RetryConfig(Base):
     """How the service's ``retries`` extra attempts are made."""
 
-    on: list[Annotated[str, Check(_retry_on)]] = msgspec.field(default_factory=lambda: list(DEFAULT_RETRY_ON))
+    on: list[Annotated[str | int, Check(_retry_on)]] = msgspec.field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     per_try_timeout: PositiveDuration | None = None  # None = the route's timeout
     backoff: BackoffConfig = msgspec.field(default_factory=BackoffConfig)
     budget_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 20.0

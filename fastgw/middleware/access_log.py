@@ -49,8 +49,18 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     cache: str | None = None         # the response cache's result on a caching route (hit, miss, ...)
 
 
-class ReplayRecord(AccessRecord, omit_defaults=True, gc=False):
-    """An ``AccessRecord`` with the opt-in fields ``fastgw replay`` routes on
+class TriedRecord(AccessRecord, omit_defaults=True, gc=False):
+    """An ``AccessRecord`` of a request where an attempt failed or there were several:
+    ``attempts`` and ``tries``, each attempt as "instance outcome" (``Exchange.tries``:
+    "127.0.0.1:9001 refused", "127.0.0.1:9002 200").  A subclass, made only then: the
+    usual record neither carries nor encodes two more defaults."""
+
+    attempts: int | None = None
+    tries: list[str] | None = None
+
+
+class ReplayRecord(TriedRecord, omit_defaults=True, gc=False):
+    """An ``AccessRecord`` (or ``TriedRecord``) with the opt-in fields ``fastgw replay`` routes on
     (``access_log.query``, ``access_log.headers``): ``query`` (raw, without ``?``) and
     ``headers`` (every configured name, null when the request had none)."""
 
@@ -108,6 +118,14 @@ class AccessLog(Middleware):
                 ctx.upstream_status or None, ctx.upstream_duration,
                 route.name if route is not None else None, ctx.user,
                 ua.decode("latin-1") if ua else None, flags))
+        if flags is not _NO_FLAGS:
+            # (a retried or failed request has a flag or an error) failover: every
+            # attempt's instance and outcome, when one failed or there were several
+            a = ctx.attempt
+            if a is not None and (a.prev is not None or a.error is not None):
+                rec = recs[-1]
+                t = ctx.tries()
+                recs[-1] = TriedRecord(*(getattr(rec, f) for f in rec.__struct_fields__), len(t), t)
         if len(recs) >= self.max_recs:
             self.buf.flush()
 
@@ -127,7 +145,7 @@ class AccessLogReplay(AccessLog):
         super().logging(ctx, error)
         recs = self.recs
         rec = recs[-1]
-        recs[-1] = ReplayRecord(*(getattr(rec, f) for f in rec.__struct_fields__),
+        recs[-1] = ReplayRecord(*(getattr(rec, f, None) for f in TriedRecord.__struct_fields__),
                                 query=ctx.request.query.decode("latin-1") if self.with_query else None,
                                 headers={n: _text(ctx.header(b)) for n, b in self.names} or None)
         if len(recs) >= self.flush_at:

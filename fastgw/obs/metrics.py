@@ -48,6 +48,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Retries refused because the service's retry budget was spent.", ("service",)),
     "fastgw_discovery_failures_total": (
         "counter", "DNS discovery lookups that failed (the last good instance set is kept), by service.", ("service",)),
+    "fastgw_upstream_instance_requests_total": (
+        "counter", "Attempts sent to the instance (first attempts and retries; each worker adds its count on its 1 s tick).",
+        ("service", "instance")),
     "fastgw_upstream_panic_total": (
         "counter", "Picks made in panic mode (too few usable instances: all of them used).", ("service",)),
     "fastgw_circuit_breaker_transitions_total": (
@@ -294,6 +297,15 @@ class Metrics:
             n += pool.take_reused()
         if n:
             self.pool_event("reused", n)
+
+    def publish_instances(self, instances) -> None:
+        """Tick: add each instance's attempts (counted as plain ints on the hot path)."""
+        for inst in instances:
+            n = inst.requests
+            if n:
+                inst.requests = 0
+                self.inc("fastgw_upstream_instance_requests_total",
+                         (("service", inst.service), ("instance", inst.label)), n)
 
     def pool_exhausted(self, upstream: str, reason: str) -> None:
         """A pool answered 503 (queue full or wait timed out)."""

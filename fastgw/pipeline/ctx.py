@@ -26,7 +26,8 @@ a worker"):
 - ``problem(...)``: an RFC 9457 reply carrying the request id.
 - ``notes``: data between middlewares, keyed by the middleware's name.
 - after the fact (the logging phase): ``status``, ``bytes_sent``, ``upstream``,
-  ``upstream_status``, ``upstream_duration``, ``start``, ``flags``, ``error``.
+  ``upstream_status``, ``upstream_duration``, ``start``, ``flags``, ``error``;
+  ``attempt`` and ``tries()`` (every attempt's instance and outcome).
 
 Header names are bytes in any case; lookups and removals take lower-case names.  Added
 lines are kept serialised (``name: value\\r\\n``), so a head copies them in one piece.
@@ -75,6 +76,14 @@ class Ctx:
         "flags",            # list[str]: response flags for the access log (e.g. "client_abort")
         "error",            # GatewayError | None
     )
+
+    # failover, after the fact: the current attempt (``pipeline.exchange.Attempt``; the
+    # engine's Exchange holds it in a slot, a bare Ctx has none) and ``tries()``, each
+    # attempt as "instance outcome" (the access log's ``tries``)
+    attempt = None
+
+    def tries(self) -> list:
+        return []
 
     def __init__(self, request) -> None:
         self.request = request

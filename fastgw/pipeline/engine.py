@@ -445,7 +445,12 @@ class Engine:
             # seconds per gateway host)
             return
         route = x.route
-        chain = route.chain if route is not None else x.app.global_chain
+        if route is not None:
+            chain = route.chain
+            if route.retry is not None and x.attempt is not None:
+                route.retry.budget.done(x)   # the live count of the retry budget (forward: +1)
+        else:
+            chain = x.app.global_chain
         err = x.error
         for fn in chain.logging:
             try:

@@ -35,6 +35,13 @@ class Exchange(Ctx):
         "retried",        # bool: the one retry was used
         "nolog",          # bool: not logged nor counted (the health path)
         "cancel",         # callable | None: gives back a pool wait or connect in progress
+        # failover, on routes with ``retries`` only (set by ``Proxy.forward`` there, never
+        # read elsewhere: the bare path pays no store): the overall deadline for the
+        # response head (loop time; 0.0 until the first attempt's head timer starts,
+        # upstream.client rule 5) and whether this exchange holds a place among the
+        # retries in flight (resilience.retry)
+        "deadline",
+        "retrying",
     )
 
     def __init__(self, request, app) -> None:
@@ -48,6 +55,27 @@ class Exchange(Ctx):
             out.append(a)
             a = a.prev
         out.reverse()
+        return out
+
+    def tries(self) -> list:
+        """Each attempt as ``"instance outcome"``, oldest first (the access log's
+        ``tries``): the outcome is the error kind without ``upstream_`` (``refused``,
+        ``reset``, ``timeout``, ``connect_timeout``, ...), the status of the response head
+        (``503``), or ``-`` when the attempt has none (the client left while it ran)."""
+        out = []
+        last = self.attempt
+        for a in self.attempts():
+            e = a.error
+            if e is not None:
+                k = e.kind
+                what = k[9:] if k.startswith("upstream_") else k
+            elif a.status:
+                what = str(a.status)
+            elif a is last and self.upstream_status:
+                what = str(self.upstream_status)
+            else:
+                what = "-"
+            out.append(a.instance.label + " " + what)
         return out
 
 
@@ -113,6 +141,7 @@ class Attempt:
         "end",     # float: when it ended (0.0 while running)
         "error",   # GatewayError | None: how it failed (``error.source``, ``retryable``)
         "prev",    # Attempt | None: the attempt before this one
+        "status",  # int: a 5xx head dropped for a retry (0 otherwise; the last one is x.upstream_status)
     )
 
 
@@ -131,4 +160,5 @@ def new_attempt(inst, head: bytes, start: float, prev) -> Attempt:
     a.end = 0.0
     a.error = None
     a.prev = prev
+    a.status = 0
     return a

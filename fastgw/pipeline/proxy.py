@@ -6,7 +6,10 @@ and what the engine asks to forward a request once its request phases passed:
     forward(x)   -> pick an instance -> Attempt: head built for that instance
                  -> pool.acquire (idle first) -> one write: head + body at hand
     fail(x, err) -> a new Attempt on another instance (once: idempotent, retryable error,
-                    nothing sent, body at hand) or the error reply
+                    nothing sent, body at hand) or the error reply; with ``retries``
+                    (``_policy_retry``): up to ``retries`` more, within the retry budget
+                    and the service's timeout counted over all attempts (``x.deadline``,
+                    set by the first attempt's head timer, ``upstream.client`` rule 5)
     upstream_head -> timing, response filters (reverse) -> head bytes + body framing
     upstream_done -> Pool.release -> proto.request_done -> logging phase
 
@@ -78,8 +81,11 @@ class Proxy:
             return
         # the first attempt (a retry is ``_retry``), with a head built for its instance
         x.upstream = inst.label
+        inst.requests += 1
         if route.retry is not None:
-            route.retry.budget.requests += 1
+            route.retry.budget.active += 1   # until Engine.finish (resilience.retry)
+            x.deadline = 0.0
+            x.retrying = False
         pool = inst.pool
         # (``new_attempt`` written out: the first attempt is made once per request)
         a = x.attempt = _new(Attempt)
@@ -91,6 +97,7 @@ class Proxy:
         a.end = 0.0
         a.error = None
         a.prev = None
+        a.status = 0
         conn = pool.acquire_idle()
         if conn is None:
             cancel = pool.acquire(lambda conn, err: self._on_conn(proto, x, a, conn, err))
@@ -114,6 +121,7 @@ class Proxy:
         if proto.closed or proto.cur is not x.request:
             return
         x.upstream = x.upstream + ", " + inst.label if x.upstream else inst.label
+        inst.requests += 1
         pool = inst.pool
         a = x.attempt = new_attempt(inst, request_head(x, x.route, inst), monotonic(), x.attempt)
         if not fresh:
@@ -170,7 +178,9 @@ class Proxy:
         # the one-shot retry (of a reused connection that died before any byte, or of a
         # refused connect), independent of ``retries``
         if (err.retryable and x.request.method in IDEMPOTENT and not x.retried
-                and not x.chunked and (not x.content_length or x.resend)):
+                and not x.chunked and (not x.content_length or x.resend)
+                and not (pol is not None and a is not None and x.deadline
+                         and x.app.loop.time() >= x.deadline)):
             x.retried = True
             x.flags.append("retried")
             if x.resend:
@@ -202,8 +212,14 @@ class Proxy:
         tried = _tried(x)
         if len(tried) > pol.retries:
             return False
+        delay = pol.backoff(len(tried))
+        end = x.deadline
+        if end and x.app.loop.time() + delay >= end:
+            # the service's timeout bounds all attempts together (upstream.client rule 5)
+            x.flags.append("retry_deadline")
+            return False
         route = x.route
-        if not pol.budget.allow(monotonic()):
+        if not pol.budget.allow(x, monotonic()):
             x.app.metrics.retry_budget_exhausted(route.service)
             x.flags.append("retry_budget_exhausted")
             return False
@@ -215,7 +231,6 @@ class Proxy:
         x.error = None
         if body is not None and x.pending is None:
             x.pending, x.resend = body, None
-        delay = pol.backoff(len(tried))
         if delay > 0.0:
             h = x.app.loop.call_later(delay, self._retry, proto, x, inst, False)
             x.cancel = h.cancel
@@ -269,9 +284,11 @@ class Proxy:
         # decided first: the 5xx is forwarded as it is unless a retry really starts
         a.end = monotonic()
         a.conn = None
+        a.status = status   # (the access log's ``tries``)
         if not self._policy_retry(proto, x, pol, str(status), status=True):
             a.conn = up
             a.end = 0.0
+            a.status = 0
             return False
         up.pool.release(up, False)
         return True

@@ -4,15 +4,31 @@
 ``.retry`` (and the route's ``retry_non_idempotent``); the proxy asks it two questions
 when an attempt failed (``pipeline/proxy.py``):
 
-- ``on_error(kind)`` / ``on_status(status)``: does ``retry.on`` cover this failure?
-- ``allow(now)``: does the budget allow one more retry now?
+- ``condition(kind)`` / ``statuses``: does ``retry.on`` cover this failure?
+- ``budget.allow(x, now)``: does the budget allow exchange ``x`` one more retry now?
 
-The budget is Envoy's idea over a one-second window per worker: retries in the window at
-most ``budget_percent`` of the requests (of this window, or of the one before when that is
-more: the first requests of a window are not a fair base), but always at least
-``min_retries_per_second``; past it, a failed attempt is answered as it is (and counted
-in ``fastgw_upstream_retry_budget_exhausted_total``).  One budget per service per worker,
-shared by the service's routes.
+The budget is Envoy's: retries in flight at most ``budget_percent`` of the service's
+*active* requests, with a floor: while fewer than ``min_retries_per_second`` retries were
+granted in the current second, a retry is allowed whatever the ratio (with few requests
+in flight, 20 % of them would allow hardly one retry at a time).  Past it, a failed attempt is
+answered as it is (and counted in ``fastgw_upstream_retry_budget_exhausted_total``).
+
+Counted per worker, one budget per service shared by its routes (and per config
+snapshot: a request keeps its route's budget to its end):
+
+- ``active``: this service's requests in flight on this worker, on routes with retries:
+  +1 at the first attempt (``Proxy.forward``), -1 where every exchange ends (the logging
+  phase, ``Engine.finish`` -> ``done``).  Routes without retries count nothing.
+- ``retrying``: those of them in a retry now; an exchange holds one such place from its
+  first granted retry to its end (its second retry replaces its first: it is checked
+  against the others).
+
+Why per worker and not in shared memory: the live count changes twice per request, and
+a shared cell written by every worker per request is a cross-process cache line bounced
+per request (and a lock or atomics Python does not have).  The kernel spreads
+connections evenly over the workers (SO_REUSEPORT), so a percentage of each worker's
+active requests is that percentage of the host's; the floor is per worker (N workers
+allow up to N x ``min_retries_per_second``).
 """
 
 from __future__ import annotations
@@ -32,26 +48,36 @@ CONNECT_FAILURE = "connect-failure"
 
 
 class Budget:
-    __slots__ = ("percent", "floor", "window", "requests", "prev", "retries")
+    __slots__ = ("percent", "floor", "active", "retrying", "second", "granted")
 
     def __init__(self, percent: float, floor: int) -> None:
         self.percent = percent
         self.floor = floor
-        self.window = 0      # int(now): the current one-second window
-        self.requests = 0    # requests (first attempts) counted since the window began
-        self.prev = 0        # requests of the window before (the hot path counts without a clock)
-        self.retries = 0     # retries granted in the window
+        self.active = 0      # the service's requests in flight (routes with retries)
+        self.retrying = 0    # of them, those in a retry
+        self.second = 0      # int(now) of ``granted``
+        self.granted = 0     # retries granted in that second (the floor)
 
-    def allow(self, now: float) -> bool:
-        w = int(now)
-        if w != self.window:
-            self.prev = self.requests if w == self.window + 1 else 0
-            self.window, self.requests, self.retries = w, 0, 0
-        base = self.requests if self.requests > self.prev else self.prev
-        if self.retries < self.floor or self.retries < base * self.percent / 100.0:
-            self.retries += 1
+    def allow(self, x, now: float) -> bool:
+        """May exchange ``x`` (one of ``active``) start a retry now?  Granted: ``x`` holds
+        a place in ``retrying`` until ``done(x)``."""
+        others = self.retrying - 1 if x.retrying else self.retrying
+        s = int(now)
+        if s != self.second:
+            self.second, self.granted = s, 0
+        if others * 100.0 < self.percent * self.active or self.granted < self.floor:
+            self.granted += 1
+            if not x.retrying:
+                x.retrying = True
+                self.retrying += 1
             return True
         return False
+
+    def done(self, x) -> None:
+        """Exchange ``x`` ended (the logging phase): it is no longer active, nor retrying."""
+        self.active -= 1
+        if x.retrying:
+            self.retrying -= 1
 
 
 class RetryPolicy:

@@ -35,7 +35,10 @@ class Route:
                  "t_head", "t_read", "preserve_host", "response_body_filter", "answers_preflight", "_rr",
                  # failover: the health table's ``down`` bytes, the distinct instances, the
                  # panic threshold (percent) and the retry policy (None: ``retries: 0``)
-                 "down", "distinct", "panic", "retry", "on_panic")
+                 "down", "distinct", "panic", "retry", "on_panic",
+                 # with retries: the wait for the response head across all attempts
+                 # (``t_head`` is then each attempt's); 0.0 without (upstream.client rule 5)
+                 "t_total")
 
     def __init__(self, name, service, cfg, chain, instances, max_body, allow_encoded_slash,
                  t_head, t_read, preserve_host) -> None:
@@ -47,6 +50,7 @@ class Route:
         self.max_body = max_body
         self.allow_encoded_slash = allow_encoded_slash
         self.t_head = t_head
+        self.t_total = 0.0
         self.t_read = t_read
         self.preserve_host = preserve_host
         self.response_body_filter = chain.response_body_filter()
@@ -104,12 +108,22 @@ _NEVER_DOWN = bytes(1)  # ``down`` without a health table: slot -1 reads the one
 
 
 class SplitRoute(Route):
-    """A route with ``split``: each request goes to one side's instances (``routing.split``)."""
+    """A route with ``split``: each request goes to one side's instances (``routing.split``),
+    healthy ones first with the panic rule applied per side; a retry stays on the side of
+    the request's first attempt."""
 
     __slots__ = ("split",)
 
     def pick(self, ctx):
-        return self.split.pick(ctx)
+        sp = self.split
+        a = ctx.attempt   # None for the first attempt; a one-shot retry re-picks on its side
+        i = sp.side(ctx) if a is None else sp.side_of(a.instance)
+        return sp.pick_in(i, self.down, self.panic, (), self.on_panic)
+
+    def pick_other(self, tried):
+        sp = self.split
+        i = sp.side_of(tried[-1]) if tried else 0   # (``tried`` is newest first)
+        return sp.pick_in(i, self.down, self.panic, tried, self.on_panic)
 
 
 class App:
@@ -177,6 +191,7 @@ class App:
                 route.panic = float(svc.panic_threshold)
                 if svc.retries > 0:
                     pol = route.retry = RetryPolicy(svc, rc, budget)
+                    route.t_total = route.t_head  # the service's timeout: all attempts together
                     if pol.per_try is not None:   # each attempt's wait for the head
                         route.t_head = min(route.t_head, pol.per_try)
                 entries.append((rc, route))
@@ -190,6 +205,7 @@ class App:
                 route.instances = tuple(i for side in rc.split.to for i in svc_insts[side.service])
                 for inst in route.instances:
                     inst.pool.tmin = min(inst.pool.tmin, route.t_head, route.t_read)
+        self.instances = tuple(all_insts)  # (the tick publishes their attempt counts)
         down = self._health_slots(all_insts, deps)
         for _, route in entries:
             route.down = down

@@ -74,6 +74,24 @@ def _log_target(cfg) -> str:
     return al.output or lg.output
 
 
+def without_control(cfg) -> str | None:
+    """What a worker alone cannot do (no supervisor, so no shared health table and no
+    control process): active checks and outlier ejection; None when no service uses them.
+    Said once at start, precisely, rather than silently never marking an instance down."""
+    checked = [n for n, s in cfg.services.items() if s.health]
+    multi = [n for n, s in cfg.services.items() if len(s.instances) > 1 and s.outlier_detection.enabled]
+    if not checked and not multi:
+        return None
+    parts = []
+    if checked:
+        parts.append("active health checks (services " + ", ".join(checked) + ")")
+    if multi:
+        parts.append("outlier ejection (services " + ", ".join(multi) + ")")
+    return ("running as one process without the supervisor: " + " and ".join(parts)
+            + (" are" if len(parts) > 1 else " is") + " off (they run in the control process and publish in shared memory); every "
+            "instance stays in the rotation; retries still apply")
+
+
 class Worker:
     def __init__(self, config, sockets, *, worker_id: int = 0, shm=None, metrics_store=None,
                  config_path: str | None = None, standalone: bool = True) -> None:
@@ -138,6 +156,10 @@ class Worker:
         self.deps = self._deps(cfg)
         app = self.build_app(cfg)
         self.engine = Engine(app)
+        if self.standalone and self.shm is None:
+            w = without_control(cfg)
+            if w:
+                log.warning("%s", w)
         self.stopping = loop.create_future()
         loop.run_until_complete(self._serve())
         if threading.current_thread() is threading.main_thread():
@@ -157,6 +179,8 @@ class Worker:
         try:
             code = loop.run_until_complete(self.stopping)
         finally:
+            if self.engine is not None:
+                self.metrics.publish_instances(self.engine.app.instances)
             self.metrics.publish()
             self._flush_logs()
             loop.close()
@@ -219,6 +243,7 @@ class Worker:
             if self.engine.app.discovered:  # DNS discovery published a new set: swap it in
                 discovered.poll(self.engine.app)
             self.metrics.publish_pools(self.engine.app.pools.values())
+            self.metrics.publish_instances(self.engine.app.instances)
             self.metrics.set_inflight(self.engine.inflight)
         self.metrics.publish()
         for hook in self.tick_hooks:
@@ -297,6 +322,7 @@ class Worker:
         self._listener(cfg)
         self.engine.swap(app)
         old.retire(app)
+        self.metrics.publish_instances(old.instances)  # (the new snapshot has its own Instances)
         self.generation = self.generation + 1 if generation is None else generation
         if self.standalone:
             self.metrics.inc("fastgw_config_reloads_total", (("result", "ok"),))

@@ -21,6 +21,11 @@ Rules:
    timeout, a client that went away) closes it.
 4. One timer per connection: response-head timeout, then read (idle-gap) timeout, then
    the pool's idle timeout while parked.
+5. A route with retries (``route.t_total`` > 0) bounds the wait for the response head
+   across all attempts: the first attempt's head timer start (the end of the request)
+   sets ``ctx.deadline`` (loop time) = then + ``t_total``, and each attempt's head timer
+   is min(``route.t_head`` (the per-try timeout), time left to ``ctx.deadline``).  The
+   proxy starts no retry past it (``pipeline.proxy``).  Other routes read one attribute.
 """
 
 from __future__ import annotations
@@ -150,9 +155,10 @@ class UpstreamProtocol:
         # the response timeout counts from the end of the request: now if the body is
         # whole (or there is none), else from ``request_sent``, when the engine has
         # written its end (the client's body timers bound the upload meanwhile)
-        self.t_head = route.t_head
+        t = self.t_head = route.t_head
         if down is None or down.cur_complete:
-            self.dl.set(T_HEAD, route.t_head)
+            # (a route with retries: rule 5)
+            self.dl.set(T_HEAD, self._head_left(t) if route.t_total else t)
         else:
             self.dl.kind = T_NONE
         self.transport.write(data)
@@ -160,7 +166,21 @@ class UpstreamProtocol:
     def request_sent(self) -> None:
         """The request body's end was written: arm the response timeout."""
         if self.state == BUSY and self.status == 0 and self.dl.kind == T_NONE:
-            self.dl.set(T_HEAD, self.t_head)
+            t = self.t_head
+            self.dl.set(T_HEAD, self._head_left(t) if self.ctx.route.t_total else t)
+
+    def _head_left(self, t: float) -> float:
+        """This attempt's head timeout on a route with retries (rule 5): ``t`` (per try),
+        at most the time left overall; the first attempt starts the overall deadline."""
+        x = self.ctx
+        total = x.route.t_total
+        now = self.loop.time()
+        end = x.deadline
+        if not end:
+            x.deadline = now + total
+            return t if t < total else total
+        left = end - now
+        return t if t < left else (left if left > 0.0 else 0.0)
 
     def write(self, data: bytes) -> None:
         if self.state == BUSY:

@@ -92,7 +92,10 @@ class Instance:
     __slots__ = ("pool", "base_path", "host_header", "label", "weight",
                  # failover (fastgw.resilience): the health-table slot (-1: none), this
                  # worker's consecutive failures and its shm row, the service's name
-                 "slot", "fails", "row", "service", "url")
+                 "slot", "fails", "row", "service", "url",
+                 # attempts sent to it by this worker since the last tick (obs.metrics
+                 # publish_instances: a plain int on the hot path, added to shm once a second)
+                 "requests")
 
     def __init__(self, pool, url: str, weight: int = 1) -> None:
         u = urlsplit(url)
@@ -109,3 +112,4 @@ class Instance:
         self.row = None
         self.service = ""
         self.url = url
+        self.requests = 0

@@ -1,6 +1,5 @@
 """Failover pieces (issue #19) without a gateway process: config errors, the health
-table's slots, Route.pick over the shared ``down`` bytes (panic included), the retry
-budget, the h11 probe against a real socket, and the monitor's thresholds and ejections.
+table's slots, Route.pick over the shared ``down`` bytes (panic included), the h11 probe against a real socket, and the monitor's thresholds and ejections.
 Plus one real-process check: a 503 head is retried elsewhere (not forwarded) with
 ``retries``, and forwarded as it is without."""
 
@@ -17,7 +16,6 @@ from fastgw.config import ConfigError, load_config_data
 from fastgw.pipeline.deps import Deps
 from fastgw.resilience.checker import Monitor, Target, probe
 from fastgw.resilience.identity import assign_slots, instance_key
-from fastgw.resilience.retry import Budget
 from fastgw.runtime.app import App
 from fastgw.shm import Region
 from fastgw.shm.health import HEALTHY, UNHEALTHY
@@ -96,17 +94,6 @@ def test_pick_without_panic_keeps_to_the_usable_one(region):
     region.health.set_down(a.slot, True)
     region.health.set_down(b.slot, True)
     assert {route.pick(None) for _ in range(10)} == {c}
-
-
-def test_budget_floor_and_percent():
-    b = Budget(20.0, 2)
-    b.allow(4.0)
-    b.requests = 100                                         # counted during second 4
-    assert sum(b.allow(5.0) for _ in range(50)) == 20        # 20 % of the second before
-    b2 = Budget(20.0, 3)
-    b2.requests = 1
-    assert sum(b2.allow(7.0) for _ in range(10)) == 3        # the floor
-    assert b2.allow(8.0)                                     # a new window
 
 
 class _Health(BaseHTTPRequestHandler):
