@@ -26,9 +26,6 @@ def _always(v: Any) -> bool:
 
 
 NOT_ENFORCED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("services.*.instances", lambda xs: len(xs) > 1,
-     "partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), "
-     "skipping unhealthy and ejected ones, without least-connections or smooth weighting yet"),
     ("monitoring.circuit_breaker", _is_set,
      "parsed but not enforced yet: no circuit breaker trips"),
 )

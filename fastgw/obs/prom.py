@@ -54,6 +54,9 @@ EXTRA_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_upstream_instance_failures_total": (
         "counter", "Failures real requests saw on the instance, by kind (connect, reset, timeout, status_5xx).",
         ("service", "instance", "kind")),
+    "fastgw_upstream_in_flight": (
+        "gauge", "Attempts in flight on the instance, over every worker (published on the worker tick).",
+        ("service", "instance")),
     "fastgw_health_checks_total": (
         "counter", "Active health probes sent by this gateway host.", ()),
     "fastgw_metrics_dropped_series_total": (

@@ -216,6 +216,7 @@ class Worker:
             self.audit_buf.flush()
         if self.engine is not None:
             self.metrics.publish_pools(self.engine.app.pools.values())
+            self.engine.app.tick()   # slow start; per-instance in flight into the health table
             self.metrics.set_inflight(self.engine.inflight)
         self.metrics.publish()
         for hook in self.tick_hooks:
