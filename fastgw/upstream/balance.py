@@ -17,7 +17,7 @@ service's *distinct* instances; every route of the service shares it), chosen by
 - ``random``: weighted random (a draw into the same table).
 - ``ring_hash`` / ``maglev``: consistent hashing of ``hash_key`` (``ip``, ``user`` =
   the verified token's subject, ``path``, ``header:NAME``, ``cookie:NAME``).  Points and
-  table entries are placed by the instance's identity (``resilience.identity``: service
+  table entries are placed by the instance's identity (``resilience.identity``'s: service
   and URL, BLAKE2b), keys are hashed with BLAKE2b, never Python's salted ``hash()``: every
   worker and every reload maps a key to the same instance, and removing one of N
   instances moves about 1/N of the keys.  An unusable instance passes the key to the
@@ -61,7 +61,6 @@ from math import gcd
 
 from fastgw.clock import monotonic
 from fastgw.config.balance import parse_hash_key
-from fastgw.resilience.identity import instance_key
 
 DRAINED = 2          # a ``down`` byte written by an operator's drain: never used
 TABLE_CAP = 250_000  # smooth round-robin table entries x instances, at most
@@ -72,6 +71,13 @@ RING_PER = 160       # ... and per instance
 MAGLEV_SIZES = (1021, 2053, 4099, 8191, 16381, 32771, 65537)  # primes; >= 100 x instances
 _NEVER_DOWN = bytes(1)
 _random = random.random
+
+
+def instance_key(service: str, url: str) -> int:
+    """An instance's identity: ``resilience.identity.instance_key``'s formula (a sibling
+    layer: not imported; a unit test keeps the two equal)."""
+    h = hashlib.blake2b(f"{service}\0{url}".encode(), digest_size=8).digest()
+    return (int.from_bytes(h, "little") >> 1) or 1
 
 
 def hash64(key: bytes) -> int:

@@ -78,6 +78,12 @@ def runs(seq) -> int:
     return best
 
 
+def test_identity_is_the_health_tables():
+    from fastgw.resilience.identity import instance_key
+    for svc, url in (("svc", "http://a:1"), ("svg-parser", "https://10.0.0.5:8443/base")):
+        assert balance.instance_key(svc, url) == instance_key(svc, url)
+
+
 # ---------------------------------------------------------------------- round robin
 def test_smooth_round_robin_is_nginx_sequence():
     assert "".join("abc"[i] for i in smooth_sequence([5, 1, 1])) == "aabacaa"
@@ -163,10 +169,12 @@ def test_least_request_weighs_active_by_weight():
 
 # ---------------------------------------------------------------------- consistent hashing
 KEYS = [f"user-{k}".encode() for k in range(10_000)]
+REQS = [X({b"x-user-id": k}) for k in KEYS]
 
 
 def mapping(lb):
-    return [lb.pick(X({b"x-user-id": k})).name for k in KEYS]
+    pick = lb.pick
+    return [pick(x).name for x in REQS]
 
 
 @pytest.mark.parametrize("cls", [RingHash, Maglev])
@@ -181,7 +189,7 @@ def test_hash_same_key_same_instance_and_identical_across_builds(cls):
 
 
 @pytest.mark.parametrize("cls", [RingHash, Maglev])
-@pytest.mark.parametrize("n", [3, 5, 8])
+@pytest.mark.parametrize("n", [3, 8])
 def test_hash_removing_one_of_n_moves_about_one_nth(cls, n):
     key = ("header", "x-user-id")
     full = insts(*([1] * n))
