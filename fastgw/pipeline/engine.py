@@ -441,8 +441,8 @@ class Engine:
         # collections, triggered by per-request garbage, would walk every live object)
         req.exchange = None
         a = x.attempt
-        if a is not None:   # the last attempt ends with the exchange (pipeline.proxy)
-            a.instance.active -= 1
+        if a:   # the last attempt ends with the exchange (in flight: pipeline.proxy)
+            a.instance.done += 1
         if x.nolog:
             # the health path: not logged, not counted (a load balancer probes it every few
             # seconds per gateway host)

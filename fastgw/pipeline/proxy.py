@@ -14,10 +14,11 @@ Every connection leaves an attempt through ``Pool.release`` (parked when reusabl
 else dropped); ``drop(x)`` is the one place an exchange gives its connection (or its
 wait for one) back early.
 
-In flight (``Instance.active``, read by ``least_request``): +1 when an attempt binds an
-instance (``forward``, ``_retry``), -1 when a retry replaces it (``_retry``) or the
-exchange ends whatever the path (success, error reply, client gone: ``Engine.finish``,
-called once per exchange), so every increment has exactly one decrement.
+In flight (``Instance.requests - Instance.done``, read by ``least_request``):
+``requests`` +1 when an attempt binds an instance (``forward``, ``_retry``), ``done`` +1
+when a retry replaces it (``_retry``) or the exchange ends whatever the path (success,
+error reply, client gone: ``Engine.finish``, called once per exchange), so every attempt
+is counted out exactly once.
 """
 
 from __future__ import annotations
@@ -76,15 +77,12 @@ class Proxy:
     def forward(self, proto, x) -> None:
         """The request phases passed: the first attempt."""
         route = x.route
-        insts = route.instances
-        # one instance: no balancer, unless its ``down`` byte is set (drained: none)
-        inst = insts[0] if len(insts) == 1 and not route.down[insts[0].slot] else route.pick(x)
+        # ``solo``: a service's one instance, unless drained (no balancer then)
+        inst = route.lb.solo or route.pick(x)
         if inst is None:
             self.fail(proto, x, GatewayError("no_upstream", f"no healthy instance for service {route.service}"))
             return
-        # in flight until the exchange ends (Engine.finish) or a retry replaces the attempt
-        inst.active += 1
-        inst.requests += 1
+        inst.requests += 1   # in flight until the exchange ends (Engine.finish) or a retry
         # the first attempt (a retry is ``_retry``), with a head built for its instance
         x.upstream = inst.label
         if route.retry is not None:
@@ -125,8 +123,7 @@ class Proxy:
         x.upstream = x.upstream + ", " + inst.label if x.upstream else inst.label
         prev = x.attempt
         if prev is not None:   # that attempt ended: it is no longer in flight
-            prev.instance.active -= 1
-        inst.active += 1
+            prev.instance.done += 1
         inst.requests += 1
         pool = inst.pool
         a = x.attempt = new_attempt(inst, request_head(x, x.route, inst), monotonic(), x.attempt)

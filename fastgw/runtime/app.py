@@ -181,7 +181,8 @@ class App:
             lb = self.balancers.get(route.service)
             if isinstance(route, SplitRoute):
                 route.use(RoundRobin(route.service, route.distinct, down=down, panic=route.panic))
-                route.pick = route.split.pick   # (each side's own picking)
+                route.lb.solo = False           # (always the split's own picking)
+                route.pick = route.split.pick
             elif lb is not None:
                 route.use(lb)
             if metrics is not None:
@@ -204,7 +205,7 @@ class App:
         for i in self.all_insts:
             row = i.row
             if row is not None:
-                row.publish(i.slot, i.requests, i.active, i.eff)
+                row.publish(i.slot, i.requests, i.requests - i.done, i.eff)
 
     def _health_slots(self, insts, deps):
         """Each instance's slot in the shared health table (``shm.health``) and this

@@ -12,8 +12,8 @@ service's *distinct* instances; every route of the service shares it), chosen by
   ``TABLE_CAP`` entries x instances; past that the weights are scaled down (shares stay
   within 1/``TABLE_CAP``).
 - ``least_request``: Envoy's power of two choices on *this worker's* in-flight attempts
-  (``Instance.active``, kept by ``pipeline.proxy``): two candidates drawn by weight, the
-  one with the lower active/weight wins (ties: the first).
+  (``Instance.requests - Instance.done``, kept by ``pipeline.proxy``): two candidates drawn by weight, the
+  one with the lower in-flight/weight wins (ties: the first).
 - ``random``: weighted random (a draw into the same table).
 - ``ring_hash`` / ``maglev``: consistent hashing of ``hash_key`` (``ip``, ``user`` =
   the verified token's subject, ``path``, ``header:NAME``, ``cookie:NAME``).  Points and
@@ -138,7 +138,7 @@ class Balancer:
 
     kind = "round_robin"
     __slots__ = ("service", "distinct", "ids", "down", "panic", "on_panic", "seq", "n", "rr",
-                 "cur", "slow_start", "ramp", "was_down", "_q")
+                 "cur", "slow_start", "ramp", "was_down", "solo")
 
     def __init__(self, service: str, instances, *, down=_NEVER_DOWN, panic: float = 50.0,
                  slow_start: float | None = None, key=None, now: float | None = None) -> None:
@@ -149,6 +149,7 @@ class Balancer:
         self.slow_start = slow_start
         self.ramp: dict[int, float] = {}     # identity -> ramp start (monotonic)
         self.rr = -1   # (the first pick takes the table's first entry)
+        self.solo = None
         self.distinct = ()
         self.ids = ()
         self._build(tuple(instances), None, now)
@@ -161,6 +162,9 @@ class Balancer:
 
     def _build(self, insts: tuple, known: set | None, now: float | None) -> None:
         self.distinct = insts
+        if self.solo is not False:   # (False: never, a split route's)
+            self.solo = None
+            self._solo()
         self.ids = tuple(instance_key(i.service, i.url) for i in insts)
         self.was_down = [0] * len(insts)
         self.cur = [0.0] * len(insts)
@@ -197,9 +201,19 @@ class Balancer:
     def _tables(self) -> None:
         """Hook for the hashing balancers' own tables."""
 
+    def _solo(self) -> None:
+        """``solo``: the one instance of a one-instance service, unless drained: the
+        engine then takes it without calling ``pick`` (a down one is used anyway: panic)."""
+        insts = self.distinct
+        if len(insts) == 1 and self.solo is not False:   # (False: a split route's)
+            self.solo = None if self.down[insts[0].slot] == DRAINED else insts[0]
+
     # ------------------------------------------------------------------ slow start
     def tick(self, now: float | None = None) -> None:
-        """The worker tick: notice recoveries (``down`` back to 0) and move the ramps."""
+        """The worker tick: a drained or undrained single instance; recoveries (``down``
+        back to 0) and the ramps of slow start."""
+        if len(self.distinct) == 1:
+            self._solo()
         if not self.slow_start:
             return
         now = monotonic() if now is None else now
@@ -303,7 +317,7 @@ class Random(Balancer):
 
 
 class LeastRequest(Balancer):
-    """Power of two choices, weighted (Envoy): lower ``active / eff`` wins."""
+    """Power of two choices, weighted (Envoy): lower in flight / ``eff`` wins."""
 
     kind = "least_request"
     __slots__ = ()
@@ -324,7 +338,7 @@ class LeastRequest(Balancer):
             if b is a or down[b.slot]:
                 return self._spread(())
             return b
-        if b is not a and not down[b.slot] and b.active * a.eff < a.active * b.eff:
+        if b is not a and not down[b.slot] and (b.requests - b.done) * a.eff < (a.requests - a.done) * b.eff:
             return b
         return a
 

@@ -93,9 +93,10 @@ class Instance:
                  # failover (fastgw.resilience): the health-table slot (-1: none), this
                  # worker's consecutive failures and its shm row, the service's name
                  "slot", "fails", "row", "service", "url",
-                 # balancing (upstream.balance): this worker's attempts in flight and
-                 # requests, the effective weight (slow start), the sticky cookie token
-                 "active", "requests", "eff", "affinity")
+                 # balancing (upstream.balance): this worker's attempts started and
+                 # ended (in flight = requests - done), the effective weight (slow
+                 # start), the sticky cookie token
+                 "requests", "done", "eff", "affinity")
 
     def __init__(self, pool, url: str, weight: int = 1) -> None:
         u = urlsplit(url)
@@ -112,7 +113,7 @@ class Instance:
         self.row = None
         self.service = ""
         self.url = url
-        self.active = 0
         self.requests = 0
+        self.done = 0
         self.eff = float(weight)
         self.affinity = b""

@@ -20,7 +20,7 @@ SVC = "services.svg-parser"
 class Inst:
     """What a balancer reads of an ``upstream.peer.Instance``."""
 
-    __slots__ = ("service", "url", "weight", "slot", "eff", "active", "affinity", "name")
+    __slots__ = ("service", "url", "weight", "slot", "eff", "requests", "done", "affinity", "name")
 
     def __init__(self, name: str, weight: int = 1, slot: int = 0) -> None:
         self.name = name
@@ -29,7 +29,7 @@ class Inst:
         self.weight = weight
         self.slot = slot
         self.eff = float(weight)
-        self.active = 0
+        self.requests = self.done = 0    # in flight: requests - done
         self.affinity = b""
 
     def __repr__(self) -> str:
@@ -131,6 +131,25 @@ def test_spread_keeps_weights_among_the_usable():
     assert counts == {a: 300, b: 100}
 
 
+def test_solo_is_the_single_instance_unless_drained():
+    (a,) = insts(1)
+    down = bytearray(1)
+    lb = RoundRobin("svc", [a], down=down)
+    assert lb.solo is a
+    down[0] = 1                                   # unhealthy: still the one (panic)
+    lb.tick()
+    assert lb.solo is a and lb.pick(None) is a
+    down[0] = DRAINED                             # drained: noticed on the tick, then none
+    assert lb.pick(None) is None
+    lb.tick()
+    assert lb.solo is None
+    down[0] = 0
+    lb.tick()
+    assert lb.solo is a
+    lb.update(insts(1, 1))
+    assert lb.solo is None
+
+
 def test_pick_other_prefers_untried():
     a, b, c = insts(1, 1, 1)
     lb = RoundRobin("svc", [a, b, c])
@@ -149,10 +168,10 @@ def test_random_shares():
 def test_least_request_prefers_the_less_loaded():
     a, b = insts(1, 1)
     lb = LeastRequest("svc", [a, b])
-    a.active = 10
+    a.requests, a.done = 15, 5                     # 10 in flight
     counts = Counter(lb.pick(None) for _ in range(2000))
     assert counts[b] > 0.7 * 2000
-    a.active, b.active = 0, 0                      # idle: a weighted draw, even split
+    a.requests = b.requests = a.done = b.done = 0  # idle: a weighted draw, even split
     counts = Counter(lb.pick(None) for _ in range(2000))
     assert abs(counts[a] / 2000 - 0.5) < 0.05
 
@@ -160,7 +179,7 @@ def test_least_request_prefers_the_less_loaded():
 def test_least_request_weighs_active_by_weight():
     a, b = insts(4, 1)
     lb = LeastRequest("svc", [a, b])
-    a.active, b.active = 4, 2                      # 4/4 < 2/1: the heavy one still wins
+    a.requests, b.requests = 4, 2                  # 4/4 < 2/1: the heavy one still wins
     pairs = [lb.pick(None) for _ in range(500)]
     assert Counter(pairs)[a] > Counter(pairs)[b]
     counts = Counter(LeastRequest("svc", insts(3, 1)).pick(None).name for _ in range(4000))
@@ -287,7 +306,7 @@ def test_least_request_uses_the_ramped_weight():
     a, b = insts(1, 1)
     lb = LeastRequest("svc", [a, b])
     b.eff = 0.1
-    a.active, b.active = 2, 1           # 1/0.1 > 2/1: a wins despite more in flight
+    a.requests, b.requests = 2, 1       # 1/0.1 > 2/1: a wins despite more in flight
     assert Counter(lb.pick(None) for _ in range(200))[a] > 150
 
 
