@@ -169,7 +169,6 @@ class App:
                 for inst in route.instances:
                     inst.pool.tmin = min(inst.pool.tmin, route.t_head, route.t_read)
         down = self._health_slots(all_insts, deps)
-        self.all_insts = tuple(all_insts)
         old_lbs = old.balancers if old is not None else None
         self.balancers = {sname: balance.build(sname, config.services[sname], insts, down=down,
                                                old=old_lbs.get(sname) if old_lbs is not None else None,
@@ -202,10 +201,10 @@ class App:
         the health table (read by the control process: /admin/upstreams, metrics)."""
         for lb in self.balancers.values():
             lb.tick()
-        for i in self.all_insts:
-            row = i.row
-            if row is not None:
-                row.publish(i.slot, i.requests, i.requests - i.done, i.eff)
+            for i in lb.distinct:   # (the current set: discovery may have changed it)
+                row = i.row
+                if row is not None:
+                    row.publish(i.slot, i.requests, i.requests - i.done, i.eff)
 
     def _health_slots(self, insts, deps):
         """Each instance's slot in the shared health table (``shm.health``) and this
