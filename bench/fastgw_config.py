@@ -18,6 +18,9 @@ Rules:
   5. The cache config is the bare route with the response cache on (``cache: true``);
      the upstream's ``/cached`` says ``max-age=3600``, so after the warm-up every
      request is a hit (nginx: ``proxy_cache`` on tmpfs).
+  6. The lb4 config is the bare route over 4 instances with ``least_request``: the
+     upstream nginx also listens on 127.0.0.2-4 (the same server), so each instance
+     is its own peer with its own pool; the cost of balancing beside the bare route.
 """
 
 from __future__ import annotations
@@ -84,7 +87,17 @@ def cache(upstream_port: int, access_log: Path, connections: int) -> dict:
     return cfg
 
 
-RENDERERS = {"bare": bare, "policy": policy, "gzip": gzip, "cache": cache}
+def lb4(upstream_port: int, access_log: Path, connections: int) -> dict:
+    """Rule 6."""
+    cfg = _base(upstream_port, access_log, connections)
+    svc = cfg["services"]["bench"]
+    del svc["url"]
+    svc["instances"] = [{"url": f"http://127.0.0.{k}:{upstream_port}"} for k in range(1, 5)]
+    svc["load_balancing"] = "least_request"
+    return cfg
+
+
+RENDERERS = {"bare": bare, "policy": policy, "gzip": gzip, "cache": cache, "lb4": lb4}
 
 
 def write(kind: str, path: Path, upstream_port: int, access_log: Path, connections: int) -> Path:

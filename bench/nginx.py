@@ -103,6 +103,10 @@ http {{
     default_type text/plain;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        # (the lb4 scenario's other instances: the same server on three more addresses)
+        listen 127.0.0.2:{port} backlog=4096;
+        listen 127.0.0.3:{port} backlog=4096;
+        listen 127.0.0.4:{port} backlog=4096;
         root {prefix}/static;
         location = /small {{ return 200 "{body}\\n"; }}
         location = /cached {{ add_header Cache-Control "max-age=3600"; return 200 "{body}\\n"; }}

@@ -4,7 +4,7 @@ Rules:
   1. A scenario is data (this table), never code: the runner reads its fields.
   2. Every scenario runs the same workload against each configuration it lists; the
      configurations are interleaved round by round (session.py).
-  3. ``fastgw_config`` names the fastgw config the scenario needs ('bare' or 'policy');
+  3. ``fastgw_config`` names the fastgw config the scenario needs ('bare', 'policy', ...);
      when ``python -m fastgw --check`` refuses that config, the feature is not built
      yet and the scenario's fastgw runs are skipped with the checker's message.
   4. ``workers`` is 1, or 0 meaning "the --workers N of this run" (the N-worker
@@ -98,6 +98,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "cache-hit", "100 B responses served from the proxy's response cache (nginx proxy_cache on tmpfs), "
         "50 connections", "/cached", 50, fastgw_config="cache", expect_bytes=100, configs=("nginx", "fastgw"),
+    ),
+    Scenario(
+        "lb4-50", "100 B responses, keep-alive, 50 connections, over 4 instances with least_request "
+        "(beside small-50: the cost of balancing; reported, not enforced)", "/small", 50,
+        fastgw_config="lb4", expect_bytes=100, configs=("fastgw",), enforced=False,
     ),
     Scenario(
         "small-50-nw", "100 B responses, 50 connections, proxies with N workers (reported, not enforced)",

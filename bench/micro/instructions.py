@@ -30,7 +30,9 @@ same route, a response that says ``no-store``: the cost of a caching route's loo
 decision on a miss), ``sessions`` (policy with a session token: ``jti``,
 ``sid``), ``sessions-rev`` (the same with the shared revocation table on, empty) and
 ``sessions-rev100k`` (with 100,000 revocations in it, none of them this token's: issue
-27's bound is <= 2 % over ``sessions``).  Kernel work
+27's bound is <= 2 % over ``sessions``), ``rr4`` and ``lr4`` (bare on a service of 4
+instances, round_robin and least_request: instances that differ by base path only, so
+one warm pooled connection serves them all; the cost of the balancer's pick).  Kernel work
 (syscalls) is not counted: see ``python -m bench`` for the whole picture.
 Needs valgrind (Debian: ``apt-get install valgrind``).
 """
@@ -50,7 +52,7 @@ import uvloop
 import yaml
 
 ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform",
-          "cachehit", "cachemiss", "sessions", "sessions-rev", "sessions-rev100k")
+          "cachehit", "cachemiss", "sessions", "sessions-rev", "sessions-rev100k", "rr4", "lr4")
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -100,6 +102,11 @@ def _world(route: str):
     elif route == "transform":
         text = CFG.replace("    routes:\n", "    routes:\n" + TRANSFORM_ROUTE)
         req = TRANSFORM_REQ
+    elif route in ("rr4", "lr4"):
+        insts = ", ".join(f'{{url: "http://127.0.0.1:9/{c}", weight: {w}}}' for c, w in zip("abcd", (3, 1, 1, 1)))
+        lb = "    load_balancing: least_request\n" if route == "lr4" else ""   # (rr4: the default)
+        text = CFG.replace('    url: "http://127.0.0.1:9"\n', f"    instances: [{insts}]\n{lb}")
+        req = REQ
     elif route in ("tracing", "traced"):
         text, req = CFG + _TRACING % (0 if route == "tracing" else 1), REQ
     elif route in ("cachehit", "cachemiss"):

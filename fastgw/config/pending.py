@@ -17,19 +17,9 @@ from typing import Any, Callable, Iterable
 from fastgw.config.paths import Path, render
 
 
-def _is_set(v: Any) -> bool:
-    return v is not None
-
-
-def _always(v: Any) -> bool:
-    return True
-
-
-NOT_ENFORCED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("services.*.instances", lambda xs: len(xs) > 1,
-     "partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), "
-     "skipping unhealthy and ejected ones, without least-connections or smooth weighting yet"),
-)
+# Empty: every setting the schema accepts is enforced.  A new row is ``(schema path,
+# predicate of the decoded value, message)``.
+NOT_ENFORCED: tuple[tuple[str, Callable[[Any], bool], str], ...] = ()
 
 WATCHED = frozenset(row[0] for row in NOT_ENFORCED)
 

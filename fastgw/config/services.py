@@ -20,6 +20,7 @@ from typing import Annotated, Iterator, Literal
 import msgspec
 
 from fastgw.config import validators as v
+from fastgw.config.balance import HashKey, LoadBalancing, StickyConfig, check_service as _check_balance
 from fastgw.config.base import Base, Check, Duration, PositiveDuration
 from fastgw.config.cache import CacheRouteConfig
 from fastgw.config.compression import CompressionConfig
@@ -85,6 +86,11 @@ class ServiceConfig(Base):
     panic_threshold: Percent = 50  # below this share of usable instances, use them all
     retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0  # extra attempts (config.resilience, docs/resilience.md)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    # load balancing (config.balance, fastgw.upstream.balance, docs/resilience.md)
+    load_balancing: LoadBalancing = "round_robin"
+    hash_key: HashKey | None = None          # ring_hash/maglev: ip | user | path | header:NAME | cookie:NAME
+    sticky: StickyConfig | None = None       # affinity cookie (middleware.sticky)
+    slow_start: PositiveDuration | None = None  # ramp a new or recovered instance's weight up
     preserve_host: bool = True  # forward the client's Host (False: the instance's host[:port])
     # with preserve_host false: Location/Content-Location/Refresh pointing at the instance's
     # origin are rewritten to the client's ("auto"), not at all ("off"), or by these prefixes;
@@ -124,3 +130,4 @@ class ServiceConfig(Base):
         schemes = {u.url.split(":", 1)[0].lower() for u in self.upstreams()}
         if len(schemes) > 1:
             yield "instances", "mixes http:// and https:// instances; use one scheme per service"
+        yield from _check_balance(self)

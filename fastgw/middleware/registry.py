@@ -12,10 +12,12 @@ ratelimit_ip -> auth (JWT + RBAC) -> ratelimit (user/route/service) -> validatio
 transform (the request side: after auth, so ``$jwt.*`` is known; before the cache, so a Vary
 on a header it sets is read on the request as sent upstream) -> redirect_rewrite (services
 with preserve_host: false; before cache, so its response filter runs after the store: the
-rewrite depends on this request's Host) -> cache (after every check and request change: a
-hit is served only to whom the route admits) -> circuit_breaker (the service's breaker: after
-every refusal, so a refused request never takes a half-open permit, and after the cache, so a
-hit is served while the circuit is open) -> compression (its response filter runs first
+rewrite depends on this request's Host) -> sticky (the affinity cookie: its response filter
+runs after the cache's store, so no stored response carries a client's cookie) -> cache (after
+every check and request change: a hit is served only to whom the route admits) ->
+circuit_breaker (the service's breaker: after every refusal, so a refused request never takes
+a half-open permit, and after the cache, so a hit is served while the circuit is open) ->
+compression (its response filter runs first
 of the policy ones: DESIGN.md's "compression, then per-request decorations") ->
 transform_response (the response side of the route's transform: last, so its response and
 body filters run first: the upstream's JSON is edited, then compressed, then stored)
@@ -40,6 +42,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("mirror", "fastgw.middleware.mirror"),
     ("transform", "fastgw.middleware.transform"),
     ("redirect_rewrite", "fastgw.middleware.redirect"),
+    ("sticky", "fastgw.middleware.sticky"),
     ("cache", "fastgw.middleware.cache"),
     ("circuit_breaker", "fastgw.middleware.breaker"),
     ("compression", "fastgw.middleware.compression"),

@@ -301,9 +301,9 @@ class Metrics:
     def publish_instances(self, instances) -> None:
         """Tick: add each instance's attempts (counted as plain ints on the hot path)."""
         for inst in instances:
-            n = inst.requests
+            n = inst.requests - inst.counted   # (``requests`` only grows: balancing reads it too)
             if n:
-                inst.requests = 0
+                inst.counted = inst.requests
                 self.inc("fastgw_upstream_instance_requests_total",
                          (("service", inst.service), ("instance", inst.label)), n)
 

@@ -56,6 +56,9 @@ EXTRA_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("service", "instance", "kind")),
     "fastgw_circuit_breaker_state": (
         "gauge", "Circuit-breaker state per service with a breaker (0 closed, 1 open, 2 half-open).", ("service",)),
+    "fastgw_upstream_in_flight": (
+        "gauge", "Attempts in flight on the instance, over every worker (published on the worker tick).",
+        ("service", "instance")),
     "fastgw_health_checks_total": (
         "counter", "Active health probes sent by this gateway host.", ()),
     "fastgw_metrics_dropped_series_total": (

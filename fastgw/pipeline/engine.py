@@ -440,6 +440,9 @@ class Engine:
         # are freed by reference counting, not by the cycle collector (whose
         # collections, triggered by per-request garbage, would walk every live object)
         req.exchange = None
+        a = x.attempt
+        if a:   # the last attempt ends with the exchange (in flight: pipeline.proxy)
+            a.instance.done += 1
         if x.nolog:
             # the health path: not logged, not counted (a load balancer probes it every few
             # seconds per gateway host)

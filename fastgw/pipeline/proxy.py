@@ -16,6 +16,12 @@ and what the engine asks to forward a request once its request phases passed:
 Every connection leaves an attempt through ``Pool.release`` (parked when reusable,
 else dropped); ``drop(x)`` is the one place an exchange gives its connection (or its
 wait for one) back early.
+
+In flight (``Instance.requests - Instance.done``, read by ``least_request``):
+``requests`` +1 when an attempt binds an instance (``forward``, ``_retry``), ``done`` +1
+when a retry replaces it (``_retry``) or the exchange ends whatever the path (success,
+error reply, client gone: ``Engine.finish``, called once per exchange), so every attempt
+is counted out exactly once.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ def failed(inst, kind: int) -> None:
     inst.fails += 1
     row = inst.row
     if row is not None:
-        row.failed(inst.slot, kind, inst.fails, 0)
+        row.failed(inst.slot, kind, inst.fails, inst.requests)
 
 
 def succeeded(inst) -> None:
@@ -47,7 +53,7 @@ def succeeded(inst) -> None:
     inst.fails = 0
     row = inst.row
     if row is not None:
-        row.succeeded(inst.slot, 0)
+        row.succeeded(inst.slot, inst.requests)
 
 
 def _tried(x) -> tuple:
@@ -74,14 +80,14 @@ class Proxy:
     def forward(self, proto, x) -> None:
         """The request phases passed: the first attempt."""
         route = x.route
-        insts = route.instances
-        inst = insts[0] if len(insts) == 1 else route.pick(x)
+        # ``solo``: a service's one instance, unless drained (no balancer then)
+        inst = route.lb.solo or route.pick(x)
         if inst is None:
             self.fail(proto, x, GatewayError("no_upstream", f"no healthy instance for service {route.service}"))
             return
+        inst.requests += 1   # in flight until the exchange ends (Engine.finish) or a retry
         # the first attempt (a retry is ``_retry``), with a head built for its instance
         x.upstream = inst.label
-        inst.requests += 1
         if route.retry is not None:
             route.retry.budget.active += 1   # until Engine.finish (resilience.retry)
             x.deadline = 0.0
@@ -121,6 +127,9 @@ class Proxy:
         if proto.closed or proto.cur is not x.request:
             return
         x.upstream = x.upstream + ", " + inst.label if x.upstream else inst.label
+        prev = x.attempt
+        if prev is not None:   # that attempt ended: it is no longer in flight
+            prev.instance.done += 1
         inst.requests += 1
         pool = inst.pool
         a = x.attempt = new_attempt(inst, request_head(x, x.route, inst), monotonic(), x.attempt)

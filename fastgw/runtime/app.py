@@ -24,6 +24,8 @@ from fastgw.resilience.retry import Budget, RetryPolicy
 from fastgw.routing import Router
 from fastgw.routing.split import Splitter
 from fastgw.runtime import discovered
+from fastgw.upstream import balance
+from fastgw.upstream.balance import RoundRobin
 from fastgw.upstream.peer import Instance, make_peer, peer_key
 from fastgw.upstream.pool import Pool
 
@@ -32,13 +34,16 @@ class Route:
     """A compiled route: what the engine reads per request (all precomputed)."""
 
     __slots__ = ("name", "service", "cfg", "chain", "instances", "max_body", "allow_encoded_slash",
-                 "t_head", "t_read", "preserve_host", "response_body_filter", "answers_preflight", "_rr",
+                 "t_head", "t_read", "preserve_host", "response_body_filter", "answers_preflight",
                  # failover: the health table's ``down`` bytes, the distinct instances, the
                  # panic threshold (percent) and the retry policy (None: ``retries: 0``)
-                 "down", "distinct", "panic", "retry", "on_panic",
+                 "down", "distinct", "panic", "retry",
                  # with retries: the wait for the response head across all attempts
                  # (``t_head`` is then each attempt's); 0.0 without (upstream.client rule 5)
-                 "t_total")
+                 "t_total",
+                 # balancing (upstream.balance): the service's balancer, shared by its
+                 # routes, and its bound ``pick(ctx)``/``pick_other(tried)`` (one call)
+                 "lb", "pick", "pick_other")
 
     def __init__(self, name, service, cfg, chain, instances, max_body, allow_encoded_slash,
                  t_head, t_read, preserve_host) -> None:
@@ -46,7 +51,7 @@ class Route:
         self.service = service
         self.cfg = cfg
         self.chain = chain
-        self.instances = instances  # Instance per weight unit (round-robin cycle)
+        self.instances = instances  # the distinct instances
         self.max_body = max_body
         self.allow_encoded_slash = allow_encoded_slash
         self.t_head = t_head
@@ -56,71 +61,47 @@ class Route:
         self.response_body_filter = chain.response_body_filter()
         # a CORS middleware on this route answers preflights (else OPTIONS needs the method)
         self.answers_preflight = any(m.answers_preflight() for m in chain.mws)
-        self._rr = 0
         self.down = _NEVER_DOWN
         self.distinct = tuple(dict.fromkeys(instances))
         self.panic = 50.0
         self.retry = None
-        self.on_panic = None
+        self.use(_NO_LB)   # (App gives it the service's balancer)
 
-    def pick(self, ctx):
-        """The ``Instance`` to use: round-robin over the usable ones; an unhealthy or
-        ejected instance is skipped (``_usable``)."""
-        insts = self.instances
-        if not insts:
-            return None
-        if len(insts) == 1:
-            return insts[0]
-        rr = self._rr = (self._rr + 1) % len(insts)
-        inst = insts[rr]
-        if self.down[inst.slot]:   # one byte load from shared memory (shm.health)
-            return self._usable(rr, ())
-        return inst
+    def use(self, lb) -> None:
+        """Pick with the balancer ``lb`` (``pick``: the instance for a request; ``pick_other``:
+        a usable one not tried yet, for a retry)."""
+        self.lb = lb
+        self.pick = lb.pick
+        self.pick_other = lb.pick_other
 
-    def pick_other(self, tried):
-        """An instance for a retry: a usable one not in ``tried`` when one exists."""
-        insts = self.instances
-        if len(insts) < 2:
-            return insts[0] if insts else None
-        rr = self._rr = (self._rr + 1) % len(insts)
-        return self._usable(rr, tried)
+    @property
+    def on_panic(self):
+        return self.lb.on_panic
 
-    def _usable(self, rr: int, tried):
-        """The next instance from ``rr`` in the cycle that is up and not in ``tried``;
-        in panic (fewer than ``panic`` percent of the instances up) down ones count as up."""
-        insts, down, n = self.instances, self.down, len(self.instances)
-        up = sum(1 for i in self.distinct if not down[i.slot])
-        panic = up * 100 < self.panic * len(self.distinct)
-        if panic and self.on_panic is not None:
-            self.on_panic(self)
-        for k in range(n):
-            inst = insts[(rr + k) % n]
-            if (not down[inst.slot] or panic and down[inst.slot] != 2) and inst not in tried:  # 2: drained
-                return inst
-        for k in range(n):   # every usable one was tried: any other one, else the same
-            inst = insts[(rr + k) % n]
-            if inst not in tried and down[inst.slot] != 2:
-                return inst
-        return insts[rr] if down[insts[rr].slot] != 2 else None
+    @on_panic.setter
+    def on_panic(self, fn) -> None:
+        self.lb.on_panic = fn
 
 
 _NEVER_DOWN = bytes(1)  # ``down`` without a health table: slot -1 reads the one 0 byte
+_NO_LB = RoundRobin("", ())
 
 
 class SplitRoute(Route):
     """A route with ``split``: each request goes to one side's instances (``routing.split``),
     healthy ones first with the panic rule applied per side; a retry stays on the side of
-    the request's first attempt."""
+    the request's first attempt.  (``pick``/``pick_other`` are slots of ``Route``: the App
+    binds them to ``side_pick``/``side_pick_other``.)"""
 
     __slots__ = ("split",)
 
-    def pick(self, ctx):
+    def side_pick(self, ctx):
         sp = self.split
         a = ctx.attempt   # None for the first attempt; a one-shot retry re-picks on its side
         i = sp.side(ctx) if a is None else sp.side_of(a.instance)
         return sp.pick_in(i, self.down, self.panic, (), self.on_panic)
 
-    def pick_other(self, tried):
+    def side_pick_other(self, tried):
         sp = self.split
         i = sp.side_of(tried[-1]) if tried else 0   # (``tried`` is newest first)
         return sp.pick_in(i, self.down, self.panic, tried, self.on_panic)
@@ -151,12 +132,12 @@ class App:
             chain = Chain(self._mws(blds, None, None) + [sessions.build(config, None, rc, deps)])
             entries.append((rc, Route(rc.name, "", rc, chain, (), 64 * 1024, False, float(gw.timeout),
                                       float(gw.timeout), False)))
-        svc_insts: dict[str, tuple] = {}
+        svc_insts: dict[str, tuple] = {}   # for ``split``: an instance per weight unit (capped)
+        distinct: dict[str, tuple] = {}
         all_insts = []
         for sname, svc in config.services.items():
-            # instances with weight 0 get no traffic; a weight repeats the instance in the
-            # round-robin cycle
-            weighted = [(svc.url, 1)] if svc.url else [(i.url, min(int(i.weight), 100)) for i in svc.instances]
+            # instances with weight 0 get no traffic; the balancer weighs the others
+            weighted = [(svc.url, 1)] if svc.url else [(i.url, int(i.weight)) for i in svc.instances]
             insts = []
             pc = svc.pool
             max_waiters = pc.max_waiters if pc.max_waiters is not None else gw.max_connections
@@ -176,16 +157,17 @@ class App:
                 self.pools[pk] = pool
                 inst = Instance(pool, url, weight)
                 inst.service = sname
-                insts.extend([inst] * weight)
+                insts.append(inst)
                 all_insts.append(inst)
-            svc_insts[sname] = tuple(insts)
+            distinct[sname] = insts = tuple(insts)
+            svc_insts[sname] = tuple(i for i in insts for _ in range(min(i.weight, 100)))
             budget = Budget(float(svc.retry.budget_percent), svc.retry.min_retries_per_second)
             t_head = float(svc.timeout if svc.timeout is not None else gw.timeout)
             for rc in svc.routes:
                 chain = Chain(self._mws(blds, svc, rc))
                 max_body = int(rc.max_body_size if rc.max_body_size is not None else gw.limits.max_body_size)
                 route = (SplitRoute if rc.split is not None else Route)(
-                    rc.name, sname, rc, chain, tuple(insts), max_body, rc.allow_encoded_slash,
+                    rc.name, sname, rc, chain, insts, max_body, rc.allow_encoded_slash,
                     float(rc.timeout) if rc.timeout is not None else t_head,
                     float(svc.read_timeout), svc.preserve_host)
                 route.panic = float(svc.panic_threshold)
@@ -205,11 +187,23 @@ class App:
                 route.instances = tuple(i for side in rc.split.to for i in svc_insts[side.service])
                 for inst in route.instances:
                     inst.pool.tmin = min(inst.pool.tmin, route.t_head, route.t_read)
-        self.instances = tuple(all_insts)  # (the tick publishes their attempt counts)
         down = self._health_slots(all_insts, deps)
+        old_lbs = old.balancers if old is not None else None
+        self.balancers = {sname: balance.build(sname, config.services[sname], insts, down=down,
+                                               old=old_lbs.get(sname) if old_lbs is not None else None,
+                                               first=old is None)
+                          for sname, insts in distinct.items()}
         for _, route in entries:
             route.down = down
-            route.distinct = tuple(dict.fromkeys(route.instances))
+            route.distinct = route.instances = tuple(dict.fromkeys(route.instances))
+            lb = self.balancers.get(route.service)
+            if isinstance(route, SplitRoute):
+                route.use(RoundRobin(route.service, route.distinct, down=down, panic=route.panic))
+                route.lb.solo = False           # (always the split's own picking)
+                route.pick = route.side_pick
+                route.pick_other = route.side_pick_other
+            elif lb is not None:
+                route.use(lb)
             if metrics is not None:
                 route.on_panic = metrics.upstream_panic
         self.router = Router(entries, gw.versioning)
@@ -221,6 +215,23 @@ class App:
         # readiness contributed by middlewares (e.g. the first JWKS fetch)
         self.ready_checks = tuple({id(m): m.ready for m in self.middlewares().values()
                                    if overrides(m, "ready")}.values())
+
+    def live_instances(self):
+        """Every service's current instances (discovery may have changed a set since the
+        build): the tick publishes their attempt counts."""
+        for lb in self.balancers.values():
+            yield from lb.distinct
+
+    def tick(self) -> None:
+        """The worker tick: slow start ramps and recoveries, then this worker's
+        per-instance requests, in-flight attempts and effective weights into its row of
+        the health table (read by the control process: /admin/upstreams, metrics)."""
+        for lb in self.balancers.values():
+            lb.tick()
+            for i in lb.distinct:   # (the current set: discovery may have changed it)
+                row = i.row
+                if row is not None:
+                    row.publish(i.slot, i.requests, i.requests - i.done, i.eff)
 
     def _health_slots(self, insts, deps):
         """Each instance's slot in the shared health table (``shm.health``) and this

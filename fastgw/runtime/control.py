@@ -306,6 +306,7 @@ class Control:
             _req, _con, kinds = table.sums(slot)
             for k, n in zip(FAIL_KINDS, kinds):
                 out.append((f'fastgw_upstream_instance_failures_total{{{lab},kind="{k}"}}', n))
+            out.append((f"fastgw_upstream_in_flight{{{lab}}}", table.balance(slot)[0]))
         out.append(("fastgw_health_checks_total", self.monitor.probes if self.monitor is not None else 0))
         out += [(f'fastgw_circuit_breaker_state{{service="{s}"}}', d["state_code"]) for s, d in self._breakers()]
         return out
@@ -345,7 +346,12 @@ class Control:
                     "consecutive_failures": con,
                     "failures": dict(zip(FAIL_KINDS, kinds)),
                 })
+                in_flight, eff = table.balance(slot)
+                # (published by the workers on their tick: up to a second old)
+                row.update({"requests": req, "in_flight": in_flight,
+                            "effective_weight": weight if eff is None else eff})
             d = services.setdefault(sname, {"health": svc.health, "retries": svc.retries,
+                                            "load_balancing": svc.load_balancing,
                                             "panic_threshold": float(svc.panic_threshold), "instances": []})
             d["instances"].append(row)
         for sname, f in (self.discovery.found.items() if self.discovery is not None else ()):

@@ -12,9 +12,9 @@ The control process publishes each discovered service's set in the discovery tab
 
 Rules:
 - ``replace_instances`` is the one place where a service's routes get new instances: it
-  sets ``route.instances`` (an instance per weight unit, as ``App`` builds them),
-  ``route.distinct`` and ``route.down``, and calls ``route.lb.update(distinct)`` when the
-  route has a balancer (``lb``).  It runs between two requests (on the loop), so a
+  sets ``route.instances`` and ``route.distinct`` (the distinct instances, as ``App``
+  builds them) and ``route.down``, and calls the service's balancer's ``update`` once
+  (``upstream.balance``: weights, slow start, sticky tokens, the health bytes).  It runs between two requests (on the loop), so a
   request sees the old set or the new one; one in flight keeps its instance and pool.
 - Pools are keyed as ``App`` keys them; an address still present keeps its pool (and its
   warm connections); a pool no route uses any more is closed (idle connections at once,
@@ -144,7 +144,6 @@ def build(app, w: Watch, entries) -> list:
 
 def replace_instances(app, service: str, insts: list) -> None:
     """Swap ``service``'s instances on each of its routes (see the module's rules)."""
-    weighted = tuple(i for i in insts for _ in range(min(max(i.weight, 1), 100)))  # as App: at most 100
     distinct = tuple(insts)
     health = app.health_table
     if health is not None and all(i.slot >= 0 for i in insts):
@@ -153,15 +152,16 @@ def replace_instances(app, service: str, insts: list) -> None:
         down = NEVER_DOWN
         for i in insts:
             i.slot = -1
+    seen = set()
     for route in app.routes:
         if route.service != service or getattr(route, "split", None) is not None:
             continue
-        route.instances = weighted
-        route.distinct = distinct
+        route.instances = route.distinct = distinct
         route.down = down
         lb = getattr(route, "lb", None)
-        if lb is not None:
-            lb.update(distinct)
+        if lb is not None and id(lb) not in seen:   # (one balancer per service, shared)
+            seen.add(id(lb))
+            lb.update(distinct, down=down)
         for i in distinct:   # connection timers are armed at most this far ahead
             i.pool.tmin = min(i.pool.tmin, route.t_head, route.t_read)
     _close_unused(app)

@@ -180,7 +180,7 @@ class Worker:
             code = loop.run_until_complete(self.stopping)
         finally:
             if self.engine is not None:
-                self.metrics.publish_instances(self.engine.app.instances)
+                self.metrics.publish_instances(self.engine.app.live_instances())
             self.metrics.publish()
             self._flush_logs()
             loop.close()
@@ -243,7 +243,8 @@ class Worker:
             if self.engine.app.discovered:  # DNS discovery published a new set: swap it in
                 discovered.poll(self.engine.app)
             self.metrics.publish_pools(self.engine.app.pools.values())
-            self.metrics.publish_instances(self.engine.app.instances)
+            self.metrics.publish_instances(self.engine.app.live_instances())
+            self.engine.app.tick()   # slow start; per-instance in flight into the health table
             self.metrics.set_inflight(self.engine.inflight)
         self.metrics.publish()
         for hook in self.tick_hooks:
@@ -322,7 +323,7 @@ class Worker:
         self._listener(cfg)
         self.engine.swap(app)
         old.retire(app)
-        self.metrics.publish_instances(old.instances)  # (the new snapshot has its own Instances)
+        self.metrics.publish_instances(old.live_instances())  # (the new snapshot has its own Instances)
         self.generation = self.generation + 1 if generation is None else generation
         if self.standalone:
             self.metrics.inc("fastgw_config_reloads_total", (("result", "ok"),))

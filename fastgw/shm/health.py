@@ -22,7 +22,9 @@ cells             writer                                       readers
 ``ejected_until`` control process (monotonic ns), ejections    control, admin API
 ``last_check``    control process (wall ns of the last probe)  admin API
 worker cells      worker w: its row (requests, consecutive     control (sums the rows)
-                  failures, failures by kind)
+                  failures, failures by kind; attempts in
+                  flight and effective weight x 1000,
+                  written on the worker tick)
 ================  ===========================================  ==========================
 
 Claims at run time: the supervisor (a reload) and the control process (discovery) may
@@ -64,8 +66,11 @@ KIND_OF = {
     "upstream_reset": 1, "upstream_bad_response": 1,
     "upstream_timeout": 2,
 }
-# a worker row, per slot: requests, consecutive failures, then one cell per failure kind
-ROW = 2 + len(FAIL_KINDS)
+# a worker row, per slot: requests, consecutive failures, one cell per failure kind, then
+# the attempts in flight and the effective weight (x 1000; 0 = not published)
+IN_FLIGHT = 2 + len(FAIL_KINDS)
+EFF_WEIGHT = IN_FLIGHT + 1
+ROW = EFF_WEIGHT + 1
 _SLOT_Q = 5  # keys, changed_at, last_check, ejected_until, ejections
 
 
@@ -237,6 +242,19 @@ class HealthTable:
                 kinds[c] += q[b + 2 + c]
         return req, con, kinds
 
+    def balance(self, i: int) -> tuple[int, float | None]:
+        """(attempts in flight over every worker, effective weight: the lowest a worker
+        published, None if none did) of ``i``."""
+        q = self._q
+        fl, eff = 0, None
+        for r in self._rows:
+            b = r + i * ROW
+            fl += q[b + IN_FLIGHT]
+            e = q[b + EFF_WEIGHT]
+            if e and (eff is None or e < eff):
+                eff = e
+        return fl, (None if eff is None else eff / 1000)
+
     @property
     def generation(self) -> int:
         """Bumped on every change; workers compare it on their tick."""
@@ -269,6 +287,18 @@ class WorkerRow:
         q[b] = requests
         q[b + 1] = consecutive
         q[b + 2 + kind] += 1
+
+    def publish(self, i: int, requests: int, in_flight: int, eff: float) -> None:
+        """The worker tick: this worker's requests, attempts in flight and effective
+        weight of instance ``i`` (three stores; nothing per request)."""
+        b = self._b
+        if b is None or i < 0:
+            return
+        q = self._q
+        b += i * ROW
+        q[b] = requests
+        q[b + IN_FLIGHT] = in_flight if in_flight > 0 else 0
+        q[b + EFF_WEIGHT] = max(1, round(eff * 1000))
 
     def consecutive(self, i: int) -> int:
         b = self._b

@@ -93,9 +93,13 @@ class Instance:
                  # failover (fastgw.resilience): the health-table slot (-1: none), this
                  # worker's consecutive failures and its shm row, the service's name
                  "slot", "fails", "row", "service", "url",
-                 # attempts sent to it by this worker since the last tick (obs.metrics
-                 # publish_instances: a plain int on the hot path, added to shm once a second)
-                 "requests")
+                 # balancing (upstream.balance): this worker's attempts started and
+                 # ended (in flight = requests - done), the effective weight (slow
+                 # start), the sticky cookie token
+                 "requests", "done", "eff", "affinity",
+                 # ``requests`` already added to fastgw_upstream_instance_requests_total
+                 # (obs.metrics publish_instances, on the tick)
+                 "counted")
 
     def __init__(self, pool, url: str, weight: int = 1) -> None:
         u = urlsplit(url)
@@ -113,3 +117,7 @@ class Instance:
         self.service = ""
         self.url = url
         self.requests = 0
+        self.done = 0
+        self.eff = float(weight)
+        self.affinity = b""
+        self.counted = 0

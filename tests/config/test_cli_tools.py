@@ -64,12 +64,12 @@ def test_check_groups_one_warning_over_its_paths(tmp_path):
     src = tmp_path / "gw.yaml"
     src.write_text("""
 services:
-  a: {instances: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}], routes: [{path: /a}]}
-  b: {instances: [{url: "http://127.0.0.1:3"}, {url: "http://127.0.0.1:4"}], routes: [{path: /b}]}
+  a: {instances: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}], tls: {verify: false}, routes: [{path: /a}]}
+  b: {instances: [{url: "http://127.0.0.1:3"}, {url: "http://127.0.0.1:4"}], tls: {verify: false}, routes: [{path: /b}]}
 """)
     p = fastgw("--check", "-c", str(src))
     assert p.returncode == 0, p.stderr
-    assert p.stderr.splitlines()[0].startswith("warning: services.a.instances, services.b.instances: partly enforced")
+    assert p.stderr.splitlines()[0].startswith("warning: services.a.tls, services.b.tls: ignored")
 
 
 def test_print_config_round_trips_through_check(tmp_path):

@@ -113,8 +113,7 @@ def test_warning_table_rows_are_well_formed():
     ("services.svg-parser.retries", 0, None),
     ("services.svg-parser.health", "/health", None),
     (f"{R0}.transform", {"request": {"headers": {"set": {"X-A": "1"}}}}, None),  # enforced
-    ("services.cmms-service", {"instances": [{"url": "http://a:1"}, {"url": "http://b:1"}]},
-     "services.cmms-service.instances: partly enforced: instances take turns in proportion to their weight (weights above 100 count as 100), skipping unhealthy and ejected ones, without least-connections or smooth weighting yet"),
+    ("services.cmms-service", {"instances": [{"url": "http://a:1"}, {"url": "http://b:1"}]}, None),  # enforced (#20)
     ("services.cmms-service", {"instances": [{"url": "http://a:1"}]}, None),
     ("monitoring.circuit_breaker", {"failure_threshold": 3, "timeout": "10s"}, None),  # enforced
     ("monitoring.health_check_interval", "10s", None),
