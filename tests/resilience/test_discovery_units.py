@@ -15,6 +15,7 @@ from fastgw.runtime.app import Route
 from fastgw.shm.discovery import ROWS
 from fastgw.shm.health import DRAINED
 from fastgw.shm.region import Region
+from fastgw.upstream.balance import RoundRobin
 
 from tests.support.config import BASE, DELETE, SVC, edit
 from tests.support.dns import DnsServer
@@ -126,12 +127,16 @@ def _route(insts, down):
 
     r = Route("r", "s", None, Chain([]), tuple(insts), 1024, False, 1.0, 1.0, True)
     r.down = down
+    r.use(RoundRobin("s", tuple(insts), down=down, panic=50.0))   # (what App gives a route)
     return r
 
 
 class _I:
     def __init__(self, slot):
         self.slot = slot
+        self.service, self.url, self.weight = "s", f"http://10.0.0.{slot}:80", 1
+        self.requests = self.done = 0
+        self.eff = 1.0
 
 
 def test_drained_instance_is_never_picked_not_even_in_panic():
@@ -150,7 +155,7 @@ def test_replace_instances_sets_routes_and_calls_the_balancer():
     class LB:
         got = None
 
-        def update(self, insts):
+        def update(self, insts, down=None):
             LB.got = insts
 
     class Pool:
@@ -180,7 +185,7 @@ def test_replace_instances_sets_routes_and_calls_the_balancer():
     app.pools = {"old": old_pool}
     x, y = Inst(1), Inst(2)
     replace_instances(app, "s", [x, y])
-    assert r1.instances == (x, y, y) and r1.distinct == (x, y) and r2.distinct == (x, y)
+    assert r1.instances == (x, y) and r1.distinct == (x, y) and r2.distinct == (x, y)
     assert LB.got == (x, y) and other.instances == ()
     assert x.pool.tmin == 5.0
     assert old_pool.closed and "old" not in app.pools     # no route uses it any more
