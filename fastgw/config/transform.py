@@ -6,7 +6,7 @@ The shape is a contract (tooling outside the repo writes it)::
       request:
         strip_prefix: true                     # wildcard routes: drop the literal part before '*'
         path: "/v2/items/{id}"                 # or {regex: '^/a/(.*)$', replacement: '/b/\\1'} (RE2)
-        query: {set: {src: gw}, remove: [debug]}
+        query: {set: {src: gw, user: "$jwt.sub"}, remove: [debug]}   # values: templates, as headers
         headers: {set: {X-User: "$jwt.sub"}, add: {...}, remove: [X-Debug], rename: {X-Old: X-New}}
         body: {set: {"/source": "gateway"}, remove: ["/internal"], rename: {"/a": "/b"}, max_size: 1m}
       response:
@@ -73,8 +73,15 @@ class PathRegexRewrite(Base):
 
 
 class QueryOps(Base):
-    set: dict[str, str] = {}
+    set: dict[str, str] = {}   # values are templates, as header values ($request_id, $jwt.sub, ...)
     remove: list[str] = []
+
+    def _check(self) -> Iterator[tuple[str, str]]:
+        for k, val in self.set.items():
+            for msg in template_errors(val):
+                yield f"set.{k}", msg
+            if "upstream_addr" in variables(val):
+                yield f"set.{k}", "$upstream_addr is known only for response headers"
 
 
 class HeaderOps(Base):

@@ -20,9 +20,12 @@ What it owns, per route, compiled once when the config is built (``build``):
   whatever answers after it (a local reply, a future cache hit) and never part of the
   upstream head a cache would store; constants, removals, renames and ``$upstream_addr``
   edit the upstream's head in the response filter, before compression.
-- **path**: the rewritten ``path?query`` goes to ``ctx.up_target``, which every attempt's
-  head reads (``pipeline.heads.request_head``; the instance's base path is still put in
-  front).  The new path is checked and normalised again (``http.normalize``): a dot
+- **path**: the request filter computes the rewritten ``path?query`` (so a refusal is a
+  local reply before anything is sent) and keeps it in ``ctx.notes``; the
+  ``upstream_request_filter`` of the rewriting classes puts it in every attempt's head
+  after the instance's base path.  Routes without a rewrite have no such hook, and the
+  head builder has no rewrite step: a bare route pays nothing for rewrites.  The new
+  path is checked and normalised again (``http.normalize``): a dot
   segment (``.``/``..``, ``%2e`` included) or an invalid path is refused with a 500
   problem+json and a log line, and nothing is forwarded.  Regexes are RE2
   (``google-re2``): linear time, no backtracking, so a route's regex cannot be made slow
@@ -59,6 +62,7 @@ from fastgw.http.normalize import normalize_path
 from fastgw.pipeline.middleware import Middleware
 
 NOTE = "transform"
+TARGET_NOTE = "transform.target"  # (length of the client's path?query, the rewritten one)
 _M_SKIP = "fastgw_transform_skipped_total"
 _M_DROP = "fastgw_transform_headers_dropped_total"
 _M_PATH = "fastgw_transform_path_refused_total"
@@ -234,7 +238,8 @@ def _init(self, plan: dict, deps) -> None:
     self.route = plan["route"]
     self.path_fn = plan["path"]
     self.q_drop = plan["q_drop"]
-    self.q_add = plan["q_add"]
+    self.q_add = plan["q_add"]    # constant "k=v" pieces
+    self.q_vars = plan["q_vars"]  # (b"k=", template parts) of values with variables
     self.req_h: HeaderPlan = plan["req_headers"]
     self.resp_h: HeaderPlan = plan["resp_headers"]
     self.req_body: BodyPlan | None = plan["req_body"]
@@ -307,12 +312,28 @@ def _rewrite(self, ctx):
         kept = [p for p in query.split(b"&") if p and p.partition(b"=")[0] not in self.q_drop] \
             if query else []
         kept.extend(self.q_add)
+        for key, parts in self.q_vars:
+            val = render(ctx, parts)
+            if val is not None:  # (absent or a control character: the key is left out)
+                kept.append(key + quote(val, safe="").encode())
         query = b"&".join(kept)
     target = path.encode()
     if query:
         target += b"?" + query
-    ctx.up_target = target
+    old = len(req.path.encode("latin-1")) + (len(req.query) + 1 if req.query else 0)
+    ctx.notes[TARGET_NOTE] = (old, target)
     return None
+
+
+def _upstream_request_filter(self, ctx, head) -> None:
+    """Every attempt's head: the rewritten path?query after the instance's base path.
+    ``pipeline.heads.request_head`` made the target base path + the client's path?query,
+    so the base is what precedes the client's part."""
+    t = ctx.notes.get(TARGET_NOTE)
+    if t is not None:
+        old, new = t
+        tg = head.target
+        head.target = tg[:len(tg) - old] + new
 
 
 def _refuse(self, ctx, old: str, new: str, why: str):
@@ -447,6 +468,26 @@ class TransformRequestBody(Middleware):
     request_body_filter = _request_body_filter
 
 
+class TransformRewrite(Middleware):
+    """``TransformRequest`` on a route that rewrites the path or the query."""
+
+    name = "transform"
+    __init__ = _init
+    request_filter = _request_filter
+    upstream_request_filter = _upstream_request_filter
+
+
+class TransformRewriteBody(Middleware):
+    """``TransformRequestBody`` on a route that rewrites the path or the query."""
+
+    name = "transform"
+    __init__ = _init
+    request_filter = _request_filter
+    upstream_request_filter = _upstream_request_filter
+    needs_body = _needs_body
+    request_body_filter = _request_body_filter
+
+
 class TransformResponse(Middleware):
     """Response headers (constants and ``$upstream_addr``)."""
 
@@ -541,12 +582,20 @@ def _plan(root_cfg, service_cfg, route_cfg):
         "route": route_cfg.name or "",
         "path": _path_fn(req, route_cfg),
         "q_drop": frozenset(quote(k, safe="").encode() for k in (*q_remove, *q_set)) if has_query else None,
-        "q_add": [quote(k, safe="").encode() + b"=" + quote(v, safe="").encode() for k, v in q_set.items()],
+        "q_add": [],
+        "q_vars": [],
         "req_headers": HeaderPlan(_merge_headers([r.headers if r else None for r in req]), consts),
         "resp_headers": HeaderPlan(_merge_headers([r.headers if r else None for r in resp]), consts, True),
         "req_body": None,
         "resp_body": None,
     }
+    for k, v in q_set.items():
+        key = quote(k, safe="").encode() + b"="
+        parts = compile_template(v, consts)
+        if len(parts) == 1 and parts[0].__class__ is bytes:
+            plan["q_add"].append(key + quote(parts[0], safe="").encode())
+        else:
+            plan["q_vars"].append((key, parts))
     for key, side in (("req_body", req), ("resp_body", resp)):
         for r in side:
             if r is not None and r.body is not None:
@@ -563,7 +612,10 @@ def build(root_cfg, service_cfg, route_cfg, deps):
     if plan is None or not (plan["path"] or plan["q_drop"] is not None or plan["req_headers"].any
                             or plan["resp_headers"].late or plan["req_body"]):
         return None
-    return (TransformRequestBody if plan["req_body"] else TransformRequest)(plan, deps)
+    rewrites = plan["path"] is not None or plan["q_drop"] is not None
+    cls = (TransformRewriteBody if plan["req_body"] else TransformRewrite) if rewrites else \
+        (TransformRequestBody if plan["req_body"] else TransformRequest)
+    return cls(plan, deps)
 
 
 def build_response(root_cfg, service_cfg, route_cfg, deps):

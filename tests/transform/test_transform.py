@@ -93,7 +93,7 @@ services:
         transform:
           request:
             strip_prefix: true
-            query: {set: {src: gw}, remove: [debug]}
+            query: {set: {src: gw, who: "$jwt.sub", tm: "$jwt.team", via: "$scheme $route"}, remove: [debug]}
             headers:
               set: {X-User: "$jwt.sub", X-Level: route, X-Team: "$jwt.team", X-Const: "a $$5 b"}
               add: {X-Via: "$scheme://$host ($route)"}
@@ -157,8 +157,11 @@ def test_path_forms(gw, up):
     up.seen.clear()
     s, _h, _b = call(gw, "GET", "/api/items/42?x=1&debug=1", auth)
     assert s == 200
-    # prefix stripped, base path kept in front; debug removed, src set
-    assert up.seen[-1]["path"] == "/base/42?x=1&src=gw"
+    # prefix stripped, base path kept in front; debug removed, src set; values with
+    # variables rendered and encoded, a key whose variable is absent ($jwt.team) left out
+    assert up.seen[-1]["path"] == "/base/42?x=1&src=gw&who=alice&via=http%20items"
+    s, _h, _b = call(gw, "GET", "/api/items/42?tm=client", {"Authorization": "Bearer " + tok(team="a&b=c")})
+    assert s == 200 and up.seen[-1]["path"] == "/base/42?src=gw&who=alice&tm=a%26b%3Dc&via=http%20items"
     s, _h, _b = call(gw, "GET", "/v1/things/abc")
     assert s == 200 and up.seen[-1]["path"] == "/base/v2/items/abc"
     s, _h, _b = call(gw, "GET", "/re/one/two")
@@ -290,6 +293,9 @@ auth:
     ('{request: {headers: {set: {X-A: "$nope"}}}}', "transform.request.headers.set.X-A", "unknown variable"),
     ('{request: {headers: {set: {X-A: "$upstream_addr"}}}}', "transform.request.headers.set.X-A", "response"),
     ('{request: {path: {regex: "(", replacement: x}}}', "transform.request.path.regex", "RE2"),
+    ('{request: {query: {set: {k: "$nope"}}}}', "transform.request.query.set.k", "unknown variable"),
+    ('{request: {query: {set: {k: "$upstream_addr"}}}}', "transform.request.query.set.k", "response"),
+    ('{request: {query: {set: {k: "5$"}}}}', "transform.request.query.set.k", "$$"),
     ('{request: {body: {unwrap: "/d"}}}', "transform.request.body", "response"),
     ('{request: {path: "/v2/{id}"}}', "transform.request.path", "not a parameter"),
 ])
