@@ -35,8 +35,9 @@ What it owns, per route, compiled once when the config is built (``build``):
   that carry no Content-Encoding.  Anything else passes through untouched and is counted
   (``fastgw_transform_skipped_total{direction,reason}``): never a 413.  A request body is
   forwarded with its new Content-Length (the engine frames a rewritten body with its
-  length); a response body's Content-Length is dropped and the body re-framed
-  (``ResponseHead.drop_length``), since the head leaves before the body is whole.
+  length); on a response, the head waits for the edited body and carries its new
+  Content-Length (``pipeline.heads.WHOLE_BODY_NOTE``); only a body that outgrows
+  ``max_size`` without a Content-Length streams, chunked.
 
 Order (middleware/registry): ``transform`` comes after ``compression`` in ``ORDER``.
 Its request filter then runs after auth (``$jwt.*`` is known) and validation; its
@@ -59,6 +60,7 @@ from fastgw.errors import GatewayError
 from fastgw.http.jsonbody import BodyPlan
 from fastgw.http.messages import ResponseHead
 from fastgw.http.normalize import normalize_path
+from fastgw.pipeline.heads import WHOLE_BODY_NOTE
 from fastgw.pipeline.middleware import Middleware
 
 NOTE = "transform"
@@ -389,6 +391,7 @@ def _body_decide(self, ctx, head) -> None:
         return
     head.drop_length()
     ctx.notes[NOTE] = _BodyState()
+    ctx.notes[WHOLE_BODY_NOTE] = True  # the edited body goes out whole, with its length
 
 
 def _needs_body(self) -> bool:

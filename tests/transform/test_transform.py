@@ -244,12 +244,16 @@ def test_json_bodies(gw, up):
     assert json.loads(sent["body"]) == {"b": 1, "keep": 3, "source": "gateway"}
     assert int(values(sent["headers"], "content-length")[0]) == len(sent["body"])
     assert json.loads(b) == DOC["data"]                    # response unwrap
-    s, _h, b = call(gw, "GET", "/wrap/x")
+    # the edited body is sent whole, with its own length, not chunked
+    assert values(h, "content-length") == [str(len(b))] and not values(h, "transfer-encoding")
+    s, h, b = call(gw, "GET", "/wrap/x")
     assert s == 200 and json.loads(b) == {"result": DOC}
+    assert values(h, "content-length") == [str(len(b))] and not values(h, "transfer-encoding")
     # the edited body is what compression encodes (transform runs first)
     s, h, b = call(gw, "GET", "/wrap/x", {"Accept-Encoding": "gzip"})
     assert s == 200 and values(h, "content-encoding") == ["gzip"]
     assert json.loads(gzip.decompress(b)) == {"result": DOC}
+    assert values(h, "content-length") == [str(len(b))] or values(h, "transfer-encoding") == ["chunked"]
 
 
 def test_pass_through(gw, up):
