@@ -163,7 +163,6 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
     if usual is None:
         block, has_cl, chunked, listed = _framing(low, block)
     up_len = False  # the upstream body has a Content-Length that the client will not see
-    whole = False
     route = ctx.route
     drop = ctx.resp_drop
     if route.chain.response or listed or drop:
@@ -176,13 +175,11 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
             fn(ctx, head)
         status = head.status
         block = head.block()
-        if head.length_dropped:
-            whole = WHOLE_BODY_NOTE in ctx.notes
-            if has_cl:
-                # a body filter re-encodes a Content-Length body: the client gets it framed
-                # anew below, while the upstream side still reads it by its length
-                has_cl = False
-                up_len = True
+        if head.length_dropped and has_cl:
+            # a body filter re-encodes a Content-Length body: the client gets it framed
+            # anew below, while the upstream side still reads it by its length
+            has_cl = False
+            up_len = True
     keep_client = keep
     framing = 0
     line = status_line(status, reason)
@@ -198,7 +195,8 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
             # No Content-Length: a chunked or read-until-close upstream body.  HTTP/1.1
             # clients get it chunked; HTTP/1.0 clients get it close-delimited.
             if req.version == "1.1":
-                framing = RECHUNK | WHOLE if whole else RECHUNK
+                # (the note comes with drop_length: only routes with response filters)
+                framing = RECHUNK | WHOLE if route.chain.response and WHOLE_BODY_NOTE in ctx.notes else RECHUNK
                 extra += b"transfer-encoding: chunked\r\n"
             else:
                 keep_client = False
