@@ -59,6 +59,7 @@ from fastgw.config.compression import effective_compression
 from fastgw.http.messages import Reply, ResponseHead
 from fastgw.http.normalize import normalize_path
 from fastgw.http.wire import header_lines
+from fastgw.pipeline.heads import WHOLE_BODY_NOTE
 from fastgw.pipeline.middleware import Middleware
 
 NOTE = "cache"
@@ -322,8 +323,9 @@ class Cache(Middleware):
         cs = b"fastgw; fwd=%s; fwd-status=%d; ttl=%d; detail=stale-if-error" % (st.fwd, head.status, int(e.ttl - age))
         head.status = e.status
         head.headers = e.headers + [(b"Age", b"%d" % int(age)), (b"Cache-Status", cs)]
-        head.drop_length()  # the entry's body replaces the upstream's: framed anew
+        head.drop_length()  # the entry's body replaces the upstream's: framed anew,
         st.body304 = e.body
+        ctx.notes[WHOLE_BODY_NOTE] = True  # with its length
         st.result = "stale"
         ctx.notes[RESULT_NOTE] = "stale"
         self._release(st, None)
@@ -347,6 +349,7 @@ class Cache(Middleware):
         head.status = 200
         head.headers = merged + [(b"Age", b"0"), (b"Cache-Status", b"fastgw; fwd=stale; fwd-status=304")]
         st.body304 = e.body
+        ctx.notes[WHOLE_BODY_NOTE] = True  # the stored body goes out whole, with its length
         self._release(st, ne)
 
     def response_body_filter(self, ctx, chunk: bytes, end: bool) -> bytes:
