@@ -70,9 +70,9 @@ _SKIP_STORE = frozenset({b"age", b"date", b"content-length", b"transfer-encoding
 _NOT_STORED = _SKIP_STORE | {b"set-cookie"}
 _HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
                   b"proxy-connection", b"host", b"content-length"})
-# a 304 carries these from the stored response (RFC 9110 15.4.5)
 # an upstream answer that counts as an error for stale-if-error (RFC 5861 section 4)
 _ERROR_STATUS = frozenset({500, 502, 503, 504})
+# a 304 carries these from the stored response (RFC 9110 15.4.5)
 _IN_304 = frozenset({b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
                      b"last-modified"})
 _M_LOOKUP = "fastgw_cache_lookups_total"
@@ -323,9 +323,9 @@ class Cache(Middleware):
         cs = b"fastgw; fwd=%s; fwd-status=%d; ttl=%d; detail=stale-if-error" % (st.fwd, head.status, int(e.ttl - age))
         head.status = e.status
         head.headers = e.headers + [(b"Age", b"%d" % int(age)), (b"Cache-Status", cs)]
-        head.drop_length()  # the entry's body replaces the upstream's: framed anew,
+        head.drop_length()  # the entry's body replaces the upstream's, sent whole with its length
         st.body304 = e.body
-        ctx.notes[WHOLE_BODY_NOTE] = True  # with its length
+        ctx.notes[WHOLE_BODY_NOTE] = True
         st.result = "stale"
         ctx.notes[RESULT_NOTE] = "stale"
         self._release(st, None)
