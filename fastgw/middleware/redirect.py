@@ -25,8 +25,9 @@ with ``preserve_host: true``, of the client's own origin) and a path-absolute re
 ``/api/v1/items/7``.  This is built even with ``preserve_host: true``.  Relative
 references (``items/7``) resolve the same on both sides and are left alone.
 
-Only upstream responses and local replies that carry one of the three headers pay for
-it: one ``ResponseHead.headers`` parse on a route that has it.
+Every response of a route that has it pays one ``sweep`` that only looks (one regex
+over the raw header block, nothing removed); only one that carries one of the three
+headers is parsed into a list and rewritten.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from fastgw.config.transform import stripped_prefix
+from fastgw.http.messages import Names
 from fastgw.pipeline.middleware import Middleware
 
 _NAMES = frozenset({b"location", b"content-location", b"refresh"})
+_WATCH = Names(watch=_NAMES)  # (a sweep that drops nothing: which of them are present)
 
 
 def _origins(url: str) -> list[bytes]:
@@ -77,6 +80,8 @@ class RedirectRewrite(Middleware):
             self.rules = tuple((r.from_.encode("latin-1"), r.to.encode("latin-1")) for r in cfg)
 
     def response_filter(self, ctx, head) -> None:
+        if not head.sweep(_WATCH):
+            return  # the usual response: no header to rewrite, the head stays unparsed
         hs = head.headers
         for i, (name, value) in enumerate(hs):
             low = name.lower()
