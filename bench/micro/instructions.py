@@ -118,7 +118,7 @@ def _world(route: str):
     _app, engine, info, up, _ut = gateway(text, loop)
     if route == "cachehit":
         down = DownstreamProtocol(engine, info, loop)
-        down.connection_made(_Transport())
+        down.connection_made(Transport())
         down.data_received(req)  # the miss that stores
         up.data_received(resp)
 
