@@ -14,6 +14,9 @@ a worker"):
   (``add_request_lines`` for prebuilt lines; ``add_request_and_response_lines`` for lines
   sent both ways), ``remove_request_headers``.  They apply to every attempt (each attempt builds its
   own head from them, ``pipeline.heads.request_head``).
+- the upstream target: ``up_target`` (``path?query`` as bytes, before the instance's base
+  path) replaces the client's path and query in every attempt's head when set (the
+  transform middleware's rewrites; ``pipeline.heads.request_head`` reads it).
 - response headers sent to the client: ``set_response_header``,
   ``add_response_header``, ``remove_response_headers``.  They apply to whatever
   answers the request: the upstream's response, a local reply, an error, a future cache
@@ -59,6 +62,7 @@ class Ctx:
         "up_lines",         # bytes: header lines added to the upstream request
         "resp_lines",       # bytes: header lines added to the response
         "resp_drop",        # frozenset[bytes] | None: lower-case names removed from the response
+        "up_target",        # bytes | None: path?query sent upstream (before the base path), set by a rewrite
         # between middlewares
         "notes",            # dict
         # outcome (the logging phase reads these)
@@ -87,6 +91,7 @@ class Ctx:
         self.up_lines = b""
         self.resp_lines = b""
         self.resp_drop = None
+        self.up_target = None
         self.notes = {}
         self.status = 0
         self.bytes_sent = 0

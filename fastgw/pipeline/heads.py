@@ -63,11 +63,15 @@ def request_head(x, route, peer) -> bytes:
     # the instance's address: the one place this module reads it
     host_header, base_path = peer.host_header, peer.base_path
     req = x.request
-    # the client's path and query after the instance's base path (a route's rewrite, the
-    # transform middleware, replaces the part after the base in its upstream_request_filter)
-    target = base_path + req.path.encode("latin-1")
-    if req.query:
-        target += b"?" + req.query
+    # the path step: the transform middleware's rewrite (``x.up_target``, path?query) or
+    # the client's path and query, after the instance's base path (inline: no call)
+    up = x.up_target
+    if up is None:
+        target = base_path + req.path.encode("latin-1")
+        if req.query:
+            target += b"?" + req.query
+    else:
+        target = base_path + up
     headers = x.fwd
     conn_hdr = req.conn_hdr
     if conn_hdr is not None and conn_hdr not in _PLAIN_CONN:
