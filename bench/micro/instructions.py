@@ -27,7 +27,8 @@ client connection per request), ``transform`` (bare on a route that strips its p
 and sets two request headers, one with ``$request_id``), ``cachehit`` (bare with ``cache:
 true``, every exchange a hit of the response cache: no upstream bytes), ``cachemiss`` (the
 same route, a response that says ``no-store``: the cost of a caching route's lookup and
-decision on a miss), ``sessions`` (policy with a session token: ``jti``,
+decision on a miss), ``cachestore`` (the same route, every exchange a miss that stores:
+a new query string each time, a response with ``max-age``, ``ETag`` and ``Date``), ``sessions`` (policy with a session token: ``jti``,
 ``sid``), ``sessions-rev`` (the same with the shared revocation table on, empty) and
 ``sessions-rev100k`` (with 100,000 revocations in it, none of them this token's: issue
 27's bound is <= 2 % over ``sessions``), ``rr4`` and ``lr4`` (bare on a service of 4
@@ -52,7 +53,7 @@ import uvloop
 import yaml
 
 ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform",
-          "cachehit", "cachemiss", "sessions", "sessions-rev", "sessions-rev100k", "rr4", "lr4")
+          "cachehit", "cachemiss", "cachestore", "sessions", "sessions-rev", "sessions-rev100k", "rr4", "lr4")
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -109,26 +110,41 @@ def _world(route: str):
         req = REQ
     elif route in ("tracing", "traced"):
         text, req = CFG + _TRACING % (0 if route == "tracing" else 1), REQ
-    elif route in ("cachehit", "cachemiss"):
+    elif route in ("cachehit", "cachemiss", "cachestore"):
         text = CFG.replace('        methods: ["GET", "HEAD", "POST"]\n', '        methods: ["GET", "HEAD", "POST"]\n        cache: true\n')
         req = REQ
     else:
         text = CFG
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
     resp = NGINX_RESP if route == "wrk" else RESP
-    if route in ("cachehit", "cachemiss"):
-        cc = b"max-age=31536000" if route == "cachehit" else b"no-store"  # (the Date is in the past)
+    if route in ("cachehit", "cachemiss", "cachestore"):
+        cc = b"no-store" if route == "cachemiss" else b"max-age=31536000"  # (the Date is in the past)
+        if route == "cachestore":
+            cc += b'\r\nETag: "v1"'
         resp = RESP.replace(b"Connection: keep-alive\r\n", b"Cache-Control: " + cc + b"\r\nConnection: keep-alive\r\n")
     _app, engine, info, up, _ut = gateway(text, loop)
     if route == "cachehit":
         down = DownstreamProtocol(engine, info, loop)
-        down.connection_made(_Transport())
+        down.connection_made(Transport())
         down.data_received(req)  # the miss that stores
         up.data_received(resp)
 
         def hit():
             down.data_received(req)
         return hit
+    if route == "cachestore":
+        # a new key per exchange (a miss that stores); the memory limit is far above
+        # what k exchanges store, so nothing is evicted
+        down = DownstreamProtocol(engine, info, loop)
+        down.connection_made(Transport())
+        pre, post = req.split(b" HTTP/1.1", 1)
+        n = [0]
+
+        def store():
+            n[0] += 1
+            down.data_received(b"%s?n=%d HTTP/1.1%s" % (pre, n[0], post))
+            up.data_received(resp)
+        return store
     if route in ("sessions-rev", "sessions-rev100k"):
         _revocations(_app, 100_000 if route.endswith("100k") else 0)
     if route == "newconn":

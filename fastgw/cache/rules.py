@@ -1,5 +1,7 @@
 """RFC 9111 rules of a shared cache (L2): what may be stored, for how long, what a
-request's Cache-Control asks.  Pure functions over header lists; no I/O.
+request's Cache-Control asks.  Pure functions over a response's ``fields`` (the header
+fields the rules read, found in one pass over the head: ``fields``/``fields_of``); no
+I/O.
 
 Rules (the RFC sections in brackets):
 1. Stored only: GET responses with a status that is cacheable by default or made
@@ -20,6 +22,7 @@ Rules (the RFC sections in brackets):
 
 from __future__ import annotations
 
+import re
 from email.utils import parsedate_to_datetime
 
 # cacheable by default (RFC 9110 15.1)
@@ -52,24 +55,62 @@ def seconds(v) -> int | None:
     return n if n >= 0 else None
 
 
+_DATES: dict = {}  # http_date's memo: the Date of every response in one second is one value
+
+
 def http_date(v: bytes | None) -> float | None:
+    """An HTTP-date as a timestamp, None if absent or invalid.  Remembered: a second's
+    responses carry one Date, and ``email.utils`` parses it with several Python calls."""
     if not v:
         return None
     try:
-        return parsedate_to_datetime(v.decode("latin-1")).timestamp()
+        return _DATES[v]
+    except KeyError:
+        pass
+    try:
+        t = parsedate_to_datetime(v.decode("latin-1")).timestamp()
     except (TypeError, ValueError, IndexError):
-        return None
+        t = None
+    if len(_DATES) >= 256:
+        _DATES.clear()
+    _DATES[v] = t
+    return t
 
 
-def headers_get(headers: list, lname: bytes) -> bytes | None:
-    """All values of ``lname`` joined with ", " (the list form of a field), or None."""
-    vals = [v for n, v in headers if n.lower() == lname]
-    if not vals:
-        return None
-    return vals[0] if len(vals) == 1 else b", ".join(vals)
+# The fields the rules and the stored entry read (rules 1-4, validators, tags), found in
+# one pass: ``fields`` over a raw header block (one regex, nothing parsed into a list),
+# ``fields_of`` over a header list.  Both give lower-case name -> value, a repeated field
+# joined with ", " (its list form).  llhttp refuses whitespace before a colon, so
+# "\nname:" is exact.
+FIELDS = (b"cache-control", b"expires", b"date", b"vary", b"set-cookie", b"content-length", b"content-encoding",
+          b"age", b"etag", b"last-modified", b"cache-tag", b"surrogate-key")
+_FIELD_SET = frozenset(FIELDS)
+_FIELDS_RE = re.compile(rb"\n(" + b"|".join(FIELDS) + rb"):[ \t]*([^\r\n]*)", re.I).findall
 
 
-def lifetime(cc: dict, headers: list, default_ttl: float | None) -> float | None:
+def fields(block: bytes) -> dict:
+    """The ``FIELDS`` of a raw header block (``name: value\\r\\n`` lines)."""
+    out: dict = {}
+    for n, v in _FIELDS_RE(b"\n" + block):
+        ln = n.lower()
+        v = v.rstrip(b" \t")
+        have = out.get(ln)
+        out[ln] = v if have is None else have + b", " + v
+    return out
+
+
+def fields_of(headers: list) -> dict:
+    """The ``FIELDS`` of a header list."""
+    out: dict = {}
+    for n, v in headers:
+        ln = n.lower()
+        if ln in _FIELD_SET:
+            have = out.get(ln)
+            out[ln] = v if have is None else have + b", " + v
+    return out
+
+
+def lifetime(cc: dict, f: dict, default_ttl: float | None) -> float | None:
     """The freshness lifetime in seconds (rule 3), or None when there is none."""
     n = seconds(cc.get("s-maxage"))
     if n is not None:
@@ -77,30 +118,30 @@ def lifetime(cc: dict, headers: list, default_ttl: float | None) -> float | None
     n = seconds(cc.get("max-age"))
     if n is not None:
         return float(n)
-    exp = headers_get(headers, b"expires")
+    exp = f.get(b"expires")
     if exp is not None:
         e = http_date(exp)
         if e is None:
             return 0.0  # an invalid Expires means already expired [5.3]
-        d = http_date(headers_get(headers, b"date"))
+        d = http_date(f.get(b"date"))
         return max(0.0, e - d) if d is not None else 0.0
     return default_ttl
 
 
-def why_not_stored(status: int, headers: list, cc: dict, authed: bool, store_set_cookie: bool,
+def why_not_stored(status: int, f: dict, cc: dict, authed: bool, store_set_cookie: bool,
                    ttl: float | None) -> str | None:
-    """None when the response may be stored (rules 1, 2), else the reason (for the
-    ``Cache-Status`` ``detail`` and the bypass metric)."""
+    """None when the response (its ``fields``) may be stored (rules 1, 2), else the
+    reason (for the ``Cache-Status`` ``detail`` and the bypass metric)."""
     if "no-store" in cc:
         return "no-store"
     if "private" in cc:
         return "private"
     if authed and not ("public" in cc or "s-maxage" in cc or "must-revalidate" in cc):
         return "authorization"
-    vary = headers_get(headers, b"vary")
+    vary = f.get(b"vary")
     if vary is not None and b"*" in [t.strip() for t in vary.split(b",")]:
         return "vary-star"
-    if not store_set_cookie and headers_get(headers, b"set-cookie") is not None:
+    if not store_set_cookie and b"set-cookie" in f:
         return "set-cookie"
     if status not in STORE_STATUS:
         return "status"
@@ -111,18 +152,19 @@ def why_not_stored(status: int, headers: list, cc: dict, authed: bool, store_set
     return None
 
 
-def vary_names(headers: list) -> tuple:
+def vary_names(f: dict) -> tuple:
     """The lower-case header names ``Vary`` lists, sorted, as bytes."""
-    vary = headers_get(headers, b"vary")
+    vary = f.get(b"vary")
     if vary is None:
         return ()
     return tuple(sorted({t.strip().lower() for t in vary.split(b",") if t.strip()}))
 
 
-def initial_age(headers: list, now: float, request_time: float) -> float:
+def initial_age(f: dict, now: float, request_time: float) -> float:
     """The corrected initial age at receipt (RFC 9111 4.2.3)."""
-    age = seconds((headers_get(headers, b"age") or b"").decode("latin-1") or None) or 0
-    d = http_date(headers_get(headers, b"date"))
+    age = f.get(b"age")
+    age = (seconds(age.decode("latin-1")) or 0) if age else 0
+    d = http_date(f.get(b"date"))
     apparent = max(0.0, now - d) if d is not None else 0.0
     return max(apparent, age + (now - request_time))
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from fastgw.http.wire import header_lines
+
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides its head and body (objects, key)
 
 
@@ -44,7 +46,7 @@ class Entry:
         self.tags = tags
         self.host = host
         self.path = path
-        self.size = ENTRY_OVERHEAD + len(body) + sum(len(n) + len(v) + 4 for n, v in headers)
+        self.size = ENTRY_OVERHEAD + len(body) + len(header_lines(headers))  # (joined in C)
 
     def age(self, now: float) -> float:
         return self.age0 + (now - self.stored)

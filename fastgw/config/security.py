@@ -312,3 +312,22 @@ class ValidateConfig(Base):
                 compile_schema(self.schema, validate_formats=self.validate_formats)
             except ValueError as e:
                 yield "schema", str(e)
+
+
+def cors_with_security_headers(root_cfg, route_cfg):
+    """The route's effective ``CorsConfig`` when the route also has security headers, else
+    None.  Then the security headers' response filter applies CORS's response headers too
+    (one sweep of the upstream head and one prebuilt block for both; the cors and
+    security_headers middlewares both decide it here, so they always agree)."""
+    if route_cfg is None:
+        return None
+    cors = effective(getattr(root_cfg, "cors", None), getattr(route_cfg, "cors", None))
+    if cors is None or effective(getattr(root_cfg, "security_headers", None),
+                                 getattr(route_cfg, "security_headers", None)) is None:
+        return None
+    return cors
+
+
+def cors_varies(cfg) -> bool:
+    """Whether CORS's answer depends on the origin (``Vary: Origin``): not with ``*``."""
+    return not any(parse_origin(e)[0] == "any" for e in cfg.allow_origins)

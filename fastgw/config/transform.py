@@ -6,7 +6,7 @@ The shape is a contract (tooling outside the repo writes it)::
       request:
         strip_prefix: true                     # wildcard routes: drop the literal part before '*'
         path: "/v2/items/{id}"                 # or {regex: '^/a/(.*)$', replacement: '/b/\\1'} (RE2)
-        query: {set: {src: gw}, remove: [debug]}
+        query: {set: {src: gw, user: "$jwt.sub"}, remove: [debug]}   # values: templates, as headers
         headers: {set: {X-User: "$jwt.sub"}, add: {...}, remove: [X-Debug], rename: {X-Old: X-New}}
         body: {set: {"/source": "gateway"}, remove: ["/internal"], rename: {"/a": "/b"}, max_size: 1m}
       response:
@@ -73,8 +73,15 @@ class PathRegexRewrite(Base):
 
 
 class QueryOps(Base):
-    set: dict[str, str] = {}
+    set: dict[str, str] = {}   # values are templates, as header values ($request_id, $jwt.sub, ...)
     remove: list[str] = []
+
+    def _check(self) -> Iterator[tuple[str, str]]:
+        for k, val in self.set.items():
+            for msg in template_errors(val):
+                yield f"set.{k}", msg
+            if "upstream_addr" in variables(val):
+                yield f"set.{k}", "$upstream_addr is known only for response headers"
 
 
 class HeaderOps(Base):
@@ -196,3 +203,22 @@ def identity_conflicts(t: TransformConfig | None, identity: frozenset) -> Iterat
 
 __all__ = ["TransformConfig", "RequestTransform", "ResponseTransform", "HeaderOps", "BodyOps", "QueryOps",
            "PathRegexRewrite", "identity_conflicts", "variables", "template_errors"]
+
+
+def stripped_prefix(root_cfg, service_cfg, route_cfg) -> str | None:
+    """The literal path prefix the route's effective ``transform.request.strip_prefix``
+    removes (``/api/v1`` of ``/api/v1/*``), or None.  The path rewrite comes whole from the
+    most specific level that sets ``strip_prefix`` or ``path`` (the transform middleware
+    merges it so); redirect_rewrite reads this to put the prefix back on a Location."""
+    if route_cfg is None:
+        return None
+    chosen = None
+    for t in (getattr(getattr(root_cfg, "gateway", None), "transform", None),
+              getattr(service_cfg, "transform", None), getattr(route_cfg, "transform", None)):
+        r = t.request if t is not None else None
+        if r is not None and (r.strip_prefix or r.path is not None):
+            chosen = r
+    path = route_cfg.path
+    if chosen is None or not chosen.strip_prefix or not (isinstance(path, str) and path.endswith("/*")):
+        return None
+    return path[:-2] or None

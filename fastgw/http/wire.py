@@ -22,6 +22,10 @@ STATUS_LINES[413] = b"HTTP/1.1 413 Content Too Large\r\n"
 # decides it and the upstream client applies it (bits): re-chunked for an HTTP/1.1
 # client (the upstream sent no length), and/or ended by the upstream's close.
 RECHUNK, CLOSE_DELIMITED = 1, 2
+# with RECHUNK: a body filter returns the whole body at its end, so the head waits for it
+# and goes out with the body's Content-Length instead of chunked (unless the filter gives
+# up midway and streams: then the head goes out as built, chunked)
+WHOLE = 4
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
     line = STATUS_LINES.get(status)

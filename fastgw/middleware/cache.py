@@ -48,8 +48,8 @@ import time
 from urllib.parse import urlsplit
 
 from fastgw.cache import keys as K
-from fastgw.cache.rules import RequestCC, headers_get, http_date, initial_age, lifetime, parse_cc, vary_names, \
-    why_not_stored
+from fastgw.cache.rules import RequestCC, fields, fields_of, http_date, initial_age, lifetime, parse_cc, \
+    vary_names, why_not_stored
 from fastgw.cache.fetch import fetch as _fetch, first_instance as _first_instance, route_has as _route_has
 from fastgw.cache.store import Entry, Store
 from fastgw.clock import monotonic
@@ -59,14 +59,19 @@ from fastgw.config.compression import effective_compression
 from fastgw.http.messages import Reply, ResponseHead
 from fastgw.http.normalize import normalize_path
 from fastgw.http.wire import header_lines
+from fastgw.pipeline.heads import WHOLE_BODY_NOTE
 from fastgw.pipeline.middleware import Middleware
 
 NOTE = "cache"
 RESULT_NOTE = "cache_result"  # read by the access log
 _SKIP_STORE = frozenset({b"age", b"date", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
                          b"cache-status", b"proxy-connection", b"trailer", b"upgrade", b"te"})
+# what a stored head never keeps: the above and Set-Cookie (stored without it when allowed)
+_NOT_STORED = _SKIP_STORE | {b"set-cookie"}
 _HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
                   b"proxy-connection", b"host", b"content-length"})
+# an upstream answer that counts as an error for stale-if-error (RFC 5861 section 4)
+_ERROR_STATUS = frozenset({500, 502, 503, 504})
 # a 304 carries these from the stored response (RFC 9110 15.4.5)
 _IN_304 = frozenset({b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
                      b"last-modified"})
@@ -268,40 +273,62 @@ class Cache(Middleware):
                 self.store.purge_url(req.host, req.path)  # RFC 9111 4.4
             head.add(b"Cache-Status", b"fastgw; fwd=method")
             return
-        hs = head.headers
         if st.reval and status == 304:
             self._revalidated(ctx, st, head)
             return
-        cc = parse_cc(headers_get(hs, b"cache-control"))
-        ttl = lifetime(cc, hs, self.default_ttl)
+        if status in _ERROR_STATUS and st.stale is not None and self._may_serve_stale(st.stale):
+            self._stale_if_error(ctx, st, head)
+            return
+        # the head is read once: the fields the rules need, by one regex over its raw
+        # block (no parse into a list unless the response is stored)
+        f = fields(head.block())
+        cc = parse_cc(f.get(b"cache-control"))
+        ttl = lifetime(cc, f, self.default_ttl)
         why = "request-no-store" if st.nostore else why_not_stored(
-            status, hs, cc, st.authed, self.store_set_cookie, ttl)
+            status, f, cc, st.authed, self.store_set_cookie, ttl)
         if why is None and req.method == "HEAD":
             why = "head"
         if why is None:
-            cl = headers_get(hs, b"content-length")
+            cl = f.get(b"content-length")
             if cl is not None and cl.isdigit() and int(cl) > self.max_object:
                 why = "too-large"
         fwd = st.fwd
         if why is None:
-            names = vary_names(hs)
+            names = vary_names(f)
             if b"accept-encoding" in names and self.negotiate is not None and ctx.notes.get("content_encoding") is None:
-                ce = headers_get(hs, b"content-encoding")
+                ce = f.get(b"content-encoding")
                 if ce is not None and ce.strip().lower() not in (b"", b"identity"):
                     names = tuple(sorted(K.AE_RAW if n == b"accept-encoding" else n for n in names))
-            stored = [(n, v) for n, v in hs if n.lower() not in _SKIP_STORE
-                      and not (n.lower() == b"set-cookie")]
-            st.meta = (status, stored, cc, ttl if ttl is not None else 0.0, names, initial_age(
-                hs, _wall_now(), _wall_now() - (monotonic() - st.t_req)))
+            stored = [h for h in head.headers if h[0].lower() not in _NOT_STORED]
+            now = _wall_now()
+            st.meta = (status, stored, cc, ttl if ttl is not None else 0.0, names,
+                       initial_age(f, now, now - (monotonic() - st.t_req)), f)
             st.buf = []
-            head.add(b"Cache-Status", b"fastgw; fwd=%s; fwd-status=%d; stored" % (fwd, status))
+            head.extend(((b"Cache-Status", b"fastgw; fwd=%s; fwd-status=%d; stored" % (fwd, status)),))
         else:
             if st.result == "expired" or st.result == "miss":
                 st.result = "bypass" if why in ("request-no-store", "authorization", "private", "no-store") \
                     else st.result
             ctx.notes[RESULT_NOTE] = st.result
-            head.add(b"Cache-Status", b"fastgw; fwd=%s; fwd-status=%d; detail=%s" % (fwd, status, why.encode()))
+            head.extend(((b"Cache-Status", b"fastgw; fwd=%s; fwd-status=%d; detail=%s" % (fwd, status, why.encode())),))
             self._release(st, None)
+
+    def _stale_if_error(self, ctx, st, head) -> None:
+        """An upstream 500/502/503/504 while a stale entry is within ``stale-if-error``
+        (RFC 5861 section 4: "an error is any situation that would result in a 500, 502,
+        503, or 504 HTTP response status code being returned"): the client gets the entry;
+        the upstream's body is read and dropped (``response_body_filter``)."""
+        e = st.stale
+        age = e.age(monotonic())
+        cs = b"fastgw; fwd=%s; fwd-status=%d; ttl=%d; detail=stale-if-error" % (st.fwd, head.status, int(e.ttl - age))
+        head.status = e.status
+        head.headers = e.headers + [(b"Age", b"%d" % int(age)), (b"Cache-Status", cs)]
+        head.drop_length()  # the entry's body replaces the upstream's, sent whole with its length
+        st.body304 = e.body
+        ctx.notes[WHOLE_BODY_NOTE] = True
+        st.result = "stale"
+        ctx.notes[RESULT_NOTE] = "stale"
+        self._release(st, None)
 
     def _revalidated(self, ctx, st, head) -> None:
         """A 304 to our validators: refresh the stored entry with the 304's fields and
@@ -310,16 +337,19 @@ class Cache(Middleware):
         fresh = {n.lower(): v for n, v in head.headers if n.lower() not in _SKIP_STORE}
         merged = [(n, fresh.pop(n.lower(), v)) for n, v in e.headers]
         merged.extend((n, v) for n, v in head.headers if n.lower() in fresh)
-        cc = parse_cc(headers_get(merged, b"cache-control"))
-        ttl = lifetime(cc, merged, self.default_ttl) or 0.0
-        ne = _entry(e.status, merged, e.body, cc, ttl, initial_age(head.headers, _wall_now(), _wall_now()),
-                    self.swr, self.sie, e.host, e.path)
+        f = fields_of(merged)
+        cc = parse_cc(f.get(b"cache-control"))
+        ttl = lifetime(cc, f, self.default_ttl) or 0.0
+        now = _wall_now()
+        ne = _entry(e.status, merged, e.body, cc, ttl, initial_age(fields_of(head.headers), now, now),
+                    self.swr, self.sie, e.host, e.path, f)
         self.store.put(st.key, ne)
         st.result = "revalidated"
         ctx.notes[RESULT_NOTE] = "revalidated"
         head.status = 200
         head.headers = merged + [(b"Age", b"0"), (b"Cache-Status", b"fastgw; fwd=stale; fwd-status=304")]
         st.body304 = e.body
+        ctx.notes[WHOLE_BODY_NOTE] = True  # the stored body goes out whole, with its length
         self._release(st, ne)
 
     def response_body_filter(self, ctx, chunk: bytes, end: bool) -> bytes:
@@ -327,10 +357,12 @@ class Cache(Middleware):
         if st is None:
             return chunk
         if st.body304 is not None:
+            # the stored body replaces the upstream's (after a revalidating 304, or an
+            # upstream error answered stale): the upstream's own bytes are dropped
             if end:
                 body, st.body304 = st.body304, None
                 return body if ctx.request.method != "HEAD" else b""
-            return chunk
+            return b""
         buf = st.buf
         if buf is None:
             return chunk
@@ -348,9 +380,9 @@ class Cache(Middleware):
         return chunk
 
     def _store(self, ctx, st, body: bytes) -> Entry | None:
-        status, headers, cc, ttl, names, age0 = st.meta
+        status, headers, cc, ttl, names, age0, f = st.meta
         req = ctx.request
-        e = _entry(status, headers, body, cc, ttl, age0, self.swr, self.sie, req.host, req.path)
+        e = _entry(status, headers, body, cc, ttl, age0, self.swr, self.sie, req.host, req.path, f)
         key = (st.primary, K.secondary(ctx, names, self.negotiate))
         self.store.put(key, e)
         if key != st.key:
@@ -449,14 +481,15 @@ class Cache(Middleware):
 
     def _store_fetched(self, prim, got, secondary, host: str, path: str) -> Entry | None:
         status, hs, body, t0 = got
-        cc = parse_cc(headers_get(hs, b"cache-control"))
-        ttl = lifetime(cc, hs, self.default_ttl)
-        if why_not_stored(status, hs, cc, False, self.store_set_cookie, ttl) is not None or len(body) > self.max_object:
+        f = fields_of(hs)
+        cc = parse_cc(f.get(b"cache-control"))
+        ttl = lifetime(cc, f, self.default_ttl)
+        if why_not_stored(status, f, cc, False, self.store_set_cookie, ttl) is not None or len(body) > self.max_object:
             return None
-        names = vary_names(hs)
-        stored = [(n, v) for n, v in hs if n.lower() not in _SKIP_STORE and n.lower() != b"set-cookie"]
-        e = _entry(status, stored, body, cc, ttl or 0.0, initial_age(hs, _wall_now(), t0), self.swr, self.sie,
-                   host, path)
+        names = vary_names(f)
+        stored = [h for h in hs if h[0].lower() not in _NOT_STORED]
+        e = _entry(status, stored, body, cc, ttl or 0.0, initial_age(f, _wall_now(), t0), self.swr, self.sie,
+                   host, path, f)
         self.store.put((prim, secondary(names)), e)
         return e
 
@@ -473,18 +506,22 @@ def _give_up(w) -> None:
 _wall_now = time.time
 
 
-def _entry(status, headers, body, cc, ttl, age0, swr, sie, host, path) -> Entry:
+def _entry(status, headers, body, cc, ttl, age0, swr, sie, host, path, f) -> Entry:
+    """The entry for a stored head ``headers``; ``f`` its fields (``rules.fields``)."""
     swr_d = _secs(cc.get("stale-while-revalidate"))
     sie_d = _secs(cc.get("stale-if-error"))
-    tags = set()
-    for n, v in headers:
-        ln = n.lower()
-        if ln == b"cache-tag" or ln == b"surrogate-key":
-            tags.update(t.strip().decode("latin-1") for t in v.replace(b",", b" ").split() if t.strip())
+    tags = _NO_TAGS
+    ct, sk = f.get(b"cache-tag"), f.get(b"surrogate-key")
+    if ct is not None or sk is not None:
+        v = (ct or b"") + b" " + (sk or b"")
+        tags = frozenset(t.decode("latin-1") for t in v.replace(b",", b" ").split())
     return Entry(status, headers, body, monotonic(), age0, ttl,
                  max(swr, swr_d), max(sie, sie_d),
                  "no-cache" in cc or "must-revalidate" in cc or "proxy-revalidate" in cc,
-                 headers_get(headers, b"etag"), headers_get(headers, b"last-modified"), frozenset(tags), host, path)
+                 f.get(b"etag"), f.get(b"last-modified"), tags, host, path)
+
+
+_NO_TAGS: frozenset = frozenset()
 
 
 def _secs(v) -> float:

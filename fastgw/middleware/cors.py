@@ -23,6 +23,11 @@ Rules:
    browser fail the request, and an upstream's ``*`` must not widen the gateway's list).
 5. Every response to a request that passed ``request_filter`` gets the headers, local
    replies included (auth's 401, a 429): the engine runs this ``response_filter`` on them.
+   On a route that also has security headers (``config.security.cors_with_security_headers``)
+   the middleware is ``CorsRequest``, without a response filter: its request filter
+   leaves its decision in ``ctx.notes["cors"]`` (the prebuilt ``Lines``; ``False`` for a
+   request without ``Origin``) and the security headers' response filter applies it with
+   its own presets: one sweep of the upstream head and one append for both.
    In the global chain (no route: 400/404/405) preflights are not answered, only decorated;
    the engine runs only that chain's response filters, so there the origin is read on the
    way out.
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import re
 
-from fastgw.config.security import CorsConfig, effective, parse_origin
+from fastgw.config.security import CorsConfig, cors_with_security_headers, effective, parse_origin
 from fastgw.http.messages import Lines, Names, Reply
 from fastgw.pipeline.middleware import Middleware
 
@@ -52,7 +57,7 @@ class Cors(Middleware):
     name = "cors"
 
     def __init__(self, cfg: CorsConfig, deps=None, *, route_methods=None, answer_preflights: bool = True) -> None:
-        super().__init__(cfg, deps)
+        Middleware.__init__(self, cfg, deps)  # (shared by CorsRequest, not a subclass)
         self._preflights = answer_preflights
         creds = cfg.allow_credentials
         exact: list[bytes] = []
@@ -199,10 +204,45 @@ class Cors(Middleware):
         return ctx.problem(403, f"CORS preflight refused: {why}", kind="forbidden")
 
 
+def _request_filter_noted(self, ctx):
+    """``Cors.request_filter``, also noting a request without Origin (``False``), for
+    the security headers' response filter (rule 5)."""
+    req = ctx.request
+    origin = req.origin
+    if origin is None:
+        ctx.notes["cors"] = False
+        return None
+    allowed = self._exact.get(origin)
+    if allowed is None:
+        allowed = self._allowed(origin)
+    if req.method == "OPTIONS" and self._preflights:
+        acrm = ctx.header(b"access-control-request-method")
+        if acrm is not None:
+            ctx.notes["cors"] = _NOTHING
+            return self._preflight(ctx, origin, allowed, acrm)
+    ctx.notes["cors"] = allowed if allowed is not None else self._denied
+    return None
+
+
+class CorsRequest(Middleware):
+    """``Cors`` whose response headers the route's security headers apply (rule 5): the
+    same request side, no response filter.  A direct Middleware subclass sharing Cors's
+    functions (STYLE: one level of inheritance)."""
+
+    name = "cors"
+    __init__ = Cors.__init__
+    answers_preflight = Cors.answers_preflight
+    request_filter = _request_filter_noted
+    _allowed = Cors._allowed
+    _preflight = Cors._preflight
+    _refuse = Cors.__dict__["_refuse"]
+
+
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's CORS middleware, or None when CORS is off for it."""
     cfg = effective(root_cfg.cors, route_cfg.cors if route_cfg is not None else None)
     if cfg is None:
         return None
-    return Cors(cfg, deps, route_methods=route_cfg.methods if route_cfg is not None else None,
-                answer_preflights=route_cfg is not None)
+    cls = CorsRequest if cors_with_security_headers(root_cfg, route_cfg) is not None else Cors
+    return cls(cfg, deps, route_methods=route_cfg.methods if route_cfg is not None else None,
+               answer_preflights=route_cfg is not None)

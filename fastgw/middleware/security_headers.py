@@ -12,25 +12,35 @@ responses and the gateway's own replies alike, the global chain's 400/404/405 in
    plain HTTP; an untrusted peer's X-Forwarded-Proto is not believed).
 
 Cost per response: one ``sweep`` (on an upstream head: one regex pass over its raw header
-block, which is never parsed into a list) and one ``extend`` of a prebuilt tuple.  It sits early in the chain (after request id and access
+block, which is never parsed into a list) and one append of a prebuilt block (``Lines``).
+
+On a route that also has CORS (``config.security.cors_with_security_headers``), this
+filter applies CORS's response headers too (cors.py rule 5): CORS's request filter leaves
+its decision in ``ctx.notes["cors"]`` and has no response filter.  Then one sweep drops the
+upstream's leaking headers and, on a CORS request, its ``Access-Control-*`` ones, and one
+prebuilt block carries CORS's lines followed by the presets: per allowed origin, built
+the first time it is seen (bounded), ``Vary: Origin`` with the presets for a request
+without ``Origin``.  CORS's lines come before the presets, as when each filter added its
+own.  It sits early in the chain (after request id and access
 log), so its response filter runs late and also sees the local replies of every later
 middleware (ip_filter's 403, cors' preflight, auth's 401, a 429).
 """
 
 from __future__ import annotations
 
-from fastgw.config.security import SecurityHeadersConfig, effective
+from fastgw.config.security import SecurityHeadersConfig, cors_varies, cors_with_security_headers, effective
 from fastgw.http.messages import Lines, Names
 from fastgw.pipeline.middleware import Middleware
 
 _ALWAYS_REMOVED = (b"server", b"x-powered-by")
 _HSTS = b"strict-transport-security"
+_MAX_COMBOS = 256  # CORS + presets blocks kept per route (one per allowed origin seen)
 
 
 class SecurityHeaders(Middleware):
     name = "security_headers"
 
-    def __init__(self, cfg: SecurityHeadersConfig, deps=None) -> None:
+    def __init__(self, cfg: SecurityHeadersConfig, deps=None, cors=None) -> None:
         super().__init__(cfg, deps)
         keep = frozenset(n.lower().encode("ascii") for n in cfg.keep_upstream)
         override: list[tuple[bytes, bytes]] = []
@@ -62,6 +72,17 @@ class SecurityHeaders(Middleware):
         add = (*override, *(pair for _lname, pair in kept))
         self._add = Lines(add)
         self._add_hsts = Lines((*add, self._hsts)) if self._hsts is not None else self._add
+        if cors is not None:
+            # CORS's response headers too (module doc): the sweep of a CORS request also
+            # drops the upstream's Access-Control-*; the no-Origin block is prebuilt
+            self._names_aca = Names(drop=self._strip, watch=watch, prefix=b"access-control-")
+            vary = ((b"vary", b"Origin"),) if cors_varies(cors) else ()
+            self._vary = Lines(vary) if vary else None
+            self._no_origin = Lines((*vary, *self._add.pairs))
+            self._no_origin_hsts = Lines((*vary, *self._add_hsts.pairs))
+            self._combos: dict = {}       # CORS's Lines -> Lines of it and the presets
+            self._combos_hsts: dict = {}  # the same with HSTS
+            self.response_filter = self._response_filter_cors
 
     def response_filter(self, ctx, head) -> None:
         """Strip leaking/overridden upstream headers, then add the presets."""
@@ -79,9 +100,44 @@ class SecurityHeaders(Middleware):
         head.extend(add)
 
 
+    def _response_filter_cors(self, ctx, head) -> None:
+        """``response_filter`` on a route whose CORS left its response headers here."""
+        note = ctx.notes.get("cors")
+        if note is None or (note is not False and not note.pairs):
+            # CORS did not run (a reply made before it) or added nothing (its preflight)
+            SecurityHeaders.response_filter(self, ctx, head)
+            return
+        hsts = self._hsts is not None and (ctx.request.tls or ctx.scheme == "https")
+        if note is False:  # CORS ran, the request had no Origin: its Vary only
+            seen = head.sweep(self._names)
+            if not seen:
+                head.add_lines(self._no_origin_hsts if hsts else self._no_origin)
+                return
+            pre = self._vary
+        else:  # a CORS request: the upstream's own CORS headers go (cors.py rule 4)
+            seen = head.sweep(self._names_aca)
+            if not seen:
+                combos = self._combos_hsts if hsts else self._combos
+                both = combos.get(note)
+                if both is None:
+                    both = Lines((*note.pairs, *(self._add_hsts if hsts else self._add).pairs))
+                    if len(combos) < _MAX_COMBOS:
+                        combos[note] = both
+                head.add_lines(both)
+                return
+            pre = note
+        if pre is not None:
+            head.add_lines(pre)
+        add = list(self._override)
+        add.extend(pair for lname, pair in self._kept if lname not in seen)
+        if hsts and _HSTS not in seen:
+            add.append(self._hsts)
+        head.extend(add)
+
+
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The route's security-header middleware, or None when it is off for it."""
     cfg = effective(root_cfg.security_headers, route_cfg.security_headers if route_cfg is not None else None)
     if cfg is None:
         return None
-    return SecurityHeaders(cfg, deps)
+    return SecurityHeaders(cfg, deps, cors_with_security_headers(root_cfg, route_cfg))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 
 from fastgw.http.messages import RequestHead, ResponseHead
-from fastgw.http.wire import CLOSE_DELIMITED, CRLF, RECHUNK, connection_tokens, cut_spans, header_lines, status_line
+from fastgw.http.wire import CLOSE_DELIMITED, CRLF, RECHUNK, WHOLE, connection_tokens, cut_spans, header_lines, \
+    status_line
 
 # Hop-by-hop and framing lines of a lower-cased, llhttp-validated response header block
 # with a "\n" prepended (llhttp refuses whitespace before a colon, so "\nname:" is exact).
@@ -46,6 +47,10 @@ _PLAIN_VALUE = frozenset({b" keep-alive", b" close", b"keep-alive", b"close"})
 # instead of tokenising the value (every "Connection: close" request; callgrind)
 _PLAIN_CONN = frozenset({b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade"})
 _NO_BODY = frozenset({204, 304})
+# ``ctx.notes`` key a response filter sets (with ``drop_length``) when its body filter will
+# return the whole body at its end (the transform's JSON edits): the head then waits for
+# the body and carries its Content-Length (``WHOLE``) instead of chunked framing
+WHOLE_BODY_NOTE = "whole_body"
 
 
 def request_head(x, route, peer) -> bytes:
@@ -194,7 +199,8 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
             # No Content-Length: a chunked or read-until-close upstream body.  HTTP/1.1
             # clients get it chunked; HTTP/1.0 clients get it close-delimited.
             if req.version == "1.1":
-                framing = RECHUNK
+                # (the note comes with drop_length: only routes with response filters)
+                framing = RECHUNK | WHOLE if route.chain.response and WHOLE_BODY_NOTE in ctx.notes else RECHUNK
                 extra += b"transfer-encoding: chunked\r\n"
             else:
                 keep_client = False

@@ -34,7 +34,7 @@ import httptools
 
 from fastgw.errors import GatewayError
 from fastgw.http.deadline import Deadline
-from fastgw.http.wire import CLOSE_DELIMITED, LAST_CHUNK, RECHUNK, STATUS_LINES
+from fastgw.http.wire import CLOSE_DELIMITED, LAST_CHUNK, RECHUNK, STATUS_LINES, WHOLE
 
 IDLE, BUSY, CLOSED = 0, 1, 2
 T_NONE, T_HEAD, T_READ, T_IDLE = 0, 1, 2, 3
@@ -48,7 +48,7 @@ class UpstreamProtocol:
         # per-request
         "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
         "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep", "t_head",
-        "tunnel",
+        "tunnel", "held",
     )
 
     def __init__(self, pool, loop) -> None:
@@ -67,6 +67,7 @@ class UpstreamProtocol:
         self.write_paused = False
         self.read_paused = False
         self.tunnel = None
+        self.held = None  # the head kept until the whole body is at hand (WHOLE)
         self.head_only = False
         self.body_filter = None
         self.t_read = 60.0
@@ -267,6 +268,10 @@ class UpstreamProtocol:
             # how the body goes to the client (the engine's decision, ``pipeline.heads``)
             self.rechunk = bool(framing & RECHUNK)
             self.close_delimited = bool(framing & CLOSE_DELIMITED)
+            # (``held`` is read only while ``rechunk`` is set: set with it, here)
+            self.held = head if framing & WHOLE else None
+            if self.held is not None:
+                head = None
         self.head_sent = True
         # (the read deadline is set after the parser returns, if the body is still due)
         if head is not None:
@@ -287,6 +292,9 @@ class UpstreamProtocol:
                 return
         self.ctx.bytes_sent += len(body)
         if self.rechunk:
+            if self.held is not None:  # the filter streams after all: the head as built
+                self.out.append(self.held)
+                self.held = None
             self.out.append(b"%x\r\n" % len(body))
             self.out.append(body)
             self.out.append(b"\r\n")
@@ -305,7 +313,20 @@ class UpstreamProtocol:
         out = self.out
         if self.body_filter is not None:
             tail = self.body_filter(self.ctx, b"", True)
-            if tail:
+            held = self.held if self.rechunk else None
+            if held is not None:
+                # WHOLE: nothing of the body went out, and here it is whole: the head
+                # with its Content-Length in place of the chunked framing
+                self.held = None
+                self.rechunk = False
+                if out is None:
+                    out = self.out = []
+                out.append(held.replace(b"\r\ntransfer-encoding: chunked\r\n",
+                                        b"\r\ncontent-length: %d\r\n" % len(tail), 1))
+                if tail:
+                    self.ctx.bytes_sent += len(tail)
+                    out.append(tail)
+            elif tail:
                 self.ctx.bytes_sent += len(tail)
                 if out is None:
                     out = self.out = []

@@ -358,6 +358,7 @@ def test_revalidation_refreshes_on_304(env):
     time.sleep(1.2)
     s, h, b2 = get(gw, p)
     assert s == 200 and b2 == b1 and up.count(p) == 2 and h.get("x-fresh") == "yes"
+    assert h["content-length"] == str(len(b2)) and "transfer-encoding" not in h  # the stored body, whole
     assert up.seen[p]["if-none-match"] == '"r1"'
     s, h, b3 = get(gw, p)  # refreshed: fresh for 60 s now
     assert b3 == b1 and "hit" in h["cache-status"] and up.count(p) == 2
@@ -504,6 +505,13 @@ def test_stale_while_revalidate_and_stale_if_error(env):
     p2 = "/swr/err"
     up.script[p2] = {"headers": [("cache-control", "max-age=1, must-understand")]}
     get(gw, p2)
+    # an upstream 500/502/503/504 is an error too (RFC 5861 section 4): stale within
+    # stale-if-error, the upstream's own answer on a route without it
+    five = {"/swr/5xx": 503, "/swr/500": 500, "/c/5xx": 503}
+    for p5, code in five.items():
+        up.script[p5] = (lambda code: lambda hdrs, k: {"headers": [("cache-control", "max-age=1")]} if k == 1
+                         else {"status": code, "headers": [("x-up", "failed")], "body": b"upstream failed" * 9})(code)
+        assert get(gw, p5)[0] == 200
     time.sleep(1.2)
     up.down = True
     try:
@@ -511,6 +519,18 @@ def test_stale_while_revalidate_and_stale_if_error(env):
     finally:
         up.down = False
     assert s == 200 and n_of(b) == 1 and "stale-if-error" in h["cache-status"]
+    for p5, code in five.items():
+        s, h, b = get(gw, p5, {"Cache-Control": "max-age=0"})  # (no stale-while-revalidate answer)
+        assert up.count(p5) == 2
+        if p5.startswith("/swr/"):
+            assert (s, n_of(b), h.get("x-up")) == (200, 1, None), (p5, s, h, b)
+            cs = h["cache-status"]
+            assert "fwd=stale; fwd-status=%d;" % code in cs and cs.endswith("detail=stale-if-error"), cs
+            assert int(h["age"]) >= 1 and h["content-length"] == str(len(b)) and "transfer-encoding" not in h
+            s, _h, b = get(gw, p5, {"Cache-Control": "max-age=0"}, method="HEAD")  # the stale head, no body
+            assert (s, b, up.count(p5)) == (200, b"", 3)
+        else:
+            assert (s, b, h["x-up"]) == (code, b"upstream failed" * 9, "failed")
 
 
 # ----------------------------------------------------------------------------- coalescing, purge, warming

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote
 
 import jwt
 import pytest
@@ -33,7 +34,13 @@ class _Recorder(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
         self.server.seen.append({"path": self.path, "headers": list(self.headers.items()), "body": body})
-        p = self.path.split("?")[0]
+        p, _, q = self.path.partition("?")
+        if p.endswith("/redir"):  # a redirect to the Location the query names (to=...)
+            self.send_response(302)
+            self.send_header("Location", unquote(q.partition("to=")[2].partition("&")[0]))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         extra = []
         if p.endswith("/gz"):
             out, ctype, extra = gzip.compress(json.dumps(DOC).encode()), "application/json", [("Content-Encoding", "gzip")]
@@ -86,7 +93,7 @@ services:
         transform:
           request:
             strip_prefix: true
-            query: {set: {src: gw}, remove: [debug]}
+            query: {set: {src: gw, who: "$jwt.sub", tm: "$jwt.team", via: "$scheme $route"}, remove: [debug]}
             headers:
               set: {X-User: "$jwt.sub", X-Level: route, X-Team: "$jwt.team", X-Const: "a $$5 b"}
               add: {X-Via: "$scheme://$host ($route)"}
@@ -150,8 +157,11 @@ def test_path_forms(gw, up):
     up.seen.clear()
     s, _h, _b = call(gw, "GET", "/api/items/42?x=1&debug=1", auth)
     assert s == 200
-    # prefix stripped, base path kept in front; debug removed, src set
-    assert up.seen[-1]["path"] == "/base/42?x=1&src=gw"
+    # prefix stripped, base path kept in front; debug removed, src set; values with
+    # variables rendered and encoded, a key whose variable is absent ($jwt.team) left out
+    assert up.seen[-1]["path"] == "/base/42?x=1&src=gw&who=alice&via=http%20items"
+    s, _h, _b = call(gw, "GET", "/api/items/42?tm=client", {"Authorization": "Bearer " + tok(team="a&b=c")})
+    assert s == 200 and up.seen[-1]["path"] == "/base/42?src=gw&who=alice&tm=a%26b%3Dc&via=http%20items"
     s, _h, _b = call(gw, "GET", "/v1/things/abc")
     assert s == 200 and up.seen[-1]["path"] == "/base/v2/items/abc"
     s, _h, _b = call(gw, "GET", "/re/one/two")
@@ -165,6 +175,27 @@ def test_path_forms(gw, up):
     while not any("refused" in ln and "/esc/etc/passwd" in ln for ln in gw.stderr_lines + gw.stdout_lines):
         assert time.monotonic() < deadline, "no log line for the refused rewrite"
         time.sleep(0.05)
+
+
+def test_redirect_puts_the_stripped_prefix_back(gw, up):
+    """The route strips /api/items and the service's base is /base: the upstream's
+    redirects name its own paths, the client gets its own (redirect_rewrite: auto, with
+    preserve_host true, the default)."""
+    auth = {"Authorization": "Bearer " + tok()}
+    origin = "http://%s:%d" % (gw.host, gw.port)
+    cases = {
+        "/base/items/7": "/api/items/items/7",           # path-absolute, under the base path
+        "/base": "/api/items/",
+        "/base/x?y=1#f": "/api/items/x?y=1#f",
+        origin + "/base/items/7": origin + "/api/items/items/7",  # the client's own origin
+        "/elsewhere/1": "/elsewhere/1",                  # outside the base path: untouched
+        "/basement": "/basement",                        # no boundary after the base
+        "items/7": "items/7",                            # relative: resolves the same on both sides
+        "http://other.example/base/1": "http://other.example/base/1",
+    }
+    for sent, want in cases.items():
+        s, h, _b = call(gw, "GET", "/api/items/redir?to=" + quote(sent, safe=""), auth)
+        assert s == 302 and values(h, "location") == [want], (sent, values(h, "location"))
 
 
 def test_request_headers_and_variables(gw, up):
@@ -213,12 +244,16 @@ def test_json_bodies(gw, up):
     assert json.loads(sent["body"]) == {"b": 1, "keep": 3, "source": "gateway"}
     assert int(values(sent["headers"], "content-length")[0]) == len(sent["body"])
     assert json.loads(b) == DOC["data"]                    # response unwrap
-    s, _h, b = call(gw, "GET", "/wrap/x")
+    # the edited body is sent whole, with its own length, not chunked
+    assert values(h, "content-length") == [str(len(b))] and not values(h, "transfer-encoding")
+    s, h, b = call(gw, "GET", "/wrap/x")
     assert s == 200 and json.loads(b) == {"result": DOC}
+    assert values(h, "content-length") == [str(len(b))] and not values(h, "transfer-encoding")
     # the edited body is what compression encodes (transform runs first)
     s, h, b = call(gw, "GET", "/wrap/x", {"Accept-Encoding": "gzip"})
     assert s == 200 and values(h, "content-encoding") == ["gzip"]
     assert json.loads(gzip.decompress(b)) == {"result": DOC}
+    assert values(h, "content-length") == [str(len(b))] or values(h, "transfer-encoding") == ["chunked"]
 
 
 def test_pass_through(gw, up):
@@ -262,6 +297,9 @@ auth:
     ('{request: {headers: {set: {X-A: "$nope"}}}}', "transform.request.headers.set.X-A", "unknown variable"),
     ('{request: {headers: {set: {X-A: "$upstream_addr"}}}}', "transform.request.headers.set.X-A", "response"),
     ('{request: {path: {regex: "(", replacement: x}}}', "transform.request.path.regex", "RE2"),
+    ('{request: {query: {set: {k: "$nope"}}}}', "transform.request.query.set.k", "unknown variable"),
+    ('{request: {query: {set: {k: "$upstream_addr"}}}}', "transform.request.query.set.k", "response"),
+    ('{request: {query: {set: {k: "5$"}}}}', "transform.request.query.set.k", "$$"),
     ('{request: {body: {unwrap: "/d"}}}', "transform.request.body", "response"),
     ('{request: {path: "/v2/{id}"}}', "transform.request.path", "not a parameter"),
 ])
@@ -278,3 +316,24 @@ def test_strip_prefix_needs_wildcard_and_no_warning_left():
     assert "strip_prefix" in str(e.value) and "wildcard" in str(e.value)
     _cfg, warnings = load_config_text(BASE % ("{request: {strip_prefix: true}}", SECRET))
     assert not [w for w in warnings if "transform" in w]
+
+
+def test_redirect_prefix_with_instance_origins():
+    """preserve_host false: an instance's absolute URL becomes the client's, prefix put back."""
+    from types import SimpleNamespace
+
+    from fastgw.middleware.redirect import RedirectRewrite
+
+    rr = RedirectRewrite("auto", None, ["http://10.0.0.5:8080/app"], "/api/v1", origins=True)
+    ctx = SimpleNamespace(request=SimpleNamespace(raw_host=b"gw.example"), scheme="https")
+    for sent, want in [(b"http://10.0.0.5:8080/app/items/7", b"https://gw.example/api/v1/items/7"),
+                       (b"HTTP://10.0.0.5:8080/app?x=1", b"https://gw.example/api/v1/?x=1"),
+                       (b"/app/items/7", b"/api/v1/items/7"),
+                       (b"https://gw.example/app/l", b"https://gw.example/api/v1/l"),
+                       (b"http://10.0.0.5:8080/apple", None),
+                       (b"//evil.example/app/x", None)]:
+        assert rr._rewrite(ctx, sent) == want, sent
+    # without a stripped prefix: the origin only, paths untouched (as before)
+    plain = RedirectRewrite("auto", None, ["http://10.0.0.5:8080/app"])
+    assert plain._rewrite(ctx, b"http://10.0.0.5:8080/app/items/7") == b"https://gw.example/items/7"
+    assert plain._rewrite(ctx, b"/app/items/7") is None
