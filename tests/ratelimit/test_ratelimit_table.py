@@ -18,19 +18,9 @@ import pytest
 from fastgw.obs.metrics import Metrics
 from fastgw.pipeline.deps import Deps
 
-from tests.support.ratelimit import Chain, FakeClock, gcra_reference
+from tests.support.ratelimit import ALL_ROUTE, Chain, FakeClock, gcra_reference
 
-CONFIG = """
-gateway:
-  trusted_proxies: []
-services:
-  api:
-    url: "http://127.0.0.1:9"
-    routes:
-      - path: "/*"
-        name: all
-        methods: ["GET"]
-rate_limit:
+CONFIG = ALL_ROUTE + """rate_limit:
   default: {requests_per_second: 1, burst: 5}
   table_slots: 65536
 """
