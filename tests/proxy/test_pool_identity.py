@@ -106,10 +106,13 @@ def test_hup_changing_a_base_path_applies_under_load():
 
 
 # ---------------------------------------------------------------------- TLS settings on reload
-def tls_echo(cert, key) -> FakeUpstream:
-    """The shared fake upstream in echo mode, over TLS."""
+def tls_echo(cert, key, client_ca=None) -> FakeUpstream:
+    """The shared fake upstream in echo mode, over TLS (mTLS: only clients ``client_ca`` signed)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(client_ca))
     return FakeUpstream("echo", name="tls-echo", tls=ctx)
 
 
@@ -202,11 +205,7 @@ services:
 def test_client_certificate_is_presented_to_the_upstream(tmp_path):
     cert, key, _ = self_signed(tmp_path, cn="localhost", name="up")
     ccert, ckey, _ = self_signed(tmp_path, cn="client", name="client")
-    srv = TlsEcho(cert, key)
-    ctx = srv.socket.context
-    ctx.verify_mode = ssl.CERT_REQUIRED          # mTLS: only the client certificate gets in
-    ctx.load_verify_locations(str(ccert))
-    srv.start()
+    srv = tls_echo(cert, key, client_ca=ccert).__enter__()   # mTLS: only the client certificate gets in
     try:
         port = srv.port
         with_cert = f'{{ca_file: "{cert}", server_name: localhost, cert_file: "{ccert}", key_file: "{ckey}"}}'

@@ -39,7 +39,9 @@ def _ip(i: int) -> str:
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
-@pytest.mark.timing
+# CPU-bound on a simulated clock, nothing timed: it runs beside other tests (a timing
+# mark would idle the other worker for its whole run); the timeout is a hang guard
+@pytest.mark.timeout(300)
 def test_million_distinct_keys_fixed_memory_exact_for_active_keys():
     clock = FakeClock()
     ch = Chain(CONFIG, "all", deps=Deps(None, metrics=Metrics()), clock=clock)
