@@ -187,6 +187,17 @@ class Conn:
         self.sock.sendall(response(status, headers, body, **kw))
 
 
+def _chunks(n: int, size: int) -> bytes:
+    """A chunked body of ``n`` bytes of "c" in chunks of ``size``, with its last chunk."""
+    out = []
+    while n > 0:
+        k = min(n, size)
+        out.append(b"%x\r\n%s\r\n" % (k, b"c" * k))
+        n -= k
+    out.append(b"0\r\n\r\n")
+    return b"".join(out)
+
+
 def never_answer(req: Request, conn: Conn) -> bool:
     """A handler: take the request, never answer (a hanging upstream) until the server stops."""
     conn.stopping.wait()
@@ -370,14 +381,8 @@ class FakeUpstream:
             return keep
         if parts[:1] == ["chunked"] and arg:
             n = int(arg)
-            out = [response(200, std + [("content-type", "application/octet-stream"),
-                                        ("transfer-encoding", "chunked")], length=False)]
-            while n > 0:
-                k = min(n, 16384)
-                out.append(b"%x\r\n%s\r\n" % (k, b"c" * k))
-                n -= k
-            out.append(b"0\r\n\r\n")
-            s.sendall(b"".join(out))
+            s.sendall(response(200, std + [("content-type", "application/octet-stream"),
+                                           ("transfer-encoding", "chunked")], length=False) + _chunks(n, 16384))
             return keep
         if parts[:1] == ["stream"] and arg:
             s.sendall(response(200, std + [("content-type", "application/octet-stream"), ("connection", "close")],
@@ -511,13 +516,7 @@ class FakeUpstream:
             return False
         if kw == "chunked":
             n = int(args[0]) if args else 10
-            out = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
-            while n > 0:
-                k = min(n, 1000)
-                out.append(b"%x\r\n%s\r\n" % (k, b"c" * k))
-                n -= k
-            out.append(b"0\r\n\r\n")
-            s.sendall(b"".join(out))
+            s.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + _chunks(n, 1000))
             return True
         if kw == "status":
             st = int(args[0])
