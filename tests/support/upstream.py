@@ -64,7 +64,6 @@ def response(status: int = 200, headers=(), body: bytes = b"", *, length: bool =
     return b"".join(out)
 
 
-
 class _Reader:
     def __init__(self, sock: socket.socket, up: "FakeUpstream") -> None:
         self.sock = sock
@@ -167,8 +166,6 @@ class Request:
         return self.target.split("?", 1)[0]
 
 
-
-
 class Conn:
     """What a ``handler`` answers through: the socket, its buffered reader, its number."""
 
@@ -205,6 +202,8 @@ def never_answer(req: Request, conn: Conn) -> bool:
 
 
 class FakeUpstream:
+    """The one fake upstream (module doc): ``with FakeUpstream(...) as up:``, at ``up.addr``."""
+
     def __init__(self, mode: str = "raw", handler: Callable | None = None, name: str = "echo",
                  read_body: bool = True, tls: ssl.SSLContext | None = None) -> None:
         if handler is None and mode not in ("raw", "echo"):
