@@ -2,7 +2,8 @@
 
 ``pytest_runtest_protocol`` (from tests/support/serial.py): a ``timing``-marked test runs
 alone under xdist.
-``raw_up`` is a module-wide RawUpstream (tests/support/upstream.py); ``core_gw`` a gateway
+``raw_up`` is a module-wide RawUpstream (tests/support/upstream.py; a module that needs
+no other upstream uses it rather than starting its own); ``core_gw`` a gateway
 on the proxy-core config over it (tests/support/config.py).
 """
 

@@ -31,14 +31,14 @@ class ConnInfo:
         self.t_head = float(timeouts.request_header)
         self.t_body = float(timeouts.request_body)
         self.t_idle = float(timeouts.keepalive)
-        self.t_send = float(getattr(timeouts, "send", 60.0))
-        total = getattr(timeouts, "request_body_total", None)
+        self.t_send = float(timeouts.send)
+        total = timeouts.request_body_total
         self.body_total = float(total) if total is not None else float("inf")
-        rate = getattr(timeouts, "request_body_min_rate", None)
+        rate = timeouts.request_body_min_rate
         self.body_rate = float(rate) if rate else 0.0  # bytes/s; 0 = off
-        self.body_grace = float(getattr(timeouts, "request_body_min_rate_grace", 10.0))
-        self.t_linger = float(getattr(timeouts, "lingering_time", 5.0))
-        self.linger_size = int(getattr(timeouts, "lingering_size", 8 * 1024 * 1024))
+        self.body_grace = float(timeouts.request_body_min_rate_grace)
+        self.t_linger = float(timeouts.lingering_time)
+        self.linger_size = int(timeouts.lingering_size)
         # (the lingering deadline is not in the horizon: Deadline.set re-arms for a shorter
         # one, and a 5 s horizon would wake every idle connection every 5 s)
         self.t_min = min(self.t_head, self.t_body, self.t_idle, self.t_send, self.body_total)

@@ -105,6 +105,8 @@ class _State:
         self.cfg = cfg
         self.deps = deps
         self.pool = pool
+        # deps: the runtime's Deps, a test's stand-in with fewer fields, or None (unit
+        # tests): not a config Struct, so its fields stay optional
         self.metrics = getattr(deps, "metrics", None)
         self.audit = getattr(deps, "audit", None)
         self.log = getattr(deps, "log", None)
@@ -508,11 +510,11 @@ def build(root_cfg, service_cfg, route_cfg, deps):
     """The auth middleware for a route (``StripIdentity`` when the route needs no token)."""
     if route_cfg is None:
         return None  # the global chain answers locally; nothing is forwarded
-    auth_cfg = getattr(root_cfg, "auth", None) or AuthConfig()
+    auth_cfg = root_cfg.auth or AuthConfig()
     state = _state(root_cfg, auth_cfg, deps)
-    route_auth = getattr(route_cfg, "auth", False)
-    roles = getattr(route_cfg, "roles", None)
-    name = getattr(route_cfg, "name", None) or ""
+    route_auth = route_cfg.auth
+    roles = route_cfg.roles
+    name = route_cfg.name or ""
     if not route_auth and not roles:
         return StripIdentity(state.strip, deps)
     # the route's auth rules (a key exists, its roles are declared) are the loader's:

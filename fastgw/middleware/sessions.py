@@ -51,7 +51,7 @@ _WWW = (b"www-authenticate", b'Bearer error="invalid_token"')
 
 def routes(root_cfg) -> list[RouteConfig]:
     """The endpoint routes the config asks for (the runtime adds them before the services')."""
-    auth = getattr(root_cfg, "auth", None)
+    auth = root_cfg.auth
     out = []
     if auth is not None and auth.refresh is not None:
         out.append(RouteConfig(path=auth.refresh.path, name=REFRESH_ROUTE, methods=["POST"]))
@@ -85,6 +85,7 @@ class SessionEndpoint(Middleware):
         self.cookie_names = tuple(n.encode() for n in r.cookie_names) if r is not None else (b"", b"")
         self.grace = float(r.reuse_grace) if r is not None else 0.0
         self.limit = r.rate_limit if r is not None and not logout else None
+        # deps (and its shm) may be None or a test's stand-in: not config Structs
         shm = getattr(deps, "shm", None)
         self.table = getattr(shm, "revocation", None)
         self.rl = getattr(shm, "ratelimit", None)
@@ -271,7 +272,7 @@ def _bearer(ctx):
 
 def build(root_cfg, service_cfg, route_cfg, deps):
     """The endpoint middleware of a session route (``routes``); None elsewhere."""
-    name = getattr(route_cfg, "name", None)
+    name = route_cfg.name if route_cfg is not None else None  # None: the global chain
     if service_cfg is not None or name not in (REFRESH_ROUTE, LOGOUT_ROUTE):
         return None
     return SessionEndpoint(root_cfg.auth, name == LOGOUT_ROUTE, deps)

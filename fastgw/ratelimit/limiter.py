@@ -76,6 +76,7 @@ class Limiter:
     """Per worker: the table, the clock, the Redis backends, the metrics timer."""
 
     def __init__(self, deps, table_slots: int) -> None:
+        # deps: the runtime's Deps, a test's stand-in, or None: not a config Struct
         shm = getattr(deps, "shm", None)
         self.region = None
         if shm is not None:

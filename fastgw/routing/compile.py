@@ -124,6 +124,8 @@ def _parse_host(name: str, host) -> tuple[str | None, str | None, tuple]:
 
 def compile_route(cfg, target, index: int) -> CompiledRoute:
     """Compile ``cfg`` (attributes path, methods, host, match, name) into a ``CompiledRoute``."""
+    # ``cfg`` is a RouteConfig from the loader, or a duck-typed stand-in with just the
+    # attributes above (tests/routing/test_router.py, bench/micro): optional ones stay getattr
     name = getattr(cfg, "name", None) or f"#{index}"
     r = CompiledRoute()
     r.target = target

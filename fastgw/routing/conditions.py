@@ -105,10 +105,10 @@ class Versioning:
     __slots__ = ("header", "media_type", "default")
 
     def __init__(self, cfg) -> None:
-        h = getattr(cfg, "header", None)
+        h = cfg.header
         self.header = h.lower().encode("latin-1") if h else None
-        self.media_type = bool(getattr(cfg, "media_type", False))
-        d = getattr(cfg, "default", None)
+        self.media_type = bool(cfg.media_type)
+        d = cfg.default
         self.default = version_norm(d) if d else None
 
     def of(self, headers_get) -> str | None:
@@ -173,7 +173,7 @@ def _rule(v):
     """(kind, arg) of a match value: ("eq", str) | ("present",) | ("absent",) | ("regex", rx)."""
     if isinstance(v, str):
         return ("present", None) if v == "*" else ("eq", v)
-    if getattr(v, "absent", False):
+    if v.absent:  # a ValueRule: regex or absent
         return ("absent", None)
     return ("regex", Re2(v.regex))
 
@@ -225,6 +225,8 @@ def _cookie_test(name: str, v):
 
 
 def _tests(m) -> list:
+    # ``m`` is a MatchConfig from the loader, or a duck-typed stand-in with only some of
+    # its fields (tests/routing/test_router.py, bench/micro): missing fields read as empty
     out = []
     for k, v in sorted((getattr(m, "headers", None) or {}).items(), key=lambda kv: kv[0].lower()):
         out.append(_header_test(k, v))

@@ -83,10 +83,17 @@ def hdr(req: dict, name: str):
     return None
 
 
-@pytest.fixture
-def gw_up():
+@pytest.fixture(scope="module")
+def _shared():
     with EchoUpstream() as up, Gateway(CONFIG, upstream=up, workers=2) as gw:
         yield gw, up
+
+
+@pytest.fixture
+def gw_up(_shared):
+    """The module's gateway (one start for all tests); the upstream's record starts empty."""
+    _shared[1].requests.clear()
+    return _shared
 
 
 def test_protected_route_without_token_401(gw_up):

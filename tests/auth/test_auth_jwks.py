@@ -19,6 +19,7 @@ from fastgw.middleware.auth import JwksAuth, build
 from tests.support.auth import (JwksServer, Route, bearer, claims, ctx, deps, jwk_of, mint, private_for,
                                 root, rsa_key, www)
 from tests.support.certs import make_tls
+from tests.support.upstream import FakeUpstream
 
 K1, K2, K3 = rsa_key(1), rsa_key(2), rsa_key(3)
 
@@ -423,20 +424,15 @@ def test_mixed_static_and_jwks_keys():
 
 
 # -- the fetch helper alone ----------------------------------------------------------------------
-async def raw_server(answer: bytes, delay: float = 0.0):
-    async def handle(reader, writer):
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            if delay:
-                await asyncio.sleep(delay)
-            writer.write(answer)
-            await writer.drain()
-        except Exception:
-            pass
-        finally:
-            writer.close()
-    s = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return s, f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}/"
+def raw_server(answer: bytes, delay: float = 0.0) -> tuple[FakeUpstream, str]:
+    """The shared fake upstream answering ``answer`` (after ``delay`` s) to any request,
+    then closing; started, with its URL."""
+    def handle(req, conn) -> bool:
+        if not (delay and conn.stopping.wait(delay)):
+            conn.send(answer)
+        return False
+    s = FakeUpstream(handler=handle, read_body=False).__enter__()
+    return s, f"http://{s.addr}/"
 
 
 @pytest.mark.parametrize("answer, err", [
@@ -450,23 +446,22 @@ async def raw_server(answer: bytes, delay: float = 0.0):
 ])
 def test_fetch_rejects(answer, err):
     async def main():
-        s, url = await raw_server(answer)
+        s, url = raw_server(answer)
         with pytest.raises(fetch.FetchError, match=err):
             await fetch.get(url, timeout=2, max_size=4096, allow_http=True)
-        s.close()
+        s.stop()
     arun(main())
 
 
 @pytest.mark.timing
 def test_fetch_timeout_and_refused():
     async def main():
-        s, url = await raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", delay=3)
+        s, url = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", delay=3)
         t0 = time.monotonic()
         with pytest.raises(fetch.FetchError, match="timed out"):
             await fetch.get(url, timeout=0.2, max_size=10, allow_http=True)
         assert time.monotonic() - t0 < 1
-        s.close()
-        await s.wait_closed()
+        s.stop()
         with pytest.raises(fetch.FetchError, match="ConnectionRefused|OSError"):
             await fetch.get(url, timeout=1, max_size=10, allow_http=True)
     arun(main())
@@ -474,15 +469,15 @@ def test_fetch_timeout_and_refused():
 
 def test_fetch_read_to_close_and_chunked():
     async def main():
-        s, url = await raw_server(b"HTTP/1.0 200 OK\r\n\r\n{\"a\":1}")
+        s, url = raw_server(b"HTTP/1.0 200 OK\r\n\r\n{\"a\":1}")
         r = await fetch.get(url, timeout=2, max_size=100, allow_http=True)
         assert r.status == 200 and r.body == b'{"a":1}'
-        s.close()
-        s, url = await raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        s.stop()
+        s, url = raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                   b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n")
         r = await fetch.get(url, timeout=2, max_size=100, allow_http=True)
         assert r.body == b"abcde"
-        s.close()
+        s.stop()
     arun(main())
 
 

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 
+from tests.support.config import ECHO_HEAD
+from tests.support.wire import closed_port
 from tests.support.gateway import Gateway
 from tests.support.upstream import EchoUpstream
 
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _status(url: str) -> int:
@@ -28,15 +22,9 @@ def _status(url: str) -> int:
 
 
 def test_readiness_is_503_while_the_jwks_cannot_be_fetched():
-    dead = _free_port()  # nothing listens here: the JWKS fetch fails
+    dead = closed_port()  # nothing listens here: the JWKS fetch fails
     with EchoUpstream() as up:
-        cfg = f"""
-gateway: {{host: 127.0.0.1, port: 0}}
-services:
-  echo:
-    url: "http://{up.addr}"
-    routes:
-      - path: "/*"
+        cfg = ECHO_HEAD.replace("{UP}", up.addr) + f"""      - path: "/*"
         auth: true
 auth:
   jwks:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,105 +18,49 @@ import jwt
 import pytest
 
 from tests.support.gateway import flushed_access_lines
+from tests.support.config import ADMIN_ACCESS_LOG_BLOCK
 from tests.support.gateway import Gateway
 from tests.support.procs import admin, metrics_text, series
+from tests.support.upstream import FakeUpstream
 
 SECRET = "cache-test-secret-0123456789abcdef0123"
 
 
-class Upstream:
-    """HTTP/1.1 keep-alive upstream, one thread per connection."""
+class Upstream(FakeUpstream):
+    """The shared fake upstream with a handler: answers ``script[path]``, counts per path."""
 
     def __init__(self) -> None:
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(128)
-        self.lsock.settimeout(0.1)
+        super().__init__(handler=self._answer)
         self.script: dict = {}
         self.hits: dict = {}
         self.seen: dict = {}  # path -> request headers of the last request
-        self.lock = threading.Lock()
-        self.stop_ev = threading.Event()
         self.down = False
-        self.t = threading.Thread(target=self._accept, daemon=True)
-
-    @property
-    def addr(self) -> str:
-        return "127.0.0.1:%d" % self.lsock.getsockname()[1]
-
-    def __enter__(self):
-        self.t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_ev.set()
-        self.t.join(2)
-        self.lsock.close()
 
     def count(self, path: str) -> int:
         with self.lock:
             return self.hits.get(path, 0)
 
-    def _accept(self) -> None:
-        while not self.stop_ev.is_set():
-            try:
-                s, _ = self.lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
-
-    def _serve(self, s) -> None:
-        s.settimeout(10)
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = s.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target = lines[0].split(" ")[:2]
-                hdrs = {}
-                for ln in lines[1:]:
-                    k, _, v = ln.partition(":")
-                    hdrs[k.strip().lower()] = v.strip()
-                n = int(hdrs.get("content-length", 0))
-                while len(buf) < n:
-                    buf += s.recv(65536)
-                buf = buf[n:]
-                path = target.split("?")[0]
-                if self.down:
-                    s.close()
-                    return
-                with self.lock:
-                    self.hits[path] = k = self.hits.get(path, 0) + 1
-                    self.seen[path] = hdrs
-                spec = self.script.get(path, {})
-                if callable(spec):
-                    spec = spec(hdrs, k)
-                if spec.get("delay"):
-                    time.sleep(spec["delay"])
-                status = spec.get("status", 200)
-                headers = list(spec.get("headers", [("cache-control", "max-age=60")]))
-                body = spec.get("body")
-                if body is None:
-                    body = json.dumps({"n": k, "path": target, "headers": hdrs}).encode()
-                out = b"HTTP/1.1 %d X\r\n" % status
-                out += b"".join(b"%s: %s\r\n" % (a.encode(), b.encode()) for a, b in headers)
-                if status in (204, 304):
-                    s.sendall(out + b"\r\n")
-                    continue
-                out += b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
-                s.sendall(out + (body if method != "HEAD" else b""))
-        except OSError:
-            return
-        finally:
-            s.close()
+    def _answer(self, req, conn) -> bool:
+        if self.down:
+            return False  # close without an answer
+        path, hdrs = req.path, req.header_map()
+        with self.lock:
+            self.hits[path] = k = self.hits.get(path, 0) + 1
+            self.seen[path] = hdrs
+        spec = self.script.get(path, {})
+        if callable(spec):
+            spec = spec(hdrs, k)
+        if spec.get("delay"):
+            time.sleep(spec["delay"])
+        status = spec.get("status", 200)
+        headers = list(spec.get("headers", [("cache-control", "max-age=60")]))
+        body = spec.get("body")
+        if body is None:
+            body = json.dumps({"n": k, "path": req.target, "headers": hdrs}).encode()
+        if status not in (204, 304):
+            headers.append(("content-type", "application/json"))
+        conn.respond(status, headers, body, head_only=req.method == "HEAD")
+        return True
 
 
 CONFIG = """
@@ -171,15 +113,7 @@ auth:
     - {header: Authorization, scheme: Bearer}
     - {cookie: session}
     - {header: X-Api-Token}
-monitoring:
-  metrics_port: 0
-  admin: {port: 0}
-  logging:
-    level: warning
-    access_log:
-      enabled: true
-      output: "{ACCESS_LOG}"
-""" % SECRET
+""" % SECRET + ADMIN_ACCESS_LOG_BLOCK
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,10 @@ from tests.support.gateway import flushed_access_lines
 from tests.support.memory import RssSampler
 from tests.support.waiting import wait_for
 from tests.support.wire import Client, parse_head
+from tests.support.config import ACCESS_LOG_BLOCK
 from tests.support.gateway import Gateway
 from tests.support.procs import metrics_text, series
+from tests.support.upstream import FakeUpstream
 
 from tests.support import DATA  # noqa: E402
 UNIT = b'{"id": 12345, "name": "widget", "tags": ["a", "b", "c"], "price": 9.99},\n'
@@ -50,104 +52,50 @@ def decode(coding: str | None, data: bytes) -> bytes:
 
 
 # ----------------------------------------------------------------------------- upstream
-class ScriptedUpstream:
-    """HTTP/1.1 keep-alive upstream; ``x-reply`` (JSON) says what to answer."""
+class ScriptedUpstream(FakeUpstream):
+    """The shared fake upstream with a handler: ``x-reply`` (JSON) says what to answer."""
 
     def __init__(self) -> None:
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(64)
-        self.lsock.settimeout(0.1)
-        self.stop_ev = threading.Event()
+        super().__init__(handler=self._answer)
         self.sse_go = threading.Event()
         self.bodies: list[tuple[dict, bytes]] = []
-        self.t = threading.Thread(target=self._accept, daemon=True)
 
-    @property
-    def addr(self) -> str:
-        return "127.0.0.1:%d" % self.lsock.getsockname()[1]
-
-    def __enter__(self):
-        self.t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_ev.set()
-        self.t.join(2)
-        self.lsock.close()
-
-    def _accept(self) -> None:
-        while not self.stop_ev.is_set():
-            try:
-                s, _ = self.lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
-
-    def _serve(self, s: socket.socket) -> None:
-        s.settimeout(10)
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = s.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target = lines[0].split(" ")[:2]
-                hdrs = {}
-                for ln in lines[1:]:
-                    k, _, v = ln.partition(":")
-                    hdrs[k.strip().lower()] = v.strip()
-                n = int(hdrs.get("content-length", 0))
-                while len(buf) < n:
-                    buf += s.recv(65536)
-                body, buf = buf[:n], buf[n:]
-                self.bodies.append((hdrs, body))
-                self._answer(s, method, target, hdrs)
-        except OSError:
-            return
-        finally:
-            s.close()
-
-    def _answer(self, s, method: str, target: str, hdrs: dict) -> None:
+    def _answer(self, req, conn) -> bool:
+        hdrs, s, target = req.header_map(), conn.sock, req.target
+        self.bodies.append((hdrs, req.body))
         spec = json.loads(hdrs.get("x-reply") or "{}")
         status = spec.get("status", 200)
         headers = spec.get("headers", [["content-type", "application/json"]])
         if target.startswith("/r/sse") or target.startswith("/nosse/sse"):
             self._sse(s)
-            return
+            return True
         n = spec.get("len", 4096)
         head = b"HTTP/1.1 %d X\r\n" % status + b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers)
         if status in (204, 304):
             s.sendall(head + b"\r\n")
-            return
+            return True
         if spec.get("close"):  # read-until-close body: no Content-Length, no chunked
             s.sendall(head + b"connection: close\r\n\r\n" + body_of(n))
             s.shutdown(socket.SHUT_WR)
-            raise OSError("closed")
+            return False
         if spec.get("chunked"):
             s.sendall(head + b"transfer-encoding: chunked\r\n\r\n")
-            if method != "HEAD":
+            if req.method != "HEAD":
                 left, block = n, BLOCK
                 while left:
                     k = min(left, len(block))
                     s.sendall(b"%x\r\n%s\r\n" % (k, block[:k]))
                     left -= k
                 s.sendall(b"0\r\n\r\n")
-            return
+            return True
         s.sendall(head + b"content-length: %d\r\n\r\n" % n)
-        if method != "HEAD":
+        if req.method != "HEAD":
             left, block = n, BLOCK
             while left:
                 k = min(left, len(block))
                 s.sendall(block[:k])
                 left -= k
+        return True
 
     def _sse(self, s) -> None:
         s.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
@@ -200,14 +148,7 @@ services:
       levels: {gzip: 1}
     routes:
       - path: "/svc/*"
-monitoring:
-  metrics_port: 0
-  logging:
-    level: warning
-    access_log:
-      enabled: true
-      output: "{ACCESS_LOG}"
-""" % SCHEMA
+""" % SCHEMA + ACCESS_LOG_BLOCK
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import yaml
 
 from fastgw.config import load_config_text
 from fastgw.obs.prom import families
+from tests.support.wire import closed_port
+from tests.support.config import ECHO_HEAD
 from tests.support.gateway import Gateway
 from tests.support.procs import admin, get
 from tests.support.upstream import EchoUpstream
@@ -163,16 +164,7 @@ def test_dashboard_structure_and_queries_parse(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-LIVE = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-  trusted_proxies: []
-services:
-  echo:
-    url: "http://{UP}"
-    routes:
-      - {path: "/open/*", name: open, methods: ["GET"]}
+LIVE = ECHO_HEAD + """      - {path: "/open/*", name: open, methods: ["GET"]}
       - path: "/limited/*"
         name: limited
         methods: ["GET"]
@@ -203,13 +195,6 @@ monitoring:
 """
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def _live_series(text: str) -> dict[str, set[str]]:
     """sample name -> label names seen on it, from an exposition text."""
@@ -236,7 +221,7 @@ def test_dashboard_and_rules_name_metrics_a_live_gateway_exports():
     exprs = _dashboard_exprs() + [r["expr"] for r in _rules()]
     needed = _needed(exprs)
     assert "fastgw_http_requests_total" in needed and len(needed) >= 15
-    dead = _free_port()
+    dead = closed_port()
     with EchoUpstream() as up:
         cfg = LIVE.replace("{UP}", up.addr).replace("{DEAD}", str(dead))
         with Gateway(cfg, workers=1) as gw:

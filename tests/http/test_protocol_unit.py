@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from fastgw.config.gateway import TimeoutsConfig
 from fastgw.http.protocol import (MAX_BACKLOG, PAUSE_BACKLOG, PAUSE_UPSTREAM, ConnInfo,
                                   DownstreamProtocol)
 
@@ -143,7 +144,9 @@ class FakeHandler:
 
 
 LIMITS = SimpleNamespace(max_request_line=1024, max_header_size=512, max_headers_size=2048, max_headers=20)
-TIMEOUTS = SimpleNamespace(request_header=10.0, request_body=20.0, keepalive=75.0, send=60.0)
+# the body deadlines off: these tests drive the head/body/idle timers alone
+TIMEOUTS = TimeoutsConfig(request_header=10.0, request_body=20.0, keepalive=75.0, send=60.0,
+                          request_body_total=None, request_body_min_rate=None)
 
 
 def make():

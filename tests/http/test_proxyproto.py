@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw.http.proxyproto import V2_SIG, ProxyHeader, ProxyProtocolError, ProxyProtocolGate, build_v1, build_v2, parse
+from tests.support.config import ECHO_GET_ALL
 from tests.support.certs import self_signed
 
 # ---------------------------------------------------------------------- tables
@@ -275,13 +276,7 @@ gateway:
     enabled: true
     trusted_cidrs: ["127.0.0.1/32"]
 {TLS}
-services:
-  echo:
-    url: "http://{UP}"
-    routes:
-      - path: "/*"
-        methods: ["GET"]
-monitoring:
+""" + ECHO_GET_ALL + """monitoring:
   metrics_port: 0
   logging:
     level: warning

@@ -8,19 +8,14 @@ import os
 import time
 import urllib.request
 
+from tests.support.config import ECHO_HEAD
 from tests.support.gateway import Gateway
 from tests.support.upstream import EchoUpstream
 
 
 def test_admin_calls_are_audited_probes_are_not():
     with EchoUpstream() as up:
-        cfg = f"""
-gateway: {{host: 127.0.0.1, port: 0}}
-services:
-  echo:
-    url: "http://{up.addr}"
-    routes:
-      - path: "/*"
+        cfg = ECHO_HEAD.replace("{UP}", up.addr) + f"""      - path: "/*"
 monitoring:
   metrics_port: 0
   admin: {{port: 0}}

@@ -16,12 +16,12 @@ import time
 import pytest
 
 from fastgw.config.services import UpstreamTlsConfig
-from fastgw.demo.echo import EchoServer
 from fastgw.upstream.peer import peer_key
+from tests.support.config import HEAD
 from tests.support.gateway import Gateway
 from tests.support.procs import (KeepAliveLoad, generation_everywhere, hup, metrics_text, ready_workers, rewrite,
                                  series)
-from tests.support.upstream import EchoUpstream
+from tests.support.upstream import EchoUpstream, FakeUpstream
 from tests.support.waiting import wait_for
 from tests.support.certs import self_signed
 
@@ -47,13 +47,7 @@ def test_pool_key_holds_tls_settings_not_the_base_path(tmp_path):
 
 
 # ---------------------------------------------------------------------- two services, one host:port
-TWO = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-  trusted_proxies: []
-services:
-  alpha:
+TWO = HEAD + """  alpha:
     url: "http://{UP}/alpha"
     routes:
       - path: "/a/*"
@@ -112,28 +106,17 @@ def test_hup_changing_a_base_path_applies_under_load():
 
 
 # ---------------------------------------------------------------------- TLS settings on reload
-class TlsEcho(EchoServer):
-    """The demo echo over TLS (handshake in the handler thread, not in accept)."""
-
-    def __init__(self, cert, key) -> None:
-        super().__init__("127.0.0.1", 0, "tls-echo")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        self.accepted = 0
-
-    def get_request(self):
-        self.accepted += 1
-        return super().get_request()
+def tls_echo(cert, key, client_ca=None) -> FakeUpstream:
+    """The shared fake upstream in echo mode, over TLS (mTLS: only clients ``client_ca`` signed)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(client_ca))
+    return FakeUpstream("echo", name="tls-echo", tls=ctx)
 
 
-TLS = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-  trusted_proxies: []
-services:
-  secure:
+TLS = HEAD + """  secure:
     url: "https://127.0.0.1:{PORT}/base"
     tls: {TLS}
     routes:
@@ -153,7 +136,7 @@ def _tls_cfg(port: int, tls: str) -> str:
 def test_hup_changing_tls_verify_and_ca_file_applies_under_load(tmp_path):
     cert, key, _ = self_signed(tmp_path, cn="localhost", name="up")
     other, _k, _ = self_signed(tmp_path, cn="localhost", name="other")      # same name, another key
-    srv = TlsEcho(cert, key).start()
+    srv = tls_echo(cert, key).__enter__()
     try:
         ca_a = tmp_path / "ca-a.pem"
         ca_b = tmp_path / "ca-b.pem"
@@ -163,25 +146,25 @@ def test_hup_changing_tls_verify_and_ca_file_applies_under_load(tmp_path):
             f'{{verify: true, ca_file: "{ca_b}", server_name: localhost}}',     # ca_file changes
             '{verify: false}',                                                  # verify changes
         ]
-        with Gateway(_tls_cfg(srv.server_address[1], f'{{verify: true, ca_file: "{ca_a}", server_name: localhost}}'),
+        with Gateway(_tls_cfg(srv.port, f'{{verify: true, ca_file: "{ca_a}", server_name: localhost}}'),
                      workers=2) as gw:
             assert wait_for(lambda: len(ready_workers(gw)) == 2)
             with KeepAliveLoad("127.0.0.1", gw.port, conns=8, path="/load") as load:
                 for gen, tls in enumerate(steps, start=1):
                     assert wait_for(lambda: load.ok > 30 * gen)
-                    accepted = srv.accepted
-                    rewrite(gw, _tls_cfg(srv.server_address[1], tls))
+                    accepted = srv.conns
+                    rewrite(gw, _tls_cfg(srv.port, tls))
                     hup(gw)
                     assert wait_for(lambda: generation_everywhere(gw, gen, 2))
                     # a new identity: new pools, new TLS connections to the upstream
-                    assert wait_for(lambda: srv.accepted > accepted), f"step {gen}: no new connection"
+                    assert wait_for(lambda: srv.conns > accepted), f"step {gen}: no new connection"
                     ok = load.ok
                     assert wait_for(lambda: load.ok > ok + 30)
             assert load.failed == 0, load.errors[:5]
             closed = series(metrics_text(gw), "fastgw_upstream_connections_total").get('{event="closed"}', 0)
             assert closed >= 1                  # the old pools closed their connections
             # the CA file is really used: a bundle that does not hold the upstream's cert fails
-            rewrite(gw, _tls_cfg(srv.server_address[1], f'{{verify: true, ca_file: "{other}", server_name: localhost}}'))
+            rewrite(gw, _tls_cfg(srv.port, f'{{verify: true, ca_file: "{other}", server_name: localhost}}'))
             hup(gw)
             assert wait_for(lambda: generation_everywhere(gw, 3, 2))
             st, _, body = gw.request("GET", "/x")
@@ -189,7 +172,7 @@ def test_hup_changing_tls_verify_and_ca_file_applies_under_load(tmp_path):
             # a CA file that does not exist: the supervisor refuses the reload, nothing changes
             missing = tmp_path / "missing.pem"
             assert not os.path.exists(missing)
-            rewrite(gw, _tls_cfg(srv.server_address[1], f'{{verify: true, ca_file: "{missing}"}}'))
+            rewrite(gw, _tls_cfg(srv.port, f'{{verify: true, ca_file: "{missing}"}}'))
             hup(gw)
             assert wait_for(lambda: series(metrics_text(gw), "fastgw_config_reloads_total")
                             .get('{result="failed"}') == 1)
@@ -222,13 +205,9 @@ services:
 def test_client_certificate_is_presented_to_the_upstream(tmp_path):
     cert, key, _ = self_signed(tmp_path, cn="localhost", name="up")
     ccert, ckey, _ = self_signed(tmp_path, cn="client", name="client")
-    srv = TlsEcho(cert, key)
-    ctx = srv.socket.context
-    ctx.verify_mode = ssl.CERT_REQUIRED          # mTLS: only the client certificate gets in
-    ctx.load_verify_locations(str(ccert))
-    srv.start()
+    srv = tls_echo(cert, key, client_ca=ccert).__enter__()   # mTLS: only the client certificate gets in
     try:
-        port = srv.server_address[1]
+        port = srv.port
         with_cert = f'{{ca_file: "{cert}", server_name: localhost, cert_file: "{ccert}", key_file: "{ckey}"}}'
         with Gateway(_tls_cfg(port, with_cert), workers=1) as gw:
             st, _, body = gw.request("GET", "/mtls")

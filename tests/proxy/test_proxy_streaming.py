@@ -18,8 +18,7 @@ import pytest
 
 from tests.support.config import core_config
 from tests.support.memory import RssSampler
-from tests.support.upstream import RawUpstream
-from tests.support.wire import parse_head, parse_responses
+from tests.support.wire import parse_head, parse_responses, read_to_close
 from tests.support.gateway import Gateway
 
 MB = 1 << 20
@@ -29,14 +28,8 @@ H = b"Host: gw.test\r\n"
 
 
 @pytest.fixture(scope="module")
-def up():
-    with RawUpstream() as u:
-        yield u
-
-
-@pytest.fixture(scope="module")
-def gw(up):
-    cfg = core_config(up).replace("  trusted_proxies: []\n", "  trusted_proxies: []\n  limits:\n    max_body_size: 200MB\n")
+def gw(raw_up):
+    cfg = core_config(raw_up).replace("  trusted_proxies: []\n", "  trusted_proxies: []\n  limits:\n    max_body_size: 200MB\n")
     with Gateway(cfg) as g:
         # warm-up: imports, pools, buffers allocated once
         s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
@@ -48,9 +41,9 @@ def gw(up):
 
 
 @pytest.fixture(scope="module")
-def fresh_gw(up):
+def fresh_gw(raw_up):
     """A gateway that has served nothing yet: no freed memory to hide growth in."""
-    with Gateway(core_config(up)) as g:
+    with Gateway(core_config(raw_up)) as g:
         yield g
 
 
@@ -131,12 +124,7 @@ def test_100mb_upload_to_slow_upstream(gw):
                   % (rate, SIZE))
         for b in blocks:
             s.sendall(b)
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
+        data = read_to_close(s)
         s.close()
     st, _, body = parse_responses(data)[0]
     doc = json.loads(body)
@@ -160,12 +148,7 @@ def test_100mb_chunked_upload_from_slow_sender(gw):
             if ahead > 0:
                 time.sleep(ahead)
         s.sendall(b"0\r\n\r\n")
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
+        data = read_to_close(s)
         s.close()
     st, _, body = parse_responses(data)[0]
     assert st == 200 and json.loads(body)["body_len"] == SIZE

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from tests.support.upstream import RawUpstream
 from tests.support.wire import Client, exchange, one_response, problem_of
 from tests.support.gateway import Gateway
 
@@ -35,20 +34,14 @@ monitoring:
 
 
 @pytest.fixture(scope="module")
-def up():
-    with RawUpstream() as u:
-        yield u
-
-
-@pytest.fixture(scope="module")
-def gw(up):
-    with Gateway(CONFIG, upstream=up) as g:
+def gw(raw_up):
+    with Gateway(CONFIG, upstream=raw_up) as g:
         yield g
 
 
 @pytest.mark.timing
-def test_slowloris_head_gets_408_and_close(gw, up):
-    snap = up.snapshot()
+def test_slowloris_head_gets_408_and_close(gw, raw_up):
+    snap = raw_up.snapshot()
     pieces = [b"GET /api/slow HTTP/1.1\r\n" + H] + [b"X-A%d: b\r\n" % i for i in range(12)]
     t = time.monotonic()
     data, closed = exchange(gw.port, pieces, pause=0.25, timeout=4)
@@ -57,7 +50,7 @@ def test_slowloris_head_gets_408_and_close(gw, up):
     assert st == 408 and problem_of(body)["status"] == 408
     assert hd.get("connection") == "close" and closed
     assert elapsed < 3.5
-    assert up.since(snap) == []
+    assert raw_up.since(snap) == []
 
 
 def test_idle_connection_without_request_closed(gw):
@@ -85,11 +78,11 @@ def test_keepalive_activity_resets_idle_timer(gw):
             time.sleep(0.6)  # 4 x 0.6 s > 1 s keep-alive, but never idle for 1 s
 
 
-def test_stalled_request_body_408(gw, up):
-    snap = up.snapshot()
+def test_stalled_request_body_408(gw, raw_up):
+    snap = raw_up.snapshot()
     data, closed = exchange(gw.port, b"POST /api/body HTTP/1.1\r\n" + H + b"Content-Length: 100\r\n\r\n0123456789",
                             timeout=4)
     st, hd, body = one_response(data)
     assert st == 408 and closed
     time.sleep(0.05)
-    assert not any(r.complete for r in up.since(snap))
+    assert not any(r.complete for r in raw_up.since(snap))

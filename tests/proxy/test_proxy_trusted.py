@@ -6,7 +6,6 @@ import pytest
 
 from tests.support.config import ACCESS_LOG_BLOCK
 from tests.support.gateway import flushed_access_lines
-from tests.support.upstream import RawUpstream
 from tests.support.wire import exchange, one_response
 from tests.support.gateway import Gateway
 
@@ -26,14 +25,8 @@ services:
 
 
 @pytest.fixture(scope="module")
-def up():
-    with RawUpstream() as u:
-        yield u
-
-
-@pytest.fixture(scope="module")
-def gw(up):
-    with Gateway(CONFIG, upstream=up) as g:
+def gw(raw_up):
+    with Gateway(CONFIG, upstream=raw_up) as g:
         yield g
 
 
@@ -49,36 +42,36 @@ def _get(gw, path: bytes, extra: bytes):
     (b"1.2.3.4, 10.0.0.7", "10.0.0.7"),            # first untrusted from the right wins
     (b"garbage, 127.0.0.1", "127.0.0.1"),          # non-IP ends the walk at the last trusted hop
 ])
-def test_xff_from_trusted_peer(gw, up, xff, client):
-    snap = up.snapshot()
+def test_xff_from_trusted_peer(gw, raw_up, xff, client):
+    snap = raw_up.snapshot()
     ua = b"xff-" + xff.replace(b" ", b"").replace(b",", b"_")
     st, _, _ = _get(gw, b"/api/xff", b"X-Forwarded-For: " + xff + b"\r\nUser-Agent: " + ua + b"\r\n")
     assert st == 200
-    (r,) = up.since(snap)
+    (r,) = raw_up.since(snap)
     assert r.header_all("x-forwarded-for") == [xff.decode() + ", 127.0.0.1"]
     lines = flushed_access_lines(gw, lambda ls: any(x.get("user_agent") == ua.decode() for x in ls), 5)
     (line,) = [x for x in lines if x.get("user_agent") == ua.decode()]
     assert line["client_ip"] == client
 
 
-def test_request_id_accepted_from_trusted_peer(gw, up):
-    snap = up.snapshot()
+def test_request_id_accepted_from_trusted_peer(gw, raw_up):
+    snap = raw_up.snapshot()
     st, hd, _ = _get(gw, b"/api/rid", b"X-Request-ID: lb-abc-123\r\n")
     assert st == 200 and hd["x-request-id"] == "lb-abc-123"
-    (r,) = up.since(snap)
+    (r,) = raw_up.since(snap)
     assert r.header_all("x-request-id") == ["lb-abc-123"]
 
 
-def test_invalid_request_id_from_trusted_peer_replaced(gw, up):
-    snap = up.snapshot()
+def test_invalid_request_id_from_trusted_peer_replaced(gw, raw_up):
+    snap = raw_up.snapshot()
     st, hd, _ = _get(gw, b"/api/rid", b"X-Request-ID: bad id with spaces\r\n")
     assert st == 200 and hd["x-request-id"] != "bad id with spaces"
-    (r,) = up.since(snap)
+    (r,) = raw_up.since(snap)
     assert r.header_all("x-request-id") == [hd["x-request-id"]]
 
 
-def test_preserve_host(gw, up):
-    snap = up.snapshot()
+def test_preserve_host(gw, raw_up):
+    snap = raw_up.snapshot()
     assert _get(gw, b"/api/host", b"")[0] == 200
-    (r,) = up.since(snap)
+    (r,) = raw_up.since(snap)
     assert r.header_all("host") == ["app.example"]

@@ -1,7 +1,7 @@
 """Readable early answers and timers that measure the right thing (issue #16, items 2-4).
 
 Real clients (http.client, requests, aiohttp, httpx) against a real gateway process on
-loopback; a small threaded upstream in this file for the slow and echo cases.
+loopback; the shared fake upstream with a handler for the slow and echo cases.
 """
 
 from __future__ import annotations
@@ -10,60 +10,26 @@ import asyncio
 import http.client
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import aiohttp
 import httpx
 import pytest
 import requests
 
+from tests.support.wire import read_to_close
 from tests.support.gateway import Gateway
+from tests.support.upstream import FakeUpstream
 
 BIG = b"x" * (5 * 1000 * 1000)  # 5 MB against a 1 MiB limit
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a) -> None:
-        return None
-
-    def _answer(self, status: int, body: bytes, headers=()) -> None:
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        n = int(self.headers.get("content-length") or 0)
-        got = 0
-        while got < n:
-            chunk = self.rfile.read(min(65536, n - got))
-            if not chunk:
-                break
-            got += len(chunk)
-        if self.path.startswith("/slow"):
-            time.sleep(1.5)
-        self._answer(200, json.dumps({"received": got}).encode())
-
-    do_GET = do_POST
-
-
-class Upstream:
-    def __enter__(self) -> "Upstream":
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.srv.daemon_threads = True
-        self.addr = "127.0.0.1:%d" % self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()
+def _counting(req, conn) -> bool:
+    """Answers how many body bytes arrived; ``/slow`` after 1.5 s."""
+    if req.path.startswith("/slow"):
+        time.sleep(1.5)
+    conn.respond(200, (), json.dumps({"received": len(req.body)}).encode())
+    return True
 
 
 CONFIG = """
@@ -93,7 +59,7 @@ monitoring:
 
 @pytest.fixture(scope="module")
 def env():
-    with Upstream() as up, Gateway(CONFIG.replace("{UP}", up.addr)) as gw:
+    with FakeUpstream(handler=_counting) as up, Gateway(CONFIG.replace("{UP}", up.addr)) as gw:
         yield gw, up
 
 
@@ -165,12 +131,7 @@ def test_expect_100_continue_gets_the_error_instead_of_100(env):
         assert b"connection: close" in data.lower()
         # a client that sends its body anyway: discarded, never parsed as a next request
         s.sendall(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n" * 50)
-        rest = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
+        rest = read_to_close(s)
         assert b"HTTP/1.1" not in rest.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in rest else b"HTTP/1.1" not in rest
     finally:
         s.close()
@@ -233,12 +194,7 @@ def test_header_timeout_counts_from_accept(env):
         t0 = time.monotonic()
         time.sleep(0.8)
         s.sendall(b"GET /partial")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_close(s)
         took = time.monotonic() - t0
         assert data.startswith(b"HTTP/1.1 408 "), data[:40]
         assert took < 1.6, took

@@ -4,46 +4,35 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.support.wire import read_to_close, parse_head
 from tests.support.gateway import Gateway
+from tests.support.upstream import FakeUpstream
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a) -> None:
-        return None
-
-    def do_GET(self) -> None:
-        me = "http://%s:%d" % self.server.server_address
-        body = json.dumps({"host": self.headers.get("host"), "xfh": self.headers.get_all("x-forwarded-host"),
-                           "path": self.path}).encode()
-        self.send_response(302 if "/redirect" in self.path else 200)
-        if "/redirect" in self.path:
-            self.send_header("Location", me + self.path.replace("redirect", "next") + "?a=1")
-            self.send_header("Content-Location", me + "/base")
-            self.send_header("Refresh", "0; url=" + me + "/base/r")
-            self.send_header("X-Other", me + "/base/kept")
-        elif "/elsewhere" in self.path:
-            self.send_header("Location", me + "/basement")  # not the base path: kept
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def _answer(req, conn) -> bool:
+    """A JSON echo of Host and X-Forwarded-Host; ``/redirect`` and ``/elsewhere`` redirect."""
+    me = "http://127.0.0.1:%d" % conn.sock.getsockname()[1]
+    body = json.dumps({"host": req.header("host"), "xfh": req.header_all("x-forwarded-host") or None,
+                       "path": req.target}).encode()
+    headers = []
+    if "/redirect" in req.target:
+        headers += [("Location", me + req.target.replace("redirect", "next") + "?a=1"),
+                    ("Content-Location", me + "/base"), ("Refresh", "0; url=" + me + "/base/r"),
+                    ("X-Other", me + "/base/kept")]
+    elif "/elsewhere" in req.target:
+        headers.append(("Location", me + "/basement"))  # not the base path: kept
+    headers.append(("content-type", "application/json"))
+    conn.respond(302 if "/redirect" in req.target else 200, headers, body)
+    return True
 
 
 @pytest.fixture(scope="module")
 def up():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield "127.0.0.1:%d" % srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
+    with FakeUpstream(handler=_answer) as srv:
+        yield srv.addr
 
 
 CONFIG = """
@@ -80,21 +69,11 @@ def _get(gw, raw: bytes):
     s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
     try:
         s.sendall(raw)
-        data = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            data += c
+        data = read_to_close(s)
     finally:
         s.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    hdrs = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        hdrs[k.strip().lower()] = v.strip()
-    return int(lines[0].split()[1]), hdrs, body
+    st, hdrs, _, body = parse_head(data)
+    return st, hdrs, body
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from tests.support.wire import read_to_close, parse_head
+from tests.support.config import ECHO_HEAD
 from tests.support.gateway import Gateway
 from tests.support.procs import metrics_text, series
 from tests.support.ratelimit import AUTH_BLOCK, token
@@ -73,21 +75,11 @@ def get(gw, path: str, *, source: str = "127.0.0.1", headers: dict | None = None
     try:
         hs = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{hs}\r\n".encode())
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
+        data = read_to_close(s)
     finally:
         s.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    h = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        h[k.strip().lower()] = v.strip()
-    return int(lines[0].split()[1]), h, body
+    st, hdrs, _, body = parse_head(data)
+    return st, hdrs, body
 
 
 def statuses(gw, path: str, n: int, **kw) -> list[int]:
@@ -192,16 +184,7 @@ def test_metrics(gw):
     assert series(metrics_text(gw), "fastgw_ratelimit_table_slots") == {"": 8192.0}
 
 
-DRY = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-  trusted_proxies: []
-services:
-  echo:
-    url: "http://{UP}"
-    routes:
-      - path: "/*"
+DRY = ECHO_HEAD + """      - path: "/*"
         name: all
         methods: ["GET"]
 rate_limit:

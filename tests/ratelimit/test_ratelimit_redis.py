@@ -17,9 +17,11 @@ import time
 
 import pytest
 
+from tests.support.config import ECHO_HEAD
 from tests.support.gateway import Gateway
 from tests.support.procs import metrics_text, series
-from tests.support.ratelimit import Chain, free_port, RedisServer
+from tests.support.ratelimit import ALL_ROUTE, Chain, RedisServer
+from tests.support.wire import closed_port
 from tests.support.upstream import EchoUpstream
 from tests.support.waiting import wait_for
 
@@ -60,6 +62,7 @@ def test_gcra_burst_and_all_or_nothing(redis):
     assert 1000 < ttl <= 3001                                 # expires when the bucket is full
 
 
+@pytest.mark.timing  # a count within a time window: a busy sibling made it refill twice
 def test_refill_uses_redis_time(redis):
     async def go():
         b = RedisBackend(redis.url, 0.5)
@@ -108,7 +111,7 @@ def test_timeout_against_a_paused_server_then_fast_failure(redis):
 
 def test_refused_connection_fails_fast():
     async def go():
-        b = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", 0.5)
+        b = RedisBackend(f"redis://127.0.0.1:{closed_port()}/0", 0.5)
         t0 = time.monotonic()
         with pytest.raises(BackendDown):
             await b.check([b"x"], [(1.0, 1)])
@@ -117,17 +120,7 @@ def test_refused_connection_fails_fast():
 
 
 def test_middleware_mixed_memory_and_redis(redis):
-    text = f"""
-gateway:
-  trusted_proxies: []
-services:
-  api:
-    url: "http://127.0.0.1:9"
-    routes:
-      - path: "/*"
-        name: all
-        methods: ["GET"]
-        rate_limit: {{requests_per_second: 1, burst: 3, backend: redis}}
+    text = ALL_ROUTE + f"""        rate_limit: {{requests_per_second: 1, burst: 3, backend: redis}}
 rate_limit:
   default: {{requests_per_second: 1, burst: 5}}
   redis: {{url: "{redis.url}", timeout: 200ms, on_error: open}}
@@ -153,17 +146,7 @@ rate_limit:
 
 def test_reload_retires_the_old_redis_pool(redis, monkeypatch):
     import fastgw.ratelimit.limiter as limiter_mod
-    text = f"""
-gateway:
-  trusted_proxies: []
-services:
-  api:
-    url: "http://127.0.0.1:9"
-    routes:
-      - path: "/*"
-        name: all
-        methods: ["GET"]
-        rate_limit: {{requests_per_second: 1, burst: 3, backend: redis}}
+    text = ALL_ROUTE + f"""        rate_limit: {{requests_per_second: 1, burst: 3, backend: redis}}
 rate_limit:
   redis: {{url: "{redis.url}", timeout: 200ms}}
 """
@@ -186,16 +169,7 @@ rate_limit:
 
 
 # -- two gateways sharing one limit ----------------------------------------------------------
-GW = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-  trusted_proxies: []
-services:
-  echo:
-    url: "http://{UP}"
-    routes:
-      - path: "/shared/*"
+GW = ECHO_HEAD + """      - path: "/shared/*"
         name: shared
         methods: ["GET"]
         rate_limit: {requests_per_second: 0.5, burst: 10, backend: redis}

@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from tests.support.config import ECHO_HEAD
 from tests.support.gateway import Gateway
 from tests.support.procs import ready_workers, workers
 from tests.support.ratelimit import hammer
@@ -39,16 +40,7 @@ BOUND = 3           # requests; the table's measured bound (fastgw/shm/ratelimit
 RATE, BURST = 50.0, 20
 CLIENTS = 16
 
-CONFIG = f"""
-gateway:
-  host: 127.0.0.1
-  port: 0
-  trusted_proxies: []
-services:
-  echo:
-    url: "http://{{UP}}"
-    routes:
-      - path: "/one/*"
+CONFIG = ECHO_HEAD + f"""      - path: "/one/*"
         name: one
         methods: ["GET"]
         rate_limit: {{requests_per_second: {RATE}, burst: {BURST}}}

@@ -14,17 +14,11 @@ Timers are short (probes every 200 ms); every process started here is stopped he
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from tests.support.failover import Upstream, free_port, gw_config  # noqa: F401
+from tests.support.failover import Upstream, gw_config
 from tests.support.procs import promtool_check
 from tests.support.gateway import Gateway
 from tests.support.procs import KeepAliveLoad, admin, metrics_text, series

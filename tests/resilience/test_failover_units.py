@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -20,8 +18,9 @@ from fastgw.runtime.app import App
 from fastgw.shm import Region
 from fastgw.shm.health import HEALTHY, UNHEALTHY
 from tests.support.config import BASE, edit
-from tests.support.failover import Upstream, gw_config
+from tests.support.failover import Upstream
 from tests.support.gateway import Gateway
+from tests.support.upstream import FakeUpstream
 
 SVC = "services.svg-parser"
 
@@ -96,35 +95,30 @@ def test_pick_without_panic_keeps_to_the_usable_one(region):
     assert {route.pick(None) for _ in range(10)} == {c}
 
 
-class _Health(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    status = 200
-    seen = []
+class _Health(FakeUpstream):
+    """The shared fake upstream answering probes with ``status``, recording them in ``seen``."""
 
-    def log_message(self, *a):
-        pass
+    def __init__(self) -> None:
+        super().__init__(handler=self._probe)
+        self.status = 200
+        self.seen: list[tuple] = []
 
-    def do_GET(self):
-        _Health.seen.append((self.path, self.headers.get("X-Probe"), self.headers.get("Host")))
-        self.send_response(_Health.status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+    def _probe(self, req, conn) -> bool:
+        self.seen.append((req.target, req.header("x-probe"), req.header("host")))
+        conn.respond(self.status)
+        return True
 
 
 @pytest.fixture
 def health_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    _Health.status, _Health.seen = 200, []
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with _Health() as srv:
+        yield srv
 
 
 def test_probe_speaks_http11_with_headers(health_server):
-    port = health_server.server_address[1]
+    port = health_server.port
     st = asyncio.run(probe("127.0.0.1", port, None, "/base/health", f"127.0.0.1:{port}", {"X-Probe": "1"}, 1.0))
-    assert st == 200 and _Health.seen == [("/base/health", "1", f"127.0.0.1:{port}")]
+    assert st == 200 and health_server.seen == [("/base/health", "1", f"127.0.0.1:{port}")]
 
 
 def test_probe_connect_failure_raises():
@@ -134,7 +128,7 @@ def test_probe_connect_failure_raises():
 
 
 def test_monitor_thresholds_and_ejection(region, health_server):
-    port = health_server.server_address[1]
+    port = health_server.port
     doc = edit(BASE, SVC, {"instances": [{"url": f"http://127.0.0.1:{port}/base"}, {"url": "http://127.0.0.1:9"}],
                            "health": "/health", "routes": [{"path": "/a"}],
                            "health_check": {"interval": "50ms", "timeout": "200ms", "healthy_threshold": 2,
@@ -154,20 +148,20 @@ def test_monitor_thresholds_and_ejection(region, health_server):
             if t.state(good.slot) == HEALTHY and t.state(dead.slot) == UNHEALTHY:
                 break
         states = (t.state(good.slot), t.state(dead.slot), t.down[good.slot], t.down[dead.slot])
-        _Health.status = 503                               # outside expected_status
+        health_server.status = 503                               # outside expected_status
         for _ in range(60):
             await asyncio.sleep(0.05)
             if t.state(good.slot) == UNHEALTHY:
                 break
         failed_state = t.state(good.slot)
-        _Health.status = 200
+        health_server.status = 200
         m.stop()
         return states, failed_state
 
     states, failed_state = asyncio.run(run())
     assert states == (HEALTHY, UNHEALTHY, 0, 1)
     assert failed_state == UNHEALTHY
-    assert all(p[0] == "/base/health" for p in _Health.seen)
+    assert all(p[0] == "/base/health" for p in health_server.seen)
 
 
 def test_outlier_ejection_counts_worker_rows_and_respects_max_percent(region):

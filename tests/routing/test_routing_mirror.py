@@ -5,8 +5,6 @@ slow or down, the in-flight bound holds, sampling by percent, results in metrics
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 
 import pytest
@@ -15,7 +13,7 @@ from fastgw.config import ConfigError, load_config_text
 from tests.support.waiting import wait_for
 from tests.support.wire import closed_port, exchange, parse_responses
 from tests.support.gateway import Gateway
-from tests.support.upstream import EchoUpstream
+from tests.support.upstream import EchoUpstream, FakeUpstream, never_answer
 from tests.support.procs import metrics_text, series
 
 pytestmark = pytest.mark.timing  # asserts latencies and counts in time windows
@@ -43,40 +41,9 @@ monitoring: {metrics_port: 0, logging: {level: warning}}
 """
 
 
-class SilentServer:
-    """Accepts connections and reads, never answers (a shadow that hangs)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self._stop = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self._stop:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.conns.append(c)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop = True
-        self.thread.join(2)
-        for c in self.conns:
-            c.close()
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def env():
-    with EchoUpstream("main") as main, EchoUpstream("shadow") as shadow, SilentServer() as slow:
+    with EchoUpstream("main") as main, EchoUpstream("shadow") as shadow, FakeUpstream(handler=never_answer) as slow:
         text = (CONFIG.replace("{MAIN}", main.addr).replace("{SHADOW}", shadow.addr)
                 .replace("{SLOW}", slow.addr).replace("{DOWN}", str(closed_port())))
         with Gateway(text) as gw:

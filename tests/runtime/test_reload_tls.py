@@ -10,6 +10,7 @@ import ssl
 
 import pytest
 
+from tests.support.config import ECHO_GET_ALL
 from tests.support.gateway import Gateway
 from tests.support.procs import generation_everywhere, hup, metrics_text, ready_workers, series
 from tests.support.upstream import EchoUpstream
@@ -24,13 +25,7 @@ gateway:
   port: 0
   trusted_proxies: []
   tls: {cert_file: "{TMP}/cert.pem", key_file: "{TMP}/key.pem"}
-services:
-  echo:
-    url: "http://{UP}"
-    routes:
-      - path: "/*"
-        methods: ["GET"]
-monitoring:
+""" + ECHO_GET_ALL + """monitoring:
   metrics_port: 0
   admin: {port: 0}
   logging:

@@ -60,7 +60,7 @@ def test_storm_of_1500_new_connections_all_served():
             gw.start()
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        with gw:
+        try:  # (not ``with gw``: its __enter__ would start a second gateway, leaking this one)
             assert wait_for(lambda: len(ready_workers(gw)) == 1)
             worker = list(ready_workers(gw).values()) + [gw.proc.pid]
             assert worker and all(_soft_nofile(p) >= 2000 + 32 + 64 for p in worker)
@@ -68,6 +68,8 @@ def test_storm_of_1500_new_connections_all_served():
             assert out == {200: 1500}, (dict(out), details)
             text = metrics_text(gw)
             assert not series(text, "fastgw_upstream_pool_exhausted_total")
+        finally:
+            gw.__exit__(None, None, None)
 
 
 FULL = """

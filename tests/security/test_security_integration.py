@@ -8,14 +8,13 @@ also checked on the upstream side: nothing reaches it.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.support.gateway import Gateway, raw_exchange
-from tests.support.upstream import EchoUpstream
+from tests.support.upstream import EchoUpstream, FakeUpstream
+from tests.support.wire import closed_port
 
 APP = "https://app.example.com"
 PRESETS = {
@@ -103,52 +102,23 @@ monitoring:
 """
 
 
-class _Leaky(BaseHTTPRequestHandler):
+def _leaky(req, conn) -> bool:
     """An upstream that leaks: Server, X-Powered-By, its own CORS and framing policy."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "Apache/2.4.1 (Unix)"
-    sys_version = ""
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        body = b'{"ok": true}'
-        self.send_response(200)
-        for k, v in [("Content-Type", "application/json"), ("X-Powered-By", "PHP/5.6"),
-                     ("X-Backend-Host", "10.0.3.7"), ("Access-Control-Allow-Origin", "*"),
-                     ("X-Frame-Options", "ALLOWALL"), ("Content-Security-Policy", "default-src 'self'"),
-                     ("Strict-Transport-Security", "max-age=1"), ("Content-Length", str(len(body)))]:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-
-def _free_port() -> int:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    body = b'{"ok": true}'
+    conn.respond(200, [("Server", "Apache/2.4.1 (Unix)"), ("Content-Type", "application/json"),
+                       ("X-Powered-By", "PHP/5.6"), ("X-Backend-Host", "10.0.3.7"),
+                       ("Access-Control-Allow-Origin", "*"), ("X-Frame-Options", "ALLOWALL"),
+                       ("Content-Security-Policy", "default-src 'self'"), ("Strict-Transport-Security", "max-age=1"),
+                       ("Content-Length", str(len(body)))], body, length=False)
+    return True
 
 
 @pytest.fixture(scope="module")
 def env():
-    leaky = ThreadingHTTPServer(("127.0.0.1", 0), _Leaky)
-    leaky.daemon_threads = True
-    t = threading.Thread(target=leaky.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    text = (CONFIG.replace("{SCHEMA}", json.dumps(ORDER_SCHEMA))
-            .replace("{LEAKY}", "%s:%d" % leaky.server_address[:2])
-            .replace("{DEAD}", str(_free_port())))
-    try:
-        with EchoUpstream() as up, Gateway(text.replace("{UP}", up.addr)) as gw:
-            yield gw, up
-    finally:
-        leaky.shutdown()
-        leaky.server_close()
+    text = CONFIG.replace("{SCHEMA}", json.dumps(ORDER_SCHEMA)).replace("{DEAD}", str(closed_port()))
+    with FakeUpstream(handler=_leaky) as leaky, EchoUpstream() as up, \
+            Gateway(text.replace("{LEAKY}", leaky.addr).replace("{UP}", up.addr)) as gw:
+        yield gw, up
 
 
 def sent(up, before: int) -> list[dict]:

@@ -18,8 +18,9 @@ import time
 import jwt
 import pytest
 
+from tests.support.wire import closed_port
 from tests.support.gateway import Gateway
-from tests.support.sessions import API_ROUTE
+from tests.support.sessions import API_ROUTE, monitoring
 from tests.support.upstream import EchoUpstream
 
 SECRET = "sessions-redis-" + "q" * 40
@@ -35,22 +36,8 @@ CONFIG = API_ROUTE + """auth:
     max_entries: 4096
     resync_interval: 1s
     timeout: 500ms
-monitoring:
-  metrics_port: 0
-  admin:
-    port: 0
-    token: "%s"
-  logging:
-    level: warning
-""" % (SECRET, ADMIN_TOKEN)
+""" % SECRET + monitoring(ADMIN_TOKEN)
 
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class PersistentRedis:
@@ -58,7 +45,7 @@ class PersistentRedis:
 
     def __init__(self, d) -> None:
         self.dir = str(d)
-        self.port = free_port()
+        self.port = closed_port()
         self.proc = None
 
     def start(self):

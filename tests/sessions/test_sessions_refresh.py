@@ -20,7 +20,7 @@ from fastgw.auth.sessions import issue_refresh
 
 from tests.support import ROOT
 from tests.support.gateway import Gateway
-from tests.support.sessions import API_ROUTE
+from tests.support.sessions import API_ROUTE, monitoring
 from tests.support.upstream import EchoUpstream
 
 SECRET = "sessions-access-" + "a" * 40
@@ -43,14 +43,7 @@ CONFIG = API_ROUTE + """auth:
   revocation:
     max_entries: {ENTRIES}
     reserved: 0.9
-monitoring:
-  metrics_port: 0
-  admin:
-    port: 0
-    token: "%s"
-  logging:
-    level: warning
-""" % (SECRET, RKEY, ADMIN_TOKEN)
+""" % (SECRET, RKEY) + monitoring(ADMIN_TOKEN)
 
 
 def config(up, cookie="false", limit="{requests_per_second: 1000, burst: 1000}", entries=4096):

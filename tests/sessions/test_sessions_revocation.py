@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from tests.support.gateway import Gateway
-from tests.support.sessions import API_ROUTE
+from tests.support.sessions import API_ROUTE, monitoring
 from tests.support.upstream import EchoUpstream
 
 SECRET = "sessions-secret-" + "s" * 40
@@ -26,14 +26,7 @@ CONFIG = API_ROUTE + """auth:
   refresh_token_expiry: 1h
   revocation:
     max_entries: 4096
-monitoring:
-  metrics_port: 0
-  admin:
-    port: 0
-    token: "%s"
-  logging:
-    level: warning
-""" % (SECRET, ADMIN_TOKEN)
+""" % SECRET + monitoring(ADMIN_TOKEN)
 
 
 def token(sub="alice", sid="s1", jti="j1", iat=None, **hdr) -> str:

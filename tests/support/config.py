@@ -1,4 +1,5 @@
-"""Config builders: the proxy-core config text over a RawUpstream, and BASE + ``edit`` +
+"""Config builders: ``HEAD`` / ``ECHO_HEAD`` (the start of a real-process config), the
+proxy-core config text over a RawUpstream, and BASE + ``edit`` +
 ``errors_of`` for the loader tests (a small valid config edited at one dotted path)."""
 
 from __future__ import annotations
@@ -11,6 +12,28 @@ from fastgw.config import ConfigError, load_config_data
 from tests.support.wire import closed_port
 
 
+# the head every real-process config starts with; ECHO_HEAD goes on with one service
+# "echo" at {UP} and its routes list (a test appends its routes, 6-space indented)
+HEAD = """
+gateway:
+  host: 127.0.0.1
+  port: 0
+  trusted_proxies: []
+services:
+"""
+ECHO_HEAD = HEAD + """  echo:
+    url: "http://{UP}"
+    routes:
+"""
+# the services section of a one-route config: everything under /* (GET) to "echo" at {UP}
+ECHO_GET_ALL = """services:
+  echo:
+    url: "http://{UP}"
+    routes:
+      - path: "/*"
+        methods: ["GET"]
+"""
+
 ACCESS_LOG_BLOCK = """
 monitoring:
   metrics_port: 0
@@ -20,14 +43,9 @@ monitoring:
       enabled: true
       output: "{ACCESS_LOG}"
 """
+ADMIN_ACCESS_LOG_BLOCK = ACCESS_LOG_BLOCK.replace("  metrics_port: 0\n", "  metrics_port: 0\n  admin: {port: 0}\n")
 
-CORE_CONFIG = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-  trusted_proxies: []
-services:
-  main:
+CORE_CONFIG = HEAD + """  main:
     url: "http://{UP}"
     routes:
       - path: "/api/*"

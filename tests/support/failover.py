@@ -4,12 +4,12 @@ can be killed and restarted, and the gateway config over them."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
+
+from tests.support.wire import closed_port
 
 
 UPSTREAM = r'''
@@ -68,19 +68,12 @@ srv.serve_forever()
 '''
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
 
 class Upstream:
     """One instance: a process we can SIGKILL and start again on the same port."""
 
     def __init__(self, name: str, mode: str = "normal") -> None:
-        self.name, self.mode, self.port = name, mode, free_port()
+        self.name, self.mode, self.port = name, mode, closed_port()
         self.proc = None
 
     def start(self) -> "Upstream":

@@ -22,7 +22,8 @@ import threading
 import time
 
 from tests.support import ROOT
-from tests.support.upstream import EchoUpstream
+from tests.support.config import ECHO_HEAD
+from tests.support.upstream import FakeUpstream
 from tests.support.waiting import wait_for
 
 _LISTEN = re.compile(r"fastgw: listening on (\S+):(\d+)")
@@ -30,16 +31,7 @@ _ADMIN = re.compile(r"fastgw: admin listening on (\S+):(\d+)")          # probe/
 _ADMIN_API = re.compile(r"fastgw: admin API listening on (\S+):(\d+)")  # monitoring.admin
 
 
-MINIMAL = """
-gateway:
-  host: 127.0.0.1
-  port: 0
-  trusted_proxies: []
-services:
-  echo:
-    url: "http://{UP}"
-    routes:
-      - path: "/*"
+MINIMAL = ECHO_HEAD + """      - path: "/*"
         methods: ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
 monitoring:
   metrics_port: 0
@@ -52,7 +44,7 @@ class Gateway:
     """``python -m fastgw`` on a config text, bound to 127.0.0.1:0."""
 
     def __init__(self, config_text: str, *, workers: int = 1, extra_args=(), env=None,
-                 upstream: EchoUpstream | None = None, start_timeout: float = 15.0) -> None:
+                 upstream: FakeUpstream | None = None, start_timeout: float = 15.0) -> None:
         if upstream is not None:
             config_text = config_text.replace("{UP}", upstream.addr)
         self.tmp = tempfile.TemporaryDirectory(prefix="fastgw-test-")

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from tests.support.wire import read_to_close
 from tests.support.gateway import Gateway
 
 CONFIG = """
@@ -296,12 +297,7 @@ class NewConnLoad:
             try:
                 with socket.create_connection((self.host, self.port), timeout=self.timeout) as s:
                     s.sendall(req)
-                    data = b""
-                    while True:
-                        chunk = s.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
+                    data = read_to_close(s)
                 good = data.startswith(b"HTTP/1.1 200")
             except OSError as e:
                 good = False

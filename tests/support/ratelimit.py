@@ -38,7 +38,21 @@ from fastgw.http.messages import parse_block
 from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 from fastgw.pipeline.deps import Deps
+from tests.support.wire import closed_port
 
+# the start of an in-process chain's config: one route "all" (GET /*); a test appends
+# the route's own keys (8-space indented) and its top-level sections
+ALL_ROUTE = """
+gateway:
+  trusted_proxies: []
+services:
+  api:
+    url: "http://127.0.0.1:9"
+    routes:
+      - path: "/*"
+        name: all
+        methods: ["GET"]
+"""
 SECRET = "ratelimit-test-secret-" + "s" * 40
 
 AUTH_BLOCK = f"""
@@ -189,19 +203,12 @@ def _run(coro):
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
 
 class RedisServer:
     """A throwaway ``redis-server`` on 127.0.0.1 (no persistence)."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or closed_port()
         self.proc = None
 
     @property

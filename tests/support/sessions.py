@@ -1,6 +1,6 @@
 """Shared by the session tests: the gateway and service part of their configs (one
 authenticated route in front of an echo upstream at ``{UP}``); each test file appends
-its own ``auth:`` and ``monitoring:`` sections."""
+its own ``auth:`` section, then ``monitoring(admin_token)``."""
 
 API_ROUTE = """
 gateway:
@@ -16,3 +16,15 @@ services:
         methods: ["GET"]
         auth: true
 """
+
+
+def monitoring(admin_token: str) -> str:
+    """The session tests' monitoring section: the admin API behind ``admin_token``."""
+    return """monitoring:
+  metrics_port: 0
+  admin:
+    port: 0
+    token: "%s"
+  logging:
+    level: warning
+""" % admin_token

@@ -1,21 +1,29 @@
-"""The fake upstreams: ``EchoUpstream`` (fastgw.demo.echo in a thread: parsed requests as
-dicts) and ``RawUpstream``.
+"""The one fake upstream: ``FakeUpstream``, a small threaded raw-socket HTTP/1.1 server
+with three modes.
 
-``RawUpstream`` is a small threaded raw-socket HTTP/1.1 server that records *everything*
-it receives: accepted connections, every request head it manages to parse, and the raw
-byte count.  The stdlib echo server (fastgw.demo.echo) only records what it manages to
-parse as a whole request, which is not enough to prove that nothing malformed or
-smuggled ever reached an upstream; this one records a head the moment it is complete,
-and counts bytes that never became a head.
+- ``mode="raw"`` (``RawUpstream()``): behaviour by a path keyword anywhere in the path
+  (so routes with prefixes reach it): ``/x/big/N`` (N bytes, Content-Length, sent as fast
+  as possible), ``/x/sink`` (read the body at ``x-rate`` bytes/s, discard it, answer its
+  size), ``/x/ws`` (101 then echo bytes), ``/x/close/N`` (read-until-close body),
+  ``/x/chunked/N``, ``/x/status/NNN``, ``/x/delay/MS``, ``/x/hop``, ``/x/garbage``,
+  ``/x/truncate/N``, ``/x/conflict-cl``, ``/x/bighead``, ``/x/interim`` (a 100 before the
+  200), ``/x/fixed``, ``/x/early`` (200 at once, the request body left unread).  Anything
+  else: a JSON echo of the request.  ``requests`` holds a ``Request`` per head.
+- ``mode="echo"`` (``EchoUpstream(name)``): the demo echo's answers (as fastgw.demo.echo:
+  ``/status/NNN``, ``/delay/MS``, ``/bytes/N``, ``/chunked/N``, ``/stream/N``,
+  ``/slow/N/MS``, ``/truncate/N``, ``/garbage``, ``.../health``, else a JSON echo naming
+  the service); ``requests`` holds the demo's dicts (service, method, path, query,
+  target, headers, body_size, body).
+- ``handler=fn``: ``fn(req, conn)`` answers each request (its body already read unless
+  ``read_body=False``) with ``conn.send`` / ``conn.respond``, and returns False to close
+  the connection.  For tests that script their upstream per path or per header; a test
+  that needs odd wire behaviour writes it here, on the shared server.
 
-Behaviour is chosen by a path keyword anywhere in the path (so routes with prefixes
-reach it): ``/x/big/N`` (N bytes, Content-Length, sent as fast as possible),
-``/x/sink`` (read the body at ``x-rate`` bytes/s, discard it, answer its size), ``/x/ws``
-(101 then echo bytes), ``/x/close/N`` (read-until-close body), ``/x/chunked/N``,
-``/x/status/NNN``, ``/x/delay/MS``, ``/x/hop``, ``/x/garbage``, ``/x/truncate/N``,
-``/x/conflict-cl``, ``/x/bighead``, ``/x/interim`` (a 100 before the 200), ``/x/fixed``,
-``/x/early`` (200 at once, the request body left unread).
-Anything else: a JSON echo of the request.
+``tls=`` (a server ``ssl.SSLContext``) serves any mode over TLS.
+
+In every mode it records *everything* it receives: accepted connections, every request
+head the moment it is complete (``log``), and the raw byte count, so a test can prove
+that nothing malformed or smuggled ever reached an upstream.
 
 Every socket has a timeout and every thread is a daemon; ``stop()`` closes the listener
 and all open connections.
@@ -26,44 +34,38 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import ssl
 import threading
 import time
-
-from fastgw.demo.echo import EchoServer
+from http import HTTPStatus
+from typing import Callable
+from urllib.parse import urlsplit
 
 SOCK_TIMEOUT = 10.0
 
 
-class EchoUpstream:
-    def __init__(self, name: str = "echo") -> None:
-        self.server = EchoServer("127.0.0.1", 0, name)
-
-    @property
-    def addr(self) -> str:
-        return self.server.addr
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    @property
-    def requests(self) -> list[dict]:
-        return self.server.requests
-
-    def __enter__(self) -> "EchoUpstream":
-        self.server.start()
-        # socketserver's backlog of 5 drops SYNs when the gateway opens its pool of 50,
-        # and the client's retransmit (1 s, 3 s, ...) shows up as a multi-second stall
-        self.server.socket.listen(1024)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.stop()
+def response(status: int = 200, headers=(), body: bytes = b"", *, length: bool = True,
+             head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 response: status line, ``headers`` ((name, value) str pairs),
+    Content-Length (unless ``length`` is False, or the status has no body), then ``body``
+    (not for ``head_only``: the answer to a HEAD)."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "X"
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
+    out += [b"%s: %s\r\n" % (str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in headers]
+    bodiless = status in (204, 304) or status < 200
+    if length and not bodiless:
+        out.append(b"content-length: %d\r\n" % len(body))
+    out.append(b"\r\n")
+    if not head_only and not bodiless:
+        out.append(body)
+    return b"".join(out)
 
 
-# ---------------------------------------------------------------------- raw upstream
 class _Reader:
-    def __init__(self, sock: socket.socket, up: "RawUpstream") -> None:
+    def __init__(self, sock: socket.socket, up: "FakeUpstream") -> None:
         self.sock = sock
         self.up = up
         self.buf = bytearray()
@@ -130,7 +132,10 @@ class _Reader:
 
 
 class Request:
-    __slots__ = ("conn_id", "method", "target", "version", "headers", "body", "complete", "raw_head")
+    """One request head as received (``headers``: lower-case names; ``header_list``: as sent)."""
+
+    __slots__ = ("conn_id", "method", "target", "version", "headers", "header_list", "body", "complete",
+                 "raw_head")
 
     def __init__(self, conn_id, method, target, version, headers, raw_head) -> None:
         self.conn_id = conn_id
@@ -138,6 +143,7 @@ class Request:
         self.target = target
         self.version = version
         self.headers = headers  # list[(lower name str, value str)]
+        self.header_list = headers
         self.body = b""
         self.complete = False
         self.raw_head = raw_head
@@ -148,6 +154,10 @@ class Request:
                 return v
         return None
 
+    def header_map(self) -> dict[str, str]:
+        """Lower-case name -> value (the last one of a repeated header)."""
+        return dict(self.headers)
+
     def header_all(self, name: str) -> list[str]:
         return [v for n, v in self.headers if n == name]
 
@@ -156,21 +166,74 @@ class Request:
         return self.target.split("?", 1)[0]
 
 
-class RawUpstream:
-    def __init__(self) -> None:
+class Conn:
+    """What a ``handler`` answers through: the socket, its buffered reader, its number."""
+
+    __slots__ = ("sock", "reader", "id", "stopping")
+
+    def __init__(self, sock: socket.socket, reader: _Reader, cid: int, stopping: threading.Event) -> None:
+        self.sock = sock
+        self.reader = reader
+        self.id = cid
+        self.stopping = stopping  # set when the server stops
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def respond(self, status: int = 200, headers=(), body: bytes = b"", **kw) -> None:
+        self.sock.sendall(response(status, headers, body, **kw))
+
+
+def _chunks(n: int, size: int) -> bytes:
+    """A chunked body of ``n`` bytes of "c" in chunks of ``size``, with its last chunk."""
+    out = []
+    while n > 0:
+        k = min(n, size)
+        out.append(b"%x\r\n%s\r\n" % (k, b"c" * k))
+        n -= k
+    out.append(b"0\r\n\r\n")
+    return b"".join(out)
+
+
+def never_answer(req: Request, conn: Conn) -> bool:
+    """A handler: take the request, never answer (a hanging upstream) until the server stops."""
+    conn.stopping.wait()
+    return False
+
+
+class FakeUpstream:
+    """The one fake upstream (module doc): ``with FakeUpstream(...) as up:``, at ``up.addr``."""
+
+    def __init__(self, mode: str = "raw", handler: Callable | None = None, name: str = "echo",
+                 read_body: bool = True, tls: ssl.SSLContext | None = None) -> None:
+        if handler is None and mode not in ("raw", "echo"):
+            raise ValueError(f"mode {mode!r}: raw or echo (or give a handler)")
+        self.mode = "handler" if handler is not None else mode
+        self.handler = handler
+        self.name = name
+        self.read_body = read_body
+        self.tls = tls  # a server context: TLS, the handshake in the connection's thread
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(512)
-        self.lsock.settimeout(0.1)
+        # a small backlog drops SYNs when the gateway opens a pool of 50, and the client's
+        # retransmit (1 s, 3 s, ...) shows up as a multi-second stall
+        self.lsock.listen(1024)
+        self.lsock.settimeout(0.05)
         self.lock = threading.Lock()
         self.conns = 0
         self.bytes_received = 0
-        self.requests: list[Request] = []
+        self.log: list[Request] = []          # every head, in every mode
+        self.echoed: list[dict] = []          # echo mode: the demo's record of each request
         self.open_socks: set = set()
         self.events: list[str] = []  # e.g. "reset:<conn>" when a client of ours went away
         self._stop = threading.Event()
         self._t = None
+
+    @property
+    def requests(self) -> list:
+        """Echo mode: the demo's dicts; otherwise the ``Request`` of every head."""
+        return self.echoed if self.mode == "echo" else self.log
 
     @property
     def addr(self) -> str:
@@ -180,7 +243,7 @@ class RawUpstream:
     def port(self) -> int:
         return self.lsock.getsockname()[1]
 
-    def __enter__(self) -> "RawUpstream":
+    def __enter__(self) -> "FakeUpstream":
         self._t = threading.Thread(target=self._accept, daemon=True)
         self._t.start()
         return self
@@ -203,11 +266,11 @@ class RawUpstream:
 
     def snapshot(self) -> tuple[int, int, int]:
         with self.lock:
-            return self.conns, len(self.requests), self.bytes_received
+            return self.conns, len(self.log), self.bytes_received
 
     def since(self, snap) -> list[Request]:
         with self.lock:
-            return list(self.requests[snap[1]:])
+            return list(self.log[snap[1]:])
 
     # ---------------------------------------------------------------- serving
     def _accept(self) -> None:
@@ -224,10 +287,22 @@ class RawUpstream:
                 self.conns += 1
                 self.open_socks.add(s)
             s.settimeout(SOCK_TIMEOUT)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
 
     def _serve(self, s: socket.socket, cid: int) -> None:
+        if self.tls is not None:
+            try:
+                s = self.tls.wrap_socket(s, server_side=True)
+            except OSError:
+                with self.lock:
+                    self.open_socks.discard(s)
+                s.close()
+                return
+            with self.lock:
+                self.open_socks.add(s)
         r = _Reader(s, self)
+        conn = Conn(s, r, cid, self._stop)
         try:
             while not self._stop.is_set():
                 head = r.until(b"\r\n\r\n")
@@ -236,16 +311,27 @@ class RawUpstream:
                 lines = head[:-4].decode("latin-1").split("\r\n")
                 rl = lines[0].split(" ")
                 if len(rl) != 3:
+                    if self.mode == "echo":  # as http.server
+                        s.sendall(response(400, [("connection", "close")]))
                     return
-                hdrs = []
+                pairs = []
                 for ln in lines[1:]:
                     name, _, v = ln.partition(":")
-                    hdrs.append((name.strip().lower(), v.strip()))
-                req = Request(cid, rl[0], rl[1], rl[2], hdrs, head)
+                    pairs.append((name.strip(), v.strip()))
+                req = Request(cid, rl[0], rl[1], rl[2], [(n.lower(), v) for n, v in pairs], head)
+                req.header_list = pairs
                 with self.lock:
-                    self.requests.append(req)
+                    self.log.append(req)
                 try:
-                    if not self._dispatch(s, r, req):
+                    if self.mode == "raw":
+                        keep = self._dispatch(s, r, req)
+                    elif self.mode == "echo":
+                        keep = self._echo(s, r, req)
+                    else:
+                        if self.read_body and not self._read_body(r, req):
+                            return
+                        keep = self.handler(req, conn) is not False
+                    if not keep:
                         return
                 except OSError:  # the gateway closed/reset this connection
                     with self.lock:
@@ -259,6 +345,72 @@ class RawUpstream:
             except OSError:
                 pass
 
+    # ---------------------------------------------------------------- echo mode
+    def _echo(self, s: socket.socket, r: _Reader, req: Request) -> bool:
+        """The demo echo's behaviour (fastgw.demo.echo), on this server."""
+        if req.version == "HTTP/1.1" and (req.header("expect") or "").lower() == "100-continue":
+            s.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not self._read_body(r, req):
+            return False
+        u = urlsplit(req.target)
+        parts = [p for p in u.path.split("/") if p]
+        rec = {"service": self.name, "method": req.method, "path": u.path, "query": u.query,
+               "target": req.target, "headers": {k.lower(): v for k, v in req.header_list},
+               "header_list": list(req.header_list), "body_size": len(req.body)}
+        with self.lock:
+            self.echoed.append(dict(rec, body=req.body))
+        conn_hdr = (req.header("connection") or "").lower()
+        keep = "close" not in conn_hdr and (req.version == "HTTP/1.1" or "keep-alive" in conn_hdr)
+        head_only = req.method == "HEAD"
+        std = [("server", "echo"), ("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))]
+        arg = parts[1] if len(parts) > 1 else None
+        if parts[:1] == ["garbage"]:
+            s.sendall(b"this is not http\r\n\r\n")
+            return False
+        if parts[:1] == ["status"] and arg:
+            st = int(arg)
+            s.sendall(response(st, std + [("content-type", "application/json")], json.dumps(rec).encode(),
+                               head_only=head_only))
+            return keep
+        if parts[:1] == ["delay"] and arg:
+            time.sleep(int(arg) / 1000)
+        if parts[:1] == ["bytes"] and arg:
+            s.sendall(response(200, std + [("content-type", "application/octet-stream")], b"b" * int(arg),
+                               head_only=head_only))
+            return keep
+        if parts[:1] == ["chunked"] and arg:
+            n = int(arg)
+            s.sendall(response(200, std + [("content-type", "application/octet-stream"),
+                                           ("transfer-encoding", "chunked")], length=False) + _chunks(n, 16384))
+            return keep
+        if parts[:1] == ["stream"] and arg:
+            s.sendall(response(200, std + [("content-type", "application/octet-stream"), ("connection", "close")],
+                               length=False) + b"s" * int(arg))
+            return False
+        if parts[:1] == ["slow"] and len(parts) > 2:
+            n, ms = int(parts[1]), int(parts[2])
+            s.sendall(response(200, std + [("content-length", str(n))], length=False))
+            while n > 0:
+                k = min(n, 16384)
+                s.sendall(b"w" * k)
+                n -= k
+                time.sleep(ms / 1000)
+            return keep
+        if parts[:1] == ["truncate"] and arg:
+            n = int(arg)
+            s.sendall(response(200, std + [("content-length", str(n))], length=False) + b"t" * (n // 2))
+            s.shutdown(socket.SHUT_RDWR)
+            return False
+        if parts[-1:] == ["health"]:
+            s.sendall(response(200, std + [("content-type", "application/json")], b'{"status":"ok"}',
+                               head_only=head_only))
+            return keep
+        rec.pop("header_list")
+        s.sendall(response(200, std + [("content-type", "application/json")], json.dumps(rec).encode(),
+                           head_only=head_only))
+        return keep
+
+    # ---------------------------------------------------------------- raw mode
     def _read_body(self, r: _Reader, req: Request) -> bool:
         te = (req.header("transfer-encoding") or "").lower()
         if "chunked" in te:
@@ -363,13 +515,7 @@ class RawUpstream:
             return False
         if kw == "chunked":
             n = int(args[0]) if args else 10
-            out = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
-            while n > 0:
-                k = min(n, 1000)
-                out.append(b"%x\r\n%s\r\n" % (k, b"c" * k))
-                n -= k
-            out.append(b"0\r\n\r\n")
-            s.sendall(b"".join(out))
+            s.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + _chunks(n, 1000))
             return True
         if kw == "status":
             st = int(args[0])
@@ -419,3 +565,13 @@ class RawUpstream:
 
 _KEYWORDS = frozenset({"sink", "early", "fixed", "big", "ws", "close", "chunked", "status", "delay", "hop", "garbage",
                        "truncate", "conflict-cl", "bighead", "interim"})
+
+
+def RawUpstream() -> FakeUpstream:
+    """The raw, keyword-scripted fake upstream (module doc)."""
+    return FakeUpstream("raw")
+
+
+def EchoUpstream(name: str = "echo") -> FakeUpstream:
+    """The fake upstream answering as the demo echo service, named ``name`` (module doc)."""
+    return FakeUpstream("echo", name=name)

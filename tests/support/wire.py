@@ -218,6 +218,16 @@ def _after_first(data: bytes, head_only: bool) -> bytes:
     return _dechunk(rest)[1]
 
 
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the peer closes (its timeout still applies)."""
+    out = bytearray()
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return bytes(out)
+        out += d
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 with nothing listening (bound, then closed)."""
     s = socket.socket()

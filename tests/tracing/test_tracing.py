@@ -5,9 +5,7 @@ loopback."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import re
-import threading
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -19,7 +17,7 @@ from fastgw.obs.otlp import SpanExporter, encode, trace_ids
 from fastgw.http.request import Request
 from fastgw.pipeline.ctx import Ctx
 from tests.support.gateway import Gateway
-from tests.support.upstream import EchoUpstream
+from tests.support.upstream import EchoUpstream, FakeUpstream
 from tests.support.procs import admin, get
 from tests.support.waiting import wait_for
 
@@ -178,40 +176,22 @@ monitoring:
 
 
 # ---------------------------------------------------------------------- live: gateway + OTLP receiver
-class OtlpReceiver:
-    """An OTLP/HTTP collector stand-in on 127.0.0.1: decodes every POST it receives."""
+class OtlpReceiver(FakeUpstream):
+    """An OTLP/HTTP collector stand-in on the shared fake upstream: decodes every POST."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[str, str, ExportTraceServiceRequest]] = []
-        outer = self
+        super().__init__(handler=self._export)
+        self.exports: list[tuple[str, str, ExportTraceServiceRequest]] = []
+        self.url = f"http://{self.addr}/v1/traces"
 
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append((self.path, self.headers["Content-Type"],
-                                       ExportTraceServiceRequest.FromString(body)))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+    def _export(self, req, conn) -> bool:
+        self.exports.append((req.target, req.header("content-type"), ExportTraceServiceRequest.FromString(req.body)))
+        conn.respond(200, [("Content-Type", "application/x-protobuf")])
+        return True
 
     def spans(self) -> list:
-        return [(rs, s) for _p, _c, r in self.requests for rs in r.resource_spans
+        return [(rs, s) for _p, _c, r in self.exports for rs in r.resource_spans
                 for ss in rs.scope_spans for s in ss.spans]
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 CONFIG = """
@@ -264,7 +244,7 @@ def test_live_traceparent_propagation_access_log_and_otlp_export():
             lines = wait_for(lambda: (ls := gw.access_lines()) and len(ls) >= 3 and ls, timeout=5.0)
             st, _, body = admin(gw, "/metrics")
             metrics = body.decode()
-        path, ctype, _req = rx.requests[0]
+        path, ctype, _req = rx.exports[0]
         assert path == "/v1/traces" and ctype == "application/x-protobuf"
         assert len(spans) == 1                                   # only the sampled request
         rs, span = spans[0]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote
 
 import jwt
@@ -17,30 +15,26 @@ import pytest
 from fastgw.config.errors import ConfigError
 from fastgw.config.loader import load_config_text
 from tests.support.gateway import Gateway
+from tests.support.upstream import FakeUpstream
 
 SECRET = "transform-test-secret-0123456789abcdef"
 DOC = {"data": {"id": 7, "name": "x"}, "meta": {"page": 1}}
 BIG = json.dumps({"items": ["y" * 100] * 400}).encode()  # ~41 KB, over the 8k max_size
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Recorder(FakeUpstream):
+    """The shared fake upstream, recording (path, headers as sent, body) in ``seen``."""
 
-    def log_message(self, *a):
-        pass
+    def __init__(self) -> None:
+        super().__init__(handler=self._any)
+        self.seen: list[dict] = []
 
-    def _any(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
-        self.server.seen.append({"path": self.path, "headers": list(self.headers.items()), "body": body})
-        p, _, q = self.path.partition("?")
+    def _any(self, req, conn) -> bool:
+        self.seen.append({"path": req.target, "headers": list(req.header_list), "body": req.body})
+        p, _, q = req.target.partition("?")
         if p.endswith("/redir"):  # a redirect to the Location the query names (to=...)
-            self.send_response(302)
-            self.send_header("Location", unquote(q.partition("to=")[2].partition("&")[0]))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+            conn.respond(302, [("Location", unquote(q.partition("to=")[2].partition("&")[0]))])
+            return True
         extra = []
         if p.endswith("/gz"):
             out, ctype, extra = gzip.compress(json.dumps(DOC).encode()), "application/json", [("Content-Encoding", "gzip")]
@@ -50,29 +44,14 @@ class _Recorder(BaseHTTPRequestHandler):
             out, ctype = BIG, "application/json"
         else:
             out, ctype = json.dumps(DOC).encode(), "application/json"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(out)))
-        self.send_header("Server", "recorder")
-        self.send_header("X-Up-Old", "moved")
-        for k, v in extra:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(out)
-
-    do_GET = do_POST = _any
+        conn.respond(200, [("Content-Type", ctype), ("Server", "recorder"), ("X-Up-Old", "moved")] + extra, out)
+        return True
 
 
 @pytest.fixture(scope="module")
 def up():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    srv.daemon_threads = True
-    srv.seen = []
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with _Recorder() as srv:
+        yield srv
 
 
 CONFIG = """
@@ -127,7 +106,7 @@ monitoring:
 
 @pytest.fixture(scope="module")
 def gw(up):
-    g = Gateway(CONFIG % {"port": up.server_address[1], "secret": SECRET}, workers=2)
+    g = Gateway(CONFIG % {"port": up.port, "secret": SECRET}, workers=2)
     with g:
         yield g
 
@@ -225,7 +204,7 @@ def test_response_headers_and_worker_pid(gw, up):
         assert s == 200
         assert values(h, "server") == []                   # removed
         assert values(h, "x-up-new") == ["moved"] and values(h, "x-up-old") == []
-        assert values(h, "x-up") == ["127.0.0.1:%d" % up.server_address[1]]
+        assert values(h, "x-up") == ["127.0.0.1:%d" % up.port]
         pids.update(values(h, "x-served-by"))
         if len(pids) == 2:
             break
