@@ -23,7 +23,7 @@ from fastgw.runtime.app import App
 from fastgw.runtime.worker import without_control
 from fastgw.shm import Region
 from tests.support.config import BASE, edit
-from tests.support.failover import free_port
+from tests.support.wire import closed_port
 from tests.support.gateway import Gateway, flushed_access_lines
 from tests.support.hanging import HangingUpstream
 from tests.support.procs import metrics_text, promtool_check, series
@@ -197,7 +197,7 @@ def test_the_service_timeout_bounds_all_attempts_together():
 
 
 def test_access_log_shows_every_attempt_and_metrics_count_requests_per_instance():
-    dead = free_port()   # nothing listens there: refused
+    dead = closed_port()   # nothing listens there: refused
     with HangingUpstream("busy", "503") as busy, HangingUpstream("ok") as ok:
         insts = f'{{url: "http://127.0.0.1:{dead}"}}, {{url: "{busy.url}"}}, {{url: "{ok.url}"}}'
         cfg = _gw(f"""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import http.client
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections import Counter
+
+from tests.support.wire import closed_port
 
 SERVER = r'''
 import sys, time
@@ -45,19 +46,11 @@ srv.serve_forever()
 '''
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 class NamedUpstream:
     """One instance process; ``kill()`` is SIGKILL (its connections die with it)."""
 
     def __init__(self, name: str, delay: float = 0.0) -> None:
-        self.name, self.delay, self.port = name, delay, _free_port()
+        self.name, self.delay, self.port = name, delay, closed_port()
         self.proc = None
 
     def spawn(self) -> None:
