@@ -96,6 +96,7 @@ def gw():
         yield g
 
 
+@pytest.mark.timing   # token windows of 500 ms: runs alone (tests/support/serial.py)
 def test_burst_then_refill_over_sockets(gw):
     t0 = time.monotonic()
     first = statuses(gw, "/burst/a", 5, source="127.0.0.1")
