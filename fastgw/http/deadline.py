@@ -9,7 +9,10 @@ not a timer.  When the timer fires before the deadline it re-arms itself; when t
 deadline has passed it calls ``fire(kind)`` once.
 
 The owner's hot paths may read ``kind`` and store ``at`` directly (``if d.kind ==
-T_BODY: d.at = now + t``): that is the two-store move this helper exists for.
+T_BODY: d.at = now + t``): that is the two-store move this helper exists for.  A hot
+path may also make the move for a new ``kind`` without calling ``set``, when a timer is
+armed no later than the new deadline (``d.timer is not None and d.timer_at <= at``):
+that timer fires first and re-arms itself, exactly as ``set`` would have left it.
 """
 
 from __future__ import annotations

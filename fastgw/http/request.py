@@ -175,3 +175,37 @@ def fill_request(self) -> "Request":
     self.qcomplete = False
     self.exchange = None
     return self
+
+
+def start_request(self, target: bytes) -> "Request":
+    """A request whose head the client protocol starts parsing at ``target``: ``fill_request``
+    without the fields the protocol always sets when the head is complete (``method``,
+    ``version``, ``keep_alive``, ``peer_ip``, ``tls``: ``http.protocol.on_headers_complete``), so a
+    parsed request does not pay two stores for them.  ``method_b`` is None until then (it
+    marks "head in progress").  Keep the rest in step with ``fill_request``."""
+    self.method_b = None
+    self.raw_target = target
+    self.path = "/"
+    self.query = b""
+    self.host = ""
+    self.raw_host = None
+    self.headers = []
+    self.conn_hdr = None
+    self.expect = None
+    self.upgrade = None
+    self.xff = None
+    self.xfp = None
+    self.xfh = None
+    self.authorization = None
+    self.origin = None
+    self.user_agent = None
+    self.x_request_id = None
+    self.trace_hdrs = False
+    self._hmap = None
+    self.content_length = None
+    self.chunked = False
+    self.bytes_received = 0
+    self.qbody = None
+    self.qcomplete = False
+    self.exchange = None
+    return self

@@ -15,6 +15,10 @@ ones (``Exchange.attempts()`` lists them, oldest first).
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
+
 from fastgw.clock import monotonic
 from fastgw.pipeline.ctx import _NO_ROLES, Ctx
 
@@ -127,38 +131,25 @@ def fill_exchange(self, request, app) -> "Exchange":
     return self
 
 
-class Attempt:
-    """Built by ``new_attempt`` (no ``__init__``: ``object.__new__`` and the stores cost
-    ~660 instructions less than a class call, callgrind; ``Proxy.forward`` writes it out
-    for the first attempt of every request)."""
+class Attempt(msgspec.Struct, eq=False):
+    """One try (``new_attempt``; ``Proxy.forward`` calls ``Attempt(...)`` with every
+    field, in order, for the first attempt of every request).  A msgspec Struct rather
+    than a ``__slots__`` class: its constructor is one C call that stores the fields, not
+    a Python store per field.  Every field is passed, none has a default (filling
+    defaults in msgspec costs more than it saves).  Never encoded; ``eq=False`` keeps
+    identity comparison and hashing (an attempt is one event, never equal to another)."""
 
-    __slots__ = (
-        "instance",  # the upstream.peer.Instance tried (base path, Host, label, pool)
-        "pool",    # the instance's connection pool (its ``peer`` says where and how)
-        "head",    # bytes: the request head built for this instance
-        "conn",    # the upstream connection bound to this attempt, or None
-        "start",   # float: monotonic time the attempt started
-        "end",     # float: when it ended (0.0 while running)
-        "error",   # GatewayError | None: how it failed (``error.source``, ``retryable``)
-        "prev",    # Attempt | None: the attempt before this one
-        "status",  # int: a 5xx head dropped for a retry (0 otherwise; the last one is x.upstream_status)
-    )
-
-
-
-_new = object.__new__
+    instance: Any   # the upstream.peer.Instance tried (base path, Host, label, pool)
+    pool: Any       # the instance's connection pool (its ``peer`` says where and how)
+    head: bytes     # the request head built for this instance
+    conn: Any       # the upstream connection bound to this attempt, or None
+    start: float    # monotonic time the attempt started
+    end: float      # when it ended (0.0 while running)
+    error: Any      # GatewayError | None: how it failed (``error.source``, ``retryable``)
+    prev: Any       # Attempt | None: the attempt before this one
+    status: int     # a 5xx head dropped for a retry (0 otherwise; the last one is x.upstream_status)
 
 
 def new_attempt(inst, head: bytes, start: float, prev) -> Attempt:
     """An attempt on instance ``inst`` with the head built for it, started at ``start``."""
-    a = _new(Attempt)
-    a.instance = inst
-    a.pool = inst.pool
-    a.head = head
-    a.conn = None
-    a.start = start
-    a.end = 0.0
-    a.error = None
-    a.prev = prev
-    a.status = 0
-    return a
+    return Attempt(inst, inst.pool, head, None, start, 0.0, None, prev, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from fastgw.http.messages import RequestHead, ResponseHead
-from fastgw.http.wire import CLOSE_DELIMITED, CRLF, RECHUNK, WHOLE, connection_tokens, cut_spans, header_lines, \
+from fastgw.http.wire import CLOSE_DELIMITED, CRLF, RECHUNK, STATUS_LINES, WHOLE, connection_tokens, cut_spans, \
     status_line
 
 # Hop-by-hop and framing lines of a lower-cased, llhttp-validated response header block
@@ -83,7 +83,8 @@ def request_head(x, route, peer) -> bytes:
         for fn in route.chain.upstream_request:
             fn(x, head)
         target, headers = head.target, head.headers
-    fwd = header_lines(headers) if headers else b""
+    # (``http.wire.header_lines`` inline: its C joins without a Python call per request)
+    fwd = _join_lines(map(_colon_join, headers)) + CRLF if headers else b""
     peer_ip = _IP_BYTES.get(req.peer_ip) or _ip_bytes(req.peer_ip)
     xff = req.xff
     if xff is not None and x.trusted_peer:
@@ -114,6 +115,8 @@ _HEAD = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%sx-forwarded-for: %s\r\nx-forwarded-p
 _HEAD_XFH = (b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
              b"x-forwarded-host: %s\r\n%s\r\n")
 _IP_BYTES: dict[str, bytes] = {}
+_colon_join = b": ".join   # (name, value) -> b"name: value", in C (as http.wire's)
+_join_lines = b"\r\n".join
 
 
 def _ip_bytes(ip: str) -> bytes:
@@ -186,7 +189,8 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
             up_len = True
     keep_client = keep
     framing = 0
-    line = status_line(status, reason)
+    # the usual statuses' prebuilt lines straight from the table: the call only for another
+    line = STATUS_LINES.get(status) or status_line(status, reason)
     if server_header:
         line += server_header
     extra = ctx.resp_lines

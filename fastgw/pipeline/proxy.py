@@ -67,7 +67,6 @@ def _tried(x) -> tuple:
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RESEND_PIECES = 64  # a whole body in fewer pieces than this is kept for a retry
-_new = object.__new__
 
 
 class Proxy:
@@ -94,16 +93,7 @@ class Proxy:
             x.retrying = False
         pool = inst.pool
         # (``new_attempt`` written out: the first attempt is made once per request)
-        a = x.attempt = _new(Attempt)
-        a.instance = inst
-        a.pool = pool
-        a.head = request_head(x, route, inst)
-        a.conn = None
-        a.start = monotonic()
-        a.end = 0.0
-        a.error = None
-        a.prev = None
-        a.status = 0
+        a = x.attempt = Attempt(inst, pool, request_head(x, route, inst), None, monotonic(), 0.0, None, None, 0)
         conn = pool.acquire_idle()
         if conn is None:
             cancel = pool.acquire(lambda conn, err: self._on_conn(proto, x, a, conn, err))

@@ -158,8 +158,18 @@ class UpstreamProtocol:
         # written its end (the client's body timers bound the upload meanwhile)
         t = self.t_head = route.t_head
         if down is None or down.cur_complete:
-            # (a route with retries: rule 5)
-            self.dl.set(T_HEAD, self._head_left(t) if route.t_total else t)
+            dl = self.dl
+            if route.t_total:   # (a route with retries: rule 5)
+                dl.set(T_HEAD, self._head_left(t))
+            else:
+                # the two-store move when the armed timer fires first (http.deadline): a
+                # Python call less per exchange
+                at = self.loop.time() + t
+                if dl.timer is not None and dl.timer_at <= at:
+                    dl.at = at
+                    dl.kind = T_HEAD
+                else:
+                    dl.set(T_HEAD, t)
         else:
             self.dl.kind = T_NONE
         self.transport.write(data)
@@ -397,7 +407,15 @@ class UpstreamProtocol:
         self.reused = True
         # one clock read for idle_since and the idle deadline
         self.idle_since = now = self.loop.time()
-        self.dl.set(T_IDLE, self.pool.idle_timeout, now)
+        # the two-store move when the armed timer fires first (http.deadline): a Python
+        # call less per exchange
+        dl = self.dl
+        at = now + self.pool.idle_timeout
+        if dl.timer is not None and dl.timer_at <= at:
+            dl.at = at
+            dl.kind = T_IDLE
+        else:
+            dl.set(T_IDLE, self.pool.idle_timeout, now)
 
     def close(self) -> None:
         if self.state != CLOSED:
