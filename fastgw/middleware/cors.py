@@ -55,6 +55,7 @@ _DEFAULT_METHODS = ("GET", "HEAD", "POST")
 
 class Cors(Middleware):
     name = "cors"
+    no_origin_note = None   # what a request without Origin notes (None: nothing)
 
     def __init__(self, cfg: CorsConfig, deps=None, *, route_methods=None, answer_preflights: bool = True) -> None:
         Middleware.__init__(self, cfg, deps)  # (shared by CorsRequest, not a subclass)
@@ -126,6 +127,8 @@ class Cors(Middleware):
         req = ctx.request
         origin = req.origin  # (captured while parsing: no header lookup)
         if origin is None:
+            if self.no_origin_note is not None:   # CorsRequest: say so to the security headers
+                ctx.notes["cors"] = self.no_origin_note
             return None
         # an origin of the list: its response headers, prebuilt (one dict lookup)
         allowed = self._exact.get(origin)
@@ -204,26 +207,6 @@ class Cors(Middleware):
         return ctx.problem(403, f"CORS preflight refused: {why}", kind="forbidden")
 
 
-def _request_filter_noted(self, ctx):
-    """``Cors.request_filter``, also noting a request without Origin (``False``), for
-    the security headers' response filter (rule 5)."""
-    req = ctx.request
-    origin = req.origin
-    if origin is None:
-        ctx.notes["cors"] = False
-        return None
-    allowed = self._exact.get(origin)
-    if allowed is None:
-        allowed = self._allowed(origin)
-    if req.method == "OPTIONS" and self._preflights:
-        acrm = ctx.header(b"access-control-request-method")
-        if acrm is not None:
-            ctx.notes["cors"] = _NOTHING
-            return self._preflight(ctx, origin, allowed, acrm)
-    ctx.notes["cors"] = allowed if allowed is not None else self._denied
-    return None
-
-
 class CorsRequest(Middleware):
     """``Cors`` whose response headers the route's security headers apply (rule 5): the
     same request side, no response filter.  A direct Middleware subclass sharing Cors's
@@ -232,7 +215,8 @@ class CorsRequest(Middleware):
     name = "cors"
     __init__ = Cors.__init__
     answers_preflight = Cors.answers_preflight
-    request_filter = _request_filter_noted
+    request_filter = Cors.request_filter
+    no_origin_note = False   # a request without Origin, for the security headers (rule 5)
     _allowed = Cors._allowed
     _preflight = Cors._preflight
     _refuse = Cors.__dict__["_refuse"]

@@ -20,19 +20,10 @@ cookie to another.
 
 from __future__ import annotations
 
+from fastgw.http.cookies import cookie_value
 from fastgw.pipeline.middleware import Middleware
 
 _SET_COOKIE = b"set-cookie"
-
-
-def _cookie(raw: bytes | None, name: bytes) -> bytes | None:
-    if not raw:
-        return None
-    for pair in raw.split(b";"):
-        k, eq, val = pair.partition(b"=")
-        if eq and k.strip() == name:
-            return val.strip().strip(b'"')
-    return None
 
 
 class StickyCookie(Middleware):
@@ -57,7 +48,7 @@ class StickyCookie(Middleware):
             return
         a = ctx.attempt   # (the engine's Exchange: the attempt whose response this is)
         token = a.instance.affinity if a is not None else b""
-        if not token or _cookie(ctx.header(b"cookie"), self._name) == token:
+        if not token or cookie_value(ctx.header(b"cookie"), self._name) == token:
             return
         head.extend(((_SET_COOKIE, self._prefix + token + self._suffix),))
 

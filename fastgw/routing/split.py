@@ -27,20 +27,12 @@ import random
 from bisect import bisect_right
 from hashlib import blake2b
 
+from fastgw.http.cookies import cookie_value
+from fastgw.shm.health import DRAINED   # a ``down`` byte an operator set: never used, even in panic
+
 _OFF = frozenset({b"", b"0", b"false", b"no", b"off"})
 
 
-def _cookie(raw: bytes | None, name: bytes) -> bytes | None:
-    if not raw:
-        return None
-    for pair in raw.split(b";"):
-        k, eq, val = pair.partition(b"=")
-        if eq and k.strip() == name:
-            return val.strip()
-    return None
-
-
-DRAINED = 2  # a ``down`` byte an operator set: never used, even in panic
 
 
 class _Side:
@@ -95,7 +87,7 @@ class Splitter:
         if self._o_header is not None and hget(self._o_header) not in (None, *_OFF):
             return self._canary
         if self._o_cookie is not None:
-            c = _cookie(hget(b"cookie"), self._o_cookie)
+            c = cookie_value(hget(b"cookie"), self._o_cookie, unquote=False)
             if c is not None and c.lower() not in _OFF:
                 return self._canary
         kind = self._kind
@@ -106,7 +98,7 @@ class Splitter:
         elif kind == "header":
             key = hget(self._kname)
         elif kind == "cookie":
-            key = _cookie(hget(b"cookie"), self._kname)
+            key = cookie_value(hget(b"cookie"), self._kname, unquote=False)
         else:
             key = None
         if not key:  # no key (or kind "ip"): the client address

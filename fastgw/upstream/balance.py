@@ -61,8 +61,9 @@ from math import gcd
 
 from fastgw.clock import monotonic
 from fastgw.config.balance import parse_hash_key
+from fastgw.http.cookies import cookie_value
+from fastgw.shm.health import DRAINED   # a ``down`` byte written by an operator's drain: never used
 
-DRAINED = 2          # a ``down`` byte written by an operator's drain: never used
 TABLE_CAP = 250_000  # smooth round-robin table entries x instances, at most
 RAMP_FLOOR = 0.1     # slow start begins at this share of the weight
 RAMP_STEPS = 100     # table resolution of a ramping weight (percent of the heaviest)
@@ -119,17 +120,6 @@ def table_weights(weights) -> list[int]:
 def affinity_token(secret: str, service: str, url: str) -> bytes:
     mac = hmac.new(str(secret).encode(), f"{service}\0{url}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=")
-
-
-def cookie_value(raw: bytes | None, name: bytes) -> bytes | None:
-    """The value of cookie ``name`` in a Cookie header (None if absent)."""
-    if not raw:
-        return None
-    for pair in raw.split(b";"):
-        k, eq, val = pair.partition(b"=")
-        if eq and k.strip() == name:
-            return val.strip().strip(b'"')
-    return None
 
 
 class Balancer:
