@@ -74,6 +74,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "fastgw_ratelimit_table_occupied_slots": ("gauge", "Rate-limit table slots holding a key still refilling (estimated above 8192 slots).", ()),
     "fastgw_ratelimit_table_evictions_total": ("counter", "New rate-limit keys that pushed out a key still refilling.", ()),
     "fastgw_ratelimit_table_reclaims_total": ("counter", "New rate-limit keys placed in a stale slot.", ()),
+    "fastgw_ratelimit_lock_recoveries_total": ("counter", "Rate-limit stripe locks taken over from a worker that died holding them.", ()),
+    "fastgw_ratelimit_lock_timeouts_total": ("counter", "Rate-limit decisions taken without charging because a stripe lock stayed busy past 0.2 s.", ()),
     "fastgw_compression_responses_total": ("counter", "Responses compressed, by algorithm.", ("algorithm",)),
     "fastgw_compression_input_bytes_total": ("counter", "Body bytes fed to the compressor, by algorithm.", ("algorithm",)),
     "fastgw_compression_output_bytes_total": ("counter", "Compressed body bytes sent, by algorithm.", ("algorithm",)),

@@ -37,6 +37,7 @@ Metrics (``fastgw_ratelimit_decisions_total{limit,result}``): an allowed request
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 
@@ -44,6 +45,7 @@ from fastgw.config.ratelimit_section import TABLE_SLOTS
 from fastgw.obs.metrics import series_key
 from fastgw.ratelimit import headers as H
 from fastgw.ratelimit.redis_backend import BackendDown, RedisBackend
+from fastgw.shm import locks as _locks
 from fastgw.shm.ratelimit import admit, decide, decisions, spec  # noqa: F401 (admit, decide: for the middlewares)
 
 M_DECISIONS = "fastgw_ratelimit_decisions_total"
@@ -51,12 +53,15 @@ M_SLOTS = "fastgw_ratelimit_table_slots"
 M_OCCUPIED = "fastgw_ratelimit_table_occupied_slots"
 M_EVICTIONS = "fastgw_ratelimit_table_evictions_total"
 M_RECLAIMS = "fastgw_ratelimit_table_reclaims_total"
+M_LOCK_RECOVERIES = "fastgw_ratelimit_lock_recoveries_total"
+M_LOCK_TIMEOUTS = "fastgw_ratelimit_lock_timeouts_total"
 RESULTS = ("allowed", "limited", "dry_run_limited", "backend_error")
 PUBLISH_EVERY = 2.0             # seconds between two publications of the table metrics
 SAMPLE_BUCKETS = 1024           # buckets read per occupancy sample (8192 slots)
 SAMPLE_WINDOW = 8               # samples the occupancy estimate is scaled from
 STATE_KEY = "fastgw.ratelimit"
 RETIRE_GRACE = 30.0            # seconds a retired config's Redis pool stays open
+_log = logging.getLogger("fastgw")
 
 
 class _NullStore:
@@ -95,6 +100,7 @@ class Limiter:
         self.loop = None
         self._timer = None
         self._published = (0, 0)
+        self._published_locks = (0, 0)
         self._sample_at = 0
         self._samples: deque = deque(maxlen=1)
 
@@ -147,6 +153,15 @@ class Limiter:
         if rc != prc:
             m.inc(M_RECLAIMS, (), rc - prc)
         self._published = (ev, rc)
+        rv, to = t.recovered, t.lock_timeouts
+        prv, pto = self._published_locks
+        if rv != prv:
+            m.inc(M_LOCK_RECOVERIES, (), rv - prv)
+        if to != pto:
+            m.inc(M_LOCK_TIMEOUTS, (), to - pto)
+            _log.warning("rate limit: %d decisions taken without charging: a stripe lock stayed busy "
+                         "over %.1f s (a worker stopped inside it?)", to - pto, _locks.WAIT)
+        self._published_locks = (rv, to)
         if self.owns_gauges:
             m.set(M_SLOTS, (), t.slots)
             m.set(M_OCCUPIED, (), self.occupancy())

@@ -9,8 +9,11 @@ Mechanism (``RobustMutexes``, the default on Linux): each lock is a glibc/musl
 ``pthread_mutex_t`` initialised ``PTHREAD_PROCESS_SHARED``, ``PTHREAD_MUTEX_ROBUST`` and
 ``PTHREAD_MUTEX_ERRORCHECK``, called through ``ctypes`` (``PyDLL``: the GIL stays held, so
 a call is a plain C call; the lock's argument is its address, an int converted by
-``argtypes``, which is cheaper than a ``c_void_p`` object).  Uncontended, lock and unlock are one atomic instruction each
-in user space, no syscall; a waiter sleeps in ``futex(2)`` and the unlocker wakes it.
+``argtypes``, which is cheaper than a ``c_void_p`` object).  ``lock`` is
+``pthread_mutex_trylock``: uncontended, taking and releasing are one atomic instruction
+each in user space, no syscall.  A busy lock goes to ``repair``, which waits for it in
+``pthread_mutex_clocklock`` (a ``futex(2)`` sleep on ``CLOCK_MONOTONIC``, woken by the
+unlocker) for at most ``WAIT`` seconds.
 
 Rules it keeps:
 
@@ -23,10 +26,15 @@ Rules it keeps:
 2. Error-checking: relocking a lock this thread holds raises (``EDEADLK``) instead of
    hanging, and unlocking a lock it does not hold is a no-op (``EPERM``, ignored), so an
    ``unlock`` in a ``finally`` can never release somebody else's lock.
-3. Locks belong to a thread: use them from the one thread that checks limits (the
-   worker's event loop).  A holder stopped by SIGSTOP blocks the waiters of its stripe
-   until it is continued or killed, as with any lock.
-4. Layout: ``SIZE`` (64) bytes per lock, one cache line; a ``pthread_mutex_t`` is 24 to
+3. Waiting is bounded: a lock still held after ``WAIT`` seconds (its holder stopped with
+   SIGSTOP, starved of CPU, or any failure of the robust-futex hand-over that nothing
+   here can see) raises ``Busy``; the table then decides that request without the lock
+   and without charging it (``fastgw.shm.ratelimit``), and ``timeouts`` counts it.  A
+   decision without a charge is the price of never hanging a worker's event loop on a
+   lock; the metric and a warning make it visible.
+4. Locks belong to a thread: use them from the one thread that checks limits (the
+   worker's event loop).
+5. Layout: ``SIZE`` (64) bytes per lock, one cache line; a ``pthread_mutex_t`` is 24 to
    48 bytes on the Linux ABIs (40 on x86-64), so 64 holds it everywhere.  Nothing else in
    the region is at these bytes.
 
@@ -40,7 +48,7 @@ environment says.
 
 Interface (the table's hot path uses it unwrapped): ``handles[i]`` is lock ``i``'s
 argument, ``lock(h)`` returns 0 (or None) when taken, else an errno for ``repair(h, rc)``,
-``unlock(h)``.
+which returns once the lock is held or raises (``Busy`` after ``WAIT``), ``unlock(h)``.
 """
 
 from __future__ import annotations
@@ -49,11 +57,24 @@ import ctypes
 import errno
 import os
 import sys
+import time
 from fcntl import LOCK_EX, LOCK_UN, lockf
 from functools import partial
 
 SIZE = 64                           # bytes per lock in the region
 _ERRORCHECK, _PSHARED, _ROBUST = 2, 1, 1    # PTHREAD_MUTEX_ERRORCHECK, _PROCESS_SHARED, _ROBUST (Linux)
+# The longest wait for a busy stripe.  A critical section is a few microseconds; a holder
+# preempted inside it is back within a scheduler slice or a few, so a wait this long means
+# the holder is stopped or gone without the kernel's hand-over.
+WAIT = 0.2
+
+
+class Busy(OSError):
+    """A stripe lock still held by somebody else after ``WAIT`` seconds."""
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
 
 
 def _libc():
@@ -62,8 +83,10 @@ def _libc():
         return None
     try:
         lib = ctypes.PyDLL(None)        # this handle's own function objects: argtypes set here only
-        for name in ("pthread_mutex_lock", "pthread_mutex_unlock", "pthread_mutex_consistent", "pthread_mutex_init"):
+        for name in ("pthread_mutex_trylock", "pthread_mutex_unlock", "pthread_mutex_consistent", "pthread_mutex_init"):
             getattr(lib, name).argtypes = (ctypes.c_void_p,) * (2 if name == "pthread_mutex_init" else 1)
+        # glibc >= 2.30: a deadline on CLOCK_MONOTONIC, which a wall-clock step cannot stretch
+        lib.pthread_mutex_clocklock.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Timespec))
         for name in ("pthread_mutexattr_setrobust", "pthread_mutexattr_setpshared", "pthread_mutexattr_settype"):
             getattr(lib, name)
     except (OSError, AttributeError):
@@ -85,15 +108,17 @@ class RobustMutexes:
     """``n`` robust process-shared mutexes at ``offset`` in the mapping ``mm``."""
 
     kind = "robust-mutex"
-    __slots__ = ("handles", "lock", "unlock", "recovered", "_lib")
+    __slots__ = ("handles", "lock", "unlock", "recovered", "waited", "timeouts", "_lib")
 
     def __init__(self, lib, mm, offset: int, n: int) -> None:
         base = _address(mm) + offset
         self.handles = [base + i * SIZE for i in range(n)]      # addresses
         self._lib = lib
-        self.lock = lib.pthread_mutex_lock
+        self.lock = lib.pthread_mutex_trylock       # never sleeps: a busy lock goes to repair()
         self.unlock = lib.pthread_mutex_unlock
         self.recovered = 0                  # locks this process took over from a dead holder
+        self.waited = 0                     # locks found busy and waited for
+        self.timeouts = 0                   # waits given up after WAIT (Busy raised)
 
     def init(self) -> None:
         """Initialise every lock (the creator of the region, before anyone uses them)."""
@@ -112,7 +137,18 @@ class RobustMutexes:
             lib.pthread_mutexattr_destroy(attr)
 
     def repair(self, h, rc: int) -> None:
-        """``lock(h)`` returned ``rc``: take over a lock whose holder died, else raise."""
+        """``lock(h)`` returned ``rc``: wait for a busy lock (at most ``WAIT``), take over a
+        lock whose holder died; return holding it, else raise (``Busy`` after the wait)."""
+        if rc == errno.EBUSY:
+            self.waited += 1
+            deadline = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int(WAIT * 1e9)
+            ts = _Timespec(deadline // 1_000_000_000, deadline % 1_000_000_000)
+            rc = self._lib.pthread_mutex_clocklock(h, time.CLOCK_MONOTONIC, ctypes.byref(ts))
+            if not rc:
+                return
+            if rc == errno.ETIMEDOUT:
+                self.timeouts += 1
+                raise Busy(rc, f"rate-limit stripe lock still held after {WAIT} s")
         if rc == errno.EOWNERDEAD:
             self._lib.pthread_mutex_consistent(h)
             self.recovered += 1
@@ -124,13 +160,14 @@ class RangeLocks:
     """The fallback: ``n`` one-byte ``fcntl`` locks at ``offset`` of the region's file."""
 
     kind = "fcntl"
-    __slots__ = ("handles", "lock", "unlock", "recovered")
+    __slots__ = ("handles", "lock", "unlock", "recovered", "waited", "timeouts")
 
     def __init__(self, fd: int, offset: int, n: int) -> None:
         self.handles = list(range(offset, offset + n * SIZE, SIZE))
         self.lock = partial(lockf, fd, LOCK_EX, 1)      # returns None; raises on error
         self.unlock = partial(lockf, fd, LOCK_UN, 1)    # unlocking a byte not held: no-op
         self.recovered = 0                  # the kernel releases a dead holder's locks itself
+        self.waited = self.timeouts = 0     # lockf waits in the kernel, unbounded and uncounted
 
     def init(self) -> None:
         return None
@@ -145,10 +182,7 @@ KINDS = (RobustMutexes.kind, RangeLocks.kind)     # by their code in the region'
 def default_kind() -> int:
     """The code of the locks a new region gets here: robust mutexes where the C library has
     them, unless ``FASTGW_SHM_LOCKS=fcntl``."""
-    # Robust mutexes are opt-in (FASTGW_SHM_LOCKS=mutex) until the hang seen once in CI is
-    # understood: a survivor gave no result for 15 s after a sibling was killed with -9
-    # mid-run (tests/ratelimit/test_shm_procs.py); fcntl locks are released by the kernel.
-    return 0 if os.environ.get("FASTGW_SHM_LOCKS") == "mutex" and _libc() is not None else 1
+    return 1 if os.environ.get("FASTGW_SHM_LOCKS") == "fcntl" or _libc() is None else 0
 
 
 def stripe_locks(kind: int, mm, fd: int, offset: int, n: int) -> RobustMutexes | RangeLocks:

@@ -240,6 +240,12 @@ class RateTable:
         """Stripe locks this process took over from a holder that died."""
         return self._locks.recovered
 
+    @property
+    def lock_timeouts(self) -> int:
+        """Checks this process decided without charging because a stripe lock stayed busy
+        past ``fastgw.shm.locks.WAIT``."""
+        return self._locks.timeouts
+
     def slot(self, key: bytes) -> Slot:
         """Where ``key`` lives (memoised per process)."""
         return self._slots[key]
@@ -329,7 +335,10 @@ class RateTable:
             for h in held:
                 rc = lock(h)
                 if rc:
-                    self._locks.repair(h, rc)
+                    try:
+                        self._locks.repair(h, rc)
+                    except _locks.Busy:     # never hang the loop: decide, charge nothing
+                        return self._staged(slots, specs, now_ns, cost, True)
             # One pass: each write is seen by a later limit on the same key; a refusal
             # puts back what was written; a key that is new and appears twice goes to
             # _staged.

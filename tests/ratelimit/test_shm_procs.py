@@ -82,6 +82,36 @@ def test_kill_9_inside_the_critical_section_releases_the_stripe(any_lock_region,
     assert children.result(pid) is True
 
 
+def test_a_stripe_held_by_a_stopped_holder_bounds_the_wait_and_charges_nothing(region, children):
+    """The robust mutexes' safety net (``fastgw.shm.locks.WAIT``): a holder that neither
+    releases nor dies (stopped inside the critical section) delays a check by the bounded
+    wait, never hangs it; that check is decided on the current state without charging it,
+    and counted.  Once the holder is gone the stripe works again."""
+    from fastgw.shm import locks
+    t = region.ratelimit
+    if t.lock_kind != "robust-mutex":
+        pytest.skip("the bounded wait belongs to the robust mutexes (this C library has none)")
+    key = b"user:stuck"
+    assert t.check(key, RATE, BURST, time.monotonic_ns())[:2] == (True, BURST - 1)
+    r, w = os.pipe()
+    pid = children.fork(_hold_stripe_forever, region, key, w)
+    os.close(w)
+    assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
+    os.close(r)
+    os.kill(pid, signal.SIGSTOP)
+    before, tat = t._locks.timeouts, t.peek(key)
+    t0 = time.monotonic()
+    ok = t.check(key, RATE, BURST, time.monotonic_ns())[0]
+    waited = time.monotonic() - t0
+    assert locks.WAIT * 0.9 <= waited < locks.WAIT + 1.0
+    assert ok                                       # decided on the state (the bucket refilled)
+    assert t.peek(key) == tat and t.lock_timeouts == before + 1     # charged nothing, counted
+    children.kill(pid)                              # SIGKILL ends a stopped process too
+    assert t.check(key, RATE, BURST, time.monotonic_ns())[0]
+    assert t.peek(key) > tat and t.recovered == 1   # charged again, the stripe taken over
+    assert t.recovered == 1
+
+
 def test_kill_9_mid_run_the_others_carry_on_within_the_bound(region, children):
     start = time.monotonic_ns() + 200_000_000
     end = start + 1_600_000_000
