@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PANELS = (("rps", "requests/s"), ("cpu_us_per_req", "proxy CPU µs / request"), ("p99_ms", "p99 latency (ms)"))
-COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "fastgw": "#1565c0"}
+COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "pyfloor": "#f9a825", "fastgw": "#1565c0"}
 
 
 def _label_ratios(ax, summary: dict, scenarios: list[str], xs: list[float], meds: list[float]) -> None:
@@ -39,7 +39,7 @@ def write(path: Path, summary: dict) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install -e .[bench]): no chart"
     scenarios = list(summary)
-    configs = [c for c in ("direct", "nginx", "fastgw") if any(c in summary[s] for s in scenarios)]
+    configs = [c for c in ("direct", "nginx", "pyfloor", "fastgw") if any(c in summary[s] for s in scenarios)]
     if not scenarios or not configs:
         return "nothing to chart"
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(max(8, 1.3 * len(scenarios) + 3), 10), squeeze=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import interp, nginx, wrk
 
-CONFIG_ORDER = ("direct", "nginx", "fastgw")
+CONFIG_ORDER = ("direct", "nginx", "pyfloor", "fastgw")
 
 
 def machine() -> dict:
@@ -143,6 +143,13 @@ def markdown(doc: dict) -> str:
     for scenario, cells in doc["summary"].items():
         for config in sorted(cells, key=lambda c: CONFIG_ORDER.index(c) if c in CONFIG_ORDER else 99):
             lines.append(_row(scenario, config, cells[config]))
+    floor = [(sc, cells["fastgw"]["ratios"]["rps_x_pyfloor"], cells["pyfloor"]["ratios"].get("rps_x_nginx"))
+             for sc, cells in doc["summary"].items()
+             if "pyfloor" in cells and cells.get("fastgw", {}).get("ratios", {}).get("rps_x_pyfloor")]
+    if floor:
+        lines += ["", "pyfloor is a feature-less uvloop + httptools proxy (bench/floor.py): what any Python proxy"
+                  " reaches on this machine and interpreter. fastgw against it, in the same rounds:"]
+        lines += [f"- {sc}: fastgw {_ratio(f)} pyfloor's req/s (pyfloor itself {_ratio(n)} nginx)" for sc, f, n in floor]
     if doc["skipped"]:
         lines += ["", "## Skipped", ""]
         lines += [f"- {s['scenario']} / {s['config']}: {s['reason']}" for s in doc["skipped"]]

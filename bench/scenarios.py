@@ -65,7 +65,8 @@ class Scenario:
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("small-50", "100 B responses, keep-alive, 50 connections", "/small", 50, expect_bytes=100),
+    Scenario("small-50", "100 B responses, keep-alive, 50 connections", "/small", 50, expect_bytes=100,
+             configs=("direct", "nginx", "pyfloor", "fastgw")),
     Scenario("small-256", "100 B responses, keep-alive, 256 connections", "/small", 256, expect_bytes=100),
     Scenario("16k", "16 KiB responses, keep-alive, 50 connections", "/16k", 50, expect_bytes=SIZE_16K),
     Scenario("1m", "1 MiB streaming downloads, keep-alive, 16 connections", "/1m", 16, expect_bytes=SIZE_1M),

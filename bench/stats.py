@@ -37,6 +37,7 @@ WORST = ("errors", "non2xx", "upstream_conns_opened", "mem_growth_per_worker_mib
 RATIOS = {
     "rps_x_nginx": ("rps", "nginx", "ratio"),
     "rps_x_direct": ("rps", "direct", "ratio"),
+    "rps_x_pyfloor": ("rps", "pyfloor", "ratio"),
     "cpu_x_nginx": ("cpu_us_per_req", "nginx", "ratio"),
     "p99_minus_nginx_ms": ("p99_ms", "nginx", "diff"),
 }

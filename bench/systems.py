@@ -1,4 +1,5 @@
-"""The configurations under test: direct (the ceiling), nginx (the reference), fastgw.
+"""The configurations under test: direct (the ceiling), nginx (the reference), pyfloor
+(a feature-less Python proxy: what any Python proxy costs here, ``bench.floor``), fastgw.
 
 Rules:
   1. A system is pluggable: ``check()`` says whether it can serve a scenario at all (None,
@@ -80,6 +81,29 @@ class Nginx:
         return Running(port, proc.pid, proc)
 
 
+class Floor:
+    """``bench.floor`` under this interpreter, one process (the scenarios that list it run
+    one worker)."""
+
+    name = "pyfloor"
+
+    def check(self, scenario: Scenario, workers: int = 1) -> str | None:
+        if workers != 1 or scenario.method != "GET" or scenario.fastgw_config != "bare":
+            return "the Python floor is one process proxying bare GETs"
+        return None
+
+    def start(self, workdir: Path, scenario: Scenario, workers: int, layout: Layout, upstream_port: int) -> Running:
+        argv = [sys.executable, "-m", "bench.floor", "--port", "0", "--upstream-port", str(upstream_port)]
+        proc = procs.start(layout.prefix("proxy") + argv, workdir, "pyfloor", env=python_env())
+        try:
+            port = int(procs.wait_line(proc, r"pyfloor: listening on 127\.0\.0\.1:(\d+)").group(1))
+            procs.wait_port(proc, port)
+        except procs.StartError:
+            proc.stop()
+            raise
+        return Running(port, proc.pid, proc, stop_signal=signal.SIGINT)
+
+
 class Fastgw:
     name = "fastgw"
 
@@ -147,4 +171,4 @@ class Fastgw:
 
 
 def all_systems() -> dict[str, object]:
-    return {"direct": Direct(), "nginx": Nginx(), "fastgw": Fastgw()}
+    return {"direct": Direct(), "nginx": Nginx(), "pyfloor": Floor(), "fastgw": Fastgw()}

@@ -1,8 +1,8 @@
 """The bench keeps working: ``python -m bench --quick`` end to end, as CI runs it.
 
-Starts the real upstream nginx, the nginx reverse proxy and fastgw, loads each with wrk
-for a second, and checks the JSON: the three configurations are there, valid, with
-requests.  No timing is asserted.  Skips (saying what to install) when nginx, its echo
+Starts the real upstream nginx, the nginx reverse proxy, the Python floor (bench/floor.py)
+and fastgw, loads each with wrk for a second, and checks the JSON: the four configurations
+are there, valid, with requests, and fastgw's ratio to the floor is reported.  No timing is asserted.  Skips (saying what to install) when nginx, its echo
 module or wrk is missing; fails when fastgw accepts its bare-route config but then does
 not serve the load.
 """
@@ -54,7 +54,9 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert (out / "results.md").read_text().startswith("# fastgw bench"), log
 
     cells = doc["summary"]["small-50"]
-    assert set(cells) == {"direct", "nginx", "fastgw"}, (sorted(cells), doc["skipped"], log)
+    assert set(cells) == {"direct", "nginx", "pyfloor", "fastgw"}, (sorted(cells), doc["skipped"], log)
+    assert cells["fastgw"]["ratios"]["rps_x_pyfloor"]["median"] > 0, log
+    assert "- small-50: fastgw " in (out / "results.md").read_text(), log
     for config, cell in cells.items():
         assert cell["valid"], (config, cell["problems"], log)
         assert cell["requests"] > 0, (config, log)
