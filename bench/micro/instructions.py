@@ -53,7 +53,8 @@ import uvloop
 import yaml
 
 ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform",
-          "cachehit", "cachemiss", "cachestore", "sessions", "sessions-rev", "sessions-rev100k", "rr4", "lr4")
+          "cachehit", "cachemiss", "cachestore", "sessions", "sessions-rev", "sessions-rev100k", "rr4", "lr4",
+          "pyfloor")
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -80,8 +81,28 @@ NGINX_RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 202
               + b"x" * 100)
 
 
+def _floor():
+    """``wrk``'s exchange through the bench's feature-less Python proxy (``bench.floor``):
+    the instructions any uvloop + httptools proxy spends, against which ``wrk`` is read."""
+    from bench.floor import _Client, _Upstream
+    from bench.micro.inproc import Transport
+
+    loop = uvloop.new_event_loop()
+    client = _Client(loop, ("127.0.0.1", 9))
+    client.transport = Transport()
+    up = client.up = _Upstream(client)
+    up.transport = Transport()
+
+    def one():
+        client.data_received(WRK_REQ)
+        up.data_received(NGINX_RESP)
+    return one
+
+
 def _world(route: str):
     """(one-exchange callable) on a fresh in-process gateway."""
+    if route == "pyfloor":
+        return _floor()
     from bench import fastgw_config
     from bench.micro.inproc import CFG, REQ, RESP, Transport, gateway
     from fastgw.http.protocol import DownstreamProtocol
