@@ -54,7 +54,10 @@ import yaml
 
 ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform",
           "cachehit", "cachemiss", "cachestore", "sessions", "sessions-rev", "sessions-rev100k", "rr4", "lr4",
-          "pyfloor")
+          "pyfloor", "pol-none", "pol-sec", "pol-cors", "pol-jwt", "pol-rl")
+# "pol-*": the policy route's request (token, Origin) on the bare route plus one feature of
+# the chain (none, security headers, CORS, JWT + RBAC, the two rate limits), so each
+# feature's cost is its count minus pol-none's
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -99,6 +102,26 @@ def _floor():
     return one
 
 
+def _policy_cfg(route: str) -> dict:
+    from bench import fastgw_config
+
+    cfg = fastgw_config.policy(9, Path("/dev/null"), 50)
+    if not route.startswith("pol-"):
+        return cfg
+    keep = route[4:]
+    r = cfg["services"]["bench"]["routes"][0]
+    if keep != "jwt":
+        r.pop("auth"), r.pop("roles"), cfg.pop("auth")
+        cfg["rate_limit"].pop("authenticated")
+    if keep != "rl":
+        r.pop("rate_limit"), cfg.pop("rate_limit")
+    if keep != "cors":
+        cfg.pop("cors")
+    if keep != "sec":
+        cfg.pop("security_headers")
+    return cfg
+
+
 def _world(route: str):
     """(one-exchange callable) on a fresh in-process gateway."""
     if route == "pyfloor":
@@ -109,9 +132,9 @@ def _world(route: str):
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    if route == "policy" or route.startswith("sessions"):
-        text = yaml.safe_dump(fastgw_config.policy(9, Path("/dev/null"), 50))
-        tok = fastgw_config.token() if route == "policy" else _session_token()
+    if route == "policy" or route.startswith("sessions") or route.startswith("pol-"):
+        text = yaml.safe_dump(_policy_cfg(route))
+        tok = fastgw_config.token() if not route.startswith("sessions") else _session_token()
         req = (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\n"
                b"Authorization: Bearer " + tok.encode() +
                b"\r\nOrigin: " + fastgw_config.ORIGIN.encode() + b"\r\n\r\n")
