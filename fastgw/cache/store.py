@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from fastgw.clock import monotonic
 from fastgw.http.wire import header_lines
 
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides its head and body (objects, key)
@@ -34,10 +35,11 @@ ENTRY_OVERHEAD = 512  # bytes counted per entry besides its head and body (objec
 
 class Entry:
     """One stored response.  Immutable once stored (a revalidation stores a new one),
-    except for ``touched`` (recency, see the module header) and the hit memo: ``hot`` is the head a hit answers with (the stored head,
-    ``Age`` and ``Cache-Status``) and ``hot_until`` the monotonic time before which
-    those two values stay what ``hot`` says (both are whole seconds), so hits within one
-    second of each other format nothing (``middleware.cache``)."""
+    except for ``touched`` (recency, see the module header) and the hit memo: ``hot``
+    is the head a hit answers with (the stored head, ``Age`` and ``Cache-Status``) and
+    ``hot_until`` the monotonic time before which those two values stay what ``hot``
+    says (both are whole seconds), so hits within one second of each other format
+    nothing (``middleware.cache``)."""
 
     __slots__ = ("status", "headers", "body", "stored", "age0", "ttl", "swr", "sie", "no_stale",
                  "etag", "last_modified", "tags", "host", "path", "size", "expires", "hot", "hot_until", "touched")
@@ -173,3 +175,31 @@ class Store:
         self.memo.clear()
         self.bytes = 0
         self.version += 1
+
+
+def make_entry(status, headers, body, cc, ttl, age0, swr, sie, host, path, f) -> Entry:
+    """The entry for a stored head ``headers`` with Cache-Control ``cc``, lifetime
+    ``ttl`` and initial age ``age0``; ``f`` its fields (``rules.fields``); ``swr`` and
+    ``sie`` the route's stale-while-revalidate and stale-if-error (the longer of them and
+    the response's directives applies)."""
+    swr_d = _secs(cc.get("stale-while-revalidate"))
+    sie_d = _secs(cc.get("stale-if-error"))
+    tags = NO_TAGS
+    ct, sk = f.get(b"cache-tag"), f.get(b"surrogate-key")
+    if ct is not None or sk is not None:
+        v = (ct or b"") + b" " + (sk or b"")
+        tags = frozenset(t.decode("latin-1") for t in v.replace(b",", b" ").split())
+    return Entry(status, headers, body, monotonic(), age0, ttl,
+                 max(swr, swr_d), max(sie, sie_d),
+                 "no-cache" in cc or "must-revalidate" in cc or "proxy-revalidate" in cc,
+                 f.get(b"etag"), f.get(b"last-modified"), tags, host, path)
+
+
+NO_TAGS: frozenset = frozenset()
+
+
+def _secs(v) -> float:
+    try:
+        return float(int(v)) if v is not None else 0.0
+    except ValueError:
+        return 0.0

@@ -58,10 +58,10 @@ import time
 from urllib.parse import urlsplit
 
 from fastgw.cache import keys as K
-from fastgw.cache.rules import RequestCC, fields, fields_of, http_date, initial_age, lifetime, parse_cc, \
+from fastgw.cache.rules import RequestCC, fields, fields_of, initial_age, lifetime, not_modified, parse_cc, \
     vary_names, why_not_stored
 from fastgw.cache.fetch import fetch as _fetch, first_instance as _first_instance, route_has as _route_has
-from fastgw.cache.store import Entry, Store
+from fastgw.cache.store import Entry, Store, make_entry
 from fastgw.clock import monotonic
 from fastgw.compress.negotiate import Negotiator
 from fastgw.config.cache import effective_cache
@@ -333,7 +333,7 @@ class Cache(Middleware):
         st.result = result
         ctx.notes[RESULT_NOTE] = result
         cs = b"fastgw; hit; ttl=%d%s" % (int(left), detail)
-        if _not_modified(ctx, e):
+        if not_modified(ctx.header(b"if-none-match"), ctx.header(b"if-modified-since"), e.etag, e.last_modified):
             hs = [(n, v) for n, v in e.headers if n.lower() in _IN_304]
             hs.append((b"Age", b"%d" % int(age)))
             hs.append((b"Cache-Status", cs))
@@ -442,7 +442,7 @@ class Cache(Middleware):
         cc = parse_cc(f.get(b"cache-control"))
         ttl = lifetime(cc, f, self.default_ttl) or 0.0
         now = _wall_now()
-        ne = _entry(e.status, merged, e.body, cc, ttl, initial_age(fields_of(head.headers), now, now),
+        ne = make_entry(e.status, merged, e.body, cc, ttl, initial_age(fields_of(head.headers), now, now),
                     self.swr, self.sie, e.host, e.path, f)
         self.store.put(st.key, ne)
         st.result = "revalidated"
@@ -483,7 +483,7 @@ class Cache(Middleware):
     def _store(self, ctx, st, body: bytes) -> Entry | None:
         status, headers, cc, ttl, names, age0, f = st.meta
         req = ctx.request
-        e = _entry(status, headers, body, cc, ttl, age0, self.swr, self.sie, req.host, req.path, f)
+        e = make_entry(status, headers, body, cc, ttl, age0, self.swr, self.sie, req.host, req.path, f)
         key = (st.primary, K.secondary(ctx, names, self.negotiate))
         self.store.put(key, e)
         if key != st.key:
@@ -589,7 +589,7 @@ class Cache(Middleware):
             return None
         names = vary_names(f)
         stored = [h for h in hs if h[0].lower() not in _NOT_STORED]
-        e = _entry(status, stored, body, cc, ttl or 0.0, initial_age(f, _wall_now(), t0), self.swr, self.sie,
+        e = make_entry(status, stored, body, cc, ttl or 0.0, initial_age(f, _wall_now(), t0), self.swr, self.sie,
                    host, path, f)
         self.store.put((prim, secondary(names)), e)
         return e
@@ -605,48 +605,6 @@ def _give_up(w) -> None:
 
 
 _wall_now = time.time
-
-
-def _entry(status, headers, body, cc, ttl, age0, swr, sie, host, path, f) -> Entry:
-    """The entry for a stored head ``headers``; ``f`` its fields (``rules.fields``)."""
-    swr_d = _secs(cc.get("stale-while-revalidate"))
-    sie_d = _secs(cc.get("stale-if-error"))
-    tags = _NO_TAGS
-    ct, sk = f.get(b"cache-tag"), f.get(b"surrogate-key")
-    if ct is not None or sk is not None:
-        v = (ct or b"") + b" " + (sk or b"")
-        tags = frozenset(t.decode("latin-1") for t in v.replace(b",", b" ").split())
-    return Entry(status, headers, body, monotonic(), age0, ttl,
-                 max(swr, swr_d), max(sie, sie_d),
-                 "no-cache" in cc or "must-revalidate" in cc or "proxy-revalidate" in cc,
-                 f.get(b"etag"), f.get(b"last-modified"), tags, host, path)
-
-
-_NO_TAGS: frozenset = frozenset()
-
-
-def _secs(v) -> float:
-    try:
-        return float(int(v)) if v is not None else 0.0
-    except ValueError:
-        return 0.0
-
-
-def _not_modified(ctx, e: Entry) -> bool:
-    """The request's validators match the entry (RFC 9110 13.1.2, 13.1.3)."""
-    inm = ctx.header(b"if-none-match")
-    if inm is not None:
-        if e.etag is None:
-            return False
-        if inm.strip() == b"*":
-            return True
-        want = e.etag.strip().removeprefix(b"W/")
-        return any(t.strip().removeprefix(b"W/") == want for t in inm.split(b","))
-    ims = ctx.header(b"if-modified-since")
-    if ims is not None and e.last_modified is not None:
-        a, b = http_date(ims), http_date(e.last_modified)
-        return a is not None and b is not None and b <= a
-    return False
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

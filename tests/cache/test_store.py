@@ -1,7 +1,7 @@
-"""The per-worker store and its entries, as pure objects (no gateway): the hit memo of
-an entry (``Entry.hot``: Age and Cache-Status made once per whole second), recency
-(``Store.touch``: once per version of the store) and the hit path's key memo
-(``Store.memo``: emptied by every change)."""
+"""The per-worker store, its entries and the 304 rule as pure objects (no gateway): the
+hit memo of an entry (``Entry.hot``: Age and Cache-Status made once per whole second),
+recency (``Store.touch``: once per version of the store), the hit path's key memo
+(``Store.memo``: emptied by every change) and ``rules.not_modified``."""
 
 from __future__ import annotations
 
@@ -79,3 +79,16 @@ def test_key_memo_is_emptied_by_every_change():
     s.remove(("absent", ()))          # nothing removed: nothing changed
     s.touch(("p", ()), e)             # a use is not a change
     assert s.get(("p", ())) is e and b"/p" in s.memo
+
+
+@pytest.mark.parametrize("inm,ims,want", [
+    (b'"a"', None, True), (b'W/"a"', None, True), (b'"b", W/"a"', None, True), (b"*", None, True),
+    (b'"b"', None, False),
+    (b'"b"', b"Wed, 02 Dec 2026 10:00:00 GMT", False),   # If-None-Match wins when both are sent
+    (None, b"Wed, 02 Dec 2026 10:00:00 GMT", True), (None, b"Tue, 01 Dec 2026 10:00:00 GMT", True),
+    (None, b"Mon, 30 Nov 2026 10:00:00 GMT", False), (None, b"not a date", False), (None, None, False),
+])
+def test_not_modified(inm, ims, want):
+    from fastgw.cache.rules import not_modified
+    assert not_modified(inm, ims, b'"a"', b"Tue, 01 Dec 2026 10:00:00 GMT") is want
+    assert not_modified(inm, None, None, None) is False  # no validators stored: never
