@@ -185,3 +185,20 @@ class RequestCC:
         # max-stale without a value: any staleness is accepted
         self.max_stale = None if ms is False else (float("inf") if ms is None else (seconds(ms) or 0))
         self.only_if_cached = "only-if-cached" in cc
+
+
+def not_modified(inm: bytes | None, ims: bytes | None, etag: bytes | None, last_modified: bytes | None) -> bool:
+    """A request's ``If-None-Match`` / ``If-Modified-Since`` (``inm``, ``ims``) match a
+    stored response's validators (RFC 9110 13.1.2, 13.1.3): weak comparison for
+    ``If-None-Match``, which wins over ``If-Modified-Since`` when both are sent."""
+    if inm is not None:
+        if etag is None:
+            return False
+        if inm.strip() == b"*":
+            return True
+        want = etag.strip().removeprefix(b"W/")
+        return any(t.strip().removeprefix(b"W/") == want for t in inm.split(b","))
+    if ims is not None and last_modified is not None:
+        a, b = http_date(ims), http_date(last_modified)
+        return a is not None and b is not None and b <= a
+    return False

@@ -11,6 +11,13 @@ scheme, host, normalised path, configured query and headers); the ``Vary`` names
 last response stored under a primary key are kept in ``vary_of`` so that a lookup knows
 which request headers make the secondary part before it finds an entry.
 
+Recency: a used entry moves to the recent end of the LRU once per version of the store
+(``version`` changes with every put or removal, the only moments that evict), not on
+every hit: an entry hit over and over between two stores costs one ``move_to_end``.
+Among the entries used since the last change, eviction follows their first use after
+it rather than their last; every one of them is still more recent than an entry not
+used since, so the approximation only reorders entries of the same period.
+
 Purges: ``purge_url`` (host + path, any query), ``purge_prefix`` (path prefix on any
 host, or ``host/prefix``) and ``purge_tag`` walk the entries: they are rare, admin-driven
 writes, so lookups carry no index for them.
@@ -20,14 +27,22 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from fastgw.clock import monotonic
 from fastgw.http.wire import header_lines
 
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides its head and body (objects, key)
 
 
 class Entry:
+    """One stored response.  Immutable once stored (a revalidation stores a new one),
+    except for ``touched`` (recency, see the module header) and the hit memo: ``hot``
+    is the head a hit answers with (the stored head, ``Age`` and ``Cache-Status``) and
+    ``hot_until`` the monotonic time before which those two values stay what ``hot``
+    says (both are whole seconds), so hits within one second of each other format
+    nothing (``middleware.cache``)."""
+
     __slots__ = ("status", "headers", "body", "stored", "age0", "ttl", "swr", "sie", "no_stale",
-                 "etag", "last_modified", "tags", "host", "path", "size")
+                 "etag", "last_modified", "tags", "host", "path", "size", "expires", "hot", "hot_until", "touched")
 
     def __init__(self, status: int, headers: list, body: bytes, stored: float, age0: float, ttl: float,
                  swr: float, sie: float, no_stale: bool, etag, last_modified, tags: frozenset,
@@ -47,9 +62,27 @@ class Entry:
         self.host = host
         self.path = path
         self.size = ENTRY_OVERHEAD + len(body) + len(header_lines(headers))  # (joined in C)
+        self.expires = stored - age0 + ttl  # monotonic time it stops being fresh (age == ttl)
+        self.hot = None
+        self.hot_until = 0.0
+        self.touched = -1  # the store's version when it was last moved to the recent end
 
     def age(self, now: float) -> float:
         return self.age0 + (now - self.stored)
+
+    def heat(self, now: float) -> list:
+        """``hot`` for a hit at ``now`` (fresh: ``now < expires``), remade when the whole
+        seconds of ``Age`` or of the remaining lifetime changed since it was made."""
+        base = self.stored - self.age0
+        age = now - base
+        left = self.ttl - age
+        a = int(age)
+        ttl = int(left)
+        # the first moment either whole number changes: age reaches a + 1, or the
+        # remaining lifetime drops below ttl (age passes self.ttl - ttl)
+        self.hot_until = min(base + (a + 1), base + (self.ttl - ttl))
+        hot = self.hot = self.headers + [(b"Age", b"%d" % a), (b"Cache-Status", b"fastgw; hit; ttl=%d" % ttl)]
+        return hot
 
 
 def _host_is(have: str, want: str | None) -> bool:
@@ -73,15 +106,27 @@ class Store:
         self.inflight: dict = {}  # key -> waiters of the fetch in progress (coalescing)
         self.version = 0  # bumped by every change (the metrics publish only after one)
         self.published = -1  # the version last published as metrics
+        # the hit path's memo (middleware.cache): request target -> (middleware, host,
+        # scheme, (primary, key, entry)); emptied by every change, so it never holds an
+        # entry the store dropped, and an entry it gives is the one the key finds
+        self.memo: dict = {}
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def get(self, key):
         e = self.entries.get(key)
-        if e is not None:
+        if e is not None and e.touched != self.version:
             self.entries.move_to_end(key)
+            e.touched = self.version
         return e
+
+    def touch(self, key, e: Entry) -> None:
+        """``e`` (under ``key``) was used: move it to the recent end, once per version of
+        the store (see the module header)."""
+        if e.touched != self.version:
+            self.entries.move_to_end(key)
+            e.touched = self.version
 
     def put(self, key, entry: Entry) -> None:
         if entry.size > self.limit:
@@ -91,6 +136,7 @@ class Store:
             self.bytes -= old.size
         self.entries[key] = entry
         self.version += 1
+        self.memo.clear()
         self.bytes += entry.size
         self.vary_of[key[0]] = key[1][0] if key[1] else ()
         self.stored += 1
@@ -106,6 +152,7 @@ class Store:
         if e is not None:
             self.bytes -= e.size
             self.version += 1
+            self.memo.clear()
 
     def _drop(self, pred) -> int:
         gone = [k for k, e in self.entries.items() if pred(e)]
@@ -125,5 +172,34 @@ class Store:
     def clear(self) -> None:
         self.entries.clear()
         self.vary_of.clear()
+        self.memo.clear()
         self.bytes = 0
         self.version += 1
+
+
+def make_entry(status, headers, body, cc, ttl, age0, swr, sie, host, path, f) -> Entry:
+    """The entry for a stored head ``headers`` with Cache-Control ``cc``, lifetime
+    ``ttl`` and initial age ``age0``; ``f`` its fields (``rules.fields``); ``swr`` and
+    ``sie`` the route's stale-while-revalidate and stale-if-error (the longer of them and
+    the response's directives applies)."""
+    swr_d = _secs(cc.get("stale-while-revalidate"))
+    sie_d = _secs(cc.get("stale-if-error"))
+    tags = NO_TAGS
+    ct, sk = f.get(b"cache-tag"), f.get(b"surrogate-key")
+    if ct is not None or sk is not None:
+        v = (ct or b"") + b" " + (sk or b"")
+        tags = frozenset(t.decode("latin-1") for t in v.replace(b",", b" ").split())
+    return Entry(status, headers, body, monotonic(), age0, ttl,
+                 max(swr, swr_d), max(sie, sie_d),
+                 "no-cache" in cc or "must-revalidate" in cc or "proxy-revalidate" in cc,
+                 f.get(b"etag"), f.get(b"last-modified"), tags, host, path)
+
+
+NO_TAGS: frozenset = frozenset()
+
+
+def _secs(v) -> float:
+    try:
+        return float(int(v)) if v is not None else 0.0
+    except ValueError:
+        return 0.0

@@ -20,6 +20,7 @@ snapshot it started on (``x.app``), so a reload never changes a request mid-flig
 from __future__ import annotations
 
 import asyncio
+import types
 
 from fastgw.errors import GatewayError
 from fastgw.http.messages import Reply, error_reply
@@ -285,11 +286,33 @@ class Engine:
 
     # ------------------------------------------------------------------ local replies
     def send_local(self, proto, x, reply: Reply, upto: int) -> None:
-        """Send a reply made by the middleware at chain index ``upto``."""
+        """Send a reply made by the middleware at chain index ``upto``.  A synchronous
+        request hook may return a coroutine instead: it has to wait after all (the
+        cache's coalesced miss), and ``_defer`` drives it like an ``async`` hook."""
+        if reply.__class__ is _COROUTINE:
+            self._defer(proto, x, reply, upto)
+            return
         for idx, fn in x.route.chain.response:
             if idx <= upto:
                 fn(x, reply)
         self._write_reply(proto, x, reply, False)
+
+    def _defer(self, proto, x, coro, upto: int) -> None:
+        """Run ``coro`` (returned by the synchronous request hook at chain index
+        ``upto``) as ``_run_chain`` runs an async hook, then the rest of the chain."""
+        hooks = x.route.chain.request
+        pos = [h[0] for h in hooks].index(upto)
+        try:
+            waiting = coro.send(None)
+        except StopIteration as stop:
+            r = stop.value
+        else:
+            x.app.loop.create_task(self._resume(proto, x, hooks, pos, coro, waiting))
+            return
+        if r is not None:
+            self.send_local(proto, x, r, upto)
+        else:
+            self._run_chain(proto, x, hooks, pos + 1)
 
     def reply_error(self, proto, x, err: GatewayError, chain) -> None:
         """Answer ``err`` (problem+json) through ``chain``'s response filters; the error
@@ -464,3 +487,4 @@ class Engine:
 
 
 _KEEP_ALIVE_10 = [(b"connection", b"keep-alive")]  # an HTTP/1.0 client kept alive
+_COROUTINE = types.CoroutineType

@@ -248,10 +248,27 @@ def test_request_cache_control(env):
     # no-cache: forwarded
     get(gw, p, {"Cache-Control": "no-cache"})
     assert up.count(p) == 5
+    # field names in any case (the hit path compares them lower-cased)
+    get(gw, p, {"pRAGMA": "no-cache"})
+    get(gw, p, {"CACHE-control": "no-cache"})
+    assert up.count(p) == 7
     # only-if-cached: served when present, 504 when not
-    assert get(gw, p, {"Cache-Control": "only-if-cached"})[0] == 200 and up.count(p) == 5
+    assert get(gw, p, {"Cache-Control": "only-if-cached"})[0] == 200 and up.count(p) == 7
     assert get(gw, "/c/never-seen", {"Cache-Control": "only-if-cached"})[0] == 504
     assert up.count("/c/never-seen") == 0
+
+
+def test_one_target_on_two_hosts_is_two_entries(env):
+    gw, up = env
+    p = "/c/hosts"
+    up.script[p] = {"headers": [("cache-control", "max-age=60")]}
+    assert n_of(get(gw, p, {"Host": "a.test"})[2]) == 1
+    assert n_of(get(gw, p, {"Host": "b.test"})[2]) == 2
+    for _ in range(3):  # hits (the hit path remembers a target's key: with its host)
+        assert n_of(get(gw, p, {"Host": "a.test"})[2]) == 1
+        assert n_of(get(gw, p, {"Host": "a.test"})[2]) == 1
+        assert n_of(get(gw, p, {"Host": "b.test"})[2]) == 2
+    assert up.count(p) == 2
 
 
 def test_max_stale(env):
@@ -508,6 +525,8 @@ def test_coalescing_purge_and_warming_two_workers():
             with ThreadPoolExecutor(8) as ex:
                 res = list(ex.map(lambda _i: get(gw, "/w/slow"), range(8)))
             assert all(r[0] == 200 for r in res) and 1 <= up.count("/w/slow") <= 2
+            # the waiters were answered with the fetch's entry
+            assert any("detail=coalesced" in r[1]["cache-status"] for r in res)
             # a private answer is not handed to waiters: each goes upstream
             up.script["/w/priv"] = {"headers": [("cache-control", "private, max-age=300")], "delay": 0.4}
             with ThreadPoolExecutor(6) as ex:
