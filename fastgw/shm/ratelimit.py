@@ -14,7 +14,7 @@ every caller (the table, the middlewares, the limiter) uses those two.  The Redi
 backend runs the same test in Lua (``fastgw.ratelimit.redis_backend``).
 
 API.  A limit is a ``Spec`` (``spec(rate, burst)``, computed once per config); a key is
-bytes.  ``take_all(keys, specs, now)`` decides one request against several limits, all or
+bytes.  ``take_all(keys, specs, now)`` (or ``take_slots`` with the keys' ``Slot``s) decides one request against several limits, all or
 nothing, and answers ``(allowed, tats)``; ``peek(key)`` reads a key's TAT without the lock;
 ``decide(tat, T, tau, now)`` turns a TAT into ``(allowed, remaining, reset_after,
 retry_after)``.  ``check``/``check_all`` are conveniences over those for cold paths and
@@ -289,7 +289,11 @@ class RateTable:
         aligned 8-byte TAT read is atomic on x86-64, and a read racing an insert can only
         see the key as absent (a full budget).
         ``decide(peek(key), *spec(rate, burst), now_ns)`` is ``check(..., dry=True)``."""
-        boff, end, base, _, tag = self._slots[key]
+        return self.peek_slot(self._slots[key])
+
+    def peek_slot(self, slot: Slot) -> int:
+        """``peek`` for a key already turned into its ``Slot`` (see ``take_slots``)."""
+        boff, end, base, _, tag = slot
         pos = self._mm.find(tag, boff, end)
         if pos < 0:
             return 0
@@ -312,7 +316,14 @@ class RateTable:
         passing key's new TAT at once and a refusal puts the old ones back.
         """
         # map over C callables: no Python frame per key on the usual memo hits
-        slots = list(map(self._slots.__getitem__, keys))
+        return self.take_slots(list(map(self._slots.__getitem__, keys)), specs, now_ns, cost, dry)
+
+    def take_slots(self, slots: Sequence[Slot], specs: Sequence[Spec], now_ns: int, cost: int = 1,
+                   dry: bool = False) -> tuple[bool, list[int]]:
+        """``take_all`` for keys already turned into ``Slot``s (``slot(key)``): a caller that
+        memoises a request's slots (the rate-limit enforcer, per client or user) skips the
+        key bytes altogether.  A Slot is a pure function of its key and the table's secret,
+        so a memoised one never goes stale."""
         if dry:
             return self._staged(slots, specs, now_ns, cost, True)
         mutex = self._mutex
@@ -330,11 +341,32 @@ class RateTable:
                 rc = lock(h)
                 if rc:
                     self._locks.repair(h, rc)
+            q = self._q
+            find = self._mm.find
+            if n == 2 and specs.__class__ is tuple:
+                # The usual request (a tier and a rule; a config's specs are a tuple): two
+                # keys already in the table, each tag at a tag boundary, two different
+                # keys.  Decided straight, with no per-key loop and no undo list; anything
+                # else takes the general pass.
+                (b0, e0, c0, _, t0), (b1, e1, c1, _, t1) = slots
+                p0 = find(t0, b0, e0)
+                p1 = find(t1, b1, e1)
+                if p0 >= 0 and p1 >= 0 and not (p0 | p1) & 15 and t0 != t1:
+                    (T0, tau0), (T1, tau1) = specs
+                    i0 = c0 + (p0 >> 4)
+                    i1 = c1 + (p1 >> 4)
+                    tat0 = q[i0]
+                    tat1 = q[i1]
+                    n0 = admit(tat0, T0, tau0, now_ns, cost)
+                    n1 = admit(tat1, T1, tau1, now_ns, cost)
+                    if n0 and n1:
+                        q[i0] = n0
+                        q[i1] = n1
+                        return True, [tat0, tat1]
+                    return False, [tat0, tat1]
             # One pass: each write is seen by a later limit on the same key; a refusal
             # puts back what was written; a key that is new and appears twice goes to
             # _staged.
-            q = self._q
-            find = self._mm.find
             tats: list[int] = []
             wrote: list[tuple[int, int]] = []           # (cell, old TAT), to undo a refusal
             fresh: list[tuple[int, bytes, int]] = []    # (bucket, tag, new TAT) of new keys
