@@ -259,6 +259,10 @@ class Auth(Middleware):
         self._revoked = mirror.revoked if mirror is not None else None
         self._closed = False
         state.acquire()
+        if type(self) is Auth and not verifier.ring.has_jwks:
+            # without a JWKS no failure asks for a refetch (``AuthFailure.refetch``), so
+            # ``_check`` never answers a tuple: it is the hook itself (one frame less)
+            self.request_filter = self._check
 
     # -- the hook ----------------------------------------------------------------------
     def request_filter(self, ctx):

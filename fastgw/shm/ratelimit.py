@@ -9,7 +9,8 @@ clock, ``time.monotonic_ns()`` in every process).  With ``T = 1e9 / rate`` (roun
 ns) and ``tau = burst * T``, a request of ``cost`` is allowed iff
 ``max(TAT, now) + cost*T - now <= tau``, and then TAT becomes that value.  A key whose TAT
 is in the past has a full bucket: the same state as a key never seen.  That test is
-written once, in ``admit``; ``decide`` derives the numbers a reply reports from it, and
+written once, in ``admit`` (and inlined in ``take_slots``' two-limit path, the hot path
+of every limited request; a test holds the two to the same answers); ``decide`` derives the numbers a reply reports from it, and
 every caller (the table, the middlewares, the limiter) uses those two.  The Redis
 backend runs the same test in Lua (``fastgw.ratelimit.redis_backend``).
 
@@ -357,9 +358,12 @@ class RateTable:
                     i1 = c1 + (p1 >> 4)
                     tat0 = q[i0]
                     tat1 = q[i1]
-                    n0 = admit(tat0, T0, tau0, now_ns, cost)
-                    n1 = admit(tat1, T1, tau1, now_ns, cost)
-                    if n0 and n1:
+                    # ``admit`` twice, inlined (the one other copy of the test: two calls
+                    # cost a tenth of the request's check; test_shm_ratelimit pins the two
+                    # to the same answers)
+                    n0 = (tat0 if tat0 > now_ns else now_ns) + cost * T0
+                    n1 = (tat1 if tat1 > now_ns else now_ns) + cost * T1
+                    if n0 - now_ns <= tau0 and n1 - now_ns <= tau1:
                         q[i0] = n0
                         q[i1] = n1
                         return True, [tat0, tat1]
