@@ -88,6 +88,12 @@ class AuthFailureGuard(Middleware):
         else:
             slot = self.table.slot(self.limit.key(ctx))
         tat = self.peek(slot)
+        if not tat:
+            # an address that never failed to authenticate (or whose failures are long
+            # forgiven and reclaimed): a full bucket, and burst >= 1 (config), so it passes
+            # without reading the clock
+            ctx.notes[_PENDING] = True
+            return None
         now = self.lim.clock()
         T, tau = self.T, self.tau
         if admit(tat, T, tau, now):
