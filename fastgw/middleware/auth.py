@@ -37,8 +37,9 @@ Hot path: the downstream protocol captures ``Authorization`` while parsing (``ct
 Bearer`` source) needs no header lookup for the token, and forged identity headers are
 found with one C-level pass over the header names (``frozenset.isdisjoint`` over a
 ``map``: no dict and no Python loop per header).  Another token source falls back to the header map / one lower-casing scan.  A cache hit
-then costs one LRU lookup and two float compares, and its counters are written straight
-into the metrics store's cells.
+then costs one lookup of the ``Authorization`` value as sent (``Verifier.front``) and two
+float compares, the role check one lookup and one ``isdisjoint``, and its counters are
+written straight into the metrics store's cells.
 """
 
 from __future__ import annotations
