@@ -20,8 +20,10 @@ The result is an ``Identity`` holding everything the request path needs, precomp
 (user, roles, read-only claims, the identity header pairs and their serialised lines),
 cached under ``(verifier, raw token bytes)`` in a ``TokenCache``.  ``Verifier.cached`` is
 the hit path: one dict lookup and two float comparisons (``exp``/``nbf`` re-checked against the current clock); no parsing
-and no crypto.  Entries are dropped when the key set changes (``clear`` from the JWKS
-source) and on reload (a new config builds a new cache).
+and no crypto.  ``Verifier.front`` maps the raw carrier value (the whole ``Authorization``
+header value) to the same Identity, so the usual request's hit is one lookup of the value
+as parsed.  Entries are dropped when the key set changes (``clear`` from the JWKS
+source, which empties the fronts too) and on reload (a new config builds a new cache).
 """
 
 from __future__ import annotations
@@ -113,16 +115,29 @@ class TokenCache(dict):
     update (cachetools' ``LRUCache`` cost three Python calls per hit, callgrind): a token
     in use is verified again at most once per ``maxsize`` new tokens."""
 
-    __slots__ = ("maxsize",)
+    __slots__ = ("maxsize", "fronts")
 
     def __init__(self, maxsize: int) -> None:
         super().__init__()
         self.maxsize = maxsize
+        self.fronts: list[TokenCache] = []
 
     def __setitem__(self, key, value) -> None:
         if len(self) >= self.maxsize and key not in self:
             del self[next(iter(self))]
         dict.__setitem__(self, key, value)
+
+    def front(self) -> TokenCache:
+        """A companion cache of the same size, emptied whenever this one is (``clear``):
+        a verifier's map from the raw token carrier (``Verifier.front``)."""
+        f = TokenCache(self.maxsize)
+        self.fronts.append(f)
+        return f
+
+    def clear(self) -> None:
+        dict.clear(self)
+        for f in self.fronts:
+            f.clear()
 
 
 class Identity:
@@ -202,12 +217,18 @@ def _header_value(v) -> bytes | None:
 class Verifier:
     """Verifies tokens against one key ring under one set of rules; caches the results."""
 
-    __slots__ = ("ring", "rules", "cache", "__weakref__")
+    __slots__ = ("ring", "rules", "cache", "front", "__weakref__")
 
     def __init__(self, ring, rules: Rules, cache) -> None:
         self.ring = ring      # keys.KeyRing-like: candidates(kid, alg), algs, knows_kid(kid), has_jwks
         self.rules = rules
         self.cache = cache    # TokenCache keyed (verifier, token) or None
+        # the raw value of the request's token carrier (``Authorization: Bearer ...`` as
+        # sent) -> its Identity, for the caller that reads the carrier itself (auth's
+        # captured Authorization): a hit skips the scheme check, the slicing and the
+        # (verifier, token) key.  Filled by that caller after a verification passed;
+        # emptied with the cache.
+        self.front = cache.front() if cache is not None else None
 
     # -- hit path --------------------------------------------------------------------
     def cached(self, token: bytes, now: float) -> Identity | None:

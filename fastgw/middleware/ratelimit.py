@@ -16,7 +16,9 @@ chosen only for routes where some set uses Redis; it stays synchronous for the o
 from __future__ import annotations
 
 from fastgw.pipeline.middleware import Middleware
-from fastgw.ratelimit.plan import hold, release, route_plan
+from fastgw.ratelimit.plan import ROLES_MEMO_MAX, hold, release, route_plan
+
+_UNSET = object()
 
 
 def _limit_set(mw, ctx):
@@ -41,10 +43,27 @@ class UserLimits(Middleware):
         self.exempt = rp.plan.exempt
         self.check = rp.plan.enforcer.check
         self.check_async = rp.plan.enforcer.check_async
+        self.sets: dict = {}    # role set -> its LimitSet, None when exempt (or no limit)
 
     def request_filter(self, ctx):
-        ls = _limit_set(self, ctx)
+        # ``_limit_set`` inlined for a verified token (the only kind on these routes
+        # that has roles): its set by roles, memoised per role set (``RoutePlan.for_roles``)
+        roles = ctx.roles
+        if roles:
+            ls = self.sets.get(roles, _UNSET)
+            if ls is _UNSET:
+                ls = self._for_roles(roles)
+        else:
+            ls = self.rp.user_default if ctx.user is not None else self.rp.anon
         return None if ls is None else self.check(ctx, ls)
+
+    def _for_roles(self, roles):
+        ls = None if not self.exempt.isdisjoint(roles) else self.rp.for_roles(roles)
+        sets = self.sets
+        if len(sets) >= ROLES_MEMO_MAX:
+            sets.clear()
+        sets[roles] = ls
+        return ls
 
     def close(self) -> None:
         release(self)

@@ -22,6 +22,7 @@ legacy fields if enabled), or a 503 when a Redis limit fails closed.
 from __future__ import annotations
 
 from fastgw.pipeline.middleware import Middleware
+from fastgw.ratelimit.keys import MEMO_MAX
 from fastgw.ratelimit.limiter import ALLOWED, LIMITED, admit, decide
 from fastgw.ratelimit.plan import hold, release, route_plan
 
@@ -70,19 +71,42 @@ class AuthFailureGuard(Middleware):
         enf = rp.plan.enforcer
         self.enf = enf
         self.table = enf.table
-        self.peek = enf.table.peek
+        self.peek = enf.table.peek_slot
         self.lim = enf.lim
+        self.T, self.tau = self.limit.spec
+        # client address -> the budget's table slot (bounded; a Slot never goes stale), when
+        # the key is the address's (the plan's ``auth_failures`` limit always is)
+        self.slots: dict = {} if getattr(self.limit.key, "by", None) == "ip" else None
 
     def request_filter(self, ctx):
         """Peek (consume nothing, no lock): refuse only while this address's budget is empty."""
-        lm = self.limit
-        tat = self.peek(lm.key(ctx))
+        slots = self.slots
+        if slots is not None:
+            slot = slots.get(ctx.client_ip)
+            if slot is None:
+                slot = self._slot(ctx)
+        else:
+            slot = self.table.slot(self.limit.key(ctx))
+        tat = self.peek(slot)
+        if not tat:
+            # an address that never failed to authenticate (or whose failures are long
+            # forgiven and reclaimed): a full bucket, and burst >= 1 (config), so it passes
+            # without reading the clock
+            ctx.notes[_PENDING] = True
+            return None
         now = self.lim.clock()
-        T, tau = lm.spec
+        T, tau = self.T, self.tau
         if admit(tat, T, tau, now):
             ctx.notes[_PENDING] = True
             return None
         return self.enf.refused(ctx, self.ls, (decide(tat, T, tau, now),))
+
+    def _slot(self, ctx):
+        slots = self.slots
+        if len(slots) >= MEMO_MAX:
+            slots.clear()
+        slot = slots[ctx.client_ip] = self.table.slot(self.limit.key(ctx))
+        return slot
 
     def response_filter(self, ctx, head) -> None:
         """Charge the budget when auth refused the request (no verified user)."""

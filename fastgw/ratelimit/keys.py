@@ -21,6 +21,9 @@ A part longer than ``MAX_PART`` bytes is replaced by ``#`` + its 16-byte BLAKE2b
 so a client cannot make the per-process key memos (here and in the table) hold large
 values.  Address parts, and whole keys of the usual one-part ``ip`` and ``user`` limits,
 are memoised in bounded dicts (cleared when full), so a repeat client costs one lookup.
+Those key functions say what their key depends on (``fn.by``: ``""`` nothing, ``"ip"``
+the client address, ``"user"`` the verified subject when there is one, else the
+address), so a set of such limits can memoise its whole request (``LimitSet.memo_by``).
 """
 
 from __future__ import annotations
@@ -78,7 +81,10 @@ def key_fn(prefix: bytes, parts: tuple[str, ...], ips: IpParts) -> KeyFn:
     """``fn(ctx) -> key bytes`` for a limit with this prefix and these normalised key parts
     (``()`` for one budget for everyone).  The usual shapes get a specialised function."""
     if not parts:
-        return lambda ctx: prefix
+        def const(ctx) -> bytes:
+            return prefix
+        const.by = ""
+        return const
     if parts == ("ip",):
         memo: dict[str, bytes] = {}
 
@@ -90,6 +96,7 @@ def key_fn(prefix: bytes, parts: tuple[str, ...], ips: IpParts) -> KeyFn:
                     memo.clear()
                 k = memo[ip] = prefix + ips(ip)
             return k
+        by_ip.by = "ip"
         return by_ip
     if parts == ("user",):
         umemo: dict[str, bytes] = {}
@@ -104,6 +111,7 @@ def key_fn(prefix: bytes, parts: tuple[str, ...], ips: IpParts) -> KeyFn:
                     k = umemo[u] = prefix + b"u=" + _short(u.encode("utf-8", "surrogateescape"))
                 return k
             return prefix + ips(ctx.client_ip)
+        by_user.by = "user"
         return by_user
     getters = tuple(_part(p, ips) for p in parts)
     if len(getters) == 1:

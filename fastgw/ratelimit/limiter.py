@@ -44,6 +44,7 @@ from collections import deque
 from fastgw.config.ratelimit_section import TABLE_SLOTS
 from fastgw.obs.metrics import series_key
 from fastgw.ratelimit import headers as H
+from fastgw.ratelimit.keys import MEMO_MAX
 from fastgw.ratelimit.redis_backend import BackendDown, RedisBackend
 from fastgw.shm import locks as _locks
 from fastgw.shm.ratelimit import admit, decide, decisions, spec  # noqa: F401 (admit, decide: for the middlewares)
@@ -239,11 +240,19 @@ class LimitSet:
     """The limits one kind of request must all pass, with what is precomputed for them."""
 
     __slots__ = ("limits", "keys", "specs", "allowed_cells", "mem", "red", "policy", "red_specs", "mem_specs",
-                 "mem_only")
+                 "mem_only", "by_user", "memo")
 
     def __init__(self, limits) -> None:
         self.limits = tuple(limits)
         self.keys = tuple(lim.key for lim in self.limits)
+        # When every key depends on nothing but the client address (``fn.by``: "ip" or
+        # "") or nothing but the verified subject ("user" or ""), a request's table
+        # slots are memoised per address / subject (``memo``, bounded): a repeat client
+        # costs one lookup instead of a key function per limit and a slot lookup per key
+        # (a Slot is a pure function of the key: a memoised one never goes stale).
+        bys = {getattr(k, "by", None) for k in self.keys}
+        self.by_user = "user" in bys
+        self.memo: dict | None = {} if self.limits and None not in bys and not {"user", "ip"} <= bys else None
         self.specs = tuple(lim.spec for lim in self.limits)
         self.allowed_cells: tuple[int, ...] | None = None      # see allowed_cells_now()
         self.mem = tuple(i for i, lim in enumerate(self.limits) if not lim.redis)
@@ -274,6 +283,9 @@ class Enforcer:
         self.lim = lim
         self.table = lim.table
         self.add = lim.store.add
+        # the store's counter cells, written in place by an allowed request (obs.metrics'
+        # hot-path API); a store without them (``_NullStore``, tests) gets ``add``
+        self.ints = getattr(lim.store, "ints", None)
         self.dry_run = dry_run
         self.fields = fields
         self.on_allowed = fields.on_allowed
@@ -288,25 +300,49 @@ class Enforcer:
 
         The hot path of every limited request: the decisions (four numbers per limit) are
         only built when a reply carries them (``on_allowed`` fields, a refusal)."""
-        kf = ls.keys
-        # unrolled for the usual sizes (a list comprehension costs a call per request)
-        if len(kf) == 2:
-            keys = (kf[0](ctx), kf[1](ctx))
-        elif len(kf) == 1:
-            keys = (kf[0](ctx),)
-        else:
-            keys = [f(ctx) for f in kf]
+        memo = ls.memo
+        slots = None
+        if memo is not None:
+            who = ctx.user if ls.by_user else ctx.client_ip
+            if who:     # (no verified subject: the user keys fall back to the address)
+                slots = memo.get(who)
+                if slots is None:
+                    slots = self._memo_slots(ctx, ls, who)
+        if slots is None:
+            kf = ls.keys
+            # unrolled for the usual sizes (a list comprehension costs a call per request)
+            if len(kf) == 2:
+                keys = (kf[0](ctx), kf[1](ctx))
+            elif len(kf) == 1:
+                keys = (kf[0](ctx),)
+            else:
+                keys = [f(ctx) for f in kf]
+            slots = list(map(self.table.slot, keys))
         now = self.lim.clock()
-        ok, tats = self.table.take_all(keys, ls.specs, now)
+        ok, tats = self.table.take_slots(slots, ls.specs, now)
         if ok:
-            add = self.add
-            for c in ls.allowed_cells or ls.allowed_cells_now():
-                add(c)
+            ints = self.ints
+            if ints is not None:
+                for c in ls.allowed_cells or ls.allowed_cells_now():
+                    ints[c] += 1
+            else:
+                add = self.add
+                for c in ls.allowed_cells or ls.allowed_cells_now():
+                    add(c)
             if self.on_allowed:
                 for n, v in self.fields.build(ls, decisions(tats, ls.specs, now)):
                     ctx.add_response_header(n, v)
             return None
         return self.refused(ctx, ls, decisions(tats, ls.specs, now))
+
+    def _memo_slots(self, ctx, ls: LimitSet, who) -> tuple:
+        """The slots of ``ls``'s keys for this client (``LimitSet.memo``), computed once."""
+        slots = tuple(map(self.table.slot, [f(ctx) for f in ls.keys]))
+        memo = ls.memo
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        memo[who] = slots
+        return slots
 
     def allowed(self, ctx, ls: LimitSet, ds) -> None:
         add = self.add

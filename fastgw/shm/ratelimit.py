@@ -9,12 +9,13 @@ clock, ``time.monotonic_ns()`` in every process).  With ``T = 1e9 / rate`` (roun
 ns) and ``tau = burst * T``, a request of ``cost`` is allowed iff
 ``max(TAT, now) + cost*T - now <= tau``, and then TAT becomes that value.  A key whose TAT
 is in the past has a full bucket: the same state as a key never seen.  That test is
-written once, in ``admit``; ``decide`` derives the numbers a reply reports from it, and
+written once, in ``admit`` (and inlined in ``take_slots``' two-limit path, the hot path
+of every limited request; a test holds the two to the same answers); ``decide`` derives the numbers a reply reports from it, and
 every caller (the table, the middlewares, the limiter) uses those two.  The Redis
 backend runs the same test in Lua (``fastgw.ratelimit.redis_backend``).
 
 API.  A limit is a ``Spec`` (``spec(rate, burst)``, computed once per config); a key is
-bytes.  ``take_all(keys, specs, now)`` decides one request against several limits, all or
+bytes.  ``take_all(keys, specs, now)`` (or ``take_slots`` with the keys' ``Slot``s) decides one request against several limits, all or
 nothing, and answers ``(allowed, tats)``; ``peek(key)`` reads a key's TAT without the lock;
 ``decide(tat, T, tau, now)`` turns a TAT into ``(allowed, remaining, reset_after,
 retry_after)``.  ``check``/``check_all`` are conveniences over those for cold paths and
@@ -295,7 +296,11 @@ class RateTable:
         aligned 8-byte TAT read is atomic on x86-64, and a read racing an insert can only
         see the key as absent (a full budget).
         ``decide(peek(key), *spec(rate, burst), now_ns)`` is ``check(..., dry=True)``."""
-        boff, end, base, _, tag = self._slots[key]
+        return self.peek_slot(self._slots[key])
+
+    def peek_slot(self, slot: Slot) -> int:
+        """``peek`` for a key already turned into its ``Slot`` (see ``take_slots``)."""
+        boff, end, base, _, tag = slot
         pos = self._mm.find(tag, boff, end)
         if pos < 0:
             return 0
@@ -318,7 +323,14 @@ class RateTable:
         passing key's new TAT at once and a refusal puts the old ones back.
         """
         # map over C callables: no Python frame per key on the usual memo hits
-        slots = list(map(self._slots.__getitem__, keys))
+        return self.take_slots(list(map(self._slots.__getitem__, keys)), specs, now_ns, cost, dry)
+
+    def take_slots(self, slots: Sequence[Slot], specs: Sequence[Spec], now_ns: int, cost: int = 1,
+                   dry: bool = False) -> tuple[bool, list[int]]:
+        """``take_all`` for keys already turned into ``Slot``s (``slot(key)``): a caller that
+        memoises a request's slots (the rate-limit enforcer, per client or user) skips the
+        key bytes altogether.  A Slot is a pure function of its key and the table's secret,
+        so a memoised one never goes stale."""
         if dry:
             return self._staged(slots, specs, now_ns, cost, True)
         mutex = self._mutex
@@ -339,11 +351,35 @@ class RateTable:
                         self._locks.repair(h, rc)
                     except _locks.Busy:     # never hang the loop: decide, charge nothing
                         return self._staged(slots, specs, now_ns, cost, True)
+            q = self._q
+            find = self._mm.find
+            if n == 2 and specs.__class__ is tuple:
+                # The usual request (a tier and a rule; a config's specs are a tuple): two
+                # keys already in the table, each tag at a tag boundary, two different
+                # keys.  Decided straight, with no per-key loop and no undo list; anything
+                # else takes the general pass.
+                (b0, e0, c0, _, t0), (b1, e1, c1, _, t1) = slots
+                p0 = find(t0, b0, e0)
+                p1 = find(t1, b1, e1)
+                if p0 >= 0 and p1 >= 0 and not (p0 | p1) & 15 and t0 != t1:
+                    (T0, tau0), (T1, tau1) = specs
+                    i0 = c0 + (p0 >> 4)
+                    i1 = c1 + (p1 >> 4)
+                    tat0 = q[i0]
+                    tat1 = q[i1]
+                    # ``admit`` twice, inlined (the one other copy of the test: two calls
+                    # cost a tenth of the request's check; test_shm_ratelimit pins the two
+                    # to the same answers)
+                    n0 = (tat0 if tat0 > now_ns else now_ns) + cost * T0
+                    n1 = (tat1 if tat1 > now_ns else now_ns) + cost * T1
+                    if n0 - now_ns <= tau0 and n1 - now_ns <= tau1:
+                        q[i0] = n0
+                        q[i1] = n1
+                        return True, [tat0, tat1]
+                    return False, [tat0, tat1]
             # One pass: each write is seen by a later limit on the same key; a refusal
             # puts back what was written; a key that is new and appears twice goes to
             # _staged.
-            q = self._q
-            find = self._mm.find
             tats: list[int] = []
             wrote: list[tuple[int, int]] = []           # (cell, old TAT), to undo a refusal
             fresh: list[tuple[int, bytes, int]] = []    # (bucket, tag, new TAT) of new keys

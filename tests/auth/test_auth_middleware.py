@@ -263,6 +263,23 @@ def test_cached_token_expires_while_cached(monkeypatch):
     assert len(mw.verifier.cache) == 0                # dropped
 
 
+def test_raw_value_memo_is_emptied_with_the_cache():
+    """The hit by the Authorization value as sent (``Verifier.front``) goes when the cache
+    does (what a JWKS key-set change does), so the token is verified again."""
+    mw, _, m = make()
+    t = tok(roles=["viewer"])
+    assert run(mw, t)[0] is None and len(mw.front) == 1
+    assert run(mw, t)[0] is None
+    assert m.get("fastgw_jwt_cache_total", result="hit") == 1
+    mw.state.clear_cache()
+    assert len(mw.front) == 0 and len(mw.verifier.cache) == 0
+    assert run(mw, t)[0] is None
+    assert m.get("fastgw_jwt_cache_total", result="miss") == 2
+    # a refused request never enters it
+    r, _ = run(mw, tok(roles=["viewer"], exp=int(time.time()) - 100))
+    assert r.status == 401 and len(mw.front) == 1
+
+
 def test_cached_token_nbf_rechecked(monkeypatch):
     mw, _, _ = make(jwt_secret=SECRET, leeway="0s")
     now = time.time()

@@ -22,6 +22,7 @@ from fastgw.obs.metrics import Metrics
 from fastgw.pipeline.deps import Deps
 from fastgw.ratelimit import headers as H
 from fastgw.ratelimit.keys import IpParts, ip_text, key_fn
+from fastgw.ratelimit.limiter import Limit, LimitSet
 
 from tests.support.ratelimit import AUTH_BLOCK, SECRET, Chain, FakeClock, gcra_reference, load, token
 
@@ -209,6 +210,26 @@ def test_tier_by_identity():
     assert ch.statuses(201, token=both) == [200] * 200 + [429]           # the most generous role tier
     r = ch.request(token=alice)
     assert r.status == 429 and json.loads(r.body)["violated-policies"] == ["authenticated"]
+
+
+def test_slots_memoised_per_subject_or_address_only_when_the_keys_say_so():
+    """A set memoises a request's slots by the one thing all its keys depend on."""
+    ips = IpParts()
+
+    def ls(*parts):
+        return LimitSet([Limit(f"l{i}", 1, 1, key_fn(b"p%d\0" % i, p, ips), False, None)
+                         for i, p in enumerate(parts)])
+    assert ls(("user",), ()).memo is not None and ls(("user",), ()).by_user
+    assert ls(("ip",), ()).memo is not None and not ls(("ip",), ()).by_user
+    assert ls((),).memo is not None
+    assert ls(("user",), ("ip",)).memo is None      # two identities for a verified request
+    assert ls(("header:x-k",),).memo is None
+    assert ls(("ip", "user"),).memo is None
+    # through the chain: keyed by sub whatever the address, and each sub its own budget
+    ch = Chain(config(tiers=TIERS, route_rl=rule(1000, 1000, key="user")), "private")
+    alice = token("alice")
+    assert ch.statuses(4, token=alice) + ch.statuses(5, token=alice, ip="192.0.2.9") == [200] * 8 + [429]
+    assert ch.statuses(1, token=token("bob"), ip="192.0.2.9") == [200]
 
 
 def test_verified_user_without_tier_falls_back_to_default_by_ip():

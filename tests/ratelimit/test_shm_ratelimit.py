@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw.shm import Region
-from fastgw.shm.ratelimit import BUCKET
+from fastgw.shm.ratelimit import BUCKET, admit, spec
 
 S = 1_000_000_000          # ns per second
 T0 = 1_000 * S             # a clock far from 0 (0 marks an empty slot)
@@ -108,6 +108,33 @@ def test_check_all_is_all_or_nothing(region):
     assert t.check_all([(b"dup2", 1, 2), (b"dup2", 1, 2)], T0)[0]
     assert not t.check(b"dup2", 1, 2, T0)[0]
     assert t.check_all([], T0) == (True, [])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rates=st.tuples(st.sampled_from([1, 3, 10, 1000]), st.sampled_from([1, 7, 10, 1000])),
+    bursts=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    ops=st.lists(st.tuples(st.integers(0, 1200), st.integers(1, 3)), min_size=1, max_size=40),
+)
+def test_two_limit_path_agrees_with_admit(rates, bursts, ops):
+    """``take_slots``' two-limit path (a tuple of specs, both keys present: the GCRA test
+    inlined) answers and writes what the general pass does with ``admit`` (specs as a list)."""
+    specs = tuple(spec(r, b) for r, b in zip(rates, bursts))
+    with Region.create(1, metrics_series=8, table_slots=64, health_slots=1) as r1, \
+            Region.create(1, metrics_series=8, table_slots=64, health_slots=1) as r2:
+        fast, slow = r1.ratelimit, r2.ratelimit
+        now = T0
+        for k in (b"a", b"b"):                      # both keys present: the fast path's case
+            fast.take_all((k,), specs[:1], now)
+            slow.take_all((k,), specs[:1], now)
+        for dt_ms, cost in ops:
+            now += dt_ms * 1_000_000
+            got = fast.take_all((b"a", b"b"), specs, now, cost)
+            want = slow.take_all((b"a", b"b"), list(specs), now, cost)
+            assert got == want
+            ok = all(admit(tat, T, tau, now, cost) for tat, (T, tau) in zip(want[1], specs))
+            assert got[0] == ok
+            assert [fast.peek(k) for k in (b"a", b"b")] == [slow.peek(k) for k in (b"a", b"b")]
 
 
 def _same_hash(key: bytes) -> bytes:
