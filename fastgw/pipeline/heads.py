@@ -134,7 +134,8 @@ def keep_client(ctx, down, draining: bool) -> bool:
     request was read to its end (an answer sent before the request body was read, e.g. a
     401 on an upload, ends the connection: the rest of the body cannot be told from the
     next request).  ``response_head`` then applies what the framing forces (an HTTP/1.0
-    client of a body without length: close; a 101: the tunnel)."""
+    client of a body without length: close; a 101: the tunnel).  ``Proxy.upstream_head``
+    makes the same test inline (every proxied response): keep the two in step."""
     return ctx.keep_alive and not draining and down is not None and not down.draining and down.cur_complete
 
 
