@@ -174,8 +174,20 @@ class DownstreamProtocol:
                 self._feed_failed(e, data)
                 return
             if self.cur is None:
-                if self.queue:
-                    self._next()
+                q = self.queue
+                if q:
+                    nxt = q[0]
+                    if nxt.qcomplete and nxt.qbody is None:
+                        # ``_next`` written out for the usual request (whole, no body held)
+                        del q[0]
+                        self.cur = nxt
+                        self.cur_complete = True
+                        k = self.dl.kind
+                        if k != T_NONE and k != T_SEND:
+                            self.dl.kind = T_NONE
+                        self.handler.dispatch(self, nxt, None)
+                    else:
+                        self._next()
                 elif self.dl.kind == T_IDLE and self.p_error is None and not self.closed:
                     self.dl.set(T_HEAD, self.info.t_head)   # (as in ``_feed``: slowloris)
             return
