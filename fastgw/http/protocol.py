@@ -49,6 +49,9 @@ from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIG
 MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
 MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
+# what ``feed_data`` raises for the input (``_feed_failed``); HttpParserUpgrade is not an
+# HttpParserError
+_PARSER_RAISES = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 _new = object.__new__    # + start_request: a Request without a class call (http/request.py)
 
 class DownstreamProtocol:
@@ -163,7 +166,30 @@ class DownstreamProtocol:
             self._hold(data)
             return
         if len(data) <= FEED_SLICE:
-            self._feed(data)
+            # ``_feed`` written out for the usual read (one head, or a body piece): a
+            # Python call less per request; its error handling stays in ``_feed_failed``
+            try:
+                self.parser.feed_data(data)
+            except _PARSER_RAISES as e:
+                self._feed_failed(e, data)
+                return
+            if self.cur is None:
+                q = self.queue
+                if q:
+                    nxt = q[0]
+                    if nxt.qcomplete and nxt.qbody is None:
+                        # ``_next`` written out for the usual request (whole, no body held)
+                        del q[0]
+                        self.cur = nxt
+                        self.cur_complete = True
+                        k = self.dl.kind
+                        if k != T_NONE and k != T_SEND:
+                            self.dl.kind = T_NONE
+                        self.handler.dispatch(self, nxt, None)
+                    else:
+                        self._next()
+                elif self.dl.kind == T_IDLE and self.p_error is None and not self.closed:
+                    self.dl.set(T_HEAD, self.info.t_head)   # (as in ``_feed``: slowloris)
             return
         # A large read: parse it in slices while requests queue up, so that a client
         # pipelining thousands of requests in one read costs a few queued contexts and
@@ -202,19 +228,8 @@ class DownstreamProtocol:
     def _feed(self, data) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            off = e.args[0] if e.args else len(data)
-            self._on_upgrade_request(data[off:])
-        except httptools.HttpParserCallbackError as e:
-            cause = e.__context__
-            if isinstance(cause, GatewayError):
-                self._parse_failed(cause.kind, cause.detail)
-            else:
-                raise
-        except httptools.HttpParserInvalidURLError as e:
-            self._parse_failed("bad_request", f"invalid request target: {e}")
-        except httptools.HttpParserError as e:
-            self._parse_failed("bad_framing", f"malformed request: {e}")
+        except _PARSER_RAISES as e:
+            self._feed_failed(e, data)
         else:
             if self.cur is None:
                 if self.queue:
@@ -223,6 +238,23 @@ class DownstreamProtocol:
                     # bytes of a head that is not complete yet: from now on the whole
                     # head must arrive within request_header (slowloris)
                     self.dl.set(T_HEAD, self.info.t_head)
+
+    def _feed_failed(self, e, data) -> None:
+        """``feed_data(data)`` raised ``e`` (``_PARSER_RAISES``): an Upgrade head, a
+        callback's GatewayError, or malformed input."""
+        if isinstance(e, httptools.HttpParserUpgrade):
+            off = e.args[0] if e.args else len(data)
+            self._on_upgrade_request(data[off:])
+        elif isinstance(e, httptools.HttpParserCallbackError):
+            cause = e.__context__
+            if isinstance(cause, GatewayError):
+                self._parse_failed(cause.kind, cause.detail)
+            else:
+                raise e
+        elif isinstance(e, httptools.HttpParserInvalidURLError):
+            self._parse_failed("bad_request", f"invalid request target: {e}")
+        else:
+            self._parse_failed("bad_framing", f"malformed request: {e}")
 
     def _parse_failed(self, kind: str, detail: str) -> None:
         """The parser refused the input.  Requests are only dispatched once the bytes that

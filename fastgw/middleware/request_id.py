@@ -50,7 +50,9 @@ class RequestId(Middleware):
         n = self.counter = self.counter + 1
         line = self.gen_line % n
         ctx.request_id = line[self.id_start:-2].decode("ascii")
-        ctx.add_request_and_response_lines(line)
+        # (``ctx.add_request_and_response_lines`` written out: a Python call less per request)
+        ctx.up_lines += line
+        ctx.resp_lines += line
         return None
 
     def error_filter(self, ctx) -> None:

@@ -126,6 +126,8 @@ class UpstreamSide(Protocol):
     handler: object         # None once the exchange ended (done, failed or tunnelled)
     head_sent: bool         # the response head went to the client
     transport: object
+    state: int              # 0 (IDLE): parked and usable (``Proxy.forward`` takes an idle
+                            # connection from ``pool.idle`` itself, ``Pool.acquire_idle``'s test)
 
     def send(self, handler: UpstreamHandler, down: ClientSide, x, data: bytes, route) -> None:
         """Start the exchange: write ``data`` (head and any body at hand); the route

@@ -2,9 +2,9 @@
 
 Both produce one ``bytes`` object, so each message leaves in one write.  The response
 side forwards the upstream's raw header block: only hop-by-hop and framing lines are cut
-(found with one regex call over a lower-cased copy), and a ``ResponseHead`` that parses
-the block is made only when the route has response filters or the upstream's Connection
-header names other headers.
+(found with one regex call over a lower-cased copy, remembered per block), and a
+``ResponseHead`` that parses the block is made only when the route has response filters
+or the upstream's Connection header names other headers.
 """
 
 from __future__ import annotations
@@ -47,6 +47,16 @@ _PLAIN_VALUE = frozenset({b" keep-alive", b" close", b"keep-alive", b"close"})
 # instead of tokenising the value (every "Connection: close" request; callgrind)
 _PLAIN_CONN = frozenset({b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade"})
 _NO_BODY = frozenset({204, 304})
+# The cut of recent header blocks (``_cut``: block -> (cut block, has Content-Length,
+# chunked, listed)), so an upstream that sends the same head again (the same endpoint
+# within the same second of its Date) costs one dict lookup instead of the lower-case
+# copy, the regex and the slicing.  Cleared when full (a workload of ever-new blocks
+# pays one failed lookup and one insert per response); blocks longer than
+# CUT_CACHE_BLOCK are not kept (memory).  The values are never changed by the reader
+# (``listed`` is only read or unioned into a new set).
+_CUTS: dict[bytes, tuple] = {}
+CUT_CACHE_SIZE = 256
+CUT_CACHE_BLOCK = 1024
 # ``ctx.notes`` key a response filter sets (with ``drop_length``) when its body filter will
 # return the whole body at its end (the transform's JSON edits): the head then waits for
 # the body and carries its Content-Length (``WHOLE``) instead of chunked framing
@@ -134,7 +144,8 @@ def keep_client(ctx, down, draining: bool) -> bool:
     request was read to its end (an answer sent before the request body was read, e.g. a
     401 on an upload, ends the connection: the rest of the body cannot be told from the
     next request).  ``response_head`` then applies what the framing forces (an HTTP/1.0
-    client of a body without length: close; a 101: the tunnel)."""
+    client of a body without length: close; a 101: the tunnel).  ``Proxy.upstream_head``
+    makes the same test inline (every proxied response): keep the two in step."""
     return ctx.keep_alive and not draining and down is not None and not down.draining and down.cur_complete
 
 
@@ -146,29 +157,20 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
     The block is forwarded as bytes; only hop-by-hop and framing lines are cut.  The
     usual block (Content-Length and/or one plain Connection line) is recognised by the
     list of such names in it (one ``findall``) and cut by slicing; any other goes
-    through ``_framing``.  Response filters get a ResponseHead that parses the block
+    through ``_framing`` (``_cut``; its result is kept per block in ``_CUTS``, since an
+    upstream sends the same head again and again).  Response filters get a ResponseHead that parses the block
     only if a filter looks at the headers.  Written for speed (one call per response,
     measured with callgrind): the usual response has one cut (``Connection:
     keep-alive``) and no filter.
     """
-    low = b"\n" + block.lower()
-    usual = _USUAL.get(tuple(_NAMES(low)))
-    if usual is not None:
-        has_cl, conn = usual
-        chunked = False
-        listed = None
-        if conn:
-            # "\nconnection:" at s of ``low`` is the line at s of the block (``low`` has
-            # one byte in front); its CR is at f of ``low``, its LF at f of the block
-            s = low.find(b"\nconnection:")
-            f = low.find(13, s)
-            v = low[s + 12:f]
-            if v in _PLAIN_VALUE or v.strip(b" \t") in _PLAIN_VALUE:
-                block = block[:s] + block[f + 1:]
-            else:
-                usual = None
-    if usual is None:
-        block, has_cl, chunked, listed = _framing(low, block)
+    cut = _CUTS.get(block)
+    if cut is None:
+        cut = _cut(block)
+        if len(block) <= CUT_CACHE_BLOCK:
+            if len(_CUTS) >= CUT_CACHE_SIZE:
+                _CUTS.clear()
+            _CUTS[block] = cut
+    block, has_cl, chunked, listed = cut
     up_len = False  # the upstream body has a Content-Length that the client will not see
     route = ctx.route
     drop = ctx.resp_drop
@@ -217,6 +219,26 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
     ctx.keep_alive = keep_client
     ctx.status = status
     return b"%s%s%s\r\n" % (line, block, extra), framing
+
+
+def _cut(block: bytes) -> tuple:
+    """(the block without hop-by-hop and framing lines, Content-Length present, chunked,
+    the headers Connection lists): a function of the block alone (``_CUTS`` keeps it)."""
+    low = b"\n" + block.lower()
+    usual = _USUAL.get(tuple(_NAMES(low)))
+    if usual is not None:
+        has_cl, conn = usual
+        if conn:
+            # "\nconnection:" at s of ``low`` is the line at s of the block (``low`` has
+            # one byte in front); its CR is at f of ``low``, its LF at f of the block
+            s = low.find(b"\nconnection:")
+            f = low.find(13, s)
+            v = low[s + 12:f]
+            if v in _PLAIN_VALUE or v.strip(b" \t") in _PLAIN_VALUE:
+                return block[:s] + block[f + 1:], has_cl, False, None
+        else:
+            return block, has_cl, False, None
+    return _framing(low, block)
 
 
 def _framing(low: bytes, block: bytes):

@@ -31,7 +31,7 @@ from fastgw.errors import GatewayError
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
 from fastgw.http.wire import LAST_CHUNK, chunk
 from fastgw.pipeline.exchange import Attempt, new_attempt
-from fastgw.pipeline.heads import keep_client, request_head, response_head
+from fastgw.pipeline.heads import request_head, response_head
 from fastgw.resilience.retry import CONNECT_FAILURE
 from fastgw.shm.health import KIND_OF
 
@@ -94,7 +94,15 @@ class Proxy:
         pool = inst.pool
         # (``new_attempt`` written out: the first attempt is made once per request)
         a = x.attempt = Attempt(inst, pool, request_head(x, route, inst), None, monotonic(), 0.0, None, None, 0)
-        conn = pool.acquire_idle()
+        # the newest idle connection when it is usable (``Pool.acquire_idle``'s test written
+        # out: a Python call less per request); else the pool's own way
+        idle = pool.idle
+        conn = idle[-1] if idle else None
+        if conn is not None and conn.state == 0 and conn.transport is not None and not conn.transport.is_closing():
+            idle.pop()
+            pool.reused += 1   # (published on the worker tick)
+        else:
+            conn = pool.acquire_idle()
         if conn is None:
             cancel = pool.acquire(lambda conn, err: self._on_conn(proto, x, a, conn, err))
             if cancel is not None:
@@ -267,7 +275,10 @@ class Proxy:
         elif a.instance.fails:
             succeeded(a.instance)
         down = up.down
-        return response_head(x, down, status, reason, block, keep_client(x, down, self.engine.draining),
+        # (``heads.keep_client`` written out, the same test: a Python call less per response)
+        return response_head(x, down, status, reason, block,
+                             x.keep_alive and down is not None and not self.engine.draining
+                             and not down.draining and down.cur_complete,
                              x.app.server_header)
 
     def _bad_status(self, up, x, a, status: int) -> bool:

@@ -349,7 +349,10 @@ class UpstreamProtocol:
             self.out = None
             down = self.down
             if down is not None:
-                down.write(out[0] if len(out) == 1 else b"".join(out))
+                # (the client protocol's ``write`` written out: a Python call less per response)
+                t = down.transport
+                if t is not None and not down.closed:
+                    t.write(out[0] if len(out) == 1 else b"".join(out))
         self.dl.kind = T_NONE
         h = self.handler
         self.handler = None

@@ -238,7 +238,34 @@ def test_response_framing_usual_path_matches_general(block, version, monkeypatch
 
     got = _respond(block, version)
     monkeypatch.setattr(heads, "_USUAL", {})
+    monkeypatch.setattr(heads, "_CUTS", {})  # (else the cut remembered by the first call)
     assert got == _respond(block, version)
+
+
+def test_response_cut_remembered_per_block(monkeypatch):
+    """The cut of a header block is remembered (``_CUTS``): the same block again gives the
+    same head without a new cut, another block its own cut; the memory is bounded (cleared
+    when full, long blocks not kept)."""
+    from fastgw.pipeline import heads
+
+    monkeypatch.setattr(heads, "_CUTS", {})
+    cuts = []
+    real = heads._cut
+    monkeypatch.setattr(heads, "_cut", lambda block: cuts.append(block) or real(block))
+    a = b"Server: nginx\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+    b = b"Server: nginx\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+    first = _respond(a)
+    assert _respond(a) == first and cuts == [a]
+    assert first[0] == b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\n\r\n"
+    head, rechunk, _cd, _keep = _respond(b)
+    assert cuts == [a, b] and rechunk and b"transfer-encoding: chunked\r\n" in head
+    assert b"Transfer-Encoding" not in head and b"Connection: close" not in head
+    for i in range(heads.CUT_CACHE_SIZE + 5):
+        _respond(b"X-N: %d\r\nContent-Length: 1\r\n" % i)
+    assert 0 < len(heads._CUTS) <= heads.CUT_CACHE_SIZE
+    long = b"X-Long: " + b"v" * heads.CUT_CACHE_BLOCK + b"\r\nContent-Length: 1\r\n"
+    _respond(long)
+    assert long not in heads._CUTS
 
 
 def test_response_framing_usual_path_taken():
