@@ -9,7 +9,11 @@ probes a middleware with ``getattr`` and never names one.
 Hooks, in the order a request meets them:
 
     request_filter(ctx)                    None = continue; a Reply = answer locally.
-                                           May be ``async def`` when it must await.
+                                           May be ``async def`` when it must await;
+                                           a plain one that must wait only sometimes
+                                           returns a coroutine then (the engine drives
+                                           it like an async hook: the cache's coalesced
+                                           miss), so its usual path pays no coroutine.
     request_body_filter(ctx, body)         the whole request body (only when
                                            ``needs_body()``); None = forward it, bytes =
                                            forward these instead, a Reply = answer locally
