@@ -25,6 +25,12 @@ from __future__ import annotations
 import re
 from email.utils import parsedate_to_datetime
 
+# what a stored head never keeps (hop-by-hop, framing, and what the cache sets itself)
+SKIP_STORE = frozenset({b"age", b"date", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+                        b"cache-status", b"proxy-connection", b"trailer", b"upgrade", b"te"})
+# ... and Set-Cookie (a response with one is stored without it only when allowed)
+NOT_STORED = SKIP_STORE | {b"set-cookie"}
+
 # cacheable by default (RFC 9110 15.1)
 HEURISTIC_STATUS = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 STORE_STATUS = HEURISTIC_STATUS | frozenset({302, 303, 307, 403})

@@ -42,6 +42,7 @@ from fastgw.http.conninfo import (PAUSE_BACKLOG, PAUSE_UPSTREAM, PAUSE_WAIT, T_B
 from fastgw.http.deadline import Deadline
 from fastgw.http.linger import Linger
 from fastgw.http.linger import start as start_linger
+from fastgw.http.parsefail import PARSER_RAISES as _PARSER_RAISES, ParseFailures
 from fastgw.http.request import Request, start_request
 from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIGIN, H_RID, H_TE, H_TRACE, H_UA,
                                  H_UPGRADE, H_XFF, H_XFH, H_XFP, METHODS, REPEATED, special_kind, valid_host)
@@ -49,12 +50,9 @@ from fastgw.http.reqhead import (H_AUTHZ, H_CL, H_CONN, H_EXPECT, H_HOST, H_ORIG
 MAX_QUEUED = 16          # pipelined requests parsed ahead of the one in flight
 MAX_BACKLOG = 64 * 1024  # raw bytes held while requests are queued
 FEED_SLICE = 4096        # a larger read is parsed in slices while requests queue up
-# what ``feed_data`` raises for the input (``_feed_failed``); HttpParserUpgrade is not an
-# HttpParserError
-_PARSER_RAISES = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 _new = object.__new__    # + start_request: a Request without a class call (http/request.py)
 
-class DownstreamProtocol:
+class DownstreamProtocol(ParseFailures):
     __slots__ = (
         # per-connection
         "handler", "info", "loop", "transport", "parser", "peer_ip", "peer_port", "closed",
@@ -239,52 +237,6 @@ class DownstreamProtocol:
                     # head must arrive within request_header (slowloris)
                     self.dl.set(T_HEAD, self.info.t_head)
 
-    def _feed_failed(self, e, data) -> None:
-        """``feed_data(data)`` raised ``e`` (``_PARSER_RAISES``): an Upgrade head, a
-        callback's GatewayError, or malformed input."""
-        if isinstance(e, httptools.HttpParserUpgrade):
-            off = e.args[0] if e.args else len(data)
-            self._on_upgrade_request(data[off:])
-        elif isinstance(e, httptools.HttpParserCallbackError):
-            cause = e.__context__
-            if isinstance(cause, GatewayError):
-                self._parse_failed(cause.kind, cause.detail)
-            else:
-                raise e
-        elif isinstance(e, httptools.HttpParserInvalidURLError):
-            self._parse_failed("bad_request", f"invalid request target: {e}")
-        else:
-            self._parse_failed("bad_framing", f"malformed request: {e}")
-
-    def _parse_failed(self, kind: str, detail: str) -> None:
-        """The parser refused the input.  Requests are only dispatched once the bytes that
-        carried them parsed cleanly, so nothing of a malformed request was forwarded."""
-        if self.closed:
-            return
-        self._pause(PAUSE_BACKLOG)
-        self.unread = True
-        if self.cur is not None and not self.cur_complete and not self.queue:
-            # The body of the request in flight is malformed (bad chunk): the upstream
-            # exchange cannot finish cleanly.  Abort both sides.
-            self.handler.abort_current(self, kind)
-            self._abort()
-            return
-        # Drop the request the error belongs to (the last one parsed, if incomplete).
-        if self.queue and not self.queue[-1].qcomplete:
-            self.queue.pop()
-        self.p_error = (kind, detail)
-        if self.cur is None:
-            if self.queue:
-                self._next()
-            else:
-                self._emit_parse_error()
-
-    def _emit_parse_error(self) -> None:
-        kind, detail = self.p_error
-        self.p_error = None
-        self.backlog = None
-        self.handler.parse_error(self, kind, detail)
-
     # httptools callbacks ------------------------------------------------------
     # (no on_message_begin: a request starts with its target, and the state it needs is
     # a fresh Request; one callback less per request)
@@ -446,20 +398,6 @@ class DownstreamProtocol:
             self.handler.on_body_end(self, req)
         else:
             req.qcomplete = True
-
-    def _on_upgrade_request(self, rest: bytes) -> None:
-        # httptools stops at the end of the head of an Upgrade request: that request is
-        # complete (its body, if any, is not parsed) and the connection ends with it
-        # unless the upstream switches protocols (WebSocket tunnel).  Bytes the client
-        # sent behind the head are kept for the tunnel.
-        req = self.p_req
-        if rest:
-            self.backlog = bytearray(rest)
-        if req is not None and req is not self.cur:
-            req.qcomplete = True
-        self.p_error = ("bad_request", "no further requests after an Upgrade request")
-        if self.cur is None and self.queue:
-            self._next()
 
     def _next(self) -> None:
         """Start the oldest queued request (the one in flight is finished)."""

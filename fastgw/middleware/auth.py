@@ -52,6 +52,7 @@ from fastgw.auth.rbac import Policy
 from fastgw.auth.token import REASONS, AuthFailure, Rules, TokenCache, Verifier
 from fastgw.clock import wall
 from fastgw.config.auth import AuthConfig, RouteAuth
+from fastgw.http.cookies import cookie_agreed
 from fastgw.http.reqhead import REPEATED
 from fastgw.obs.metrics import series_key
 from fastgw.pipeline.middleware import Middleware
@@ -312,13 +313,7 @@ class Auth(Middleware):
                                 return self._forbidden(ctx, ident)
                             return self._unauthorized(
                                 ctx, AuthFailure("revoked", user=ident.user, kid=ident.kid, alg=ident.alg))
-                        if self._store is not None:
-                            c = self._c_hit
-                            if c is None:
-                                c = self._c_hit = self._store.cell(series_key(M_CACHE, L_HIT))
-                            self._store.ints[c] += 1
-                        elif self._inc is not None:
-                            self._inc(M_CACHE, L_HIT, 1)
+                        self._count_hit()
                         if self._revoked is not None and self._revoked(ident.rev, now):
                             return self._unauthorized(
                                 ctx, AuthFailure("revoked", user=ident.user, kid=ident.kid, alg=ident.alg))
@@ -352,13 +347,8 @@ class Auth(Middleware):
                 if self._inc is not None:
                     self._inc(M_CACHE, L_MISS, 1)
                 ident = v.verify(token, now)
-            elif self._store is not None:
-                c = self._c_hit
-                if c is None:
-                    c = self._c_hit = self._store.cell(series_key(M_CACHE, L_HIT))
-                self._store.ints[c] += 1
-            elif self._inc is not None:
-                self._inc(M_CACHE, L_HIT, 1)
+            else:
+                self._count_hit()
         except AuthFailure as f:
             if f.refetch:
                 return (token, f)
@@ -430,6 +420,17 @@ class Auth(Middleware):
                 token = _DUP
         return token, dirty
 
+    def _count_hit(self) -> None:
+        """Count a token-cache hit (``fastgw_jwt_cache_total{result="hit"}``): a cell of
+        the worker's metric slot once it is known, else through the metrics API."""
+        if self._store is not None:
+            c = self._c_hit
+            if c is None:
+                c = self._c_hit = self._store.cell(series_key(M_CACHE, L_HIT))
+            self._store.ints[c] += 1
+        elif self._inc is not None:
+            self._inc(M_CACHE, L_HIT, 1)
+
     def _admit(self, ctx, ident):
         # ``Policy.allows``, inlined: the roles needed for the method, then one set test
         need = self.need.get(ctx.request.method, self.need_default) if self.need else self.need_default
@@ -461,7 +462,7 @@ class Auth(Middleware):
             if not vals:
                 continue
             if cookie is not None:
-                t = _cookie(vals, cookie)
+                t = cookie_agreed(vals, cookie, _DUP)
                 if t is not None:
                     return t
                 continue
@@ -552,20 +553,6 @@ class JwksAuth(Auth):
         if self._revoked is not None and self._revoked(ident.rev, now):
             return self._unauthorized(ctx, AuthFailure("revoked", user=ident.user, kid=ident.kid, alg=ident.alg))
         return self._admit(ctx, ident)
-
-
-def _cookie(values: list[bytes], name: bytes):
-    """The value of cookie ``name`` across Cookie headers; _DUP if it differs between copies."""
-    found = None
-    for hv in values:
-        for part in hv.split(b";"):
-            k, sep, v = part.strip().partition(b"=")
-            if sep and k == name:
-                v = v.strip().strip(b'"')
-                if found is not None and v != found:
-                    return _DUP
-                found = v
-    return found
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

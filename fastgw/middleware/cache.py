@@ -55,32 +55,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import urlsplit
 
 from fastgw.cache import keys as K
-from fastgw.cache.rules import RequestCC, fields, fields_of, initial_age, lifetime, not_modified, parse_cc, \
-    vary_names, why_not_stored
-from fastgw.cache.fetch import fetch as _fetch, first_instance as _first_instance, route_has as _route_has
+from fastgw.cache.background import BackgroundFetches
+from fastgw.cache.rules import NOT_STORED as _NOT_STORED, SKIP_STORE as _SKIP_STORE, RequestCC, fields, fields_of, \
+    initial_age, lifetime, not_modified, parse_cc, vary_names, why_not_stored
+from fastgw.cache.fetch import first_instance as _first_instance, route_has as _route_has
 from fastgw.cache.store import Entry, Store, make_entry
 from fastgw.clock import monotonic
 from fastgw.compress.negotiate import Negotiator
 from fastgw.config.cache import effective_cache
 from fastgw.config.compression import effective_compression
 from fastgw.http.messages import Reply, ResponseHead
-from fastgw.http.normalize import normalize_path
-from fastgw.http.wire import header_lines
 from fastgw.obs.metrics import series_key
 from fastgw.pipeline.heads import WHOLE_BODY_NOTE
 from fastgw.pipeline.middleware import Middleware
 
 NOTE = "cache"
 RESULT_NOTE = "cache_result"  # read by the access log
-_SKIP_STORE = frozenset({b"age", b"date", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
-                         b"cache-status", b"proxy-connection", b"trailer", b"upgrade", b"te"})
-# what a stored head never keeps: the above and Set-Cookie (stored without it when allowed)
-_NOT_STORED = _SKIP_STORE | {b"set-cookie"}
-_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-                  b"proxy-connection", b"host", b"content-length"})
 # an upstream answer that counts as an error for stale-if-error (RFC 5861 section 4)
 _ERROR_STATUS = frozenset({500, 502, 503, 504})
 # a 304 carries these from the stored response (RFC 9110 15.4.5)
@@ -129,7 +121,7 @@ class _St:
         self.body304 = None   # the stored body sent after a revalidating 304
 
 
-class Cache(Middleware):
+class Cache(BackgroundFetches, Middleware):
     name = "cache"
 
     def __init__(self, eff, deps, negotiate, service_cfg=None, route_cfg=None, warm=()) -> None:
@@ -179,7 +171,7 @@ class Cache(Middleware):
     def request_filter(self, ctx):
         """Synchronous: a hit, a bypass and a miss are decided without suspending.  A miss
         that joins a coalesced fetch returns a coroutine that waits for it: the engine
-        drives it like an async hook (``Engine.send_local``), so the usual request pays
+        drives it like an async hook (``Engine._drive``), so the usual request pays
         no coroutine."""
         req = ctx.request
         store = self.store
@@ -529,70 +521,6 @@ class Cache(Middleware):
         m.set(_M_STORED_B, wl, s.stored_bytes)
         m.set(_M_EVICTED, wl, s.evicted)
         m.set(_M_EVICTED_B, wl, s.evicted_bytes)
-
-    # ------------------------------------------------------------------ background fetches
-    def _spawn(self, loop, coro) -> None:
-        t = loop.create_task(coro)
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
-
-    def _refresh(self, ctx, key) -> bool:
-        """stale-while-revalidate: one background fetch per entry; False when none can
-        be made (a TLS upstream): then the request goes upstream itself."""
-        if self.upstream is None:
-            return False
-        if key in self.inflight:
-            return True  # a refresh (or a miss) is under way: serve stale meanwhile
-        self.inflight[key] = []
-        req = ctx.request
-        target = req.path.encode("latin-1") + (b"?" + req.query if req.query else b"")
-        lines = header_lines([h for h in ctx.fwd if h[0].lower() not in _HOP]) + ctx.up_lines
-        self._spawn(asyncio.get_running_loop(), self._background(ctx, key, target, lines))
-        return True
-
-    async def _background(self, ctx, key, target: bytes, lines: bytes) -> None:
-        e = None
-        try:
-            got = await _fetch(self.upstream, target, lines)
-            if got is not None:
-                e = self._store_fetched(key[0], got, lambda names: K.secondary(ctx, names, self.negotiate),
-                                        ctx.request.host, ctx.request.path)
-        finally:
-            for w in self.inflight.pop(key, None) or ():  # misses that joined meanwhile
-                if not w.done():
-                    w.set_result(e)
-
-    async def _warm(self, url: str) -> None:
-        u = urlsplit(url)
-        path, _enc = normalize_path(u.path.encode("latin-1") or b"/")
-        query = u.query.encode("latin-1")
-        host = u.netloc.lower()
-        prim = (self.route, "G", u.scheme, host, path, K.query_part(query, self.query), (None,) * len(self.key_headers))
-        target = path.encode("latin-1") + (b"?" + query if query else b"")
-        got = await _fetch(self.upstream, target, b"")
-        if got is not None:
-            neg = self.negotiate
-
-            def secondary(names):
-                if not names:
-                    return ()
-                return (names, tuple(("identity" if neg is not None else None) if n == b"accept-encoding" else None
-                                     for n in names))
-            self._store_fetched(prim, got, secondary, host, path)
-
-    def _store_fetched(self, prim, got, secondary, host: str, path: str) -> Entry | None:
-        status, hs, body, t0 = got
-        f = fields_of(hs)
-        cc = parse_cc(f.get(b"cache-control"))
-        ttl = lifetime(cc, f, self.default_ttl)
-        if why_not_stored(status, f, cc, False, self.store_set_cookie, ttl) is not None or len(body) > self.max_object:
-            return None
-        names = vary_names(f)
-        stored = [h for h in hs if h[0].lower() not in _NOT_STORED]
-        e = make_entry(status, stored, body, cc, ttl or 0.0, initial_age(f, _wall_now(), t0), self.swr, self.sie,
-                   host, path, f)
-        self.store.put((prim, secondary(names)), e)
-        return e
 
     def close(self) -> None:
         for t in list(self.tasks):

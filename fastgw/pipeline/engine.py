@@ -173,7 +173,10 @@ class Engine:
             for idx, fn in hooks:
                 r = fn(x)
                 if r is not None:
-                    self.send_local(proto, x, r, idx)
+                    if r.__class__ is _COROUTINE:   # a plain hook that must wait this time
+                        self._waited(proto, x, idx, r)
+                    else:
+                        self.send_local(proto, x, r, idx)
                     return
         except Exception as e:  # a middleware bug must not kill the connection silently
             self._pipeline_failed(proto, x, e)
@@ -190,24 +193,45 @@ class Engine:
         try:
             for pos in range(start, len(hooks)):
                 idx, fn, is_async = hooks[pos]
-                if is_async:
-                    coro = fn(x)
-                    try:
-                        waiting = coro.send(None)
-                    except StopIteration as stop:
-                        r = stop.value
-                    else:
-                        x.app.loop.create_task(self._resume(proto, x, hooks, pos, coro, waiting))
+                r = fn(x)
+                if r is None:
+                    continue
+                if is_async or r.__class__ is _COROUTINE:
+                    # an async hook, or a plain one that must wait this time (the
+                    # middleware contract)
+                    r = self._drive(proto, x, hooks, pos, r)
+                    if r is None:
+                        continue
+                    if r is _WAITING:
                         return
-                else:
-                    r = fn(x)
-                if r is not None:
-                    self.send_local(proto, x, r, idx)
-                    return
+                self.send_local(proto, x, r, idx)
+                return
         except Exception as e:  # a middleware bug must not kill the connection silently
             self._pipeline_failed(proto, x, e)
             return
         self._after_request_chain(proto, x)
+
+    def _drive(self, proto, x, hooks, pos, coro):
+        """Step the coroutine of hook ``hooks[pos]`` eagerly: its result when it finished
+        without suspending (no task made), else ``_WAITING``: it goes on in a task
+        (``_resume``), which then runs the rest of the chain."""
+        try:
+            waiting = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+        x.app.loop.create_task(self._resume(proto, x, hooks, pos, coro, waiting))
+        return _WAITING
+
+    def _waited(self, proto, x, idx: int, coro) -> None:
+        """The all-synchronous loop of ``dispatch`` met a coroutine from the hook at chain
+        index ``idx``: drive it, then go on as ``_run_chain`` would."""
+        hooks = x.route.chain.request
+        pos = [h[0] for h in hooks].index(idx)
+        r = self._drive(proto, x, hooks, pos, coro)
+        if r is None:
+            self._run_chain(proto, x, hooks, pos + 1)
+        elif r is not _WAITING:
+            self.send_local(proto, x, r, idx)
 
     async def _resume(self, proto, x, hooks, pos, coro, waiting) -> None:
         """Finish a suspended async hook, then the rest of the chain."""
@@ -286,33 +310,11 @@ class Engine:
 
     # ------------------------------------------------------------------ local replies
     def send_local(self, proto, x, reply: Reply, upto: int) -> None:
-        """Send a reply made by the middleware at chain index ``upto``.  A synchronous
-        request hook may return a coroutine instead: it has to wait after all (the
-        cache's coalesced miss), and ``_defer`` drives it like an ``async`` hook."""
-        if reply.__class__ is _COROUTINE:
-            self._defer(proto, x, reply, upto)
-            return
+        """Send a reply made by the middleware at chain index ``upto``."""
         for idx, fn in x.route.chain.response:
             if idx <= upto:
                 fn(x, reply)
         self._write_reply(proto, x, reply, False)
-
-    def _defer(self, proto, x, coro, upto: int) -> None:
-        """Run ``coro`` (returned by the synchronous request hook at chain index
-        ``upto``) as ``_run_chain`` runs an async hook, then the rest of the chain."""
-        hooks = x.route.chain.request
-        pos = [h[0] for h in hooks].index(upto)
-        try:
-            waiting = coro.send(None)
-        except StopIteration as stop:
-            r = stop.value
-        else:
-            x.app.loop.create_task(self._resume(proto, x, hooks, pos, coro, waiting))
-            return
-        if r is not None:
-            self.send_local(proto, x, r, upto)
-        else:
-            self._run_chain(proto, x, hooks, pos + 1)
 
     def reply_error(self, proto, x, err: GatewayError, chain) -> None:
         """Answer ``err`` (problem+json) through ``chain``'s response filters; the error
@@ -488,3 +490,4 @@ class Engine:
 
 _KEEP_ALIVE_10 = [(b"connection", b"keep-alive")]  # an HTTP/1.0 client kept alive
 _COROUTINE = types.CoroutineType
+_WAITING = object()  # _drive: the hook suspended and goes on in a task

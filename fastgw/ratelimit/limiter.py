@@ -63,6 +63,10 @@ SAMPLE_WINDOW = 8               # samples the occupancy estimate is scaled from
 STATE_KEY = "fastgw.ratelimit"
 RETIRE_GRACE = 30.0            # seconds a retired config's Redis pool stays open
 _log = logging.getLogger("fastgw")
+# the table's per-process counters, published as deltas: (metric, RateTable attribute);
+# lock timeouts last (publish() also logs them)
+_COUNTED = ((M_EVICTIONS, "evicted"), (M_RECLAIMS, "reclaimed"), (M_LOCK_RECOVERIES, "recovered"),
+            (M_LOCK_TIMEOUTS, "lock_timeouts"))
 
 
 class _NullStore:
@@ -100,8 +104,7 @@ class Limiter:
         self.backends: dict[tuple[str, float], RedisBackend] = {}
         self.loop = None
         self._timer = None
-        self._published = (0, 0)
-        self._published_locks = (0, 0)
+        self._published = (0,) * len(_COUNTED)
         self._sample_at = 0
         self._samples: deque = deque(maxlen=1)
 
@@ -141,28 +144,21 @@ class Limiter:
             self._timer = self.loop.call_later(PUBLISH_EVERY, self._tick)
 
     def publish(self) -> None:
-        """Evictions and reclaims since the last call (this process's), and, in the process
+        """The table counters of ``_COUNTED`` since the last call (this process's), and, in the process
         that owns the gauges, the table size and its estimated occupancy."""
         m = self.metrics
         if m is None:
             return
         t = self.table
-        ev, rc = t.evicted, t.reclaimed
-        pev, prc = self._published
-        if ev != pev:
-            m.inc(M_EVICTIONS, (), ev - pev)
-        if rc != prc:
-            m.inc(M_RECLAIMS, (), rc - prc)
-        self._published = (ev, rc)
-        rv, to = t.recovered, t.lock_timeouts
-        prv, pto = self._published_locks
-        if rv != prv:
-            m.inc(M_LOCK_RECOVERIES, (), rv - prv)
-        if to != pto:
-            m.inc(M_LOCK_TIMEOUTS, (), to - pto)
+        now = tuple(getattr(t, attr) for _name, attr in _COUNTED)
+        for (name, _attr), v, was in zip(_COUNTED, now, self._published):
+            if v != was:
+                m.inc(name, (), v - was)
+        timeouts = now[-1] - self._published[-1]
+        if timeouts:
             _log.warning("rate limit: %d decisions taken without charging: a stripe lock stayed busy "
-                         "over %.1f s (a worker stopped inside it?)", to - pto, _locks.WAIT)
-        self._published_locks = (rv, to)
+                         "over %.1f s (a worker stopped inside it?)", timeouts, _locks.WAIT)
+        self._published = now
         if self.owns_gauges:
             m.set(M_SLOTS, (), t.slots)
             m.set(M_OCCUPIED, (), self.occupancy())

@@ -1,6 +1,6 @@
 """The cache's request hook in the real engine, in process (fake transports, no sockets):
 a miss that joins a coalesced fetch is the one case where the synchronous hook returns
-a coroutine, which the engine drives like an async hook (``Engine.send_local``); and a
+a coroutine, which the engine drives like an async hook (``Engine._drive``); and a
 plain hit answers from the hit path with the head a full lookup would give."""
 
 from __future__ import annotations

@@ -355,6 +355,28 @@ def test_table_metrics_publication():
     assert ch.deps.metrics.store.snapshot()["fastgw_ratelimit_table_occupied_slots"] == 0
 
 
+def test_lock_recoveries_and_timeouts_published_as_deltas_and_timeouts_logged(caplog):
+    ch = Chain(config(tiers=TIERS), "open")
+    lim, locks = ch.limiter, ch.limiter.table._locks
+    locks.recovered, locks.timeouts = 2, 3
+    with caplog.at_level("WARNING", logger="fastgw"):
+        lim.publish()
+    snap = ch.deps.metrics.store.snapshot()
+    assert snap["fastgw_ratelimit_lock_recoveries_total"] == 2
+    assert snap["fastgw_ratelimit_lock_timeouts_total"] == 3
+    assert any("3 decisions taken without charging" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    locks.timeouts = 4
+    with caplog.at_level("WARNING", logger="fastgw"):
+        lim.publish()
+    snap = ch.deps.metrics.store.snapshot()
+    assert snap["fastgw_ratelimit_lock_recoveries_total"] == 2 and snap["fastgw_ratelimit_lock_timeouts_total"] == 4
+    assert any("1 decisions taken without charging" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    lim.publish()                                   # nothing new: nothing counted, nothing logged
+    assert ch.deps.metrics.store.snapshot()["fastgw_ratelimit_lock_timeouts_total"] == 4 and not caplog.records
+
+
 def test_occupancy_estimate_of_a_large_table():
     ch = Chain(config(tiers=TIERS, options="  table_slots: 262144"), "open")
     table, now = ch.limiter.table, ch.clock()
