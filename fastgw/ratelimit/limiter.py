@@ -104,7 +104,7 @@ class Limiter:
         self.backends: dict[tuple[str, float], RedisBackend] = {}
         self.loop = None
         self._timer = None
-        self._published = (0,) * len(_COUNTED)
+        self._published = None   # the first publish exports every counter, at 0 if need be
         self._sample_at = 0
         self._samples: deque = deque(maxlen=1)
 
@@ -151,10 +151,14 @@ class Limiter:
             return
         t = self.table
         now = tuple(getattr(t, attr) for _name, attr in _COUNTED)
-        for (name, _attr), v, was in zip(_COUNTED, now, self._published):
-            if v != was:
+        first = self._published is None
+        published = (0,) * len(_COUNTED) if first else self._published
+        for (name, _attr), v, was in zip(_COUNTED, now, published):
+            # (a counter born at 0 rather than at its first event: an alert's increase()
+            # sees that first event, deploy/prometheus/alerts.yml)
+            if v != was or first:
                 m.inc(name, (), v - was)
-        timeouts = now[-1] - self._published[-1]
+        timeouts = now[-1] - published[-1]
         if timeouts:
             _log.warning("rate limit: %d decisions taken without charging: a stripe lock stayed busy "
                          "over %.1f s (a worker stopped inside it?)", timeouts, _locks.WAIT)

@@ -145,7 +145,8 @@ def test_dashboard_structure_and_queries_parse(tmp_path):
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     rows = {p["title"].split(":")[0].lower() for p in d["panels"] if p["type"] == "row"}
-    for want in ("traffic", "errors", "latency", "limits", "auth", "workers", "upstream health", "tracing"):
+    for want in ("traffic", "errors", "latency", "limits", "auth", "workers", "upstream health", "tracing",
+                 "breakers, ejections, cache"):
         assert want in rows, f"dashboard has no {want!r} row"
     assert {v["name"] for v in d["templating"]["list"]} == {"datasource", "instance"}
     for p in d["panels"]:
@@ -174,6 +175,7 @@ LIVE = ECHO_HEAD + """      - {path: "/open/*", name: open, methods: ["GET"]}
         methods: ["GET"]
         rate_limit: {requests_per_second: 100, burst: 100, backend: redis}
       - {path: "/private/*", name: private, methods: ["GET"], auth: true}
+      - {path: "/cached/*", name: cached, methods: ["GET"], cache: {default_ttl: 60s}}
   dead:
     url: "http://127.0.0.1:{DEAD}"
     connect_timeout: 1s
@@ -234,6 +236,8 @@ def test_dashboard_and_rules_name_metrics_a_live_gateway_exports():
             get(port, "/private/a")                     # 401
             get(port, "/private/a", headers={"Authorization": "Bearer x.y.z"})
             get(port, "/dead/a")                        # 502, upstream error
+            get(port, "/cached/a")                      # a cache miss that stores
+            get(port, "/cached/a")                      # a cache hit
 
             def scrape():
                 st, _, body = admin(gw, "/metrics")
