@@ -85,26 +85,44 @@ class Route:
 
 _NEVER_DOWN = bytes(1)  # ``down`` without a health table: slot -1 reads the one 0 byte
 _NO_LB = RoundRobin("", ())
+_SPLIT_LB = RoundRobin("", ())
+_SPLIT_LB.solo = False
 
 
 class SplitRoute(Route):
-    """A route with ``split``: each request goes to one side's instances (``routing.split``),
-    healthy ones first with the panic rule applied per side; a retry stays on the side of
-    the request's first attempt.  (``pick``/``pick_other`` are slots of ``Route``: the App
-    binds them to ``side_pick``/``side_pick_other``.)"""
+    """A route with ``split``: each request goes to one side (``routing.split``), and the
+    side's service's own balancer picks the instance (its algorithm, weights, health,
+    panic threshold and drains); a retry stays on the side of the request's first
+    attempt.  ``sticky`` of a side's service is not applied: the split chose the side.
+    (``pick``/``pick_other`` are slots of ``Route``: the App binds them to
+    ``side_pick``/``side_pick_other``.)"""
 
-    __slots__ = ("split",)
+    __slots__ = ("split", "side_lbs")
 
     def side_pick(self, ctx):
-        sp = self.split
         a = ctx.attempt   # None for the first attempt; a one-shot retry re-picks on its side
-        i = sp.side(ctx) if a is None else sp.side_of(a.instance)
-        return sp.pick_in(i, self.down, self.panic, (), self.on_panic)
+        i = self.split.side(ctx) if a is None else self.side_of(a.instance)
+        return self.side_lbs[i].pick(ctx)
 
     def side_pick_other(self, tried):
-        sp = self.split
-        i = sp.side_of(tried[-1]) if tried else 0   # (``tried`` is newest first)
-        return sp.pick_in(i, self.down, self.panic, tried, self.on_panic)
+        i = self.side_of(tried[-1]) if tried else 0   # (``tried`` is newest first)
+        return self.side_lbs[i].pick_other(tried)
+
+    def side_of(self, inst) -> int:
+        """The side whose service's balancer holds ``inst`` (0 if none does)."""
+        for i, lb in enumerate(self.side_lbs):
+            if inst in lb.distinct:
+                return i
+        return 0
+
+    @property
+    def on_panic(self):
+        return self.side_lbs[0].on_panic
+
+    @on_panic.setter
+    def on_panic(self, fn) -> None:
+        for lb in self.side_lbs:
+            lb.on_panic = fn
 
 
 class App:
@@ -132,7 +150,6 @@ class App:
             chain = Chain(self._mws(blds, None, None) + [sessions.build(config, None, rc, deps)])
             entries.append((rc, Route(rc.name, "", rc, chain, (), 64 * 1024, False, float(gw.timeout),
                                       float(gw.timeout), False)))
-        svc_insts: dict[str, tuple] = {}   # for ``split``: an instance per weight unit (capped)
         distinct: dict[str, tuple] = {}
         all_insts = []
         for sname, svc in config.services.items():
@@ -160,7 +177,6 @@ class App:
                 insts.append(inst)
                 all_insts.append(inst)
             distinct[sname] = insts = tuple(insts)
-            svc_insts[sname] = tuple(i for i in insts for _ in range(min(i.weight, 100)))
             budget = Budget(float(svc.retry.budget_percent), svc.retry.min_retries_per_second)
             t_head = float(svc.timeout if svc.timeout is not None else gw.timeout)
             for rc in svc.routes:
@@ -183,8 +199,8 @@ class App:
         # holds them all, so the engine calls ``pick`` (a side without instances gets no traffic).
         for rc, route in entries:
             if rc.split is not None:
-                route.split = Splitter(rc.split, svc_insts)
-                route.instances = tuple(i for side in rc.split.to for i in svc_insts[side.service])
+                route.split = Splitter(rc.split)
+                route.instances = tuple(i for side in rc.split.to for i in distinct[side.service])
                 for inst in route.instances:
                     inst.pool.tmin = min(inst.pool.tmin, route.t_head, route.t_read)
         down = self._health_slots(all_insts, deps)
@@ -198,8 +214,9 @@ class App:
             route.distinct = route.instances = tuple(dict.fromkeys(route.instances))
             lb = self.balancers.get(route.service)
             if isinstance(route, SplitRoute):
-                route.use(RoundRobin(route.service, route.distinct, down=down, panic=route.panic))
-                route.lb.solo = False           # (always the split's own picking)
+                route.side_lbs = tuple(getattr(b, "inner", b) for b in   # (Sticky: its inner)
+                                       (self.balancers[s] for s in route.split.services))
+                route.use(_SPLIT_LB)            # (``solo`` False: always the sides' picking)
                 route.pick = route.side_pick
                 route.pick_other = route.side_pick_other
             elif lb is not None:

@@ -102,8 +102,8 @@ def _split_route(region):
 
 def test_split_side_skips_down_instances_and_keeps_retries_on_its_side(region):
     route = _split_route(region)
-    main = route.split._distinct[0]
-    canary = route.split._distinct[1]
+    main = route.side_lbs[0].distinct
+    canary = route.side_lbs[1].distinct
     region.health.set_down(main[1].slot, True)
     picks = [route.pick(_Ctx(False)) for _ in range(30)]
     assert set(picks) == {main[0], main[2]}          # the down one skipped, the side kept
@@ -121,6 +121,29 @@ def test_split_side_skips_down_instances_and_keeps_retries_on_its_side(region):
     assert main[1] not in {route.pick(_Ctx(False)) for _ in range(30)}
     assert route.pick_other((main[0], main[2])) in (main[0], main[2])   # never the drained one
     assert route.pick(_Ctx(True)) in canary          # the other side does not care
+
+
+def test_split_side_picks_with_its_services_own_balancer(region):
+    """A side is balanced as its service's own routes are: here the canary's ring_hash on
+    a header keeps one key on one instance, and a retry still stays on that side."""
+    services = {**SPLIT["services"], "canary": {**SPLIT["services"]["canary"], "load_balancing": "ring_hash",
+                                               "hash_key": "header:X-Key"}}
+    cfg, _ = load_config_data(edit(BASE, "services", services))
+    assign_slots(region.health, cfg)
+    app = App(cfg, Deps(cfg, shm=region, worker_id=0), loop=None, metrics=None, log=logging.getLogger("t"))
+    route = next(r for r in app.routes if r.name and r.cfg.split is not None)
+    assert [lb.kind for lb in route.side_lbs] == ["round_robin", "ring_hash"]
+    canary = route.side_lbs[1].distinct
+
+    def ctx(key):
+        c = _Ctx(True)
+        c.h[b"x-key"] = key
+        return c
+    by_key = {k: {route.pick(ctx(k)) for _ in range(5)} for k in (b"a", b"b", b"c", b"d", b"e", b"f")}
+    assert all(len(v) == 1 for v in by_key.values())               # one key, one instance
+    assert set().union(*by_key.values()) == set(canary)            # the keys spread over both
+    first = by_key[b"a"].pop()
+    assert route.pick_other((first,)) in canary and route.pick_other((first,)) is not first
 
 
 def test_retry_on_is_read_as_a_key_from_yaml():

@@ -102,14 +102,14 @@ def test_route_settings_apply_on_every_side(gw):
 def test_splitter_is_stable_and_follows_weights():
     cfg, _ = load_config_text(CONFIG.replace("{MAIN}", "127.0.0.1:9").replace("{CANARY}", "127.0.0.1:9"))
     routes = cfg.services["items"].routes
-    sp = Splitter(routes[1].split, {"items": ["A"], "canary": ["B"]})
+    sp = Splitter(routes[1].split)
     ctx = lambda **h: SimpleNamespace(header={k.encode(): v.encode() for k, v in h.items()}.get,  # noqa: E731
                                       user=None, client_ip="10.0.0.1")
-    assert sp.side(ctx(**{"x-user": "alice"})) == Splitter(routes[1].split, {}).side(ctx(**{"x-user": "alice"}))
+    assert sp.side(ctx(**{"x-user": "alice"})) == Splitter(routes[1].split).side(ctx(**{"x-user": "alice"}))
     assert sp.side(ctx()) == sp.side(ctx())                  # no key: the client address
     assert sp.side(ctx(**{"x-canary": "true"})) == 1
     assert sp.side(ctx(cookie="canary=0")) == sp.side(ctx())
-    zero = Splitter(routes[2].split, {})
+    zero = Splitter(routes[2].split)
     assert {zero.side(ctx()) for _ in range(50)} == {1}       # weight 0 never chosen
 
 
