@@ -42,7 +42,7 @@ class Route:
                  # (``t_head`` is then each attempt's); 0.0 without (upstream.client rule 5)
                  "t_total",
                  # balancing (upstream.balance): the service's balancer, shared by its
-                 # routes, and its bound ``pick(ctx)``/``pick_other(tried)`` (one call)
+                 # routes, and its bound ``pick(ctx)``/``pick_other(tried, ctx)`` (one call)
                  "lb", "pick", "pick_other")
 
     def __init__(self, name, service, cfg, chain, instances, max_body, allow_encoded_slash,
@@ -104,9 +104,9 @@ class SplitRoute(Route):
         i = self.split.side(ctx) if a is None else self.side_of(a.instance)
         return self.side_lbs[i].pick(ctx)
 
-    def side_pick_other(self, tried):
+    def side_pick_other(self, tried, x=None):
         i = self.side_of(tried[-1]) if tried else 0   # (``tried`` is newest first)
-        return self.side_lbs[i].pick_other(tried)
+        return self.side_lbs[i].pick_other(tried, x)
 
     def side_of(self, inst) -> int:
         """The side whose service's balancer holds ``inst`` (0 if none does)."""

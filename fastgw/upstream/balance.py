@@ -31,7 +31,9 @@ while one is down).  Panic (Envoy's): with fewer than ``panic`` percent of the
 non-drained instances usable, unhealthy ones count as usable again; a drained instance
 is never used, not even in panic.
 
-Retries: ``pick_other(tried)`` returns a usable instance not in ``tried`` when one exists.
+Retries: ``pick_other(tried, x)`` returns a usable instance not in ``tried`` when one
+exists; the hashing ones walk on along the ring from the request's key (the same next
+instance in every worker), the others spread by weight.
 
 Slow start (``slow_start: DURATION``, the weighted algorithms only): an instance first
 seen after a reload or a discovery update (not the initial set of a process), or whose
@@ -246,8 +248,9 @@ class Balancer:
             return self._spread(())
         return inst
 
-    def pick_other(self, tried):
-        """An instance for a retry: a usable one not in ``tried`` when one exists."""
+    def pick_other(self, tried, x=None):
+        """An instance for a retry of request ``x``: a usable one not in ``tried`` when one
+        exists."""
         return self._spread(tried)
 
     def in_panic(self) -> bool:
@@ -372,22 +375,32 @@ class _Hashing(Balancer):
         i = self.index(hash64(key))
         inst = owners[i]
         if self.down[inst.slot]:
-            return self._walk(i)
+            return self._walk(i, 1, ())
         return inst
 
-    def _walk(self, i: int):
-        """The next usable owner after position ``i`` (in panic: the next not drained)."""
+    def pick_other(self, tried, x=None):
+        """A retry goes on along the ring from the key's point: the first usable owner not
+        tried yet, so every worker and gateway host sends a key's retries to the same next
+        instance (its cache stays warm for that key); no key: as ``Balancer``."""
+        key = self.key_of(x) if x is not None else None
+        if not key or not self.owners:
+            return self._spread(tried)
+        return self._walk(self.index(hash64(key)), 0, tried)
+
+    def _walk(self, i: int, start: int, tried):
+        """The first usable owner from position ``i + start`` on that is not in ``tried``
+        (in panic: the first not drained); none: ``_spread``'s choice."""
         owners, down = self.owners, self.down
         panic = self.in_panic()
         if panic and self.on_panic is not None:
             self.on_panic(self)
         n = len(owners)
-        for k in range(1, n):
+        for k in range(start, n):
             inst = owners[(i + k) % n]
             d = down[inst.slot]
-            if not d or (panic and d != DRAINED):
+            if (not d or (panic and d != DRAINED)) and inst not in tried:
                 return inst
-        return self._spread(())
+        return self._spread(tried)
 
 
 class RingHash(_Hashing):
@@ -491,8 +504,8 @@ class Sticky:
                 return inst
         return self.inner.pick(x)
 
-    def pick_other(self, tried):
-        return self.inner.pick_other(tried)
+    def pick_other(self, tried, x=None):
+        return self.inner.pick_other(tried, x)
 
     def update(self, instances, now: float | None = None, down=None) -> None:
         self.inner.update(instances, now, down)

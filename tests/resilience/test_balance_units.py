@@ -237,6 +237,34 @@ def test_hash_unusable_instance_passes_its_keys_on(cls):
     assert len({y for x, y in zip(before, after) if x == "b"}) > 1  # spread over the others
 
 
+@pytest.mark.parametrize("cls", [RingHash, Maglev])
+def test_hash_retry_walks_on_from_the_keys_point(cls):
+    """A retry of a key goes to the same next instance in every worker (not round-robin):
+    the first usable owner after the key's point that was not tried; a down one is passed
+    over; no key: any untried one."""
+    key = ("header", "x-user-id")
+    group = insts(1, 1, 1, 1)
+    down = bytearray(4)
+    one = cls("svc", group, key=key, down=down, panic=0)
+    two = cls("svc", list(reversed(group)), key=key, down=down, panic=0)   # another worker
+    nexts = set()
+    for x in REQS[:200]:
+        first = one.pick(x)
+        retry = one.pick_other((first,), x)
+        assert retry is not first
+        assert {one.pick_other((first,), x) for _ in range(4)} == {retry}    # not a rotation
+        assert two.pick_other((first,), x) is retry
+        third = one.pick_other((retry, first), x)
+        assert third not in (first, retry)
+        nexts.add((first.name, retry.name))
+        if x is REQS[0]:
+            down[retry.slot] = 1
+            assert one.pick_other((first,), x) not in (first, retry)
+            down[retry.slot] = 0
+    assert len({r for _, r in nexts}) == 4                     # retries spread over all
+    assert {one.pick_other((group[0],)) for _ in range(8)} == set(group[1:])   # no request: spread
+
+
 def test_hash_keys_and_fallback():
     lb = RingHash("svc", insts(1, 1, 1), key=("cookie", "sid"))
     x = X({b"cookie": b"a=1; sid=abc; z=2"})
