@@ -18,15 +18,20 @@ default breaker of every service (``circuit_breaker_of`` applies a service's own
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Iterator, Literal
 
 import msgspec
 
 from fastgw.config import validators as v
 from fastgw.config.base import Base, Check, Duration, PositiveDuration, Secret, Size
+from fastgw.config.resilience import percent
 from fastgw.config.tracing import TracingConfig
 
 Output = Annotated[str, Check(v.non_empty)]  # "stdout" | "stderr" | a file path
+
+
+def _ratio(x):
+    return None if x is None else percent(x)
 
 
 class CircuitBreakerConfig(Base):
@@ -37,6 +42,17 @@ class CircuitBreakerConfig(Base):
     failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]  # consecutive failed exchanges that open it
     timeout: PositiveDuration  # how long it stays open before trial requests (and each trial window)
     half_open_requests: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1  # trials per window, all workers together
+    # also open when, over the last ``window`` (all workers together), at least
+    # ``min_requests`` outcomes were counted and this share of them failed (None: off)
+    failure_ratio: Annotated[str | int | float | None, Check(_ratio)] = None
+    min_requests: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20
+    window: PositiveDuration = Duration(10)
+
+    def _check(self) -> Iterator[tuple[str, str]]:
+        if self.failure_ratio is not None and self.failure_ratio <= 0:
+            yield "failure_ratio", "must be above 0% (leave it out to count only consecutive failures)"
+        if not 1 <= self.window <= 600:
+            yield "window", f"must be within 1s-10m, got {self.window:g}s"
 
 
 def circuit_breaker_of(monitoring, service) -> CircuitBreakerConfig | None:

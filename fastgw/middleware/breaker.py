@@ -32,6 +32,12 @@ Rules:
 4. Each transition is logged, audited (``event: circuit_breaker``) and counted
    (``fastgw_circuit_breaker_transitions_total{service,to}``) by the worker that made it.
 5. A route with ``split`` has no breaker (its requests go to other services' instances).
+6. ``failure_ratio`` (``RatioBreaker``, a subclass: the default breaker's hot path does
+   not even test for it): each outcome that counts is added to this worker's bucket of
+   the service's window (``_Window``, shared by the service's routes; plain ints), which
+   goes to the shared table when the bucket changes, every ``FLUSH_EVERY`` outcomes
+   and before a failure is judged; a failure while closed then reads the window over
+   all workers (``shm.breaker`` rule 5).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from fastgw.config.monitoring import circuit_breaker_of
 from fastgw.errors import GatewayError
 from fastgw.http.messages import error_reply
 from fastgw.pipeline.middleware import Middleware
-from fastgw.shm.breaker import ADMIT, REJECT, STATE_NAMES, BreakerTable, Policy, key_for
+from fastgw.shm.breaker import ADMIT, BUCKETS, REJECT, STATE_NAMES, BreakerTable, Policy, key_for
 from fastgw.shm.health import KIND_OF
 
 NOTE = "circuit_breaker"           # ctx.notes: the half-open permit (token) this request holds
@@ -50,6 +56,7 @@ M_TRANSITIONS = "fastgw_circuit_breaker_transitions_total"
 _LOCAL_KEY = "fastgw.breaker.local_table"
 FAILURES = frozenset(KIND_OF)      # upstream failures (the error kinds outlier detection counts)
 _NOT_SENT = frozenset({"no_upstream", "pool_exhausted"})  # gateway-made: nothing reached an instance
+FLUSH_EVERY = 8     # failure ratio: a worker adds its counts to the shared window at least this often
 
 
 class CircuitBreaker(Middleware):
@@ -124,14 +131,15 @@ class CircuitBreaker(Middleware):
         if trans is not None:
             self._transition(trans, ctx)
 
-    def _transition(self, trans, ctx) -> None:
+    def _transition(self, trans, ctx, by_ratio: bool = False) -> None:
         old, new = STATE_NAMES[trans[0]], STATE_NAMES[trans[1]]
         if self.metrics is not None:
             self.metrics.inc(M_TRANSITIONS, (("service", self.service), ("to", new)))
         timeout = float(self.cfg.timeout)
         if self.log is not None:
             why = {"open": f"open for {timeout:g}s" if old == "half_open" else
-                   f"{self.pol.threshold} consecutive failures; open for {timeout:g}s",
+                   (f"{self.cfg.failure_ratio:g}% or more of the outcomes in {float(self.cfg.window):g}s failed"
+                    if by_ratio else f"{self.pol.threshold} consecutive failures") + f"; open for {timeout:g}s",
                    "half_open": f"admitting {self.pol.half_open} trial request(s)",
                    "closed": "a trial request succeeded"}[new]
             (self.log.warning if new == "open" else self.log.info)(
@@ -142,11 +150,83 @@ class CircuitBreaker(Middleware):
                    "to": new, "worker": self.worker, "request_id": ctx.request_id}
             if new == "open":
                 rec["open_for_s"] = timeout
+                if old == "closed":
+                    rec["reason"] = "failure_ratio" if by_ratio else "consecutive_failures"
             try:
                 self.audit(rec)
             except Exception:  # noqa: BLE001 - an audit sink failure must not fail the request
                 if self.log is not None:
                     self.log.exception("audit write failed")
+
+
+class _Window:
+    """This worker's counts in the current bucket of one service's failure-ratio window."""
+
+    __slots__ = ("stamp", "ok", "failed")
+
+    def __init__(self) -> None:
+        self.stamp = self.ok = self.failed = 0
+
+
+class RatioBreaker(CircuitBreaker):
+    """A breaker that also opens on a failure ratio over a window (rule 6)."""
+
+    def __init__(self, cfg, deps, service: str, table: BreakerTable, slot: int, win: _Window) -> None:
+        super().__init__(cfg, deps, service, table, slot)
+        self.win = win
+        bucket = float(cfg.window) / BUCKETS
+        self.per_s = 1.0 / bucket                 # buckets per second
+        self.bucket_ns = int(bucket * 1e9)
+        self.ratio = float(cfg.failure_ratio)
+        self.min_requests = cfg.min_requests
+
+    def logging(self, ctx, error) -> None:
+        if error is None:
+            status = ctx.upstream_status
+            if status < 500:
+                if status:
+                    self._count(1, 0)
+                if self.q[self.w]:
+                    self._settled(ctx, status != 0)
+                return
+        elif error.kind not in FAILURES:
+            if self.q[self.w]:
+                self._settled(ctx, False)
+            return
+        self._failed(ctx)
+
+    def _count(self, ok: int, failed: int) -> int:
+        """Add an outcome to this worker's bucket (to the table every ``FLUSH_EVERY``
+        outcomes, so the other workers' judgements lag by at most that many); the
+        bucket's stamp."""
+        stamp = int(time.monotonic() * self.per_s) + 1
+        win = self.win
+        if stamp != win.stamp:
+            if win.ok or win.failed:
+                self.table.record(self.slot, win.stamp, win.ok, win.failed)
+            win.stamp, win.ok, win.failed = stamp, 0, 0
+        win.ok += ok
+        win.failed += failed
+        if win.ok + win.failed >= FLUSH_EVERY:
+            self.table.record(self.slot, stamp, win.ok, win.failed)
+            win.ok = win.failed = 0
+        return stamp
+
+    def _failed(self, ctx) -> None:
+        stamp = self._count(0, 1)
+        reached = False
+        w = self.q[self.w]
+        if not w & 3:                   # closed: judge the window, this failure included
+            win = self.win
+            self.table.record(self.slot, stamp, win.ok, win.failed)
+            win.ok = win.failed = 0
+            ok, failed = self.table.window(self.slot, stamp, self.bucket_ns)
+            n = ok + failed
+            reached = n >= self.min_requests and failed * 100.0 >= self.ratio * n
+        trans = self.table.failed(self.slot, self.pol, time.monotonic_ns(), ctx.notes.get(NOTE), reached)
+        if trans is not None:
+            # (opened by the ratio unless this failure also completed the consecutive run)
+            self._transition(trans, ctx, reached and (w >> 2) + 1 < self.pol.threshold)
 
 
 def table_of(deps) -> BreakerTable:
@@ -185,4 +265,13 @@ def build(root_cfg, service_cfg, route_cfg, deps):
             log.warning("no circuit-breaker slot left for service %s (gateway.max_upstream_instances is %d): "
                         "its breaker is off", service, table.slots)
         return None
-    return CircuitBreaker(cfg, deps, service, table, slot)
+    if cfg.failure_ratio is None:
+        return CircuitBreaker(cfg, deps, service, table, slot)
+    state = getattr(deps, "state", None)
+    key = ("breaker_window", service, float(cfg.window))   # the routes of a service share it
+    win = state.get(key) if state is not None else None
+    if win is None:
+        win = _Window()
+        if state is not None:
+            state[key] = win
+    return RatioBreaker(cfg, deps, service, table, slot, win)

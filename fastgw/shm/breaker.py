@@ -21,6 +21,14 @@ The rules (docs/resilience.md, "Circuit breaker"):
 4. Only the outcomes of the current half-open period's trials move a half-open breaker;
    the outcomes of requests admitted while it was closed and finishing late move nothing
    once it is open or half-open.
+5. With ``failure_ratio``, a closed breaker also opens on a failure that brings the
+   share of failures over the last ``window`` (all workers together, at least
+   ``min_requests`` outcomes) to the ratio.  The window is ``BUCKETS`` buckets of
+   ``window / BUCKETS``, each stamped with its number (``monotonic // bucket + 1``);
+   workers count in their own memory and add a bucket's counts to the table when
+   they move to the next bucket, and before judging a failure (``record``).  Buckets
+   that began before the last transition do not count: a breaker that closes starts
+   an empty window.
 
 The transitions are the table ``TRANSITIONS``; an event with no row raises
 ``BreakerStateError`` naming state and event.
@@ -34,7 +42,7 @@ not among the live services of the claimer's config is reused (its cells reset).
 least one instance).
 
 Layout at ``offset``: one cache line of header (unused), the lock (``locks.SIZE``), then
-``slots`` lines of 8 cells (8 bytes each):
+``slots`` blocks of ``LINE`` cells (8 bytes each):
 
 =====  ==========  ================================================================
 cell   name        meaning
@@ -49,7 +57,8 @@ cell   name        meaning
 4      epoch       bumped on every transition: a trial's permit is of one epoch
 5      changed     wall-clock ns of the last transition
 6      opened      times the breaker opened (from closed or half-open)
-7      -           spare
+7      since       monotonic ns of the last transition (the ratio window starts there)
+8..    window      ``BUCKETS`` x (stamp, successes, failures): the failure-ratio window
 =====  ==========  ================================================================
 
 Every write happens under the lock (so ``word`` changes are never lost); reads without
@@ -68,13 +77,15 @@ from fastgw.shm.layout import ALIGN
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = ("closed", "open", "half_open")
-LINE = 8                    # cells per slot (one cache line)
-_KEY, _WORD, _UNTIL, _CLAIMED, _EPOCH, _CHANGED, _OPENED = range(7)
+BUCKETS = 10                # the failure-ratio window's buckets
+_KEY, _WORD, _UNTIL, _CLAIMED, _EPOCH, _CHANGED, _OPENED, _SINCE, _WINDOW = range(9)
+LINE = _WINDOW + 3 * BUCKETS  # cells per slot
 ADMIT, TRIAL, REJECT = 0, 1, 2
 
 # (state, event) -> the state it leads to
 TRANSITIONS: dict[tuple[int, str], int] = {
     (CLOSED, "threshold_reached"): OPEN,
+    (CLOSED, "ratio_reached"): OPEN,
     (OPEN, "timeout_elapsed"): HALF_OPEN,
     (HALF_OPEN, "trial_succeeded"): CLOSED,
     (HALF_OPEN, "trial_failed"): OPEN,
@@ -274,8 +285,9 @@ class BreakerTable:
         finally:
             self._unlock()
 
-    def failed(self, i: int, pol: Policy, now: int, token=None):
-        """An exchange failed; the transition it caused, or None."""
+    def failed(self, i: int, pol: Policy, now: int, token=None, ratio: bool = False):
+        """An exchange failed (``ratio``: and the failure ratio is reached, rule 5); the
+        transition it caused, or None."""
         q, c = self.q, self.base + i * LINE
         self._lock()
         try:
@@ -283,10 +295,10 @@ class BreakerTable:
             st = w & 3
             if st == CLOSED:
                 n = (w >> 2) + 1
-                if n < pol.threshold:
+                if n < pol.threshold and not ratio:
                     q[c + _WORD] = n << 2
                     return None
-                new = next_state(st, "threshold_reached")
+                new = next_state(st, "threshold_reached" if n >= pol.threshold else "ratio_reached")
             elif st == HALF_OPEN and token is not None and token[0] == q[c + _EPOCH]:
                 new = next_state(st, "trial_failed")
             else:
@@ -338,22 +350,66 @@ class BreakerTable:
         finally:
             self._unlock()
 
+    # ------------------------------------------------------------------ ratio window (rule 5)
+    def record(self, i: int, stamp: int, ok: int, failed: int) -> None:
+        """Add one worker's counts of bucket ``stamp`` to the window (a bucket already
+        reused for a newer stamp drops them)."""
+        q = self.q
+        b = self.base + i * LINE + _WINDOW + (stamp % BUCKETS) * 3
+        self._lock()
+        try:
+            have = q[b]
+            if have != stamp:
+                if have > stamp:
+                    return
+                q[b] = stamp
+                q[b + 1] = q[b + 2] = 0
+            q[b + 1] += ok
+            q[b + 2] += failed
+        finally:
+            self._unlock()
+
+    def window(self, i: int, stamp: int, bucket_ns: int) -> tuple[int, int]:
+        """(successes, failures) over the buckets ``stamp - BUCKETS + 1 .. stamp`` that
+        began after the last transition (no lock: whole cells, a count at most one
+        update late)."""
+        q, c = self.q, self.base + i * LINE
+        since = q[c + _SINCE]
+        ok = failed = 0
+        lo = stamp - BUCKETS
+        for b in range(c + _WINDOW, c + LINE, 3):
+            s = q[b]
+            if lo < s <= stamp and (s - 1) * bucket_ns >= since:
+                ok += q[b + 1]
+                failed += q[b + 2]
+        return ok, failed
+
     def _move(self, c: int, new: int) -> None:
         """Enter state ``new`` (caller holds the lock): the count starts again."""
         q = self.q
         q[c + _WORD] = new
         q[c + _EPOCH] += 1
         q[c + _CHANGED] = time.time_ns()
+        q[c + _SINCE] = time.monotonic_ns()
 
 
 def view(table: BreakerTable, i: int, cfg, now: int) -> dict:
     """Slot ``i``'s breaker as the admin API shows it (``cfg``: its settings, with
-    ``failure_threshold``, ``timeout``, ``half_open_requests``); ``i`` -1 (no request
-    has reached the service yet) reads as closed."""
+    ``failure_threshold``, ``timeout``, ``half_open_requests`` and, with a failure ratio,
+    the window's settings and counts as the workers have added them); ``i`` -1 (no
+    request has reached the service yet) reads as closed."""
     doc = {"state": "closed", "state_code": CLOSED, "consecutive_failures": 0, "retry_in_s": 0.0,
            "trial_permits_taken": 0, "times_opened": 0, "changed_s_ago": None,
            "failure_threshold": cfg.failure_threshold, "timeout_s": float(cfg.timeout),
            "half_open_requests": cfg.half_open_requests}
+    ratio = getattr(cfg, "failure_ratio", None)
+    if ratio is not None:
+        doc.update({"failure_ratio": float(ratio), "min_requests": cfg.min_requests,
+                    "window_s": float(cfg.window), "window_requests": 0, "window_failures": 0})
+        if i >= 0:
+            bucket_ns = int(float(cfg.window) / BUCKETS * 1e9)
+            ok, failed = table.window(i, now // bucket_ns + 1, bucket_ns)
+            doc.update(window_requests=ok + failed, window_failures=failed)
     if i < 0:
         return doc
     st = table.state(i)

@@ -9,6 +9,9 @@ request it gets), clients on several keep-alive connections.
   closes the breaker;
 - gateway-made answers (401 from auth) never count, neither as failures nor as successes;
 - a service's own breaker overrides the default, ``false`` turns it off;
+- ``failure_ratio``: a service that fails every other request (never twice in a row)
+  opens its breaker once the window over both workers holds ``min_requests`` outcomes;
+  one that fails a quarter, under the ratio, keeps it closed;
 - the state is in ``/admin/upstreams`` and ``/metrics``;
 - with the response cache's ``stale_if_error``, an expired entry answers instead of the
   open circuit's 503.
@@ -54,6 +57,14 @@ services:
     url: "URL_PLAIN"
     circuit_breaker: false
     routes: [{path: "/plain/*", name: plain}]
+  ratio:
+    url: "URL_RATIO"
+    circuit_breaker: {failure_threshold: 100, timeout: 30s, failure_ratio: 40%, min_requests: 10, window: 10s}
+    routes: [{path: "/ratio/*", name: ratio}]
+  steady:
+    url: "URL_STEADY"
+    circuit_breaker: {failure_threshold: 100, timeout: 30s, failure_ratio: 40%, min_requests: 10, window: 10s}
+    routes: [{path: "/steady/*", name: steady}]
 monitoring:
   metrics_port: 0
   admin: {port: 0}
@@ -64,7 +75,9 @@ monitoring:
 
 @pytest.fixture(scope="module")
 def world():
-    ups = {k: SwitchUpstream(503) for k in ("app", "gated", "tight", "cached", "plain")}
+    ups = {k: SwitchUpstream(503) for k in ("app", "gated", "tight", "cached", "plain", "ratio", "steady")}
+    ups["ratio"].cycle = [200, 503]              # half of its answers fail, never two in a row
+    ups["steady"].cycle = [200, 200, 200, 503]   # a quarter
     ups["app"].delay = 0.05     # trials of one window overlap at the upstream
     for u in ups.values():
         u.__enter__()
@@ -211,3 +224,26 @@ def test_an_open_circuit_lets_the_cache_serve_stale_if_error(world):
     c.close()
     assert (st, body) == (200, b"status 200") and "stale-if-error" in hd["cache-status"], (st, hd)
     assert up.hits == 3 and breaker_doc(gw, "cached")["state"] == "open"
+
+
+def test_a_failure_ratio_over_both_workers_opens_a_service_that_never_fails_twice_in_a_row(world):
+    gw, ups = world
+    # new connections: the kernel spreads them over both workers, each counting its share
+    answers = [get(gw, "/ratio/x") for _ in range(40)]
+    refused = [k for k, (st, hd, _) in enumerate(answers) if hd.get("content-type") == "application/problem+json"]
+    assert refused, [a[0] for a in answers]
+    first = refused[0]
+    assert 10 <= first <= 20, first              # min_requests, plus the other worker's unflushed counts
+    assert all(st == 503 for st, _, _ in answers[first:])
+    assert ups["ratio"].hits == first            # nothing reached the service once it opened
+    assert [st for st, _, _ in answers[:first]].count(503) >= first // 2 - 1
+    cb = breaker_doc(gw, "ratio")
+    assert cb["state"] == "open" and cb["times_opened"] == 1 and cb["failure_ratio"] == 40.0, cb
+    assert wait_for(lambda: any("ratio: closed -> open (40% or more of the outcomes in 10s failed" in x
+                                for x in gw.stderr_lines), 2.0)
+    # under the ratio: every request reaches the service, the breaker stays closed
+    steady = [get(gw, "/steady/x")[0] for _ in range(40)]
+    assert steady.count(503) == 10 and ups["steady"].hits == 40
+    cb = breaker_doc(gw, "steady")
+    # (every failure is added at once; each worker may still hold up to 7 successes)
+    assert cb["state"] == "closed" and cb["window_failures"] == 10 and cb["window_requests"] >= 26, cb

@@ -18,7 +18,8 @@ from fastgw.middleware import breaker as mw
 from fastgw.pipeline.deps import Deps
 from fastgw.pipeline.exchange import Exchange
 from fastgw.shm import Region
-from fastgw.shm.breaker import (ADMIT, CLOSED, HALF_OPEN, OPEN, REJECT, TRIAL, TRANSITIONS, BreakerStateError,
+from fastgw.shm.breaker import (ADMIT, BUCKETS, CLOSED, HALF_OPEN, LINE, OPEN, REJECT, TRIAL, TRANSITIONS,
+                                BreakerStateError,
                                 BreakerTable, Policy, key_for, next_state, view)
 
 MS = 1_000_000
@@ -36,7 +37,8 @@ def slot(table, name="app"):
 
 # ---------------------------------------------------------------------- the table of transitions
 def test_transitions_are_a_table_and_a_missing_row_raises_naming_state_and_event():
-    assert TRANSITIONS == {(CLOSED, "threshold_reached"): OPEN, (OPEN, "timeout_elapsed"): HALF_OPEN,
+    assert TRANSITIONS == {(CLOSED, "threshold_reached"): OPEN, (CLOSED, "ratio_reached"): OPEN,
+                           (OPEN, "timeout_elapsed"): HALF_OPEN,
                            (HALF_OPEN, "trial_succeeded"): CLOSED, (HALF_OPEN, "trial_failed"): OPEN}
     assert next_state(OPEN, "timeout_elapsed") == HALF_OPEN
     with pytest.raises(BreakerStateError, match="from closed on 'trial_succeeded'"):
@@ -292,7 +294,7 @@ def test_a_trial_holds_a_permit_in_notes_and_gives_it_back_when_it_reached_no_in
     t, i = m.table, m.slot
     t.failed(i, m.pol, 0)
     t.failed(i, m.pol, 0)
-    t.q[t.base + i * 8 + 2] = 1                 # the open period ended long ago
+    t.q[t.base + i * LINE + 2] = 1              # the open period ended long ago
     x = exchange(upstream="")
     assert m.request_filter(x) is None and mw.NOTE in x.notes and t.state(i) == HALF_OPEN
     assert m.request_filter(exchange()).status == 503      # the one permit is taken
@@ -324,3 +326,62 @@ def test_transitions_are_logged_audited_and_counted_by_the_worker_that_made_them
     json.dumps(audit)
     snap = m.metrics.store.snapshot()
     assert snap['fastgw_circuit_breaker_transitions_total{service="app",to="open"}'] == 1
+
+
+# ---------------------------------------------------------------------- failure ratio (rule 5)
+B = 1_000_000_000     # a bucket of 1 s in these tests (window 10 s)
+
+
+def test_the_ratio_window_sums_its_buckets_since_the_last_transition(table):
+    i = slot(table)
+    table.record(i, 5, 3, 1)
+    table.record(i, 5, 2, 0)                        # another worker, same bucket
+    table.record(i, 7, 1, 2)
+    assert table.window(i, 7, B) == (6, 3)
+    assert table.window(i, 5 + BUCKETS, B) == (1, 2)   # bucket 5 slid out of the window
+    table.record(i, 5 + BUCKETS, 1, 0)              # reuses bucket 5's cells
+    table.record(i, 5, 9, 9)                        # a late flush of the old bucket: dropped
+    assert table.window(i, 5 + BUCKETS, B) == (2, 2)
+    pol = Policy(100, 1.0)
+    assert table.failed(i, pol, 0, ratio=True) == (CLOSED, OPEN)
+    # buckets that began before the transition do not count any more
+    assert table.window(i, 5 + BUCKETS, B) == (0, 0)
+
+
+RATIO = {**CFG, "monitoring": {"circuit_breaker": {"failure_threshold": 100, "timeout": "1s",
+                                                   "failure_ratio": "50%", "min_requests": 4, "window": "10s"}}}
+
+
+def test_a_failure_ratio_opens_the_breaker_once_enough_outcomes_are_counted():
+    m, deps = built(RATIO)
+    assert type(m) is mw.RatioBreaker
+    audit = []
+    m.audit = audit.append
+    t, i = m.table, m.slot
+    m.logging(exchange(503), None)                  # 1 of 1 failed, but under min_requests
+    m.logging(exchange(200), None)
+    m.logging(exchange(200), None)
+    assert t.state(i) == CLOSED
+    m.logging(exchange(0, GatewayError("upstream_reset")), GatewayError("upstream_reset"))   # 2 of 4
+    assert t.state(i) == OPEN and t.opened(i) == 1
+    assert audit[-1]["reason"] == "failure_ratio"
+    # what the gateway made itself counts for nothing, as for the consecutive count
+    m2, _ = built(RATIO, service="own")
+    assert type(m2) is mw.CircuitBreaker           # its own breaker has no ratio
+
+
+def test_under_the_ratio_it_stays_closed_and_routes_share_the_window():
+    doc = {**RATIO, "services": {**CFG["services"], "app": {"url": "http://127.0.0.1:1",
+                                                             "routes": [{"path": "/a/*"}, {"path": "/b/*"}]}}}
+    cfg = load_config_data(doc)[0]
+    deps = Deps(cfg)
+    svc = cfg.services["app"]
+    a, b = (mw.build(cfg, svc, r, deps) for r in svc.routes)
+    assert a.win is b.win
+    for k in range(12):                             # 1 in 3 fails: 33 % < 50 %
+        (a if k % 2 else b).logging(exchange(503 if k % 3 == 2 else 200), None)
+    assert a.table.state(a.slot) == CLOSED
+    ok, failed = a.table.window(a.slot, a.win.stamp, a.bucket_ns)
+    assert failed == 4 and ok >= 6                 # (the last successes may still be this worker's own)
+    doc = view(a.table, a.slot, cfg.monitoring.circuit_breaker, int(a.win.stamp / a.per_s * 1e9))
+    assert doc["failure_ratio"] == 50.0 and doc["window_failures"] == 4 and doc["window_s"] == 10.0

@@ -4,7 +4,9 @@ it, and a burst of concurrent clients.
 ``SwitchUpstream`` is a real HTTP/1.1 server (threads, keep-alive) on 127.0.0.1: every
 request is counted (``hits``, with the monotonic time it arrived), then answered with
 ``status`` (settable at any time: 503 for a broken service, 200 once it recovered) after
-``delay`` seconds (so concurrent trial requests overlap at the upstream).
+``delay`` seconds (so concurrent trial requests overlap at the upstream).  ``cycle``, when
+set, replaces ``status``: the n-th request gets ``cycle[n % len(cycle)]`` (a service that
+fails a share of its requests, never many in a row).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class SwitchUpstream:
     def __init__(self, status: int = 200, delay: float = 0.0) -> None:
         self.status = status
+        self.cycle: list[int] | None = None
         self.delay = delay
         self.headers: dict[str, str] = {}     # extra response headers (e.g. Cache-Control)
         self.times: list[float] = []
@@ -34,6 +37,8 @@ class SwitchUpstream:
                 with outer.lock:
                     outer.times.append(time.monotonic())
                     st, delay, extra = outer.status, outer.delay, dict(outer.headers)
+                    if outer.cycle:
+                        st = outer.cycle[(len(outer.times) - 1) % len(outer.cycle)]
                 if delay:
                     time.sleep(delay)
                 body = b"status %d" % st
