@@ -1,7 +1,7 @@
 """JWT authentication logic (pure; used by ``fastgw.middleware.auth``).
 
 Layer: like ``shm``/``cache`` (L2): imports only ``fastgw.errors``, ``fastgw.clock`` and
-``fastgw.config`` besides pyjwt/cryptography/cachetools, and never the pipeline, a
+``fastgw.config`` besides pyjwt/cryptography, and never the pipeline, a
 middleware, the engine or the runtime.  The only network code is ``fetch`` (a bounded,
 non-blocking HTTP GET used for JWKS), driven by the running event loop.
 
