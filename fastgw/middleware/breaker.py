@@ -181,19 +181,9 @@ class RatioBreaker(CircuitBreaker):
         self.min_requests = cfg.min_requests
 
     def logging(self, ctx, error) -> None:
-        if error is None:
-            status = ctx.upstream_status
-            if status < 500:
-                if status:
-                    self._count(1, 0)
-                if self.q[self.w]:
-                    self._settled(ctx, status != 0)
-                return
-        elif error.kind not in FAILURES:
-            if self.q[self.w]:
-                self._settled(ctx, False)
-            return
-        self._failed(ctx)
+        if error is None and 0 < ctx.upstream_status < 500:
+            self._count(1, 0)           # a success (a failure is counted by ``_failed``)
+        CircuitBreaker.logging(self, ctx, error)
 
     def _count(self, ok: int, failed: int) -> int:
         """Add an outcome to this worker's bucket (to the table every ``FLUSH_EVERY``
