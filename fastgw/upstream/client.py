@@ -452,27 +452,6 @@ class UpstreamProtocol:
         else:
             t.resume_reading()
 
-    def park(self) -> None:
-        """Back to the pool: clear per-request state and arm the idle timeout.  Reading is
-        resumed if a slow client had paused it, or the next response would never be read."""
-        if self.read_paused:
-            self.pause_reading(False)
-        self.down = None  # (send() resets the rest of the per-request state)
-        self.ctx = None
-        self.state = IDLE
-        self.reused = True
-        # one clock read for idle_since and the idle deadline
-        self.idle_since = now = self.loop.time()
-        # the two-store move when the armed timer fires first (http.deadline): a Python
-        # call less per exchange
-        dl = self.dl
-        at = now + self.pool.idle_timeout
-        if dl.timer is not None and dl.timer_at <= at:
-            dl.at = at
-            dl.kind = T_IDLE
-        else:
-            dl.set(T_IDLE, self.pool.idle_timeout, now)
-
     def close(self) -> None:
         if self.state != CLOSED:
             self.state = CLOSED
