@@ -26,6 +26,14 @@ Rules:
    sets ``ctx.deadline`` (loop time) = then + ``t_total``, and each attempt's head timer
    is min(``route.t_head`` (the per-try timeout), time left to ``ctx.deadline``).  The
    proxy starts no retry past it (``pipeline.proxy``).  Other routes read one attribute.
+6. The usual response skips the parser: an HTTP/1.1 head with one Content-Length whose
+   whole body is in the same read (``upstream.whole``: a strict subset of what llhttp
+   accepts, its verdict remembered per head) goes to ``upstream_head``, out in one write
+   and to ``upstream_done`` from ``data_received`` itself, on a route without a response
+   body filter, for a request other than HEAD.  Anything else is fed to the parser,
+   which has seen none of it (its state stays at a message start).  The parser path's
+   per-request state is put back by ``_end`` when the connection stays (the fast path
+   changes none of it), so ``send`` does not reset it.
 """
 
 from __future__ import annotations

@@ -175,8 +175,8 @@ class Pool:
             conn.drop()
             self._wake_waiter_for_slot()
             return
-        # Parked: the exchange is forgotten and the idle timeout armed (the connection's
-        # park, written here: a Python call less per exchange; the rest of its
+        # Parked: the exchange is forgotten and the idle timeout armed (written here, not
+        # as a method of the connection: a Python call less per exchange; the rest of its
         # per-request state is at its start values, ``UpstreamProtocol._end``).  Reading
         # is resumed if a slow client had paused it, or the next response would never be read.
         if conn.read_paused:
