@@ -256,3 +256,41 @@ def test_the_connection_stays_usable_after_either_path(monkeypatch):
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["whole", "parser"])
+def test_a_failing_head_hook_is_a_502_either_way(monkeypatch, fast):
+    """An exception while the response head is made (a response filter's bug) is reported
+    the same way on both paths: a 502 ``upstream_bad_response``, the connection closed."""
+    import asyncio
+
+    import uvloop
+
+    from bench.micro.inproc import CFG, Transport, gateway
+    from fastgw.http.protocol import DownstreamProtocol
+    from fastgw.pipeline.proxy import Proxy
+    from fastgw.upstream import client
+
+    def boom(self, up, status, reason, block, keep):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(Proxy, "upstream_head", boom)
+    if not fast:
+        monkeypatch.setattr(client, "read_head", lambda data: None)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        _app, engine, info, up, _ut = gateway(CFG, loop)
+        sent: list[bytes] = []
+        t = Transport()
+        t.write = sent.append
+        down = DownstreamProtocol(engine, info, loop)
+        down.connection_made(t)
+        down.data_received(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        up.data_received(NGINX + BODY)
+        out = b"".join(sent)
+        assert out.startswith(b"HTTP/1.1 502 ") and b"invalid response from upstream: User callback error" in out, out
+        assert up.state == client.CLOSED and up.pool.idle == []
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
