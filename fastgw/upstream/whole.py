@@ -22,7 +22,7 @@ Rules:
 3. The read must hold the head and exactly Content-Length body bytes; a response split
    over reads, or followed by more bytes, goes to the parser (it never saw this one).
 4. A head is a pure function of its bytes, so the verdict is remembered: per connection
-   the last head (one ``startswith``), per worker a bounded dict (``_HEADS``, cleared when
+   the last head (one slice compare), per worker a bounded dict (``_HEADS``, cleared when
    full; heads longer than ``MAX_HEAD`` are not read here at all).  An upstream sends the
    same head again and again (it changes with its Date, once a second).
 """
@@ -54,8 +54,8 @@ def read_head(data: bytes) -> tuple | None:
     ``total`` the length of a whole response with it (head + Content-Length), or -1 when
     this head is not one for the fast way (rules 1-2); ``reason`` and ``block`` (the
     header lines, each with its CRLF) are what the parser's path hands on (no reason
-    for a status the gateway has its own line for).  None when ``data`` holds no whole head of at most
-    ``MAX_HEAD`` bytes (nothing is remembered then)."""
+    for a status the gateway has its own line for).  None when ``data`` holds no whole
+    head of at most ``MAX_HEAD`` bytes (nothing is remembered then)."""
     end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
     if end < 0:
         return None
