@@ -227,8 +227,8 @@ class UpstreamProtocol:
                 try:
                     head, framing = h.upstream_head(self, status, reason, block, keep)
                 except Exception as e:   # as the parser path reports a failed callback
-                    self._fail(e if isinstance(e, GatewayError) else
-                               GatewayError("upstream_bad_response", "invalid response from upstream: User callback error"))
+                    self._fail(e if isinstance(e, GatewayError) else GatewayError(
+                        "upstream_bad_response", "invalid response from upstream: User callback error"))
                     return
                 if self.state == CLOSED:
                     return  # dropped (a retry elsewhere), as in on_headers_complete
