@@ -294,3 +294,48 @@ def test_a_failing_head_hook_is_a_502_either_way(monkeypatch, fast):
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def test_a_head_that_reframes_the_body_is_honoured_on_the_whole_path(monkeypatch):
+    """If the head made for the client frames the body anew (RECHUNK: a response filter
+    dropped the length), the response read without the parser goes out re-chunked, as the
+    parser path would send it, and the connection is parked again."""
+    import asyncio
+
+    import uvloop
+
+    from bench.micro.inproc import CFG, Transport, gateway
+    from fastgw.http.protocol import DownstreamProtocol
+    from fastgw.http.wire import RECHUNK
+    from fastgw.pipeline.proxy import Proxy
+
+    real = Proxy.upstream_head
+
+    def rechunked(self, up, status, reason, block, keep):
+        head, _framing = real(self, up, status, reason, block, keep)
+        head = head.replace(b"Content-Length: 100\r\n", b"")
+        head = head.replace(b"\r\n\r\n", b"\r\ntransfer-encoding: chunked\r\n\r\n")
+        return head, RECHUNK
+
+    monkeypatch.setattr(Proxy, "upstream_head", rechunked)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        _app, engine, info, up, _ut = gateway(CFG, loop)
+        parser = up.parser = _Counting(httptools.HttpResponseParser(up))
+        sent: list[bytes] = []
+        t = Transport()
+        t.write = sent.append
+        down = DownstreamProtocol(engine, info, loop)
+        down.connection_made(t)
+        down.data_received(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        up.data_received(NGINX + BODY)
+        out = b"".join(sent)
+        assert parser.fed == 0
+        assert out.endswith(b"\r\n\r\n64\r\n" + BODY + b"\r\n0\r\n\r\n"), out
+        assert b"content-length" not in out.lower()
+        assert down.cur is None and up.state == 0 and up.pool.idle == [up]
+        assert (up.rechunk, up.head_sent, up.out) == (False, False, None)   # start values again
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
