@@ -49,7 +49,6 @@ class Engine:
         self.connections: set = set()
         self.draining = False
         self.ready = True
-        self.inflight = 0
         self.proxy = Proxy(self)  # the upstream half (attempts)
 
     # ------------------------------------------------------------------ config
@@ -59,6 +58,17 @@ class Engine:
 
     def is_trusted(self, ip: str) -> bool:
         return ip in self.app.trusted_nets
+
+    @property
+    def inflight(self) -> int:
+        """Requests being processed: the connections with a request in flight (the
+        worker tick publishes it as a gauge).  Counted when read, once a second, rather
+        than by an increment and a decrement per request."""
+        n = 0
+        for proto in self.connections:
+            if proto.cur is not None:
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ connections
     def connection_made(self, proto) -> None:
@@ -94,7 +104,6 @@ class Engine:
     def dispatch(self, proto, req, body) -> None:
         app = self.app
         x = fill_exchange(_new(Exchange), req, app)  # (Exchange(req, app) without a class call)
-        self.inflight += 1  # (published as a gauge on the worker tick)
         peer = req.peer_ip
         if app.any_trusted and self.is_trusted(peer):
             x.trusted_peer = True
@@ -454,12 +463,10 @@ class Engine:
         x.error = err
         proto.cur = req
         proto.cur_complete = True
-        self.inflight += 1
         self.reply_error(proto, x, err, self.app.global_chain)
 
     # ------------------------------------------------------------------ logging phase
     def finish(self, proto, req) -> None:
-        self.inflight -= 1
         x = req.exchange
         # the Request and its Exchange refer to each other: break the cycle here, so both
         # are freed by reference counting, not by the cycle collector (whose

@@ -92,8 +92,7 @@ class Proxy:
             x.deadline = 0.0
             x.retrying = False
         pool = inst.pool
-        # (``new_attempt`` written out: the first attempt is made once per request)
-        a = x.attempt = Attempt(inst, pool, request_head(x, route, inst), None, monotonic(), 0.0, None, None, 0)
+        head = request_head(x, route, inst)
         # the newest idle connection when it is usable (``Pool.acquire_idle``'s test written
         # out: a Python call less per request); else the pool's own way
         idle = pool.idle
@@ -103,17 +102,21 @@ class Proxy:
             pool.reused += 1   # (published on the worker tick)
         else:
             conn = pool.acquire_idle()
+        if conn is not None and x.pending is None and not x.chunked:
+            # fast path: a warm keep-alive connection and nothing but the head to send
+            # (a body, if any, follows through Engine.on_body); the attempt is made bound
+            # to it (``new_attempt`` written out, with its connection: a store on the
+            # Struct less)
+            x.attempt = Attempt(inst, pool, head, conn, monotonic(), 0.0, None, None, 0)
+            conn.send(self, proto, x, head, route)
+            if proto.write_paused:
+                conn.pause_reading(True)
+            return
+        a = x.attempt = Attempt(inst, pool, head, None, monotonic(), 0.0, None, None, 0)
         if conn is None:
             cancel = pool.acquire(lambda conn, err: self._on_conn(proto, x, a, conn, err))
             if cancel is not None:
                 x.cancel = cancel
-        elif x.pending is None and not x.chunked:
-            # fast path: a warm keep-alive connection and nothing but the head to send
-            # (a body, if any, follows through Engine.on_body)
-            a.conn = conn
-            conn.send(self, proto, x, a.head, route)
-            if proto.write_paused:
-                conn.pause_reading(True)
         else:
             self._on_conn(proto, x, a, conn, None)
 

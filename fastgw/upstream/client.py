@@ -26,6 +26,14 @@ Rules:
    sets ``ctx.deadline`` (loop time) = then + ``t_total``, and each attempt's head timer
    is min(``route.t_head`` (the per-try timeout), time left to ``ctx.deadline``).  The
    proxy starts no retry past it (``pipeline.proxy``).  Other routes read one attribute.
+6. The usual response skips the parser: an HTTP/1.1 head with one Content-Length whose
+   whole body is in the same read (``upstream.whole``: a strict subset of what llhttp
+   accepts, its verdict remembered per head) goes to ``upstream_head``, out in one write
+   and to ``upstream_done`` from ``data_received`` itself, on a route without a response
+   body filter, for a request other than HEAD.  Anything else is fed to the parser,
+   which has seen none of it (its state stays at a message start).  The parser path's
+   per-request state is put back by ``_end`` when the connection stays (the fast path
+   changes none of it), so ``send`` does not reset it.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import httptools
 from fastgw.errors import GatewayError
 from fastgw.http.deadline import Deadline
 from fastgw.http.wire import CLOSE_DELIMITED, LAST_CHUNK, RECHUNK, STATUS_LINES, WHOLE
+from fastgw.upstream.whole import read_head
 
 IDLE, BUSY, CLOSED = 0, 1, 2
 T_NONE, T_HEAD, T_READ, T_IDLE = 0, 1, 2, 3
@@ -48,7 +57,7 @@ class UpstreamProtocol:
         # per-request
         "down", "ctx", "head_only", "got_bytes", "head_sent", "rechunk", "close_delimited",
         "status", "hbuf", "hoff", "out", "body_filter", "t_read", "keep", "t_head",
-        "tunnel", "held",
+        "tunnel", "held", "whole", "last",
     )
 
     def __init__(self, pool, loop) -> None:
@@ -68,6 +77,8 @@ class UpstreamProtocol:
         self.read_paused = False
         self.tunnel = None
         self.held = None  # the head kept until the whole body is at hand (WHOLE)
+        self.whole = False  # this response may be read without the parser (upstream.whole)
+        self.last = None    # the last head read that way (upstream.whole rule 4)
         self.head_only = False
         self.body_filter = None
         self.t_read = 60.0
@@ -138,19 +149,13 @@ class UpstreamProtocol:
         self.handler = handler
         self.down = down
         self.ctx = ctx
-        # the per-request state starts here (not in park: one call less per request)
-        self.got_bytes = False
-        self.head_sent = False
-        self.rechunk = False
-        self.close_delimited = False
-        self.status = 0
-        self.hbuf = b""
-        self.hoff = 0
-        self.out = None
-        self.keep = True
-        self.head_only = ctx.request.method == "HEAD"
+        # (the parser path's per-request state is at its start values here: set in
+        # __init__, put back by ``_end`` when the connection stays; the usual response,
+        # read without the parser, changes none of it)
+        head_only = self.head_only = ctx.request.method == "HEAD"
         self.t_read = route.t_read
-        self.body_filter = route.response_body_filter
+        f = self.body_filter = route.response_body_filter
+        self.whole = f is None and not head_only
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
         # the response timeout counts from the end of the request: now if the body is
@@ -206,6 +211,53 @@ class UpstreamProtocol:
             # An idle connection that becomes readable is closing or broken: drop it.
             self.close()
             return
+        if self.whole:
+            # The usual response, whole in this read with a Content-Length body
+            # (``upstream.whole``): relayed without the parser's callbacks.  Anything else
+            # goes to the parser, which has seen none of it.
+            w = self.last
+            # (a slice compare: cheaper than ``startswith``, whose argument is parsed as a tuple)
+            if w is None or data[:w[2]] != w[0]:
+                w = read_head(data)
+                if w is not None:
+                    self.last = w
+            if w is not None and len(data) == w[1]:
+                _head, total, hlen, status, reason, block, keep = w
+                h = self.handler
+                try:
+                    head, framing = h.upstream_head(self, status, reason, block, keep)
+                except Exception as e:   # as the parser path reports a failed callback
+                    self._fail(e if isinstance(e, GatewayError) else GatewayError(
+                        "upstream_bad_response", "invalid response from upstream: User callback error"))
+                    return
+                if self.state == CLOSED:
+                    return  # dropped (a retry elsewhere), as in on_headers_complete
+                body = data[hlen:]
+                if framing:
+                    # a response filter framed the body anew (rare): the parser path's steps
+                    self.status = status
+                    self.out = []
+                    self._head_out(head, framing)
+                    self.on_body(body)
+                    self._end(keep and not self.close_delimited)
+                    return
+                self.ctx.bytes_sent += total - hlen
+                down = self.down
+                if down is not None:
+                    # (the client protocol's ``write`` written out: rule 1, one write)
+                    t = down.transport
+                    if t is not None and not down.closed:
+                        t.write(head + body)
+                # ``_end`` for this case
+                self.dl.kind = T_NONE
+                self.handler = None
+                if keep:
+                    self.state = IDLE
+                else:
+                    self.close()
+                h.upstream_done(self, keep)
+                return
+            self.whole = False
         self.got_bytes = True
         if not self.head_sent:
             # keep the raw bytes of the head: it is forwarded untouched (rule 2)
@@ -274,6 +326,16 @@ class UpstreamProtocol:
         head, framing = self.handler.upstream_head(self, status, reason, block, keep)
         if self.state == CLOSED:
             return  # the handler dropped this response (a retry elsewhere): nothing is forwarded
+        self._head_out(head, framing)
+        # (the read deadline is set after the parser returns, if the body is still due)
+        if self.head_only and status != 101:
+            # No body follows a response to HEAD, whatever Content-Length says; the
+            # parser would wait for it, so it is dropped and a fresh one made next time.
+            self.parser = None
+            self._end(reusable=keep)
+
+    def _head_out(self, head, framing: int) -> None:
+        """The response head is out (into ``out``), with the body's framing."""
         if framing:
             # how the body goes to the client (the engine's decision, ``pipeline.heads``)
             self.rechunk = bool(framing & RECHUNK)
@@ -283,14 +345,8 @@ class UpstreamProtocol:
             if self.held is not None:
                 head = None
         self.head_sent = True
-        # (the read deadline is set after the parser returns, if the body is still due)
         if head is not None:
             self.out.append(head)
-        if self.head_only and status != 101:
-            # No body follows a response to HEAD, whatever Content-Length says; the
-            # parser would wait for it, so it is dropped and a fresh one made next time.
-            self.parser = None
-            self._end(reusable=keep)
 
     def on_body(self, body: bytes) -> None:
         if not self.head_sent:
@@ -360,6 +416,17 @@ class UpstreamProtocol:
             self.state = IDLE if reusable else self.state
         if not reusable:
             self.close()
+        else:
+            # the next exchange starts from the start values (``send`` sets none of these)
+            self.got_bytes = False
+            self.head_sent = False
+            self.rechunk = False
+            self.close_delimited = False
+            self.status = 0
+            self.hbuf = b""
+            self.hoff = 0
+            self.out = None
+            self.keep = True
         if h is not None:
             h.upstream_done(self, reusable)
 
@@ -398,27 +465,6 @@ class UpstreamProtocol:
             t.pause_reading()
         else:
             t.resume_reading()
-
-    def park(self) -> None:
-        """Back to the pool: clear per-request state and arm the idle timeout.  Reading is
-        resumed if a slow client had paused it, or the next response would never be read."""
-        if self.read_paused:
-            self.pause_reading(False)
-        self.down = None  # (send() resets the rest of the per-request state)
-        self.ctx = None
-        self.state = IDLE
-        self.reused = True
-        # one clock read for idle_since and the idle deadline
-        self.idle_since = now = self.loop.time()
-        # the two-store move when the armed timer fires first (http.deadline): a Python
-        # call less per exchange
-        dl = self.dl
-        at = now + self.pool.idle_timeout
-        if dl.timer is not None and dl.timer_at <= at:
-            dl.at = at
-            dl.kind = T_IDLE
-        else:
-            dl.set(T_IDLE, self.pool.idle_timeout, now)
 
     def close(self) -> None:
         if self.state != CLOSED:

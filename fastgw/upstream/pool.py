@@ -25,7 +25,7 @@ import ssl
 from collections import deque
 
 from fastgw.errors import GatewayError
-from fastgw.upstream.client import UpstreamProtocol
+from fastgw.upstream.client import T_IDLE, UpstreamProtocol
 from fastgw.upstream.peer import Peer  # noqa: F401  (the pool's identity; re-exported)
 
 
@@ -175,7 +175,25 @@ class Pool:
             conn.drop()
             self._wake_waiter_for_slot()
             return
-        conn.park()
+        # Parked: the exchange is forgotten and the idle timeout armed (written here, not
+        # as a method of the connection: a Python call less per exchange; the rest of its
+        # per-request state is at its start values, ``UpstreamProtocol._end``).  Reading
+        # is resumed if a slow client had paused it, or the next response would never be read.
+        if conn.read_paused:
+            conn.pause_reading(False)
+        conn.down = None
+        conn.ctx = None
+        conn.reused = True
+        # one clock read for idle_since and the idle deadline; the two-store move when
+        # the armed timer fires first (http.deadline)
+        conn.idle_since = now = self.loop.time()
+        dl = conn.dl
+        at = now + self.idle_timeout
+        if dl.timer is not None and dl.timer_at <= at:
+            dl.at = at
+            dl.kind = T_IDLE
+        else:
+            dl.set(T_IDLE, self.idle_timeout, now)
         if self.waiters:
             entry = self.waiters.popleft()
             if entry[1] is not None:

@@ -233,3 +233,39 @@ def test_ctx_surface_is_small():
     assert not engine_only & set(Ctx.__slots__)
     assert engine_only <= set(Exchange.__slots__)
     assert isinstance(Exchange(Request(), None), Ctx) and ResponseHead  # (imported for the surface)
+
+
+def test_in_flight_count_is_the_connections_with_a_request():
+    """Engine.inflight (the worker tick's gauge) counts the client connections with a
+    request in flight, whatever ended the others (a response, a parse error, a close)."""
+    import asyncio
+
+    import uvloop
+
+    from bench.micro.inproc import CFG, REQ, RESP, Transport, gateway
+    from fastgw.http.protocol import DownstreamProtocol
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        _app, engine, info, up, _ut = gateway(CFG, loop)
+        a, b, c = (DownstreamProtocol(engine, info, loop) for _ in range(3))
+        for p in (a, b, c):
+            t = Transport()
+            t.can_write_eof = lambda: False   # (c's answer ends with a lingering close)
+            p.connection_made(t)
+        assert engine.inflight == 0
+        a.data_received(REQ)                      # waits for the upstream
+        b.data_received(b"GET / HTTP/1.1\r\n")    # a head in progress is not a request yet
+        assert engine.inflight == 1
+        c.data_received(b"BAD\r\n\r\n")           # a parse error is answered at once
+        assert engine.inflight == 1
+        up.data_received(RESP)
+        assert engine.inflight == 0 and a.cur is None
+        b.data_received(b"Host: gw\r\n\r\n")     # no idle upstream connection left: it waits
+        assert engine.inflight == 1
+        b.connection_lost(None)
+        assert engine.inflight == 0
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
