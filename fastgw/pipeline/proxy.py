@@ -195,7 +195,7 @@ class Proxy:
             x.flags.append("retried")
             if x.resend:
                 x.pending, x.resend = x.resend, None
-            inst = route.pick(x) if route.retry is None else route.pick_other(_tried(x))
+            inst = route.pick(x) if route.retry is None else route.pick_other(_tried(x), x)
             if inst is not None:
                 x.error = None
                 self._retry(proto, x, inst)
@@ -233,7 +233,7 @@ class Proxy:
             x.app.metrics.retry_budget_exhausted(route.service)
             x.flags.append("retry_budget_exhausted")
             return False
-        inst = route.pick_other(tried)
+        inst = route.pick_other(tried, x)
         if inst is None:
             return False
         x.app.metrics.upstream_retry(route.service, reason)
