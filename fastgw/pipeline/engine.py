@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import types
 
+from fastgw.clock import date_header
 from fastgw.errors import GatewayError
 from fastgw.http.messages import Reply, error_reply
 from fastgw.http.netaddr import client_from_xff
 from fastgw.http.normalize import normalize_path, split_target
 from fastgw.http.protocol import PAUSE_WAIT
 from fastgw.http.request import Request
-from fastgw.http.wire import CONTINUE_100, LAST_CHUNK, chunk, reply_bytes
+from fastgw.http.wire import CONTINUE_100, LAST_CHUNK, Prebuilt, chunk, reply_bytes
 from fastgw.pipeline.exchange import Exchange, fill_exchange
 from fastgw.pipeline.heads import keep_client
 from fastgw.pipeline.proxy import Proxy
@@ -311,6 +312,20 @@ class Engine:
     # ------------------------------------------------------------------ local replies
     def send_local(self, proto, x, reply: Reply, upto: int) -> None:
         """Send a reply made by the middleware at chain index ``upto``."""
+        if reply.__class__ is Prebuilt:
+            # (the cache's hit) its maker checked that no response filter up to ``upto``
+            # applies and no response header is dropped: the exchange's own lines around
+            # its bytes, one format, one write (``keep``: heads.keep_client inline)
+            req = x.request
+            keep = x.keep_alive and not self.draining and not proto.draining and proto.cur_complete
+            proto.write(b"%s%s%s%s%s%s%s" % (
+                reply.line, date_header(), x.app.server_header or b"", reply.lines, x.resp_lines,
+                reply.close if not keep else reply.keep if req.version == "1.1" else reply.keep10,
+                reply.body if req.method != "HEAD" else b""))
+            x.status = reply.status
+            x.bytes_sent += len(reply.body)
+            proto.request_done(req, keep)
+            return
         for idx, fn in x.route.chain.response:
             if idx <= upto:
                 fn(x, reply)
