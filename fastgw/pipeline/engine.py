@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import types
 
+from fastgw import clock as _clock
 from fastgw.clock import date_header
 from fastgw.errors import GatewayError
 from fastgw.http.messages import Reply, error_reply
@@ -315,13 +316,16 @@ class Engine:
         if reply.__class__ is Prebuilt:
             # (the cache's hit) its maker checked that no response filter up to ``upto``
             # applies and no response header is dropped: the exchange's own lines around
-            # its bytes, one format, one write (``keep``: heads.keep_client inline)
+            # its bytes, one format, one write (``keep``: heads.keep_client inline; the
+            # client protocol's ``write`` written out, as upstream.client does)
             req = x.request
             keep = x.keep_alive and not self.draining and not proto.draining and proto.cur_complete
-            proto.write(b"%s%s%s%s%s%s%s" % (
-                reply.line, date_header(), x.app.server_header or b"", reply.lines, x.resp_lines,
-                reply.close if not keep else reply.keep if req.version == "1.1" else reply.keep10,
-                reply.body if req.method != "HEAD" else b""))
+            t = proto.transport
+            if t is not None and not proto.closed:
+                t.write(b"%s%s%s%s%s%s%s" % (
+                    reply.line, _clock.date_line or date_header(), x.app.server_header or b"", reply.lines,
+                    x.resp_lines, reply.close if not keep else reply.keep if req.version == "1.1" else reply.keep10,
+                    reply.body if req.method != "HEAD" else b""))
             x.status = reply.status
             x.bytes_sent += len(reply.body)
             proto.request_done(req, keep)
