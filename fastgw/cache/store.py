@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from fastgw.clock import monotonic
-from fastgw.http.wire import Prebuilt, framing_tails, header_lines
+from fastgw.http.wire import Prebuilt, header_lines
 
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides its head and body (objects, key)
 
@@ -44,7 +44,7 @@ class Entry:
 
     __slots__ = ("status", "headers", "body", "stored", "age0", "ttl", "swr", "sie", "no_stale",
                  "etag", "last_modified", "tags", "host", "path", "size", "expires", "hot", "hot_until", "touched",
-                 "key", "tails")
+                 "key")
 
     def __init__(self, status: int, headers: list, body: bytes, stored: float, age0: float, ttl: float,
                  swr: float, sie: float, no_stale: bool, etag, last_modified, tags: frozenset,
@@ -69,7 +69,6 @@ class Entry:
         self.hot_until = 0.0
         self.touched = -1  # the store's version when it was last moved to the recent end
         self.key = None    # its key in the store (Store.put)
-        self.tails = framing_tails(status, len(body))  # (Prebuilt's, the same every second)
 
     def age(self, now: float) -> float:
         return self.age0 + (now - self.stored)
@@ -86,7 +85,7 @@ class Entry:
         # remaining lifetime drops below ttl (age passes self.ttl - ttl)
         self.hot_until = min(base + (a + 1), base + (self.ttl - ttl))
         hot = self.hot = Prebuilt(self.status, self.headers + [
-            (b"Age", b"%d" % a), (b"Cache-Status", b"fastgw; hit; ttl=%d" % ttl)], self.body, self.tails)
+            (b"Age", b"%d" % a), (b"Cache-Status", b"fastgw; hit; ttl=%d" % ttl)], self.body)
         return hot
 
 

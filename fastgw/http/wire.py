@@ -95,13 +95,13 @@ class Prebuilt:
 
     __slots__ = ("status", "headers", "body", "line", "lines", "keep", "keep10", "close")
 
-    def __init__(self, status: int, headers: list, body: bytes, tails: tuple) -> None:
+    def __init__(self, status: int, headers: list, body: bytes) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.line = status_line(status)
         self.lines = header_lines(headers)
-        self.keep, self.keep10, self.close = tails
+        self.keep, self.keep10, self.close = framing_tails(status, len(body))
 
 
 def framing_tails(status: int, length: int) -> tuple:

@@ -316,16 +316,17 @@ class Engine:
         if reply.__class__ is Prebuilt:
             # (the cache's hit) its maker checked that no response filter up to ``upto``
             # applies and no response header is dropped: the exchange's own lines around
-            # its bytes, one format, one write (``keep``: heads.keep_client inline; the
-            # client protocol's ``write`` written out, as upstream.client does)
+            # its bytes, one join (of a tuple: fewer instructions than a ``%`` format of
+            # seven pieces, callgrind), one write (``keep``: heads.keep_client inline;
+            # the client protocol's ``write`` written out, as upstream.client does)
             req = x.request
             keep = x.keep_alive and not self.draining and not proto.draining and proto.cur_complete
             t = proto.transport
             if t is not None and not proto.closed:
-                t.write(b"%s%s%s%s%s%s%s" % (
+                t.write(_join((
                     reply.line, _clock.date_line or date_header(), x.app.server_header or b"", reply.lines,
                     x.resp_lines, reply.close if not keep else reply.keep if req.version == "1.1" else reply.keep10,
-                    reply.body if req.method != "HEAD" else b""))
+                    reply.body if req.method != "HEAD" else b"")))
             x.status = reply.status
             x.bytes_sent += len(reply.body)
             proto.request_done(req, keep)
@@ -507,6 +508,7 @@ class Engine:
         x.app.metrics.request_done(x)
 
 
+_join = b"".join
 _KEEP_ALIVE_10 = [(b"connection", b"keep-alive")]  # an HTTP/1.0 client kept alive
 _COROUTINE = types.CoroutineType
 _WAITING = object()  # _drive: the hook suspended and goes on in a task
