@@ -228,7 +228,7 @@ class Cache(BackgroundFetches, Middleware):
                     if len(memo) >= _MEMO_SIZE:
                         memo.clear()
                     memo[raw] = (self, req.host, ctx.scheme, e)
-            now = ctx.start  # (the exchange's monotonic start: no clock read)
+            now = monotonic()  # (not ctx.start: an async hook before may have waited)
             hot = e.hot if now < e.hot_until else e.heat(now) if now < e.expires else None
             if hot is not None:
                 ctx.notes[RESULT_NOTE] = "hit"
