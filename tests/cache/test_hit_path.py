@@ -95,6 +95,11 @@ def _stored_world(cfg: str = CACHED):
     return engine, info, ut, loop
 
 
+def _cache_mw(engine):
+    (mw,) = [m for m in engine.app.routes[0].chain.mws if m.name == "cache"]
+    return mw
+
+
 def _close(loop) -> None:
     loop.close()
     asyncio.set_event_loop(None)
@@ -134,6 +139,7 @@ def test_hit_as_prebuilt_bytes_for_each_connection_fate():
         assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"\r\n\r\n") and not closed
         assert _head(first)[b"x-request-id"] != _head(rest)[b"x-request-id"]
         assert ut.n == 1   # none of them went upstream
+        assert _cache_mw(engine).direct is True   # (the prebuilt way, not a Reply)
     finally:
         _close(loop)
 
@@ -148,6 +154,6 @@ def test_hit_on_a_route_with_response_filters_gets_their_headers():
             h = _head(data)
             assert h[b"x-content-type-options"] == b"nosniff" and h[b"cache-status"].startswith(b"fastgw; hit;")
             assert h[b"content-length"] == b"76" and data.endswith(b"x" * 76)
-        assert ut.n == 1
+        assert ut.n == 1 and _cache_mw(engine).direct is False
     finally:
         _close(loop)
