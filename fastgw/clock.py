@@ -15,17 +15,20 @@ wall = time.time
 
 _date_header: bytes = b""
 _date_second: int = -1
+# ``date_header()``'s value as a module attribute, for a hot path that reads it as
+# ``clock.date_line`` without a call (b"" until the first tick; never import the name)
+date_line: bytes = b""
 
 
 def tick(now: float | None = None) -> None:
     """Refresh the cached Date header; called by the worker tick (and lazily on first use)."""
-    global _date_header, _date_second
+    global _date_header, _date_second, date_line
     if now is None:
         now = time.time()
     sec = int(now)
     if sec != _date_second:
         _date_second = sec
-        _date_header = b"date: " + formatdate(sec, usegmt=True).encode("ascii") + b"\r\n"
+        _date_header = date_line = b"date: " + formatdate(sec, usegmt=True).encode("ascii") + b"\r\n"
 
 
 def date_header() -> bytes:

@@ -28,21 +28,23 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from fastgw.clock import monotonic
-from fastgw.http.wire import header_lines
+from fastgw.http.wire import Prebuilt, header_lines
 
 ENTRY_OVERHEAD = 512  # bytes counted per entry besides its head and body (objects, key)
 
 
 class Entry:
     """One stored response.  Immutable once stored (a revalidation stores a new one),
-    except for ``touched`` (recency, see the module header) and the hit memo: ``hot``
-    is the head a hit answers with (the stored head, ``Age`` and ``Cache-Status``) and
+    except for ``touched`` (recency, see the module header), ``key`` (set when it is
+    stored) and the hit memo: ``hot`` is the answer a hit sends (``http.wire.Prebuilt``:
+    the stored head, ``Age`` and ``Cache-Status``, serialised, and the body) and
     ``hot_until`` the monotonic time before which those two values stay what ``hot``
     says (both are whole seconds), so hits within one second of each other format
     nothing (``middleware.cache``)."""
 
     __slots__ = ("status", "headers", "body", "stored", "age0", "ttl", "swr", "sie", "no_stale",
-                 "etag", "last_modified", "tags", "host", "path", "size", "expires", "hot", "hot_until", "touched")
+                 "etag", "last_modified", "tags", "host", "path", "size", "expires", "hot", "hot_until", "touched",
+                 "key")
 
     def __init__(self, status: int, headers: list, body: bytes, stored: float, age0: float, ttl: float,
                  swr: float, sie: float, no_stale: bool, etag, last_modified, tags: frozenset,
@@ -66,11 +68,12 @@ class Entry:
         self.hot = None
         self.hot_until = 0.0
         self.touched = -1  # the store's version when it was last moved to the recent end
+        self.key = None    # its key in the store (Store.put)
 
     def age(self, now: float) -> float:
         return self.age0 + (now - self.stored)
 
-    def heat(self, now: float) -> list:
+    def heat(self, now: float) -> Prebuilt:
         """``hot`` for a hit at ``now`` (fresh: ``now < expires``), remade when the whole
         seconds of ``Age`` or of the remaining lifetime changed since it was made."""
         base = self.stored - self.age0
@@ -81,7 +84,8 @@ class Entry:
         # the first moment either whole number changes: age reaches a + 1, or the
         # remaining lifetime drops below ttl (age passes self.ttl - ttl)
         self.hot_until = min(base + (a + 1), base + (self.ttl - ttl))
-        hot = self.hot = self.headers + [(b"Age", b"%d" % a), (b"Cache-Status", b"fastgw; hit; ttl=%d" % ttl)]
+        hot = self.hot = Prebuilt(self.status, self.headers + [
+            (b"Age", b"%d" % a), (b"Cache-Status", b"fastgw; hit; ttl=%d" % ttl)], self.body)
         return hot
 
 
@@ -135,6 +139,7 @@ class Store:
         if old is not None:
             self.bytes -= old.size
         self.entries[key] = entry
+        entry.key = key
         self.version += 1
         self.memo.clear()
         self.bytes += entry.size

@@ -81,6 +81,37 @@ def reply_bytes(status: int, headers, body: bytes, *, keep_alive: bool, head_onl
     return b"".join(out)
 
 
+class Prebuilt:
+    """A local answer serialised ahead of time, shared by the exchanges it answers and
+    never changed once made (the cache's hit: ``cache.store.Entry.heat``).
+
+    ``Engine.send_local`` writes it in one ``%`` format: ``line`` (the status line), the
+    exchange's Date, Server and response lines, ``lines`` (its header lines), the tail
+    that frames its ``body`` and says the connection's fate (``keep``, ``keep10`` for an
+    HTTP/1.0 client kept alive, ``close``: ``framing_tails``), then ``body``, left out for
+    a HEAD.  No response filter sees it: its maker hands one only where none applies,
+    and otherwise makes a ``Reply`` of ``headers`` (the same head as a list) and ``body``.
+    """
+
+    __slots__ = ("status", "headers", "body", "line", "lines", "keep", "keep10", "close")
+
+    def __init__(self, status: int, headers: list, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.line = status_line(status)
+        self.lines = header_lines(headers)
+        self.keep, self.keep10, self.close = framing_tails(status, len(body))
+
+
+def framing_tails(status: int, length: int) -> tuple:
+    """``Prebuilt``'s tails for a whole body of ``length`` bytes: what ``reply_bytes``
+    ends a head with when the connection is kept alive, kept alive for an HTTP/1.0
+    client, or closed."""
+    cl = b"content-length: %d\r\n" % length if status >= 200 and status not in (204, 304) else b""
+    return cl + CRLF, b"connection: keep-alive\r\n" + cl + CRLF, cl + b"connection: close\r\n" + CRLF
+
+
 def cut_spans(raw: bytes, spans) -> bytes:
     """``raw`` without the byte ranges ``spans`` (sorted, non-overlapping ``(a, e)``):
     how the response filters and the response head drop whole header lines from a raw

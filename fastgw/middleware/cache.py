@@ -28,12 +28,16 @@ Hooks:
 
    The hit path, for a plain GET/HEAD (none of Cache-Control, Pragma, the validators or
    the unkeyed override headers) that finds a fresh entry, is the top of
-   ``request_filter`` read straight down: the key comes from ``Store.memo`` when the
-   target was hit since the store last changed, the head from the entry's memo
-   (``Entry.hot``: stored head, ``Age``, ``Cache-Status``, remade once per second), the
-   hit is counted by one metric array write, and no per-request state is made (no
-   ``_St``: ``response_filter`` and ``logging`` return at once).  Everything else is
-   ``_lookup``, with the same rules.
+   ``request_filter`` read straight down: the entry comes from ``Store.memo`` when the
+   target was hit since the store last changed, the answer from the entry's memo
+   (``Entry.hot``, an ``http.wire.Prebuilt``: status line, stored head, ``Age``,
+   ``Cache-Status`` and body, serialised once per second), the hit is counted by one
+   metric array write, and no per-request state is made (no ``_St``: ``response_filter``
+   and ``logging`` return at once).  On a route where no response filter before the
+   cache would see the hit (``direct``), that ``Prebuilt`` is the answer: the engine
+   adds the exchange's Date, Server, response lines and framing and writes it once
+   (``Engine.send_local``); elsewhere it becomes a ``Reply`` the filters decorate.
+   Everything else is ``_lookup``, with the same rules.
 2. ``response_filter``: decides whether the upstream's response may be stored
    (``fastgw.cache.rules``), snapshots its head, adds ``Cache-Status``; a 304 to a
    revalidation refreshes the entry and answers with it; an upstream failure is answered
@@ -67,6 +71,7 @@ from fastgw.compress.negotiate import Negotiator
 from fastgw.config.cache import effective_cache
 from fastgw.config.compression import effective_compression
 from fastgw.http.messages import Reply, ResponseHead
+from fastgw.http.wire import Prebuilt
 from fastgw.obs.metrics import series_key
 from fastgw.pipeline.heads import WHOLE_BODY_NOTE
 from fastgw.pipeline.middleware import Middleware
@@ -145,6 +150,10 @@ class Cache(BackgroundFetches, Middleware):
         self.sie = eff.sie
         self.store_set_cookie = eff.store_set_cookie
         self.wait = eff.coalesce_wait
+        # a hit may be answered with the entry's prebuilt bytes (``Prebuilt``) when no
+        # response filter would see it: found on the first hit (``_hot_reply``), since
+        # the route's chain is compiled after its middlewares are made; None until then
+        self.direct = None
         self.metrics = getattr(deps, "metrics", None)
         # a hit is counted by one array write into the store's cell of the series
         # ``metrics.inc(_M_LOOKUP, hit)`` writes (the store API's hot-path form:
@@ -158,6 +167,8 @@ class Cache(BackgroundFetches, Middleware):
         self.worker = (("worker", str(getattr(deps, "worker_id", 0))),)
         shm = getattr(deps, "shm", None)
         self.purge = getattr(shm, "purge", None) if shm is not None else None
+        # the purge generation, read per lookup without a call (``PurgeLog.cell``)
+        self.purge_q, self.purge_i = self.purge.cell() if self.purge is not None else (None, 0)
         self.upstream = _first_instance(service_cfg)
         self.route = getattr(route_cfg, "name", None) or ""
         self.tasks: set = set()
@@ -175,26 +186,26 @@ class Cache(BackgroundFetches, Middleware):
         no coroutine."""
         req = ctx.request
         store = self.store
-        if self.purge is not None:
+        if self.purge is not None and store.purge_seen != self.purge_q[self.purge_i]:
             self.purge.apply(store)
         method = req.method
         if method == "GET" or method == "HEAD":
             # The hit path: a plain request (no Cache-Control, Pragma, validators or
             # unkeyed override headers: nothing to strip, the request's directives are
             # the defaults), read straight down; anything else goes to _lookup.  (A loop
-            # rather than isdisjoint over two maps: half the instructions on a request
-            # of a few headers, callgrind.)
+            # rather than isdisjoint over two maps or the header dict: fewer instructions
+            # on a request of a few headers, callgrind.)
             watch = self.watch
             for n, _v in req.headers:
                 if n.lower() in watch:
                     return self._lookup(ctx, store, False, None, None, None)
-            # the key of a target hit since the store last changed, and its entry
-            # (``Store.memo``: a store that has not changed maps that key to that entry)
-            memo = store.memo
+            # the entry of a target hit since the store last changed (``Store.memo``: a
+            # store that has not changed maps that target to that entry, already moved
+            # to the recent end and published, since both are once per version)
             raw = req.raw_target
-            m = memo.get(raw)
+            m = store.memo.get(raw)
             if m is not None and m[0] is self and m[1] == req.host and m[2] == ctx.scheme:
-                prim, key, e = m[3]
+                e = m[3]
             else:
                 if self.key_headers:
                     prim = K.primary(ctx, self.route, self.query, self.key_headers)
@@ -205,30 +216,51 @@ class Cache(BackgroundFetches, Middleware):
                 names = store.vary_of.get(prim)
                 key = (prim, K.secondary(ctx, names, self.negotiate) if names else ())
                 e = store.entries.get(key)
-                if e is not None and not names and not self.key_headers and len(raw) <= _MEMO_TARGET:
+                if e is None:
+                    return self._lookup(ctx, store, True, prim, key, None)
+                if e.touched != store.version:  # (Store.touch)
+                    store.touch(key, e)
+                if store.version != store.published:
+                    self._publish()
+                if not names and not self.key_headers and len(raw) <= _MEMO_TARGET:
                     # (no Vary, no keyed header: the target, host and scheme are the key)
+                    memo = store.memo
                     if len(memo) >= _MEMO_SIZE:
                         memo.clear()
-                    memo[raw] = (self, req.host, ctx.scheme, (prim, key, e))
-            if e is not None:
-                now = monotonic()
-                hot = e.hot if now < e.hot_until else e.heat(now) if now < e.expires else None
-                if hot is not None:
-                    if e.touched != store.version:  # (Store.touch)
-                        store.touch(key, e)
-                    ctx.notes[RESULT_NOTE] = "hit"
-                    self.hit_ints[self.hit_cell] += 1
-                    if store.version != store.published:
-                        self._publish()
-                    # (a Reply without its class call: the fields Reply.__init__ sets)
-                    r = _new(Reply)
-                    r.status = e.status
-                    r.headers = hot.copy()  # the response filters edit their own list
-                    r.body = e.body
-                    r.kind = ""
-                    return r
-            return self._lookup(ctx, store, True, prim, key, e)
+                    memo[raw] = (self, req.host, ctx.scheme, e)
+            now = monotonic()  # (not ctx.start: an async hook before may have waited)
+            hot = e.hot if now < e.hot_until else e.heat(now) if now < e.expires else None
+            if hot is not None:
+                ctx.notes[RESULT_NOTE] = "hit"
+                self.hit_ints[self.hit_cell] += 1
+                if self.direct and ctx.resp_drop is None:
+                    return hot  # (sent as prebuilt bytes: engine.send_local)
+                return self._hot_reply(ctx, hot)
+            key = e.key
+            return self._lookup(ctx, store, True, key[0], key, e)
         return self._lookup(ctx, store, False, None, None, None)
+
+    def _hot_reply(self, ctx, hot: Prebuilt):
+        """A hit's answer where ``hot`` cannot go out as it is: a ``Reply`` of its own
+        header list, which the response filters edit.  The first hit also finds out
+        whether this route can take ``hot`` itself (``direct``)."""
+        if self.direct is None:
+            self.direct = self._no_filters_before(ctx.route.chain)
+            if self.direct and ctx.resp_drop is None:
+                return hot
+        # (a Reply without its class call: the fields Reply.__init__ sets)
+        r = _new(Reply)
+        r.status = hot.status
+        r.headers = hot.headers.copy()  # the response filters edit their own list
+        r.body = hot.body
+        r.kind = ""
+        return r
+
+    def _no_filters_before(self, chain) -> bool:
+        """True when a local reply made here meets no response filter but this one's
+        (which a hit skips): no middleware before the cache in ``chain`` has one."""
+        mine = next(i for i, m in enumerate(chain.mws) if m is self)
+        return all(getattr(fn, "__self__", None) is self for i, fn in chain.response if i <= mine)
 
     def _lookup(self, ctx, store, plain: bool, prim, key, e):
         """Everything but the plain hit.  ``plain``: the request is a plain GET/HEAD whose

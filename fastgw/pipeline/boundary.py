@@ -69,6 +69,8 @@ class ClientSide(Protocol):
     closed: bool
     draining: bool          # this connection closes after its response
     write_paused: bool      # the client's socket buffer is full
+    transport: object       # the socket's transport (None until made): a hot path may write
+                            # to it itself, when not ``closed`` (``write`` without the call)
 
     def write(self, data: bytes) -> None:
         """Send bytes to the client (dropped once the connection is closed)."""

@@ -22,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import types
 
+from fastgw import clock as _clock
+from fastgw.clock import date_header
 from fastgw.errors import GatewayError
 from fastgw.http.messages import Reply, error_reply
 from fastgw.http.netaddr import client_from_xff
 from fastgw.http.normalize import normalize_path, split_target
 from fastgw.http.protocol import PAUSE_WAIT
 from fastgw.http.request import Request
-from fastgw.http.wire import CONTINUE_100, LAST_CHUNK, chunk, reply_bytes
+from fastgw.http.wire import CONTINUE_100, LAST_CHUNK, Prebuilt, chunk, reply_bytes
 from fastgw.pipeline.exchange import Exchange, fill_exchange
 from fastgw.pipeline.heads import keep_client
 from fastgw.pipeline.proxy import Proxy
@@ -320,6 +322,24 @@ class Engine:
     # ------------------------------------------------------------------ local replies
     def send_local(self, proto, x, reply: Reply, upto: int) -> None:
         """Send a reply made by the middleware at chain index ``upto``."""
+        if reply.__class__ is Prebuilt:
+            # (the cache's hit) its maker checked that no response filter up to ``upto``
+            # applies and no response header is dropped: the exchange's own lines around
+            # its bytes, one join (of a tuple: fewer instructions than a ``%`` format of
+            # seven pieces, callgrind), one write (``keep``: heads.keep_client inline;
+            # the client protocol's ``write`` written out, as upstream.client does)
+            req = x.request
+            keep = x.keep_alive and not self.draining and not proto.draining and proto.cur_complete
+            t = proto.transport
+            if t is not None and not proto.closed:
+                t.write(_join((
+                    reply.line, _clock.date_line or date_header(), x.app.server_header or b"", reply.lines,
+                    x.resp_lines, reply.close if not keep else reply.keep if req.version == "1.1" else reply.keep10,
+                    reply.body if req.method != "HEAD" else b"")))
+            x.status = reply.status
+            x.bytes_sent += len(reply.body)
+            proto.request_done(req, keep)
+            return
         for idx, fn in x.route.chain.response:
             if idx <= upto:
                 fn(x, reply)
@@ -495,6 +515,7 @@ class Engine:
         x.app.metrics.request_done(x)
 
 
+_join = b"".join
 _KEEP_ALIVE_10 = [(b"connection", b"keep-alive")]  # an HTTP/1.0 client kept alive
 _COROUTINE = types.CoroutineType
 _WAITING = object()  # _drive: the hook suspended and goes on in a task

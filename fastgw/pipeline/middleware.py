@@ -14,6 +14,10 @@ Hooks, in the order a request meets them:
                                            returns a coroutine then (the engine drives
                                            it like an async hook: the cache's coalesced
                                            miss), so its usual path pays no coroutine.
+                                           A ``http.wire.Prebuilt`` = answer with these
+                                           bytes, no response filter run: only where none
+                                           of a middleware that ran (its own aside) would
+                                           change it (the cache's hit)
     request_body_filter(ctx, body)         the whole request body (only when
                                            ``needs_body()``); None = forward it, bytes =
                                            forward these instead, a Reply = answer locally

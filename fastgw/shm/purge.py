@@ -43,6 +43,11 @@ class PurgeLog:
     def generation(self) -> int:
         return self._q[self._gen]
 
+    def cell(self) -> tuple:
+        """``(q, i)``: the generation cell in its hot-path form, ``q[i]`` (a reader's
+        compare without a Python call; ``apply`` when it moved)."""
+        return self._q, self._gen
+
     def publish(self, kind: str, text: str) -> int:
         """Control process only: append one purge; returns its generation."""
         raw = text.encode("utf-8")

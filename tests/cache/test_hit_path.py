@@ -80,3 +80,80 @@ def test_coalesced_waiter_is_driven_by_the_engine_then_answered_from_the_entry()
     finally:
         loop.close()
         asyncio.set_event_loop(None)
+
+
+def _stored_world(cfg: str = CACHED):
+    """A gateway on ``cfg`` whose cache holds the bench's answer for ``REQ``: (engine,
+    conn info, upstream transport, loop)."""
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    _app, engine, info, up, ut = gateway(cfg, loop)
+    p, t = _client(engine, info, loop)
+    p.data_received(REQ)
+    up.data_received(_storable())
+    assert b"stored" in _head(t.data)[b"cache-status"] and ut.n == 1
+    return engine, info, ut, loop
+
+
+def _cache_mw(engine):
+    (mw,) = [m for m in engine.app.routes[0].chain.mws if m.name == "cache"]
+    return mw
+
+
+def _close(loop) -> None:
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def _hit(engine, info, loop, raw: bytes) -> tuple:
+    """``raw`` sent on a new connection: (bytes written, the connection closed)."""
+    p, t = _client(engine, info, loop)
+    p.data_received(raw)
+    return t.data, p.closed
+
+
+def test_hit_as_prebuilt_bytes_for_each_connection_fate():
+    engine, info, ut, loop = _stored_world()
+    try:
+        get, closed = _hit(engine, info, loop, REQ)
+        h = _head(get)
+        assert get.startswith(b"HTTP/1.1 200 OK\r\n") and get.endswith(b"\r\n\r\n" + b"x" * 76) and not closed
+        assert h[b"content-length"] == b"76" and b"connection" not in h and h[b"date"].endswith(b"GMT")
+        assert h[b"cache-status"].startswith(b"fastgw; hit; ttl=") and h[b"age"] == b"0"
+        assert h[b"cache-control"] == b"max-age=300" and h[b"x-request-id"]
+        # HEAD: the GET's length, no body
+        head, closed = _hit(engine, info, loop, REQ.replace(b"GET ", b"HEAD ", 1))
+        assert head.endswith(b"\r\n\r\n") and _head(head)[b"content-length"] == b"76" and not closed
+        # the client asks to close: said so, and closed after the answer
+        bye, closed = _hit(engine, info, loop, REQ.replace(b"Accept:", b"Connection: close\r\nAccept:"))
+        assert _head(bye)[b"connection"] == b"close" and bye.endswith(b"x" * 76) and closed
+        # HTTP/1.0: kept alive only when asked, and then said so
+        req10 = REQ.replace(b"HTTP/1.1", b"HTTP/1.0")
+        ka, closed = _hit(engine, info, loop, req10.replace(b"Accept:", b"Connection: keep-alive\r\nAccept:"))
+        assert _head(ka)[b"connection"] == b"keep-alive" and not closed
+        one, closed = _hit(engine, info, loop, req10)
+        assert _head(one)[b"connection"] == b"close" and closed
+        # two pipelined hits in one read: two whole answers, in order, ids distinct
+        two, closed = _hit(engine, info, loop, REQ + REQ.replace(b"GET ", b"HEAD ", 1))
+        first, rest = two.split(b"x" * 76, 1)
+        assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"\r\n\r\n") and not closed
+        assert _head(first)[b"x-request-id"] != _head(rest)[b"x-request-id"]
+        assert ut.n == 1   # none of them went upstream
+        assert _cache_mw(engine).direct is True   # (the prebuilt way, not a Reply)
+    finally:
+        _close(loop)
+
+
+def test_hit_on_a_route_with_response_filters_gets_their_headers():
+    # security headers: a response filter before the cache's, so the hit is a Reply that
+    # passes through it (the prebuilt bytes are for routes where no filter applies)
+    engine, info, ut, loop = _stored_world(CACHED + "security_headers: {enabled: true}\n")
+    try:
+        for _ in range(2):   # the first hit finds out the route's way, the second takes it
+            data, _closed = _hit(engine, info, loop, REQ)
+            h = _head(data)
+            assert h[b"x-content-type-options"] == b"nosniff" and h[b"cache-status"].startswith(b"fastgw; hit;")
+            assert h[b"content-length"] == b"76" and data.endswith(b"x" * 76)
+        assert ut.n == 1 and _cache_mw(engine).direct is False
+    finally:
+        _close(loop)

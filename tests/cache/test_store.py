@@ -15,9 +15,14 @@ def _entry(stored: float, age0: float, ttl: float, body: bytes = b"x") -> Entry:
                  None, None, frozenset(), "h", "/p")
 
 
-def _hit_head(e: Entry, now: float) -> list:
-    """What the hit path of ``middleware.cache`` answers with at ``now``."""
+def _hit(e: Entry, now: float):
+    """What the hit path of ``middleware.cache`` answers with at ``now`` (a ``Prebuilt``)."""
     return e.hot if now < e.hot_until else e.heat(now) if now < e.expires else None
+
+
+def _hit_head(e: Entry, now: float) -> list | None:
+    hot = _hit(e, now)
+    return hot.headers if hot is not None else None
 
 
 @pytest.mark.parametrize("age0,ttl", [(0.0, 10.0), (0.3, 7.25), (2.0, 3.0), (0.999, 1.5)])
@@ -39,10 +44,23 @@ def test_hot_head_always_says_the_current_age_and_ttl(age0, ttl):
 
 def test_hot_head_is_made_once_per_second():
     e = _entry(10.0, 0.0, 60.0)
-    first = _hit_head(e, 10.1)
-    assert _hit_head(e, 10.9) is first           # same whole seconds: the same list
-    assert _hit_head(e, 11.2) is not first       # Age went from 0 to 1
+    first = _hit(e, 10.1)
+    assert _hit(e, 10.9) is first                # same whole seconds: the same answer
+    assert _hit(e, 11.2) is not first            # Age went from 0 to 1
     assert _hit_head(e, 11.2)[-2] == (b"Age", b"1")
+
+
+def test_hot_answer_bytes_are_its_head_and_body_framed_for_each_connection_fate():
+    e = _entry(10.0, 0.0, 60.0, body=b"hello")
+    hot = _hit(e, 10.5)
+    assert hot.line == b"HTTP/1.1 200 OK\r\n"
+    assert hot.lines == b"Content-Type: text/plain\r\nAge: 0\r\nCache-Status: fastgw; hit; ttl=59\r\n"
+    assert hot.body == b"hello"
+    assert hot.keep == b"content-length: 5\r\n\r\n"
+    assert hot.keep10 == b"connection: keep-alive\r\ncontent-length: 5\r\n\r\n"
+    assert hot.close == b"content-length: 5\r\nconnection: close\r\n\r\n"
+    e204 = Entry(204, [], b"", 10.0, 0.0, 60.0, 0.0, 0.0, False, None, None, frozenset(), "h", "/p")
+    assert _hit(e204, 10.5).keep == b"\r\n"   # no Content-Length on a 204 (RFC 9110 8.6)
 
 
 def test_touch_moves_an_entry_once_per_version_and_lru_evicts_the_oldest():
@@ -71,7 +89,7 @@ def test_key_memo_is_emptied_by_every_change():
     s.put(("p", ()), e)
     for change in (lambda: s.put(("q", ()), _entry(0.0, 0.0, 60.0)), lambda: s.remove(("q", ())),
                    lambda: s.purge_url(None, "/p"), s.clear):
-        s.memo[b"/p"] = ("mw", "h", "http", (("p", ()), ("p", ()), e))
+        s.memo[b"/p"] = ("mw", "h", "http", e)
         change()
         assert s.memo == {}
     s.put(("p", ()), e)
