@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 
 from fastgw.config.security import CorsConfig, cors_with_security_headers, effective, parse_origin
-from fastgw.http.messages import Lines, Names, Reply
+from fastgw.http.messages import Lines, Names, Reply, ResponseHead, remember
 from fastgw.pipeline.middleware import Middleware
 
 _ACAO = b"access-control-allow-origin"
@@ -93,6 +93,7 @@ class Cors(Middleware):
         self._pattern = re.compile(("(?:" + "|".join(patterns) + r")\Z").encode("ascii")).match if patterns else None
         self._denied = Lines((_VARY_ORIGIN,)) if self._varies else _NOTHING
         self._no_origin = self._denied
+        self._memo: dict = {}   # response_filter's edit memo: (block, lines) -> block
 
         # preflight
         methods = [m.upper() for m in cfg.allow_methods] if cfg.allow_methods is not None else None
@@ -159,7 +160,18 @@ class Cors(Middleware):
                 return
         if add is _NOTHING:
             return
-        # (on an upstream head, both work on its raw header block: no parse)
+        if head.__class__ is ResponseHead and head.parsed is None:
+            # an upstream head as its raw block: the edit is a function of the block and
+            # of ``add`` (the edit memo, ``http.messages.remember``)
+            key = (head.raw, add)
+            edited = self._memo.get(key)
+            if edited is not None:
+                head.raw = edited
+                return
+            head.sweep(_UPSTREAM_CORS)
+            head.add_lines(add)
+            remember(self._memo, key, key[0], head.raw)
+            return
         head.sweep(_UPSTREAM_CORS)
         head.add_lines(add)
 
