@@ -121,10 +121,6 @@ class SecurityHeaders(Middleware):
     def _response_filter_cors(self, ctx, head) -> None:
         """``response_filter`` on a route whose CORS left its response headers here."""
         note = ctx.notes.get("cors")
-        if note is None or (note is not False and not note.pairs):
-            # CORS did not run (a reply made before it) or added nothing (its preflight)
-            SecurityHeaders.response_filter(self, ctx, head)
-            return
         hsts = self._hsts is not None and (ctx.request.tls or ctx.scheme == "https")
         if head.__class__ is ResponseHead and head.parsed is None:
             key = (head.raw, note, hsts)    # (``note``: False, or the origin's prebuilt Lines)
@@ -138,6 +134,10 @@ class SecurityHeaders(Middleware):
         self._apply_cors(head, note, hsts)
 
     def _apply_cors(self, head, note, hsts: bool) -> None:
+        if note is None or (note is not False and not note.pairs):
+            # CORS did not run (a reply made before it) or added nothing (its preflight)
+            self._apply(head, hsts)
+            return
         if note is False:  # CORS ran, the request had no Origin: its Vary only
             seen = head.sweep(self._names)
             if not seen:
