@@ -161,19 +161,32 @@ class Cors(Middleware):
         if add is _NOTHING:
             return
         if head.__class__ is ResponseHead and head.parsed is None:
-            # an upstream head as its raw block: the edit is a function of the block and
-            # of ``add`` (the edit memo, ``http.messages.remember``)
-            key = (head.raw, add)
-            edited = self._memo.get(key)
-            if edited is not None:
-                head.raw = edited
-                return
-            head.sweep(_UPSTREAM_CORS)
-            head.add_lines(add)
-            remember(self._memo, key, key[0], head.raw)
+            head.raw = self._edit(head.raw, add)
             return
         head.sweep(_UPSTREAM_CORS)
         head.add_lines(add)
+
+    def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
+        """``response_filter`` on an upstream head's raw block."""
+        add = ctx.notes.get("cors")
+        if add is None or add is _NOTHING:  # (not the usual: the general path, on a head)
+            head = ResponseHead(status, b"", raw=block)
+            self.response_filter(ctx, head)
+            return head.raw
+        return self._edit(block, add)
+
+    def _edit(self, block: bytes, add: Lines) -> bytes:
+        """``block`` without the upstream's CORS headers, with ``add``: a function of the
+        two, kept in the edit memo (``http.messages.remember``)."""
+        key = (block, add)
+        edited = self._memo.get(key)
+        if edited is None:
+            head = ResponseHead(0, b"", raw=block)
+            head.sweep(_UPSTREAM_CORS)
+            head.add_lines(add)
+            edited = head.raw
+            remember(self._memo, key, block, edited)
+        return edited
 
     # -- helpers --------------------------------------------------------------------
 

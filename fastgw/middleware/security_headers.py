@@ -88,24 +88,29 @@ class SecurityHeaders(Middleware):
             self._combos: dict = {}       # CORS's Lines -> Lines of it and the presets
             self._combos_hsts: dict = {}  # the same with HSTS
             self.response_filter = self._response_filter_cors
+            self.response_block_filter = self._block_filter_cors
 
     def response_filter(self, ctx, head) -> None:
         """Strip leaking/overridden upstream headers, then add the presets."""
+        if head.__class__ is ResponseHead and head.parsed is None:
+            head.raw = self.response_block_filter(ctx, head.status, head.raw)
+            return
         # ctx.scheme is "https" only over TLS or when a trusted proxy's X-Forwarded-Proto
         # says so (the engine resolves it)
+        self._apply(head, self._hsts is not None and (ctx.request.tls or ctx.scheme == "https"))
+
+    def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
+        """``response_filter`` on an upstream head's raw block: a function of the block
+        and of HSTS (module doc: the edit memo)."""
         hsts = self._hsts is not None and (ctx.request.tls or ctx.scheme == "https")
-        if head.__class__ is ResponseHead and head.parsed is None:
-            # an upstream head as its raw block: the edit is a function of the block and
-            # of ``hsts`` (module doc: the edit memo)
-            key = (head.raw, hsts)
-            edited = self._memo.get(key)
-            if edited is not None:
-                head.raw = edited
-                return
+        key = (block, hsts)
+        edited = self._memo.get(key)
+        if edited is None:
+            head = ResponseHead(status, b"", raw=block)
             self._apply(head, hsts)
-            remember(self._memo, key, key[0], head.raw)
-            return
-        self._apply(head, hsts)
+            edited = head.raw
+            remember(self._memo, key, block, edited)
+        return edited
 
     def _apply(self, head, hsts: bool) -> None:
         seen = head.sweep(self._names)
@@ -120,18 +125,24 @@ class SecurityHeaders(Middleware):
 
     def _response_filter_cors(self, ctx, head) -> None:
         """``response_filter`` on a route whose CORS left its response headers here."""
+        if head.__class__ is ResponseHead and head.parsed is None:
+            head.raw = self._block_filter_cors(ctx, head.status, head.raw)
+            return
+        self._apply_cors(head, ctx.notes.get("cors"),
+                         self._hsts is not None and (ctx.request.tls or ctx.scheme == "https"))
+
+    def _block_filter_cors(self, ctx, status: int, block: bytes) -> bytes:
+        """``response_block_filter`` on a route whose CORS left its response headers here."""
         note = ctx.notes.get("cors")
         hsts = self._hsts is not None and (ctx.request.tls or ctx.scheme == "https")
-        if head.__class__ is ResponseHead and head.parsed is None:
-            key = (head.raw, note, hsts)    # (``note``: False, or the origin's prebuilt Lines)
-            edited = self._memo.get(key)
-            if edited is not None:
-                head.raw = edited
-                return
+        key = (block, note, hsts)    # (``note``: False, or the origin's prebuilt Lines)
+        edited = self._memo.get(key)
+        if edited is None:
+            head = ResponseHead(status, b"", raw=block)
             self._apply_cors(head, note, hsts)
-            remember(self._memo, key, key[0], head.raw)
-            return
-        self._apply_cors(head, note, hsts)
+            edited = head.raw
+            remember(self._memo, key, block, edited)
+        return edited
 
     def _apply_cors(self, head, note, hsts: bool) -> None:
         if note is None or (note is not False and not note.pairs):

@@ -175,20 +175,27 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
     route = ctx.route
     drop = ctx.resp_drop
     if route.chain.response or listed or drop:
-        head = ResponseHead(status, reason, raw=block)
-        if listed or drop:
-            if drop:
-                listed = drop if not listed else listed | drop
-            head.headers = [h for h in head.headers if h[0].lower() not in listed]
-        for _i, fn in route.chain.response:
-            fn(ctx, head)
-        status = head.status
-        block = head.block()
-        if head.length_dropped and has_cl:
-            # a body filter re-encodes a Content-Length body: the client gets it framed
-            # anew below, while the upstream side still reads it by its length
-            has_cl = False
-            up_len = True
+        edits = route.chain.response_block
+        if edits is not None and not listed and not drop:
+            # every response filter edits the raw block alone (security headers, CORS):
+            # no ResponseHead (``Middleware.response_block_filter``)
+            for fn in edits:
+                block = fn(ctx, status, block)
+        else:
+            head = ResponseHead(status, reason, raw=block)
+            if listed or drop:
+                if drop:
+                    listed = drop if not listed else listed | drop
+                head.headers = [h for h in head.headers if h[0].lower() not in listed]
+            for _i, fn in route.chain.response:
+                fn(ctx, head)
+            status = head.status
+            block = head.block()
+            if head.length_dropped and has_cl:
+                # a body filter re-encodes a Content-Length body: the client gets it framed
+                # anew below, while the upstream side still reads it by its length
+                has_cl = False
+                up_len = True
     keep_client = keep
     framing = 0
     # the usual statuses' prebuilt lines straight from the table: the call only for another

@@ -247,7 +247,7 @@ def _respond(block: bytes, version: str = "1.1"):
     from fastgw.pipeline.heads import response_head
 
     ctx = Exchange(Request.build("GET", b"/", version=version), None)
-    ctx.route = SimpleNamespace(chain=SimpleNamespace(response=()))
+    ctx.route = SimpleNamespace(chain=SimpleNamespace(response=(), response_block=None))
     ctx.keep_alive = True
     from fastgw.http.wire import CLOSE_DELIMITED, RECHUNK
 
