@@ -4,7 +4,9 @@ Both produce one ``bytes`` object, so each message leaves in one write.  The res
 side forwards the upstream's raw header block: only hop-by-hop and framing lines are cut
 (found with one regex call over a lower-cased copy, remembered per block), and a
 ``ResponseHead`` that parses the block is made only when the route has response filters
-or the upstream's Connection header names other headers.
+or the upstream's Connection header names other headers; not even then when every
+response filter of the route has a raw-block form (``Chain.response_block``: they edit
+the block itself).
 """
 
 from __future__ import annotations
