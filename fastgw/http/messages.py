@@ -146,12 +146,12 @@ class ResponseHead(_HeadersMixin):
     list and serialised again (a parse costs more than both filters' own work).
     """
 
-    __slots__ = ("status", "reason", "_headers", "raw", "length_dropped")
+    __slots__ = ("status", "reason", "parsed", "raw", "length_dropped")
 
     def __init__(self, status: int, reason: bytes, headers: list | None = None, raw: bytes = b"") -> None:
         self.status = status
         self.reason = reason
-        self._headers = headers
+        self.parsed = headers  # the header list once parsed; None while ``raw`` is the head
         self.raw = raw
         self.length_dropped = False  # drop_length() was called: the body's length changes
 
@@ -164,25 +164,25 @@ class ResponseHead(_HeadersMixin):
 
     @property
     def headers(self) -> list:
-        hs = self._headers
+        hs = self.parsed
         if hs is None:
-            hs = self._headers = parse_block(self.raw)
+            hs = self.parsed = parse_block(self.raw)
         return hs
 
     @headers.setter
     def headers(self, value: list) -> None:
-        self._headers = value
+        self.parsed = value
 
     def block(self) -> bytes:
         """The header lines (``name: value\r\n`` each) in their current form."""
-        hs = self._headers
+        hs = self.parsed
         if hs is None:
             return self.raw
         return header_lines(hs)
 
     def extend(self, pairs) -> None:
         """Append ``(name, value)`` header pairs (to the raw block while it is unparsed)."""
-        hs = self._headers
+        hs = self.parsed
         if hs is None:
             self.raw += header_lines(pairs)
         else:
@@ -190,7 +190,7 @@ class ResponseHead(_HeadersMixin):
 
     def add_lines(self, lines: Lines) -> None:
         """Append prebuilt header lines (their bytes, to the raw block while it is unparsed)."""
-        hs = self._headers
+        hs = self.parsed
         if hs is None:
             self.raw += lines.raw
         else:
@@ -201,7 +201,7 @@ class ResponseHead(_HeadersMixin):
 
         (A ``search`` loop, not ``finditer``: the usual block has no match or one, and
         measured with callgrind the loop costs half as much.)"""
-        if self._headers is not None:
+        if self.parsed is not None:
             return _HeadersMixin.sweep(self, names)
         low = b"\n" + self.raw.lower()
         search = names.search
@@ -225,6 +225,26 @@ class ResponseHead(_HeadersMixin):
 
 
 _NONE: frozenset = frozenset()
+
+# The edit memo of a response filter whose edit of an unparsed ``ResponseHead`` is a
+# function of its raw block and of a per-request decision made from a few values (the
+# security headers: HSTS or not; CORS: the origin's lines): ``(block, decision) -> edited
+# block``.  An upstream sends the same head again and again (the same endpoint within
+# the second of its Date, and ``pipeline.heads`` hands the filters the same cut block
+# object, whose hash is kept), so the usual response costs one dict lookup instead of a
+# lower-cased copy, a regex pass, a cut and an append.  Bounded per filter (cleared when
+# full: a workload of ever-new heads pays one failed lookup and one insert); blocks
+# longer than EDIT_MEMO_BLOCK are not kept.
+EDIT_MEMO_SIZE = 64
+EDIT_MEMO_BLOCK = 1024
+
+
+def remember(memo: dict, key: tuple, block: bytes, edited: bytes) -> None:
+    """Keep ``edited`` as the edit of ``block`` under ``key`` (``key[0]`` is ``block``)."""
+    if len(block) <= EDIT_MEMO_BLOCK:
+        if len(memo) >= EDIT_MEMO_SIZE:
+            memo.clear()
+        memo[key] = edited
 
 
 def parse_block(raw: bytes) -> list:

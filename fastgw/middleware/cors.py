@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 
 from fastgw.config.security import CorsConfig, cors_with_security_headers, effective, parse_origin
-from fastgw.http.messages import Lines, Names, Reply
+from fastgw.http.messages import Lines, Names, Reply, ResponseHead, remember
 from fastgw.pipeline.middleware import Middleware
 
 _ACAO = b"access-control-allow-origin"
@@ -93,6 +93,7 @@ class Cors(Middleware):
         self._pattern = re.compile(("(?:" + "|".join(patterns) + r")\Z").encode("ascii")).match if patterns else None
         self._denied = Lines((_VARY_ORIGIN,)) if self._varies else _NOTHING
         self._no_origin = self._denied
+        self._memo: dict = {}   # response_filter's edit memo: (block, lines) -> block
 
         # preflight
         methods = [m.upper() for m in cfg.allow_methods] if cfg.allow_methods is not None else None
@@ -159,9 +160,33 @@ class Cors(Middleware):
                 return
         if add is _NOTHING:
             return
-        # (on an upstream head, both work on its raw header block: no parse)
+        if head.__class__ is ResponseHead and head.parsed is None:
+            head.raw = self._edit(head.raw, add)
+            return
         head.sweep(_UPSTREAM_CORS)
         head.add_lines(add)
+
+    def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
+        """``response_filter`` on an upstream head's raw block."""
+        add = ctx.notes.get("cors")
+        if add is None or add is _NOTHING:  # (not the usual: the general path, on a head)
+            head = ResponseHead(status, b"", raw=block)
+            self.response_filter(ctx, head)
+            return head.raw
+        return self._edit(block, add)
+
+    def _edit(self, block: bytes, add: Lines) -> bytes:
+        """``block`` without the upstream's CORS headers, with ``add``: a function of the
+        two, kept in the edit memo (``http.messages.remember``)."""
+        key = (block, add)
+        edited = self._memo.get(key)
+        if edited is None:
+            head = ResponseHead(0, b"", raw=block)
+            head.sweep(_UPSTREAM_CORS)
+            head.add_lines(add)
+            edited = head.raw
+            remember(self._memo, key, block, edited)
+        return edited
 
     # -- helpers --------------------------------------------------------------------
 

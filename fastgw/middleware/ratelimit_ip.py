@@ -111,10 +111,19 @@ class AuthFailureGuard(Middleware):
     def response_filter(self, ctx, head) -> None:
         """Charge the budget when auth refused the request (no verified user)."""
         if ctx.user is None and (head.status == 401 or head.status == 400) and ctx.notes.get(_PENDING):
-            ctx.notes[_PENDING] = False
-            lm = self.limit
-            ok, _ = self.table.take_all((lm.key(ctx),), (lm.spec,), self.lim.clock())
-            self.enf.add(lm.cell(ALLOWED if ok else LIMITED))
+            self._charge(ctx)
+
+    def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
+        """``response_filter`` on an upstream head (it reads only the status)."""
+        if ctx.user is None and (status == 401 or status == 400) and ctx.notes.get(_PENDING):
+            self._charge(ctx)
+        return block
+
+    def _charge(self, ctx) -> None:
+        ctx.notes[_PENDING] = False
+        lm = self.limit
+        ok, _ = self.table.take_all((lm.key(ctx),), (lm.spec,), self.lim.clock())
+        self.enf.add(lm.cell(ALLOWED if ok else LIMITED))
 
     def close(self) -> None:
         release(self)

@@ -13,6 +13,10 @@ responses and the gateway's own replies alike, the global chain's 400/404/405 in
 
 Cost per response: one ``sweep`` (on an upstream head: one regex pass over its raw header
 block, which is never parsed into a list) and one append of a prebuilt block (``Lines``).
+On an upstream head that edit is a function of its raw block and of the request's
+decisions (HSTS; CORS's lines), so it is kept per (block, decisions) in a small memo
+(``http.messages.remember``): an upstream that sends the same head again costs one dict
+lookup.
 
 On a route that also has CORS (``config.security.cors_with_security_headers``), this
 filter applies CORS's response headers too (cors.py rule 5): CORS's request filter leaves
@@ -29,7 +33,7 @@ middleware (ip_filter's 403, cors' preflight, auth's 401, a 429).
 from __future__ import annotations
 
 from fastgw.config.security import SecurityHeadersConfig, cors_varies, cors_with_security_headers, effective
-from fastgw.http.messages import Lines, Names
+from fastgw.http.messages import Lines, Names, ResponseHead, remember
 from fastgw.pipeline.middleware import Middleware
 
 _ALWAYS_REMOVED = (b"server", b"x-powered-by")
@@ -72,6 +76,7 @@ class SecurityHeaders(Middleware):
         add = (*override, *(pair for _lname, pair in kept))
         self._add = Lines(add)
         self._add_hsts = Lines((*add, self._hsts)) if self._hsts is not None else self._add
+        self._memo: dict = {}   # the edit memo (messages.remember): (block, decision) -> block
         if cors is not None:
             # CORS's response headers too (module doc): the sweep of a CORS request also
             # drops the upstream's Access-Control-*; the no-Origin block is prebuilt
@@ -83,13 +88,32 @@ class SecurityHeaders(Middleware):
             self._combos: dict = {}       # CORS's Lines -> Lines of it and the presets
             self._combos_hsts: dict = {}  # the same with HSTS
             self.response_filter = self._response_filter_cors
+            self.response_block_filter = self._block_filter_cors
 
     def response_filter(self, ctx, head) -> None:
         """Strip leaking/overridden upstream headers, then add the presets."""
-        seen = head.sweep(self._names)
+        if head.__class__ is ResponseHead and head.parsed is None:
+            head.raw = self.response_block_filter(ctx, head.status, head.raw)
+            return
         # ctx.scheme is "https" only over TLS or when a trusted proxy's X-Forwarded-Proto
         # says so (the engine resolves it)
+        self._apply(head, self._hsts is not None and (ctx.request.tls or ctx.scheme == "https"))
+
+    def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
+        """``response_filter`` on an upstream head's raw block: a function of the block
+        and of HSTS (module doc: the edit memo)."""
         hsts = self._hsts is not None and (ctx.request.tls or ctx.scheme == "https")
+        key = (block, hsts)
+        edited = self._memo.get(key)
+        if edited is None:
+            head = ResponseHead(status, b"", raw=block)
+            self._apply(head, hsts)
+            edited = head.raw
+            remember(self._memo, key, block, edited)
+        return edited
+
+    def _apply(self, head, hsts: bool) -> None:
+        seen = head.sweep(self._names)
         if not seen:
             head.add_lines(self._add_hsts if hsts else self._add)
             return
@@ -99,15 +123,32 @@ class SecurityHeaders(Middleware):
             add.append(self._hsts)
         head.extend(add)
 
-
     def _response_filter_cors(self, ctx, head) -> None:
         """``response_filter`` on a route whose CORS left its response headers here."""
+        if head.__class__ is ResponseHead and head.parsed is None:
+            head.raw = self._block_filter_cors(ctx, head.status, head.raw)
+            return
+        self._apply_cors(head, ctx.notes.get("cors"),
+                         self._hsts is not None and (ctx.request.tls or ctx.scheme == "https"))
+
+    def _block_filter_cors(self, ctx, status: int, block: bytes) -> bytes:
+        """``response_block_filter`` on a route whose CORS left its response headers here."""
         note = ctx.notes.get("cors")
+        hsts = self._hsts is not None and (ctx.request.tls or ctx.scheme == "https")
+        key = (block, note, hsts)    # (``note``: False, or the origin's prebuilt Lines)
+        edited = self._memo.get(key)
+        if edited is None:
+            head = ResponseHead(status, b"", raw=block)
+            self._apply_cors(head, note, hsts)
+            edited = head.raw
+            remember(self._memo, key, block, edited)
+        return edited
+
+    def _apply_cors(self, head, note, hsts: bool) -> None:
         if note is None or (note is not False and not note.pairs):
             # CORS did not run (a reply made before it) or added nothing (its preflight)
-            SecurityHeaders.response_filter(self, ctx, head)
+            self._apply(head, hsts)
             return
-        hsts = self._hsts is not None and (ctx.request.tls or ctx.scheme == "https")
         if note is False:  # CORS ran, the request had no Origin: its Vary only
             seen = head.sweep(self._names)
             if not seen:

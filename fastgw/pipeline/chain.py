@@ -17,7 +17,7 @@ from fastgw.pipeline.middleware import overrides
 
 class Chain:
     __slots__ = ("mws", "request", "upstream_request", "response", "response_body", "logging",
-                 "request_body", "error", "request_sync", "direct")
+                 "request_body", "error", "request_sync", "direct", "response_block")
 
     def __init__(self, mws) -> None:
         mws = tuple(mws)
@@ -33,6 +33,12 @@ class Chain:
                                       if overrides(m, "upstream_request_filter"))
         self.response = tuple((i, m.response_filter) for i, m in reversed(list(enumerate(mws)))
                               if overrides(m, "response_filter"))
+        # the same filters' raw-block form for an upstream head, in the same order, when
+        # every one has it (``Middleware.response_block_filter``): the head builder then
+        # makes no ResponseHead; else None
+        resp = [m for m in reversed(mws) if overrides(m, "response_filter")]
+        self.response_block = tuple(m.response_block_filter for m in resp) \
+            if resp and all(overrides(m, "response_block_filter") for m in resp) else None
         # body filters run in the response filters' order (reverse chain order), so a
         # middleware's body filter sees the bytes that match the head its response filter
         # saw: transform edits the upstream's body before compression encodes it, and the

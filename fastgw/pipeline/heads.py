@@ -4,7 +4,9 @@ Both produce one ``bytes`` object, so each message leaves in one write.  The res
 side forwards the upstream's raw header block: only hop-by-hop and framing lines are cut
 (found with one regex call over a lower-cased copy, remembered per block), and a
 ``ResponseHead`` that parses the block is made only when the route has response filters
-or the upstream's Connection header names other headers.
+or the upstream's Connection header names other headers; not even then when every
+response filter of the route has a raw-block form (``Chain.response_block``: they edit
+the block itself).
 """
 
 from __future__ import annotations
@@ -175,20 +177,27 @@ def response_head(ctx, down, status: int, reason: bytes, block: bytes, keep: boo
     route = ctx.route
     drop = ctx.resp_drop
     if route.chain.response or listed or drop:
-        head = ResponseHead(status, reason, raw=block)
-        if listed or drop:
-            if drop:
-                listed = drop if not listed else listed | drop
-            head.headers = [h for h in head.headers if h[0].lower() not in listed]
-        for _i, fn in route.chain.response:
-            fn(ctx, head)
-        status = head.status
-        block = head.block()
-        if head.length_dropped and has_cl:
-            # a body filter re-encodes a Content-Length body: the client gets it framed
-            # anew below, while the upstream side still reads it by its length
-            has_cl = False
-            up_len = True
+        edits = route.chain.response_block
+        if edits is not None and not listed and not drop:
+            # every response filter edits the raw block alone (security headers, CORS):
+            # no ResponseHead (``Middleware.response_block_filter``)
+            for fn in edits:
+                block = fn(ctx, status, block)
+        else:
+            head = ResponseHead(status, reason, raw=block)
+            if listed or drop:
+                if drop:
+                    listed = drop if not listed else listed | drop
+                head.headers = [h for h in head.headers if h[0].lower() not in listed]
+            for _i, fn in route.chain.response:
+                fn(ctx, head)
+            status = head.status
+            block = head.block()
+            if head.length_dropped and has_cl:
+                # a body filter re-encodes a Content-Length body: the client gets it framed
+                # anew below, while the upstream side still reads it by its length
+                has_cl = False
+                up_len = True
     keep_client = keep
     framing = 0
     # the usual statuses' prebuilt lines straight from the table: the call only for another

@@ -25,6 +25,16 @@ Hooks, in the order a request meets them:
                                            runs once per attempt, for that instance
     response_filter(ctx, head)             edit the ResponseHead or a local Reply (in
                                            place); runs in reverse chain order
+    response_block_filter(ctx, status, block)
+                                           the same edit of an upstream head given as its
+                                           raw header block (hop-by-hop and framing lines
+                                           cut); returns the block to send.  Overriding it
+                                           says the response filter reads nothing else of
+                                           an upstream head and changes no status: when
+                                           every response filter of a route has this form,
+                                           the head builder calls these (same order) and
+                                           makes no ResponseHead.  Local replies still go
+                                           through ``response_filter``.
     response_body_filter(ctx, chunk, end)  return the bytes to send; only if the
                                            middleware really transforms bodies
     logging(ctx, error)                    always runs once per request, errors included
@@ -53,7 +63,7 @@ client protocol nor ``upstream/`` (an import-linter contract).
 from __future__ import annotations
 
 HOOKS = ("request_filter", "request_body_filter", "upstream_request_filter", "response_filter",
-         "response_body_filter", "logging", "error_filter")
+         "response_body_filter", "logging", "error_filter", "response_block_filter")
 
 
 class Middleware:
@@ -78,6 +88,9 @@ class Middleware:
 
     def response_body_filter(self, ctx, chunk: bytes, end: bool) -> bytes:
         return chunk
+
+    def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
+        return block
 
     def logging(self, ctx, error) -> None:
         return None

@@ -301,14 +301,21 @@ class Enforcer:
         The hot path of every limited request: the decisions (four numbers per limit) are
         only built when a reply carries them (``on_allowed`` fields, a refusal)."""
         memo = ls.memo
-        slots = None
+        rec = None
         if memo is not None:
             who = ctx.user if ls.by_user else ctx.client_ip
             if who:     # (no verified subject: the user keys fall back to the address)
-                slots = memo.get(who)
-                if slots is None:
-                    slots = self._memo_slots(ctx, ls, who)
-        if slots is None:
+                rec = memo.get(who)
+                if rec is None:
+                    rec = self._memo_slots(ctx, ls, who)
+        if rec is not None:
+            now = self.lim.clock()
+            pair, slots = rec
+            if pair is not None:    # the usual two-limit set: one straight decision
+                ok, tats = self.table.take_pair(pair, ls.specs, now)
+            else:
+                ok, tats = self.table.take_slots(slots, ls.specs, now)
+        else:
             kf = ls.keys
             # unrolled for the usual sizes (a list comprehension costs a call per request)
             if len(kf) == 2:
@@ -318,8 +325,8 @@ class Enforcer:
             else:
                 keys = [f(ctx) for f in kf]
             slots = list(map(self.table.slot, keys))
-        now = self.lim.clock()
-        ok, tats = self.table.take_slots(slots, ls.specs, now)
+            now = self.lim.clock()
+            ok, tats = self.table.take_slots(slots, ls.specs, now)
         if ok:
             ints = self.ints
             if ints is not None:
@@ -336,13 +343,17 @@ class Enforcer:
         return self.refused(ctx, ls, decisions(tats, ls.specs, now))
 
     def _memo_slots(self, ctx, ls: LimitSet, who) -> tuple:
-        """The slots of ``ls``'s keys for this client (``LimitSet.memo``), computed once."""
-        slots = tuple(map(self.table.slot, [f(ctx) for f in ls.keys]))
+        """``(pair, slots)`` of ``ls``'s keys for this client (``LimitSet.memo``), computed
+        once: the slots, and for a set of two limits on two keys their
+        ``RateTable.pair()`` record (else None)."""
+        t = self.table
+        slots = tuple(map(t.slot, [f(ctx) for f in ls.keys]))
+        rec = (t.pair(*slots) if len(slots) == 2 else None, slots)
         memo = ls.memo
         if len(memo) >= MEMO_MAX:
             memo.clear()
-        memo[who] = slots
-        return slots
+        memo[who] = rec
+        return rec
 
     def allowed(self, ctx, ls: LimitSet, ds) -> None:
         add = self.add

@@ -9,13 +9,14 @@ clock, ``time.monotonic_ns()`` in every process).  With ``T = 1e9 / rate`` (roun
 ns) and ``tau = burst * T``, a request of ``cost`` is allowed iff
 ``max(TAT, now) + cost*T - now <= tau``, and then TAT becomes that value.  A key whose TAT
 is in the past has a full bucket: the same state as a key never seen.  That test is
-written once, in ``admit`` (and inlined in ``take_slots``' two-limit path, the hot path
+written once, in ``admit`` (and inlined in ``take_pair``, the two-limit path, the hot path
 of every limited request; a test holds the two to the same answers); ``decide`` derives the numbers a reply reports from it, and
 every caller (the table, the middlewares, the limiter) uses those two.  The Redis
 backend runs the same test in Lua (``fastgw.ratelimit.redis_backend``).
 
 API.  A limit is a ``Spec`` (``spec(rate, burst)``, computed once per config); a key is
-bytes.  ``take_all(keys, specs, now)`` (or ``take_slots`` with the keys' ``Slot``s) decides one request against several limits, all or
+bytes.  ``take_all(keys, specs, now)`` (or ``take_slots`` with the keys' ``Slot``s, or
+``take_pair`` with the ``pair()`` record of two slots) decides one request against several limits, all or
 nothing, and answers ``(allowed, tats)``; ``peek(key)`` reads a key's TAT without the lock;
 ``decide(tat, T, tau, now)`` turns a TAT into ``(allowed, remaining, reset_after,
 retry_after)``.  ``check``/``check_all`` are conveniences over those for cold paths and
@@ -110,6 +111,7 @@ Rules and failure modes:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from hashlib import blake2b
 from typing import NamedTuple
@@ -121,6 +123,7 @@ _TAGS = 16 * BUCKET                 # tag bytes per bucket
 STRIDE = _TAGS + 8 * BUCKET         # bytes per bucket
 STRIPES = 1024                      # stripe locks at most (fewer if there are fewer buckets)
 MEMO_MAX = 8192                     # per-process memo of key -> Slot
+_ORDER = sys.byteorder              # of the region's 8-byte cells (a native ``Q`` view)
 
 Decision = tuple[bool, int, float, float]   # allowed, remaining, reset_after_s, retry_after_s
 
@@ -183,6 +186,18 @@ def decide(tat: int, T: int, tau: int, now_ns: int, cost: int = 1) -> Decision:
 def decisions(tats: Sequence[int], specs: Sequence[Spec], now_ns: int, cost: int = 1) -> list[Decision]:
     """The decisions of ``RateTable.take_all``'s answer (same order as its limits)."""
     return [decide(tat, T, tau, now_ns, cost) for tat, (T, tau) in zip(tats, specs)]
+
+
+def _halves(tag: bytes) -> tuple[int, int]:
+    """A 16-byte tag as the two 8-byte cells it occupies in the table (native order, as
+    the region's ``Q`` view reads them)."""
+    return int.from_bytes(tag[:8], _ORDER), int.from_bytes(tag[8:], _ORDER)
+
+
+def _hint(s: Slot) -> tuple[int, int]:
+    """A first guess of where ``s``'s key is: the first slot of its bucket, as (cell of
+    the tag's first half, cell of the TAT).  Only ever used after the tag is compared."""
+    return s[0] >> 3, s[2] + (s[0] >> 4)
 
 
 class _Slots(dict):
@@ -333,6 +348,84 @@ class RateTable:
         so a memoised one never goes stale."""
         if dry:
             return self._staged(slots, specs, now_ns, cost, True)
+        if len(slots) == 2 and specs.__class__ is tuple:
+            # the usual request (a tier and a rule; a config's specs are a tuple)
+            pair = self.pair(slots[0], slots[1])
+            if pair is not None:
+                return self.take_pair(pair, specs, now_ns, cost)
+        return self._take(slots, specs, now_ns, cost)
+
+    def pair(self, s0: Slot, s1: Slot) -> tuple | None:
+        """What ``take_pair`` decides a two-limit request on, for the slots of two
+        different keys (None for one key twice): their stripe locks in ascending order
+        (the second None when both share one), the slots' fields flat, each tag as its
+        two 8-byte cells, and a mutable hint (``hint()``: where each tag was last found).
+        A function of the slots and the table, so a caller memoises it with them."""
+        if s0[4] == s1[4]:
+            return None
+        mutex = self._mutex
+        a, b = s0[3], s1[3]
+        ha, hb = (mutex[a], None) if a == b else (mutex[a], mutex[b]) if a < b else (mutex[b], mutex[a])
+        lo0, hi0 = _halves(s0[4])
+        lo1, hi1 = _halves(s1[4])
+        return (ha, hb, lo0, hi0, lo1, hi1, [*_hint(s0), *_hint(s1)],
+                s0[0], s0[1], s0[2], s0[4], s1[0], s1[1], s1[2], s1[4], (s0, s1))
+
+    def take_pair(self, pair: tuple, specs: Sequence[Spec], now_ns: int, cost: int = 1) -> tuple[bool, list[int]]:
+        """``take_slots`` for two limits on two different keys, from their ``pair()``
+        record: the usual limited request.  Under the locks, each tag is first looked
+        for where it was last found (two 8-byte cells compared: a key moves only when it
+        is evicted and comes back), else in its bucket (``mmap.find``, which costs as
+        much as the rest of the check); both keys in the table: decided straight, no
+        loop; else the locks are let go and the general pass decides."""
+        ha, hb, lo0, hi0, lo1, hi1, hint = pair[:7]
+        lock = self._lock
+        try:                                # unlocking a lock not held is a no-op
+            rc = lock(ha)
+            if rc:
+                self._locks.repair(ha, rc)
+            if hb is not None:
+                rc = lock(hb)
+                if rc:
+                    self._locks.repair(hb, rc)
+            q = self._q
+            g0, i0, g1, i1 = hint
+            if q[g0] != lo0 or q[g0 + 1] != hi0 or q[g1] != lo1 or q[g1 + 1] != hi1:
+                b0, e0, c0, t0, b1, e1, c1, t1 = pair[7:15]
+                find = self._mm.find
+                p0 = find(t0, b0, e0)
+                p1 = find(t1, b1, e1)
+                if p0 < 0 or p1 < 0 or (p0 | p1) & 15:
+                    p0 = -1                 # a new key (or a straddling match): below
+                else:
+                    g0, i0, g1, i1 = hint[:] = (p0 >> 3, c0 + (p0 >> 4), p1 >> 3, c1 + (p1 >> 4))
+            else:
+                p0 = 0
+            if p0 >= 0:
+                tat0 = q[i0]
+                tat1 = q[i1]
+                (T0, tau0), (T1, tau1) = specs
+                # ``admit`` twice, inlined (the one other copy of the test: two calls
+                # cost a tenth of the request's check; test_shm_ratelimit pins the two
+                # to the same answers)
+                n0 = (tat0 if tat0 > now_ns else now_ns) + cost * T0
+                n1 = (tat1 if tat1 > now_ns else now_ns) + cost * T1
+                if n0 - now_ns <= tau0 and n1 - now_ns <= tau1:
+                    q[i0] = n0
+                    q[i1] = n1
+                    return True, [tat0, tat1]
+                return False, [tat0, tat1]
+        except _locks.Busy:                 # never hang the loop: decide, charge nothing
+            return self._staged(pair[15], specs, now_ns, cost, True)
+        finally:
+            unlock = self._unlock
+            unlock(ha)
+            if hb is not None:
+                unlock(hb)
+        return self._take(pair[15], specs, now_ns, cost)
+
+    def _take(self, slots: Sequence[Slot], specs: Sequence[Spec], now_ns: int, cost: int) -> tuple[bool, list[int]]:
+        """``take_slots``' general pass: any number of limits, new keys, a key twice."""
         mutex = self._mutex
         n = len(slots)
         if n == 1:
@@ -353,30 +446,6 @@ class RateTable:
                         return self._staged(slots, specs, now_ns, cost, True)
             q = self._q
             find = self._mm.find
-            if n == 2 and specs.__class__ is tuple:
-                # The usual request (a tier and a rule; a config's specs are a tuple): two
-                # keys already in the table, each tag at a tag boundary, two different
-                # keys.  Decided straight, with no per-key loop and no undo list; anything
-                # else takes the general pass.
-                (b0, e0, c0, _, t0), (b1, e1, c1, _, t1) = slots
-                p0 = find(t0, b0, e0)
-                p1 = find(t1, b1, e1)
-                if p0 >= 0 and p1 >= 0 and not (p0 | p1) & 15 and t0 != t1:
-                    (T0, tau0), (T1, tau1) = specs
-                    i0 = c0 + (p0 >> 4)
-                    i1 = c1 + (p1 >> 4)
-                    tat0 = q[i0]
-                    tat1 = q[i1]
-                    # ``admit`` twice, inlined (the one other copy of the test: two calls
-                    # cost a tenth of the request's check; test_shm_ratelimit pins the two
-                    # to the same answers)
-                    n0 = (tat0 if tat0 > now_ns else now_ns) + cost * T0
-                    n1 = (tat1 if tat1 > now_ns else now_ns) + cost * T1
-                    if n0 - now_ns <= tau0 and n1 - now_ns <= tau1:
-                        q[i0] = n0
-                        q[i1] = n1
-                        return True, [tat0, tat1]
-                    return False, [tat0, tat1]
             # One pass: each write is seen by a later limit on the same key; a refusal
             # puts back what was written; a key that is new and appears twice goes to
             # _staged.

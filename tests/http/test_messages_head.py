@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from fastgw.config.security import CorsConfig, HstsConfig, SecurityHeadersConfig
-from fastgw.http.messages import Lines, Names, Reply, ResponseHead, parse_block
+from fastgw.http.messages import EDIT_MEMO_BLOCK, EDIT_MEMO_SIZE, Lines, Names, Reply, ResponseHead, parse_block, \
+    remember
 from fastgw.http.reqhead import REPEATED
 from fastgw.http.wire import header_lines
 from fastgw.middleware.cors import Cors
@@ -61,7 +62,7 @@ def test_sweep_raw_matches_list(pairs, names):
     a, b = raw_head(pairs), list_head(pairs)
     seen_a, seen_b = a.sweep(names), b.sweep(names)
     assert seen_a == seen_b
-    assert a._headers is None  # still unparsed
+    assert a.parsed is None  # still unparsed
     assert result(a) == result(b)
     r = Reply(200, list(pairs))
     assert r.sweep(names) == seen_b and r.headers == b.headers
@@ -106,8 +107,35 @@ def test_security_headers_raw_matches_list(pairs, cfg, tls):
     a, b = raw_head(pairs), list_head(pairs)
     mw.response_filter(ctx, a)
     mw.response_filter(ctx, b)
-    assert a._headers is None
+    assert a.parsed is None
     assert result(a) == result(b)
+
+
+@pytest.mark.parametrize("pairs", UPSTREAMS)
+@pytest.mark.parametrize("cfg", SEC_CONFIGS)
+def test_security_headers_edit_memo(pairs, cfg):
+    """A head seen again (equal bytes) is edited from the memo, with the same result as
+    the parsed form; HSTS or not are two entries."""
+    mw = SecurityHeaders(cfg)
+    for tls in (False, True, False, True):
+        ctx = Ctx(Request.build("GET", b"/", tls=tls))
+        a, b = raw_head(pairs), list_head(pairs)
+        mw.response_filter(ctx, a)
+        mw.response_filter(ctx, b)
+        assert a.parsed is None
+        assert result(a) == result(b)
+    assert len(mw._memo) == (2 if mw._hsts is not None else 1)
+
+
+def test_edit_memo_is_bounded():
+    memo: dict = {}
+    for i in range(EDIT_MEMO_SIZE + 5):
+        blk = b"x-n: %d\r\n" % i
+        remember(memo, (blk, False), blk, blk + b"y: 1\r\n")
+        assert len(memo) <= EDIT_MEMO_SIZE
+    big = b"x: " + b"a" * EDIT_MEMO_BLOCK + b"\r\n"
+    remember(memo, (big, False), big, big)
+    assert (big, False) not in memo
 
 
 CORS_CONFIGS = [
@@ -219,7 +247,7 @@ def _respond(block: bytes, version: str = "1.1"):
     from fastgw.pipeline.heads import response_head
 
     ctx = Exchange(Request.build("GET", b"/", version=version), None)
-    ctx.route = SimpleNamespace(chain=SimpleNamespace(response=()))
+    ctx.route = SimpleNamespace(chain=SimpleNamespace(response=(), response_block=None))
     ctx.keep_alive = True
     from fastgw.http.wire import CLOSE_DELIMITED, RECHUNK
 

@@ -137,6 +137,29 @@ def test_two_limit_path_agrees_with_admit(rates, bursts, ops):
             assert [fast.peek(k) for k in (b"a", b"b")] == [slow.peek(k) for k in (b"a", b"b")]
 
 
+@pytest.mark.parametrize("slots", [8, 64, 1 << 14], ids=["one-stripe", "few", "many"])
+def test_take_pair_agrees_with_general_pass(slots):
+    """``take_pair`` (a memoised ``pair()`` record: new keys go to the general pass, then
+    the straight path) answers and writes what ``take_all`` does with specs as a list
+    (the general pass), whether the two keys share a stripe lock or not."""
+    specs = (spec(10, 3), spec(1, 2))
+    with Region.create(1, metrics_series=8, table_slots=slots, health_slots=1) as r1, \
+            Region.create(1, metrics_series=8, table_slots=slots, health_slots=1) as r2:
+        fast, slow = r1.ratelimit, r2.ratelimit
+        s0, s1 = fast.slot(b"user:a"), fast.slot(b"route:x")
+        pair = fast.pair(s0, s1)
+        assert (pair[1] is None) == (s0.stripe == s1.stripe)
+        assert fast.pair(s0, s0) is None                    # one key twice: the general pass
+        now = T0
+        for step in range(12):
+            now += (S // 20) * (step % 3)
+            got = fast.take_pair(pair, specs, now)
+            assert got == slow.take_all((b"user:a", b"route:x"), list(specs), now)
+            assert [fast.peek(k) for k in (b"user:a", b"route:x")] == [slow.peek(k) for k in (b"user:a", b"route:x")]
+        assert fast.take_pair(pair, specs, now)[0] is False     # both drained by now
+        assert fast.take_slots([s0], specs[:1], now + 10 * S)[0]     # (every lock was let go)
+
+
 def _same_hash(key: bytes) -> bytes:
     """Every key has the same 64-bit hash; only the fingerprint differs."""
     return b"\x07" * 8 + key.rjust(8, b"#")[-8:]
@@ -233,3 +256,28 @@ def test_a_million_keys_fixed_memory_active_keys_exact():
         # exact: the burst plus one token per 100 ms, for each of the four users
         want = v_burst + int(elapsed * v_rate)
         assert list(got.values()) == [want] * 4, (got, want, elapsed)
+
+
+def test_take_pair_follows_a_key_that_moves():
+    """``take_pair`` looks first where each key was last found: a key evicted and placed
+    again elsewhere in its bucket is still found (its hint updated), and the answers are
+    ``peek``'s."""
+    with Region.create(1, metrics_series=8, table_slots=8, health_slots=1, digest=_same_hash) as r:
+        t = r.ratelimit
+        pair = t.pair(t.slot(b"alice"), t.slot(b"bob"))
+        specs = (spec(1, 3), spec(1, 3))
+        assert t.take_pair(pair, specs, T0)[0]              # both new: the general pass
+        assert t.take_pair(pair, specs, T0)[0]              # both found: the hints set
+        assert t.check(b"bob", 1, 3, T0)[0]
+        assert t.peek(b"alice") == T0 + 2 * S
+        hint = list(pair[6])
+        # six live keys fill the bucket, then a ninth evicts the oldest: alice
+        for i in range(BUCKET - 2):
+            assert t.check(b"k%d" % i, 1, 3, T0 + S + 1 + i)[0]
+        assert t.check(b"zed", 1, 3, T0 + S + 10)[0] and t.evicted == 1
+        assert t.peek(b"alice") == 0
+        assert t.check(b"alice", 1, 3, T0 + 10 * S)[0]      # back, in the stalest slot (k0's)
+        ok, tats = t.take_pair(pair, specs, T0 + 10 * S)
+        assert ok and tats == [T0 + 11 * S, T0 + 3 * S]
+        assert t.peek(b"alice") == T0 + 12 * S and t.peek(b"bob") == T0 + 11 * S
+        assert pair[6] != hint and pair[6][2:] == hint[2:]   # alice's hint moved, bob's did not

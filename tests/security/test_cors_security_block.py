@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from fastgw.config.security import CorsConfig, HstsConfig, SecurityHeadersConfig
-from fastgw.http.messages import ResponseHead, problem
+from fastgw.http.messages import ResponseHead, parse_block, problem
 from fastgw.http.request import Request
 from fastgw.middleware import cors as cors_mod
 from fastgw.middleware import security_headers as sh_mod
@@ -45,6 +45,12 @@ def play(cors_mw, sec_mw, method, headers, tls, upstream, parsed):
     ctx = Ctx(Request.build(method, b"/", list(headers), tls=tls))
     ctx.scheme = "https" if tls else "http"
     reply = cors_mw.request_filter(ctx)
+    if reply is None and parsed == "block":
+        # the head builder's form when every response filter has one: the raw block alone
+        block = b"".join(b"%s: %s\r\n" % h for h in upstream)
+        if type(cors_mw) is Cors:
+            block = cors_mw.response_block_filter(ctx, 200, block)
+        return 200, sec_mw.response_block_filter(ctx, 200, block)
     if reply is None:
         head = ResponseHead(200, b"OK", list(upstream)) if parsed else \
             ResponseHead(200, b"OK", raw=b"".join(b"%s: %s\r\n" % h for h in upstream))
@@ -60,7 +66,7 @@ def play(cors_mw, sec_mw, method, headers, tls, upstream, parsed):
 @pytest.mark.parametrize("sec", [SEC, KEEP], ids=["hsts", "keep_upstream"])
 @pytest.mark.parametrize("upstream", [UPSTREAM, UPSTREAM + [(b"X-Frame-Options", b"SAMEORIGIN")]],
                          ids=["plain", "kept-header"])
-@pytest.mark.parametrize("parsed", [False, True], ids=["raw", "parsed"])
+@pytest.mark.parametrize("parsed", [False, True, "block"], ids=["raw", "parsed", "block"])
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 @pytest.mark.parametrize("req", list(REQUESTS), ids=list(REQUESTS))
 def test_same_headers_as_two_filters(cors, sec, upstream, parsed, tls, req):
@@ -72,6 +78,8 @@ def test_same_headers_as_two_filters(cors, sec, upstream, parsed, tls, req):
     for _ in range(2):  # the second time, from the per-origin block kept
         got = play(*together, method, headers, tls, upstream, parsed)
         assert got == play(*apart, method, headers, tls, upstream, parsed)
+        if parsed == "block" and isinstance(got[1], bytes):   # the raw-block form = the parsed head
+            assert parse_block(got[1]) == parse_block(play(*apart, method, headers, tls, upstream, True)[1])
 
 
 def test_reply_made_before_cors_gets_no_cors_headers():
@@ -93,3 +101,24 @@ def test_each_alone_keeps_its_own_filter():
     assert sh_mod.build(root, None, rt, None).response_filter.__func__ is SecurityHeaders.response_filter
     root, _rt = route(LIST, SEC)
     assert type(cors_mod.build(root, None, None, None)) is Cors  # the global chain
+
+
+def test_chain_uses_the_raw_block_form_only_when_every_response_filter_has_it():
+    """``Chain.response_block``: the raw-block filters in the response filters' order when
+    every response filter has that form; None as soon as one reads the head itself."""
+    from fastgw.pipeline.chain import Chain
+    from fastgw.pipeline.middleware import Middleware
+
+    class ReadsHead(Middleware):
+        def response_filter(self, ctx, head) -> None:
+            head.status = 299
+
+    root, rt = route(LIST, SEC)
+    cors_mw, sec_mw = cors_mod.build(root, None, rt, None), sh_mod.build(root, None, rt, None)
+    plain = Cors(LIST)
+    ch = Chain([sec_mw, cors_mw])          # CorsRequest has no response filter
+    assert ch.response_block == (sec_mw.response_block_filter,)
+    sec2 = SecurityHeaders(SEC)
+    assert Chain([sec2, plain]).response_block == (plain.response_block_filter, sec2.response_block_filter)
+    assert Chain([sec_mw, ReadsHead(None, None)]).response_block is None
+    assert Chain([cors_mw]).response_block is None   # no response filter at all: nothing to do
