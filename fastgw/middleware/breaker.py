@@ -33,11 +33,9 @@ Rules:
    (``fastgw_circuit_breaker_transitions_total{service,to}``) by the worker that made it.
 5. A route with ``split`` has no breaker (its requests go to other services' instances).
 6. ``failure_ratio`` (``RatioBreaker``, a subclass: the default breaker's hot path does
-   not even test for it): each outcome that counts is added to this worker's bucket of
-   the service's window (``_Window``, shared by the service's routes; plain ints), which
-   goes to the shared table when the bucket changes, every ``FLUSH_EVERY`` outcomes
-   and before a failure is judged; a failure while closed then reads the window over
-   all workers (``shm.breaker`` rule 5).
+   not even test for it): each outcome that counts goes into this worker's row of the
+   service's shared window (no lock: one writer per row); a failure while closed then
+   sums every worker's row (``shm.breaker`` rule 5).
 """
 
 from __future__ import annotations
@@ -56,7 +54,6 @@ M_TRANSITIONS = "fastgw_circuit_breaker_transitions_total"
 _LOCAL_KEY = "fastgw.breaker.local_table"
 FAILURES = frozenset(KIND_OF)      # upstream failures (the error kinds outlier detection counts)
 _NOT_SENT = frozenset({"no_upstream", "pool_exhausted"})  # gateway-made: nothing reached an instance
-FLUSH_EVERY = 8     # failure ratio: a worker adds its counts to the shared window at least this often
 
 
 class CircuitBreaker(Middleware):
@@ -159,21 +156,12 @@ class CircuitBreaker(Middleware):
                     self.log.exception("audit write failed")
 
 
-class _Window:
-    """This worker's counts in the current bucket of one service's failure-ratio window."""
-
-    __slots__ = ("stamp", "ok", "failed")
-
-    def __init__(self) -> None:
-        self.stamp = self.ok = self.failed = 0
-
-
 class RatioBreaker(CircuitBreaker):
     """A breaker that also opens on a failure ratio over a window (rule 6)."""
 
-    def __init__(self, cfg, deps, service: str, table: BreakerTable, slot: int, win: _Window) -> None:
+    def __init__(self, cfg, deps, service: str, table: BreakerTable, slot: int) -> None:
         super().__init__(cfg, deps, service, table, slot)
-        self.win = win
+        self.row = table.window_row(slot, self.worker)
         bucket = float(cfg.window) / BUCKETS
         self.per_s = 1.0 / bucket                 # buckets per second
         self.bucket_ns = int(bucket * 1e9)
@@ -182,34 +170,16 @@ class RatioBreaker(CircuitBreaker):
 
     def logging(self, ctx, error) -> None:
         if error is None and 0 < ctx.upstream_status < 500:
-            self._count(1, 0)           # a success (a failure is counted by ``_failed``)
+            # a success (a failure is counted by ``_failed``)
+            self.table.count(self.row, int(time.monotonic() * self.per_s) + 1, 1, 0)
         CircuitBreaker.logging(self, ctx, error)
 
-    def _count(self, ok: int, failed: int) -> int:
-        """Add an outcome to this worker's bucket (to the table every ``FLUSH_EVERY``
-        outcomes, so the other workers' judgements lag by at most that many); the
-        bucket's stamp."""
-        stamp = int(time.monotonic() * self.per_s) + 1
-        win = self.win
-        if stamp != win.stamp:
-            if win.ok or win.failed:
-                self.table.record(self.slot, win.stamp, win.ok, win.failed)
-            win.stamp, win.ok, win.failed = stamp, 0, 0
-        win.ok += ok
-        win.failed += failed
-        if win.ok + win.failed >= FLUSH_EVERY:
-            self.table.record(self.slot, stamp, win.ok, win.failed)
-            win.ok = win.failed = 0
-        return stamp
-
     def _failed(self, ctx) -> None:
-        stamp = self._count(0, 1)
-        reached = False
+        stamp = int(time.monotonic() * self.per_s) + 1
+        self.table.count(self.row, stamp, 0, 1)
         w = self.q[self.w]
+        reached = False
         if not w & 3:                   # closed: judge the window, this failure included
-            win = self.win
-            self.table.record(self.slot, stamp, win.ok, win.failed)
-            win.ok = win.failed = 0
             ok, failed = self.table.window(self.slot, stamp, self.bucket_ns)
             n = ok + failed
             reached = n >= self.min_requests and failed * 100.0 >= self.ratio * n
@@ -255,13 +225,5 @@ def build(root_cfg, service_cfg, route_cfg, deps):
             log.warning("no circuit-breaker slot left for service %s (gateway.max_upstream_instances is %d): "
                         "its breaker is off", service, table.slots)
         return None
-    if cfg.failure_ratio is None:
-        return CircuitBreaker(cfg, deps, service, table, slot)
-    state = getattr(deps, "state", None)
-    key = ("breaker_window", service, float(cfg.window))   # the routes of a service share it
-    win = state.get(key) if state is not None else None
-    if win is None:
-        win = _Window()
-        if state is not None:
-            state[key] = win
-    return RatioBreaker(cfg, deps, service, table, slot, win)
+    cls = CircuitBreaker if cfg.failure_ratio is None else RatioBreaker
+    return cls(cfg, deps, service, table, slot)

@@ -24,11 +24,11 @@ The rules (docs/resilience.md, "Circuit breaker"):
 5. With ``failure_ratio``, a closed breaker also opens on a failure that brings the
    share of failures over the last ``window`` (all workers together, at least
    ``min_requests`` outcomes) to the ratio.  The window is ``BUCKETS`` buckets of
-   ``window / BUCKETS``, each stamped with its number (``monotonic // bucket + 1``);
-   workers count in their own memory and add a bucket's counts to the table when
-   they move to the next bucket, and before judging a failure (``record``).  Buckets
-   that began before the last transition do not count: a breaker that closes starts
-   an empty window.
+   ``window / BUCKETS``, each stamped with its number (``monotonic // bucket + 1``).
+   Each worker counts into its own row of buckets (``window_row``), one writer per
+   cell, no lock; a judgement sums every worker's row as it is at that moment.  Buckets
+   that began before the last transition do not count: a breaker that closes starts an
+   empty window.
 
 The transitions are the table ``TRANSITIONS``; an event with no row raises
 ``BreakerStateError`` naming state and event.
@@ -41,8 +41,9 @@ not among the live services of the claimer's config is reused (its cells reset).
 ``slots`` is the health table's (``gateway.max_upstream_instances``: a service has at
 least one instance).
 
-Layout at ``offset``: one cache line of header (unused), the lock (``locks.SIZE``), then
-``slots`` blocks of ``LINE`` cells (8 bytes each):
+Layout at ``offset``: one cache line of header (unused), the lock (``locks.SIZE``),
+``slots`` blocks of ``LINE`` cells (8 bytes each), then the ratio windows: per slot, per
+worker slot, ``BUCKETS`` x (stamp, successes, failures):
 
 =====  ==========  ================================================================
 cell   name        meaning
@@ -58,7 +59,6 @@ cell   name        meaning
 5      changed     wall-clock ns of the last transition
 6      opened      times the breaker opened (from closed or half-open)
 7      since       monotonic ns of the last transition (the ratio window starts there)
-8..    window      ``BUCKETS`` x (stamp, successes, failures): the failure-ratio window
 =====  ==========  ================================================================
 
 Every write happens under the lock (so ``word`` changes are never lost); reads without
@@ -77,9 +77,10 @@ from fastgw.shm.layout import ALIGN
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = ("closed", "open", "half_open")
+LINE = 8                    # cells per slot (one cache line)
+_KEY, _WORD, _UNTIL, _CLAIMED, _EPOCH, _CHANGED, _OPENED, _SINCE = range(8)
 BUCKETS = 10                # the failure-ratio window's buckets
-_KEY, _WORD, _UNTIL, _CLAIMED, _EPOCH, _CHANGED, _OPENED, _SINCE, _WINDOW = range(9)
-LINE = _WINDOW + 3 * BUCKETS  # cells per slot
+ROW = 3 * BUCKETS           # cells of one worker's window row
 ADMIT, TRIAL, REJECT = 0, 1, 2
 
 # (state, event) -> the state it leads to
@@ -110,8 +111,8 @@ def key_for(service: str) -> int:
     return (int.from_bytes(h, "little") >> 1) or 1
 
 
-def size(slots: int) -> int:
-    return ALIGN + _locks.SIZE + slots * LINE * 8
+def size(slots: int, workers: int = 1) -> int:
+    return ALIGN + _locks.SIZE + slots * (LINE + workers * ROW) * 8
 
 
 class _NoLock:
@@ -146,13 +147,15 @@ class BreakerTable:
     """The shared table (see the module doc); ``local(slots)`` makes one in private
     memory for a process without a region."""
 
-    __slots__ = ("q", "base", "slots", "locks", "h")
+    __slots__ = ("q", "base", "slots", "workers", "wbase", "locks", "h")
 
     def __init__(self, q: memoryview, offset: int, slots: int, lock_kind: int = 1, mm=None, fd: int = -1,
-                 lock=None) -> None:
+                 lock=None, workers: int = 1) -> None:
         self.q = q
         self.base = (offset + ALIGN + _locks.SIZE) // 8
         self.slots = slots
+        self.workers = workers
+        self.wbase = self.base + slots * LINE
         if lock is None:
             lock = _locks.stripe_locks(lock_kind, mm, fd, offset + ALIGN, 1)
         self.locks = lock
@@ -218,6 +221,9 @@ class BreakerTable:
         q, c = self.q, self.base + i * LINE
         for k in range(1, LINE):
             q[c + k] = 0
+        w = self.window_row(i, 0)
+        for k in range(w, w + self.workers * ROW):
+            q[k] = 0
         q[c + _KEY] = key
         return i
 
@@ -351,33 +357,32 @@ class BreakerTable:
             self._unlock()
 
     # ------------------------------------------------------------------ ratio window (rule 5)
-    def record(self, i: int, stamp: int, ok: int, failed: int) -> None:
-        """Add one worker's counts of bucket ``stamp`` to the window (a bucket already
-        reused for a newer stamp drops them)."""
+    def window_row(self, i: int, worker: int) -> int:
+        """The index in ``q`` of worker ``worker``'s bucket row of slot ``i`` (only that
+        worker writes it: ``count``)."""
+        return self.wbase + (i * self.workers + worker % self.workers) * ROW
+
+    def count(self, row: int, stamp: int, ok: int, failed: int) -> None:
+        """Add outcomes to bucket ``stamp`` of a worker's row (its own: no lock; the
+        counts are zeroed before the stamp moves, so a reader never adds a reused
+        bucket's old counts to the new stamp)."""
         q = self.q
-        b = self.base + i * LINE + _WINDOW + (stamp % BUCKETS) * 3
-        self._lock()
-        try:
-            have = q[b]
-            if have != stamp:
-                if have > stamp:
-                    return
-                q[b] = stamp
-                q[b + 1] = q[b + 2] = 0
-            q[b + 1] += ok
-            q[b + 2] += failed
-        finally:
-            self._unlock()
+        b = row + (stamp % BUCKETS) * 3
+        if q[b] != stamp:
+            q[b + 1] = q[b + 2] = 0
+            q[b] = stamp
+        q[b + 1] += ok
+        q[b + 2] += failed
 
     def window(self, i: int, stamp: int, bucket_ns: int) -> tuple[int, int]:
-        """(successes, failures) over the buckets ``stamp - BUCKETS + 1 .. stamp`` that
-        began after the last transition (no lock: whole cells, a count at most one
-        update late)."""
-        q, c = self.q, self.base + i * LINE
-        since = q[c + _SINCE]
+        """(successes, failures) over every worker's buckets ``stamp - BUCKETS + 1 ..
+        stamp`` that began after the last transition (no lock: whole cells)."""
+        q = self.q
+        since = q[self.base + i * LINE + _SINCE]
         ok = failed = 0
         lo = stamp - BUCKETS
-        for b in range(c + _WINDOW, c + LINE, 3):
+        first = self.window_row(i, 0)
+        for b in range(first, first + self.workers * ROW, 3):
             s = q[b]
             if lo < s <= stamp and (s - 1) * bucket_ns >= since:
                 ok += q[b + 1]

@@ -94,7 +94,8 @@ class Region:
         self.revocation = revocation.RevocationTable(mm, q, o["revocation"], p.get("revocation_slots", 0),
                                                      p["table_locks"], fd)
         # one circuit breaker per service: as many slots as instance slots
-        self.breaker = breaker.BreakerTable(q, o["breaker"], p["health_slots"], p["table_locks"], mm, fd)
+        self.breaker = breaker.BreakerTable(q, o["breaker"], p["health_slots"], p["table_locks"], mm, fd,
+                                            workers=p["max_workers"])
         self.discovery = discovery.DiscoveryTable(q, o["discovery"])
         # slot claims by the supervisor and the control process exclude each other (shm.health)
         self.health.lock = (fd, o["health"])
@@ -136,7 +137,7 @@ class Region:
             "broadcast": broadcast.size(),
             "purge": purge.size(),
             "revocation": revocation.size(revocation_slots),
-            "breaker": breaker.size(health_slots),
+            "breaker": breaker.size(health_slots, max_workers),
             "discovery": discovery.size(),
         }
         offsets, off = {}, HEADER_SIZE

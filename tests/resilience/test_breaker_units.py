@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import orjson
 import pytest
@@ -332,20 +333,27 @@ def test_transitions_are_logged_audited_and_counted_by_the_worker_that_made_them
 B = 1_000_000_000     # a bucket of 1 s in these tests (window 10 s)
 
 
-def test_the_ratio_window_sums_its_buckets_since_the_last_transition(table):
-    i = slot(table)
-    table.record(i, 5, 3, 1)
-    table.record(i, 5, 2, 0)                        # another worker, same bucket
-    table.record(i, 7, 1, 2)
-    assert table.window(i, 7, B) == (6, 3)
-    assert table.window(i, 5 + BUCKETS, B) == (1, 2)   # bucket 5 slid out of the window
-    table.record(i, 5 + BUCKETS, 1, 0)              # reuses bucket 5's cells
-    table.record(i, 5, 9, 9)                        # a late flush of the old bucket: dropped
-    assert table.window(i, 5 + BUCKETS, B) == (2, 2)
-    pol = Policy(100, 1.0)
-    assert table.failed(i, pol, 0, ratio=True) == (CLOSED, OPEN)
-    # buckets that began before the transition do not count any more
-    assert table.window(i, 5 + BUCKETS, B) == (0, 0)
+def test_the_ratio_window_sums_every_workers_row_since_the_last_transition():
+    region = Region.create(3, metrics_series=8, table_slots=8, health_slots=8)
+    try:
+        t = region.breaker
+        i = slot(t)
+        w0, w2 = t.window_row(i, 0), t.window_row(i, 2)
+        t.count(w0, 5, 3, 1)
+        t.count(w2, 5, 2, 0)                        # another worker, same bucket
+        t.count(w0, 7, 1, 2)
+        assert t.window(i, 7, B) == (6, 3)
+        assert t.window(i, 5 + BUCKETS, B) == (1, 2)    # bucket 5 slid out of the window
+        t.count(w0, 5 + BUCKETS, 1, 0)             # reuses bucket 5's cells: counts start at 0
+        assert t.window(i, 5 + BUCKETS, B) == (2, 2)    # (worker 2's bucket 5 is too old)
+        assert t.failed(i, Policy(100, 1.0), 0, ratio=True) == (CLOSED, OPEN)
+        # buckets that began before the transition do not count any more
+        assert t.window(i, 5 + BUCKETS, B) == (0, 0)
+        # a slot taken over by another service starts with empty rows
+        j = t._claim(i, key_for("other"))
+        assert t.window(j, 7, 1) == (0, 0) and t.q[w2] == 0
+    finally:
+        region.close()
 
 
 RATIO = {**CFG, "monitoring": {"circuit_breaker": {"failure_threshold": 100, "timeout": "1s",
@@ -377,11 +385,12 @@ def test_under_the_ratio_it_stays_closed_and_routes_share_the_window():
     deps = Deps(cfg)
     svc = cfg.services["app"]
     a, b = (mw.build(cfg, svc, r, deps) for r in svc.routes)
-    assert a.win is b.win
+    assert a.row == b.row
     for k in range(12):                             # 1 in 3 fails: 33 % < 50 %
         (a if k % 2 else b).logging(exchange(503 if k % 3 == 2 else 200), None)
     assert a.table.state(a.slot) == CLOSED
-    ok, failed = a.table.window(a.slot, a.win.stamp, a.bucket_ns)
-    assert failed == 4 and ok >= 6                 # (the last successes may still be this worker's own)
-    doc = view(a.table, a.slot, cfg.monitoring.circuit_breaker, int(a.win.stamp / a.per_s * 1e9))
-    assert doc["failure_ratio"] == 50.0 and doc["window_failures"] == 4 and doc["window_s"] == 10.0
+    now = time.monotonic_ns()
+    assert a.table.window(a.slot, now // a.bucket_ns + 1, a.bucket_ns) == (8, 4)
+    doc = view(a.table, a.slot, cfg.monitoring.circuit_breaker, now)
+    assert doc["failure_ratio"] == 50.0 and doc["window_failures"] == 4 and doc["window_requests"] == 12
+    assert doc["window_s"] == 10.0
