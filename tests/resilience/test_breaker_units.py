@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from fastgw.config import load_config_data
+from fastgw.config import ConfigError, load_config_data
 from fastgw.config.monitoring import circuit_breaker_of
 from fastgw.errors import GatewayError
 from fastgw.http.request import Request
@@ -394,3 +394,18 @@ def test_under_the_ratio_it_stays_closed_and_routes_share_the_window():
     doc = view(a.table, a.slot, cfg.monitoring.circuit_breaker, now)
     assert doc["failure_ratio"] == 50.0 and doc["window_failures"] == 4 and doc["window_requests"] == 12
     assert doc["window_s"] == 10.0
+
+
+@pytest.mark.parametrize("extra, path, message", [
+    ({"failure_ratio": 0}, "monitoring.circuit_breaker.failure_ratio", "must be above 0%"),
+    ({"failure_ratio": "150%"}, "monitoring.circuit_breaker.failure_ratio", "within 0-100"),
+    ({"failure_ratio": "half"}, "monitoring.circuit_breaker.failure_ratio", "expected a percentage"),
+    ({"min_requests": 0}, "monitoring.circuit_breaker.min_requests", "between 1 and 1000000"),
+    ({"window": "500ms"}, "monitoring.circuit_breaker.window", "within 1s-10m"),
+    ({"window": "1h"}, "monitoring.circuit_breaker.window", "within 1s-10m"),
+])
+def test_invalid_ratio_settings_are_refused_with_their_path(extra, path, message):
+    doc = {**CFG, "monitoring": {"circuit_breaker": {"failure_threshold": 5, "timeout": "1s", **extra}}}
+    with pytest.raises(ConfigError) as e:
+        load_config_data(doc)
+    assert f"{path}: " in str(e.value) and message in str(e.value), str(e.value)
