@@ -239,12 +239,18 @@ EDIT_MEMO_SIZE = 64
 EDIT_MEMO_BLOCK = 1024
 
 
-def remember(memo: dict, key: tuple, block: bytes, edited: bytes) -> None:
-    """Keep ``edited`` as the edit of ``block`` under ``key`` (``key[0]`` is ``block``)."""
+def edit_remembered(memo: dict, key: tuple, status: int, block: bytes, edit, *args) -> bytes:
+    """A memo miss: ``edit(head, *args)`` on an unparsed ``ResponseHead`` of ``block``,
+    its edited block returned and kept under ``key`` (``key[0]`` is ``block``).  The
+    caller looks ``key`` up first (``memo.get``), so a hit pays no call."""
+    head = ResponseHead(status, b"", raw=block)
+    edit(head, *args)
+    edited = head.raw
     if len(block) <= EDIT_MEMO_BLOCK:
         if len(memo) >= EDIT_MEMO_SIZE:
             memo.clear()
         memo[key] = edited
+    return edited
 
 
 def parse_block(raw: bytes) -> list:

@@ -85,7 +85,7 @@ class Prebuilt:
     """A local answer serialised ahead of time, shared by the exchanges it answers and
     never changed once made (the cache's hit: ``cache.store.Entry.heat``).
 
-    ``Engine.send_local`` writes it in one ``%`` format: ``line`` (the status line), the
+    ``Engine.send_local`` writes it in one join: ``line`` (the status line), the
     exchange's Date, Server and response lines, ``lines`` (its header lines), the tail
     that frames its ``body`` and says the connection's fate (``keep``, ``keep10`` for an
     HTTP/1.0 client kept alive, ``close``: ``framing_tails``), then ``body``, left out for
@@ -106,7 +106,7 @@ class Prebuilt:
 
 def framing_tails(status: int, length: int) -> tuple:
     """``Prebuilt``'s tails for a whole body of ``length`` bytes: what ``reply_bytes``
-    ends a head with when the connection is kept alive, kept alive for an HTTP/1.0
+    ends a head with (the same Content-Length rule) when the connection is kept alive, kept alive for an HTTP/1.0
     client, or closed."""
     cl = b"content-length: %d\r\n" % length if status >= 200 and status not in (204, 304) else b""
     return cl + CRLF, b"connection: keep-alive\r\n" + cl + CRLF, cl + b"connection: close\r\n" + CRLF

@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 
 from fastgw.config.security import CorsConfig, cors_with_security_headers, effective, parse_origin
-from fastgw.http.messages import Lines, Names, Reply, ResponseHead, remember
+from fastgw.http.messages import Lines, Names, Reply, ResponseHead, edit_remembered
 from fastgw.pipeline.middleware import Middleware
 
 _ACAO = b"access-control-allow-origin"
@@ -163,8 +163,7 @@ class Cors(Middleware):
         if head.__class__ is ResponseHead and head.parsed is None:
             head.raw = self._edit(head.raw, add)
             return
-        head.sweep(_UPSTREAM_CORS)
-        head.add_lines(add)
+        _replace_cors(head, add)
 
     def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
         """``response_filter`` on an upstream head's raw block."""
@@ -177,15 +176,11 @@ class Cors(Middleware):
 
     def _edit(self, block: bytes, add: Lines) -> bytes:
         """``block`` without the upstream's CORS headers, with ``add``: a function of the
-        two, kept in the edit memo (``http.messages.remember``)."""
+        two, kept in the edit memo (``http.messages.edit_remembered``)."""
         key = (block, add)
         edited = self._memo.get(key)
         if edited is None:
-            head = ResponseHead(0, b"", raw=block)
-            head.sweep(_UPSTREAM_CORS)
-            head.add_lines(add)
-            edited = head.raw
-            remember(self._memo, key, block, edited)
+            edited = edit_remembered(self._memo, key, 0, block, _replace_cors, add)
         return edited
 
     # -- helpers --------------------------------------------------------------------
@@ -255,3 +250,9 @@ def build(root_cfg, service_cfg, route_cfg, deps):
     cls = CorsRequest if cors_with_security_headers(root_cfg, route_cfg) is not None else Cors
     return cls(cfg, deps, route_methods=route_cfg.methods if route_cfg is not None else None,
                answer_preflights=route_cfg is not None)
+
+
+def _replace_cors(head, add: Lines) -> None:
+    """The upstream's CORS headers out, this request's in."""
+    head.sweep(_UPSTREAM_CORS)
+    head.add_lines(add)

@@ -15,7 +15,7 @@ Cost per response: one ``sweep`` (on an upstream head: one regex pass over its r
 block, which is never parsed into a list) and one append of a prebuilt block (``Lines``).
 On an upstream head that edit is a function of its raw block and of the request's
 decisions (HSTS; CORS's lines), so it is kept per (block, decisions) in a small memo
-(``http.messages.remember``): an upstream that sends the same head again costs one dict
+(``http.messages.edit_remembered``): an upstream that sends the same head again costs one dict
 lookup.
 
 On a route that also has CORS (``config.security.cors_with_security_headers``), this
@@ -33,7 +33,7 @@ middleware (ip_filter's 403, cors' preflight, auth's 401, a 429).
 from __future__ import annotations
 
 from fastgw.config.security import SecurityHeadersConfig, cors_varies, cors_with_security_headers, effective
-from fastgw.http.messages import Lines, Names, ResponseHead, remember
+from fastgw.http.messages import Lines, Names, ResponseHead, edit_remembered
 from fastgw.pipeline.middleware import Middleware
 
 _ALWAYS_REMOVED = (b"server", b"x-powered-by")
@@ -76,7 +76,7 @@ class SecurityHeaders(Middleware):
         add = (*override, *(pair for _lname, pair in kept))
         self._add = Lines(add)
         self._add_hsts = Lines((*add, self._hsts)) if self._hsts is not None else self._add
-        self._memo: dict = {}   # the edit memo (messages.remember): (block, decision) -> block
+        self._memo: dict = {}   # the edit memo (messages.edit_remembered): (block, decision) -> block
         if cors is not None:
             # CORS's response headers too (module doc): the sweep of a CORS request also
             # drops the upstream's Access-Control-*; the no-Origin block is prebuilt
@@ -106,10 +106,7 @@ class SecurityHeaders(Middleware):
         key = (block, hsts)
         edited = self._memo.get(key)
         if edited is None:
-            head = ResponseHead(status, b"", raw=block)
-            self._apply(head, hsts)
-            edited = head.raw
-            remember(self._memo, key, block, edited)
+            edited = edit_remembered(self._memo, key, status, block, self._apply, hsts)
         return edited
 
     def _apply(self, head, hsts: bool) -> None:
@@ -138,10 +135,7 @@ class SecurityHeaders(Middleware):
         key = (block, note, hsts)    # (``note``: False, or the origin's prebuilt Lines)
         edited = self._memo.get(key)
         if edited is None:
-            head = ResponseHead(status, b"", raw=block)
-            self._apply_cors(head, note, hsts)
-            edited = head.raw
-            remember(self._memo, key, block, edited)
+            edited = edit_remembered(self._memo, key, status, block, self._apply_cors, note, hsts)
         return edited
 
     def _apply_cors(self, head, note, hsts: bool) -> None:

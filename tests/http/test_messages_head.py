@@ -13,7 +13,7 @@ import pytest
 
 from fastgw.config.security import CorsConfig, HstsConfig, SecurityHeadersConfig
 from fastgw.http.messages import EDIT_MEMO_BLOCK, EDIT_MEMO_SIZE, Lines, Names, Reply, ResponseHead, parse_block, \
-    remember
+    edit_remembered
 from fastgw.http.reqhead import REPEATED
 from fastgw.http.wire import header_lines
 from fastgw.middleware.cors import Cors
@@ -116,12 +116,15 @@ def test_security_headers_raw_matches_list_and_edit_memo(pairs, cfg):
 
 def test_edit_memo_is_bounded():
     memo: dict = {}
+
+    def add_y(head):
+        head.add_lines(Lines([(b"y", b"1")]))
     for i in range(EDIT_MEMO_SIZE + 5):
         blk = b"x-n: %d\r\n" % i
-        remember(memo, (blk, False), blk, blk + b"y: 1\r\n")
-        assert len(memo) <= EDIT_MEMO_SIZE
+        assert edit_remembered(memo, (blk, False), 200, blk, add_y) == blk + b"y: 1\r\n"
+        assert memo[(blk, False)] == blk + b"y: 1\r\n" and len(memo) <= EDIT_MEMO_SIZE
     big = b"x: " + b"a" * EDIT_MEMO_BLOCK + b"\r\n"
-    remember(memo, (big, False), big, big)
+    assert edit_remembered(memo, (big, False), 200, big, add_y) == big + b"y: 1\r\n"
     assert (big, False) not in memo
 
 

@@ -40,6 +40,17 @@ def test_four_processes_share_one_limit_within_the_bound(region, children):
     assert low - lost <= len(stamps) <= high
 
 
+def _holder(children, region: Region, key: bytes) -> int:
+    """A child inside ``key``'s critical section (``_hold_stripe_forever``), once it is
+    there: its pid."""
+    r, w = os.pipe()
+    pid = children.fork(_hold_stripe_forever, region, key, w)
+    os.close(w)
+    assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
+    os.close(r)
+    return pid
+
+
 def _hold_stripe_forever(region: Region, key: bytes, w: int) -> None:
     """Enter check() and stop inside its critical section, right after the lock (the
     test hook: the table's lock function, wrapped in this child only)."""
@@ -62,11 +73,7 @@ def test_kill_9_inside_the_critical_section_releases_the_stripe(any_lock_region,
     key = b"ip:10.0.0.1"
     stripe = t.slot(key).stripe
     assert t.check(key, RATE, BURST, time.monotonic_ns())[:2] == (True, BURST - 1)
-    r, w = os.pipe()
-    pid = children.fork(_hold_stripe_forever, region, key, w)
-    os.close(w)
-    assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
-    os.close(r)
+    pid = _holder(children, region, key)
     assert held_elsewhere(t, stripe)              # the child holds it
     status = children.kill(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
@@ -93,11 +100,7 @@ def test_a_stripe_held_by_a_stopped_holder_bounds_the_wait_and_charges_nothing(r
         pytest.skip("the bounded wait belongs to the robust mutexes (this C library has none)")
     key = b"user:stuck"
     assert t.check(key, RATE, BURST, time.monotonic_ns())[:2] == (True, BURST - 1)
-    r, w = os.pipe()
-    pid = children.fork(_hold_stripe_forever, region, key, w)
-    os.close(w)
-    assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
-    os.close(r)
+    pid = _holder(children, region, key)
     os.kill(pid, signal.SIGSTOP)
     before, tat = t._locks.timeouts, t.peek(key)
     t0 = time.monotonic()
