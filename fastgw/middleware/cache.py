@@ -335,20 +335,24 @@ class Cache(BackgroundFetches, Middleware):
         loop = asyncio.get_running_loop()
         w = loop.create_future()
         waiters.append(w)
-        return self._coalesced(ctx, st, prim, w, loop.call_later(self.wait, _give_up, w))
+        return self._coalesced(ctx, st, prim, rcc, w, loop.call_later(self.wait, _give_up, w))
 
-    async def _coalesced(self, ctx, st, prim, w, h):
+    async def _coalesced(self, ctx, st, prim, rcc, w, h):
         """Wait for the fetch this miss joined (at most ``coalesce_wait``): its entry if it
-        stored one this request may have, else None (the request goes upstream)."""
+        stored one this request may have and it is fresh enough for this request (the
+        lookup's test: an entry stored already stale, from an upstream whose Date or Age
+        is old, or a request's ``max-age``/``min-fresh`` it does not meet, is not a hit),
+        else None (the request goes upstream)."""
         got = await w
         h.cancel()
         if got is not None:
             store = self.store
             e = store.get((prim, K.secondary(ctx, store.vary_of.get(prim, ()), self.negotiate)))
             if e is got:
-                now = monotonic()
-                age = e.age(now)
-                return self._hit(ctx, st, e, age, e.ttl - age, "hit", b"; detail=coalesced")
+                age = e.age(monotonic())
+                left = e.ttl - age
+                if left > rcc.min_fresh and (rcc.max_age is None or age <= rcc.max_age):
+                    return self._hit(ctx, st, e, age, left, "hit", b"; detail=coalesced")
         st.fwd = b"miss"
         return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from email.utils import formatdate
 
+import pytest
 import uvloop
 
 from bench.micro.inproc import CFG, REQ, RESP, Transport, gateway
@@ -80,6 +81,45 @@ def test_coalesced_waiter_is_driven_by_the_engine_then_answered_from_the_entry()
             assert 299 <= age + ttl <= 300 and ttl in (299, 300)
             assert h3[b"x-request-id"] != h2[b"x-request-id"] and t3.data.endswith(b"x" * 76)
             assert ut.n == 1
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+@pytest.mark.parametrize("case", ["stale-at-birth", "min-fresh"])
+def test_coalesced_waiter_gets_the_entry_only_if_fresh_enough_for_it(case):
+    """A waiter is answered from the joined fetch's entry with the lookup's freshness
+    test: an entry stored already stale (the upstream's Date is days old) or one that
+    does not meet the waiter's own ``min-fresh`` sends the waiter upstream, never a hit
+    with a negative ttl."""
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        _app, engine, info, up, ut = gateway(CACHED, loop)
+        if case == "stale-at-birth":   # (RESP's own Date is in the past)
+            answer = RESP.replace(b"Connection: keep-alive\r\n", b"Cache-Control: max-age=300\r\nConnection: keep-alive\r\n")
+            waiter_req = REQ
+        else:
+            answer = _storable()
+            waiter_req = REQ.replace(b"Accept: */*\r\n", b"Accept: */*\r\nCache-Control: min-fresh=600\r\n")
+
+        async def run():
+            first, t1 = _client(engine, info, loop)
+            second, t2 = _client(engine, info, loop)
+            first.data_received(REQ)
+            second.data_received(waiter_req)    # joins the first's fetch
+            await asyncio.sleep(0)
+            assert t2.data == b"" and ut.n == 1
+            up.data_received(answer)            # the first's answer wakes the waiter
+            await asyncio.sleep(0.01)
+            assert t1.data.startswith(b"HTTP/1.1 200")
+            assert ut.n == 2 and t2.data == b""  # the waiter went upstream itself
+            up.data_received(answer)
+            await asyncio.sleep(0.01)
+            h2 = _head(t2.data)
+            assert t2.data.startswith(b"HTTP/1.1 200") and t2.data.endswith(b"x" * 76)
+            assert b"hit" not in h2[b"cache-status"] and b"fwd=miss" in h2[b"cache-status"]
         loop.run_until_complete(run())
     finally:
         loop.close()
