@@ -21,7 +21,9 @@ id per request, not sampled), ``traced`` (the same at ratio 1: every span record
 queued for export), ``wrk`` (the same route with the exchange of bench's small-50: wrk's
 request, Host only, and nginx's 100 B answer), ``mixed`` and ``cond`` (bare on a config
 that also has routes with ``match`` conditions, a request for a literal route and one for
-a conditional route), ``policy`` (JWT auth + per-user and per-IP rate
+a conditional route), ``polwrk`` (bench's policy exchange: small-50's request plus the
+token and Origin, nginx's answer; ``polwrk`` / ``wrk`` is the instruction side of the
+policy-chain CPU target), ``policy`` (JWT auth + per-user and per-IP rate
 limits + CORS + security headers, as bench's policy), ``newconn`` (bare, with a new
 client connection per request), ``transform`` (bare on a route that strips its prefix
 and sets two request headers, one with ``$request_id``), ``cachehit`` (bare with ``cache:
@@ -54,10 +56,12 @@ import yaml
 
 ROUTES = ("bare", "wrk", "policy", "newconn", "mixed", "cond", "tracing", "traced", "transform",
           "cachehit", "cachemiss", "cachestore", "sessions", "sessions-rev", "sessions-rev100k", "rr4", "lr4",
-          "pyfloor", "pol-none", "pol-sec", "pol-cors", "pol-jwt", "pol-rl")
+          "pyfloor", "pol-none", "pol-sec", "pol-cors", "pol-jwt", "pol-rl", "polwrk")
 # "pol-*": the policy route's request (token, Origin) on the bare route plus one feature of
 # the chain (none, security headers, CORS, JWT + RBAC, the two rate limits), so each
-# feature's cost is its count minus pol-none's
+# feature's cost is its count minus pol-none's.  "polwrk": bench's policy exchange exactly
+# (small-50's request plus the token and Origin, nginx's 100 B answer), so polwrk / wrk is
+# the instruction side of the target "policy CPU <= 1.30 x small-50's"
 DEFAULT_ROUTES = ROUTES[:4]   # the others on demand (--routes)
 _TRACING = '  tracing: {sample_ratio: %s, otlp_endpoint: "http://127.0.0.1:9/v1/traces"}\n'
 # "mixed": the bare exchange on a config that also has routes with match conditions (a
@@ -132,7 +136,11 @@ def _world(route: str):
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    if route == "policy" or route.startswith("sessions") or route.startswith("pol-"):
+    if route == "polwrk":
+        text = yaml.safe_dump(_policy_cfg("policy"))
+        req = WRK_REQ[:-2] + (b"Authorization: Bearer " + fastgw_config.token().encode() +
+                              b"\r\nOrigin: " + fastgw_config.ORIGIN.encode() + b"\r\n\r\n")
+    elif route == "policy" or route.startswith("sessions") or route.startswith("pol-"):
         text = yaml.safe_dump(_policy_cfg(route))
         tok = fastgw_config.token() if not route.startswith("sessions") else _session_token()
         req = (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nUser-Agent: wrk\r\n"
@@ -160,7 +168,7 @@ def _world(route: str):
     else:
         text = CFG
         req = REQ if route == "bare" else REQ.replace(b"Accept: */*\r\n", b"Connection: close\r\n")
-    resp = NGINX_RESP if route == "wrk" else RESP
+    resp = NGINX_RESP if route in ("wrk", "polwrk") else RESP
     if route in ("cachehit", "cachemiss", "cachestore"):
         cc = b"no-store" if route == "cachemiss" else b"max-age=31536000"  # (the Date is in the past)
         if route == "cachestore":
