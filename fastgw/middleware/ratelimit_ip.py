@@ -12,7 +12,9 @@ untrusted peer never changes it).  Which limits are decided here and why:
 - ``AuthFailureGuard`` (a route with ``auth``, when a ``default`` tier exists): peeks the
   client IP's failed-authentication budget, so a flood of bad tokens from one address
   gets 429 before any signature is checked; ``response_filter`` charges that budget when
-  auth answered 401/400 without a verified user.
+  auth answered 401/400 without a verified user.  The budgets are marked keys of the
+  table (``RateTable.take_marked``): while no budget of the address's stripe can be
+  refilling (the usual case), the peek is one shared-memory cell read, in every worker.
 
 Hook contract: ``request_filter`` returns None to continue (allowed, or refused in dry
 run), or the 429 problem+json reply (``Retry-After``, ``RateLimit-Policy``/``RateLimit``,
@@ -71,42 +73,51 @@ class AuthFailureGuard(Middleware):
         enf = rp.plan.enforcer
         self.enf = enf
         self.table = enf.table
+        self.cells = enf.table.cells
         self.peek = enf.table.peek_slot
         self.lim = enf.lim
         self.T, self.tau = self.limit.spec
-        # client address -> the budget's table slot (bounded; a Slot never goes stale), when
-        # the key is the address's (the plan's ``auth_failures`` limit always is)
+        # client address -> (the budget's table slot, its stripe's mark cell) (bounded; a
+        # Slot never goes stale), when the key is the address's (the plan's
+        # ``auth_failures`` limit always is)
         self.slots: dict = {} if getattr(self.limit.key, "by", None) == "ip" else None
 
     def request_filter(self, ctx):
-        """Peek (consume nothing, no lock): refuse only while this address's budget is empty."""
+        """Refuse only while this address's budget is empty: no lock, nothing consumed.
+
+        The budgets are charged with ``take_marked``, so the mark of the slot's stripe
+        says when none of them there can be refilling (0: none ever failed; else not
+        after now): the usual request reads that one cell and neither looks for its key
+        nor reads the clock."""
         slots = self.slots
         if slots is not None:
-            slot = slots.get(ctx.client_ip)
-            if slot is None:
-                slot = self._slot(ctx)
+            rec = slots.get(ctx.client_ip)
+            if rec is None:
+                rec = self._slot(ctx)
         else:
-            slot = self.table.slot(self.limit.key(ctx))
-        tat = self.peek(slot)
-        if not tat:
-            # an address that never failed to authenticate (or whose failures are long
-            # forgiven and reclaimed): a full bucket, and burst >= 1 (config), so it passes
-            # without reading the clock
-            ctx.notes[_PENDING] = True
-            return None
-        now = self.lim.clock()
-        T, tau = self.T, self.tau
-        if admit(tat, T, tau, now):
-            ctx.notes[_PENDING] = True
-            return None
-        return self.enf.refused(ctx, self.ls, (decide(tat, T, tau, now),))
+            rec = self._rec(self.limit.key(ctx))
+        mark = self.cells[rec[1]]
+        if mark:
+            now = self.lim.clock()
+            if mark > now:
+                tat = self.peek(rec[0])
+                # (a key absent, or whose failures are forgiven: a full bucket, and
+                # burst >= 1 (config), so it passes)
+                if tat > now and not admit(tat, self.T, self.tau, now):
+                    return self.enf.refused(ctx, self.ls, (decide(tat, self.T, self.tau, now),))
+        ctx.notes[_PENDING] = True
+        return None
+
+    def _rec(self, key: bytes) -> tuple:
+        slot = self.table.slot(key)
+        return slot, self.table.mark_cell(slot)
 
     def _slot(self, ctx):
         slots = self.slots
         if len(slots) >= MEMO_MAX:
             slots.clear()
-        slot = slots[ctx.client_ip] = self.table.slot(self.limit.key(ctx))
-        return slot
+        rec = slots[ctx.client_ip] = self._rec(self.limit.key(ctx))
+        return rec
 
     def response_filter(self, ctx, head) -> None:
         """Charge the budget when auth refused the request (no verified user)."""
@@ -122,7 +133,10 @@ class AuthFailureGuard(Middleware):
     def _charge(self, ctx) -> None:
         ctx.notes[_PENDING] = False
         lm = self.limit
-        ok, _ = self.table.take_all((lm.key(ctx),), (lm.spec,), self.lim.clock())
+        slots = self.slots
+        rec = slots.get(ctx.client_ip) if slots is not None else None
+        slot = rec[0] if rec is not None else self.table.slot(lm.key(ctx))
+        ok, _ = self.table.take_marked(slot, lm.spec, self.lim.clock())
         self.enf.add(lm.cell(ALLOWED if ok else LIMITED))
 
     def close(self) -> None:
