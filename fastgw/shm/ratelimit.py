@@ -410,8 +410,9 @@ class RateTable:
     def pair(self, s0: Slot, s1: Slot) -> tuple | None:
         """What ``take_pair`` decides a two-limit request on, for the slots of two
         different keys (None for one key twice): their stripe locks in ascending order
-        (the second None when both share one), the slots' fields flat, each tag as its
-        two 8-byte cells, and a mutable hint (``hint()``: where each tag was last found).
+        (the second None when both share one), each tag as its two 8-byte cells, a
+        mutable hint (``hint()``: where each tag was last found), then what a search
+        needs (the slots' fields flat, and the slots).
         A function of the slots and the table, so a caller memoises it with them."""
         if s0[4] == s1[4]:
             return None
@@ -421,7 +422,7 @@ class RateTable:
         lo0, hi0 = _halves(s0[4])
         lo1, hi1 = _halves(s1[4])
         return (ha, hb, lo0, hi0, lo1, hi1, [*_hint(s0), *_hint(s1)],
-                s0[0], s0[1], s0[2], s0[4], s1[0], s1[1], s1[2], s1[4], (s0, s1))
+                (s0[0], s0[1], s0[2], s0[4], s1[0], s1[1], s1[2], s1[4], (s0, s1)))
 
     def take_pair(self, pair: tuple, specs: Sequence[Spec], now_ns: int, cost: int = 1) -> tuple[bool, list[int]]:
         """``take_slots`` for two limits on two different keys, from their ``pair()``
@@ -430,7 +431,7 @@ class RateTable:
         is evicted and comes back), else in its bucket (``mmap.find``, which costs as
         much as the rest of the check); both keys in the table: decided straight, no
         loop; else the locks are let go and the general pass decides."""
-        ha, hb, lo0, hi0, lo1, hi1, hint = pair[:7]
+        ha, hb, lo0, hi0, lo1, hi1, hint, far = pair
         lock = self._lock
         try:                                # unlocking a lock not held is a no-op
             rc = lock(ha)
@@ -443,7 +444,7 @@ class RateTable:
             q = self._q
             g0, i0, g1, i1 = hint
             if q[g0] != lo0 or q[g0 + 1] != hi0 or q[g1] != lo1 or q[g1 + 1] != hi1:
-                b0, e0, c0, t0, b1, e1, c1, t1 = pair[7:15]
+                b0, e0, c0, t0, b1, e1, c1, t1, _ = far
                 find = self._mm.find
                 p0 = find(t0, b0, e0)
                 p1 = find(t1, b1, e1)
@@ -468,13 +469,13 @@ class RateTable:
                     return True, [tat0, tat1]
                 return False, [tat0, tat1]
         except _locks.Busy:                 # never hang the loop: decide, charge nothing
-            return self._staged(pair[15], specs, now_ns, cost, True)
+            return self._staged(far[8], specs, now_ns, cost, True)
         finally:
             unlock = self._unlock
             unlock(ha)
             if hb is not None:
                 unlock(hb)
-        return self._take(pair[15], specs, now_ns, cost)
+        return self._take(far[8], specs, now_ns, cost)
 
     def _take(self, slots: Sequence[Slot], specs: Sequence[Spec], now_ns: int, cost: int) -> tuple[bool, list[int]]:
         """``take_slots``' general pass: any number of limits, new keys, a key twice."""
