@@ -241,6 +241,13 @@ class Auth(Middleware):
         # the usual request's hit: the Authorization value as parsed -> Identity (one
         # lookup; ``Verifier.front``), filled here after a verification passed
         self.front = verifier.front if self.captured else None
+        # the usual request's hit, with RBAC already decided: the Authorization value as
+        # parsed -> Identity, for the tokens this route admitted on a hit of ``front``,
+        # when the roles it needs do not depend on the method and the hit's counters are
+        # cells (``_hot``).  A front of the verifier's cache too (bounded, emptied with
+        # it); expiry and revocation are still checked on every request.
+        self.admitted = verifier.cache.front() if self.front is not None else {}
+        self._memo_rbac = self.front is not None and not policy.table
         # RBAC, compiled: method -> roles needed (a frozenset, empty: any valid token;
         # None: denied), and the answer for the other methods (``Policy``'s rules)
         self.need = policy.table
@@ -283,6 +290,25 @@ class Auth(Middleware):
             headers = ctx.request.headers   # (``_forged`` inlined)
             if headers and not self.strip.isdisjoint(map(_lower, map(_name, headers))):
                 ctx.remove_request_headers(self.strip)
+            ident = self.admitted.get(raw)
+            if ident is not None:
+                # a token this route admitted before: one lookup, then what can change
+                # since (exp/nbf against the clock, revocation); RBAC was decided then
+                now = wall()
+                if ident.nbf_from <= now < ident.exp_until and \
+                        (self._revoked is None or not self._revoked(ident.rev, now)):
+                    ints, c_hit, c_ok = self._hot
+                    ints[c_hit] += 1
+                    ints[c_ok] += 1
+                    ctx.user = ident.user
+                    ctx.roles = ident.roles
+                    ctx.claims = ident.claims
+                    if ident.lines:
+                        ctx.add_request_lines(ident.lines)
+                    if self.drop_token:
+                        ctx.remove_request_headers(self.drop_token)
+                    return None
+                del self.admitted[raw]  # expired, not valid yet or revoked: answered below
             front = self.front
             if front is not None:
                 ident = front.get(raw)
@@ -309,6 +335,8 @@ class Auth(Middleware):
                                     if self.drop_token:
                                         ctx.remove_request_headers(self.drop_token)
                                     ints[c_ok] += 1
+                                    if self._memo_rbac:
+                                        self.admitted[raw] = ident
                                     return None
                                 return self._forbidden(ctx, ident)
                             return self._unauthorized(
