@@ -39,7 +39,10 @@ found with one C-level pass over the header names (``frozenset.isdisjoint`` over
 ``map``: no dict and no Python loop per header).  Another token source falls back to the header map / one lower-casing scan.  A cache hit
 then costs one lookup of the ``Authorization`` value as sent (``Verifier.front``) and two
 float compares, the role check one lookup and one ``isdisjoint``, and its counters are
-written straight into the metrics store's cells.
+written straight into the metrics store's cells.  When the route's roles do not depend
+on the method, the role check is made once per token and route: the route keeps the
+values it admitted (``Auth.admitted``, a front of the same cache: bounded, emptied with
+it), so a repeat token is one lookup, the exp/nbf compares and the revocation check.
 """
 
 from __future__ import annotations
