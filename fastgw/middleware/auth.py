@@ -35,8 +35,8 @@ use has been fetched once; the runtime ANDs it into ``/readyz`` and ``gateway.he
 Hot path: the downstream protocol captures ``Authorization`` while parsing (``ctx.request.authorization``,
 ``REPEATED`` when it came more than once), so the usual config (one ``Authorization:
 Bearer`` source) needs no header lookup for the token, and forged identity headers are
-found with one C-level pass over the header names (``frozenset.isdisjoint`` over a
-``map``: no dict and no Python loop per header).  Another token source falls back to the header map / one lower-casing scan.  A cache hit
+found by their lengths first (``_forged``: a name of another length is not lower-cased
+nor hashed).  Another token source falls back to the header map / one lower-casing scan.  A cache hit
 then costs one lookup of the ``Authorization`` value as sent (``Verifier.front``) and two
 float compares, the role check one lookup and one ``isdisjoint``, and its counters are
 written straight into the metrics store's cells.  When the route's roles do not depend
@@ -46,8 +46,6 @@ it), so a repeat token is one lookup, the exp/nbf compares and the revocation ch
 """
 
 from __future__ import annotations
-
-from operator import itemgetter
 
 from fastgw.auth.jwks import SourcePool, all_ready
 from fastgw.auth.keys import KeyIndex, KeyRing, load_static, secret_key
@@ -71,19 +69,26 @@ ALWAYS_STRIPPED = ("x-user-id", "x-user-roles")
 _STATE_KEY = "fastgw.auth"
 _STRIP = 0
 _DUP = object()
-# (name, value) -> name, bytes -> lower-case bytes: mapped over a header list in C
-_name = itemgetter(0)
-_lower = bytes.lower
 
 
-def _forged(strip: frozenset, ctx) -> bool:
-    """True if a request header is named in ``strip`` (any case).
+def _forged(strip: frozenset, lens: frozenset, ctx) -> bool:
+    """True if a request header is named in ``strip`` (any case); ``lens`` is the set of
+    the names' lengths (``_lengths(strip)``).
 
-    One C-level pass (``isdisjoint`` consuming a ``map``), cheaper than building the
-    lower-case header map or a Python loop over the headers.  A request that forwards no
-    header at all (only Host, as wrk and many API clients send) is not scanned."""
-    headers = ctx.request.headers
-    return bool(headers) and not strip.isdisjoint(map(_lower, map(_name, headers)))
+    A name whose length is not one of them cannot match, so only those that have one are
+    lower-cased and looked up: the usual request's headers (User-Agent, Authorization,
+    Origin, ...) cost a ``len`` each, no copy and no hash, which makes this loop cheaper
+    than a C-level ``isdisjoint`` over a lower-casing ``map`` (callgrind, 3 to 12 headers).
+    A request that forwards no header at all (only Host) is not scanned."""
+    for n, _v in ctx.request.headers:
+        if len(n) in lens and n.lower() in strip:
+            return True
+    return False
+
+
+def _lengths(strip: frozenset) -> frozenset:
+    """The lengths of ``strip``'s names (lower-casing keeps a length)."""
+    return frozenset(map(len, strip))
 
 
 def _lower_list(v) -> list[str]:
@@ -209,12 +214,15 @@ class StripIdentity(Middleware):
     def __init__(self, strip: frozenset, deps=None) -> None:
         super().__init__(None, deps)
         self.strip = strip
+        self.lens = _lengths(strip)
 
     def request_filter(self, ctx):
         # (``_forged`` inlined: this runs on every non-auth route)
-        headers = ctx.request.headers
-        if headers and not self.strip.isdisjoint(map(_lower, map(_name, headers))):
-            ctx.remove_request_headers(self.strip)
+        lens = self.lens
+        for n, _v in ctx.request.headers:
+            if len(n) in lens and n.lower() in self.strip:
+                ctx.remove_request_headers(self.strip)
+                break
         return None
 
 
@@ -231,6 +239,7 @@ class Auth(Middleware):
         self.route = route
         self.want = state.want
         self.strip = state.strip
+        self.lens = _lengths(state.strip)
         self.sources = state.token_sources
         self.max_size = int(state.cfg.max_token_size)
         # the usual config, one header source: scanned inline (prefix b"bearer " or None)
@@ -290,9 +299,11 @@ class Auth(Middleware):
             # The usual config: Authorization is a field of the Request (it stays in
             # its headers and is forwarded), so there is no header lookup here.
             raw = token = ctx.request.authorization
-            headers = ctx.request.headers   # (``_forged`` inlined)
-            if headers and not self.strip.isdisjoint(map(_lower, map(_name, headers))):
-                ctx.remove_request_headers(self.strip)
+            lens = self.lens    # (``_forged`` inlined)
+            for n, _v in ctx.request.headers:
+                if len(n) in lens and n.lower() in self.strip:
+                    ctx.remove_request_headers(self.strip)
+                    break
             ident = self.admitted.get(raw)
             if ident is not None:
                 # a token this route admitted before: one lookup, then what can change

@@ -116,6 +116,22 @@ def test_forged_identity_headers_stripped_on_auth_route():
                                   (b"X-Tenant", b"acme")]
 
 
+def test_headers_of_an_identity_name_length_are_forwarded_unless_they_are_one():
+    """Forged headers are found by their lengths first (``_forged``): a header of the same
+    length as an identity name (Content-Type and x-user-roles: 12) is compared, and kept."""
+    same_len = [(b"Content-Type", b"text/plain"), (b"X-USER-idx", b"1"), (b"Accept-Lang", b"x")]
+    d, _, _ = deps()
+    open_mw = build(root(jwt_secret=SECRET), None, Route("public", auth=False), d)
+    c = ctx(same_len)
+    assert open_mw.request_filter(c) is None and c.fwd == same_len
+    c = ctx([*same_len, (b"x-User-ROLES", b"admin")])
+    assert open_mw.request_filter(c) is None and c.fwd == same_len
+    mw, _, _ = make()
+    r, c = run(mw, tok(roles=["viewer"]), headers=[*same_len, (b"X-user-id", b"root")])
+    assert r is None and [h for h in c.fwd if h[0] not in (b"Accept", b"Authorization")] == same_len
+    assert upstream_headers(c)[0] == (b"X-User-Id", b"alice")
+
+
 def test_forged_identity_headers_stripped_on_denied_request():
     mw, _, _ = make()
     r, c = run(mw, None, headers=FORGED)
