@@ -16,6 +16,8 @@ chosen only for routes where some set uses Redis; it stays synchronous for the o
 from __future__ import annotations
 
 from fastgw.pipeline.middleware import Middleware
+from fastgw.ratelimit.keys import MEMO_MAX
+from fastgw.ratelimit.limiter import decisions
 from fastgw.ratelimit.plan import ROLES_MEMO_MAX, hold, release, route_plan
 
 _UNSET = object()
@@ -41,11 +43,36 @@ class UserLimits(Middleware):
         hold(self, rp)
         self.rp = rp
         self.exempt = rp.plan.exempt
-        self.check = rp.plan.enforcer.check
-        self.check_async = rp.plan.enforcer.check_async
+        enf = rp.plan.enforcer
+        self.enf = enf
+        self.check = enf.check
+        self.check_async = enf.check_async
         self.sets: dict = {}    # role set -> its LimitSet, None when exempt (or no limit)
+        # The usual request, decided here rather than in ``Enforcer.check`` (one call
+        # less, one lookup): a verified subject whose set is two memory limits keyed by
+        # subject (or by nothing), counted in the store's cells and reporting nothing
+        # on an allowed request.  ``fast`` maps the subject to (its role set, the two
+        # keys' ``RateTable.pair`` record, the set), filled after ``check`` decided it
+        # once; a token of the same subject with other roles (another role-set object)
+        # goes to ``check`` and replaces it.  Anything else goes to ``check``.
+        self.lim = enf.lim
+        self.take_pair = enf.table.take_pair
+        self.ints = enf.ints if not enf.on_allowed else None
+        self.fast: dict = {}
 
     def request_filter(self, ctx):
+        rec = self.fast.get(ctx.user)
+        if rec is not None and rec[0] is ctx.roles:
+            ls = rec[2]
+            now = self.lim.clock()
+            ok, tats = self.take_pair(rec[1], ls.specs, now)
+            if ok:
+                ints = self.ints
+                c0, c1 = ls.allowed_cells
+                ints[c0] += 1
+                ints[c1] += 1
+                return None
+            return self.enf.refused(ctx, ls, decisions(tats, ls.specs, now))
         # ``_limit_set`` inlined for a verified token (the only kind on these routes
         # that has roles): its set by roles, memoised per role set (``RoutePlan.for_roles``)
         roles = ctx.roles
@@ -55,7 +82,18 @@ class UserLimits(Middleware):
                 ls = self._for_roles(roles)
         else:
             ls = self.rp.user_default if ctx.user is not None else self.rp.anon
-        return None if ls is None else self.check(ctx, ls)
+        if ls is None:
+            return None
+        r = self.check(ctx, ls)
+        if ls.by_user and ls.memo is not None and self.ints is not None and ls.allowed_cells is not None:
+            user = ctx.user
+            rec = ls.memo.get(user) if user else None
+            if rec is not None and rec[0] is not None and len(ls.allowed_cells) == 2:
+                fast = self.fast
+                if len(fast) >= MEMO_MAX:
+                    fast.clear()
+                fast[user] = (roles, rec[0], ls)
+        return r
 
     def _for_roles(self, roles):
         ls = None if not self.exempt.isdisjoint(roles) else self.rp.for_roles(roles)

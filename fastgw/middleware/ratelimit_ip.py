@@ -12,7 +12,9 @@ untrusted peer never changes it).  Which limits are decided here and why:
 - ``AuthFailureGuard`` (a route with ``auth``, when a ``default`` tier exists): peeks the
   client IP's failed-authentication budget, so a flood of bad tokens from one address
   gets 429 before any signature is checked; ``response_filter`` charges that budget when
-  auth answered 401/400 without a verified user.
+  auth answered 401/400 without a verified user.  The budgets are marked keys of the
+  table (``RateTable.take_marked``): while no budget of the address's stripe can be
+  refilling (the usual case), the peek is one shared-memory cell read, in every worker.
 
 Hook contract: ``request_filter`` returns None to continue (allowed, or refused in dry
 run), or the 429 problem+json reply (``Retry-After``, ``RateLimit-Policy``/``RateLimit``,
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from fastgw.pipeline.middleware import Middleware
 from fastgw.ratelimit.keys import MEMO_MAX
-from fastgw.ratelimit.limiter import ALLOWED, LIMITED, admit, decide
+from fastgw.ratelimit.limiter import ALLOWED, LIMITED, admit, decide, decisions
 from fastgw.ratelimit.plan import hold, release, route_plan
 
 _PENDING = "ratelimit_ip"       # ctx.notes key: the guard let a token through unverified
@@ -37,10 +39,38 @@ class IpLimits(Middleware):
     def __init__(self, rp, deps=None) -> None:
         super().__init__(rp, deps)
         hold(self, rp)
-        self.ls = rp.anon
-        self.check = rp.plan.enforcer.check
+        self.ls = ls = rp.anon
+        enf = rp.plan.enforcer
+        self.enf = enf
+        self.check = enf.check
+        # The usual request, decided here rather than in ``Enforcer.check`` (one call
+        # less): a set whose slots are memoised per client address (``LimitSet.memo``)
+        # holding two memory limits (their ``RateTable.pair`` record), counted in the
+        # store's cells and reporting nothing on an allowed request; anything else (and
+        # an address's first request, which fills the memo) goes to ``check``.
+        ok = ls.memo is not None and not ls.by_user and not ls.red and enf.ints is not None \
+            and not enf.on_allowed and len(ls.limits) == 2
+        self.memo = ls.memo if ok else None
+        self.lim = enf.lim
+        self.take_pair = enf.table.take_pair
+        self.ints = enf.ints
 
     def request_filter(self, ctx):
+        memo = self.memo
+        if memo is not None:
+            rec = memo.get(ctx.client_ip)
+            if rec is not None and rec[0] is not None:
+                ls = self.ls
+                cells = ls.allowed_cells
+                if cells is not None:
+                    now = self.lim.clock()
+                    ok, tats = self.take_pair(rec[0], ls.specs, now)
+                    if ok:
+                        ints = self.ints
+                        ints[cells[0]] += 1
+                        ints[cells[1]] += 1
+                        return None
+                    return self.enf.refused(ctx, ls, decisions(tats, ls.specs, now))
         return self.check(ctx, self.ls)
 
     def close(self) -> None:
@@ -71,42 +101,51 @@ class AuthFailureGuard(Middleware):
         enf = rp.plan.enforcer
         self.enf = enf
         self.table = enf.table
+        self.cells = enf.table.cells
         self.peek = enf.table.peek_slot
         self.lim = enf.lim
         self.T, self.tau = self.limit.spec
-        # client address -> the budget's table slot (bounded; a Slot never goes stale), when
-        # the key is the address's (the plan's ``auth_failures`` limit always is)
+        # client address -> (the budget's table slot, its stripe's mark cell) (bounded; a
+        # Slot never goes stale), when the key is the address's (the plan's
+        # ``auth_failures`` limit always is)
         self.slots: dict = {} if getattr(self.limit.key, "by", None) == "ip" else None
 
     def request_filter(self, ctx):
-        """Peek (consume nothing, no lock): refuse only while this address's budget is empty."""
+        """Refuse only while this address's budget is empty: no lock, nothing consumed.
+
+        The budgets are charged with ``take_marked``, so the mark of the slot's stripe
+        says when none of them there can be refilling (0: none ever failed; else not
+        after now): the usual request reads that one cell and neither looks for its key
+        nor reads the clock."""
         slots = self.slots
         if slots is not None:
-            slot = slots.get(ctx.client_ip)
-            if slot is None:
-                slot = self._slot(ctx)
+            rec = slots.get(ctx.client_ip)
+            if rec is None:
+                rec = self._slot(ctx)
         else:
-            slot = self.table.slot(self.limit.key(ctx))
-        tat = self.peek(slot)
-        if not tat:
-            # an address that never failed to authenticate (or whose failures are long
-            # forgiven and reclaimed): a full bucket, and burst >= 1 (config), so it passes
-            # without reading the clock
-            ctx.notes[_PENDING] = True
-            return None
-        now = self.lim.clock()
-        T, tau = self.T, self.tau
-        if admit(tat, T, tau, now):
-            ctx.notes[_PENDING] = True
-            return None
-        return self.enf.refused(ctx, self.ls, (decide(tat, T, tau, now),))
+            rec = self._rec(self.limit.key(ctx))
+        mark = self.cells[rec[1]]
+        if mark:
+            now = self.lim.clock()
+            if mark > now:
+                tat = self.peek(rec[0])
+                # (a key absent, or whose failures are forgiven: a full bucket, and
+                # burst >= 1 (config), so it passes)
+                if tat > now and not admit(tat, self.T, self.tau, now):
+                    return self.enf.refused(ctx, self.ls, (decide(tat, self.T, self.tau, now),))
+        ctx.notes[_PENDING] = True
+        return None
+
+    def _rec(self, key: bytes) -> tuple:
+        slot = self.table.slot(key)
+        return slot, self.table.mark_cell(slot)
 
     def _slot(self, ctx):
         slots = self.slots
         if len(slots) >= MEMO_MAX:
             slots.clear()
-        slot = slots[ctx.client_ip] = self.table.slot(self.limit.key(ctx))
-        return slot
+        rec = slots[ctx.client_ip] = self._rec(self.limit.key(ctx))
+        return rec
 
     def response_filter(self, ctx, head) -> None:
         """Charge the budget when auth refused the request (no verified user)."""
@@ -122,7 +161,10 @@ class AuthFailureGuard(Middleware):
     def _charge(self, ctx) -> None:
         ctx.notes[_PENDING] = False
         lm = self.limit
-        ok, _ = self.table.take_all((lm.key(ctx),), (lm.spec,), self.lim.clock())
+        slots = self.slots
+        rec = slots.get(ctx.client_ip) if slots is not None else None
+        slot = rec[0] if rec is not None else self.table.slot(lm.key(ctx))
+        ok, _ = self.table.take_marked(slot, lm.spec, self.lim.clock())
         self.enf.add(lm.cell(ALLOWED if ok else LIMITED))
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 8                 # 8: the breaker slots' failure-ratio window; 7: discovery, the health rows' in-flight and weight cells; 6: circuit breakers; 5: revocation; 4: the health part's ejection and per-worker failure rows; 3: the cache purge log; 2: the rate-limit stripe locks
+VERSION = 9                 # 9: the rate-limit table's stripe marks; 8: the breaker slots' failure-ratio window; 7: discovery, the health rows' in-flight and weight cells; 6: circuit breakers; 5: revocation; 4: the health part's ejection and per-worker failure rows; 3: the cache purge log; 2: the rate-limit stripe locks
 ALIGN = 64
 
 PARAMS = (

@@ -18,6 +18,7 @@ API.  A limit is a ``Spec`` (``spec(rate, burst)``, computed once per config); a
 bytes.  ``take_all(keys, specs, now)`` (or ``take_slots`` with the keys' ``Slot``s, or
 ``take_pair`` with the ``pair()`` record of two slots) decides one request against several limits, all or
 nothing, and answers ``(allowed, tats)``; ``peek(key)`` reads a key's TAT without the lock;
+``take_marked(slot, spec, now)`` charges one marked key (see Layout);
 ``decide(tat, T, tau, now)`` turns a TAT into ``(allowed, remaining, reset_after,
 retry_after)``.  ``check``/``check_all`` are conveniences over those for cold paths and
 tests.  Where a key lives is a ``Slot`` (named fields), memoised per process.
@@ -25,7 +26,11 @@ tests.  Where a key lives is a ``Slot`` (named fields), memoised per process.
 Layout.  ``table_slots`` slots in buckets of 8 (``BUCKET``); a bucket is 8 tags of 16 bytes
 then 8 TATs of 8 bytes (192 bytes, 3 cache lines).  After the buckets come the stripe
 locks (``fastgw.shm.locks``, 64 bytes each): ``min(buckets, STRIPES)`` of them, bucket
-``b`` under lock ``b % stripes``.  A key's tag is a keyed BLAKE2b-128 of the key bytes (the
+``b`` under lock ``b % stripes``; then one 8-byte mark per stripe (``take_marked``,
+``mark_cell``): the latest TAT a *marked* key of the stripe was given, written under its
+lock, so a caller that peeks a kind of key that is rarely present (the failed-
+authentication budgets) reads one cell instead of searching a bucket while none of them
+can be refilling.  A key's tag is a keyed BLAKE2b-128 of the key bytes (the
 16-byte secret is drawn when the region is created, so clients cannot aim keys at one
 bucket): the first 64 bits are the hash that picks the bucket, the last 64 the
 fingerprint; a slot matches only if all 128 bits match, so two keys that share a hash are
@@ -148,11 +153,12 @@ class Slot(NamedTuple):
 
 
 def size(slots: int) -> int:
-    """Bytes of the table's part of the region: the buckets, then the stripe locks."""
+    """Bytes of the table's part of the region: the buckets, the stripe locks, then one
+    8-byte mark per stripe."""
     if slots < BUCKET or slots % BUCKET:
         raise ValueError(f"table_slots must be a positive multiple of {BUCKET}, got {slots}")
     nb = slots // BUCKET
-    return nb * STRIDE + min(nb, STRIPES) * _locks.SIZE
+    return nb * STRIDE + min(nb, STRIPES) * (_locks.SIZE + 8)
 
 
 def spec(rate: float, burst: int) -> Spec:
@@ -220,7 +226,7 @@ class _Slots(dict):
 
 class RateTable:
     __slots__ = ("_mm", "_q", "_locks", "_mutex", "_lock", "_unlock", "_off", "_nbuckets", "_nstripes",
-                 "_hasher", "_digest", "_slots", "slots", "buckets", "inserted", "reclaimed", "evicted")
+                 "_hasher", "_digest", "_slots", "_marks", "slots", "buckets", "inserted", "reclaimed", "evicted")
 
     def __init__(self, mm, q: memoryview, fd: int, offset: int, slots: int, secret: bytes,
                  digest: Callable[[bytes], bytes] | None = None, locks: int = 0) -> None:
@@ -231,6 +237,7 @@ class RateTable:
         self._nstripes = ns = min(nb, STRIPES)
         self._locks = lk = _locks.stripe_locks(locks, mm, fd, offset + nb * STRIDE, ns)
         self._mutex = lk.handles
+        self._marks = (offset + nb * STRIDE + ns * _locks.SIZE) >> 3   # cell of stripe 0's mark
         self._lock = lk.lock
         self._unlock = lk.unlock
         self._hasher = blake2b(digest_size=16, key=secret)
@@ -322,6 +329,51 @@ class RateTable:
         ti = base + (pos >> 4) if not pos & 15 else self._find(boff, end, base, tag)
         return self._q[ti] if ti >= 0 else 0
 
+    # -- marked keys: a lock-free "nothing here" for a kind of key that is rarely present --
+    @property
+    def cells(self) -> memoryview:
+        """The region's 8-byte cells (a native ``Q`` view): ``cells[mark_cell(s)]`` is a
+        lock-free read of a stripe's mark."""
+        return self._q
+
+    def mark_cell(self, slot: Slot) -> int:
+        """Index in ``cells`` of the mark of ``slot``'s stripe: the largest TAT that
+        ``take_marked`` ever gave a key of that stripe (0: none).  While it is 0, or not
+        after ``now``, every marked key of the stripe has a full bucket, so a peek of one
+        would answer "passes": a reader needs neither the lookup nor the clock."""
+        return self._marks + slot[3]
+
+    def take_marked(self, slot: Slot, spec: Spec, now_ns: int, cost: int = 1) -> tuple[bool, int]:
+        """``take_slots`` for one key that is marked (``mark_cell``): ``(allowed, tat)``,
+        the key's TAT before this request.  Under the stripe lock the mark is raised to
+        the key's new TAT before that TAT is written, so a lock-free reader that sees
+        the TAT sees a mark at least as late (a kill in between leaves the mark ahead:
+        a reader only peeks once more)."""
+        h = self._mutex[slot[3]]
+        try:                                # unlocking a lock not held is a no-op
+            rc = self._lock(h)
+            if rc:
+                self._locks.repair(h, rc)
+            boff, end, base, _, tag = slot
+            q = self._q
+            ti = self._find(boff, end, base, tag)
+            tat = q[ti] if ti >= 0 else 0
+            new = admit(tat, spec[0], spec[1], now_ns, cost)
+            if new:
+                m = self._marks + slot[3]
+                if q[m] < new:
+                    q[m] = new
+                if ti >= 0:
+                    q[ti] = new
+                else:
+                    self._insert(boff, tag, now_ns, new)
+            return bool(new), tat
+        except _locks.Busy:                 # never hang the loop: decide, charge nothing
+            tat = self.peek_slot(slot)
+            return bool(admit(tat, spec[0], spec[1], now_ns, cost)), tat
+        finally:
+            self._unlock(h)
+
     def take_all(self, keys: Sequence[bytes], specs: Sequence[Spec], now_ns: int, cost: int = 1,
                  dry: bool = False) -> tuple[bool, list[int]]:
         """One request against several limits (``keys[i]`` under ``specs[i]``), all or
@@ -358,8 +410,9 @@ class RateTable:
     def pair(self, s0: Slot, s1: Slot) -> tuple | None:
         """What ``take_pair`` decides a two-limit request on, for the slots of two
         different keys (None for one key twice): their stripe locks in ascending order
-        (the second None when both share one), the slots' fields flat, each tag as its
-        two 8-byte cells, and a mutable hint (``hint()``: where each tag was last found).
+        (the second None when both share one), each tag as its two 8-byte cells, a
+        mutable hint (``hint()``: where each tag was last found), then what a search
+        needs (the slots' fields flat, and the slots).
         A function of the slots and the table, so a caller memoises it with them."""
         if s0[4] == s1[4]:
             return None
@@ -369,7 +422,7 @@ class RateTable:
         lo0, hi0 = _halves(s0[4])
         lo1, hi1 = _halves(s1[4])
         return (ha, hb, lo0, hi0, lo1, hi1, [*_hint(s0), *_hint(s1)],
-                s0[0], s0[1], s0[2], s0[4], s1[0], s1[1], s1[2], s1[4], (s0, s1))
+                (s0[0], s0[1], s0[2], s0[4], s1[0], s1[1], s1[2], s1[4], (s0, s1)))
 
     def take_pair(self, pair: tuple, specs: Sequence[Spec], now_ns: int, cost: int = 1) -> tuple[bool, list[int]]:
         """``take_slots`` for two limits on two different keys, from their ``pair()``
@@ -378,7 +431,7 @@ class RateTable:
         is evicted and comes back), else in its bucket (``mmap.find``, which costs as
         much as the rest of the check); both keys in the table: decided straight, no
         loop; else the locks are let go and the general pass decides."""
-        ha, hb, lo0, hi0, lo1, hi1, hint = pair[:7]
+        ha, hb, lo0, hi0, lo1, hi1, hint, far = pair
         lock = self._lock
         try:                                # unlocking a lock not held is a no-op
             rc = lock(ha)
@@ -391,7 +444,7 @@ class RateTable:
             q = self._q
             g0, i0, g1, i1 = hint
             if q[g0] != lo0 or q[g0 + 1] != hi0 or q[g1] != lo1 or q[g1 + 1] != hi1:
-                b0, e0, c0, t0, b1, e1, c1, t1 = pair[7:15]
+                b0, e0, c0, t0, b1, e1, c1, t1, _ = far
                 find = self._mm.find
                 p0 = find(t0, b0, e0)
                 p1 = find(t1, b1, e1)
@@ -416,13 +469,13 @@ class RateTable:
                     return True, [tat0, tat1]
                 return False, [tat0, tat1]
         except _locks.Busy:                 # never hang the loop: decide, charge nothing
-            return self._staged(pair[15], specs, now_ns, cost, True)
+            return self._staged(far[8], specs, now_ns, cost, True)
         finally:
             unlock = self._unlock
             unlock(ha)
             if hb is not None:
                 unlock(hb)
-        return self._take(pair[15], specs, now_ns, cost)
+        return self._take(far[8], specs, now_ns, cost)
 
     def _take(self, slots: Sequence[Slot], specs: Sequence[Spec], now_ns: int, cost: int) -> tuple[bool, list[int]]:
         """``take_slots``' general pass: any number of limits, new keys, a key twice."""

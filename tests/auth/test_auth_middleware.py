@@ -116,6 +116,22 @@ def test_forged_identity_headers_stripped_on_auth_route():
                                   (b"X-Tenant", b"acme")]
 
 
+def test_headers_of_an_identity_name_length_are_forwarded_unless_they_are_one():
+    """Forged headers are found by their lengths first (``_forged``): a header of the same
+    length as an identity name (Content-Type and x-user-roles: 12) is compared, and kept."""
+    same_len = [(b"Content-Type", b"text/plain"), (b"X-USER-idx", b"1"), (b"Accept-Lang", b"x")]
+    d, _, _ = deps()
+    open_mw = build(root(jwt_secret=SECRET), None, Route("public", auth=False), d)
+    c = ctx(same_len)
+    assert open_mw.request_filter(c) is None and c.fwd == same_len
+    c = ctx([*same_len, (b"x-User-ROLES", b"admin")])
+    assert open_mw.request_filter(c) is None and c.fwd == same_len
+    mw, _, _ = make()
+    r, c = run(mw, tok(roles=["viewer"]), headers=[*same_len, (b"X-user-id", b"root")])
+    assert r is None and [h for h in c.fwd if h[0] not in (b"Accept", b"Authorization")] == same_len
+    assert upstream_headers(c)[0] == (b"X-User-Id", b"alice")
+
+
 def test_forged_identity_headers_stripped_on_denied_request():
     mw, _, _ = make()
     r, c = run(mw, None, headers=FORGED)
@@ -614,3 +630,71 @@ def test_hit_counters_with_the_real_registry_store():
     assert snap['fastgw_auth_decisions_total{route="api",result="ok"}'] == 3
     reg.inc("fastgw_jwt_cache_total", (("result", "hit"),), 1)  # the same cell
     assert reg.store.snapshot()['fastgw_jwt_cache_total{result="hit"}'] == 3
+
+
+# -- the admitted-token memo (the usual hit: RBAC decided once per token and route) -----------
+def _real_deps():
+    from fastgw.obs.metrics import Metrics
+
+    audit: list = []
+    m = Metrics()
+    return Deps(None, metrics=m, audit=audit.append), m
+
+
+def _count(m, name: str, labels: str) -> float:
+    return m.store.snapshot().get(f"{name}{{{labels}}}", 0)
+
+
+def test_admitted_memo_keeps_expiry_to_the_second_and_rbac_per_route(monkeypatch):
+    d, m = _real_deps()
+    rt = root(jwt_secret=SECRET, leeway="0s", roles=SEED_ROLES)
+    a = build(rt, None, Route("a", auth=True, roles=["viewer"]), d)
+    b = build(rt, None, Route("b", auth=True, roles=["admin"]), d)
+    now = time.time()
+    exp = int(now) + 30
+    t = mint("HS256", claims(iat=int(now), exp=exp))
+    for _ in range(4):
+        r, c = run(a, t)
+        assert r is None and c.user == "alice" and upstream_headers(c)
+    assert len(a.admitted) == 1                       # the hit of the hit: memoised for route a
+    for _ in range(4):                                # same token, route b: refused every time
+        assert run(b, t)[0].status == 403
+    assert len(b.admitted) == 0
+    assert _count(m, "fastgw_jwt_cache_total", 'result="hit"') == 3 + 4     # one miss: a's first
+    assert _count(m, "fastgw_auth_decisions_total", 'route="a",result="ok"') == 4
+    monkeypatch.setattr(auth_mw, "wall", lambda: exp - 0.001)
+    assert run(a, t)[0] is None                       # the last moment it is valid
+    monkeypatch.setattr(auth_mw, "wall", lambda: float(exp))
+    r, _ = run(a, t)
+    assert r.status == 401 and b"expired" in www(r)   # at exp itself: refused
+    assert len(a.admitted) == 0
+
+
+def test_admitted_memo_not_used_when_roles_depend_on_the_method():
+    d, _m = _real_deps()
+    mw = build(root(**SEED), None, Route("docs", auth=True, roles={"GET": ["viewer"], "POST": ["editor"]}), d)
+    t = tok(roles=["viewer"])
+    assert [run(mw, t)[0] for _ in range(3)] == [None] * 3
+    assert len(mw.admitted) == 0
+    assert run(mw, t, method="POST")[0].status == 403
+
+
+def test_admitted_memo_honours_a_revocation_made_after_it():
+    from fastgw.shm import Region
+    from fastgw.shm.revocation import Mirror
+
+    d, _m = _real_deps()
+    mw = build(root(**SEED), None, Route("api", auth=True), d)
+    with Region.create(1, metrics_series=8, table_slots=64, health_slots=1, revocation_slots=64,
+                       name="test-admitted") as region:
+        mirror = Mirror(region.revocation)
+        mw._revoked = mirror.revoked
+        t = tok(roles=["viewer"], jti="j-1")
+        assert [run(mw, t)[0] for _ in range(3)] == [None] * 3
+        assert len(mw.admitted) == 1
+        assert region.revocation.revoke("jti", "j-1", time.time() + 600)
+        r, _ = run(mw, t)
+        assert r.status == 401 and b"revoked" in www(r)
+        assert run(mw, t)[0].status == 401
+        assert run(mw, tok(roles=["viewer"], jti="j-2"))[0] is None
+        mw.close()

@@ -212,6 +212,33 @@ def test_tier_by_identity():
     assert r.status == 429 and json.loads(r.body)["violated-policies"] == ["authenticated"]
 
 
+def test_open_route_tier_and_rule_per_address_all_or_nothing():
+    """A tier and a route rule on an open route: the two-limit path of ``IpLimits`` (per
+    address, after its first request) decides both, all or nothing, and counts both."""
+    ch = Chain(config(tiers=TIERS, route_rl=rule(1, 7)), "open")
+    assert ch.statuses(6) == [200] * 5 + [429]                          # default: burst 5
+    assert ch.statuses(3, ip="192.0.2.2") == [200, 200, 429]            # route total: 7
+    r = ch.request(ip="192.0.2.3")
+    assert r.status == 429 and json.loads(r.body)["violated-policies"] == ["route:open"]
+    ch.clock.advance(1.0)                                               # the rule: 1 more
+    assert ch.statuses(2, ip="192.0.2.2") == [200, 429]
+    assert ch.metric("default", "allowed") == 8 and ch.metric("route:open", "allowed") == 8
+    assert ch.metric("default", "limited") == 1 and ch.metric("route:open", "limited") == 3
+
+
+def test_one_subject_with_tokens_of_other_roles_switches_tier_each_request():
+    """The per-subject memo of the usual request (``UserLimits.fast``) holds the role set
+    it was decided for: a token of the same subject with other roles gets its own tier."""
+    ch = Chain(config(tiers=TIERS, route_rl=rule(1000, 1000)), "private")
+    plain, ed = token("alice"), token("alice", ["editor"])
+    assert ch.statuses(8, token=plain) == [200] * 8                      # authenticated: burst 8
+    got = [ch.request(token=t).status for t in (plain, ed, plain, ed)]
+    assert got == [429, 200, 429, 200]                                   # editor: its own budget
+    assert ch.statuses(19, token=ed) == [200] * 18 + [429]               # editor: burst 20
+    assert ch.metric("authenticated", "allowed") == 8 and ch.metric("authenticated", "limited") == 2
+    assert ch.metric("route:private", "allowed") == 8 + 2 + 18
+
+
 def test_slots_memoised_per_subject_or_address_only_when_the_keys_say_so():
     """A set memoises a request's slots by the one thing all its keys depend on."""
     ips = IpParts()

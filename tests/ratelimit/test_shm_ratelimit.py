@@ -281,3 +281,30 @@ def test_take_pair_follows_a_key_that_moves():
         assert ok and tats == [T0 + 11 * S, T0 + 3 * S]
         assert t.peek(b"alice") == T0 + 12 * S and t.peek(b"bob") == T0 + 11 * S
         assert pair[6] != hint and pair[6][2:] == hint[2:]   # alice's hint moved, bob's did not
+
+
+def test_take_marked_charges_like_check_and_raises_its_stripe_mark(region):
+    """A marked key is decided as ``check`` decides it; its stripe's mark is the largest TAT
+    it was given (a refusal leaves it), other stripes' marks stay 0; a peek of a key whose
+    stripe mark is not after now would say "passes" (the guard's shortcut)."""
+    t = region.ratelimit
+    s = t.slot(b"af\0i=192.0.2.1")
+    sp = spec(2, 3)                                 # 2/s, burst 3
+    cell = t.mark_cell(s)
+    assert t.cells[cell] == 0
+    got = [t.take_marked(s, sp, T0) for _ in range(4)]
+    assert [ok for ok, _ in got] == [True, True, True, False]
+    assert [tat for _, tat in got] == [0, T0 + S // 2, T0 + S, T0 + 3 * S // 2]
+    assert t.cells[cell] == t.peek_slot(s) == T0 + 3 * S // 2     # the last TAT given
+    assert t.take_marked(s, sp, T0 + S // 2)[0]                   # refilled one
+    assert t.cells[cell] == T0 + 2 * S
+    # the same decisions as the general pass on a twin key
+    for now in (T0, T0, T0, T0, T0 + S // 2):
+        t.check(b"twin", 2, 3, now)
+    assert t.peek(b"twin") == t.peek_slot(s)
+    # no other stripe is marked
+    marks = [t.cells[t.mark_cell(s._replace(stripe=i))] for i in range(min(t.buckets, 1024))]
+    assert sum(1 for m in marks if m) == 1
+    # once the mark is in the past, every marked key of the stripe has a full bucket
+    later = t.cells[cell] + 1
+    assert admit(t.peek_slot(s), sp.T, sp.tau, later)
