@@ -174,6 +174,18 @@ class Engine:
             # the parser stops at an upgrade head, so this connection ends after the answer.
             x.upgrade = None
             x.keep_alive = False
+        ids = route.chain.ids
+        if ids is not None:
+            # the request id, before every request filter (``Middleware.makes_request_ids``):
+            # the usual request's is made here, the middleware's ``request_filter`` written
+            # out (no request filter ran yet, so the header lines are still empty)
+            if req.x_request_id is None and ids.captured:
+                n = ids.counter = ids.counter + 1
+                line = ids.gen_line % n
+                x.request_id = line[ids.id_start:-2].decode("ascii")
+                x.up_lines = x.resp_lines = line
+            else:
+                ids.request_filter(x)
         chain = route.chain
         hooks = chain.request_sync
         if hooks is None:
