@@ -29,14 +29,16 @@ from __future__ import annotations
 from fastgw.clock import monotonic
 from fastgw.errors import GatewayError
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
-from fastgw.http.wire import LAST_CHUNK, chunk
+from fastgw.http.wire import LAST_CHUNK, STATUS_LINES, chunk
 from fastgw.pipeline.exchange import Attempt, new_attempt
-from fastgw.pipeline.heads import request_head, response_head
+from fastgw.pipeline.heads import _CUTS, request_head, response_head
 from fastgw.resilience.retry import CONNECT_FAILURE
 from fastgw.shm.health import KIND_OF
 from fastgw.upstream.client import T_IDLE
 
 STATUS_5XX = 3  # shm.health FAIL_KINDS index
+# the status lines of ``upstream_head``'s usual response (a 101 starts a tunnel: never usual)
+_PLAIN_LINES = {s: line for s, line in STATUS_LINES.items() if s != 101}
 
 def failed(inst, kind: int) -> None:
     """An attempt on ``inst`` failed (an upstream failure, never a gateway-made answer):
@@ -280,10 +282,21 @@ class Proxy:
             succeeded(a.instance)
         down = up.down
         # (``heads.keep_client`` written out, the same test: a Python call less per response)
-        return response_head(x, down, status, reason, block,
-                             x.keep_alive and down is not None and not self.engine.draining
-                             and not down.draining and down.cur_complete,
-                             x.app.server_header)
+        keep = x.keep_alive and down is not None and not self.engine.draining and not down.draining \
+            and down.cur_complete
+        cut = _CUTS.get(block)
+        if keep and cut is not None and cut[1] and cut[3] is None and x.resp_drop is None \
+                and not x.route.chain.response and x.request.version == "1.1":
+            line = _PLAIN_LINES.get(status)
+            if line is not None:
+                # The usual response: a header block seen before (its cut remembered), with
+                # its Content-Length and no Connection list, no response filter or removal,
+                # an HTTP/1.1 client kept alive.  ``response_head``'s result for it written
+                # out (a Python call and its general tests less per exchange; keep the two
+                # in step, tests/proxy/test_pipeline_model.py compares them).
+                x.status = status
+                return b"%s%s%s%s\r\n" % (line, x.app.server_header or b"", cut[0], x.resp_lines), 0
+        return response_head(x, down, status, reason, block, keep, x.app.server_header)
 
     def _bad_status(self, up, x, a, status: int) -> bool:
         """A 5xx head: counted against the instance; retried (the head not forwarded, the
