@@ -284,11 +284,11 @@ class Proxy:
         # (``heads.keep_client`` written out, the same test: a Python call less per response)
         keep = x.keep_alive and down is not None and not self.engine.draining and not down.draining \
             and down.cur_complete
-        cut = _CUTS.get(block)
-        if keep and cut is not None and cut[1] and cut[3] is None and x.resp_drop is None \
-                and not x.route.chain.response and x.request.version == "1.1":
+        if keep and not x.route.chain.response:
+            cut = _CUTS.get(block)
             line = _PLAIN_LINES.get(status)
-            if line is not None:
+            if line is not None and cut is not None and cut[1] and cut[3] is None and x.resp_drop is None \
+                    and x.request.version == "1.1":
                 # The usual response: a header block seen before (its cut remembered), with
                 # its Content-Length and no Connection list, no response filter or removal,
                 # an HTTP/1.1 client kept alive.  ``response_head``'s result for it written
