@@ -179,12 +179,13 @@ class Engine:
         ids = route.chain.ids
         if ids is not None:
             # the request id, before every request filter (``Middleware.makes_request_ids``):
-            # the usual request's is made here, the middleware's ``request_filter`` written
-            # out (no request filter ran yet, so the header lines are still empty)
+            # the usual request's is taken here, the middleware's ``request_filter``
+            # written out (no request filter ran yet, so the header lines are still empty)
             if req.x_request_id is None and ids.captured:
-                n = ids.counter = ids.counter + 1
-                line = ids.gen_line % n
-                x.request_id = line[ids.id_start:-2].decode("ascii")
+                try:
+                    line, x.request_id = ids.pool.pop()
+                except IndexError:
+                    line, x.request_id = ids.refill()
                 x.up_lines = x.resp_lines = line
             else:
                 ids.request_filter(x)

@@ -116,9 +116,9 @@ class Middleware:
         """True for the middleware that gives each request its id.  Its ``request_filter``
         is then not in the chain's request hooks: the engine runs it first, before the
         request filters, and for the usual request (no incoming id, the default header)
-        makes the id itself from the middleware's ``gen_line`` (``name: <prefix>%x\r\n``),
-        ``counter`` and ``id_start`` (where the id starts in the line), without a Python
-        call (``pipeline.engine``)."""
+        takes the next id itself from the middleware's ``pool`` of ready ``(header line,
+        id)`` pairs (``refill()`` when it is empty), without a Python call
+        (``pipeline.engine``)."""
         return False
 
     def close(self) -> None:
