@@ -163,7 +163,12 @@ class Metrics:
         # request_done's counts and sums, accumulated in plain lists and added to the
         # store by ``publish`` (the worker tick): a list item += costs less than half a
         # shared-memory memoryview item +=, and these are written on every request.
-        # acc_i/acc_f[j] belongs to store cell _cell_i/_cell_f[j].  ``req_cells``,
+        # acc_i/acc_f[j] belongs to store cell _cell_i/_cell_f[j] (several accumulators
+        # may add to one cell).  The request counter has no accumulator of its own: each
+        # (route, service, method, code) series has its own request-duration bucket
+        # accumulators (added to the route's buckets), and ``publish`` adds their sum to
+        # the series' counter (``_counted``: (counter cell, its bucket accumulators)), so
+        # a request costs one count less.  ``req_cells``,
         # ``request_cells``, ``acc_i`` and ``acc_f`` are what ``request_done`` uses, and
         # all that ``pipeline.engine.Engine.finish`` uses where it writes it out.
         self.acc_i: list[int] = []
@@ -171,6 +176,8 @@ class Metrics:
         self._cell_i: list[int] = []
         self._cell_f: list[int] = []
         self._local: dict = {}  # (kind, store cell) -> accumulator index
+        self._keyed: dict = {}  # counter cell -> its bucket accumulators (request_cells)
+        self._counted: list = []
         self._inflight = self.store.cell("fastgw_http_requests_in_flight")
         self._conns = self.store.cell("fastgw_downstream_connections_open")
 
@@ -224,10 +231,9 @@ class Metrics:
             cells = self.req_cells[ctx.route][ctx.status][ctx.request.method]
         except KeyError:
             cells = self.request_cells(ctx.route, ctx.request.method, ctx.status)
-        req, buckets, dsum, ubuckets, usum = cells
+        buckets, dsum, ubuckets, usum = cells
         iv = self.acc_i
         fv = self.acc_f
-        iv[req] += 1
         d = monotonic() - ctx.start
         iv[buckets[bisect_left(DURATION_BUCKETS, d)]] += 1
         fv[dsum] += d
@@ -253,7 +259,15 @@ class Metrics:
         else:
             ubuckets = usum = None
         acc = self._accumulator
-        cells = (acc(0, req), tuple(acc(0, c) for c in buckets), acc(1, dsum),
+        counted = self._keyed.get(req)
+        if counted is None:
+            # this series' own accumulators for the route's buckets (see __init__)
+            ai, ci = self.acc_i, self._cell_i
+            counted = self._keyed[req] = tuple(range(len(ai), len(ai) + len(buckets)))
+            ai.extend([0] * len(buckets))
+            ci.extend(buckets)
+            self._counted.append((req, counted))
+        cells = (counted, acc(1, dsum),
                  None if ubuckets is None else tuple(acc(0, c) for c in ubuckets),
                  None if usum is None else acc(1, usum))
         self.req_cells.setdefault(route, {}).setdefault(status, {})[method] = cells
@@ -274,6 +288,12 @@ class Metrics:
         tick, and once more before the worker exits): a scrape sees requests at most one
         tick late, as the in-flight gauge."""
         store = self.store
+        ints = store.ints
+        get = self.acc_i.__getitem__
+        for cell, counted in self._counted:
+            n = sum(map(get, counted))
+            if n:
+                ints[cell] += n
         for acc, cells, view in ((self.acc_i, self._cell_i, store.ints), (self.acc_f, self._cell_f, store.floats)):
             for j, v in enumerate(acc):
                 if v:

@@ -536,10 +536,9 @@ class Engine:
             cells = m.req_cells[route][status][method]
         except KeyError:
             cells = m.request_cells(route, method, status)
-        req_c, buckets, dsum, ubuckets, usum = cells
+        buckets, dsum, ubuckets, usum = cells
         iv = m.acc_i
         fv = m.acc_f
-        iv[req_c] += 1
         d = _monotonic() - x.start
         iv[buckets[_bisect(DURATION_BUCKETS, d)]] += 1
         fv[dsum] += d
