@@ -130,6 +130,12 @@ class UpstreamSide(Protocol):
     transport: object
     state: int              # 0 (IDLE): parked and usable (``Proxy.forward`` takes an idle
                             # connection from ``pool.idle`` itself, ``Pool.acquire_idle``'s test)
+    # ``Proxy.upstream_done`` parks the usual keep-alive connection itself
+    # (``Pool.release``'s parking written out): these are what that parking sets or reads
+    read_paused: bool       # reading paused by a slow client (resumed before parking)
+    reused: bool            # served an exchange before (a failure on it may be retried)
+    idle_since: float       # loop time it was parked
+    dl: object              # its one Deadline (the idle timeout while parked)
 
     def send(self, handler: UpstreamHandler, down: ClientSide, x, data: bytes, route) -> None:
         """Start the exchange: write ``data`` (head and any body at hand); the route

@@ -16,15 +16,18 @@ from fastgw.pipeline.middleware import overrides
 
 
 class Chain:
-    __slots__ = ("mws", "request", "upstream_request", "response", "response_body", "logging",
+    __slots__ = ("mws", "ids", "request", "upstream_request", "response", "response_body", "logging",
                  "request_body", "error", "request_sync", "direct", "response_block")
 
     def __init__(self, mws) -> None:
         mws = tuple(mws)
         self.mws = mws
+        # the middleware that gives each request its id (``Middleware.makes_request_ids``):
+        # the engine runs it before the request hooks, so it is not one of them
+        self.ids = next((m for m in mws if m.makes_request_ids()), None)
         self.request = tuple(
             (i, m.request_filter, inspect.iscoroutinefunction(m.request_filter))
-            for i, m in enumerate(mws) if overrides(m, "request_filter"))
+            for i, m in enumerate(mws) if overrides(m, "request_filter") and m is not self.ids)
         # the usual chain: no async request hook -> ``(index, hook)`` pairs run in a plain
         # loop (``request_sync``), else None and the engine drives ``request``
         self.request_sync = None if any(a for _i, _f, a in self.request) else \

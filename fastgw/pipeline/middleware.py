@@ -50,6 +50,10 @@ Capabilities (read once, when a chain or a config snapshot is built):
     ready() -> bool               readiness contribution (e.g. the first JWKS fetch);
                                   asked on every readiness probe, only of middlewares
                                   that override it
+    makes_request_ids() -> bool   this middleware's ``request_filter`` gives each
+                                  request its id (the request id middleware): the
+                                  engine runs it before every other request filter,
+                                  and makes the usual id itself (see the method)
     close()                       release background resources when a config is retired
 
 The order of middlewares is the gateway's (``middleware/registry``), never the config
@@ -107,6 +111,15 @@ class Middleware:
 
     def ready(self) -> bool:
         return True
+
+    def makes_request_ids(self) -> bool:
+        """True for the middleware that gives each request its id.  Its ``request_filter``
+        is then not in the chain's request hooks: the engine runs it first, before the
+        request filters, and for the usual request (no incoming id, the default header)
+        takes the next id itself from the middleware's ``pool`` of ready ``(header line,
+        id)`` pairs (``refill()`` when it is empty), without a Python call
+        (``pipeline.engine``)."""
+        return False
 
     def close(self) -> None:
         """Release background resources (tasks, connections) when a config is retired."""

@@ -29,13 +29,16 @@ from __future__ import annotations
 from fastgw.clock import monotonic
 from fastgw.errors import GatewayError
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
-from fastgw.http.wire import LAST_CHUNK, chunk
+from fastgw.http.wire import LAST_CHUNK, STATUS_LINES, chunk
 from fastgw.pipeline.exchange import Attempt, new_attempt
-from fastgw.pipeline.heads import request_head, response_head
+from fastgw.pipeline.heads import _CUTS, request_head, response_head
 from fastgw.resilience.retry import CONNECT_FAILURE
 from fastgw.shm.health import KIND_OF
+from fastgw.upstream.client import T_IDLE
 
 STATUS_5XX = 3  # shm.health FAIL_KINDS index
+# the status lines of ``upstream_head``'s usual response (a 101 starts a tunnel: never usual)
+_PLAIN_LINES = {s: line for s, line in STATUS_LINES.items() if s != 101}
 
 def failed(inst, kind: int) -> None:
     """An attempt on ``inst`` failed (an upstream failure, never a gateway-made answer):
@@ -279,10 +282,21 @@ class Proxy:
             succeeded(a.instance)
         down = up.down
         # (``heads.keep_client`` written out, the same test: a Python call less per response)
-        return response_head(x, down, status, reason, block,
-                             x.keep_alive and down is not None and not self.engine.draining
-                             and not down.draining and down.cur_complete,
-                             x.app.server_header)
+        keep = x.keep_alive and down is not None and not self.engine.draining and not down.draining \
+            and down.cur_complete
+        if keep and not x.route.chain.response:
+            cut = _CUTS.get(block)
+            line = _PLAIN_LINES.get(status)
+            if line is not None and cut is not None and cut[1] and cut[3] is None and x.resp_drop is None \
+                    and x.request.version == "1.1":
+                # The usual response: a header block seen before (its cut remembered), with
+                # its Content-Length and no Connection list, no response filter or removal,
+                # an HTTP/1.1 client kept alive.  ``response_head``'s result for it written
+                # out (a Python call and its general tests less per exchange; keep the two
+                # in step, tests/proxy/test_pipeline_model.py compares them).
+                x.status = status
+                return b"%s%s%s%s\r\n" % (line, x.app.server_header or b"", cut[0], x.resp_lines), 0
+        return response_head(x, down, status, reason, block, keep, x.app.server_header)
 
     def _bad_status(self, up, x, a, status: int) -> bool:
         """A 5xx head: counted against the instance; retried (the head not forwarded, the
@@ -311,13 +325,33 @@ class Proxy:
         proto = up.down
         x.attempt.conn = None
         req = x.request
+        pool = up.pool
         # An upstream that answered before the whole request body was sent still expects
         # the rest of it: that connection must not carry another request.
         if proto is None or proto.cur is not req or not proto.cur_complete:
-            reusable = False
-        up.pool.release(up, reusable)
-        if proto is not None and proto.cur is req:
-            proto.request_done(req, x.keep_alive)
+            pool.release(up, False)
+            if proto is not None and proto.cur is req:
+                proto.request_done(req, x.keep_alive)
+            return
+        if reusable and up.state == 0 and not up.read_paused and not pool.waiters and not pool.closed \
+                and len(pool.idle) < pool.max_idle and up.transport is not None:
+            # the usual keep-alive exchange: ``Pool.release``'s parking written out (a
+            # Python call less per exchange; keep the two in step)
+            up.down = None
+            up.ctx = None
+            up.reused = True
+            up.idle_since = now = pool.loop.time()
+            dl = up.dl
+            at = now + pool.idle_timeout
+            if dl.timer is not None and dl.timer_at <= at:
+                dl.at = at
+                dl.kind = T_IDLE
+            else:
+                dl.set(T_IDLE, pool.idle_timeout, now)
+            pool.idle.append(up)
+        else:
+            pool.release(up, reusable)
+        proto.request_done(req, x.keep_alive)
 
     def upstream_error(self, up, err: GatewayError) -> None:
         x = up.ctx

@@ -168,7 +168,9 @@ class Pool:
     # ------------------------------------------------------------------ release
     def release(self, conn: UpstreamProtocol, reusable: bool) -> None:
         """The one way a connection leaves an exchange: parked (or handed to a waiter)
-        when ``reusable``, else dropped (aborted if a response was in progress)."""
+        when ``reusable``, else dropped (aborted if a response was in progress).
+        ``pipeline.proxy.Proxy.upstream_done`` writes out the parking of the usual
+        keep-alive exchange (no waiter, room in ``idle``): keep the two in step."""
         # (state 0 is IDLE: not closed meanwhile; a transport that is closing is caught
         # by acquire_idle, which checks it anyway)
         if not reusable or self.closed or conn.state != 0 or conn.transport is None:

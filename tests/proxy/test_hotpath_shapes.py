@@ -51,3 +51,17 @@ def test_generated_request_id_goes_both_ways_in_one_line() -> None:
         assert ctx.resp_lines == b"x-request-id: " + rid.encode() + b"\r\n"
         ids.append(rid)
     assert ids[0] != ids[1] and int(ids[1].rpartition("-")[2], 16) == int(ids[0].rpartition("-")[2], 16) + 1
+
+
+def test_generated_request_ids_are_made_by_blocks_and_stay_consecutive() -> None:
+    """Ids come 256 at a time (one block of the counter): across block boundaries they
+    are the counter in hex, one apart, each line carrying its own id; a renamed header
+    is written lower-case."""
+    cfg = SimpleNamespace(gateway=SimpleNamespace(request_id_header="X-Correlation-ID"))
+    mw = RequestId(cfg, None)
+    got = [mw.take() for _ in range(600)]
+    nums = [int(rid.rpartition("-")[2], 16) for _line, rid in got]
+    assert nums == list(range(nums[0], nums[0] + 600)) and nums[0] == 256
+    assert all(line == b"x-correlation-id: " + rid.encode() + b"\r\n" for line, rid in got)
+    assert all(rid.startswith(mw.prefix.decode()) for _line, rid in got)
+    assert len({rid for _line, rid in got}) == 600

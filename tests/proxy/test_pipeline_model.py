@@ -269,3 +269,43 @@ def test_in_flight_count_is_the_connections_with_a_request():
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+@pytest.mark.parametrize("block", [
+    b"Server: nginx\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n",
+    b"Content-Length: 0\r\n",
+    b"Date: x\r\nconnection:  Keep-Alive \r\nContent-Length: 12\r\n",
+    b"Transfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n",       # not usual: response_head
+    b"Content-Length: 3\r\nConnection: x-secret\r\nX-Secret: 1\r\n",  # a Connection list
+])
+@pytest.mark.parametrize("status", [200, 404, 299, 101])
+@pytest.mark.parametrize("server", [None, b"server: fastgw\r\n"])
+@pytest.mark.parametrize("keep,version,lines", [(True, "1.1", b"x-request-id: r-1\r\n"), (True, "1.1", b""),
+                                                (False, "1.1", b""), (True, "1.0", b"a: 1\r\n")])
+def test_upstream_head_usual_path_is_response_head(block, status, server, keep, version, lines):
+    """``Proxy.upstream_head`` writes out ``response_head``'s usual case (a block seen
+    before, Content-Length, no filter, kept alive): the same bytes, framing and exchange
+    fields as the general builder, for usual and unusual heads alike."""
+    from fastgw.pipeline import heads
+    from fastgw.pipeline.exchange import Attempt
+    from fastgw.pipeline.proxy import Proxy
+
+    def exchange():
+        x = Exchange(Request.build("GET", b"/", [(b"Host", b"gw")], version=version), SimpleNamespace(server_header=server))
+        x.keep_alive = keep
+        x.route = SimpleNamespace(chain=Chain([]), retry=None)
+        x.resp_lines = lines
+        inst = SimpleNamespace(fails=0, row=None)
+        x.attempt = Attempt(inst, None, b"", None, 0.0, 0.0, None, None, 0)
+        return x
+
+    down = SimpleNamespace(draining=False, cur_complete=True)
+    proxy = Proxy(SimpleNamespace(draining=False))
+    ref = exchange()
+    want = response_head(ref, down, status, b"Reason", block, keep, server)
+    heads._CUTS.pop(block, None)
+    for _ in range(2):   # the first sight of a block (no cut yet), then the remembered cut
+        x = exchange()
+        got = proxy.upstream_head(SimpleNamespace(ctx=x, down=down), status, b"Reason", block, keep)
+        assert got == want
+        assert (x.status, x.keep_alive, x.upstream_status) == (ref.status, ref.keep_alive, status)
