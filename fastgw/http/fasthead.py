@@ -31,9 +31,9 @@ Rules:
 5. Fields are what the parser path sets (``http.protocol.on_header`` and
    ``on_headers_complete``): the same classification (``reqhead.special_kind``),
    forwarded lines, captured values, dropped underscore names and X-Forwarded lines.
-6. A verdict is a pure function of the head's bytes and the connection's limits, so it
-   is remembered per ``ConnInfo`` (``heads``: bounded, cleared when full): a client sends
-   the same head again and again.  The verdict on an accepted head is the template of
+6. A verdict is a pure function of the head's bytes and the listener's settings (the
+   limits, TLS), so it is remembered per ``ConnInfo`` (``heads``: bounded, cleared when
+   full): a client sends the same head again and again.  The verdict on an accepted head is the template of
    its ``Request`` (immutable values; the header list is copied per request).
 
 The protocol tries this only when its parser is at a message boundary with no byte of
@@ -140,7 +140,7 @@ def _template(m, info):
     # the order of new_request's unpacking
     return (METHODS[method_b], method_b, target, "1.1", "/", b"", host.decode("latin-1").lower(), host,
             tuple(fwd), keep, conn, None, None, xff, xfp, xfh, authz, origin, ua, rid, trace,
-            None, None, False, 0, None, True, None)
+            None, None, False, 0, None, True, None, info.tls)
 
 
 def new_request(v, proto) -> Request:
@@ -150,10 +150,10 @@ def new_request(v, proto) -> Request:
     (req.method, req.method_b, req.raw_target, req.version, req.path, req.query, req.host, req.raw_host,
      fwd, req.keep_alive, req.conn_hdr, req.expect, req.upgrade, req.xff, req.xfp, req.xfh,
      req.authorization, req.origin, req.user_agent, req.x_request_id, req.trace_hdrs,
-     req._hmap, req.content_length, req.chunked, req.bytes_received, req.qbody, req.qcomplete, req.exchange) = v
+     req._hmap, req.content_length, req.chunked, req.bytes_received, req.qbody, req.qcomplete, req.exchange,
+     req.tls) = v
     req.headers = [*fwd]
     req.peer_ip = proto.peer_ip
-    req.tls = proto.info.tls
     return req
 
 

@@ -30,6 +30,9 @@ Rules this file keeps:
    ``lingering_size`` bytes, then the connection closes.  Closing with unread input
    would make the kernel answer with RST, and a client still writing its body would
    lose the answer.  A lingering connection stays in the engine's connection count.
+7. A read that is one whole usual head skips the parser (``http.fasthead``: a strict
+   subset of what llhttp accepts, the same Request); only at a message boundary the
+   parser has kept no byte of (``fresh``), and the parser is then as if it had read it.
 """
 
 from __future__ import annotations

@@ -73,9 +73,9 @@ def _connect(info):
     return p, h, t
 
 
-def _run(reads, fast: bool, answer: bool = True):
+def _run(reads, fast: bool, answer: bool = True, tls: bool = False):
     """Feed ``reads`` to a new connection; answer each dispatched request (keep-alive)."""
-    info = ConnInfo(LIMITS, TIMEOUTS)
+    info = ConnInfo(LIMITS, TIMEOUTS, tls=tls)
     if not fast:
         info.heads = _Off()
     p, h, t = _connect(info)
@@ -91,10 +91,10 @@ def _run(reads, fast: bool, answer: bool = True):
     return outcome, h.fast
 
 
-def _same(reads, answer: bool = True):
+def _same(reads, answer: bool = True, tls: bool = False):
     """Both ways give the same outcome; returns which dispatched requests the fast path made."""
-    off, off_fast = _run(reads, False, answer)
-    on, on_fast = _run(reads, True, answer)
+    off, off_fast = _run(reads, False, answer, tls)
+    on, on_fast = _run(reads, True, answer, tls)
     assert not any(off_fast), "the fast path ran while forced off"
     assert on == off
     return on_fast
@@ -219,6 +219,7 @@ DECLINED = [
 def test_accepted_heads_read_as_the_parser_reads_them(name, raw):
     assert fasthead.verdict(raw, ConnInfo(LIMITS, TIMEOUTS)), "declined"
     assert _same([raw]) == [True], "the fast path did not make this request"
+    assert _same([raw], tls=True) == [True]   # (a TLS listener's verdicts are its own)
 
 
 # a body the parser must frame (the fast path declines it), then a head split over reads,
