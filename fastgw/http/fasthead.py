@@ -12,8 +12,8 @@ Rules:
    accepts with the same meaning, and the protocol's parser path would dispatch it
    without an error; it accepts less.  A head that would get an error answer is
    declined, so every error still comes from the parser path, with its status.
-2. The read is one whole head: it fully matches ``_STRICT`` (so it ends with its empty
-   line, and nothing follows: no body, no pipelined request).  The request line is
+2. The read is one whole head: its first empty line ends it (no body, no pipelined
+   request), and all of it matches ``_REQUEST_LINE`` and ``_LINES``.  The request line is
    ``METHOD SP target SP HTTP/1.1 CRLF`` with a method of ``reqhead.METHODS`` (no
    CONNECT), an origin-form target of RFC 3986 path and query characters (no ``#``, no
    space, no control, no obs-text); header lines are ``token ":" OWS value CRLF`` with a
@@ -53,18 +53,23 @@ from fastgw.http.reqhead import (H_AUTHZ, H_CONN, H_HOST, H_ORIGIN, H_RID, H_TRA
                                  H_XFWD, METHODS, REPEATED, special_kind, valid_host)
 from fastgw.http.request import Request
 
-# rule 2
+# rule 2: the request line (matched at the start of the read), then the header lines,
+# each from the LF before it to its CR (followed by LF): over the bytes from the request
+# line's LF to the head's last LF, a head is well-formed when every LF but the last one
+# starts a line that matches (``_template``), so nothing between them goes unchecked.
+# The greedy OWS leaves the value as llhttp reports it (leading OWS dropped).
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_STRICT = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.1\r\n"
-                     rb"((?:" + _TCHAR + rb"+:[\t\x20-\x7e]*\r\n)*)\r\n").fullmatch
-# the lines of a block _STRICT matched: (name, value) with the value as llhttp reports it
-# (the greedy OWS leaves the value starting with a visible character, or empty)
-_LINES = re.compile(rb"(" + _TCHAR + rb"+):[\t ]*([^\r]*)\r\n").findall
+_REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) "
+                           rb"HTTP/1\.1\r\n").match
+_LINES = re.compile(rb"\n(" + _TCHAR + rb"+):[\t ]*([\t\x20-\x7e]*)\r(?=\n)").findall
 _CONN_VALUES = (b"close", b"keep-alive")
 
 MAX_HEAD = 4096
 HEADS_SIZE = 256
 NO = False   # the verdict on a head the parser must read
+# valid Host values and their str form (a gateway sees few): what a new head's verdict
+# would otherwise check with a regex
+_HOSTS: dict[bytes, str] = {}
 
 _new = object.__new__
 
@@ -72,15 +77,9 @@ _new = object.__new__
 def verdict(data: bytes, info):
     """The template of the Request ``data`` (one whole head) is, or ``NO``; remembered in
     ``info.heads`` when ``data`` is one whole head (rule 6)."""
-    if len(data) > MAX_HEAD:
-        return NO
-    m = _STRICT(data)
-    if m is None:
-        if data.find(b"\r\n\r\n") != len(data) - 4:
-            return NO   # not one whole head (a body, a pipelined request): not remembered
-        v = NO
-    else:
-        v = _template(m, info)
+    if len(data) > MAX_HEAD or data.find(b"\r\n\r\n") != len(data) - 4:
+        return NO   # not one whole head (a body, a pipelined request): not remembered
+    v = _template(data, info)
     heads = info.heads
     if len(heads) >= HEADS_SIZE:
         heads.clear()
@@ -88,9 +87,16 @@ def verdict(data: bytes, info):
     return v
 
 
-def _template(m, info):
-    method_b, target, block = m.groups()
+def _template(data: bytes, info):
+    m = _REQUEST_LINE(data)
+    if m is None:
+        return NO
+    method_b, target = m.groups()
     if len(target) > info.max_request_line:
+        return NO
+    block = data[m.end() - 1:-2]   # (data ends with CRLF CRLF: verdict)
+    lines = _LINES(block)
+    if len(lines) != block.count(b"\n") - 1:
         return NO
     max_line = info.max_header_size
     size = 0
@@ -98,7 +104,7 @@ def _template(m, info):
     host = conn = xff = xfp = xfh = authz = origin = ua = rid = None
     hosts = 0
     trace = False
-    for name, value in _LINES(block):
+    for name, value in lines:
         n = len(name) + len(value)
         if n > max_line:
             return NO
@@ -134,11 +140,18 @@ def _template(m, info):
             xfh = value
         elif kind != H_XFWD:   # Content-Length, Transfer-Encoding, Upgrade, Expect, hop-by-hop
             return NO
-    if size > info.max_headers_size or len(fwd) > info.max_headers or hosts != 1 or not valid_host(host):
+    if size > info.max_headers_size or len(fwd) > info.max_headers or hosts != 1:
         return NO
+    host_str = _HOSTS.get(host)
+    if host_str is None:
+        if not valid_host(host):
+            return NO
+        if len(_HOSTS) >= HEADS_SIZE:
+            _HOSTS.clear()
+        host_str = _HOSTS[host] = host.decode("latin-1").lower()
     keep = conn is None or conn.lower() != b"close"
     # the order of new_request's unpacking
-    return (METHODS[method_b], method_b, target, "1.1", "/", b"", host.decode("latin-1").lower(), host,
+    return (METHODS[method_b], method_b, target, "1.1", "/", b"", host_str, host,
             tuple(fwd), keep, conn, None, None, xff, xfp, xfh, authz, origin, ua, rid, trace,
             None, None, False, 0, None, True, None, info.tls)
 
