@@ -33,7 +33,9 @@ Rules:
    forwarded lines, captured values, dropped underscore names and X-Forwarded lines.
 6. A verdict is a pure function of the head's bytes and the listener's settings (the
    limits, TLS), so it is remembered per ``ConnInfo`` (``heads``: bounded, cleared when
-   full): a client sends the same head again and again.  The verdict on an accepted head is the template of
+   full): a client sends the same head again and again.  It is made on a head's second
+   read (the first is only noted): a head that never comes again costs a dict insert
+   more than the parser, not a verdict.  The verdict on an accepted head is the template of
    its ``Request`` (immutable values; the header list is copied per request).
 
 The protocol tries this only when its parser is at a message boundary with no byte of
@@ -75,14 +77,23 @@ _new = object.__new__
 
 
 def verdict(data: bytes, info):
-    """The template of the Request ``data`` (one whole head) is, or ``NO``; remembered in
-    ``info.heads`` when ``data`` is one whole head (rule 6)."""
-    if len(data) > MAX_HEAD or data.find(b"\r\n\r\n") != len(data) - 4:
-        return NO   # not one whole head (a body, a pipelined request): not remembered
-    v = _template(data, info)
+    """The template of the Request ``data`` (one whole head) is, or ``NO`` (the parser
+    reads it); remembered in ``info.heads`` (rule 6).  A read seen for the first time is
+    only noted (``None``), and read by the parser: a verdict costs about what the
+    parser's callbacks cost, so it is worth making for a head that comes again, not for
+    every new one (a new query string, a new token)."""
+    if len(data) > MAX_HEAD:
+        return NO
     heads = info.heads
-    if len(heads) >= HEADS_SIZE:
-        heads.clear()
+    if data not in heads:
+        if len(heads) >= HEADS_SIZE:
+            heads.clear()
+        heads[data] = None
+        return NO
+    if data.find(b"\r\n\r\n") != len(data) - 4:
+        v = NO   # not one whole head (a body, a pipelined request)
+    else:
+        v = _template(data, info)
     heads[data] = v
     return v
 

@@ -30,6 +30,21 @@ _UNSET = "<unset>"
 _SLOTS = [s for s in Request.__slots__ if s != "exchange"]
 
 
+def verdict(raw: bytes, info=None):
+    """The verdict on ``raw`` read a second time (the first read only notes it)."""
+    info = info or ConnInfo(LIMITS, TIMEOUTS)
+    assert fasthead.verdict(raw, info) is fasthead.NO
+    return fasthead.verdict(raw, info)
+
+
+def _seen(*heads):
+    """A listener's settings on which ``heads`` were read once already."""
+    info = ConnInfo(LIMITS, TIMEOUTS)
+    for raw in heads:
+        fasthead.verdict(raw, info)
+    return info
+
+
 def get(lines: bytes = H, target: bytes = b"/api/x", method: bytes = b"GET", version: bytes = b"HTTP/1.1") -> bytes:
     return method + b" " + target + b" " + version + b"\r\n" + lines + b"\r\n"
 
@@ -73,11 +88,14 @@ def _connect(info):
     return p, h, t
 
 
-def _run(reads, fast: bool, answer: bool = True, tls: bool = False):
+def _run(reads, fast: bool, answer: bool = True, tls: bool = False, warm: bool = True):
     """Feed ``reads`` to a new connection; answer each dispatched request (keep-alive)."""
     info = ConnInfo(LIMITS, TIMEOUTS, tls=tls)
     if not fast:
         info.heads = _Off()
+    elif warm:
+        for data in reads:   # seen before (a verdict is made on a head's second read)
+            fasthead.verdict(data, info)
     p, h, t = _connect(info)
     for data in reads:
         if p.closed:
@@ -217,7 +235,7 @@ DECLINED = [
 
 @pytest.mark.parametrize("name,raw", ACCEPTED, ids=[r[0] for r in ACCEPTED])
 def test_accepted_heads_read_as_the_parser_reads_them(name, raw):
-    assert fasthead.verdict(raw, ConnInfo(LIMITS, TIMEOUTS)), "declined"
+    assert verdict(raw), "declined"
     assert _same([raw]) == [True], "the fast path did not make this request"
     assert _same([raw], tls=True) == [True]   # (a TLS listener's verdicts are its own)
 
@@ -239,7 +257,7 @@ def test_the_parser_after_an_accepted_head_is_where_it_would_be(name, raw):
 
 @pytest.mark.parametrize("name,raw", DECLINED, ids=[r[0] for r in DECLINED])
 def test_odd_heads_go_to_the_parser(name, raw):
-    assert not fasthead.verdict(raw, ConnInfo(LIMITS, TIMEOUTS))
+    assert not verdict(raw)
     assert not any(_same([raw]))
     assert not any(_same([raw] + FOLLOW)[:1])
 
@@ -277,7 +295,7 @@ def test_held_head_is_read_after_the_response():
     """A head that arrives while a request is in flight is held raw, then read (by the
     fast path: the parser has seen none of it) once the response is done."""
     assert _same([get(target=b"/1"), get(target=b"/2")], answer=False) == [True]
-    p, h, t = _connect(ConnInfo(LIMITS, TIMEOUTS))
+    p, h, t = _connect(_seen(get(target=b"/1"), get(target=b"/2")))
     p.data_received(get(target=b"/1"))
     p.data_received(get(target=b"/2"))
     assert [c.raw_target for c in h.dispatched] == [b"/1"]
@@ -291,7 +309,7 @@ def test_after_a_fast_request_that_closes_the_parser_is_as_llhttp_after_it():
     import httptools
 
     close = get(H + b"Connection: close\r\n")
-    p, h, t = _connect(ConnInfo(LIMITS, TIMEOUTS))
+    p, h, t = _connect(_seen(close))
     p.data_received(close)
     assert h.fast == [True] and p.parser is fasthead.CLOSED and p.p_req is p.cur
     for reads in ([b"\r\n"], [b"\r\n\r\n", b"\n"], [b"G"], [b"\r\nGET / HTTP/1.1\r\n"], [b"\r", get()]):
@@ -317,24 +335,39 @@ def test_after_a_fast_request_that_closes_the_parser_is_as_llhttp_after_it():
 def test_verdicts_are_remembered_per_limits_and_bounded():
     info = ConnInfo(LIMITS, TIMEOUTS)
     raw = get(H + b"X-A: " + b"v" * 300 + b"\r\n")
+    # the first read is only noted (the parser reads it), the second gets its verdict
+    assert fasthead.verdict(raw, info) is fasthead.NO and raw in info.heads and info.heads[raw] is None
     v = fasthead.verdict(raw, info)
     assert v and info.heads[raw] is v
     odd = get(H + b"X-A: caf\xc3\xa9\r\n")
-    assert fasthead.verdict(odd, info) is fasthead.NO and info.heads[odd] is fasthead.NO
-    # not one whole head: never remembered (it would fill the dict with bodies)
+    assert verdict(odd, info) is fasthead.NO and info.heads[odd] is fasthead.NO
+    # not one whole head
     body = get(H + b"Content-Length: 3\r\n", method=b"POST") + b"ab\n"
-    assert fasthead.verdict(body, info) is fasthead.NO and body not in info.heads
+    assert verdict(body, info) is fasthead.NO and info.heads[body] is fasthead.NO
     # the same head under smaller limits is declined (the parser answers 431 there)
     small = ConnInfo(type(LIMITS)(max_request_line=1024, max_header_size=100, max_headers_size=2048,
                                   max_headers=20), TIMEOUTS)
-    assert fasthead.verdict(raw, small) is fasthead.NO
+    assert verdict(raw, small) is fasthead.NO
     for i in range(fasthead.HEADS_SIZE + 5):
         fasthead.verdict(get(target=b"/%d" % i), info)
     assert len(info.heads) <= fasthead.HEADS_SIZE
 
 
+def test_a_head_is_read_fast_from_its_second_read_on():
+    """Both ways alike: the first read of a head goes to the parser, later ones are made
+    from its verdict; a stream of heads that never repeat is all parsed."""
+    reads = [get(target=b"/a"), get(target=b"/a"), get(target=b"/b"), get(target=b"/a")]
+    off, _ = _run(reads, False)
+    on, fast = _run(reads, True, warm=False)
+    assert on == off and fast == [False, True, False, True]
+    new = [get(target=b"/new/%d" % i) for i in range(20)]
+    off, _ = _run(new, False)
+    on, fast = _run(new, True, warm=False)
+    assert on == off and fast == [False] * 20
+
+
 def test_requests_of_one_template_do_not_share_their_header_list():
-    p, h, t = _connect(ConnInfo(LIMITS, TIMEOUTS))
+    p, h, t = _connect(_seen(get(H + b"X-A: 1\r\n")))
     raw = get(H + b"X-A: 1\r\n")
     for _ in range(2):
         p.data_received(raw)
