@@ -4,7 +4,8 @@ Rule 1 of that module: what it accepts, the parser's path (llhttp in strict mode
 protocol's callbacks) dispatches with the same fields; everything else is declined and
 parsed as before.  Each row is fed both ways to a real ``DownstreamProtocol`` (fake
 transport, recording handler): once with the fast path forced off (every verdict says
-"parse it") and once as shipped.  The outcomes must be identical: every field of every
+"parse it") and once as shipped, on a listener that has read those heads once before
+(a verdict is made on a head's second read).  The outcomes must be identical: every field of every
 dispatched ``Request``, the protocol's deadline and counters at dispatch, the error
 reported (kind and detail), the bytes written and whether the connection closed.  Then
 a follow-up on the same connection (a body the parser must frame, and a head split
