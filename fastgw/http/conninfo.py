@@ -21,7 +21,7 @@ class ConnInfo:
 
     __slots__ = ("max_request_line", "max_header_size", "max_headers_size", "max_headers",
                  "t_head", "t_body", "t_idle", "t_send", "t_min", "tls",
-                 "body_total", "body_rate", "body_grace", "t_linger", "linger_size")
+                 "body_total", "body_rate", "body_grace", "t_linger", "linger_size", "heads")
 
     def __init__(self, limits, timeouts, tls: bool = False) -> None:
         self.max_request_line = int(limits.max_request_line)
@@ -43,3 +43,5 @@ class ConnInfo:
         # one, and a 5 s horizon would wake every idle connection every 5 s)
         self.t_min = min(self.t_head, self.t_body, self.t_idle, self.t_send, self.body_total)
         self.tls = tls
+        # verdicts on whole request heads for these limits (``http.fasthead``, rule 6)
+        self.heads = {}

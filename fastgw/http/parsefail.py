@@ -26,6 +26,7 @@ class ParseFailures:
     def _feed_failed(self, e, data) -> None:
         """``feed_data(data)`` raised ``e`` (``_PARSER_RAISES``): an Upgrade head, a
         callback's GatewayError, or malformed input."""
+        self.fresh = False   # (the parser's state is its own now: no read skips it)
         if isinstance(e, httptools.HttpParserUpgrade):
             off = e.args[0] if e.args else len(data)
             self._on_upgrade_request(data[off:])

@@ -30,6 +30,9 @@ Rules this file keeps:
    ``lingering_size`` bytes, then the connection closes.  Closing with unread input
    would make the kernel answer with RST, and a client still writing its body would
    lose the answer.  A lingering connection stays in the engine's connection count.
+7. A read that is one whole usual head skips the parser (``http.fasthead``: a strict
+   subset of what llhttp accepts, the same Request); only at a message boundary the
+   parser has kept no byte of (``fresh``), and the parser is then as if it had read it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from fastgw.errors import GatewayError
 from fastgw.http.conninfo import (PAUSE_BACKLOG, PAUSE_UPSTREAM, PAUSE_WAIT, T_BODY, T_HEAD,  # noqa: F401
                                   T_IDLE, T_LINGER, T_NONE, T_SEND, ConnInfo)
 from fastgw.http.deadline import Deadline
+from fastgw.http.fasthead import CLOSED, new_request, verdict
 from fastgw.http.linger import Linger
 from fastgw.http.linger import start as start_linger
 from fastgw.http.parsefail import PARSER_RAISES as _PARSER_RAISES, ParseFailures
@@ -57,7 +61,7 @@ class DownstreamProtocol(ParseFailures):
         # per-connection
         "handler", "info", "loop", "transport", "parser", "peer_ip", "peer_port", "closed",
         "paused", "write_paused", "dl",
-        "queue", "backlog", "n_requests", "draining", "tunnel", "unread",
+        "queue", "backlog", "n_requests", "draining", "tunnel", "unread", "fresh",
         # per-request (the request being parsed)
         "p_req", "p_size", "p_hosts", "p_cl", "p_te", "p_error", "host_ok", "host_str",
         "max_line", "max_head",
@@ -84,6 +88,12 @@ class DownstreamProtocol(ParseFailures):
         self.draining = False
         self.tunnel = None
         self.unread = False  # input left unparsed (a parse error): the close lingers
+        # the parser holds no byte of a message it has not finished: the last bytes it was
+        # fed ended with LF (before a request target, llhttp only skips CR and LF; any
+        # other byte it keeps is a method, and a LF there is an error).  With p_req None
+        # (no partial head, nothing queued, the last request kept alive) a read may
+        # skip the parser (http.fasthead).
+        self.fresh = True
         self.cur = None
         self.cur_complete = False
         self.body_start = 0.0  # when the body of the request in flight started
@@ -164,6 +174,24 @@ class DownstreamProtocol(ParseFailures):
             self._hold(data)
             return
         if len(data) <= FEED_SLICE:
+            if self.p_req is None and self.fresh and data[-1] == 10:
+                # one whole usual head: its Request without the parser (http.fasthead)
+                v = self.info.heads.get(data)
+                if v is None:
+                    v = verdict(data, self.info)
+                if v:
+                    req = new_request(v, self)
+                    if not req.keep_alive:   # (as the parser leaves them after such a request)
+                        self.p_req = req
+                        self.parser = CLOSED
+                    self.n_requests += 1
+                    self.cur = req
+                    self.cur_complete = True
+                    k = self.dl.kind
+                    if k != T_NONE and k != T_SEND:
+                        self.dl.kind = T_NONE
+                    self.handler.dispatch(self, req, None)
+                    return
             # ``_feed`` written out for the usual read (one head, or a body piece): a
             # Python call less per request; its error handling stays in ``_feed_failed``
             try:
@@ -171,6 +199,7 @@ class DownstreamProtocol(ParseFailures):
             except _PARSER_RAISES as e:
                 self._feed_failed(e, data)
                 return
+            self.fresh = data[-1] == 10
             if self.cur is None:
                 q = self.queue
                 if q:
@@ -229,6 +258,7 @@ class DownstreamProtocol(ParseFailures):
         except _PARSER_RAISES as e:
             self._feed_failed(e, data)
         else:
+            self.fresh = data[-1] == 10
             if self.cur is None:
                 if self.queue:
                     self._next()
