@@ -157,26 +157,24 @@ class Metrics:
     def __init__(self, store=None) -> None:
         self.store = store if store is not None else LocalStore()
         self._cells: dict = {}
-        self.req_cells: dict = {}   # route -> status -> method -> cells (request_done)
+        self._req: dict = {}  # route -> status -> method -> cells (request_done)
         self._nreq = 0         # entries in _req
         self._pool: dict = {}
         # request_done's counts and sums, accumulated in plain lists and added to the
         # store by ``publish`` (the worker tick): a list item += costs less than half a
         # shared-memory memoryview item +=, and these are written on every request.
-        # acc_i/acc_f[j] belongs to store cell _cell_i/_cell_f[j] (several accumulators
+        # _acc_i/_acc_f[j] belongs to store cell _cell_i/_cell_f[j] (several accumulators
         # may add to one cell).  The request counter has no accumulator of its own: each
         # (route, service, method, code) series has its own request-duration bucket
         # accumulators (added to the route's buckets), and ``publish`` adds their sum to
         # the series' counter (``_counted``: (counter cell, its bucket accumulators)), so
-        # a request costs one count less.  ``req_cells``,
-        # ``request_cells``, ``acc_i`` and ``acc_f`` are what ``request_done`` uses, and
-        # all that ``pipeline.engine.Engine.finish`` uses where it writes it out.
-        self.acc_i: list[int] = []
-        self.acc_f: list[float] = []
+        # a request costs one count less.
+        self._acc_i: list[int] = []
+        self._acc_f: list[float] = []
         self._cell_i: list[int] = []
         self._cell_f: list[int] = []
         self._local: dict = {}  # (kind, store cell) -> accumulator index
-        self._keyed: dict = {}  # counter cell -> its bucket accumulators (request_cells)
+        self._keyed: dict = {}  # counter cell -> its bucket accumulators (_request_cells)
         self._counted: list = []
         self._inflight = self.store.cell("fastgw_http_requests_in_flight")
         self._conns = self.store.cell("fastgw_downstream_connections_open")
@@ -225,15 +223,14 @@ class Metrics:
         # writes (published to the store on the tick).  The cache is nested dicts rather
         # than a dict keyed by a tuple: three dict subscripts cost fewer instructions than
         # building, hashing and comparing a key tuple (callgrind).  The module docstring
-        # says why there is no _count write.  The engine writes this out (Engine.finish):
-        # keep the two in step.
+        # says why there is no _count write.
         try:
-            cells = self.req_cells[ctx.route][ctx.status][ctx.request.method]
+            cells = self._req[ctx.route][ctx.status][ctx.request.method]
         except KeyError:
-            cells = self.request_cells(ctx.route, ctx.request.method, ctx.status)
+            cells = self._request_cells(ctx.route, ctx.request.method, ctx.status)
         buckets, dsum, ubuckets, usum = cells
-        iv = self.acc_i
-        fv = self.acc_f
+        iv = self._acc_i
+        fv = self._acc_f
         d = monotonic() - ctx.start
         iv[buckets[bisect_left(DURATION_BUCKETS, d)]] += 1
         fv[dsum] += d
@@ -242,11 +239,11 @@ class Metrics:
             iv[ubuckets[bisect_left(DURATION_BUCKETS, ud)]] += 1
             fv[usum] += ud
 
-    def request_cells(self, route, method: str, status: int) -> tuple:
-        """The cells of ``request_done`` for (route, method, status), cached in ``req_cells``."""
+    def _request_cells(self, route, method: str, status: int) -> tuple:
+        """The cells of ``request_done`` for (route, method, status), cached in ``_req``."""
         self._nreq += 1
         if self._nreq > 4096:  # routes of retired configs, odd methods: stay bounded
-            self.req_cells.clear()
+            self._req.clear()
             self._nreq = 1
         rname = route.name if route is not None else "-"
         svc = route.service if route is not None else "-"
@@ -262,7 +259,7 @@ class Metrics:
         counted = self._keyed.get(req)
         if counted is None:
             # this series' own accumulators for the route's buckets (see __init__)
-            ai, ci = self.acc_i, self._cell_i
+            ai, ci = self._acc_i, self._cell_i
             counted = self._keyed[req] = tuple(range(len(ai), len(ai) + len(buckets)))
             ai.extend([0] * len(buckets))
             ci.extend(buckets)
@@ -270,14 +267,14 @@ class Metrics:
         cells = (counted, acc(1, dsum),
                  None if ubuckets is None else tuple(acc(0, c) for c in ubuckets),
                  None if usum is None else acc(1, usum))
-        self.req_cells.setdefault(route, {}).setdefault(status, {})[method] = cells
+        self._req.setdefault(route, {}).setdefault(status, {})[method] = cells
         return cells
 
     def _accumulator(self, kind: int, cell: int) -> int:
         """The accumulator index of store cell ``cell`` (kind 0: int, 1: float), made on first use."""
         j = self._local.get((kind, cell))
         if j is None:
-            acc, cells = (self.acc_i, self._cell_i) if kind == 0 else (self.acc_f, self._cell_f)
+            acc, cells = (self._acc_i, self._cell_i) if kind == 0 else (self._acc_f, self._cell_f)
             j = self._local[(kind, cell)] = len(acc)
             acc.append(0 if kind == 0 else 0.0)
             cells.append(cell)
@@ -289,12 +286,12 @@ class Metrics:
         tick late, as the in-flight gauge."""
         store = self.store
         ints = store.ints
-        get = self.acc_i.__getitem__
+        get = self._acc_i.__getitem__
         for cell, counted in self._counted:
             n = sum(map(get, counted))
             if n:
                 ints[cell] += n
-        for acc, cells, view in ((self.acc_i, self._cell_i, store.ints), (self.acc_f, self._cell_f, store.floats)):
+        for acc, cells, view in ((self._acc_i, self._cell_i, store.ints), (self._acc_f, self._cell_f, store.floats)):
             for j, v in enumerate(acc):
                 if v:
                     view[cells[j]] += v
