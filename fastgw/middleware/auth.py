@@ -23,8 +23,8 @@ Three classes, chosen by ``build`` so each route pays only for what it uses:
   every other request completes without suspending, so an engine that drives the
   coroutine with ``send(None)`` never needs a task for it.
 
-Per config generation, one ``_State`` (kept in ``deps.state``) holds the key ring, the
-verified-token LRU and the verifiers (one per distinct claim rules), shared by the
+Per config generation, one ``AuthState`` (``fastgw.auth.shared``, kept in ``deps.state``)
+holds the key ring, the verified-token LRU and the verifiers (one per distinct claim rules), shared by the
 routes; JWKS sources live in a per-worker pool shared across reloads (keys and readiness
 survive a reload that keeps the source).  ``close()`` on the last middleware of a config
 releases its sources.
@@ -47,17 +47,16 @@ it), so a repeat token is one lookup, the exp/nbf compares and the revocation ch
 
 from __future__ import annotations
 
-from fastgw.auth.jwks import SourcePool, all_ready
-from fastgw.auth.keys import KeyIndex, KeyRing, load_static, secret_key
+from fastgw.auth.jwks import all_ready
 from fastgw.auth.rbac import Policy
-from fastgw.auth.token import REASONS, AuthFailure, Rules, TokenCache, Verifier
+from fastgw.auth.shared import STATE_KEY, STRIP, AuthState, state_for
+from fastgw.auth.token import REASONS, AuthFailure, Verifier
 from fastgw.clock import wall
 from fastgw.config.auth import AuthConfig, RouteAuth
 from fastgw.http.cookies import cookie_agreed
 from fastgw.http.reqhead import REPEATED
 from fastgw.obs.metrics import series_key
 from fastgw.pipeline.middleware import Middleware
-from fastgw.shm.revocation import mirror_for
 
 # names and label sets as declared in fastgw.obs.metrics.METRICS; labels are precomputed
 # tuples of pairs (the registry's cell key as is: no per-call conversion)
@@ -65,9 +64,6 @@ M_DECISIONS = "fastgw_auth_decisions_total"   # {route, result}
 M_CACHE = "fastgw_jwt_cache_total"            # {result: hit | miss}
 L_HIT = (("result", "hit"),)
 L_MISS = (("result", "miss"),)
-ALWAYS_STRIPPED = ("x-user-id", "x-user-roles")
-_STATE_KEY = "fastgw.auth"
-_STRIP = 0
 _DUP = object()
 
 
@@ -89,121 +85,6 @@ def _forged(strip: frozenset, lens: frozenset, ctx) -> bool:
 def _lengths(strip: frozenset) -> frozenset:
     """The lengths of ``strip``'s names (lower-casing keeps a length)."""
     return frozenset(map(len, strip))
-
-
-def _lower_list(v) -> list[str]:
-    if v is None:
-        return []
-    return [v] if isinstance(v, str) else list(v)
-
-
-def _www(realm: str | None, error: str | None = None, desc: str | None = None) -> bytes:
-    parts = []
-    if realm is not None:
-        parts.append(f'realm="{realm}"')
-    if error:
-        parts.append(f'error="{error}"')
-    if desc:
-        parts.append(f'error_description="{desc}"')
-    return ("Bearer " + ", ".join(parts) if parts else "Bearer").encode()
-
-
-class _State:
-    """What the auth routes of one config generation share."""
-
-    def __init__(self, cfg: AuthConfig, deps, pool: SourcePool) -> None:
-        self.cfg = cfg
-        self.deps = deps
-        self.pool = pool
-        # deps: the runtime's Deps, a test's stand-in with fewer fields, or None (unit
-        # tests): not a config Struct, so its fields stay optional
-        self.metrics = getattr(deps, "metrics", None)
-        self.audit = getattr(deps, "audit", None)
-        self.log = getattr(deps, "log", None)
-        self.cache = TokenCache(cfg.cache_size) if cfg.cache_size else None
-        self.revocations = mirror_for(deps)   # None: no shared table here
-        self.refs = 0
-        self.ring: KeyRing | None = None
-        self.sources: list = []
-        self.verifiers: dict = {}
-        ih = cfg.identity_headers
-        names = [*ALWAYS_STRIPPED, ih.user, ih.roles, *ih.claims.values(), *cfg.strip_headers]
-        self.strip = frozenset(n.lower().encode() for n in names if n)
-        # one dict lookup per request header: identity header to strip, or token carrier
-        self.want: dict[bytes, object] = dict.fromkeys(self.strip, _STRIP)
-        self.token_sources = []
-        for s in cfg.tokens:
-            lname = b"cookie" if s.cookie else s.header.lower().encode()
-            prefix = (s.scheme.lower() + " ").encode() if s.scheme else None
-            self.token_sources.append((lname, prefix, s.cookie.encode() if s.cookie else None))
-            self.want[lname] = lname
-        self.token_headers = frozenset(
-            s.header.lower().encode() for s in cfg.tokens if s.header and not cfg.forward_token)
-        realm = cfg.realm
-        self.www_missing = _www(realm)
-        self.www = {r: _www(realm, "invalid_token", d) for r, (_res, d) in REASONS.items()}
-        self.www_dup = _www(realm, "invalid_request", "The access token was given more than once")
-        self.www_forbidden = _www(realm, "insufficient_scope",
-                                  "The access token lacks a role this route requires")
-
-    # -- keys (built on the first auth route, so an unused JWKS is never fetched) ---------
-    def _ring(self) -> KeyRing:
-        if self.ring is None:
-            cfg = self.cfg
-            static = []
-            if cfg.jwt_secret is not None:
-                static.append(secret_key(cfg.jwt_secret, cfg.algorithms))
-            static += [load_static(k, f"auth.keys[{i}]") for i, k in enumerate(cfg.keys)]
-            d = self.deps
-            for j in cfg.jwks:
-                src = self.pool.acquire(j, loop=getattr(d, "loop", None), log=self.log,
-                                        metrics=self.metrics)
-                src.listeners.add(self.clear_cache)
-                self.sources.append(src)
-            self.ring = KeyRing(KeyIndex(static), self.sources)
-        return self.ring
-
-    def clear_cache(self) -> None:
-        if self.cache is not None:
-            self.cache.clear()
-
-    def verifier(self, override: RouteAuth | None) -> Verifier:
-        cfg = self.cfg
-        iss = override.issuer if override is not None and override.issuer is not None else cfg.issuer
-        aud = override.audience if override is not None and override.audience is not None else cfg.audience
-        ih = cfg.identity_headers
-        rules = Rules(issuers=_lower_list(iss), audiences=_lower_list(aud), require=cfg.require,
-                      leeway=cfg.leeway, max_lifetime=cfg.token_expiry, typ=cfg.typ,
-                      user_claim=cfg.user_claim, roles_claims=_lower_list(cfg.roles_claim),
-                      user_header=ih.user, roles_header=ih.roles,
-                      claim_headers=tuple(ih.claims.items()))
-        v = self.verifiers.get(rules.key)
-        if v is None:
-            v = self.verifiers[rules.key] = Verifier(self._ring(), rules, self.cache)
-        return v
-
-    def acquire(self) -> None:
-        self.refs += 1
-
-    def release(self) -> None:
-        self.refs -= 1
-        if self.refs <= 0:
-            for s in self.sources:
-                s.listeners.discard(self.clear_cache)
-                self.pool.release(s)
-            self.sources = []
-
-
-def _state(root_cfg, auth_cfg: AuthConfig, deps) -> _State:
-    """The shared state for ``root_cfg``: created on its first route, reused by the rest."""
-    st = getattr(deps, "state", None)
-    if st is None:
-        return _State(auth_cfg, deps, SourcePool())
-    slot = st.setdefault(_STATE_KEY, {"pool": SourcePool(), "cfg": None, "state": None})
-    if slot["cfg"] is not root_cfg or slot["state"] is None:
-        slot["cfg"] = root_cfg
-        slot["state"] = _State(auth_cfg, deps, slot["pool"])
-    return slot["state"]
 
 
 class StripIdentity(Middleware):
@@ -231,7 +112,7 @@ class Auth(Middleware):
 
     name = "auth"
 
-    def __init__(self, state: _State, verifier: Verifier, policy: Policy, route: str, deps=None) -> None:
+    def __init__(self, state: AuthState, verifier: Verifier, policy: Policy, route: str, deps=None) -> None:
         super().__init__(state.cfg, deps)
         self.state = state
         self.verifier = verifier
@@ -434,7 +315,7 @@ class Auth(Middleware):
                 k = want.get(n.lower())
                 if k is None:
                     continue
-                if k is _STRIP:
+                if k is STRIP:
                     dirty = True
                 elif found is None:
                     found = {k: [v]}
@@ -454,7 +335,7 @@ class Auth(Middleware):
             k = want.get(n.lower())
             if k is None:
                 continue
-            if k is _STRIP:
+            if k is STRIP:
                 dirty = True
             elif token is None:
                 token = v
@@ -602,7 +483,7 @@ def build(root_cfg, service_cfg, route_cfg, deps):
     if route_cfg is None:
         return None  # the global chain answers locally; nothing is forwarded
     auth_cfg = root_cfg.auth or AuthConfig()
-    state = _state(root_cfg, auth_cfg, deps)
+    state = state_for(root_cfg, auth_cfg, deps)
     route_auth = route_cfg.auth
     roles = route_cfg.roles
     name = route_cfg.name or ""
@@ -619,7 +500,7 @@ def build(root_cfg, service_cfg, route_cfg, deps):
 def ready(deps=None) -> bool:
     """Readiness of this process's JWKS sources (those in ``deps``' pool when given)."""
     if deps is not None and getattr(deps, "state", None) is not None:
-        slot = deps.state.get(_STATE_KEY)
+        slot = deps.state.get(STATE_KEY)
         if slot is None:
             return True
         return all(s.ready for s in slot["pool"].sources())
@@ -628,5 +509,5 @@ def ready(deps=None) -> bool:
 
 def status(deps) -> list[dict]:
     """Per-JWKS status (name, ready, keys, failures, last_error) for admin/readyz detail."""
-    slot = (getattr(deps, "state", None) or {}).get(_STATE_KEY)
+    slot = (getattr(deps, "state", None) or {}).get(STATE_KEY)
     return [s.status() for s in slot["pool"].sources()] if slot else []
