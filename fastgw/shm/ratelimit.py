@@ -104,9 +104,8 @@ Rules and failure modes:
 
 - Use the table from one thread per process (the worker's event loop): the stripe locks
   belong to the thread that took them.
-- A holder stopped with SIGSTOP blocks the waiters of that one stripe until it is
-  continued or killed; a supervisor that kills hung workers should kill the longest-silent
-  one first and look again, since the others may only be waiting for it.
+- A holder stopped with SIGSTOP makes each check on its stripe wait ``locks.WAIT`` and
+  then decide without charging (``lock_timeouts``) until it is continued or killed.
 - With the fcntl fallback, never close another fd of the region in a process that
   checks: closing any fd of a file drops every POSIX lock the process holds on it.
 - Never use the table after ``Region.close``: the mutexes are called by address.
