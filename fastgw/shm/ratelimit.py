@@ -70,17 +70,10 @@ in docs/ratelimit.md):
 - ``fcntl`` byte-range locks (the previous mechanism, kept as the fallback where robust
   mutexes do not exist): also released by the kernel when the holder dies, but two
   syscalls per check (``FASTGW_SHM_LOCKS=fcntl`` selects it).
-- Lock-free compare-and-swap on the TAT through an atomics package: the ``atomics``
-  package (patomic through ctypes) costs 13 us per CAS from Python and cannot swap 16
-  bytes (tag + TAT), libatomic's ``__atomic_compare_exchange_8`` through ctypes about
-  1 us (one per key, more than a mutex pair); and CAS alone makes neither slot claiming
-  exact (the 16-byte tag cannot be swapped with its TAT, so an eviction racing an update
-  needs a generation) nor a multi-limit request all or nothing (a refusal after a
-  partial charge must be refunded, racing the others).  No syscall, but slower and
-  inexact.
-- POSIX semaphores (``posix_ipc``, futex-based, 0.12 us a pair): cheapest, but a holder
-  killed inside the critical section leaves the semaphore taken forever: no recovery
-  without a lock of its own.
+- Lock-free compare-and-swap through an atomics package (1-13 us per CAS from Python,
+  and no CAS covers a 16-byte tag with its TAT, so neither slot claiming nor an
+  all-or-nothing multi-limit request is exact), POSIX semaphores (``posix_ipc``: a
+  holder killed inside leaves it taken forever): docs/ratelimit.md has the figures.
 - Per-worker shards: every key's budget split N ways is inexact by up to
   ``(N-1)/N * burst`` for a client that lands on one worker; single-writer columns
   summed at check time cost N reads per check and N times the memory.
