@@ -11,9 +11,10 @@ What is measured and why:
   placement, evicting), three limits at once, and a hot key that three other processes
   hammer at the same time (contended bucket lock).
 - The choice of lock (fastgw/shm/ratelimit.py header): the same check with the lock
-  replaced by a no-op and with the fcntl fallback (``FASTGW_SHM_LOCKS=fcntl``), a bare
-  lock/unlock pair of the table's robust mutex (GIL held, as the table calls it; and
-  released, for comparison), a bare fcntl pair.
+  replaced by a no-op, with the robust mutexes (``FASTGW_SHM_LOCKS=mutex``) and with the
+  fcntl fallback (``FASTGW_SHM_LOCKS=fcntl``); a bare pair of the default semaphore (as
+  the table makes it), of the robust mutex (GIL held, as ctypes calls it; and released,
+  for comparison) and of fcntl.
 - The key digest (keyed BLAKE2b) against the per-process memo hit.
 - Metrics: a counter increment, a histogram observation, a scrape of 4 workers x 1000
   series, a fold of a dead worker.
@@ -80,8 +81,8 @@ def test_check_all_three_limits(benchmark, region, clock):
 
 def test_check_without_lock(benchmark, region, clock, monkeypatch):
     """Not a real mode: the lock's share of a check is the difference with test_check_hot_key."""
-    monkeypatch.setattr(region.ratelimit, "_lock", lambda h: 0)
-    monkeypatch.setattr(region.ratelimit, "_unlock", lambda h: 0)
+    monkeypatch.setattr(region.ratelimit, "_grab", lambda h, block: True)
+    monkeypatch.setattr(region.ratelimit, "_give", lambda h: None)
     check = region.ratelimit.check
     benchmark(lambda: check(b"ip:203.0.113.11", 1e6, 1000, clock()))
 
@@ -128,19 +129,45 @@ def test_lock_pair_fcntl(benchmark, region):
 
 
 @pytest.mark.parametrize("gil", ["held", "released"])
-def test_lock_pair_robust_mutex_ctypes(benchmark, region, gil):
-    if region.ratelimit.lock_kind != "robust-mutex":
-        pytest.skip("no robust mutexes here")
-    lib = ctypes.PyDLL(None) if gil == "held" else ctypes.CDLL(None)
-    lock, unlock = lib.pthread_mutex_lock, lib.pthread_mutex_unlock
-    lock.argtypes = unlock.argtypes = (ctypes.c_void_p,)     # as fastgw.shm.locks calls them
-    h = region.ratelimit._mutex[0]
+def test_lock_pair_robust_mutex_ctypes(benchmark, gil, monkeypatch):
+    monkeypatch.setenv("FASTGW_SHM_LOCKS", "mutex")
+    with Region.create(1, metrics_series=64, table_slots=1024, health_slots=8) as r:
+        if r.ratelimit.lock_kind != "robust-mutex":
+            pytest.skip("no robust mutexes here")
+        lib = ctypes.PyDLL(None) if gil == "held" else ctypes.CDLL(None)
+        lock, unlock = lib.pthread_mutex_lock, lib.pthread_mutex_unlock
+        lock.argtypes = unlock.argtypes = (ctypes.c_void_p,)     # as fastgw.shm.locks calls them
+        h = r.ratelimit._mutex[0]
+
+        def pair():
+            lock(h)
+            unlock(h)
+
+        benchmark(pair)
+
+
+def test_lock_pair_semaphore(benchmark, region):
+    """The default kind's pair as the table makes it: take, name, clear, give."""
+    t = region.ratelimit
+    if t.lock_kind != "semaphore":
+        pytest.skip("no semaphores in the region here")
+    grab, give, h, q, cell = t._grab, t._give, t._mutex[0], t.cells, t._owner0
 
     def pair():
-        lock(h)
-        unlock(h)
+        grab(h, False)
+        q[cell] = 1
+        q[cell] = 0
+        give(h)
 
     benchmark(pair)
+
+
+def test_check_hot_key_robust_mutex(benchmark, clock, monkeypatch):
+    """The same check as test_check_hot_key with the robust mutexes (ctypes calls)."""
+    monkeypatch.setenv("FASTGW_SHM_LOCKS", "mutex")
+    with Region.create(1, metrics_series=64, table_slots=65536, health_slots=8) as r:
+        check = r.ratelimit.check
+        benchmark(lambda: check(b"ip:203.0.113.7", 1e6, 1000, clock()))
 
 
 def test_check_hot_key_fcntl_fallback(benchmark, clock, monkeypatch):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"FASTGWSH"
-VERSION = 9                 # 9: the rate-limit table's stripe marks; 8: the breaker slots' failure-ratio window; 7: discovery, the health rows' in-flight and weight cells; 6: circuit breakers; 5: revocation; 4: the health part's ejection and per-worker failure rows; 3: the cache purge log; 2: the rate-limit stripe locks
+VERSION = 10                # 10: the stripe locks' owner cells and semaphores; 9: the rate-limit table's stripe marks; 8: the breaker slots' failure-ratio window; 7: discovery, the health rows' in-flight and weight cells; 6: circuit breakers; 5: revocation; 4: the health part's ejection and per-worker failure rows; 3: the cache purge log; 2: the rate-limit stripe locks
 ALIGN = 64
 
 PARAMS = (
@@ -32,7 +32,7 @@ PARAMS = (
     "metrics_series",   # 64-bit cells (and directory entries) per metric area
     "table_slots",      # rate-limit table slots
     "health_slots",     # upstream instances in the health table
-    "table_locks",      # the rate-limit table's stripe locks: 0 robust mutexes, 1 fcntl (shm/locks.py)
+    "table_locks",      # the rate-limit table's stripe locks: 0 robust mutexes, 1 fcntl, 2 semaphores (shm/locks.py)
     "revocation_slots", # revocation table slots (auth.revocation.max_entries)
 )
 PARTS = ("workers", "metrics", "ratelimit", "health", "broadcast", "purge", "revocation", "breaker", "discovery")

@@ -1,7 +1,6 @@
 """Rate-limit table: GCRA state for any number of keys in fixed shared memory (L2).
 
-Who writes what: every process that limits (the workers) reads and writes any slot, but
-only while it holds the lock of the slot's stripe; nobody else writes the table.
+Who writes what: the workers, any slot, only under the lock of the slot's stripe.
 
 Algorithm.  GCRA, i.e. a token bucket of ``burst`` tokens refilled at ``rate`` per second,
 kept as one number per key: the theoretical arrival time (TAT, int ns on the caller's
@@ -9,15 +8,14 @@ clock, ``time.monotonic_ns()`` in every process).  With ``T = 1e9 / rate`` (roun
 ns) and ``tau = burst * T``, a request of ``cost`` is allowed iff
 ``max(TAT, now) + cost*T - now <= tau``, and then TAT becomes that value.  A key whose TAT
 is in the past has a full bucket: the same state as a key never seen.  That test is
-written once, in ``admit`` (and inlined in ``take_pair``, the two-limit path, the hot path
-of every limited request; a test holds the two to the same answers); ``decide`` derives the numbers a reply reports from it, and
-every caller (the table, the middlewares, the limiter) uses those two.  The Redis
-backend runs the same test in Lua (``fastgw.ratelimit.redis_backend``).
+written once, in ``admit`` (inlined in ``take_pair``, every limited request's path; a
+test holds the two to the same answers); ``decide`` derives a reply's numbers from it.
+The Redis backend runs the same test in Lua (``fastgw.ratelimit.redis_backend``).
 
 API.  A limit is a ``Spec`` (``spec(rate, burst)``, computed once per config); a key is
 bytes.  ``take_all(keys, specs, now)`` (or ``take_slots`` with the keys' ``Slot``s, or
-``take_pair`` with the ``pair()`` record of two slots) decides one request against several limits, all or
-nothing, and answers ``(allowed, tats)``; ``peek(key)`` reads a key's TAT without the lock;
+``take_pair`` with the ``pair()`` record of two slots) decides one request against
+several limits, all or nothing: ``(allowed, tats)``; ``peek(key)`` reads a TAT lock-free;
 ``take_marked(slot, spec, now)`` charges one marked key (see Layout);
 ``decide(tat, T, tau, now)`` turns a TAT into ``(allowed, remaining, reset_after,
 retry_after)``.  ``check``/``check_all`` are conveniences over those for cold paths and
@@ -25,58 +23,53 @@ tests.  Where a key lives is a ``Slot`` (named fields), memoised per process.
 
 Layout.  ``table_slots`` slots in buckets of 8 (``BUCKET``); a bucket is 8 tags of 16 bytes
 then 8 TATs of 8 bytes (192 bytes, 3 cache lines).  After the buckets come the stripe
-locks (``fastgw.shm.locks``, 64 bytes each): ``min(buckets, STRIPES)`` of them, bucket
-``b`` under lock ``b % stripes``; then one 8-byte mark per stripe (``take_marked``,
-``mark_cell``): the latest TAT a *marked* key of the stripe was given, written under its
-lock, so a caller that peeks a kind of key that is rarely present (the failed-
-authentication budgets) reads one cell instead of searching a bucket while none of them
-can be refilling.  A key's tag is a keyed BLAKE2b-128 of the key bytes (the
-16-byte secret is drawn when the region is created, so clients cannot aim keys at one
-bucket): the first 64 bits are the hash that picks the bucket, the last 64 the
-fingerprint; a slot matches only if all 128 bits match, so two keys that share a hash are
-still told apart.  The probe window is the key's bucket (open addressing that never
-leaves the bucket, so one lock covers every slot a check may touch); the lookup is one
-``mmap.find`` over the bucket's 128 tag bytes.  The digest costs about 0.5 us, so each
-process keeps a bounded memo from key bytes to ``Slot`` (cleared when it fills).
+locks (``fastgw.shm.locks``, 64 bytes each, the last 8 its owner cell):
+``min(buckets, STRIPES)`` of them, bucket ``b`` under lock ``b % stripes``; then one
+8-byte mark per stripe (``take_marked``, ``mark_cell``): the latest TAT a *marked* key of
+the stripe was given, written under its lock, so a peek of a rarely present kind of key
+(the failed-authentication budgets) reads one cell while none of them can be refilling.
+A key's tag is a keyed BLAKE2b-128 of the key bytes (the 16-byte secret is drawn when the
+region is created, so clients cannot aim keys at one bucket): the first 64 bits are the
+hash that picks the bucket, the last 64 the fingerprint; a slot matches only if all 128
+bits match, so two keys that share a hash are still told apart.  The probe window is the
+key's bucket (open addressing that never leaves the bucket, so one lock covers every slot
+a check may touch); the lookup is one ``mmap.find`` over the bucket's 128 tag bytes.  The
+digest costs about 0.5 us, so each process keeps a bounded memo from key bytes to
+``Slot`` (cleared when it fills).
 
 Replacement.  A new key takes the slot of its bucket with the smallest TAT: an empty one
 (TAT 0), else a stale one (TAT in the past: reclaiming it loses nothing), else the oldest
 live one, which is evicted (the key closest to a full bucket; it restarts with a full
 bucket, so at most ``burst`` extra requests for that key).  Memory is fixed whatever the
-number of keys.  Evictions start when a bucket holds 8 keys that are all still
-refilling; measured with random keys: none up to a quarter of the slots live, 0.1% of
-insertions at 38%, 0.8% at 50%, 5% at 75%.  So size ``table_slots`` at 2-4x the number of
-keys expected to be refilling at once.  ``inserted``, ``reclaimed`` and ``evicted`` count
+number of keys; docs/ratelimit.md gives the measured eviction rates (size ``table_slots``
+at 2-4x the keys refilling at once).  ``inserted``, ``reclaimed`` and ``evicted`` count
 per process; the worker publishes them through its metric slot.
 
-Concurrency: one robust process-shared mutex per stripe (``fastgw.shm.locks``), no syscall
-when uncontended.  Candidates, measured on the project's shared 2-vCPU box (min of
-bench/micro/test_micro_shm.py; syscalls with ``strace -c -f`` on a live worker; figures
-in docs/ratelimit.md):
+Concurrency: one process-shared lock per stripe (``fastgw.shm.locks``), no syscall when
+uncontended.  Candidates, measured on the project's shared 2-vCPU box (min of
+bench/micro/test_micro_shm.py; figures in docs/ratelimit.md):
 
-- Robust process-shared pthread mutex per stripe through ctypes (chosen).  A lock/unlock
-  pair is two C calls and no syscall (about 0.4 us from Python, against 1.0-2.1 us for
-  the fcntl pair it replaces); a waiter sleeps in ``futex(2)``.  A holder killed inside
-  the critical section is taken over by the next locker (``EOWNERDEAD``, the kernel's
-  robust-futex list), so no kill can leave a stripe held; the table stays consistent
-  because every write under the lock is one aligned 8-byte TAT or one 16-byte tag, each
-  harmless alone (a kill between the TAT and the tag of an insert leaves the slot's
-  old key with the new key's TAT, never more budget than the eviction would have given
-  it; a TAT of a multi-limit request written before a refusal could undo it is a
-  charge a little early; a torn tag matches nothing and is reclaimed as stale).  Multi-limit requests lock their stripes in ascending order, so they stay
-  exactly all or nothing.  The cost: the C library's mutex ABI through ctypes (only the
-  size matters, 64 bytes holds every Linux ABI's) and the ``EOWNERDEAD`` path, tested
-  with ``kill -9`` inside the critical section.
-- ``fcntl`` byte-range locks (the previous mechanism, kept as the fallback where robust
-  mutexes do not exist): also released by the kernel when the holder dies, but two
-  syscalls per check (``FASTGW_SHM_LOCKS=fcntl`` selects it).
-- Lock-free compare-and-swap through an atomics package (1-13 us per CAS from Python,
-  and no CAS covers a 16-byte tag with its TAT, so neither slot claiming nor an
-  all-or-nothing multi-limit request is exact), POSIX semaphores (``posix_ipc``: a
-  holder killed inside leaves it taken forever): docs/ratelimit.md has the figures.
-- Per-worker shards: every key's budget split N ways is inexact by up to
-  ``(N-1)/N * burst`` for a client that lands on one worker; single-writer columns
-  summed at check time cost N reads per check and N times the memory.
+- A POSIX semaphore per stripe in the region, taken and given through the standard
+  library's C wrapper (chosen, with glibc): a pair costs about 0.2 us from Python, a
+  tenth of a ctypes call's overhead, no syscall.  A semaphore has no owner, so the
+  holder names itself in the lock's owner cell and a waiter takes over from a holder
+  that is gone (``fastgw.shm.locks``, rule 1; tested with ``kill -9`` inside the
+  critical section, named and not yet named).
+- A robust pthread mutex through ctypes (the fallback elsewhere on Linux, and what
+  ``FASTGW_SHM_LOCKS=mutex`` selects): about 0.55 us a pair; the kernel hands a dead
+  holder's mutex to the next locker (``EOWNERDEAD``).  ``fcntl`` byte-range locks (not
+  Linux, ``FASTGW_SHM_LOCKS=fcntl``): two syscalls per check.
+- Lock-free compare-and-swap through an atomics package (1-13 us per CAS, and no CAS
+  covers a 16-byte tag with its TAT), ``posix_ipc`` semaphores (nobody to take over
+  from a dead holder), per-worker shards (inexact by up to ``(N-1)/N * burst``).
+
+Whatever the lock, the table stays consistent when a holder dies: every write under the
+lock is one aligned 8-byte TAT or one 16-byte tag, each harmless alone (a kill between
+the TAT and the tag of an insert leaves the slot's old key with the new key's TAT, never
+more budget than the eviction would have given it; a TAT of a multi-limit request
+written before a refusal could undo it is a charge a little early; a torn tag matches
+nothing and is reclaimed as stale).  Multi-limit requests lock their stripes in
+ascending order, so they stay exactly all or nothing.
 
 Exactness.  Every update of a key is serialized by its stripe lock, so the table runs
 GCRA exactly over the requests in lock order.  In one process that is exact to the
@@ -97,11 +90,10 @@ Rules and failure modes:
 
 - Use the table from one thread per process (the worker's event loop): the stripe locks
   belong to the thread that took them.
-- A holder stopped with SIGSTOP makes each check on its stripe wait ``locks.WAIT`` and
-  then decide without charging (``lock_timeouts``) until it is continued or killed.
+- A stopped holder costs each check on its stripe ``locks.WAIT``, then an uncharged decision.
 - With the fcntl fallback, never close another fd of the region in a process that
   checks: closing any fd of a file drops every POSIX lock the process holds on it.
-- Never use the table after ``Region.close``: the mutexes are called by address.
+- Never use the table after ``Region.close``: the locks are used by address.
 - ``now_ns`` must be positive (0 marks an empty slot) and from the same clock in every
   process.
 """
@@ -217,7 +209,7 @@ class _Slots(dict):
 
 
 class RateTable:
-    __slots__ = ("_mm", "_q", "_locks", "_mutex", "_lock", "_unlock", "_off", "_nbuckets", "_nstripes",
+    __slots__ = ("_mm", "_q", "_locks", "_mutex", "_grab", "_give", "_owner0", "_off", "_nbuckets", "_nstripes",
                  "_hasher", "_digest", "_slots", "_marks", "slots", "buckets", "inserted", "reclaimed", "evicted")
 
     def __init__(self, mm, q: memoryview, fd: int, offset: int, slots: int, secret: bytes,
@@ -227,11 +219,12 @@ class RateTable:
         self._off = offset
         self._nbuckets = nb = slots // BUCKET
         self._nstripes = ns = min(nb, STRIPES)
-        self._locks = lk = _locks.stripe_locks(locks, mm, fd, offset + nb * STRIDE, ns)
+        self._locks = lk = _locks.stripe_locks(locks, mm, fd, offset + nb * STRIDE, ns, q)
         self._mutex = lk.handles
         self._marks = (offset + nb * STRIDE + ns * _locks.SIZE) >> 3   # cell of stripe 0's mark
-        self._lock = lk.lock
-        self._unlock = lk.unlock
+        self._grab = lk.take                # (the locks' interface: fastgw.shm.locks's header)
+        self._give = lk.give
+        self._owner0 = lk.cell(0)           # stripe i's owner cell: _owner0 + 8 * i
         self._hasher = blake2b(digest_size=16, key=secret)
         self._digest = digest           # tests inject a weak digest to force collisions
         self._slots = _Slots(self._compute_slot)
@@ -247,7 +240,7 @@ class RateTable:
 
     @property
     def lock_kind(self) -> str:
-        """``robust-mutex`` or ``fcntl`` (``fastgw.shm.locks``)."""
+        """``semaphore``, ``robust-mutex`` or ``fcntl`` (``fastgw.shm.locks``)."""
         return self._locks.kind
 
     @property
@@ -342,12 +335,17 @@ class RateTable:
         the TAT sees a mark at least as late (a kill in between leaves the mark ahead:
         a reader only peeks once more)."""
         h = self._mutex[slot[3]]
-        try:                                # unlocking a lock not held is a no-op
-            rc = self._lock(h)
-            if rc:
-                self._locks.repair(h, rc)
+        q = self._q
+        own = self._owner0 + 8 * slot[3]
+        try:
+            if not self._grab(h, False):
+                self._locks.wait(h, own)
+        except _locks.Busy:                 # never hang the loop: decide, charge nothing
+            tat = self.peek_slot(slot)
+            return bool(admit(tat, spec[0], spec[1], now_ns, cost)), tat
+        q[own] = _locks.ME
+        try:
             boff, end, base, _, tag = slot
-            q = self._q
             ti = self._find(boff, end, base, tag)
             tat = q[ti] if ti >= 0 else 0
             new = admit(tat, spec[0], spec[1], now_ns, cost)
@@ -360,11 +358,9 @@ class RateTable:
                 else:
                     self._insert(boff, tag, now_ns, new)
             return bool(new), tat
-        except _locks.Busy:                 # never hang the loop: decide, charge nothing
-            tat = self.peek_slot(slot)
-            return bool(admit(tat, spec[0], spec[1], now_ns, cost)), tat
         finally:
-            self._unlock(h)
+            q[own] = 0
+            self._give(h)
 
     def take_all(self, keys: Sequence[bytes], specs: Sequence[Spec], now_ns: int, cost: int = 1,
                  dry: bool = False) -> tuple[bool, list[int]]:
@@ -372,15 +368,10 @@ class RateTable:
         nothing: ``(allowed, tats)``, ``tats[i]`` the TAT limit ``i`` was decided on, so
         ``decisions(tats, specs, now_ns, cost)`` are the decisions to report.
 
-        The request is allowed only if every limit allows it; then each consumes
-        ``cost``.  If any limit denies, nothing is consumed anywhere.  ``dry=True``
-        answers the same without consuming and without locks (``peek``).
-
-        Locks: the stripes of the keys, in ascending order (no deadlock: a process waits
-        only while holding lower stripes than the one it waits for); uncontended, no
-        syscall.  Under the locks nobody else sees those buckets, so one pass writes each
-        passing key's new TAT at once and a refusal puts the old ones back.
-        """
+        Allowed only if every limit allows it; then each consumes ``cost``, else none
+        does.  ``dry=True`` answers the same without consuming and without locks.  Locks:
+        the keys' stripes in ascending order (no deadlock); under them one pass writes
+        each passing key's new TAT and a refusal puts the old ones back."""
         # map over C callables: no Python frame per key on the usual memo hits
         return self.take_slots(list(map(self._slots.__getitem__, keys)), specs, now_ns, cost, dry)
 
@@ -401,39 +392,44 @@ class RateTable:
 
     def pair(self, s0: Slot, s1: Slot) -> tuple | None:
         """What ``take_pair`` decides a two-limit request on, for the slots of two
-        different keys (None for one key twice): their stripe locks in ascending order
-        (the second None when both share one), each tag as its two 8-byte cells, a
-        mutable hint (``hint()``: where each tag was last found), then what a search
-        needs (the slots' fields flat, and the slots).
-        A function of the slots and the table, so a caller memoises it with them."""
+        different keys (None for one key twice): their stripe locks in ascending order,
+        each with its owner cell (the second lock None when both share one), each tag as
+        two 8-byte cells, a mutable hint (where each tag was last found), then the slots'
+        fields flat, and the slots.  A caller memoises it with the slots."""
         if s0[4] == s1[4]:
             return None
-        mutex = self._mutex
+        mutex, own = self._mutex, self._owner0
         a, b = s0[3], s1[3]
-        ha, hb = (mutex[a], None) if a == b else (mutex[a], mutex[b]) if a < b else (mutex[b], mutex[a])
+        a, b = (a, None) if a == b else (a, b) if a < b else (b, a)
         lo0, hi0 = _halves(s0[4])
         lo1, hi1 = _halves(s1[4])
-        return (ha, hb, lo0, hi0, lo1, hi1, [*_hint(s0), *_hint(s1)],
+        return (mutex[a], own + 8 * a, None if b is None else mutex[b], 0 if b is None else own + 8 * b,
+                lo0, hi0, lo1, hi1, [*_hint(s0), *_hint(s1)],
                 (s0[0], s0[1], s0[2], s0[4], s1[0], s1[1], s1[2], s1[4], (s0, s1)))
 
     def take_pair(self, pair: tuple, specs: Sequence[Spec], now_ns: int, cost: int = 1) -> tuple[bool, list[int]]:
         """``take_slots`` for two limits on two different keys, from their ``pair()``
-        record: the usual limited request.  Under the locks, each tag is first looked
-        for where it was last found (two 8-byte cells compared: a key moves only when it
-        is evicted and comes back), else in its bucket (``mmap.find``, which costs as
-        much as the rest of the check); both keys in the table: decided straight, no
-        loop; else the locks are let go and the general pass decides."""
-        ha, hb, lo0, hi0, lo1, hi1, hint, far = pair
-        lock = self._lock
-        try:                                # unlocking a lock not held is a no-op
-            rc = lock(ha)
-            if rc:
-                self._locks.repair(ha, rc)
+        record: the usual limited request.  Under the locks each tag is looked for where
+        it was last found (two cells compared: a key moves only when evicted), else in
+        its bucket (``mmap.find``); both keys found: decided straight, else the locks
+        are let go and the general pass decides."""
+        ha, oa, hb, ob, lo0, hi0, lo1, hi1, hint, far = pair
+        grab = self._grab
+        try:
+            if not grab(ha, False):
+                self._locks.wait(ha, oa)
+        except _locks.Busy:                 # never hang the loop: decide, charge nothing
+            return self._staged(far[8], specs, now_ns, cost, True)
+        q = self._q
+        me = _locks.ME
+        q[oa] = me                          # (the owner cells: fastgw.shm.locks, rule 1)
+        both = False
+        try:                                # release exactly what was taken
             if hb is not None:
-                rc = lock(hb)
-                if rc:
-                    self._locks.repair(hb, rc)
-            q = self._q
+                if not grab(hb, False):
+                    self._locks.wait(hb, ob)
+                q[ob] = me
+                both = True
             g0, i0, g1, i1 = hint
             if q[g0] != lo0 or q[g0 + 1] != hi0 or q[g1] != lo1 or q[g1 + 1] != hi1:
                 b0, e0, c0, t0, b1, e1, c1, t1, _ = far
@@ -460,36 +456,39 @@ class RateTable:
                     q[i1] = n1
                     return True, [tat0, tat1]
                 return False, [tat0, tat1]
-        except _locks.Busy:                 # never hang the loop: decide, charge nothing
+        except _locks.Busy:
             return self._staged(far[8], specs, now_ns, cost, True)
         finally:
-            unlock = self._unlock
-            unlock(ha)
-            if hb is not None:
-                unlock(hb)
+            if both:
+                q[ob] = 0
+                self._give(hb)
+            q[oa] = 0
+            self._give(ha)
         return self._take(far[8], specs, now_ns, cost)
 
     def _take(self, slots: Sequence[Slot], specs: Sequence[Spec], now_ns: int, cost: int) -> tuple[bool, list[int]]:
         """``take_slots``' general pass: any number of limits, new keys, a key twice."""
-        mutex = self._mutex
+        mutex, own0, grab = self._mutex, self._owner0, self._grab
         n = len(slots)
         if n == 1:
-            held = (mutex[slots[0][3]],)        # [3]: Slot.stripe (a tuple index is cheapest)
+            stripes = (slots[0][3],)            # [3]: Slot.stripe (a tuple index is cheapest)
         elif n == 2:
             a, b = slots[0][3], slots[1][3]
-            held = (mutex[a],) if a == b else (mutex[a], mutex[b]) if a < b else (mutex[b], mutex[a])
+            stripes = (a,) if a == b else (a, b) if a < b else (b, a)
         else:
-            held = [mutex[i] for i in sorted({s[3] for s in slots})]
-        lock = self._lock
-        try:                                # unlocking a lock not held is a no-op
-            for h in held:
-                rc = lock(h)
-                if rc:
+            stripes = sorted({s[3] for s in slots})
+        q = self._q
+        held: list[int] = []                # the stripes taken, to release exactly those
+        try:
+            for i in stripes:
+                h, own = mutex[i], own0 + 8 * i
+                if not grab(h, False):
                     try:
-                        self._locks.repair(h, rc)
+                        self._locks.wait(h, own)
                     except _locks.Busy:     # never hang the loop: decide, charge nothing
                         return self._staged(slots, specs, now_ns, cost, True)
-            q = self._q
+                q[own] = _locks.ME
+                held.append(i)
             find = self._mm.find
             # One pass: each write is seen by a later limit on the same key; a refusal
             # puts back what was written; a key that is new and appears twice goes to
@@ -530,9 +529,10 @@ class RateTable:
                     written.append(self._insert(boff, tag, now_ns, new, written))
             return ok, tats
         finally:
-            unlock = self._unlock
-            for h in held:
-                unlock(h)
+            give = self._give
+            for i in reversed(held):
+                q[own0 + 8 * i] = 0
+                give(mutex[i])
 
     def _staged(self, slots: list[Slot], specs: Sequence[Spec], now_ns: int, cost: int,
                 dry: bool) -> tuple[bool, list[int]]:

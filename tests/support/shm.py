@@ -16,7 +16,7 @@ import traceback
 
 import pytest
 
-from fastgw.shm import Region
+from fastgw.shm import Region, locks
 
 RATE, BURST = 2000.0, 100      # hammered from 4 processes, far above the rate
 STALL_NS = 1_000_000            # a gap this long between two checks of one process: it was off CPU
@@ -155,8 +155,10 @@ def overflow_while_all_stalled(stalls: list[list], until: int) -> float:
 
 def held_elsewhere(table, stripe: int) -> bool:
     """Whether another process holds the table's stripe lock ``stripe`` (a non-waiting try
-    from this process, released at once)."""
+    from this process, released at once; a semaphore's value read)."""
     h = table._mutex[stripe]
+    if table.lock_kind == "semaphore":
+        return h._get_value() == 0
     if table.lock_kind == "fcntl":
         try:
             fcntl.lockf(h_fd(table), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, h)
@@ -168,19 +170,51 @@ def held_elsewhere(table, stripe: int) -> bool:
     trylock.argtypes = (ctypes.c_void_p,)             # h is the mutex's address
     rc = trylock(h)
     if rc == 0:
-        table._unlock(h)
+        table._give(h)
     return rc == errno.EBUSY
 
 
+def take_stripe(table, stripe: int, name: bool = True) -> None:
+    """Take a stripe lock as the table does: taken (waited for if busy), then named in its
+    owner cell (``fastgw.shm.locks``, rule 1); ``name=False`` stops before naming."""
+    h, cell = table._mutex[stripe], table._owner0 + 8 * stripe
+    if not table._grab(h, False):
+        table._locks.wait(h, cell)
+    if name:
+        table.cells[cell] = locks.ME
+
+
+def give_stripe(table, stripe: int) -> None:
+    """Release a stripe lock taken with ``take_stripe``."""
+    table.cells[table._owner0 + 8 * stripe] = 0
+    table._give(table._mutex[stripe])
+
+
 def h_fd(table) -> int:
-    return table._lock.args[0]         # the fallback's partial(lockf, fd, ...)
+    return table._locks.lock.args[0]    # the fallback's partial(lockf, fd, ...)
 
 
-@pytest.fixture(params=["robust-mutex", "fcntl"])
+ENV = {"semaphore": "semaphore", "robust-mutex": "mutex", "fcntl": "fcntl"}     # FASTGW_SHM_LOCKS
+
+
+def _kind_region(kind: str, monkeypatch):
+    monkeypatch.setenv("FASTGW_SHM_LOCKS", ENV[kind])
+    r = Region.create(4, metrics_series=256, table_slots=4096, health_slots=16)
+    assert r.ratelimit.lock_kind == kind
+    return r
+
+
+@pytest.fixture(params=list(ENV))
 def any_lock_region(request, monkeypatch):
     """A region with each kind of stripe lock (``fastgw.shm.locks``)."""
-    monkeypatch.setenv("FASTGW_SHM_LOCKS", "fcntl" if request.param == "fcntl" else "mutex")
-    r = Region.create(4, metrics_series=256, table_slots=4096, health_slots=16)
-    assert r.ratelimit.lock_kind == request.param
+    r = _kind_region(request.param, monkeypatch)
+    yield r
+    r.close()
+
+
+@pytest.fixture(params=["semaphore", "robust-mutex"])
+def bounded_lock_region(request, monkeypatch):
+    """A region with each kind of stripe lock whose wait is bounded (not fcntl's)."""
+    r = _kind_region(request.param, monkeypatch)
     yield r
     r.close()
