@@ -2,13 +2,18 @@
 
 Rules:
   1. One upstream nginx (one worker, pinned with the load) serves the whole session.
-  2. Within a scenario the configurations are interleaved, A B C A B C ..., so a drift
-     in the machine's speed hits every configuration alike and per-round ratios hold.
+  2. Rounds are interleaved over configurations and scenarios: round r runs every
+     configuration of every scenario (A B C of small-50, then A B C of policy, ...)
+     before round r+1 starts, so a drift in the machine's speed hits every
+     configuration alike and per-round ratios hold, including a ratio between two
+     scenarios (a target's ``ref_scenario``): its pair of runs is a minute apart, not
+     a whole scenario's rounds.
   3. A configuration that cannot serve a scenario (``check()``) is skipped with its
      reason; a scenario whose fastgw config is not the bare route is skipped whole when
      fastgw refuses it (its nginx and direct figures alone would compare nothing).
   4. The fixed-rate scenario offers half of nginx's saturation rate, taken from this
-     session's ``small-50`` runs when there are any, else from a short nginx calibration
+     session's ``small-50`` runs before its first round when there are any (with
+     rule 2, small-50's first round when it is listed first), else from a short nginx calibration
      run, and capped at ``--max-fixed-rate`` (the open-loop generator is Python and
      shares the load CPU); ``--fixed-rate`` sets it outright.
 """
@@ -85,14 +90,16 @@ class Session:
             if not nginx.echo_module():
                 self.log("warning: the nginx echo module is missing, slow-1000 will fail (scripts/install-bench-deps)")
             try:
-                for scenario in scenarios:
-                    self.run_scenario(scenario, upstream, work, raw)
+                plans = [p for p in (self.plan(s) for s in scenarios) if p is not None]
+                for rnd in range(1, self.opts.rounds + 1):
+                    for plan in plans:
+                        self.run_round(plan, rnd, upstream, work, raw)
             finally:
                 upstream.proc.stop()
 
-    def run_scenario(self, scenario: Scenario, upstream: Upstream, work: Path, raw: Path) -> None:
+    def plan(self, scenario: Scenario) -> dict | None:
+        """What a scenario's rounds run (rule 3), or None when it is skipped whole."""
         workers = scenario.workers or self.opts.workers
-        layout = self.layout(workers)
         configs = []
         for name in scenario.configs:
             reason = self.systems[name].check(scenario, workers)
@@ -103,22 +110,28 @@ class Session:
             if name == "fastgw" and scenario.fastgw_config != "bare":
                 for other in configs:
                     self.skip(scenario, other, "skipped with fastgw: the scenario measures a fastgw feature")
-                return
-        headers = scenario_headers(scenario)
-        rate = self.rate_for(scenario, upstream, work, raw)
-        self.log(f"== {scenario.name}: {scenario.summary}" + (f" at {rate:,.0f} req/s offered" if rate else ""))
-        for rnd in range(1, self.opts.rounds + 1):
-            for name in configs:
-                tag = f"{scenario.name}-r{rnd}-{name}"
-                rec = runner.run_once(
-                    self.systems[name], scenario, workers=workers if name != "direct" else 0,
-                    layout=layout, workdir=(self.out / "work" if self.opts.keep else work) / tag,
-                    upstream=upstream, duration=self.opts.duration, warmup=self.opts.warmup, headers=headers,
-                    rate=rate, env=python_env(), raw_dir=raw, tag=tag, keep=self.opts.keep,
-                )
-                rec.update(scenario=scenario.name, round=rnd, offered_rate=rate)
-                self.records.append(rec)
-                self.log(f"  [r{rnd}/{self.opts.rounds}] {line(rec)}")
+                return None
+        return {"scenario": scenario, "workers": workers, "layout": self.layout(workers), "configs": configs,
+                "headers": scenario_headers(scenario)}
+
+    def run_round(self, plan: dict, rnd: int, upstream: Upstream, work: Path, raw: Path) -> None:
+        """Round ``rnd`` of one scenario: each of its configurations once (rule 2)."""
+        scenario, workers = plan["scenario"], plan["workers"]
+        if "rate" not in plan:                      # its first round: rule 4 once
+            plan["rate"] = rate = self.rate_for(scenario, upstream, work, raw)
+            self.log(f"== {scenario.name}: {scenario.summary}" + (f" at {rate:,.0f} req/s offered" if rate else ""))
+        rate = plan["rate"]
+        for name in plan["configs"]:
+            tag = f"{scenario.name}-r{rnd}-{name}"
+            rec = runner.run_once(
+                self.systems[name], scenario, workers=workers if name != "direct" else 0,
+                layout=plan["layout"], workdir=(self.out / "work" if self.opts.keep else work) / tag,
+                upstream=upstream, duration=self.opts.duration, warmup=self.opts.warmup, headers=plan["headers"],
+                rate=rate, env=python_env(), raw_dir=raw, tag=tag, keep=self.opts.keep,
+            )
+            rec.update(scenario=scenario.name, round=rnd, offered_rate=rate)
+            self.records.append(rec)
+            self.log(f"  [{scenario.name} r{rnd}/{self.opts.rounds}] {line(rec)}")
 
     def skip(self, scenario: Scenario, config: str, reason: str) -> None:
         self.skipped.append({"scenario": scenario.name, "config": config, "reason": reason})
