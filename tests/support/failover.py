@@ -25,10 +25,12 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
     def _send(self, body, status=200):
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # head and body in one write: a SIGKILL between two writes would leave a head
+        # the gateway already forwarded with no body, which no proxy can retry (and the
+        # kill-under-load test would count it as the client error it must not see)
+        self.log_request(status)
+        self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n\r\n%s"
+                         % (status, self.responses[status][0].encode(), len(body), body))
     def do_GET(self):
         if self.path.startswith("/health"):
             with lock:
