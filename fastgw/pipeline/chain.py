@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import inspect
 
+from fastgw.http.wire import STATUS_LINES
 from fastgw.pipeline.middleware import overrides
+
+# the status lines of ``Proxy.upstream_head``'s usual response (a 101 starts a tunnel: never usual)
+_PLAIN_LINES = {s: line for s, line in STATUS_LINES.items() if s != 101}
 
 
 class Chain:
     __slots__ = ("mws", "ids", "request", "upstream_request", "response", "response_body", "logging",
-                 "request_body", "error", "request_sync", "direct", "response_block")
+                 "request_body", "error", "request_sync", "direct", "response_block",
+                 "usual_block", "usual_lines", "log_notes")
 
     def __init__(self, mws) -> None:
         mws = tuple(mws)
@@ -42,6 +47,18 @@ class Chain:
         resp = [m for m in reversed(mws) if overrides(m, "response_filter")]
         self.response_block = tuple(m.response_block_filter for m in resp) \
             if resp and all(overrides(m, "response_block_filter") for m in resp) else None
+        # ``Proxy.upstream_head``'s usual response: the statuses it may have (their status
+        # lines: not 101, a tunnel, nor one that a raw-block filter limited to some
+        # statuses acts on, ``Middleware.response_block_statuses``) and the raw-block
+        # filters it runs on the upstream's cut block (the others); none (``{}``) when a
+        # response filter needs a ResponseHead
+        usual = resp if self.response_block is not None else () if not resp else None
+        only = [s for m in usual or () if (s := m.response_block_statuses()) is not None]
+        self.usual_block = () if usual is None else \
+            tuple(m.response_block_filter for m in usual if m.response_block_statuses() is None)
+        skip = frozenset({101}).union(*only)
+        self.usual_lines = {} if usual is None else _PLAIN_LINES if not only else \
+            {s: line for s, line in STATUS_LINES.items() if s not in skip}
         # body filters run in the response filters' order (reverse chain order), so a
         # middleware's body filter sees the bytes that match the head its response filter
         # saw: transform edits the upstream's body before compression encodes it, and the
@@ -49,6 +66,8 @@ class Chain:
         self.response_body = tuple(m.response_body_filter for m in reversed(mws)
                                    if overrides(m, "response_body_filter"))
         self.logging = tuple(m.logging for m in mws if overrides(m, "logging"))
+        # some middleware leaves a note the access log records (``Middleware.leaves_log_notes``)
+        self.log_notes = any(m.leaves_log_notes() for m in mws)
         # ``(index, hook)`` on the whole request body, of the middlewares that need it
         self.request_body = tuple((i, m.request_body_filter) for i, m in enumerate(mws)
                                   if m.needs_body() and overrides(m, "request_body_filter"))

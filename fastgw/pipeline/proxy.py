@@ -29,7 +29,7 @@ from __future__ import annotations
 from fastgw.clock import monotonic
 from fastgw.errors import GatewayError
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
-from fastgw.http.wire import LAST_CHUNK, STATUS_LINES, chunk
+from fastgw.http.wire import LAST_CHUNK, chunk
 from fastgw.pipeline.exchange import Attempt, new_attempt
 from fastgw.pipeline.heads import _CUTS, request_head, response_head
 from fastgw.resilience.retry import CONNECT_FAILURE
@@ -37,8 +37,6 @@ from fastgw.shm.health import KIND_OF
 from fastgw.upstream.client import T_IDLE
 
 STATUS_5XX = 3  # shm.health FAIL_KINDS index
-# the status lines of ``upstream_head``'s usual response (a 101 starts a tunnel: never usual)
-_PLAIN_LINES = {s: line for s, line in STATUS_LINES.items() if s != 101}
 
 def failed(inst, kind: int) -> None:
     """An attempt on ``inst`` failed (an upstream failure, never a gateway-made answer):
@@ -284,18 +282,23 @@ class Proxy:
         # (``heads.keep_client`` written out, the same test: a Python call less per response)
         keep = x.keep_alive and down is not None and not self.engine.draining and not down.draining \
             and down.cur_complete
-        if keep and not x.route.chain.response:
+        if keep:
             cut = _CUTS.get(block)
-            line = _PLAIN_LINES.get(status)
+            chain = x.route.chain
+            line = chain.usual_lines.get(status)
             if line is not None and cut is not None and cut[1] and cut[3] is None and x.resp_drop is None \
                     and x.request.version == "1.1":
                 # The usual response: a header block seen before (its cut remembered), with
-                # its Content-Length and no Connection list, no response filter or removal,
-                # an HTTP/1.1 client kept alive.  ``response_head``'s result for it written
-                # out (a Python call and its general tests less per exchange; keep the two
-                # in step, tests/proxy/test_pipeline_model.py compares them).
+                # its Content-Length and no Connection list, a status of the route's usual
+                # ones, no response filter but raw-block ones (security headers, CORS:
+                # ``Chain.usual_block``) and no removal, an HTTP/1.1 client kept alive.  ``response_head``'s result for it written out
+                # (a Python call and its general tests less per exchange; keep the two in
+                # step, tests/proxy/test_pipeline_model.py compares them).
+                block = cut[0]
+                for fn in chain.usual_block:
+                    block = fn(x, status, block)
                 x.status = status
-                return b"%s%s%s%s\r\n" % (line, x.app.server_header or b"", cut[0], x.resp_lines), 0
+                return b"%s%s%s%s\r\n" % (line, x.app.server_header or b"", block, x.resp_lines), 0
         return response_head(x, down, status, reason, block, keep, x.app.server_header)
 
     def _bad_status(self, up, x, a, status: int) -> bool:
