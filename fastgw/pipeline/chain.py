@@ -47,18 +47,19 @@ class Chain:
         resp = [m for m in reversed(mws) if overrides(m, "response_filter")]
         self.response_block = tuple(m.response_block_filter for m in resp) \
             if resp and all(overrides(m, "response_block_filter") for m in resp) else None
-        # ``Proxy.upstream_head``'s usual response: the statuses it may have (their status
-        # lines: not 101, a tunnel, nor one that a raw-block filter limited to some
-        # statuses acts on, ``Middleware.response_block_statuses``) and the raw-block
-        # filters it runs on the upstream's cut block (the others); none (``{}``) when a
-        # response filter needs a ResponseHead
-        usual = resp if self.response_block is not None else () if not resp else None
-        only = [s for m in usual or () if (s := m.response_block_statuses()) is not None]
-        self.usual_block = () if usual is None else \
-            tuple(m.response_block_filter for m in usual if m.response_block_statuses() is None)
-        skip = frozenset({101}).union(*only)
-        self.usual_lines = {} if usual is None else _PLAIN_LINES if not only else \
-            {s: line for s, line in STATUS_LINES.items() if s not in skip}
+        # ``Proxy.upstream_head``'s usual response: the raw-block filters it runs on the
+        # upstream's cut block and the statuses it may have (their status lines): none
+        # when a response filter needs a ResponseHead; a filter limited to some statuses
+        # (``Middleware.response_block_statuses``) is left out, and so are its statuses
+        if not resp:
+            self.usual_block, self.usual_lines = (), _PLAIN_LINES
+        elif self.response_block is None:
+            self.usual_block, self.usual_lines = (), {}
+        else:
+            limited = [m.response_block_statuses() for m in resp]
+            self.usual_block = tuple(m.response_block_filter for m, only in zip(resp, limited) if only is None)
+            skip = frozenset().union(*(only for only in limited if only is not None))
+            self.usual_lines = {s: line for s, line in _PLAIN_LINES.items() if s not in skip}
         # body filters run in the response filters' order (reverse chain order), so a
         # middleware's body filter sees the bytes that match the head its response filter
         # saw: transform edits the upstream's body before compression encodes it, and the

@@ -289,11 +289,12 @@ class Proxy:
             if line is not None and cut is not None and cut[1] and cut[3] is None and x.resp_drop is None \
                     and x.request.version == "1.1":
                 # The usual response: a header block seen before (its cut remembered), with
-                # its Content-Length and no Connection list, a status of the route's usual
-                # ones, no response filter but raw-block ones (security headers, CORS:
-                # ``Chain.usual_block``) and no removal, an HTTP/1.1 client kept alive.  ``response_head``'s result for it written out
-                # (a Python call and its general tests less per exchange; keep the two in
-                # step, tests/proxy/test_pipeline_model.py compares them).
+                # its Content-Length and no Connection list, one of the route's usual
+                # statuses, no response filter but raw-block ones (security headers, CORS:
+                # ``Chain.usual_block``) and no removal, an HTTP/1.1 client kept alive.
+                # ``response_head``'s result for it written out (a Python call and its
+                # general tests less per exchange; keep the two in step,
+                # tests/proxy/test_pipeline_model.py compares them).
                 block = cut[0]
                 for fn in chain.usual_block:
                     block = fn(x, status, block)
