@@ -90,6 +90,11 @@ class SecurityHeaders(Middleware):
             self.response_filter = self._response_filter_cors
             self.response_block_filter = self._block_filter_cors
 
+    def response_block_memo(self) -> str | None:
+        """With CORS, CORS's request filter chooses the memo of this edit per request state
+        (cors.py rule 5: the note and whether HSTS applies, all that it reads)."""
+        return "cors" if self.response_block_filter == self._block_filter_cors else None
+
     def response_filter(self, ctx, head) -> None:
         """Strip leaking/overridden upstream headers, then add the presets."""
         if head.__class__ is ResponseHead and head.parsed is None:

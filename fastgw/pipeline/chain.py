@@ -22,7 +22,7 @@ _PLAIN_LINES = {s: line for s, line in STATUS_LINES.items() if s != 101}
 class Chain:
     __slots__ = ("mws", "ids", "request", "upstream_request", "response", "response_body", "logging",
                  "request_body", "error", "request_sync", "direct", "response_block",
-                 "usual_block", "usual_lines", "log_notes")
+                 "usual_block", "usual_lines", "usual_memo", "log_notes")
 
     def __init__(self, mws) -> None:
         mws = tuple(mws)
@@ -51,15 +51,22 @@ class Chain:
         # upstream's cut block and the statuses it may have (their status lines): none
         # when a response filter needs a ResponseHead; a filter limited to some statuses
         # (``Middleware.response_block_statuses``) is left out, and so are its statuses
+        # (``usual_memo``: its one filter's edit is remembered in ``ctx.usual_edit``, chosen
+        # by a request filter of this chain, ``Middleware.response_block_memo``)
+        self.usual_memo = False
         if not resp:
             self.usual_block, self.usual_lines = (), _PLAIN_LINES
         elif self.response_block is None:
             self.usual_block, self.usual_lines = (), {}
         else:
             limited = [m.response_block_statuses() for m in resp]
-            self.usual_block = tuple(m.response_block_filter for m, only in zip(resp, limited) if only is None)
+            usual = [m for m, only in zip(resp, limited) if only is None]
+            self.usual_block = tuple(m.response_block_filter for m in usual)
             skip = frozenset().union(*(only for only in limited if only is not None))
             self.usual_lines = {s: line for s, line in _PLAIN_LINES.items() if s not in skip}
+            chooser = usual[0].response_block_memo() if len(usual) == 1 else None
+            self.usual_memo = chooser is not None and any(
+                m.name == chooser and overrides(m, "request_filter") for m in mws)
         # body filters run in the response filters' order (reverse chain order), so a
         # middleware's body filter sees the bytes that match the head its response filter
         # saw: transform edits the upstream's body before compression encodes it, and the

@@ -63,6 +63,9 @@ class Ctx:
         "up_lines",         # bytes: header lines added to the upstream request
         "resp_lines",       # bytes: header lines added to the response
         "resp_drop",        # frozenset[bytes] | None: lower-case names removed from the response
+        "usual_edit",       # dict | None: the raw-block response filters' edit of an upstream
+                            # header block for this request's state, chosen by a request filter
+                            # (``Middleware.response_block_memo``; read by ``Proxy.upstream_head``)
         "up_target",        # bytes | None: path?query sent upstream (before the base path), set by a rewrite
         # between middlewares
         "notes",            # dict
@@ -100,6 +103,7 @@ class Ctx:
         self.up_lines = b""
         self.resp_lines = b""
         self.resp_drop = None
+        self.usual_edit = None
         self.up_target = None
         self.notes = {}
         self.status = 0

@@ -37,7 +37,10 @@ Hooks, in the order a request meets them:
                                            through ``response_filter``.
                                            ``response_block_statuses()`` may name the
                                            only statuses it acts on: the usual response
-                                           of another status then skips the call
+                                           of another status then skips the call;
+                                           ``response_block_memo()`` may name the
+                                           middleware whose request filter chooses a
+                                           memo of its edit per request state
     response_body_filter(ctx, chunk, end)  return the bytes to send; only if the
                                            middleware really transforms bodies
     logging(ctx, error)                    always runs once per request, errors included
@@ -106,6 +109,15 @@ class Middleware:
     def response_block_statuses(self) -> frozenset | None:
         """The statuses of an upstream head that ``response_block_filter`` acts on (it
         returns any other's block unchanged, with no side effect), or None: any status."""
+        return None
+
+    def response_block_memo(self) -> str | None:
+        """The name of the middleware whose ``request_filter`` sets ``ctx.usual_edit``: a
+        dict (upstream header block -> this filter's result) for the request's state,
+        which it partitions finely enough that the result is a function of the block
+        alone there (never of the status; no side effect).  When this is the route's only
+        raw-block filter on the usual response (``Chain.usual_memo``), ``Proxy.upstream_head``
+        looks the block up there and calls the filter only on a miss.  None: no memo."""
         return None
 
     def logging(self, ctx, error) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from fastgw.clock import monotonic
 from fastgw.errors import GatewayError
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
+from fastgw.http.messages import EDIT_MEMO_BLOCK
 from fastgw.http.wire import LAST_CHUNK, chunk
 from fastgw.pipeline.exchange import Attempt, new_attempt
 from fastgw.pipeline.heads import _CUTS, request_head, response_head
@@ -37,6 +38,9 @@ from fastgw.shm.health import KIND_OF
 from fastgw.upstream.client import T_IDLE
 
 STATUS_5XX = 3  # shm.health FAIL_KINDS index
+# blocks kept per ``Ctx.usual_edit`` memo (one per request state, e.g. per allowed CORS
+# origin: an upstream's head changes with its Date, so a few recent blocks are enough)
+USUAL_EDIT_SIZE = 16
 
 def failed(inst, kind: int) -> None:
     """An attempt on ``inst`` failed (an upstream failure, never a gateway-made answer):
@@ -55,6 +59,19 @@ def succeeded(inst) -> None:
     row = inst.row
     if row is not None:
         row.succeeded(inst.slot, inst.requests)
+
+
+def _remember_edit(memo: dict, x, status: int, block: bytes, edits) -> bytes:
+    """A miss of the usual response's edit memo (``Ctx.usual_edit``): the filters run, and
+    their result is kept for the block (bounded; long blocks are not kept)."""
+    edited = block
+    for fn in edits:
+        edited = fn(x, status, edited)
+    if len(block) <= EDIT_MEMO_BLOCK:
+        if len(memo) >= USUAL_EDIT_SIZE:
+            memo.clear()
+        memo[block] = edited
+    return edited
 
 
 def _tried(x) -> tuple:
@@ -296,8 +313,17 @@ class Proxy:
                 # general tests less per exchange; keep the two in step,
                 # tests/proxy/test_pipeline_model.py compares them).
                 block = cut[0]
-                for fn in chain.usual_block:
-                    block = fn(x, status, block)
+                edits = chain.usual_block
+                if edits:
+                    memo = x.usual_edit
+                    if memo is not None and chain.usual_memo:
+                        # the edit for this request's state, remembered per block
+                        # (``Middleware.response_block_memo``): no call when seen before
+                        edited = memo.get(block)
+                        block = edited if edited is not None else _remember_edit(memo, x, status, block, edits)
+                    else:
+                        for fn in edits:
+                            block = fn(x, status, block)
                 x.status = status
                 return b"%s%s%s%s\r\n" % (line, x.app.server_header or b"", block, x.resp_lines), 0
         return response_head(x, down, status, reason, block, keep, x.app.server_header)

@@ -352,9 +352,7 @@ def test_upstream_head_usual_path_is_response_head(block, status, server, keep, 
     from fastgw.pipeline.exchange import Attempt
     from fastgw.pipeline.proxy import Proxy
 
-    def exchange():
-        mw, origin = mws()
-        chain = Chain(mw)
+    def exchange(mw, origin, chain):
         hs = [(b"Host", b"gw")] + ([(b"Origin", origin)] if origin is not None else [])
         x = Exchange(Request.build("GET", b"/", hs, version=version), SimpleNamespace(server_header=server))
         x.keep_alive = keep
@@ -364,20 +362,27 @@ def test_upstream_head_usual_path_is_response_head(block, status, server, keep, 
         x.resp_lines = lines
         inst = SimpleNamespace(fails=0, row=None)
         x.attempt = Attempt(inst, None, b"", None, 0.0, 0.0, None, None, 0)
-        return x, mw
+        return x
+
+    def acted(mw):
+        return [m.acted for m in mw if isinstance(m, _Refusals)]
 
     down = SimpleNamespace(draining=False, cur_complete=True)
     proxy = Proxy(SimpleNamespace(draining=False))
-    ref, ref_mws = exchange()
+    ref_mw, origin = mws()
+    ref = exchange(ref_mw, origin, Chain(ref_mw))
     want = response_head(ref, down, status, b"Reason", block, keep, server)
     heads._CUTS.pop(block, None)
-    for _ in range(2):   # the first sight of a block (no cut yet), then the remembered cut
-        x, x_mws = exchange()
+    mw, origin = mws()
+    chain = Chain(mw)
+    # the first sight of a block (no cut yet), then the remembered cut (a miss of the
+    # request state's edit memo, when the route has one), then a hit
+    for _ in range(3):
+        x = exchange(mw, origin, chain)
         got = proxy.upstream_head(SimpleNamespace(ctx=x, down=down), status, b"Reason", block, keep)
         assert got == want
         assert (x.status, x.keep_alive, x.upstream_status) == (ref.status, ref.keep_alive, status)
-        assert [m.acted for m in x_mws if isinstance(m, _Refusals)] == \
-            [m.acted for m in ref_mws if isinstance(m, _Refusals)]
+    assert acted(mw) == [a * 3 for a in acted(ref_mw)]
 
 
 def test_usual_response_of_a_route_with_raw_block_filters():
@@ -396,3 +401,53 @@ def test_usual_response_of_a_route_with_raw_block_filters():
     assert 200 in ch.usual_lines and 401 not in ch.usual_lines and 101 not in ch.usual_lines
     assert Chain([]).usual_block == () and 401 in Chain([]).usual_lines
     assert Chain([mws[0], _Head(None, None)]).usual_lines == {}
+    # the security headers' edit is remembered per request state that CORS chooses: only
+    # when CORS's request filter is in the chain
+    assert ch.usual_memo and not Chain([mws[0], mws[2]]).usual_memo and not Chain([]).usual_memo
+
+
+def test_usual_response_edit_is_remembered_per_request_state():
+    """On a route with security headers and CORS, the usual upstream response calls the
+    edit once per (block, CORS decision, HSTS): later responses take it from the memo CORS
+    chose, and each state gets its own headers (the same as ``response_head``'s)."""
+    from fastgw.pipeline import heads
+    from fastgw.pipeline.exchange import Attempt
+    from fastgw.pipeline.proxy import Proxy
+
+    mws, _o = _security_cors(None)()
+    chain = Chain(mws)
+    calls = []
+
+    def counting(fn):
+        def run(ctx, status, block):
+            calls.append(status)
+            return fn(ctx, status, block)
+        return run
+
+    chain.usual_block = tuple(counting(f) for f in chain.usual_block)
+    block = b"Server: nginx\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+    heads._CUTS.pop(block, None)
+    down = SimpleNamespace(draining=False, cur_complete=True)
+    proxy = Proxy(SimpleNamespace(draining=False))
+
+    def respond(origin, tls):
+        hs = [(b"Host", b"gw")] + ([(b"Origin", origin)] if origin is not None else [])
+        x = Exchange(Request.build("GET", b"/", hs, tls=tls), SimpleNamespace(server_header=None))
+        x.route = SimpleNamespace(chain=chain, retry=None)
+        for _i, fn in chain.request_sync:
+            assert fn(x) is None
+        x.attempt = Attempt(SimpleNamespace(fails=0, row=None), None, b"", None, 0.0, 0.0, None, None, 0)
+        got = proxy.upstream_head(SimpleNamespace(ctx=x, down=down), 200, b"OK", block, True)
+        assert got == response_head(x, down, 200, b"OK", block, True, None)
+        return got[0].lower()
+
+    respond(None, False)     # a block not seen before: response_head
+    assert calls == []
+    states = [(b"https://a.example", False), (b"https://a.example", True), (None, False), (None, True),
+              (b"https://other.example", False)]
+    for n, (origin, tls) in enumerate(states * 3):
+        head = respond(origin, tls)
+        assert len(calls) == min(n + 1, len(states))    # one miss per state, then its memo
+        assert b"server: nginx" not in head and b"vary: origin\r\n" in head
+        assert (b"strict-transport-security" in head) is tls
+        assert (b"access-control-allow-origin: https://a.example" in head) is (origin == b"https://a.example")
