@@ -22,7 +22,9 @@ a worker"):
   answers the request: the upstream's response, a local reply, an error, a future cache
   hit (the heads are built from them, so a replay gets them too).
   ``response_filter(ctx, head)`` is for what depends on the response itself (reading
-  its status or headers); it edits that ``head`` in place.
+  its status or headers); it edits that ``head`` in place.  ``usual_edit``: the memo of
+  a raw-block response filter's edit for this request's state, which the request filter
+  named by that filter's ``response_block_memo()`` chooses (CORS for the security headers).
 - ``problem(...)``: an RFC 9457 reply carrying the request id.
 - ``notes``: data between middlewares, keyed by the middleware's name.
 - after the fact (the logging phase): ``status``, ``bytes_sent``, ``upstream``,
