@@ -58,7 +58,6 @@ _DEFAULT_METHODS = ("GET", "HEAD", "POST")
 
 class Cors(Middleware):
     name = "cors"
-    no_origin_note = None   # what a request without Origin notes (None: nothing)
 
     def __init__(self, cfg: CorsConfig, deps=None, *, route_methods=None, answer_preflights: bool = True) -> None:
         Middleware.__init__(self, cfg, deps)  # (shared by CorsRequest, not a subclass)
@@ -131,8 +130,6 @@ class Cors(Middleware):
         req = ctx.request
         origin = req.origin  # (captured while parsing: no header lookup)
         if origin is None:
-            if self.no_origin_note is not None:   # CorsRequest: say so to the security headers
-                ctx.notes["cors"] = self.no_origin_note
             return None
         # an origin of the list: its response headers, prebuilt (one dict lookup)
         allowed = self._exact.get(origin)
@@ -232,12 +229,12 @@ class Cors(Middleware):
 
 class CorsRequest(Middleware):
     """``Cors`` whose response headers the route's security headers apply (rule 5): the
-    same request side, no response filter.  A direct Middleware subclass sharing Cors's
-    functions (STYLE: one level of inheritance)."""
+    same request side, which also notes a request without Origin (``False``) and chooses
+    the memo of the usual response's edit; no response filter.  A direct Middleware
+    subclass sharing Cors's functions (STYLE: one level of inheritance)."""
 
     name = "cors"
     answers_preflight = Cors.answers_preflight
-    no_origin_note = False   # a request without Origin, for the security headers (rule 5)
     _allowed = Cors._allowed
     _preflight = Cors._preflight
     _refuse = Cors.__dict__["_refuse"]
@@ -263,7 +260,7 @@ class CorsRequest(Middleware):
         req = ctx.request
         origin = req.origin  # (captured while parsing: no header lookup)
         if origin is None:
-            ctx.notes["cors"] = False
+            ctx.notes["cors"] = False   # (for the security headers: Vary only)
             ctx.usual_edit = self._no_origin_edits[req.tls or ctx.scheme == "https"]
             return None
         if req.method == "OPTIONS" and self._preflights:
