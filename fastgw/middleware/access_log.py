@@ -97,7 +97,7 @@ class AccessLog(Middleware):
         ua = req.user_agent
         recs = self.recs
         notes = ctx.notes
-        if notes:
+        if notes and (route is None or route.chain.log_notes):
             # (traceparent line, trace_id, span_id) of the tracing middleware
             # (fastgw.obs.otlp.trace_ids, inlined), the compression middleware's coding, the
             # cache middleware's result
@@ -110,8 +110,9 @@ class AccessLog(Middleware):
                 ua.decode("latin-1") if ua else None, flags, tp[1] if tp is not None else None,
                 tp[2] if tp is not None else None, notes.get("content_encoding"), notes.get("cache_result")))
         else:
-            # the bare route: no note to read (two dict lookups less), the optional keys
-            # keep their defaults
+            # no note to read (a route without a middleware that leaves one for the log,
+            # ``Chain.log_notes``: the bare route, the policy chain), the optional keys keep
+            # their defaults
             recs.append(AccessRecord(
                 wall(), ctx.request_id, ctx.client_ip, req.method, req.host, req.path, ctx.status,
                 req.bytes_received, ctx.bytes_sent, monotonic() - ctx.start, ctx.upstream,

@@ -199,7 +199,8 @@ class Auth(Middleware):
                     ctx.roles = ident.roles
                     ctx.claims = ident.claims
                     if ident.lines:
-                        ctx.add_request_lines(ident.lines)
+                        # (``ctx.add_request_lines`` written out: a Python call less per request)
+                        ctx.up_lines += ident.lines
                     if self.drop_token:
                         ctx.remove_request_headers(self.drop_token)
                     return None

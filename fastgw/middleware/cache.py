@@ -178,6 +178,9 @@ class Cache(BackgroundFetches, Middleware):
                 if _route_has(route_cfg, url):
                     self._spawn(loop, self._warm(url))
 
+    def leaves_log_notes(self) -> bool:
+        return True   # ``cache_result`` (RESULT_NOTE)
+
     # ------------------------------------------------------------------ lookup
     def request_filter(self, ctx):
         """Synchronous: a hit, a bypass and a miss are decided without suspending.  A miss

@@ -90,6 +90,9 @@ class Compression(Middleware):
         m = getattr(deps, "metrics", None)
         self._inc = m.inc if m is not None else None
 
+    def leaves_log_notes(self) -> bool:
+        return True   # ``content_encoding`` (ENC_NOTE)
+
     # -- decision --------------------------------------------------------------------
 
     def response_filter(self, ctx, head) -> None:

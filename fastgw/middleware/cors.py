@@ -27,7 +27,10 @@ Rules:
    the middleware is ``CorsRequest``, without a response filter: its request filter
    leaves its decision in ``ctx.notes["cors"]`` (the prebuilt ``Lines``; ``False`` for a
    request without ``Origin``) and the security headers' response filter applies it with
-   its own presets: one sweep of the upstream head and one append for both.
+   its own presets: one sweep of the upstream head and one append for both.  It also
+   chooses the memo of that edit for the request's state (``ctx.usual_edit``: the note
+   and whether HSTS applies, what the security headers' edit reads), so the usual
+   upstream response costs one dict lookup (``Middleware.response_block_memo``).
    In the global chain (no route: 400/404/405) preflights are not answered, only decorated;
    the engine runs only that chain's response filters, so there the origin is read on the
    way out.
@@ -55,7 +58,6 @@ _DEFAULT_METHODS = ("GET", "HEAD", "POST")
 
 class Cors(Middleware):
     name = "cors"
-    no_origin_note = None   # what a request without Origin notes (None: nothing)
 
     def __init__(self, cfg: CorsConfig, deps=None, *, route_methods=None, answer_preflights: bool = True) -> None:
         Middleware.__init__(self, cfg, deps)  # (shared by CorsRequest, not a subclass)
@@ -128,8 +130,6 @@ class Cors(Middleware):
         req = ctx.request
         origin = req.origin  # (captured while parsing: no header lookup)
         if origin is None:
-            if self.no_origin_note is not None:   # CorsRequest: say so to the security headers
-                ctx.notes["cors"] = self.no_origin_note
             return None
         # an origin of the list: its response headers, prebuilt (one dict lookup)
         allowed = self._exact.get(origin)
@@ -229,17 +229,58 @@ class Cors(Middleware):
 
 class CorsRequest(Middleware):
     """``Cors`` whose response headers the route's security headers apply (rule 5): the
-    same request side, no response filter.  A direct Middleware subclass sharing Cors's
-    functions (STYLE: one level of inheritance)."""
+    same request side, which also notes a request without Origin (``False``) and chooses
+    the memo of the usual response's edit; no response filter.  A direct Middleware
+    subclass sharing Cors's functions (STYLE: one level of inheritance)."""
 
     name = "cors"
-    __init__ = Cors.__init__
     answers_preflight = Cors.answers_preflight
-    request_filter = Cors.request_filter
-    no_origin_note = False   # a request without Origin, for the security headers (rule 5)
     _allowed = Cors._allowed
     _preflight = Cors._preflight
     _refuse = Cors.__dict__["_refuse"]
+
+    def __init__(self, cfg: CorsConfig, deps=None, *, route_methods=None, answer_preflights: bool = True) -> None:
+        Cors.__init__(self, cfg, deps, route_methods=route_methods, answer_preflights=answer_preflights)
+        # The usual upstream response's edit (the security headers' sweep and block) is
+        # remembered per state of the request that it depends on
+        # (``Middleware.response_block_memo``): the note (one per origin of the list, the
+        # denied one, no Origin) and whether the connection counts as secure (HSTS: TLS,
+        # or a trusted ``X-Forwarded-Proto: https``): a pair of memos (plain, secure) per
+        # note.  An origin allowed by a pattern gets a note of its own each time: no
+        # memo, the filter runs.  ``_usual``: origin of the list -> (its note, its pair),
+        # or with ``*`` allowed, nothing (``_any_usual`` holds the one answer's).
+        self._usual = {o: (note, ({}, {})) for o, note in self._exact.items()}
+        self._any_usual = (self._any, ({}, {})) if self._any is not None else None
+        self._denied_usual = (self._denied, ({}, {}))
+        self._no_origin_edits = ({}, {})
+
+    def request_filter(self, ctx):
+        """``Cors.request_filter``, and the memo of the usual response's edit for the
+        request's state (``ctx.usual_edit``)."""
+        req = ctx.request
+        origin = req.origin  # (captured while parsing: no header lookup)
+        if origin is None:
+            ctx.notes["cors"] = False   # (for the security headers: Vary only)
+            ctx.usual_edit = self._no_origin_edits[req.tls or ctx.scheme == "https"]
+            return None
+        if req.method == "OPTIONS" and self._preflights:
+            acrm = ctx.header(b"access-control-request-method")
+            if acrm is not None:
+                ctx.notes["cors"] = _NOTHING  # the reply is complete; add nothing on the way out
+                return self._preflight(ctx, origin, self._allowed(origin), acrm)
+        # an origin of the list: its note and memos, prebuilt (one dict lookup)
+        usual = self._usual.get(origin)
+        if usual is None:
+            usual = self._any_usual
+            if usual is None:
+                allowed = self._allowed(origin)
+                if allowed is not None:   # by a pattern: a note of its own, no memo
+                    ctx.notes["cors"] = allowed
+                    return None
+                usual = self._denied_usual
+        ctx.notes["cors"] = usual[0]
+        ctx.usual_edit = usual[1][req.tls or ctx.scheme == "https"]
+        return None
 
 
 def build(root_cfg, service_cfg, route_cfg, deps):

@@ -29,6 +29,7 @@ from fastgw.ratelimit.limiter import ALLOWED, LIMITED, admit, decide, decisions
 from fastgw.ratelimit.plan import hold, release, route_plan
 
 _PENDING = "ratelimit_ip"       # ctx.notes key: the guard let a token through unverified
+_AUTH_REFUSALS = frozenset({400, 401})   # the statuses of auth's refusals: what is charged
 
 
 class IpLimits(Middleware):
@@ -151,6 +152,9 @@ class AuthFailureGuard(Middleware):
         """Charge the budget when auth refused the request (no verified user)."""
         if ctx.user is None and (head.status == 401 or head.status == 400) and ctx.notes.get(_PENDING):
             self._charge(ctx)
+
+    def response_block_statuses(self) -> frozenset:
+        return _AUTH_REFUSALS   # (the usual response of another status does not call it)
 
     def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
         """``response_filter`` on an upstream head (it reads only the status)."""

@@ -16,7 +16,8 @@ block, which is never parsed into a list) and one append of a prebuilt block (``
 On an upstream head that edit is a function of its raw block and of the request's
 decisions (HSTS; CORS's lines), so it is kept per (block, decisions) in a small memo
 (``http.messages.edit_remembered``): an upstream that sends the same head again costs one dict
-lookup.
+lookup; on a route that also has CORS, CORS chooses a memo of this edit per request
+state, so the usual response makes no call at all (``Middleware.response_block_memo``).
 
 On a route that also has CORS (``config.security.cors_with_security_headers``), this
 filter applies CORS's response headers too (cors.py rule 5): CORS's request filter leaves
@@ -77,6 +78,7 @@ class SecurityHeaders(Middleware):
         self._add = Lines(add)
         self._add_hsts = Lines((*add, self._hsts)) if self._hsts is not None else self._add
         self._memo: dict = {}   # the edit memo (messages.edit_remembered): (block, decision) -> block
+        self._memo_chooser = None   # (``response_block_memo``)
         if cors is not None:
             # CORS's response headers too (module doc): the sweep of a CORS request also
             # drops the upstream's Access-Control-*; the no-Origin block is prebuilt
@@ -89,6 +91,12 @@ class SecurityHeaders(Middleware):
             self._combos_hsts: dict = {}  # the same with HSTS
             self.response_filter = self._response_filter_cors
             self.response_block_filter = self._block_filter_cors
+            self._memo_chooser = "cors"
+
+    def response_block_memo(self) -> str | None:
+        """With CORS, CORS's request filter chooses the memo of this edit per request state
+        (cors.py rule 5: the note and whether HSTS applies, all that it reads)."""
+        return self._memo_chooser
 
     def response_filter(self, ctx, head) -> None:
         """Strip leaking/overridden upstream headers, then add the presets."""

@@ -91,6 +91,9 @@ class Tracing(Middleware):
         # fork (requests are served by workers only), so no two workers share ids
         self.pool: list = []
 
+    def leaves_log_notes(self) -> bool:
+        return True   # ``trace``: the access log's trace_id and span_id
+
     def request_filter(self, ctx):
         # The usual request carries no trace header (the protocol flags one in
         # Request.trace_hdrs: no header lookup here) and takes a ready-made trace from the

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import inspect
 
+from fastgw.http.wire import STATUS_LINES
 from fastgw.pipeline.middleware import overrides
+
+# the status lines of ``Proxy.upstream_head``'s usual response (a 101 starts a tunnel: never usual)
+_PLAIN_LINES = {s: line for s, line in STATUS_LINES.items() if s != 101}
 
 
 class Chain:
     __slots__ = ("mws", "ids", "request", "upstream_request", "response", "response_body", "logging",
-                 "request_body", "error", "request_sync", "direct", "response_block")
+                 "request_body", "error", "request_sync", "direct", "response_block",
+                 "usual_block", "usual_lines", "usual_memo", "log_notes")
 
     def __init__(self, mws) -> None:
         mws = tuple(mws)
@@ -42,6 +47,26 @@ class Chain:
         resp = [m for m in reversed(mws) if overrides(m, "response_filter")]
         self.response_block = tuple(m.response_block_filter for m in resp) \
             if resp and all(overrides(m, "response_block_filter") for m in resp) else None
+        # ``Proxy.upstream_head``'s usual response: the raw-block filters it runs on the
+        # upstream's cut block and the statuses it may have (their status lines): none
+        # when a response filter needs a ResponseHead; a filter limited to some statuses
+        # (``Middleware.response_block_statuses``) is left out, and so are its statuses
+        # (``usual_memo``: its one filter's edit is remembered in ``ctx.usual_edit``, chosen
+        # by a request filter of this chain, ``Middleware.response_block_memo``)
+        self.usual_memo = False
+        if not resp:
+            self.usual_block, self.usual_lines = (), _PLAIN_LINES
+        elif self.response_block is None:
+            self.usual_block, self.usual_lines = (), {}
+        else:
+            limited = [m.response_block_statuses() for m in resp]
+            usual = [m for m, only in zip(resp, limited) if only is None]
+            self.usual_block = tuple(m.response_block_filter for m in usual)
+            skip = frozenset().union(*(only for only in limited if only is not None))
+            self.usual_lines = {s: line for s, line in _PLAIN_LINES.items() if s not in skip}
+            chooser = usual[0].response_block_memo() if len(usual) == 1 else None
+            self.usual_memo = chooser is not None and any(
+                m.name == chooser and overrides(m, "request_filter") for m in mws)
         # body filters run in the response filters' order (reverse chain order), so a
         # middleware's body filter sees the bytes that match the head its response filter
         # saw: transform edits the upstream's body before compression encodes it, and the
@@ -49,6 +74,8 @@ class Chain:
         self.response_body = tuple(m.response_body_filter for m in reversed(mws)
                                    if overrides(m, "response_body_filter"))
         self.logging = tuple(m.logging for m in mws if overrides(m, "logging"))
+        # some middleware leaves a note the access log records (``Middleware.leaves_log_notes``)
+        self.log_notes = any(m.leaves_log_notes() for m in mws)
         # ``(index, hook)`` on the whole request body, of the middlewares that need it
         self.request_body = tuple((i, m.request_body_filter) for i, m in enumerate(mws)
                                   if m.needs_body() and overrides(m, "request_body_filter"))

@@ -22,7 +22,9 @@ a worker"):
   answers the request: the upstream's response, a local reply, an error, a future cache
   hit (the heads are built from them, so a replay gets them too).
   ``response_filter(ctx, head)`` is for what depends on the response itself (reading
-  its status or headers); it edits that ``head`` in place.
+  its status or headers); it edits that ``head`` in place.  ``usual_edit``: the memo of
+  a raw-block response filter's edit for this request's state, which the request filter
+  named by that filter's ``response_block_memo()`` chooses (CORS for the security headers).
 - ``problem(...)``: an RFC 9457 reply carrying the request id.
 - ``notes``: data between middlewares, keyed by the middleware's name.
 - after the fact (the logging phase): ``status``, ``bytes_sent``, ``upstream``,
@@ -63,6 +65,9 @@ class Ctx:
         "up_lines",         # bytes: header lines added to the upstream request
         "resp_lines",       # bytes: header lines added to the response
         "resp_drop",        # frozenset[bytes] | None: lower-case names removed from the response
+        "usual_edit",       # dict | None: the raw-block response filters' edit of an upstream
+                            # header block for this request's state, chosen by a request filter
+                            # (``Middleware.response_block_memo``; read by ``Proxy.upstream_head``)
         "up_target",        # bytes | None: path?query sent upstream (before the base path), set by a rewrite
         # between middlewares
         "notes",            # dict
@@ -100,6 +105,7 @@ class Ctx:
         self.up_lines = b""
         self.resp_lines = b""
         self.resp_drop = None
+        self.usual_edit = None
         self.up_target = None
         self.notes = {}
         self.status = 0

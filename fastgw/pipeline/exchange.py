@@ -102,6 +102,7 @@ def fill_exchange(self, request, app) -> "Exchange":
     self.up_lines = b""
     self.resp_lines = b""
     self.resp_drop = None
+    self.usual_edit = None
     self.up_target = None
     self.notes = {}
     self.status = 0

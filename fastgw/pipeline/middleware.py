@@ -35,6 +35,12 @@ Hooks, in the order a request meets them:
                                            the head builder calls these (same order) and
                                            makes no ResponseHead.  Local replies still go
                                            through ``response_filter``.
+                                           ``response_block_statuses()`` may name the
+                                           only statuses it acts on: the usual response
+                                           of another status then skips the call;
+                                           ``response_block_memo()`` may name the
+                                           middleware whose request filter chooses a
+                                           memo of its edit per request state
     response_body_filter(ctx, chunk, end)  return the bytes to send; only if the
                                            middleware really transforms bodies
     logging(ctx, error)                    always runs once per request, errors included
@@ -50,6 +56,10 @@ Capabilities (read once, when a chain or a config snapshot is built):
     ready() -> bool               readiness contribution (e.g. the first JWKS fetch);
                                   asked on every readiness probe, only of middlewares
                                   that override it
+    leaves_log_notes() -> bool    this middleware leaves a note the access log
+                                  records (``trace``, ``content_encoding``,
+                                  ``cache_result``): on a route without one, the
+                                  access log reads no note
     makes_request_ids() -> bool   this middleware's ``request_filter`` gives each
                                   request its id (the request id middleware): the
                                   engine runs it before every other request filter,
@@ -96,6 +106,20 @@ class Middleware:
     def response_block_filter(self, ctx, status: int, block: bytes) -> bytes:
         return block
 
+    def response_block_statuses(self) -> frozenset | None:
+        """The statuses of an upstream head that ``response_block_filter`` acts on (it
+        returns any other's block unchanged, with no side effect), or None: any status."""
+        return None
+
+    def response_block_memo(self) -> str | None:
+        """The name of the middleware whose ``request_filter`` sets ``ctx.usual_edit``: a
+        dict (upstream header block -> this filter's result) for the request's state,
+        which it partitions finely enough that the result is a function of the block
+        alone there (never of the status; no side effect).  When this is the route's only
+        raw-block filter on the usual response (``Chain.usual_memo``), ``Proxy.upstream_head``
+        looks the block up there and calls the filter only on a miss.  None: no memo."""
+        return None
+
     def logging(self, ctx, error) -> None:
         return None
 
@@ -111,6 +135,9 @@ class Middleware:
 
     def ready(self) -> bool:
         return True
+
+    def leaves_log_notes(self) -> bool:
+        return False
 
     def makes_request_ids(self) -> bool:
         """True for the middleware that gives each request its id.  Its ``request_filter``

@@ -29,7 +29,8 @@ from __future__ import annotations
 from fastgw.clock import monotonic
 from fastgw.errors import GatewayError
 from fastgw.http.protocol import PAUSE_UPSTREAM, PAUSE_WAIT
-from fastgw.http.wire import LAST_CHUNK, STATUS_LINES, chunk
+from fastgw.http.messages import EDIT_MEMO_BLOCK
+from fastgw.http.wire import LAST_CHUNK, chunk
 from fastgw.pipeline.exchange import Attempt, new_attempt
 from fastgw.pipeline.heads import _CUTS, request_head, response_head
 from fastgw.resilience.retry import CONNECT_FAILURE
@@ -37,8 +38,9 @@ from fastgw.shm.health import KIND_OF
 from fastgw.upstream.client import T_IDLE
 
 STATUS_5XX = 3  # shm.health FAIL_KINDS index
-# the status lines of ``upstream_head``'s usual response (a 101 starts a tunnel: never usual)
-_PLAIN_LINES = {s: line for s, line in STATUS_LINES.items() if s != 101}
+# blocks kept per ``Ctx.usual_edit`` memo (one per request state, e.g. per allowed CORS
+# origin: an upstream's head changes with its Date, so a few recent blocks are enough)
+USUAL_EDIT_SIZE = 16
 
 def failed(inst, kind: int) -> None:
     """An attempt on ``inst`` failed (an upstream failure, never a gateway-made answer):
@@ -57,6 +59,19 @@ def succeeded(inst) -> None:
     row = inst.row
     if row is not None:
         row.succeeded(inst.slot, inst.requests)
+
+
+def _remember_edit(memo: dict, x, status: int, block: bytes, edits) -> bytes:
+    """A miss of the usual response's edit memo (``Ctx.usual_edit``): the filters run, and
+    their result is kept for the block (bounded; long blocks are not kept)."""
+    edited = block
+    for fn in edits:
+        edited = fn(x, status, edited)
+    if len(block) <= EDIT_MEMO_BLOCK:
+        if len(memo) >= USUAL_EDIT_SIZE:
+            memo.clear()
+        memo[block] = edited
+    return edited
 
 
 def _tried(x) -> tuple:
@@ -284,18 +299,33 @@ class Proxy:
         # (``heads.keep_client`` written out, the same test: a Python call less per response)
         keep = x.keep_alive and down is not None and not self.engine.draining and not down.draining \
             and down.cur_complete
-        if keep and not x.route.chain.response:
+        if keep:
             cut = _CUTS.get(block)
-            line = _PLAIN_LINES.get(status)
+            chain = x.route.chain
+            line = chain.usual_lines.get(status)
             if line is not None and cut is not None and cut[1] and cut[3] is None and x.resp_drop is None \
                     and x.request.version == "1.1":
                 # The usual response: a header block seen before (its cut remembered), with
-                # its Content-Length and no Connection list, no response filter or removal,
-                # an HTTP/1.1 client kept alive.  ``response_head``'s result for it written
-                # out (a Python call and its general tests less per exchange; keep the two
-                # in step, tests/proxy/test_pipeline_model.py compares them).
+                # its Content-Length and no Connection list, one of the route's usual
+                # statuses, no response filter but raw-block ones (security headers, CORS:
+                # ``Chain.usual_block``) and no removal, an HTTP/1.1 client kept alive.
+                # ``response_head``'s result for it written out (a Python call and its
+                # general tests less per exchange; keep the two in step,
+                # tests/proxy/test_pipeline_model.py compares them).
+                block = cut[0]
+                edits = chain.usual_block
+                if edits:
+                    memo = x.usual_edit
+                    if memo is not None and chain.usual_memo:
+                        # the edit for this request's state, remembered per block
+                        # (``Middleware.response_block_memo``): no call when seen before
+                        edited = memo.get(block)
+                        block = edited if edited is not None else _remember_edit(memo, x, status, block, edits)
+                    else:
+                        for fn in edits:
+                            block = fn(x, status, block)
                 x.status = status
-                return b"%s%s%s%s\r\n" % (line, x.app.server_header or b"", cut[0], x.resp_lines), 0
+                return b"%s%s%s%s\r\n" % (line, x.app.server_header or b"", block, x.resp_lines), 0
         return response_head(x, down, status, reason, block, keep, x.app.server_header)
 
     def _bad_status(self, up, x, a, status: int) -> bool:

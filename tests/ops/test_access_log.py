@@ -5,6 +5,7 @@ records and plain lines keep their order, and the buffer flushes whole lines."""
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -17,8 +18,13 @@ from fastgw.pipeline.ctx import Ctx
 WALL, NOW = 1795712266.9502966, 1000.0
 
 
+class _Chain:
+    log_notes = True   # a middleware of the route leaves notes for the log (tracing here)
+
+
 class _Route:
     name, service = "api", "main"
+    chain = _Chain()
 
 
 class _Err:
@@ -112,6 +118,25 @@ def test_line_is_byte_identical_to_the_dict_encoding(tmp_path, clock, case, erro
             "ts", "request_id", "client_ip", "method", "authority", "path", "status", "bytes_received",
             "bytes_sent", "duration_s", "upstream", "upstream_status", "upstream_duration_s", "route",
             "user", "user_agent", "response_flags"]
+
+
+def test_other_middlewares_notes_leave_the_line_as_it_is(tmp_path, clock):
+    """A route whose middlewares leave no note for the log (``Chain.log_notes`` false: the
+    policy chain's CORS and rate-limit notes) writes the same line as one without notes."""
+    class _Plain:
+        log_notes = False
+
+    out = tmp_path / "access.log"
+    buf = LogBuffer(str(out))
+    al = access_log.AccessLog(None, None, buf)
+    ctx = _ctx()
+    ctx.route = SimpleNamespace(name="api", service="main", chain=_Plain())
+    ctx.notes.update({"cors": object(), "ratelimit_ip": True})
+    al.logging(ctx, None)
+    plain = _ctx()
+    plain.route = ctx.route
+    buf.close()
+    assert _lines(out) == [_reference_line(plain, None, WALL, NOW)]
 
 
 def test_flags_are_captured_at_logging_time(tmp_path, clock):

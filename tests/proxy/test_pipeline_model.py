@@ -176,6 +176,21 @@ def test_chain_compiles_only_overridden_hooks_and_capabilities():
     assert Chain([plain]).direct
 
 
+def test_chain_says_whether_a_middleware_leaves_notes_for_the_access_log():
+    """The access log reads its notes (trace, content_encoding, cache_result) only on a
+    route with a middleware that leaves them (``Middleware.leaves_log_notes``)."""
+    from fastgw.middleware.compression import Compression
+
+    class _Notes(Middleware):
+        name = "notes"
+
+        def leaves_log_notes(self):
+            return True
+
+    assert not Chain([_Plain(None, None)]).log_notes and Chain([_Plain(None, None), _Notes(None, None)]).log_notes
+    assert Compression.leaves_log_notes is not Middleware.leaves_log_notes
+
+
 def test_error_filter_runs_for_a_reply_before_any_request_filter():
     """The engine names no middleware: a reply made before the request filters ran (no
     route) gets what the global chain's error filters set (the request id)."""
@@ -271,41 +286,168 @@ def test_in_flight_count_is_the_connections_with_a_request():
         loop.close()
 
 
+class _Refusals(Middleware):
+    """A raw-block response filter limited to some statuses (as the failed-auth guard's):
+    it marks the head and records that it acted."""
+
+    name = "refusals"
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+        self.acted: list = []
+
+    def response_block_statuses(self):
+        return frozenset({401})
+
+    def response_filter(self, ctx, head) -> None:
+        head.raw = self.response_block_filter(ctx, head.status, head.raw)
+
+    def response_block_filter(self, ctx, status, block):
+        if status != 401:
+            return block
+        self.acted.append(status)
+        return block + b"x-refused: 1\r\n"
+
+
+def _no_filter():
+    return [], None
+
+
+def _security_cors(origin):
+    """The policy route's response side: security headers applying CORS's lines (the
+    combined mode), CORS's request filter run first for ``origin``; and a filter limited
+    to 401 (it is never on the usual path of another status)."""
+    def chain():
+        from fastgw.config.security import CorsConfig, SecurityHeadersConfig
+        from fastgw.middleware.cors import CorsRequest
+        from fastgw.middleware.security_headers import SecurityHeaders
+
+        cors = CorsConfig(allow_origins=["https://a.example"])
+        return [SecurityHeaders(SecurityHeadersConfig(), None, cors), CorsRequest(cors, None), _Refusals()], origin
+    return chain
+
+
 @pytest.mark.parametrize("block", [
     b"Server: nginx\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n",
     b"Content-Length: 0\r\n",
     b"Date: x\r\nconnection:  Keep-Alive \r\nContent-Length: 12\r\n",
     b"Transfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n",       # not usual: response_head
     b"Content-Length: 3\r\nConnection: x-secret\r\nX-Secret: 1\r\n",  # a Connection list
+    b"Content-Length: 3\r\nAccess-Control-Allow-Origin: *\r\nX-Powered-By: php\r\n",
 ])
-@pytest.mark.parametrize("status", [200, 404, 299, 101])
+@pytest.mark.parametrize("status", [200, 404, 299, 101, 401])
 @pytest.mark.parametrize("server", [None, b"server: fastgw\r\n"])
 @pytest.mark.parametrize("keep,version,lines", [(True, "1.1", b"x-request-id: r-1\r\n"), (True, "1.1", b""),
                                                 (False, "1.1", b""), (True, "1.0", b"a: 1\r\n")])
-def test_upstream_head_usual_path_is_response_head(block, status, server, keep, version, lines):
+@pytest.mark.parametrize("mws", [_no_filter, _security_cors(None), _security_cors(b"https://a.example"),
+                                 _security_cors(b"https://other.example")],
+                         ids=["no-filter", "sec-cors-no-origin", "sec-cors-allowed", "sec-cors-denied"])
+def test_upstream_head_usual_path_is_response_head(block, status, server, keep, version, lines, mws):
     """``Proxy.upstream_head`` writes out ``response_head``'s usual case (a block seen
-    before, Content-Length, no filter, kept alive): the same bytes, framing and exchange
-    fields as the general builder, for usual and unusual heads alike."""
+    before, Content-Length, no filter but raw-block ones, kept alive): the same bytes,
+    framing and exchange fields as the general builder, for usual and unusual heads
+    alike, on a route without response filters and on one with security headers and
+    CORS (and a filter limited to some statuses: it acts on the same responses)."""
     from fastgw.pipeline import heads
     from fastgw.pipeline.exchange import Attempt
     from fastgw.pipeline.proxy import Proxy
 
-    def exchange():
-        x = Exchange(Request.build("GET", b"/", [(b"Host", b"gw")], version=version), SimpleNamespace(server_header=server))
+    def exchange(mw, origin, chain):
+        hs = [(b"Host", b"gw")] + ([(b"Origin", origin)] if origin is not None else [])
+        x = Exchange(Request.build("GET", b"/", hs, version=version), SimpleNamespace(server_header=server))
         x.keep_alive = keep
-        x.route = SimpleNamespace(chain=Chain([]), retry=None)
+        x.route = SimpleNamespace(chain=chain, retry=None)
+        for _i, fn in chain.request_sync:
+            assert fn(x) is None
         x.resp_lines = lines
         inst = SimpleNamespace(fails=0, row=None)
         x.attempt = Attempt(inst, None, b"", None, 0.0, 0.0, None, None, 0)
         return x
 
+    def acted(mw):
+        return [m.acted for m in mw if isinstance(m, _Refusals)]
+
     down = SimpleNamespace(draining=False, cur_complete=True)
     proxy = Proxy(SimpleNamespace(draining=False))
-    ref = exchange()
+    ref_mw, origin = mws()
+    ref = exchange(ref_mw, origin, Chain(ref_mw))
     want = response_head(ref, down, status, b"Reason", block, keep, server)
     heads._CUTS.pop(block, None)
-    for _ in range(2):   # the first sight of a block (no cut yet), then the remembered cut
-        x = exchange()
+    mw, origin = mws()
+    chain = Chain(mw)
+    # the first sight of a block (no cut yet), then the remembered cut (a miss of the
+    # request state's edit memo, when the route has one), then a hit
+    for _ in range(3):
+        x = exchange(mw, origin, chain)
         got = proxy.upstream_head(SimpleNamespace(ctx=x, down=down), status, b"Reason", block, keep)
         assert got == want
         assert (x.status, x.keep_alive, x.upstream_status) == (ref.status, ref.keep_alive, status)
+    assert acted(mw) == [a * 3 for a in acted(ref_mw)]
+
+
+def test_usual_response_of_a_route_with_raw_block_filters():
+    """The chain's usual response: raw-block filters run on it, a filter limited to some
+    statuses is left out (and those statuses are not usual), a filter that needs a
+    ResponseHead leaves no usual response."""
+    class _Head(Middleware):
+        name = "head"
+
+        def response_filter(self, ctx, head):
+            return None
+
+    mws, _o = _security_cors(None)()
+    ch = Chain(mws)
+    assert ch.usual_block == (mws[0].response_block_filter,)
+    assert 200 in ch.usual_lines and 401 not in ch.usual_lines and 101 not in ch.usual_lines
+    assert Chain([]).usual_block == () and 401 in Chain([]).usual_lines
+    assert Chain([mws[0], _Head(None, None)]).usual_lines == {}
+    # the security headers' edit is remembered per request state that CORS chooses: only
+    # when CORS's request filter is in the chain
+    assert ch.usual_memo and not Chain([mws[0], mws[2]]).usual_memo and not Chain([]).usual_memo
+
+
+def test_usual_response_edit_is_remembered_per_request_state():
+    """On a route with security headers and CORS, the usual upstream response calls the
+    edit once per (block, CORS decision, HSTS): later responses take it from the memo CORS
+    chose, and each state gets its own headers (the same as ``response_head``'s)."""
+    from fastgw.pipeline import heads
+    from fastgw.pipeline.exchange import Attempt
+    from fastgw.pipeline.proxy import Proxy
+
+    mws, _o = _security_cors(None)()
+    chain = Chain(mws)
+    calls = []
+
+    def counting(fn):
+        def run(ctx, status, block):
+            calls.append(status)
+            return fn(ctx, status, block)
+        return run
+
+    chain.usual_block = tuple(counting(f) for f in chain.usual_block)
+    block = b"Server: nginx\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+    heads._CUTS.pop(block, None)
+    down = SimpleNamespace(draining=False, cur_complete=True)
+    proxy = Proxy(SimpleNamespace(draining=False))
+
+    def respond(origin, tls):
+        hs = [(b"Host", b"gw")] + ([(b"Origin", origin)] if origin is not None else [])
+        x = Exchange(Request.build("GET", b"/", hs, tls=tls), SimpleNamespace(server_header=None))
+        x.route = SimpleNamespace(chain=chain, retry=None)
+        for _i, fn in chain.request_sync:
+            assert fn(x) is None
+        x.attempt = Attempt(SimpleNamespace(fails=0, row=None), None, b"", None, 0.0, 0.0, None, None, 0)
+        got = proxy.upstream_head(SimpleNamespace(ctx=x, down=down), 200, b"OK", block, True)
+        assert got == response_head(x, down, 200, b"OK", block, True, None)
+        return got[0].lower()
+
+    respond(None, False)     # a block not seen before: response_head
+    assert calls == []
+    states = [(b"https://a.example", False), (b"https://a.example", True), (None, False), (None, True),
+              (b"https://other.example", False)]
+    for n, (origin, tls) in enumerate(states * 3):
+        head = respond(origin, tls)
+        assert len(calls) == min(n + 1, len(states))    # one miss per state, then its memo
+        assert b"server: nginx" not in head and b"vary: origin\r\n" in head
+        assert (b"strict-transport-security" in head) is tls
+        assert (b"access-control-allow-origin: https://a.example" in head) is (origin == b"https://a.example")
