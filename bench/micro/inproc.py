@@ -1,6 +1,8 @@
 """The in-process gateway the micro-benchmarks and the instruction counter drive: the
 real config loader, App, Engine and protocols over fake transports (no sockets), with
-one warm pooled upstream connection."""
+one warm pooled upstream connection, and metrics in a shared-memory area as a worker's
+(a store cell written on the request path costs what it costs in production: a
+memoryview item, not a list item)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from fastgw.obs.metrics import Metrics
 from fastgw.pipeline.deps import Deps
 from fastgw.pipeline.engine import Engine
 from fastgw.runtime.app import App
+from fastgw.shm import Region
+from fastgw.supervisor.metrics_store import ShmStore
 from fastgw.upstream.client import UpstreamProtocol
 
 CFG = """
@@ -58,11 +62,16 @@ class Transport:
     abort = close
 
 
+_REGIONS: list = []
+
+
 def gateway(cfg_text: str, loop):
     """An in-process gateway on ``cfg_text`` with one warm pooled upstream connection:
     (app, engine, conn info, upstream protocol, its transport)."""
     cfg, _ = load_config_text(cfg_text)
-    metrics = Metrics()
+    region = Region.create(1, metrics_series=4096, table_slots=64, health_slots=1, name="bench-metrics")
+    _REGIONS.append(region)             # kept for the life of the process
+    metrics = Metrics(ShmStore(region.metrics.writer(0)))
     log = logging.getLogger("bench")
     deps = Deps(cfg, loop=loop, metrics=metrics, log=log)
     if cfg.monitoring.logging.access_log.enabled:  # as the worker does

@@ -148,15 +148,16 @@ class Auth(Middleware):
         m = state.metrics
         self._inc = m.inc if m is not None else None
         self._l_ok = (("route", route), ("result", "ok"))
-        # With the real registry, the two counters of an admitted cache hit are written
-        # straight into the store's cells (obs.metrics' hot-path API, ``ints[cell] += 1``)
-        # instead of two ``inc`` calls; cells are registered on first use, so a series
-        # appears only once it has counted something, as with ``inc``.  Another metrics
-        # object (tests) gets ``inc``.
+        # With the real registry, the two counters of an admitted cache hit are plain-int
+        # accumulators published on the worker's tick (``Metrics.counter``) instead of
+        # two ``inc`` calls, and the other counts go straight into the store's cells;
+        # cells are registered on first use, so a series appears only once it has
+        # counted something, as with ``inc``.  Another metrics object (tests) gets ``inc``.
         store = getattr(m, "store", None)
-        self._store = store if store is not None and hasattr(store, "ints") else None
+        self._store = store if store is not None and hasattr(store, "ints") and hasattr(m, "counter") else None
+        self._metrics = m
         self._c_hit = self._c_ok = None
-        self._hot = None    # (store.ints, hit cell, ok cell) once both exist: the inlined hit
+        self._hot = None    # (counts, hit counter, ok counter) once both exist: the inlined hit
         self._audit_allow = state.cfg.audit_allow and state.audit is not None
         mirror = state.revocations
         self._revoked = mirror.revoked if mirror is not None else None
@@ -192,9 +193,9 @@ class Auth(Middleware):
                 now = wall()
                 if ident.nbf_from <= now < ident.exp_until and \
                         (self._revoked is None or not self._revoked(ident.rev, now)):
-                    ints, c_hit, c_ok = self._hot
-                    ints[c_hit] += 1
-                    ints[c_ok] += 1
+                    counts, j_hit, j_ok = self._hot
+                    counts[j_hit] += 1
+                    counts[j_ok] += 1
                     ctx.user = ident.user
                     ctx.roles = ident.roles
                     ctx.claims = ident.claims
@@ -217,8 +218,8 @@ class Auth(Middleware):
                         if hot is not None:
                             # ``_admit`` inlined (no audit of allows, the real registry,
                             # both counter cells registered): the usual request's whole hit
-                            ints, c_hit, c_ok = hot
-                            ints[c_hit] += 1
+                            counts, j_hit, j_ok = hot
+                            counts[j_hit] += 1
                             if self._revoked is None or not self._revoked(ident.rev, now):
                                 need = self.need.get(ctx.request.method, self.need_default) \
                                     if self.need else self.need_default
@@ -230,7 +231,7 @@ class Auth(Middleware):
                                         ctx.add_request_lines(ident.lines)
                                     if self.drop_token:
                                         ctx.remove_request_headers(self.drop_token)
-                                    ints[c_ok] += 1
+                                    counts[j_ok] += 1
                                     if self._memo_rbac:
                                         self.admitted[raw] = ident
                                     return None
@@ -373,7 +374,8 @@ class Auth(Middleware):
                 c = self._c_ok = self._store.cell(series_key(M_DECISIONS, self._l_ok))
             self._store.ints[c] += 1
             if self._hot is None and self._c_hit is not None and not self._audit_allow:
-                self._hot = (self._store.ints, self._c_hit, c)
+                m = self._metrics
+                self._hot = (m.counts, m.counter(self._c_hit), m.counter(c))
         elif self._inc is not None:
             self._inc(M_DECISIONS, self._l_ok, 1)
         if self._audit_allow:

@@ -52,12 +52,16 @@ class UserLimits(Middleware):
         # less, one lookup): a verified subject whose set is two memory limits keyed by
         # subject (or by nothing), counted in the store's cells and reporting nothing
         # on an allowed request.  ``fast`` maps the subject to (its role set, the two
-        # keys' ``RateTable.pair`` record, the set), filled after ``check`` decided it
-        # once; a token of the same subject with other roles (another role-set object)
-        # goes to ``check`` and replaces it.  Anything else goes to ``check``.
+        # keys' ``RateTable.pair`` record, the set, the two allowed counters' indices
+        # in ``counts``), filled after ``check`` decided it once; a token of the same
+        # subject with other roles (another role-set object) goes to ``check`` and
+        # replaces it.  Anything else goes to ``check``.  The allowed decisions are
+        # counted in the worker's accumulators (``Metrics.counter``), published on its
+        # tick.
         self.lim = enf.lim
         self.take_pair = enf.table.take_pair
         self.ints = enf.ints if not enf.on_allowed else None
+        self.counts = enf.lim.metrics.counts if self.ints is not None else None
         self.fast: dict = {}
 
     def request_filter(self, ctx):
@@ -67,10 +71,9 @@ class UserLimits(Middleware):
             now = self.lim.clock()
             ok, tats = self.take_pair(rec[1], ls.specs, now)
             if ok:
-                ints = self.ints
-                c0, c1 = ls.allowed_cells
-                ints[c0] += 1
-                ints[c1] += 1
+                counts = self.counts
+                counts[rec[3]] += 1
+                counts[rec[4]] += 1
                 return None
             return self.enf.refused(ctx, ls, decisions(tats, ls.specs, now))
         # ``_limit_set`` inlined for a verified token (the only kind on these routes
@@ -92,7 +95,8 @@ class UserLimits(Middleware):
                 fast = self.fast
                 if len(fast) >= MEMO_MAX:
                     fast.clear()
-                fast[user] = (roles, rec[0], ls)
+                counter = self.lim.metrics.counter
+                fast[user] = (roles, rec[0], ls, counter(ls.allowed_cells[0]), counter(ls.allowed_cells[1]))
         return r
 
     def _for_roles(self, roles):

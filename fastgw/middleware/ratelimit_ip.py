@@ -54,7 +54,8 @@ class IpLimits(Middleware):
         self.memo = ls.memo if ok else None
         self.lim = enf.lim
         self.take_pair = enf.table.take_pair
-        self.ints = enf.ints
+        self.counts = enf.lim.metrics.counts if ok else None
+        self.js = None          # the set's two allowed counters in ``counts`` (``Metrics.counter``)
 
     def request_filter(self, ctx):
         memo = self.memo
@@ -62,14 +63,17 @@ class IpLimits(Middleware):
             rec = memo.get(ctx.client_ip)
             if rec is not None and rec[0] is not None:
                 ls = self.ls
-                cells = ls.allowed_cells
-                if cells is not None:
+                js = self.js
+                if js is None and ls.allowed_cells is not None:
+                    counter = self.lim.metrics.counter
+                    js = self.js = (counter(ls.allowed_cells[0]), counter(ls.allowed_cells[1]))
+                if js is not None:
                     now = self.lim.clock()
                     ok, tats = self.take_pair(rec[0], ls.specs, now)
                     if ok:
-                        ints = self.ints
-                        ints[cells[0]] += 1
-                        ints[cells[1]] += 1
+                        counts = self.counts
+                        counts[js[0]] += 1
+                        counts[js[1]] += 1
                         return None
                     return self.enf.refused(ctx, ls, decisions(tats, ls.specs, now))
         return self.check(ctx, self.ls)

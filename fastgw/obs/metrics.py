@@ -170,6 +170,7 @@ class Metrics:
         # the series' counter (``_counted``: (counter cell, its bucket accumulators)), so
         # a request costs one count less.
         self._acc_i: list[int] = []
+        self.counts = self._acc_i   # (``counter``)
         self._acc_f: list[float] = []
         self._cell_i: list[int] = []
         self._cell_f: list[int] = []
@@ -269,6 +270,13 @@ class Metrics:
                  None if usum is None else acc(1, usum))
         self._req.setdefault(route, {}).setdefault(status, {})[method] = cells
         return cells
+
+    def counter(self, cell: int) -> int:
+        """The index in ``counts`` of a plain-int accumulator that ``publish`` (the worker
+        tick) adds to the store's int cell ``cell``: a hot path's ``counts[j] += 1`` costs
+        a list item instead of a shared-memory cell, and a scrape sees it at most one
+        tick late (the rate-limit middlewares' allowed decisions)."""
+        return self._accumulator(0, cell)
 
     def _accumulator(self, kind: int, cell: int) -> int:
         """The accumulator index of store cell ``cell`` (kind 0: int, 1: float), made on first use."""

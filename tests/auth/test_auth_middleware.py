@@ -615,7 +615,8 @@ def test_strip_identity_route_captured():
 
 
 def test_hit_counters_with_the_real_registry_store():
-    """Admitted cache hits write the store's cells directly; the series are the ones inc writes."""
+    """Admitted cache hits count in the registry's accumulators (``Metrics.counter``),
+    added to the store's cells on the tick (``publish``); the series are the ones inc writes."""
     from fastgw.obs.metrics import Metrics
     reg = Metrics()
     mw, _, _ = make(d=Deps(None, metrics=reg))
@@ -624,6 +625,7 @@ def test_hit_counters_with_the_real_registry_store():
     assert not any("fastgw_jwt_cache_total" in k for k in snap0)  # nothing before first use
     for _ in range(3):
         assert mw.request_filter((ctx([(b"Host", b"gw"), bearer(t)]))) is None
+    reg.publish()                                                 # (the worker tick)
     snap = reg.store.snapshot()
     assert snap['fastgw_jwt_cache_total{result="miss"}'] == 1
     assert snap['fastgw_jwt_cache_total{result="hit"}'] == 2
@@ -642,6 +644,7 @@ def _real_deps():
 
 
 def _count(m, name: str, labels: str) -> float:
+    m.publish()                         # (the worker tick: the hit path's counts are accumulated)
     return m.store.snapshot().get(f"{name}{{{labels}}}", 0)
 
 

@@ -173,6 +173,9 @@ def test_metrics(gw):
     assert statuses(gw, "/burst/m", 4, source="127.0.0.9") == [200, 200, 200, 429]
     bad = token("mallory", secret="not-the-gateway-secret-" + "q" * 30)
     assert get(gw, "/guarded/m", headers=bearer(bad), source="127.0.0.9")[0] == 401
+    # allowed decisions reach /metrics on the worker's tick (``Metrics.counter``)
+    assert wait_for(lambda: series(metrics_text(gw), "fastgw_ratelimit_decisions_total").get(
+        '{limit="default",result="allowed"}', 0) >= 3, timeout=4, interval=0.2)
     dec = series(metrics_text(gw), "fastgw_ratelimit_decisions_total")
     assert dec['{limit="route:burst",result="allowed"}'] >= 3
     assert dec['{limit="route:burst",result="limited"}'] >= 1

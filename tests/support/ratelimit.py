@@ -154,6 +154,7 @@ class Chain:
         return [self.request(**kw).status for _ in range(n)]
 
     def metric(self, limit: str, result: str) -> float:
+        self.deps.metrics.publish()         # (the worker tick: allowed decisions are accumulated)
         snap = self.deps.metrics.store.snapshot()
         return snap.get(f'fastgw_ratelimit_decisions_total{{limit="{limit}",result="{result}"}}', 0)
 
