@@ -121,7 +121,9 @@ def test_smooth_weighted_shares_runs_and_admin_view(world):
     assert sum(got.values()) == 2000 and set(got) == {"w0", "w1", "w2", "w3"}, got
     for i, w in enumerate(WEIGHTS):
         assert abs(got[f"w{i}"] / 2000 - w / sum(WEIGHTS)) <= 0.02, got
-    assert all(w["requests"] > 0 for w in workers(gw)["workers"])    # both workers took part
+    # both workers took part (each publishes its request count on its 1 s tick)
+    assert wait_for(lambda: all(w["requests"] > 0 for w in workers(gw)["workers"]), timeout=3, interval=0.2), \
+        workers(gw)["workers"]
     rows = settled(gw, "wrr", 2040)
     assert rows, upstreams(gw)["wrr"]
     assert [r["in_flight"] for r in rows] == [0, 0, 0, 0]

@@ -30,10 +30,10 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self):
         if delay and not self.path.startswith("/health"):
             time.sleep(delay)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # head and body in one write: a SIGKILL under load never lands between them
+        # (a forwarded head with no body is a client error no retry can cover)
+        self.log_request(200)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 class S(ThreadingHTTPServer):
     allow_reuse_address = True
