@@ -95,8 +95,7 @@ class UserLimits(Middleware):
                 fast = self.fast
                 if len(fast) >= MEMO_MAX:
                     fast.clear()
-                counter = self.lim.metrics.counter
-                fast[user] = (roles, rec[0], ls, counter(ls.allowed_cells[0]), counter(ls.allowed_cells[1]))
+                fast[user] = (roles, rec[0], ls, *ls.allowed_counters(self.lim.metrics))
         return r
 
     def _for_roles(self, roles):

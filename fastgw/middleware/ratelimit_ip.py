@@ -64,9 +64,8 @@ class IpLimits(Middleware):
             if rec is not None and rec[0] is not None:
                 ls = self.ls
                 js = self.js
-                if js is None and ls.allowed_cells is not None:
-                    counter = self.lim.metrics.counter
-                    js = self.js = (counter(ls.allowed_cells[0]), counter(ls.allowed_cells[1]))
+                if js is None and ls.allowed_cells is not None:   # (registered by its first check)
+                    js = self.js = ls.allowed_counters(self.lim.metrics)
                 if js is not None:
                     now = self.lim.clock()
                     ok, tats = self.take_pair(rec[0], ls.specs, now)

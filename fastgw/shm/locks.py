@@ -193,10 +193,9 @@ class Semaphores:
 
     def init(self) -> None:
         """Initialise every lock (the creator of the region, before anyone uses them)."""
-        for i, a in enumerate(self._addrs):
+        for a in self._addrs:           # (owner cells: the new region's zeros, nobody named)
             if self._lib.sem_init(a, 1, 1):
                 raise OSError("sem_init failed for a rate-limit stripe lock")
-            self._q[self.cell(i)] = 0
 
     def wait(self, h, cell: int) -> None:
         """``take(h, False)`` failed: wait for the lock (at most ``WAIT``), or take it

@@ -6,7 +6,6 @@ bounded and reaped."""
 from __future__ import annotations
 
 import os
-import select
 import signal
 import time
 
@@ -44,15 +43,10 @@ def test_four_processes_share_one_limit_within_the_bound(region, children):
 def _holder(children, region: Region, key: bytes, name: bool = True) -> int:
     """A child inside ``key``'s critical section (``_hold_stripe_forever``), once it is
     there: its pid."""
-    r, w = os.pipe()
-    pid = children.fork(_hold_stripe_forever, region, key, w, name)
-    os.close(w)
-    assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
-    os.close(r)
-    return pid
+    return children.fork_until(_hold_stripe_forever, region, key, name)
 
 
-def _hold_stripe_forever(region: Region, key: bytes, w: int, name: bool) -> None:
+def _hold_stripe_forever(region: Region, key: bytes, name: bool, w: int) -> None:
     """Enter check() and stop inside its critical section, right after taking the lock
     and naming itself in its owner cell as the table does (the test hook: the table's
     take function, wrapped in this child only); ``name=False`` stops before naming."""

@@ -7,7 +7,6 @@ contention."""
 from __future__ import annotations
 
 import os
-import select
 import time
 
 import pytest
@@ -38,7 +37,7 @@ def _keys(t, n: int = 3) -> list[bytes]:
     raise AssertionError("not enough stripes")
 
 
-def _hold(region: Region, key: bytes, w: int, seconds: float) -> None:
+def _hold(region: Region, key: bytes, seconds: float, w: int) -> None:
     """Hold ``key``'s stripe lock for ``seconds``, then release it."""
     t = region.ratelimit
     take_stripe(t, t.slot(key).stripe)
@@ -48,12 +47,7 @@ def _hold(region: Region, key: bytes, w: int, seconds: float) -> None:
 
 
 def _held(children, region, key: bytes, seconds: float) -> int:
-    r, w = os.pipe()
-    pid = children.fork(_hold, region, key, w, seconds)
-    os.close(w)
-    assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
-    os.close(r)
-    return pid
+    return children.fork_until(_hold, region, key, seconds)
 
 
 def test_a_stripe_the_request_does_not_need_does_not_block_it(region, children):
@@ -100,11 +94,7 @@ def test_kill_9_half_way_through_a_multi_limit_update(any_lock_region, children)
     a, b, c = _keys(t)
     now = time.monotonic_ns()
     assert t.check_all([(a, 1.0, 10), (b, 1.0, 10), (c, 1.0, 10)], now)[0]     # one request each
-    r, w = os.pipe()
-    pid = children.fork(_pause_after_first, region, [a, b], w)
-    os.close(w)
-    assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
-    os.close(r)
+    pid = children.fork_until(_pause_after_first, region, [a, b])
     assert held_elsewhere(t, t.slot(a).stripe) and held_elsewhere(t, t.slot(b).stripe)
     children.kill(pid)
     # the others proceed at once, on both stripes

@@ -48,6 +48,18 @@ class Children:
         self.procs[pid] = r
         return pid
 
+    def fork_until(self, fn, *args) -> int:
+        """Fork ``fn(*args, w)``, which writes ``b"L"`` to the fd ``w`` once it is where the
+        test wants it (inside a critical section): its pid, after that byte came."""
+        r, w = os.pipe()
+        pid = self.fork(fn, *args, w)
+        os.close(w)
+        try:
+            assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"L"
+        finally:
+            os.close(r)
+        return pid
+
     def result(self, pid: int, timeout: float = 15.0):
         r = self.procs[pid]
         deadline, chunks = time.monotonic() + timeout, []
