@@ -132,7 +132,7 @@ def test_cached_hit_request_filter_map_cold(benchmark):
 
     def run():
         c.up_lines = b""
-        c.request._hmap = None
+        c.request.hmap = None
         return mw.request_filter(c)
     assert benchmark(run) is None
 

@@ -36,7 +36,8 @@ Rules:
    full): a client sends the same head again and again.  It is made on a head's second
    read (the first is only noted): a head that never comes again costs a dict insert
    more than the parser, not a verdict.  The verdict on an accepted head is the template of
-   its ``Request`` (immutable values; the header list is copied per request).
+   its ``Request`` (immutable values; the header list is copied per request, the
+   header map is shared).
 
 The protocol tries this only when its parser is at a message boundary with no byte of
 a new message seen (``DownstreamProtocol.fresh``) and after keep-alive requests only:
@@ -161,10 +162,11 @@ def _template(data: bytes, info):
             _HOSTS.clear()
         host_str = _HOSTS[host] = host.decode("latin-1").lower()
     keep = conn is None or conn.lower() != b"close"
-    # the order of new_request's unpacking
+    # the order of new_request's unpacking; the header map (``Request.header``) built
+    # here once, for every request of this head (no one writes to it)
     return (METHODS[method_b], method_b, target, "1.1", "/", b"", host_str, host,
             tuple(fwd), keep, conn, None, None, xff, xfp, xfh, authz, origin, ua, rid, trace,
-            None, None, False, 0, None, True, None, info.tls)
+            {n.lower(): v for n, v in fwd}, None, False, 0, None, True, None, info.tls)
 
 
 def new_request(v, proto) -> Request:
@@ -174,7 +176,7 @@ def new_request(v, proto) -> Request:
     (req.method, req.method_b, req.raw_target, req.version, req.path, req.query, req.host, req.raw_host,
      fwd, req.keep_alive, req.conn_hdr, req.expect, req.upgrade, req.xff, req.xfp, req.xfh,
      req.authorization, req.origin, req.user_agent, req.x_request_id, req.trace_hdrs,
-     req._hmap, req.content_length, req.chunked, req.bytes_received, req.qbody, req.qcomplete, req.exchange,
+     req.hmap, req.content_length, req.chunked, req.bytes_received, req.qbody, req.qcomplete, req.exchange,
      req.tls) = v
     req.headers = [*fwd]
     req.peer_ip = proto.peer_ip

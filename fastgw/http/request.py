@@ -52,7 +52,8 @@ class Request:
         "user_agent",      # bytes | None
         "x_request_id",    # bytes | None: the incoming X-Request-ID
         "trace_hdrs",      # bool: traceparent or tracestate present (the tracing middleware)
-        "_hmap",           # dict | None: lazy lower-name -> value
+        "hmap",            # dict | None: lower-name -> value, built on first use; from a
+                           # fasthead template prebuilt, shared by its requests: never mutated
         # body framing
         "content_length",  # int | None
         "chunked",         # bool
@@ -73,16 +74,16 @@ class Request:
     def header(self, lname: bytes, default: bytes | None = None) -> bytes | None:
         """Value of forwardable request header ``lname`` (lower-case bytes) as the client
         sent it; the last one if repeated."""
-        m = self._hmap
+        m = self.hmap
         if m is None:
-            m = self._hmap = {n.lower(): v for n, v in self.headers}
+            m = self.hmap = {n.lower(): v for n, v in self.headers}
         return m.get(lname, default)
 
     def header_map(self) -> dict:
         """The lower-name -> last value dict ``header`` reads (built on first use)."""
-        m = self._hmap
+        m = self.hmap
         if m is None:
-            m = self._hmap = {n.lower(): v for n, v in self.headers}
+            m = self.hmap = {n.lower(): v for n, v in self.headers}
         return m
 
     @classmethod
@@ -179,7 +180,7 @@ def start_request(self, target: bytes) -> "Request":
     self.user_agent = None
     self.x_request_id = None
     self.trace_hdrs = False
-    self._hmap = None
+    self.hmap = None
     self.content_length = None
     self.chunked = False
     self.bytes_received = 0

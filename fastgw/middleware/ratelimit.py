@@ -52,8 +52,8 @@ class UserLimits(Middleware):
         # less, one lookup): a verified subject whose set is two memory limits keyed by
         # subject (or by nothing), counted in the store's cells and reporting nothing
         # on an allowed request.  ``fast`` maps the subject to (its role set, the two
-        # keys' ``RateTable.pair`` record, the set, the two allowed counters' indices
-        # in ``counts``), filled after ``check`` decided it once; a token of the same
+        # keys' ``RateTable.pair`` record, the set, the index in ``counts`` of its
+        # allowed counter: one for both limits), filled after ``check`` decided it once; a token of the same
         # subject with other roles (another role-set object) goes to ``check`` and
         # replaces it.  Anything else goes to ``check``.  The allowed decisions are
         # counted in the worker's accumulators (``Metrics.counter``), published on its
@@ -69,11 +69,9 @@ class UserLimits(Middleware):
         if rec is not None and rec[0] is ctx.roles:
             ls = rec[2]
             now = self.lim.clock()
-            ok, tats = self.take_pair(rec[1], ls.specs, now)
-            if ok:
-                counts = self.counts
-                counts[rec[3]] += 1
-                counts[rec[4]] += 1
+            tats = self.take_pair(rec[1], ls.gate, now)
+            if tats is None:
+                self.counts[rec[3]] += 1
                 return None
             return self.enf.refused(ctx, ls, decisions(tats, ls.specs, now))
         # ``_limit_set`` inlined for a verified token (the only kind on these routes
@@ -95,7 +93,7 @@ class UserLimits(Middleware):
                 fast = self.fast
                 if len(fast) >= MEMO_MAX:
                     fast.clear()
-                fast[user] = (roles, rec[0], ls, *ls.allowed_counters(self.lim.metrics))
+                fast[user] = (roles, rec[0], ls, ls.allowed_counter(self.lim.metrics))
         return r
 
     def _for_roles(self, roles):

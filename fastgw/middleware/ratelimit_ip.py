@@ -55,7 +55,7 @@ class IpLimits(Middleware):
         self.lim = enf.lim
         self.take_pair = enf.table.take_pair
         self.counts = enf.lim.metrics.counts if ok else None
-        self.js = None          # the set's two allowed counters in ``counts`` (``Metrics.counter``)
+        self.j = None           # the set's allowed counter in ``counts`` (both limits': ``Metrics.counter``)
 
     def request_filter(self, ctx):
         memo = self.memo
@@ -63,16 +63,14 @@ class IpLimits(Middleware):
             rec = memo.get(ctx.client_ip)
             if rec is not None and rec[0] is not None:
                 ls = self.ls
-                js = self.js
-                if js is None and ls.allowed_cells is not None:   # (registered by its first check)
-                    js = self.js = ls.allowed_counters(self.lim.metrics)
-                if js is not None:
+                j = self.j
+                if j is None and ls.allowed_cells is not None:   # (registered by its first check)
+                    j = self.j = ls.allowed_counter(self.lim.metrics)
+                if j is not None:
                     now = self.lim.clock()
-                    ok, tats = self.take_pair(rec[0], ls.specs, now)
-                    if ok:
-                        counts = self.counts
-                        counts[js[0]] += 1
-                        counts[js[1]] += 1
+                    tats = self.take_pair(rec[0], ls.gate, now)
+                    if tats is None:
+                        self.counts[j] += 1
                         return None
                     return self.enf.refused(ctx, ls, decisions(tats, ls.specs, now))
         return self.check(ctx, self.ls)

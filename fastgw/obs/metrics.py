@@ -175,6 +175,8 @@ class Metrics:
         self._cell_i: list[int] = []
         self._cell_f: list[int] = []
         self._local: dict = {}  # (kind, store cell) -> accumulator index
+        self._fans: dict = {}   # (int cells) -> the accumulator of ``counter(*cells)``
+        self._fanned: list = []  # (accumulator index, the cells after its first) (``counter``)
         self._keyed: dict = {}  # counter cell -> its bucket accumulators (_request_cells)
         self._counted: list = []
         self._inflight = self.store.cell("fastgw_http_requests_in_flight")
@@ -271,12 +273,24 @@ class Metrics:
         self._req.setdefault(route, {}).setdefault(status, {})[method] = cells
         return cells
 
-    def counter(self, cell: int) -> int:
+    def counter(self, cell: int, *more: int) -> int:
         """The index in ``counts`` of a plain-int accumulator that ``publish`` (the worker
-        tick) adds to the store's int cell ``cell``: a hot path's ``counts[j] += 1`` costs
-        a list item instead of a shared-memory cell, and a scrape sees it at most one
-        tick late (the rate-limit middlewares' allowed decisions)."""
-        return self._accumulator(0, cell)
+        tick) adds to the store's int cell ``cell`` (and to each of ``more``: counters
+        that a hot path always moves together, e.g. both limits' allowed counts, take
+        one ``+=``): a hot path's ``counts[j] += 1`` costs a list item instead of a
+        shared-memory cell, and a scrape sees it at most one tick late."""
+        if not more:
+            return self._accumulator(0, cell)
+        key = (cell, *more)
+        j = self._fans.get(key)
+        if j is None:
+            # an accumulator of its own (not the one of ``cell`` alone), and its other cells
+            acc = self._acc_i
+            j = self._fans[key] = len(acc)
+            acc.append(0)
+            self._cell_i.append(cell)
+            self._fanned.append((j, more))
+        return j
 
     def _accumulator(self, kind: int, cell: int) -> int:
         """The accumulator index of store cell ``cell`` (kind 0: int, 1: float), made on first use."""
@@ -299,6 +313,11 @@ class Metrics:
             n = sum(map(get, counted))
             if n:
                 ints[cell] += n
+        for j, more in self._fanned:    # (added to their first cell below)
+            n = get(j)
+            if n:
+                for cell in more:
+                    ints[cell] += n
         for acc, cells, view in ((self._acc_i, self._cell_i, store.ints), (self._acc_f, self._cell_f, store.floats)):
             for j, v in enumerate(acc):
                 if v:

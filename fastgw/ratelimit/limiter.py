@@ -47,7 +47,7 @@ from fastgw.ratelimit import headers as H
 from fastgw.ratelimit.keys import MEMO_MAX
 from fastgw.ratelimit.redis_backend import BackendDown, RedisBackend
 from fastgw.shm import locks as _locks
-from fastgw.shm.ratelimit import admit, decide, decisions, spec  # noqa: F401 (admit, decide: for the middlewares)
+from fastgw.shm.ratelimit import admit, decide, decisions, pair_gate, spec  # noqa: F401 (admit, decide: for the middlewares)
 
 M_DECISIONS = "fastgw_ratelimit_decisions_total"
 M_SLOTS = "fastgw_ratelimit_table_slots"
@@ -239,8 +239,8 @@ ALLOWED, LIMITED, DRY_LIMITED, BACKEND_ERROR = range(4)
 class LimitSet:
     """The limits one kind of request must all pass, with what is precomputed for them."""
 
-    __slots__ = ("limits", "keys", "specs", "allowed_cells", "mem", "red", "policy", "red_specs", "mem_specs",
-                 "mem_only", "by_user", "memo")
+    __slots__ = ("limits", "keys", "specs", "gate", "allowed_cells", "mem", "red", "policy", "red_specs",
+                 "mem_specs", "mem_only", "by_user", "memo")
 
     def __init__(self, limits) -> None:
         self.limits = tuple(limits)
@@ -254,6 +254,7 @@ class LimitSet:
         self.by_user = "user" in bys
         self.memo: dict | None = {} if self.limits and None not in bys and not {"user", "ip"} <= bys else None
         self.specs = tuple(lim.spec for lim in self.limits)
+        self.gate = pair_gate(self.specs)   # (``RateTable.take_pair``: two limits)
         self.allowed_cells: tuple[int, ...] | None = None      # see allowed_cells_now()
         self.mem = tuple(i for i, lim in enumerate(self.limits) if not lim.redis)
         self.red = tuple(i for i, lim in enumerate(self.limits) if lim.redis)
@@ -271,10 +272,11 @@ class LimitSet:
             cells = self.allowed_cells = tuple(lim.cell(ALLOWED) for lim in self.limits)
         return cells
 
-    def allowed_counters(self, metrics) -> tuple[int, ...]:
-        """The ``allowed`` cells as ``metrics``' accumulators (``Metrics.counter``): what
-        a middleware's fast path counts an allowed request in, published on the tick."""
-        return tuple(map(metrics.counter, self.allowed_cells_now()))
+    def allowed_counter(self, metrics) -> int:
+        """One accumulator of ``metrics`` for every limit's ``allowed`` cell
+        (``Metrics.counter``): what a middleware's fast path counts an allowed request
+        in, published on the tick."""
+        return metrics.counter(*self.allowed_cells_now())
 
     def __repr__(self) -> str:
         return f"LimitSet{self.limits!r}"
@@ -316,8 +318,9 @@ class Enforcer:
         if rec is not None:
             now = self.lim.clock()
             pair, slots = rec
-            if pair is not None:    # the usual two-limit set: one straight decision
-                ok, tats = self.table.take_pair(pair, ls.specs, now)
+            if pair is not None and not self.on_allowed:    # the usual two-limit set: one straight decision
+                tats = self.table.take_pair(pair, ls.gate, now)
+                ok = tats is None
             else:
                 ok, tats = self.table.take_slots(slots, ls.specs, now)
         else:
@@ -353,7 +356,7 @@ class Enforcer:
         ``RateTable.pair()`` record (else None)."""
         t = self.table
         slots = tuple(map(t.slot, [f(ctx) for f in ls.keys]))
-        rec = (t.pair(*slots) if len(slots) == 2 else None, slots)
+        rec = (t.pair(*slots) if len(slots) == 2 and ls.gate is not None else None, slots)
         memo = ls.memo
         if len(memo) >= MEMO_MAX:
             memo.clear()

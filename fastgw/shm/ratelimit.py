@@ -8,14 +8,15 @@ clock, ``time.monotonic_ns()`` in every process).  With ``T = 1e9 / rate`` (roun
 ns) and ``tau = burst * T``, a request of ``cost`` is allowed iff
 ``max(TAT, now) + cost*T - now <= tau``, and then TAT becomes that value.  A key whose TAT
 is in the past has a full bucket: the same state as a key never seen.  That test is
-written once, in ``admit`` (inlined in ``take_pair``, every limited request's path; a
-test holds the two to the same answers); ``decide`` derives a reply's numbers from it.
+written once, in ``admit`` (inlined in ``take_pair``, every limited request's path, in
+the form ``tat - now <= tau - T`` for cost 1; a test holds the two to the same answers); ``decide`` derives a reply's numbers from it.
 The Redis backend runs the same test in Lua (``fastgw.ratelimit.redis_backend``).
 
 API.  A limit is a ``Spec`` (``spec(rate, burst)``, computed once per config); a key is
 bytes.  ``take_all(keys, specs, now)`` (or ``take_slots`` with the keys' ``Slot``s, or
-``take_pair`` with the ``pair()`` record of two slots) decides one request against
-several limits, all or nothing: ``(allowed, tats)``; ``peek(key)`` reads a TAT lock-free;
+``take_pair`` with the ``pair()`` record of two slots and their ``pair_gate``, the usual
+request's path: None when allowed) decides one request against several limits, all or
+nothing: ``(allowed, tats)``; ``peek(key)`` reads a TAT lock-free;
 ``take_marked(slot, spec, now)`` charges one marked key (see Layout);
 ``decide(tat, T, tau, now)`` turns a TAT into ``(allowed, remaining, reset_after,
 retry_after)``.  ``check``/``check_all`` are conveniences over those for cold paths and
@@ -174,6 +175,23 @@ def decide(tat: int, T: int, tau: int, now_ns: int, cost: int = 1) -> Decision:
 def decisions(tats: Sequence[int], specs: Sequence[Spec], now_ns: int, cost: int = 1) -> list[Decision]:
     """The decisions of ``RateTable.take_all``'s answer (same order as its limits)."""
     return [decide(tat, T, tau, now_ns, cost) for tat, (T, tau) in zip(tats, specs)]
+
+
+def pair_gate(specs: Sequence[Spec]) -> tuple | None:
+    """What ``take_pair`` decides two limits on: ``(T0, L0, T1, L1, specs)`` with
+    ``L = tau - T`` (the GCRA test of a request of cost 1, ``admit``, is ``tat - now <=
+    L``), for a set of exactly two limits; else None."""
+    if len(specs) != 2:
+        return None
+    (T0, tau0), (T1, tau1) = specs
+    if tau0 < T0 or tau1 < T1:      # (burst >= 1 in any config: never)
+        return None
+    return T0, tau0 - T0, T1, tau1 - T1, tuple(specs)
+
+
+def _refused(r: tuple[bool, list[int]]) -> list[int] | None:
+    """``take_pair``'s answer for an ``(allowed, tats)`` one."""
+    return None if r[0] else r[1]
 
 
 def _hint(s: Slot) -> tuple[int, int, int]:
@@ -376,11 +394,6 @@ class RateTable:
         so a memoised one never goes stale."""
         if dry:
             return self._staged(slots, specs, now_ns, cost, True)
-        if len(slots) == 2 and specs.__class__ is tuple:
-            # the usual request (a tier and a rule; a config's specs are a tuple)
-            pair = self.pair(slots[0], slots[1])
-            if pair is not None:
-                return self.take_pair(pair, specs, now_ns, cost)
         return self._take(slots, specs, now_ns, cost)
 
     def pair(self, s0: Slot, s1: Slot) -> tuple | None:
@@ -398,19 +411,21 @@ class RateTable:
                 s0[4], s1[4], [*_hint(s0), *_hint(s1)],
                 (s0[0], s0[1], s0[2], s0[4], s1[0], s1[1], s1[2], s1[4], (s0, s1)))
 
-    def take_pair(self, pair: tuple, specs: Sequence[Spec], now_ns: int, cost: int = 1) -> tuple[bool, list[int]]:
-        """``take_slots`` for two limits on two different keys, from their ``pair()``
-        record: the usual limited request.  Under the locks each tag is looked for where
-        it was last found (two cells compared: a key moves only when evicted), else in
-        its bucket (``mmap.find``); both keys found: decided straight, else the locks
-        are let go and the general pass decides."""
+    def take_pair(self, pair: tuple, gate: tuple, now_ns: int) -> list[int] | None:
+        """The usual limited request, two limits on two different keys, from their
+        ``pair()`` record and the set's ``pair_gate``: None when both allow a request of
+        cost 1 (both consumed), else the two TATs it was refused on (nothing consumed).
+        Under the locks each tag is looked for where it was last found (one 16-byte slice
+        compared: a key moves only when evicted), else in its bucket (``mmap.find``);
+        both keys found: decided straight, else the locks are let go and the general pass
+        decides."""
         ha, oa, hb, ob, t0, t1, hint, far = pair
         grab = self._grab
         try:
             if not grab(ha, False):
                 self._locks.wait(ha, oa)
         except _locks.Busy:                 # never hang the loop: decide, charge nothing
-            return self._staged(far[8], specs, now_ns, cost, True)
+            return _refused(self._staged(far[8], gate[4], now_ns, 1, True))
         q = self._q
         me = _locks.ME
         q[oa] = me                          # (the owner cells: fastgw.shm.locks, rule 1)
@@ -435,26 +450,25 @@ class RateTable:
             if p0 >= 0:
                 tat0 = q[i0]
                 tat1 = q[i1]
-                (T0, tau0), (T1, tau1) = specs
-                # ``admit`` twice, inlined (the one other copy of the test: two calls
-                # cost a tenth of the request's check; test_shm_ratelimit pins the two
-                # to the same answers)
-                n0 = (tat0 if tat0 > now_ns else now_ns) + cost * T0
-                n1 = (tat1 if tat1 > now_ns else now_ns) + cost * T1
-                if n0 - now_ns <= tau0 and n1 - now_ns <= tau1:
-                    q[i0] = n0
-                    q[i1] = n1
-                    return True, [tat0, tat1]
-                return False, [tat0, tat1]
+                T0, L0, T1, L1, _ = gate
+                # ``admit`` twice, inlined for cost 1: ``max(tat, now) + T - now <= tau``
+                # is ``tat - now <= tau - T`` (``pair_gate``'s L, >= 0 as burst >= 1),
+                # whichever of tat and now is larger (test_shm_ratelimit pins the two
+                # forms to the same answers)
+                if tat0 - now_ns <= L0 and tat1 - now_ns <= L1:
+                    q[i0] = (tat0 if tat0 > now_ns else now_ns) + T0
+                    q[i1] = (tat1 if tat1 > now_ns else now_ns) + T1
+                    return None
+                return [tat0, tat1]
         except _locks.Busy:
-            return self._staged(far[8], specs, now_ns, cost, True)
+            return _refused(self._staged(far[8], gate[4], now_ns, 1, True))
         finally:
             if both:
                 q[ob] = 0
                 self._give(hb)
             q[oa] = 0
             self._give(ha)
-        return self._take(far[8], specs, now_ns, cost)
+        return _refused(self._take(far[8], gate[4], now_ns, 1))
 
     def _take(self, slots: Sequence[Slot], specs: Sequence[Spec], now_ns: int, cost: int) -> tuple[bool, list[int]]:
         """``take_slots``' general pass: any number of limits, new keys, a key twice."""

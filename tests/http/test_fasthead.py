@@ -75,6 +75,8 @@ class _Recorder(FakeHandler):
     def dispatch(self, proto, ctx, body) -> None:
         super().dispatch(proto, ctx, body)
         fields = {s: getattr(ctx, s, _UNSET) for s in _SLOTS}
+        # the header map: prebuilt by the fast path, built on first use by the parser's
+        fields["hmap"] = ctx.header_map()
         # a request the parser made is its p_req; the fast path leaves p_req alone
         self.calls.append(("fields", fields, proto.cur_complete, proto.dl.kind, proto.n_requests,
                            body is None))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw.shm import Region
-from fastgw.shm.ratelimit import BUCKET, admit, spec
+from fastgw.shm.ratelimit import BUCKET, admit, pair_gate, spec
 
 S = 1_000_000_000          # ns per second
 T0 = 1_000 * S             # a clock far from 0 (0 marks an empty slot)
@@ -114,12 +114,13 @@ def test_check_all_is_all_or_nothing(region):
 @given(
     rates=st.tuples(st.sampled_from([1, 3, 10, 1000]), st.sampled_from([1, 7, 10, 1000])),
     bursts=st.tuples(st.integers(1, 6), st.integers(1, 6)),
-    ops=st.lists(st.tuples(st.integers(0, 1200), st.integers(1, 3)), min_size=1, max_size=40),
+    ops=st.lists(st.integers(0, 1200), min_size=1, max_size=40),
 )
 def test_two_limit_path_agrees_with_admit(rates, bursts, ops):
-    """``take_slots``' two-limit path (a tuple of specs, both keys present: the GCRA test
-    inlined) answers and writes what the general pass does with ``admit`` (specs as a list)."""
+    """``take_pair``'s straight path (both keys present: the GCRA test inlined as ``tat -
+    now <= tau - T``) answers and writes what the general pass does with ``admit``."""
     specs = tuple(spec(r, b) for r, b in zip(rates, bursts))
+    gate = pair_gate(specs)
     with Region.create(1, metrics_series=8, table_slots=64, health_slots=1) as r1, \
             Region.create(1, metrics_series=8, table_slots=64, health_slots=1) as r2:
         fast, slow = r1.ratelimit, r2.ratelimit
@@ -127,13 +128,13 @@ def test_two_limit_path_agrees_with_admit(rates, bursts, ops):
         for k in (b"a", b"b"):                      # both keys present: the fast path's case
             fast.take_all((k,), specs[:1], now)
             slow.take_all((k,), specs[:1], now)
-        for dt_ms, cost in ops:
+        pair = fast.pair(fast.slot(b"a"), fast.slot(b"b"))
+        for dt_ms in ops:
             now += dt_ms * 1_000_000
-            got = fast.take_all((b"a", b"b"), specs, now, cost)
-            want = slow.take_all((b"a", b"b"), list(specs), now, cost)
-            assert got == want
-            ok = all(admit(tat, T, tau, now, cost) for tat, (T, tau) in zip(want[1], specs))
-            assert got[0] == ok
+            got = fast.take_pair(pair, gate, now)
+            want = slow.take_all((b"a", b"b"), specs, now)
+            assert (got is None) == want[0] and (got is None or got == want[1])
+            assert want[0] == all(admit(tat, T, tau, now) for tat, (T, tau) in zip(want[1], specs))
             assert [fast.peek(k) for k in (b"a", b"b")] == [slow.peek(k) for k in (b"a", b"b")]
 
 
@@ -150,13 +151,15 @@ def test_take_pair_agrees_with_general_pass(slots):
         pair = fast.pair(s0, s1)
         assert (pair[2] is None) == (s0.stripe == s1.stripe)
         assert fast.pair(s0, s0) is None                    # one key twice: the general pass
+        gate = pair_gate(specs)
         now = T0
         for step in range(12):
             now += (S // 20) * (step % 3)
-            got = fast.take_pair(pair, specs, now)
-            assert got == slow.take_all((b"user:a", b"route:x"), list(specs), now)
+            got = fast.take_pair(pair, gate, now)
+            ok, tats = slow.take_all((b"user:a", b"route:x"), list(specs), now)
+            assert got == (None if ok else tats)
             assert [fast.peek(k) for k in (b"user:a", b"route:x")] == [slow.peek(k) for k in (b"user:a", b"route:x")]
-        assert fast.take_pair(pair, specs, now)[0] is False     # both drained by now
+        assert fast.take_pair(pair, gate, now) is not None      # both drained by now
         assert fast.take_slots([s0], specs[:1], now + 10 * S)[0]     # (every lock was let go)
 
 
@@ -265,9 +268,9 @@ def test_take_pair_follows_a_key_that_moves():
     with Region.create(1, metrics_series=8, table_slots=8, health_slots=1, digest=_same_hash) as r:
         t = r.ratelimit
         pair = t.pair(t.slot(b"alice"), t.slot(b"bob"))
-        specs = (spec(1, 3), spec(1, 3))
-        assert t.take_pair(pair, specs, T0)[0]              # both new: the general pass
-        assert t.take_pair(pair, specs, T0)[0]              # both found: the hints set
+        gate = pair_gate((spec(1, 3), spec(1, 3)))
+        assert t.take_pair(pair, gate, T0) is None          # both new: the general pass
+        assert t.take_pair(pair, gate, T0) is None          # both found: the hints set
         assert t.check(b"bob", 1, 3, T0)[0]
         assert t.peek(b"alice") == T0 + 2 * S
         hint = list(pair[6])
@@ -277,8 +280,8 @@ def test_take_pair_follows_a_key_that_moves():
         assert t.check(b"zed", 1, 3, T0 + S + 10)[0] and t.evicted == 1
         assert t.peek(b"alice") == 0
         assert t.check(b"alice", 1, 3, T0 + 10 * S)[0]      # back, in the stalest slot (k0's)
-        ok, tats = t.take_pair(pair, specs, T0 + 10 * S)
-        assert ok and tats == [T0 + 11 * S, T0 + 3 * S]
+        assert t.peek(b"alice") == T0 + 11 * S and t.peek(b"bob") == T0 + 3 * S
+        assert t.take_pair(pair, gate, T0 + 10 * S) is None
         assert t.peek(b"alice") == T0 + 12 * S and t.peek(b"bob") == T0 + 11 * S
         assert pair[6] != hint and pair[6][3:] == hint[3:]   # alice's hint moved, bob's did not
 
